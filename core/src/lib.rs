@@ -5,4 +5,8 @@
 //! configuration flags, graceful shutdown and telemetry, so that all services behave alike and an operator
 //! learns one set of flags.
 
+pub mod protocol;
+pub mod secret;
 pub mod shutdown;
+
+pub use secret::Secret;

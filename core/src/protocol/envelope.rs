@@ -1,0 +1,328 @@
+//! ws-go's message envelope, `{"Topic":"t","Content":"..."}`, parsed and validated at the edge.
+//!
+//! Publishers send it, msgqueue carries it as opaque bytes and subscribers deliver it unchanged. The publisher
+//! validates once and re-encodes to the canonical form ([`Envelope::encode`]), so everything behind the edge
+//! can trust the bytes and the subscriber can find the topic with one parse.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+/// Longest topic accepted, in bytes of UTF-8.
+pub const MAX_TOPIC_LEN: usize = 256;
+
+/// A message as ws-go clients know it: a topic and its content.
+///
+/// Borrows from the frame it was parsed from when the JSON holds no escapes, so validating at the edge costs
+/// no allocation in the common case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    /// Routing key; see [`validate_topic`] for what is allowed.
+    pub topic: Cow<'a, str>,
+    /// Opaque text delivered to subscribers.
+    pub content: Cow<'a, str>,
+}
+
+/// Why an envelope or topic was refused. The message names the problem and never echoes the payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The frame is not a JSON object of the expected shape.
+    #[error("not a JSON envelope: {0}")]
+    Json(String),
+    /// The JSON object has no `Topic` field.
+    #[error("missing Topic")]
+    MissingTopic,
+    /// The JSON object has no `Content` field.
+    #[error("missing Content")]
+    MissingContent,
+    /// The plain form `topic content` had no space separating the two.
+    #[error("expected `topic content`")]
+    NoSeparator,
+    /// The topic breaks the rules of [`validate_topic`].
+    #[error("invalid topic: {0}")]
+    Topic(TopicError),
+}
+
+/// What is wrong with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// Topics must not be empty.
+    #[error("empty")]
+    Empty,
+    /// Topics are at most [`MAX_TOPIC_LEN`] bytes.
+    #[error("longer than {MAX_TOPIC_LEN} bytes")]
+    TooLong,
+    /// Whitespace would make `sub topic` commands ambiguous; control characters corrupt terminals and logs.
+    #[error("contains whitespace or a control character")]
+    BadCharacter,
+}
+
+/// Checks a topic: 1..=[`MAX_TOPIC_LEN`] bytes of UTF-8 with no whitespace or control characters.
+///
+/// The same rule applies to publishing and subscribing, so a topic that can be published can be subscribed.
+pub fn validate_topic(topic: &str) -> Result<(), TopicError> {
+    if topic.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(TopicError::TooLong);
+    }
+    if topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(TopicError::BadCharacter);
+    }
+    Ok(())
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses a JSON envelope the way Go's `encoding/json` would: field names match case-insensitively
+    /// (`topic`, `TOPIC`...), unknown fields are ignored, and the last duplicate wins. Both fields must be strings
+    /// and the topic must be valid.
+    pub fn parse_json(frame: &'a [u8]) -> Result<Self, EnvelopeError> {
+        let raw: RawEnvelope<'a> =
+            serde_json::from_slice(frame).map_err(|e| EnvelopeError::Json(json_error_summary(&e)))?;
+        let topic = raw.topic.ok_or(EnvelopeError::MissingTopic)?;
+        let content = raw.content.ok_or(EnvelopeError::MissingContent)?;
+        validate_topic(&topic).map_err(EnvelopeError::Topic)?;
+        Ok(Self { topic, content })
+    }
+
+    /// Parses the plain form `topic content` (split at the first space), for tools like websocat.
+    pub fn parse_plain(frame: &'a str) -> Result<Self, EnvelopeError> {
+        let (topic, content) = frame.split_once(' ').ok_or(EnvelopeError::NoSeparator)?;
+        validate_topic(topic).map_err(EnvelopeError::Topic)?;
+        Ok(Self {
+            topic: Cow::Borrowed(topic),
+            content: Cow::Borrowed(content),
+        })
+    }
+
+    /// Parses what a publisher sent in a text frame: JSON when it starts with `{` (after leading whitespace),
+    /// the plain form otherwise.
+    pub fn parse_text(frame: &'a str) -> Result<Self, EnvelopeError> {
+        if frame.trim_start().starts_with('{') {
+            Self::parse_json(frame.as_bytes())
+        } else {
+            Self::parse_plain(frame)
+        }
+    }
+
+    /// Encodes the canonical form `{"Topic":"..","Content":".."}`: what ws-go's subscribers expect to receive.
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(self.topic.len() + self.content.len() + 26);
+        self.encode_into(&mut buf);
+        buf.freeze()
+    }
+
+    /// Appends the canonical encoding to `buf`, for callers that batch many envelopes into one buffer.
+    pub fn encode_into(&self, buf: &mut BytesMut) {
+        buf.put_slice(b"{\"Topic\":");
+        write_json_string(buf, &self.topic);
+        buf.put_slice(b",\"Content\":");
+        write_json_string(buf, &self.content);
+        buf.put_u8(b'}');
+    }
+
+    /// Copies borrowed fields so the envelope can outlive the frame it was parsed from.
+    pub fn into_owned(self) -> Envelope<'static> {
+        Envelope {
+            topic: Cow::Owned(self.topic.into_owned()),
+            content: Cow::Owned(self.content.into_owned()),
+        }
+    }
+}
+
+/// Keeps serde's position information but drops any quoted input it might contain, so error frames and logs
+/// never carry a client's payload.
+fn json_error_summary(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match err.classify() {
+        Category::Io => "I/O error",
+        Category::Syntax => "syntax error",
+        Category::Data => "a field has the wrong type (Topic and Content must be strings)",
+        Category::Eof => "unexpected end of input",
+    };
+    format!("{what} at line {} column {}", err.line(), err.column())
+}
+
+/// Writes `s` as a JSON string literal. Escapes only what JSON requires, like Go's encoder minus its HTML
+/// escaping, which clients do not depend on.
+fn write_json_string(buf: &mut BytesMut, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    buf.put_u8(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        buf.put_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            buf.put_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        } else {
+            buf.put_slice(escape);
+        }
+        start = i + 1;
+    }
+    buf.put_slice(&bytes[start..]);
+    buf.put_u8(b'"');
+}
+
+/// Field-by-field view of the JSON object, matched case-insensitively.
+struct RawEnvelope<'a> {
+    topic: Option<Cow<'a, str>>,
+    content: Option<Cow<'a, str>>,
+}
+
+impl<'de> serde::Deserialize<'de> for RawEnvelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RawEnvelopeVisitor)
+    }
+}
+
+struct RawEnvelopeVisitor;
+
+impl<'de> Visitor<'de> for RawEnvelopeVisitor {
+    type Value = RawEnvelope<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object with Topic and Content")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = RawEnvelope {
+            topic: None,
+            content: None,
+        };
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key.eq_ignore_ascii_case("topic") {
+                out.topic = Some(map.next_value::<CowStr<'de>>()?.0);
+            } else if key.eq_ignore_ascii_case("content") {
+                out.content = Some(map.next_value::<CowStr<'de>>()?.0);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A string that borrows from the input when it holds no escapes (serde's `Cow<str>` always allocates).
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_style_field_names_case_insensitively() {
+        for frame in [
+            r#"{"Topic":"news","Content":"hi"}"#,
+            r#"{"topic":"news","content":"hi"}"#,
+            r#"{"TOPIC":"news","cOnTeNt":"hi","Extra":[1,2]}"#,
+        ] {
+            let env = Envelope::parse_json(frame.as_bytes()).unwrap();
+            assert_eq!((&*env.topic, &*env.content), ("news", "hi"), "{frame}");
+        }
+    }
+
+    #[test]
+    fn last_duplicate_field_wins_like_go() {
+        let env = Envelope::parse_json(br#"{"Topic":"a","topic":"b","Content":""}"#).unwrap();
+        assert_eq!(env.topic, "b");
+    }
+
+    #[test]
+    fn unescaped_fields_borrow_from_the_frame() {
+        let env = Envelope::parse_json(br#"{"Topic":"t","Content":"plain"}"#).unwrap();
+        assert!(matches!(env.content, Cow::Borrowed(_)));
+        let env = Envelope::parse_json(br#"{"Topic":"t","Content":"a\nb"}"#).unwrap();
+        assert_eq!(env.content, "a\nb");
+    }
+
+    #[test]
+    fn rejects_bad_envelopes_with_a_named_problem() {
+        let cases: &[(&[u8], EnvelopeError)] = &[
+            (br#"{"Content":"x"}"#, EnvelopeError::MissingTopic),
+            (br#"{"Topic":"x"}"#, EnvelopeError::MissingContent),
+            (br#"{"Topic":"","Content":"x"}"#, EnvelopeError::Topic(TopicError::Empty)),
+            (br#"{"Topic":"a b","Content":"x"}"#, EnvelopeError::Topic(TopicError::BadCharacter)),
+            (br#"{"Topic":"a\u0007","Content":"x"}"#, EnvelopeError::Topic(TopicError::BadCharacter)),
+        ];
+        for (frame, want) in cases {
+            assert_eq!(&Envelope::parse_json(frame).unwrap_err(), want);
+        }
+        let long = format!(r#"{{"Topic":"{}","Content":"x"}}"#, "t".repeat(MAX_TOPIC_LEN + 1));
+        assert_eq!(
+            Envelope::parse_json(long.as_bytes()).unwrap_err(),
+            EnvelopeError::Topic(TopicError::TooLong)
+        );
+        assert!(matches!(Envelope::parse_json(b"not json"), Err(EnvelopeError::Json(_))));
+        assert!(matches!(
+            Envelope::parse_json(br#"{"Topic":"t","Content":42}"#),
+            Err(EnvelopeError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn json_errors_never_echo_the_payload() {
+        let err = Envelope::parse_json(br#"{"Topic":"t","Content":secret-value}"#).unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn topic_of_max_length_is_accepted() {
+        assert_eq!(validate_topic(&"é".repeat(MAX_TOPIC_LEN / 2)), Ok(()));
+    }
+
+    #[test]
+    fn plain_form_splits_at_the_first_space() {
+        let env = Envelope::parse_text("news hello big world").unwrap();
+        assert_eq!((&*env.topic, &*env.content), ("news", "hello big world"));
+        assert_eq!(Envelope::parse_text("lonely").unwrap_err(), EnvelopeError::NoSeparator);
+        assert_eq!(Envelope::parse_text("t ").unwrap().content, "");
+    }
+
+    #[test]
+    fn encoding_is_canonical_and_round_trips() {
+        let env = Envelope {
+            topic: Cow::Borrowed("t\"q"),
+            content: Cow::Borrowed("line\n\"quoted\" \\ \u{1} é"),
+        };
+        let bytes = env.encode();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"Topic":"t\"q","Content":"line\n\"quoted\" \\ \u0001 é"}"#
+        );
+        assert_eq!(Envelope::parse_json(&bytes).unwrap(), env);
+    }
+}
