@@ -9,6 +9,7 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// Longest topic accepted, in bytes of UTF-8.
 pub const MAX_TOPIC_LEN: usize = 256;
@@ -40,6 +41,9 @@ pub enum EnvelopeError {
     /// The plain form `topic content` had no space separating the two.
     #[error("expected `topic content`")]
     NoSeparator,
+    /// The `Id` field is neither a string nor a number.
+    #[error("Id must be a string or a number")]
+    BadId,
     /// The topic breaks the rules of [`validate_topic`].
     #[error("invalid topic: {0}")]
     Topic(TopicError),
@@ -80,12 +84,7 @@ impl<'a> Envelope<'a> {
     /// (`topic`, `TOPIC`...), unknown fields are ignored, and the last duplicate wins. Both fields must be strings
     /// and the topic must be valid.
     pub fn parse_json(frame: &'a [u8]) -> Result<Self, EnvelopeError> {
-        let raw: RawEnvelope<'a> =
-            serde_json::from_slice(frame).map_err(|e| EnvelopeError::Json(json_error_summary(&e)))?;
-        let topic = raw.topic.ok_or(EnvelopeError::MissingTopic)?;
-        let content = raw.content.ok_or(EnvelopeError::MissingContent)?;
-        validate_topic(&topic).map_err(EnvelopeError::Topic)?;
-        Ok(Self { topic, content })
+        RawEnvelope::parse(frame)?.validate()
     }
 
     /// Parses the plain form `topic content` (split at the first space), for tools like websocat.
@@ -129,6 +128,53 @@ impl<'a> Envelope<'a> {
         Envelope {
             topic: Cow::Owned(self.topic.into_owned()),
             content: Cow::Owned(self.content.into_owned()),
+        }
+    }
+}
+
+/// A publish request in `wsmq.v1` mode: an envelope plus the client's optional `Id`, which the publisher
+/// echoes in its ack or error frame.
+#[derive(Debug, Clone)]
+pub struct Publish<'a> {
+    /// The raw JSON of the `Id` field (a string or a number), if present, echoed back verbatim.
+    pub id: Option<&'a RawValue>,
+    /// The envelope, or why it is invalid. Kept apart from `id` so an error can still name the message.
+    pub envelope: Result<Envelope<'a>, EnvelopeError>,
+}
+
+impl<'a> Publish<'a> {
+    /// Parses a text frame like [`Envelope::parse_text`], also picking up a JSON `Id` field (matched
+    /// case-insensitively). An `Id` that is neither a string nor a number is an error and is not echoed.
+    pub fn parse_text(frame: &'a str) -> Self {
+        if !frame.trim_start().starts_with('{') {
+            return Self {
+                id: None,
+                envelope: Envelope::parse_plain(frame),
+            };
+        }
+        match RawEnvelope::parse(frame.as_bytes()) {
+            Err(err) => Self {
+                id: None,
+                envelope: Err(err),
+            },
+            Ok(mut raw) => {
+                let id = raw.id.take();
+                let id_ok = id.is_none_or(|id| {
+                    let first = id.get().as_bytes().first().copied().unwrap_or(b' ');
+                    first == b'"' || first == b'-' || first.is_ascii_digit()
+                });
+                if id_ok {
+                    Self {
+                        id,
+                        envelope: raw.validate(),
+                    }
+                } else {
+                    Self {
+                        id: None,
+                        envelope: Err(EnvelopeError::BadId),
+                    }
+                }
+            }
         }
     }
 }
@@ -179,6 +225,20 @@ fn write_json_string(buf: &mut BytesMut, s: &str) {
 struct RawEnvelope<'a> {
     topic: Option<Cow<'a, str>>,
     content: Option<Cow<'a, str>>,
+    id: Option<&'a RawValue>,
+}
+
+impl<'a> RawEnvelope<'a> {
+    fn parse(frame: &'a [u8]) -> Result<Self, EnvelopeError> {
+        serde_json::from_slice(frame).map_err(|e| EnvelopeError::Json(json_error_summary(&e)))
+    }
+
+    fn validate(self) -> Result<Envelope<'a>, EnvelopeError> {
+        let topic = self.topic.ok_or(EnvelopeError::MissingTopic)?;
+        let content = self.content.ok_or(EnvelopeError::MissingContent)?;
+        validate_topic(&topic).map_err(EnvelopeError::Topic)?;
+        Ok(Envelope { topic, content })
+    }
 }
 
 impl<'de> serde::Deserialize<'de> for RawEnvelope<'de> {
@@ -200,12 +260,15 @@ impl<'de> Visitor<'de> for RawEnvelopeVisitor {
         let mut out = RawEnvelope {
             topic: None,
             content: None,
+            id: None,
         };
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             if key.eq_ignore_ascii_case("topic") {
                 out.topic = Some(map.next_value::<CowStr<'de>>()?.0);
             } else if key.eq_ignore_ascii_case("content") {
                 out.content = Some(map.next_value::<CowStr<'de>>()?.0);
+            } else if key.eq_ignore_ascii_case("id") {
+                out.id = Some(map.next_value::<&'de RawValue>()?);
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -297,6 +360,22 @@ mod tests {
     fn json_errors_never_echo_the_payload() {
         let err = Envelope::parse_json(br#"{"Topic":"t","Content":secret-value}"#).unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn publish_picks_up_the_id_even_when_the_envelope_is_invalid() {
+        let p = Publish::parse_text(r#"{"Topic":"t","Content":"c","Id":"m-1"}"#);
+        assert_eq!(p.id.map(RawValue::get), Some(r#""m-1""#));
+        assert!(p.envelope.is_ok());
+        let p = Publish::parse_text(r#"{"id":42,"Topic":"bad topic","Content":"c"}"#);
+        assert_eq!(p.id.map(RawValue::get), Some("42"));
+        assert_eq!(p.envelope, Err(EnvelopeError::Topic(TopicError::BadCharacter)));
+        let p = Publish::parse_text(r#"{"Id":{"x":1},"Topic":"t","Content":"c"}"#);
+        assert!(p.id.is_none());
+        assert_eq!(p.envelope, Err(EnvelopeError::BadId));
+        let p = Publish::parse_text("t plain");
+        assert!(p.id.is_none());
+        assert_eq!(p.envelope.map(|e| e.content), Ok(Cow::Borrowed("plain")));
     }
 
     #[test]

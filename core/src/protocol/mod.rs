@@ -8,6 +8,7 @@
 //!
 //! `docs/PROTOCOL.md` is the prose version of this module; keep the two in step.
 
+pub mod client;
 pub mod envelope;
 pub mod queue;
 
