@@ -5,8 +5,20 @@
 //! configuration flags, graceful shutdown and telemetry, so that all services behave alike and an operator
 //! learns one set of flags.
 
+pub mod admin;
+pub mod auth;
+pub mod backoff;
+pub mod config;
+pub mod dial;
+pub mod http;
+pub mod limits;
+pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod secret;
+pub mod server;
 pub mod shutdown;
+pub mod tls;
+pub mod ws;
 
 pub use secret::Secret;

@@ -47,7 +47,10 @@ impl<'a> Command<'a> {
                 _ => Err(CommandError::Unknown),
             };
         }
-        let (verb, topic) = frame.trim_end_matches(['\r', '\n']).split_once(' ').ok_or(CommandError::Unknown)?;
+        let (verb, topic) = frame
+            .trim_end_matches(['\r', '\n'])
+            .split_once(' ')
+            .ok_or(CommandError::Unknown)?;
         let make: fn(Cow<'a, str>) -> Self = match verb {
             "sub" => Self::Subscribe,
             "unsub" => Self::Unsubscribe,
@@ -144,7 +147,9 @@ impl ServerFrame {
         }
         let wire: WireFrame<'_> = serde_json::from_str(frame).ok()?;
         if let Some(id) = wire.ack {
-            return Some(Self::Ack { id: id.get().to_owned() });
+            return Some(Self::Ack {
+                id: id.get().to_owned(),
+            });
         }
         if let Some(message) = wire.error {
             return Some(Self::Error {
@@ -169,8 +174,14 @@ mod tests {
 
     #[test]
     fn parses_text_and_ws_go_json_commands() {
-        assert_eq!(Command::parse("sub news").unwrap(), Command::Subscribe("news".into()));
-        assert_eq!(Command::parse("unsub news\r\n").unwrap(), Command::Unsubscribe("news".into()));
+        assert_eq!(
+            Command::parse("sub news").unwrap(),
+            Command::Subscribe("news".into())
+        );
+        assert_eq!(
+            Command::parse("unsub news\r\n").unwrap(),
+            Command::Unsubscribe("news".into())
+        );
         assert_eq!(
             Command::parse(r#"{"Topic":"news","Content":"sub"}"#).unwrap(),
             Command::Subscribe("news".into())
@@ -185,10 +196,22 @@ mod tests {
     fn refuses_unknown_commands_and_bad_topics() {
         assert_eq!(Command::parse("subscribe news"), Err(CommandError::Unknown));
         assert_eq!(Command::parse("sub"), Err(CommandError::Unknown));
-        assert_eq!(Command::parse(r#"{"Topic":"t","Content":"hello"}"#), Err(CommandError::Unknown));
-        assert_eq!(Command::parse("sub a b"), Err(CommandError::Topic(TopicError::BadCharacter)));
-        assert_eq!(Command::parse("sub "), Err(CommandError::Topic(TopicError::Empty)));
-        assert!(matches!(Command::parse("{oops"), Err(CommandError::Envelope(_))));
+        assert_eq!(
+            Command::parse(r#"{"Topic":"t","Content":"hello"}"#),
+            Err(CommandError::Unknown)
+        );
+        assert_eq!(
+            Command::parse("sub a b"),
+            Err(CommandError::Topic(TopicError::BadCharacter))
+        );
+        assert_eq!(
+            Command::parse("sub "),
+            Err(CommandError::Topic(TopicError::Empty))
+        );
+        assert!(matches!(
+            Command::parse("{oops"),
+            Err(CommandError::Envelope(_))
+        ));
     }
 
     #[test]
@@ -196,7 +219,9 @@ mod tests {
         let id = raw(r#""m-1""#);
         assert_eq!(
             ServerFrame::parse(std::str::from_utf8(&encode_ack(&id)).unwrap()),
-            Some(ServerFrame::Ack { id: r#""m-1""#.into() })
+            Some(ServerFrame::Ack {
+                id: r#""m-1""#.into()
+            })
         );
         let err = encode_error("queue \"full\"", Some(&raw("7")));
         assert_eq!(

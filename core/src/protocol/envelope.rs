@@ -211,7 +211,14 @@ fn write_json_string(buf: &mut BytesMut, s: &str) {
         };
         buf.put_slice(&bytes[start..i]);
         if escape.is_empty() {
-            buf.put_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+            buf.put_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
         } else {
             buf.put_slice(escape);
         }
@@ -337,19 +344,34 @@ mod tests {
         let cases: &[(&[u8], EnvelopeError)] = &[
             (br#"{"Content":"x"}"#, EnvelopeError::MissingTopic),
             (br#"{"Topic":"x"}"#, EnvelopeError::MissingContent),
-            (br#"{"Topic":"","Content":"x"}"#, EnvelopeError::Topic(TopicError::Empty)),
-            (br#"{"Topic":"a b","Content":"x"}"#, EnvelopeError::Topic(TopicError::BadCharacter)),
-            (br#"{"Topic":"a\u0007","Content":"x"}"#, EnvelopeError::Topic(TopicError::BadCharacter)),
+            (
+                br#"{"Topic":"","Content":"x"}"#,
+                EnvelopeError::Topic(TopicError::Empty),
+            ),
+            (
+                br#"{"Topic":"a b","Content":"x"}"#,
+                EnvelopeError::Topic(TopicError::BadCharacter),
+            ),
+            (
+                br#"{"Topic":"a\u0007","Content":"x"}"#,
+                EnvelopeError::Topic(TopicError::BadCharacter),
+            ),
         ];
         for (frame, want) in cases {
             assert_eq!(&Envelope::parse_json(frame).unwrap_err(), want);
         }
-        let long = format!(r#"{{"Topic":"{}","Content":"x"}}"#, "t".repeat(MAX_TOPIC_LEN + 1));
+        let long = format!(
+            r#"{{"Topic":"{}","Content":"x"}}"#,
+            "t".repeat(MAX_TOPIC_LEN + 1)
+        );
         assert_eq!(
             Envelope::parse_json(long.as_bytes()).unwrap_err(),
             EnvelopeError::Topic(TopicError::TooLong)
         );
-        assert!(matches!(Envelope::parse_json(b"not json"), Err(EnvelopeError::Json(_))));
+        assert!(matches!(
+            Envelope::parse_json(b"not json"),
+            Err(EnvelopeError::Json(_))
+        ));
         assert!(matches!(
             Envelope::parse_json(br#"{"Topic":"t","Content":42}"#),
             Err(EnvelopeError::Json(_))
@@ -369,7 +391,10 @@ mod tests {
         assert!(p.envelope.is_ok());
         let p = Publish::parse_text(r#"{"id":42,"Topic":"bad topic","Content":"c"}"#);
         assert_eq!(p.id.map(RawValue::get), Some("42"));
-        assert_eq!(p.envelope, Err(EnvelopeError::Topic(TopicError::BadCharacter)));
+        assert_eq!(
+            p.envelope,
+            Err(EnvelopeError::Topic(TopicError::BadCharacter))
+        );
         let p = Publish::parse_text(r#"{"Id":{"x":1},"Topic":"t","Content":"c"}"#);
         assert!(p.id.is_none());
         assert_eq!(p.envelope, Err(EnvelopeError::BadId));
@@ -387,7 +412,10 @@ mod tests {
     fn plain_form_splits_at_the_first_space() {
         let env = Envelope::parse_text("news hello big world").unwrap();
         assert_eq!((&*env.topic, &*env.content), ("news", "hello big world"));
-        assert_eq!(Envelope::parse_text("lonely").unwrap_err(), EnvelopeError::NoSeparator);
+        assert_eq!(
+            Envelope::parse_text("lonely").unwrap_err(),
+            EnvelopeError::NoSeparator
+        );
         assert_eq!(Envelope::parse_text("t ").unwrap().content, "");
     }
 

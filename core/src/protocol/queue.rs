@@ -232,7 +232,8 @@ impl FrameWriter {
     pub fn deliver(&mut self, id: u64, redelivered: bool, payload: &[u8]) {
         self.buf.put_u8(DELIVER);
         self.buf.put_u64_le(id);
-        self.buf.put_u8(if redelivered { FLAG_REDELIVERED } else { 0 });
+        self.buf
+            .put_u8(if redelivered { FLAG_REDELIVERED } else { 0 });
         self.buf.put_u32_le(len_u32(payload.len()));
         self.buf.put_slice(payload);
     }
@@ -268,18 +269,26 @@ impl FrameReader {
 
     fn begin(&mut self) -> Result<Option<u8>, FrameError> {
         if self.frame.is_empty() {
-            return if self.started { Ok(None) } else { Err(FrameError::Empty) };
+            return if self.started {
+                Ok(None)
+            } else {
+                Err(FrameError::Empty)
+            };
         }
         self.started = true;
         Ok(Some(self.frame.get_u8()))
     }
 
     fn u64(&mut self) -> Result<u64, FrameError> {
-        self.frame.try_get_u64_le().map_err(|_| FrameError::Truncated)
+        self.frame
+            .try_get_u64_le()
+            .map_err(|_| FrameError::Truncated)
     }
 
     fn u32(&mut self) -> Result<u32, FrameError> {
-        self.frame.try_get_u32_le().map_err(|_| FrameError::Truncated)
+        self.frame
+            .try_get_u32_le()
+            .map_err(|_| FrameError::Truncated)
     }
 
     fn u8(&mut self) -> Result<u8, FrameError> {
@@ -304,7 +313,9 @@ impl FrameReader {
     pub fn next_push(&mut self) -> Result<Option<PushRecord>, FrameError> {
         match self.begin()? {
             None => Ok(None),
-            Some(HELLO) => Ok(Some(PushRecord::Hello { producer: self.u64()? })),
+            Some(HELLO) => Ok(Some(PushRecord::Hello {
+                producer: self.u64()?,
+            })),
             Some(PUSH) => {
                 let seq = self.u64()?;
                 let payload = self.payload()?;
@@ -322,7 +333,8 @@ impl FrameReader {
             Some(REJECT) => {
                 let seq = self.u64()?;
                 let code = self.u8()?;
-                let reason = RejectReason::from_code(code).ok_or(FrameError::UnknownReason(code))?;
+                let reason =
+                    RejectReason::from_code(code).ok_or(FrameError::UnknownReason(code))?;
                 Ok(Some(PushReply::Reject { seq, reason }))
             }
             Some(kind) => Err(FrameError::UnknownKind(kind)),
@@ -410,7 +422,10 @@ mod tests {
         ];
         let mut w = FrameWriter::default();
         replies.iter().for_each(|r| w.push_reply(*r));
-        assert_eq!(collect(w.take(), 0, FrameReader::next_push_reply).unwrap(), replies);
+        assert_eq!(
+            collect(w.take(), 0, FrameReader::next_push_reply).unwrap(),
+            replies
+        );
 
         let pops = [PopRecord::Credit { n: 64 }, PopRecord::Ack { id: u64::MAX }];
         pops.iter().for_each(|r| w.pop_record(*r));
@@ -442,7 +457,10 @@ mod tests {
 
     #[test]
     fn malformed_frames_are_named_errors() {
-        assert_eq!(collect(Bytes::new(), 8, FrameReader::next_push), Err(FrameError::Empty));
+        assert_eq!(
+            collect(Bytes::new(), 8, FrameReader::next_push),
+            Err(FrameError::Empty)
+        );
         assert_eq!(
             collect(Bytes::from_static(&[0x7f]), 8, FrameReader::next_push),
             Err(FrameError::UnknownKind(0x7f))
@@ -459,12 +477,20 @@ mod tests {
             Err(FrameError::TooLarge { len: 5, max: 4 })
         );
         assert_eq!(
-            collect(Bytes::from_static(&[REJECT, 1, 0, 0, 0, 0, 0, 0, 0, 99]), 0, FrameReader::next_push_reply),
+            collect(
+                Bytes::from_static(&[REJECT, 1, 0, 0, 0, 0, 0, 0, 0, 99]),
+                0,
+                FrameReader::next_push_reply
+            ),
             Err(FrameError::UnknownReason(99))
         );
         // A consumer endpoint refuses producer records and vice versa.
         assert_eq!(
-            collect(Bytes::from_static(&[HELLO, 0, 0, 0, 0, 0, 0, 0, 0]), 0, FrameReader::next_pop),
+            collect(
+                Bytes::from_static(&[HELLO, 0, 0, 0, 0, 0, 0, 0, 0]),
+                0,
+                FrameReader::next_pop
+            ),
             Err(FrameError::UnknownKind(HELLO))
         );
     }

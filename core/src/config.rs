@@ -1,0 +1,261 @@
+//! Command-line flags shared by every service, so an operator learns them once.
+//!
+//! Each flag has an environment fallback (`WSMQ_*`). Services `#[command(flatten)]` these structs into their own
+//! arguments and add what differs between them (`--listen`, the admin address). Fields are public so the
+//! all-in-one binary and tests can build them in code. Secret flags hide their environment value in `--help`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::Secret;
+use crate::auth::{AuthError, Authenticator, Credentials};
+use crate::dial::{DialError, Dialer};
+use crate::tls::{self, TlsError};
+
+/// Settings of a service's own listener: where its state lives, its TLS identity and who may connect.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Directory for the service's state. Without --tls-cert/--tls-key a development CA and server certificate
+    /// are created in <DATA_DIR>/tls/ (clients verify with <DATA_DIR>/tls/ca.pem); services sharing the
+    /// directory trust each other automatically.
+    #[arg(long, env = "WSMQ_DATA_DIR", default_value = "./.wsmq")]
+    pub data_dir: PathBuf,
+
+    /// PEM certificate chain (leaf first) served to clients. Requires --tls-key.
+    #[arg(long, env = "WSMQ_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert. Requires --tls-cert.
+    #[arg(long, env = "WSMQ_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// htpasswd-format users file: one `user:bcrypt-hash` per line (`htpasswd -B`), `user:password` in
+    /// plaintext for development only, `#` comments. Combined with --users.
+    #[arg(long, env = "WSMQ_USERS_FILE", value_name = "FILE")]
+    pub users_file: Option<PathBuf>,
+
+    /// Comma-separated `user:password` list of accepted clients (plaintext, so passwords cannot contain
+    /// `,`; prefer --users-file in production). At least one user must be configured across both flags.
+    #[arg(
+        long,
+        env = "WSMQ_USERS",
+        value_name = "USER:PASSWORD,...",
+        hide_env_values = true
+    )]
+    pub users: Option<Secret>,
+}
+
+impl ServerArgs {
+    /// The listener's TLS configuration: --tls-cert/--tls-key, or the development PKI in --data-dir.
+    pub fn tls_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        tls::server_config(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            &self.data_dir,
+        )
+    }
+
+    /// The listener's authenticator, from --users-file and/or --users; fails if neither defines a user.
+    pub fn authenticator(&self) -> Result<Authenticator, AuthError> {
+        Authenticator::load(self.users_file.as_deref(), self.users.as_ref())
+    }
+}
+
+/// Settings of a service's link to msgqueue: where it is and how to authenticate and verify it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LinkArgs {
+    /// msgqueue URL (wss:// only).
+    #[arg(
+        long,
+        env = "WSMQ_QUEUE_URL",
+        value_name = "URL",
+        default_value = "wss://localhost:8080"
+    )]
+    pub queue_url: String,
+
+    /// User name presented to msgqueue.
+    #[arg(long, env = "WSMQ_QUEUE_USER", value_name = "USER")]
+    pub queue_user: Option<String>,
+
+    /// Password presented to msgqueue (prefer the environment variable: command lines are visible to other
+    /// local users).
+    #[arg(
+        long,
+        env = "WSMQ_QUEUE_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub queue_password: Option<Secret>,
+
+    /// PEM CA certificate(s) that msgqueue's certificate must chain to. Default: the system roots plus
+    /// <DATA_DIR>/tls/ca.pem when it exists.
+    #[arg(long, env = "WSMQ_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Do not verify msgqueue's TLS certificate. For testing only: anyone on the network path can impersonate
+    /// msgqueue and read the credentials.
+    #[arg(long, env = "WSMQ_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub insecure: bool,
+}
+
+/// Why a link to msgqueue could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkConfigError {
+    /// No user name to present.
+    #[error("--queue-user (WSMQ_QUEUE_USER) is required to connect to {url}")]
+    MissingUser {
+        /// The msgqueue URL.
+        url: String,
+    },
+    /// No password to present.
+    #[error("--queue-password (WSMQ_QUEUE_PASSWORD) is required to connect to {url}")]
+    MissingPassword {
+        /// The msgqueue URL.
+        url: String,
+    },
+    /// The client TLS configuration failed (unreadable --ca, nothing trusted).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The URL is not usable.
+    #[error(transparent)]
+    Url(#[from] DialError),
+}
+
+impl LinkArgs {
+    /// A [`Dialer`] for msgqueue: credentials from --queue-user/--queue-password, trust from --ca or the system
+    /// roots plus the development CA in `data_dir`, offering `subprotocol` if given, with `ws_config` limits.
+    ///
+    /// Call it after [`ServerArgs::tls_config`]: in development mode that creates the CA in `data_dir` first, so
+    /// a service started before msgqueue (sharing the directory) already trusts the CA msgqueue will use.
+    pub fn dialer(
+        &self,
+        data_dir: &Path,
+        subprotocol: Option<&str>,
+        ws_config: WebSocketConfig,
+    ) -> Result<Dialer, LinkConfigError> {
+        let url = || self.queue_url.clone();
+        let user = self
+            .queue_user
+            .clone()
+            .filter(|user| !user.is_empty())
+            .ok_or_else(|| LinkConfigError::MissingUser { url: url() })?;
+        let password = self
+            .queue_password
+            .clone()
+            .filter(|password| !password.expose().is_empty())
+            .ok_or_else(|| LinkConfigError::MissingPassword { url: url() })?;
+        let tls = tls::client_config(self.ca.as_deref(), Some(data_dir), self.insecure)?;
+        let dialer = Dialer::new(&self.queue_url, Credentials::new(user, password), tls)?
+            .with_ws_config(ws_config);
+        Ok(match subprotocol {
+            Some(subprotocol) => dialer.with_subprotocol(subprotocol),
+            None => dialer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        link: LinkArgs,
+    }
+
+    #[test]
+    fn flags_are_parsed_and_secrets_hidden_from_debug() -> Result<(), clap::Error> {
+        let cli = Cli::try_parse_from([
+            "svc",
+            "--data-dir",
+            "/var/lib/wsmq",
+            "--users",
+            "alice:hunter2",
+            "--queue-user",
+            "svc",
+            "--queue-password",
+            "s3cret",
+            "--insecure",
+        ])?;
+        assert_eq!(cli.server.data_dir, PathBuf::from("/var/lib/wsmq"));
+        assert_eq!(
+            cli.server.users.as_ref().map(Secret::expose),
+            Some("alice:hunter2")
+        );
+        assert_eq!(cli.link.queue_url, "wss://localhost:8080");
+        assert!(cli.link.insecure);
+        let shown = format!("{cli:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn help_names_every_environment_variable() {
+        let help = Cli::command().render_long_help().to_string();
+        for var in [
+            "WSMQ_DATA_DIR",
+            "WSMQ_TLS_CERT",
+            "WSMQ_TLS_KEY",
+            "WSMQ_USERS_FILE",
+            "WSMQ_USERS",
+            "WSMQ_QUEUE_URL",
+            "WSMQ_QUEUE_USER",
+            "WSMQ_QUEUE_PASSWORD",
+            "WSMQ_CA",
+            "WSMQ_INSECURE",
+        ] {
+            assert!(help.contains(var), "--help does not mention {var}");
+        }
+    }
+
+    #[test]
+    fn dialer_requires_user_and_password() {
+        let mut link = LinkArgs {
+            queue_url: "wss://localhost:8080".to_owned(),
+            queue_user: None,
+            queue_password: Some(Secret::new("pw")),
+            ca: None,
+            insecure: true,
+        };
+        let data_dir = Path::new("unused");
+        let missing_user = link.dialer(data_dir, None, WebSocketConfig::default());
+        assert!(
+            matches!(missing_user, Err(LinkConfigError::MissingUser { .. })),
+            "{missing_user:?}"
+        );
+        link.queue_user = Some("svc".to_owned());
+        link.queue_password = None;
+        let missing_password = link.dialer(data_dir, None, WebSocketConfig::default());
+        assert!(
+            matches!(
+                missing_password,
+                Err(LinkConfigError::MissingPassword { .. })
+            ),
+            "{missing_password:?}"
+        );
+        link.queue_password = Some(Secret::new("pw"));
+        let dialer = link.dialer(data_dir, Some("wsmq.v1"), WebSocketConfig::default());
+        assert_eq!(
+            dialer.map(|d| d.url().to_owned()).ok().as_deref(),
+            Some("wss://localhost:8080")
+        );
+        link.queue_url = "ws://localhost:8080".to_owned();
+        let plain = link.dialer(data_dir, None, WebSocketConfig::default());
+        assert!(
+            matches!(
+                plain,
+                Err(LinkConfigError::Url(DialError::InvalidUrl { .. }))
+            ),
+            "{plain:?}"
+        );
+    }
+}

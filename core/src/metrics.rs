@@ -1,0 +1,206 @@
+//! [`ListenerMetrics`]: the Prometheus metrics every wsmq listener exports, so dashboards and alerts work the
+//! same for all services.
+//!
+//! The listener counts connections and rejections itself; the message and byte counters are for the service's
+//! connection handlers, which know what a message is. Services register their own metrics (queue depth, acks,
+//! redeliveries) into the same [`Registry`].
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Why the listener refused a connection before handing it to the service; the `reason` label of
+/// `connections_rejected_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Missing or wrong credentials (401).
+    Auth,
+    /// The connection limit was reached (503).
+    Limit,
+    /// The `Origin` header is not allowed (403): a cross-site WebSocket hijacking attempt.
+    Origin,
+    /// Unknown path (404).
+    NotFound,
+    /// Not a valid HTTP request or WebSocket upgrade (400/405).
+    BadRequest,
+    /// TLS, request and upgrade did not finish within the handshake timeout.
+    HandshakeTimeout,
+    /// The TLS handshake failed (plain-text bytes, garbage, a client that distrusts our certificate).
+    Tls,
+}
+
+impl RejectReason {
+    /// The label value: snake_case, as Prometheus label values conventionally are.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::Limit => "limit",
+            Self::Origin => "origin",
+            Self::NotFound => "not_found",
+            Self::BadRequest => "bad_request",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::Tls => "tls",
+        }
+    }
+}
+
+impl EncodeLabelValue for RejectReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    reason: RejectReason,
+}
+
+/// Metrics of one listener: cheap to clone (every field is an `Arc` inside), shared by the accept loop and all
+/// connection handlers. [`ListenerMetrics::default`] gives unregistered metrics, for tests or callers that do
+/// not export them.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerMetrics {
+    connections_open: Gauge,
+    connections_accepted: Counter,
+    connections_rejected: Family<RejectLabels, Counter>,
+    messages_received: Counter,
+    messages_sent: Counter,
+    bytes_received: Counter,
+    bytes_sent: Counter,
+}
+
+impl ListenerMetrics {
+    /// Creates the metrics and registers them under `prefix` (e.g. `listener`), so the service's registry
+    /// prefix plus this one name them, e.g. `wsmq_msgqueue_listener_connections_open`.
+    pub fn register(registry: &mut Registry, prefix: &str) -> Self {
+        let metrics = Self::default();
+        let registry = registry.sub_registry_with_prefix(prefix);
+        registry.register(
+            "connections_open",
+            "Open WebSocket connections handed to the service",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "WebSocket connections that completed TLS, authentication and upgrade",
+            metrics.connections_accepted.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Connections refused before the upgrade, by reason",
+            metrics.connections_rejected.clone(),
+        );
+        registry.register(
+            "messages_received",
+            "Messages received from peers",
+            metrics.messages_received.clone(),
+        );
+        registry.register(
+            "messages_sent",
+            "Messages sent to peers",
+            metrics.messages_sent.clone(),
+        );
+        registry.register_with_unit(
+            "received",
+            "Message payload bytes received from peers",
+            Unit::Bytes,
+            metrics.bytes_received.clone(),
+        );
+        registry.register_with_unit(
+            "sent",
+            "Message payload bytes sent to peers",
+            Unit::Bytes,
+            metrics.bytes_sent.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a connection refused before the upgrade.
+    pub fn reject(&self, reason: RejectReason) {
+        self.connections_rejected
+            .get_or_create(&RejectLabels { reason })
+            .inc();
+    }
+
+    /// How many connections were refused for `reason` so far; lets tests and health checks see why clients fail.
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.connections_rejected
+            .get_or_create(&RejectLabels { reason })
+            .get()
+    }
+
+    /// Counts an accepted connection and tracks it as open until the returned guard is dropped, so the gauge
+    /// stays right however the handler ends.
+    pub fn open_connection(&self) -> OpenConnection {
+        self.connections_accepted.inc();
+        self.connections_open.inc();
+        OpenConnection {
+            gauge: self.connections_open.clone(),
+        }
+    }
+
+    /// WebSocket connections currently open.
+    pub fn open(&self) -> i64 {
+        self.connections_open.get()
+    }
+
+    /// Counts one message of `bytes` payload bytes received from a peer.
+    pub fn received(&self, bytes: usize) {
+        self.messages_received.inc();
+        self.bytes_received.inc_by(bytes as u64);
+    }
+
+    /// Counts one message of `bytes` payload bytes sent to a peer.
+    pub fn sent(&self, bytes: usize) {
+        self.messages_sent.inc();
+        self.bytes_sent.inc_by(bytes as u64);
+    }
+}
+
+/// Keeps `connections_open` incremented while alive; returned by [`ListenerMetrics::open_connection`].
+#[derive(Debug)]
+pub struct OpenConnection {
+    gauge: Gauge,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn metrics_are_exported_under_the_prefix() -> Result<(), std::fmt::Error> {
+        let mut registry = Registry::with_prefix("wsmq_test");
+        let metrics = ListenerMetrics::register(&mut registry, "listener");
+        metrics.reject(RejectReason::HandshakeTimeout);
+        metrics.received(10);
+        let guard = metrics.open_connection();
+        let mut text = String::new();
+        encode(&mut text, &registry)?;
+        assert!(
+            text.contains("wsmq_test_listener_connections_open 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "wsmq_test_listener_connections_rejected_total{reason=\"handshake_timeout\"} 1"
+        ));
+        assert!(
+            text.contains("wsmq_test_listener_received_bytes_total 10"),
+            "{text}"
+        );
+        drop(guard);
+        assert_eq!(metrics.open(), 0);
+        assert_eq!(metrics.rejected(RejectReason::HandshakeTimeout), 1);
+        Ok(())
+    }
+}

@@ -1,0 +1,524 @@
+//! The TLS WebSocket listener every wsmq service runs: accept, TLS, HTTP head, routing, origin check, Basic auth,
+//! subprotocol negotiation and the upgrade, under one handshake timeout and a connection limit.
+//!
+//! The service only supplies a handler that receives an authenticated, upgraded [`Accepted`] connection. Like
+//! mini-redis and axum: [`serve`] takes an already-bound listener (tests bind port 0), accept errors never end
+//! it, each connection holds an owned semaphore permit, and shutdown is cancel → notify connections → wait for
+//! them within the drain timeout.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::instrument;
+use tungstenite::handshake::derive_accept_key;
+use tungstenite::protocol::Role;
+
+use crate::auth::{AUTH_SUBPROTOCOL_PREFIX, Authenticator, Credentials};
+use crate::http::{HttpError, RequestHead, Response, read_request_head};
+use crate::limits::Limits;
+use crate::metrics::{ListenerMetrics, RejectReason};
+
+/// An upgraded server-side connection: WebSocket over TLS over TCP.
+pub type ServerWs = WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// Connections beyond the limit that may be in their TLS handshake at once to receive their 503; past it, extra
+/// connections are dropped without a word, so a flood cannot make the rejection path itself unbounded.
+pub const MAX_CONCURRENT_REJECTIONS: usize = 64;
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(250);
+/// The realm in `WWW-Authenticate`.
+const WWW_AUTHENTICATE: &str = "Basic realm=\"wsmq\"";
+
+/// Something a listener serves at a path.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// A WebSocket endpoint, e.g. `/pushmsg` speaking `["wsmq.v1"]`. A client offering none of `subprotocols`
+    /// still connects, in compat mode ([`Accepted::subprotocol`] is `None`).
+    WebSocket {
+        /// The exact request path.
+        path: &'static str,
+        /// Subprotocols this endpoint speaks, in server preference order.
+        subprotocols: &'static [&'static str],
+    },
+    /// A static page answered to `GET` without authentication (e.g. the subscriber's browser client; it
+    /// authenticates on its WebSocket instead).
+    Page {
+        /// The exact request path.
+        path: &'static str,
+        /// The `Content-Type`, e.g. `text/html; charset=utf-8`.
+        content_type: &'static str,
+        /// The page.
+        body: &'static [u8],
+    },
+}
+
+impl Route {
+    fn path(&self) -> &'static str {
+        match self {
+            Route::WebSocket { path, .. } | Route::Page { path, .. } => path,
+        }
+    }
+}
+
+/// Everything a listener needs besides its socket and handler.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// TLS certificate and key (see `crate::tls::server_config`).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Checks the credentials of every WebSocket handshake.
+    pub auth: Authenticator,
+    /// Message sizes, timeouts and the connection cap.
+    pub limits: Limits,
+    /// What is served at which path; any other path gets 404.
+    pub routes: Vec<Route>,
+    /// Browser origins allowed to open WebSockets, e.g. `https://example.com:8082`. Empty means the listener's
+    /// own origins (`https://localhost:PORT`, `https://127.0.0.1:PORT`, `https://[::1]:PORT`). Requests without
+    /// an `Origin` header (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Where connection counts and rejections are recorded.
+    pub metrics: ListenerMetrics,
+}
+
+impl ServerConfig {
+    /// A configuration with the default origin allow-list and unregistered metrics; set the public fields to
+    /// change either.
+    pub fn new(
+        tls: Arc<rustls::ServerConfig>,
+        auth: Authenticator,
+        limits: Limits,
+        routes: Vec<Route>,
+    ) -> Self {
+        Self {
+            tls,
+            auth,
+            limits,
+            routes,
+            allowed_origins: Vec::new(),
+            metrics: ListenerMetrics::default(),
+        }
+    }
+}
+
+/// An authenticated, upgraded connection handed to the service's handler.
+pub struct Accepted {
+    /// The WebSocket, configured with the listener's limits.
+    pub ws: ServerWs,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The route path the client connected to, e.g. `/popmsg`.
+    pub path: &'static str,
+    /// The authenticated user name.
+    pub user: String,
+    /// The negotiated subprotocol, e.g. `Some("wsmq.v1")`; `None` is compat mode (plain frames, as ws-go).
+    pub subprotocol: Option<&'static str>,
+    /// Cancelled when the listener shuts down; the handler then closes the WebSocket with 1001 and returns.
+    pub shutdown: CancellationToken,
+}
+
+/// Why [`serve`] could not run.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// The listener's own address could not be read (needed for the default origin allow-list).
+    #[error("reading the listener address: {0}")]
+    LocalAddr(#[source] io::Error),
+}
+
+/// State shared by the accept loop and every connection task.
+struct Shared<H> {
+    config: Arc<ServerConfig>,
+    acceptor: TlsAcceptor,
+    origins: Vec<String>,
+    handler: H,
+}
+
+/// Serves TLS WebSockets on `listener` until `shutdown` is cancelled, handing each accepted connection to
+/// `handler` in its own task.
+///
+/// On shutdown it stops accepting, cancels every connection's [`Accepted::shutdown`] token and waits up to
+/// `limits.drain_timeout` for the connection tasks, then returns `Ok`. Accept errors are logged and retried,
+/// never returned; the only error is an unusable listener.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError>
+where
+    H: Fn(Accepted) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let local = listener.local_addr().map_err(ServeError::LocalAddr)?;
+    let origins = if config.allowed_origins.is_empty() {
+        own_origins(local.port())
+    } else {
+        config
+            .allowed_origins
+            .iter()
+            .map(|o| normalize_origin(o))
+            .collect()
+    };
+    let drain_timeout = config.limits.drain_timeout;
+    let connections = Arc::new(Semaphore::new(
+        config.limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let rejections = Arc::new(Semaphore::new(MAX_CONCURRENT_REJECTIONS));
+    let shared = Arc::new(Shared {
+        acceptor: TlsAcceptor::from(config.tls.clone()),
+        config,
+        origins,
+        handler,
+    });
+    let tracker = TaskTracker::new();
+    tracing::info!(addr = %local, "listening");
+
+    loop {
+        let (tcp, peer) = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed, retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                    }
+                }
+            },
+        };
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, %peer, "cannot set TCP_NODELAY");
+        }
+        let admission = match connections.clone().try_acquire_owned() {
+            Ok(permit) => Admission {
+                admitted: true,
+                _permit: permit,
+            },
+            Err(_) => match rejections.clone().try_acquire_owned() {
+                Ok(permit) => Admission {
+                    admitted: false,
+                    _permit: permit,
+                },
+                Err(_) => {
+                    shared.config.metrics.reject(RejectReason::Limit);
+                    tracing::debug!(%peer, "connection limit reached, dropping connection");
+                    continue;
+                }
+            },
+        };
+        tracker.spawn(connection(
+            shared.clone(),
+            tcp,
+            peer,
+            admission,
+            shutdown.child_token(),
+        ));
+    }
+
+    drop(listener);
+    tracker.close();
+    if tokio::time::timeout(drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = tracker.len(),
+            ?drain_timeout,
+            "drain timeout elapsed, abandoning connections"
+        );
+    }
+    tracing::info!(addr = %local, "listener stopped");
+    Ok(())
+}
+
+/// Whether a connection got a slot under the connection limit (else it only gets a 503), with the permit of
+/// that slot or of a rejection slot, held for the task's lifetime.
+struct Admission {
+    admitted: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A handshake that did not produce a WebSocket, and why (for the metric and the debug log).
+struct Rejection {
+    reason: RejectReason,
+    detail: String,
+}
+
+impl Rejection {
+    fn new(reason: RejectReason, detail: impl ToString) -> Self {
+        Self {
+            reason,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// A completed upgrade, ready for the handler.
+struct Upgraded {
+    ws: ServerWs,
+    path: &'static str,
+    user: String,
+    subprotocol: Option<&'static str>,
+}
+
+/// One connection from accept to the end of its handler.
+#[instrument(skip_all, fields(peer = %peer))]
+async fn connection<H, F>(
+    shared: Arc<Shared<H>>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admission: Admission,
+    shutdown: CancellationToken,
+) where
+    H: Fn(Accepted) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let metrics = &shared.config.metrics;
+    let admitted = admission.admitted;
+    // Boxed so its (large) state is freed once the handshake is over instead of staying part of this task for
+    // the connection's whole life: that is most of what an idle connection costs.
+    let handshake = tokio::time::timeout(
+        shared.config.limits.handshake_timeout,
+        Box::pin(handshake(&shared, tcp, peer, admitted)),
+    );
+    let outcome = tokio::select! {
+        outcome = handshake => outcome,
+        () = shutdown.cancelled() => return,
+    };
+    let upgraded = match outcome {
+        Ok(Ok(Some(upgraded))) => upgraded,
+        Ok(Ok(None)) => return,
+        Ok(Err(rejection)) => {
+            metrics.reject(rejection.reason);
+            tracing::debug!(reason = rejection.reason.as_str(), detail = %rejection.detail, "connection rejected");
+            return;
+        }
+        Err(_elapsed) => {
+            metrics.reject(RejectReason::HandshakeTimeout);
+            tracing::debug!("handshake timed out");
+            return;
+        }
+    };
+    let _open = metrics.open_connection();
+    tracing::debug!(user = %upgraded.user, path = upgraded.path, subprotocol = ?upgraded.subprotocol, "accepted");
+    let accepted = Accepted {
+        ws: upgraded.ws,
+        peer,
+        path: upgraded.path,
+        user: upgraded.user,
+        subprotocol: upgraded.subprotocol,
+        shutdown,
+    };
+    (shared.handler)(accepted).await;
+    drop(admission);
+}
+
+/// TLS, request head, routing, checks and upgrade. `Ok(None)` means a page was served.
+async fn handshake<H>(
+    shared: &Shared<H>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admitted: bool,
+) -> Result<Option<Upgraded>, Rejection> {
+    let mut tls = shared
+        .acceptor
+        .accept(tcp)
+        .await
+        .map_err(|err| Rejection::new(RejectReason::Tls, err))?;
+    let (head, leftover) = match read_request_head(&mut tls).await {
+        Ok(read) => read,
+        Err(err @ (HttpError::Malformed(_) | HttpError::TooLarge)) => {
+            return Err(refuse(
+                &mut tls,
+                Response::text(400, "bad request\n"),
+                RejectReason::BadRequest,
+                err,
+            )
+            .await);
+        }
+        Err(err) => return Err(Rejection::new(RejectReason::BadRequest, err)),
+    };
+    if !admitted {
+        let response = Response::text(503, "too many connections, try again later\n")
+            .header("Retry-After", "1");
+        return Err(refuse(
+            &mut tls,
+            response,
+            RejectReason::Limit,
+            "connection limit reached",
+        )
+        .await);
+    }
+    let Some(route) = shared.config.routes.iter().find(|r| r.path() == head.path) else {
+        return Err(refuse(
+            &mut tls,
+            Response::text(404, "not found\n"),
+            RejectReason::NotFound,
+            "unknown path",
+        )
+        .await);
+    };
+    let (path, subprotocols) = match route {
+        Route::WebSocket { path, subprotocols } => (*path, *subprotocols),
+        Route::Page {
+            content_type, body, ..
+        } => {
+            if head.method != "GET" {
+                let response = Response::text(405, "method not allowed\n").header("Allow", "GET");
+                return Err(refuse(
+                    &mut tls,
+                    response,
+                    RejectReason::BadRequest,
+                    "page method not GET",
+                )
+                .await);
+            }
+            let response = Response::new(200)
+                .header("Cache-Control", "no-cache")
+                .body(content_type, *body);
+            if let Err(err) = respond(&mut tls, &response).await {
+                tracing::debug!(%err, "serving page");
+            }
+            return Ok(None);
+        }
+    };
+    let Some(key) = upgrade_key(&head) else {
+        let response = Response::text(400, "expected a WebSocket upgrade\n")
+            .header("Sec-WebSocket-Version", "13");
+        return Err(refuse(
+            &mut tls,
+            response,
+            RejectReason::BadRequest,
+            "no valid upgrade headers",
+        )
+        .await);
+    };
+    if let Some(origin) = head.header("origin")
+        && !shared.origins.contains(&normalize_origin(origin))
+    {
+        let response = Response::text(403, "origin not allowed\n");
+        return Err(refuse(
+            &mut tls,
+            response,
+            RejectReason::Origin,
+            format!("origin {origin:?} not allowed"),
+        )
+        .await);
+    }
+    let credentials = credentials(&head);
+    let user = match shared
+        .config
+        .auth
+        .verify(credentials.as_ref(), peer.ip())
+        .await
+    {
+        Ok(user) => user,
+        Err(failure) => {
+            let response =
+                Response::text(401, "unauthorized\n").header("WWW-Authenticate", WWW_AUTHENTICATE);
+            return Err(refuse(&mut tls, response, RejectReason::Auth, failure).await);
+        }
+    };
+    let subprotocol = offered_subprotocols(&head)
+        .filter(|offered| !offered.starts_with(AUTH_SUBPROTOCOL_PREFIX))
+        .find_map(|offered| {
+            subprotocols
+                .iter()
+                .copied()
+                .find(|spoken| *spoken == offered)
+        });
+    let mut response = Response::new(101)
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Accept", derive_accept_key(key.as_bytes()));
+    if let Some(protocol) = subprotocol {
+        response = response.header("Sec-WebSocket-Protocol", protocol);
+    }
+    response
+        .write_to(&mut tls)
+        .await
+        .map_err(|err| Rejection::new(RejectReason::BadRequest, err))?;
+    let config = shared.config.limits.websocket_config();
+    let ws = WebSocketStream::from_partially_read(tls, leftover, Role::Server, Some(config)).await;
+    Ok(Some(Upgraded {
+        ws,
+        path,
+        user,
+        subprotocol,
+    }))
+}
+
+/// Answers with an error response, closes the connection and returns the rejection to record.
+async fn refuse<S>(
+    stream: &mut S,
+    response: Response,
+    reason: RejectReason,
+    detail: impl ToString,
+) -> Rejection
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(err) = respond(stream, &response).await {
+        tracing::debug!(%err, status = response.status(), "writing rejection");
+    }
+    Rejection::new(reason, detail)
+}
+
+/// Writes a final response and shuts the stream down (TLS close_notify, then FIN).
+async fn respond<S>(stream: &mut S, response: &Response) -> io::Result<()>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    response.write_to(stream).await?;
+    stream.shutdown().await
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request (RFC 6455 §4.2.1), or `None` if it is not one.
+fn upgrade_key(head: &RequestHead) -> Option<&str> {
+    let valid = head.method == "GET"
+        && head.has_token("upgrade", "websocket")
+        && head.has_token("connection", "upgrade")
+        && head.header("sec-websocket-version") == Some("13");
+    head.header("sec-websocket-key")
+        .filter(|key| valid && !key.is_empty())
+}
+
+/// Every subprotocol the client offered, in its order of preference.
+fn offered_subprotocols(head: &RequestHead) -> impl Iterator<Item = &str> {
+    head.headers("sec-websocket-protocol")
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+/// Credentials from `Authorization: Basic`, or else from a `wsmq.auth.*` subprotocol (browsers cannot set
+/// headers on a WebSocket).
+fn credentials(head: &RequestHead) -> Option<Credentials> {
+    head.header("authorization")
+        .and_then(Credentials::from_basic_header)
+        .or_else(|| offered_subprotocols(head).find_map(Credentials::from_subprotocol_token))
+}
+
+/// The origins a browser shows for pages served by this listener itself.
+fn own_origins(port: u16) -> Vec<String> {
+    ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .map(|host| format!("https://{host}:{port}"))
+        .collect()
+}
+
+/// Origins compare case-insensitively and without a trailing slash.
+fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+}

@@ -1,0 +1,577 @@
+//! Per-connection WebSocket plumbing shared by every service: a writer task fed by a bounded outbox, keepalive
+//! pings, an idle-detecting reader and an orderly close.
+//!
+//! A connection is split into a [`Reader`] the handler loops over and an [`Outbox`] any task can send through;
+//! one writer task ([`run_writer`]) owns the socket's write half. The writer feeds every message that is ready
+//! and then flushes once, so a busy connection batches writes into few TLS records while an idle one adds no
+//! latency. Closing is one [`Closer`] shared by all three: the reader asks for 1009 on an oversize message, the
+//! service for 1008 or 1013, shutdown for 1001, and the writer sends that code and ends. Everything is generic
+//! over `Stream`/`Sink`, so it is tested over in-memory channels.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tungstenite::Message;
+use tungstenite::error::{CapacityError, Error as WsError};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::limits::Limits;
+
+/// Most messages the writer feeds before it flushes, so one flood of sends cannot delay the flush (and the
+/// peer's first bytes) indefinitely.
+pub const WRITE_BATCH_LIMIT: usize = 512;
+/// How long closing may take: flushing queued messages plus our Close frame, then waiting for the peer's
+/// Close reply. A peer that does not answer is dropped after it.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The close reason sent when the service shuts down.
+const SHUTDOWN_REASON: &str = "server shutting down";
+
+/// Decides how a connection closes; shared (cheap clone) by the reader, the writer, the service and shutdown.
+///
+/// The first [`Closer::close`] wins; when the shutdown token given to [`Closer::new`] is cancelled first, the
+/// code is 1001 (going away).
+#[derive(Clone, Debug)]
+pub struct Closer {
+    inner: Arc<CloserInner>,
+}
+
+#[derive(Debug)]
+struct CloserInner {
+    closing: CancellationToken,
+    frame: Mutex<Option<CloseFrame>>,
+}
+
+impl Closer {
+    /// A closer that also starts closing (with 1001) when `shutdown` is cancelled.
+    pub fn new(shutdown: &CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(CloserInner {
+                closing: shutdown.child_token(),
+                frame: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Asks the writer to send a Close frame with `code` and `reason` and end. Later calls are ignored, so the
+    /// first cause is what the peer sees. Reasons must stay under 123 bytes (a control frame limit).
+    pub fn close(&self, code: CloseCode, reason: &'static str) {
+        {
+            let mut frame = self
+                .inner
+                .frame
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if frame.is_none() && !self.inner.closing.is_cancelled() {
+                *frame = Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                });
+            }
+        }
+        self.inner.closing.cancel();
+    }
+
+    /// Whether closing has started (requested or shutdown).
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.is_cancelled()
+    }
+
+    /// Resolves once closing has started.
+    pub async fn closing(&self) {
+        self.inner.closing.cancelled().await;
+    }
+
+    /// The frame to send: the requested one, or 1001 when shutdown came first.
+    fn frame(&self) -> CloseFrame {
+        let frame = self
+            .inner
+            .frame
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        frame.clone().unwrap_or_else(|| CloseFrame {
+            code: CloseCode::Away,
+            reason: SHUTDOWN_REASON.into(),
+        })
+    }
+}
+
+/// The sending side of a connection: a bounded queue to its writer task plus its [`Closer`]. Clone it into every
+/// task that sends to this peer.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    sender: mpsc::Sender<Message>,
+    closer: Closer,
+}
+
+/// Why a message could not be queued.
+#[derive(Debug, Error)]
+pub enum SendError {
+    /// The queue is full: the peer reads slower than we send. Returned only by [`Outbox::try_send`].
+    #[error("outbox full")]
+    Full(Message),
+    /// The writer has ended (the connection is closing or gone).
+    #[error("connection closed")]
+    Closed(Message),
+}
+
+impl Outbox {
+    /// Queues a message, waiting while the queue is full (backpressure towards the producer).
+    /// Fails only when the connection is gone.
+    pub async fn send(&self, message: Message) -> Result<(), SendError> {
+        self.sender
+            .send(message)
+            .await
+            .map_err(|err| SendError::Closed(err.0))
+    }
+
+    /// Queues a message without waiting, for callers whose overflow policy is to drop or disconnect a slow peer.
+    pub fn try_send(&self, message: Message) -> Result<(), SendError> {
+        self.sender.try_send(message).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(m) => SendError::Full(m),
+            mpsc::error::TrySendError::Closed(m) => SendError::Closed(m),
+        })
+    }
+
+    /// Closes the connection with `code` (e.g. 1008 policy violation, 1013 try again later); see
+    /// [`Closer::close`].
+    pub fn close(&self, code: CloseCode, reason: &'static str) {
+        self.closer.close(code, reason);
+    }
+
+    /// The connection's closer, e.g. for a task that must notice the connection is closing.
+    pub fn closer(&self) -> &Closer {
+        &self.closer
+    }
+}
+
+/// The writer task: sends what arrives on `outbox` (every ready message, then one flush), pings every
+/// `ping_interval`, and when `closer` starts closing (or every [`Outbox`] is dropped, which closes with 1000)
+/// flushes what is already queued, sends the Close frame and returns.
+///
+/// Fails when writing to the peer fails; it then also starts closing, so the reader stops too.
+pub async fn run_writer<S>(
+    mut sink: S,
+    mut outbox: mpsc::Receiver<Message>,
+    closer: Closer,
+    ping_interval: Duration,
+) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let written = tokio::select! {
+            biased;
+            () = closer.closing() => break,
+            // Before the outbox, so a peer that only receives still gets pings and answers them with pongs,
+            // which is what keeps our reader from declaring it idle.
+            _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await,
+            received = outbox.recv() => match received {
+                Some(message) => write_batch(&mut sink, message, &mut outbox).await,
+                None => {
+                    closer.close(CloseCode::Normal, "");
+                    break;
+                }
+            },
+        };
+        if let Err(err) = written {
+            closer.close(CloseCode::Error, "write failed");
+            return Err(err);
+        }
+    }
+    let frame = closer.frame();
+    let goodbye = async {
+        while let Ok(message) = outbox.try_recv() {
+            sink.feed(message).await?;
+        }
+        sink.send(Message::Close(Some(frame))).await
+    };
+    if let Ok(Err(err)) = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await {
+        // The peer closed first: tungstenite has queued its Close reply, which only a flush sends.
+        tracing::debug!(%err, "sending close frame");
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.flush()).await;
+    }
+    Ok(())
+}
+
+/// Feeds `first` and every message already queued (up to [`WRITE_BATCH_LIMIT`]), then flushes once.
+async fn write_batch<S>(
+    sink: &mut S,
+    first: Message,
+    outbox: &mut mpsc::Receiver<Message>,
+) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    sink.feed(first).await?;
+    for _ in 1..WRITE_BATCH_LIMIT {
+        match outbox.try_recv() {
+            Ok(message) => sink.feed(message).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}
+
+/// Why [`Reader::next`] ended the connection.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    /// Nothing at all (not even a pong to our pings) arrived for the idle timeout: the peer is presumed dead.
+    #[error("peer idle for {0:?}")]
+    Idle(Duration),
+    /// The peer sent a message or frame over the configured limit; the connection is closed with 1009.
+    #[error("message exceeds the size limit")]
+    TooBig,
+    /// The connection failed (I/O, TLS or WebSocket protocol error).
+    #[error(transparent)]
+    Ws(#[from] WsError),
+}
+
+/// The reading side of a connection: yields data messages, answers pings (tungstenite does), detects a dead
+/// peer, and finishes the close handshake.
+#[derive(Debug)]
+pub struct Reader<S> {
+    stream: S,
+    closer: Closer,
+    idle_timeout: Duration,
+    last_seen: Instant,
+    close_deadline: Option<Instant>,
+}
+
+impl<S> Reader<S>
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    /// Wraps the read half of a connection.
+    pub fn new(stream: S, closer: Closer, idle_timeout: Duration) -> Self {
+        Self {
+            stream,
+            closer,
+            idle_timeout,
+            last_seen: Instant::now(),
+            close_deadline: None,
+        }
+    }
+
+    /// The next Text or Binary message; `Ok(None)` once the connection has closed in an orderly way (the
+    /// peer's Close, ours answered, or [`CLOSE_TIMEOUT`] after we started closing).
+    ///
+    /// Fails with [`ReadError::Idle`] when nothing arrived for the idle timeout, [`ReadError::TooBig`] for an
+    /// oversize message, [`ReadError::Ws`] on connection errors; each failure also starts closing the
+    /// connection with a fitting code, so the caller just returns.
+    pub async fn next(&mut self) -> Result<Option<Message>, ReadError> {
+        loop {
+            if self.close_deadline.is_none() && self.closer.is_closing() {
+                self.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+            }
+            let deadline = self
+                .close_deadline
+                .unwrap_or(self.last_seen + self.idle_timeout);
+            let item = tokio::select! {
+                item = self.stream.next() => item,
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.close_deadline.is_some() {
+                        return Ok(None);
+                    }
+                    self.closer.close(CloseCode::Away, "idle timeout");
+                    return Err(ReadError::Idle(self.idle_timeout));
+                }
+                () = self.closer.closing(), if self.close_deadline.is_none() => continue,
+            };
+            self.last_seen = Instant::now();
+            match item {
+                None => return Ok(None),
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    return Ok(Some(message));
+                }
+                // The peer's Close: tungstenite queues the reply; reading on flushes it and ends the stream.
+                Some(Ok(Message::Close(_))) => self.closer.close(CloseCode::Normal, ""),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Err(WsError::Capacity(
+                    CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders,
+                ))) => {
+                    self.closer.close(CloseCode::Size, "message too big");
+                    return Err(ReadError::TooBig);
+                }
+                Some(Err(err)) => {
+                    let code = match &err {
+                        WsError::Utf8(_) => CloseCode::Invalid,
+                        WsError::Protocol(_) => CloseCode::Protocol,
+                        _ => CloseCode::Error,
+                    };
+                    self.closer.close(code, "");
+                    return Err(ReadError::Ws(err));
+                }
+            }
+        }
+    }
+}
+
+/// What [`split`] returns: the reader to loop over, the outbox to send through, and the writer task, which the
+/// handler should await before returning so the Close frame is flushed.
+pub type Split<S> = (
+    Reader<SplitStream<S>>,
+    Outbox,
+    JoinHandle<Result<(), WsError>>,
+);
+
+/// Splits an upgraded connection into a [`Reader`], an [`Outbox`] of `outbox_capacity` messages and a spawned
+/// writer task, with pings and idle detection from `limits`; `shutdown` closes it with 1001.
+pub fn split<S>(
+    ws: S,
+    limits: &Limits,
+    outbox_capacity: usize,
+    shutdown: &CancellationToken,
+) -> Split<S>
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + 'static,
+    SplitSink<S, Message>: Send,
+{
+    let (sink, stream) = ws.split();
+    let closer = Closer::new(shutdown);
+    let (sender, receiver) = mpsc::channel(outbox_capacity);
+    let writer = tokio::spawn(run_writer(
+        sink,
+        receiver,
+        closer.clone(),
+        limits.ping_interval,
+    ));
+    let reader = Reader::new(stream, closer.clone(), limits.idle_timeout);
+    (reader, Outbox { sender, closer }, writer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// What the fake sink saw, in order.
+    #[derive(Debug, PartialEq)]
+    enum Event {
+        Sent(Message),
+        Flushed,
+    }
+
+    /// A sink that records feeds and flushes, and can be made to fail.
+    #[derive(Clone, Default)]
+    struct RecordingSink {
+        events: Arc<Mutex<Vec<Event>>>,
+    }
+
+    impl RecordingSink {
+        fn take(&self) -> Vec<Event> {
+            std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
+        }
+        fn push(&self, event: Event) {
+            self.events
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(event);
+        }
+    }
+
+    impl Sink<Message> for RecordingSink {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            self.push(Event::Sent(item));
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            self.push(Event::Flushed);
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn text(s: &'static str) -> Message {
+        Message::Text(s.into())
+    }
+
+    fn close(code: CloseCode, reason: &'static str) -> Message {
+        Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writer_feeds_ready_messages_then_flushes_once() {
+        let sink = RecordingSink::default();
+        let (sender, receiver) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        let closer = Closer::new(&shutdown);
+        for m in ["a", "b", "c"] {
+            assert!(sender.try_send(text(m)).is_ok());
+        }
+        let writer = tokio::spawn(run_writer(
+            sink.clone(),
+            receiver,
+            closer,
+            Duration::from_secs(20),
+        ));
+        tokio::task::yield_now().await;
+        drop(sender);
+        assert!(matches!(writer.await, Ok(Ok(()))));
+        let expected = vec![
+            Event::Sent(text("a")),
+            Event::Sent(text("b")),
+            Event::Sent(text("c")),
+            Event::Flushed,
+            Event::Sent(close(CloseCode::Normal, "")),
+            Event::Flushed,
+        ];
+        assert_eq!(sink.take(), expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writer_pings_every_interval() {
+        let sink = RecordingSink::default();
+        let (sender, receiver) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        let writer = tokio::spawn(run_writer(
+            sink.clone(),
+            receiver,
+            Closer::new(&shutdown),
+            Duration::from_secs(5),
+        ));
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        let pings = sink
+            .take()
+            .into_iter()
+            .filter(|e| *e == Event::Sent(Message::Ping(Bytes::new())))
+            .count();
+        assert_eq!(pings, 2);
+        drop(sender);
+        assert!(matches!(writer.await, Ok(Ok(()))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_flushes_queued_messages_then_closes_with_going_away() {
+        let sink = RecordingSink::default();
+        let (sender, receiver) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        let closer = Closer::new(&shutdown);
+        shutdown.cancel();
+        assert!(sender.try_send(text("last")).is_ok());
+        assert!(matches!(
+            run_writer(sink.clone(), receiver, closer, Duration::from_secs(20)).await,
+            Ok(())
+        ));
+        let events = sink.take();
+        assert_eq!(events.first(), Some(&Event::Sent(text("last"))));
+        assert!(
+            events.contains(&Event::Sent(close(CloseCode::Away, SHUTDOWN_REASON))),
+            "{events:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_close_request_wins() {
+        let sink = RecordingSink::default();
+        let (_sender, receiver) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        let closer = Closer::new(&shutdown);
+        closer.close(CloseCode::Policy, "bad frame");
+        closer.close(CloseCode::Again, "later");
+        shutdown.cancel();
+        assert!(matches!(
+            run_writer(sink.clone(), receiver, closer, Duration::from_secs(20)).await,
+            Ok(())
+        ));
+        assert!(
+            sink.take()
+                .contains(&Event::Sent(close(CloseCode::Policy, "bad frame")))
+        );
+    }
+
+    /// An in-memory peer: the test pushes what the reader will receive.
+    fn fake_stream() -> (
+        mpsc::Sender<Result<Message, WsError>>,
+        impl Stream<Item = Result<Message, WsError>> + Unpin,
+    ) {
+        let (sender, mut receiver) = mpsc::channel(8);
+        (
+            sender,
+            futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx)),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reader_yields_data_and_skips_control_frames() {
+        let (peer, stream) = fake_stream();
+        let closer = Closer::new(&CancellationToken::new());
+        let mut reader = Reader::new(stream, closer.clone(), Duration::from_secs(60));
+        for m in [
+            Message::Pong(Bytes::new()),
+            Message::Ping(Bytes::new()),
+            text("hi"),
+        ] {
+            assert!(peer.send(Ok(m)).await.is_ok());
+        }
+        assert_eq!(reader.next().await.ok().flatten(), Some(text("hi")));
+        assert!(!closer.is_closing());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peer_is_idle_after_timeout_but_pongs_keep_it_alive() {
+        let (peer, stream) = fake_stream();
+        let closer = Closer::new(&CancellationToken::new());
+        let mut reader = Reader::new(stream, closer.clone(), Duration::from_secs(60));
+        let keepalive = tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(40)).await;
+                let _ = peer.send(Ok(Message::Pong(Bytes::new()))).await;
+            }
+            peer
+        });
+        let started = Instant::now();
+        let result = reader.next().await;
+        assert!(matches!(result, Err(ReadError::Idle(_))), "{result:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(180));
+        assert!(closer.is_closing());
+        drop(keepalive.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn oversize_message_closes_with_1009() {
+        let (peer, stream) = fake_stream();
+        let closer = Closer::new(&CancellationToken::new());
+        let mut reader = Reader::new(stream, closer.clone(), Duration::from_secs(60));
+        let too_long = CapacityError::MessageTooLong {
+            size: 100,
+            max_size: 10,
+        };
+        assert!(peer.send(Err(WsError::Capacity(too_long))).await.is_ok());
+        assert!(matches!(reader.next().await, Err(ReadError::TooBig)));
+        assert_eq!(closer.frame().code, CloseCode::Size);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peer_close_ends_reading_and_closing_gives_up_after_timeout() {
+        let (peer, stream) = fake_stream();
+        let closer = Closer::new(&CancellationToken::new());
+        let mut reader = Reader::new(stream, closer.clone(), Duration::from_secs(60));
+        assert!(peer.send(Ok(Message::Close(None))).await.is_ok());
+        let started = Instant::now();
+        assert!(matches!(reader.next().await, Ok(None)));
+        assert_eq!(started.elapsed(), CLOSE_TIMEOUT);
+        assert_eq!(closer.frame().code, CloseCode::Normal);
+    }
+}

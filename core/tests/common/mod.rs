@@ -1,0 +1,281 @@
+//! Test helpers for the listener: a server on 127.0.0.1:0 with a dev PKI in a tempdir and an echo handler, and
+//! clients that speak raw HTTP over TLS or WebSocket with full control over the headers.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
+use wsmq_core::Secret;
+use wsmq_core::auth::{Authenticator, Credentials};
+use wsmq_core::limits::Limits;
+use wsmq_core::metrics::ListenerMetrics;
+use wsmq_core::server::{Accepted, Route, ServeError, ServerConfig, serve};
+use wsmq_core::{tls, ws};
+
+/// Result type of tests and helpers.
+pub type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// The one user the test server knows.
+pub const USER: &str = "alice";
+/// Alice's password.
+pub const PASSWORD: &str = "correct horse";
+/// Bound on every network step in a test, so a hung server fails the test instead of hanging it.
+pub const STEP: Duration = Duration::from_secs(10);
+/// The page the test server serves at `/`.
+pub const PAGE: &[u8] = b"<!doctype html><title>wsmq</title>";
+
+/// The test server's routes: an echo WebSocket at `/echo` speaking `wsmq.v1`, and a page at `/`.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::WebSocket {
+            path: "/echo",
+            subprotocols: &["wsmq.v1"],
+        },
+        Route::Page {
+            path: "/",
+            content_type: "text/html; charset=utf-8",
+            body: PAGE,
+        },
+    ]
+}
+
+/// Limits for tests: short timeouts so failures show fast.
+pub fn test_limits() -> Limits {
+    Limits {
+        handshake_timeout: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(3),
+        ..Limits::default()
+    }
+}
+
+/// A running listener and what a test needs to talk to it.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Cancel to shut it down.
+    pub shutdown: CancellationToken,
+    /// The `serve` task.
+    pub task: JoinHandle<Result<(), ServeError>>,
+    /// The listener's metrics.
+    pub metrics: ListenerMetrics,
+    /// Trusts the dev CA.
+    pub client_tls: Arc<rustls::ClientConfig>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a listener with `limits`, the [`routes`] and an echo handler.
+pub async fn start(limits: Limits) -> TestResult<TestServer> {
+    start_with(limits, |_| {}).await
+}
+
+/// Like [`start`], letting the test adjust the config (origins, routes) first.
+pub async fn start_with(
+    limits: Limits,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> TestResult<TestServer> {
+    start_custom(limits, adjust, echo).await
+}
+
+/// Like [`start_with`], with a handler of the test's own.
+pub async fn start_custom<H, F>(
+    limits: Limits,
+    adjust: impl FnOnce(&mut ServerConfig),
+    handler: H,
+) -> TestResult<TestServer>
+where
+    H: Fn(Accepted) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let dir = tempfile::tempdir()?;
+    let server_tls = tls::server_config(None, None, dir.path())?;
+    let pki = tls::ensure_dev_pki(dir.path())?;
+    let client_tls = tls::client_config(Some(&pki.ca_cert), None, false)?;
+    let auth = Authenticator::from_users(&Secret::new(format!("{USER}:{PASSWORD}")))?;
+    let mut config = ServerConfig::new(server_tls, auth, limits, routes());
+    adjust(&mut config);
+    let metrics = config.metrics.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve(listener, Arc::new(config), handler, shutdown.clone()));
+    Ok(TestServer {
+        addr,
+        shutdown,
+        task,
+        metrics,
+        client_tls,
+        _dir: dir,
+    })
+}
+
+/// The test handler: greets with `"<user> <path> <subprotocol or compat>"`, then echoes every message until the
+/// peer or the server closes. Uses the shared `ws` plumbing, as services do.
+pub async fn echo(accepted: Accepted) {
+    let limits = test_limits();
+    let (mut reader, outbox, writer) = ws::split(accepted.ws, &limits, 16, &accepted.shutdown);
+    let greeting = format!(
+        "{} {} {}",
+        accepted.user,
+        accepted.path,
+        accepted.subprotocol.unwrap_or("compat")
+    );
+    if outbox.send(Message::Text(greeting.into())).await.is_ok() {
+        while let Ok(Some(message)) = reader.next().await {
+            if outbox.send(message).await.is_err() {
+                break;
+            }
+        }
+    }
+    drop(outbox);
+    let _ = writer.await;
+}
+
+/// Basic credentials of the test user, or of `user` with a wrong password.
+pub fn good_credentials() -> Credentials {
+    Credentials::new(USER, Secret::new(PASSWORD))
+}
+
+/// Credentials with a wrong password.
+pub fn wrong_credentials() -> Credentials {
+    Credentials::new(USER, Secret::new("wrong"))
+}
+
+impl TestServer {
+    /// TCP + TLS to the server, verifying its certificate for `localhost`.
+    pub async fn tls_connect(&self) -> TestResult<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        let connector = TlsConnector::from(self.client_tls.clone());
+        let tls = tokio::time::timeout(
+            STEP,
+            connector.connect(ServerName::try_from("localhost")?, tcp),
+        )
+        .await??;
+        Ok(tls)
+    }
+
+    /// Sends a raw HTTP request head over TLS and returns the whole response (the server closes after it), or
+    /// just the head of a `101 Switching Protocols`.
+    pub async fn raw_request(&self, head: &str) -> TestResult<String> {
+        let mut tls = self.tls_connect().await?;
+        tls.write_all(head.as_bytes()).await?;
+        let mut response = Vec::new();
+        let read = async {
+            let mut chunk = [0u8; 1024];
+            loop {
+                let n = tls.read(&mut chunk).await?;
+                response.extend_from_slice(&chunk[..n]);
+                let switching = response.starts_with(b"HTTP/1.1 101 ")
+                    && response.windows(4).any(|w| w == b"\r\n\r\n");
+                if n == 0 || switching {
+                    return Ok::<_, std::io::Error>(());
+                }
+            }
+        };
+        tokio::time::timeout(STEP, read).await??;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    }
+
+    /// A WebSocket upgrade request for `path` with the given extra headers (no credentials unless given).
+    pub fn upgrade_request(&self, path: &str, headers: &[(&'static str, String)]) -> String {
+        let mut head = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+            self.addr.port()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        head
+    }
+
+    /// Opens a WebSocket to `path` with extra request headers; returns it with the server's response.
+    pub async fn ws_connect(
+        &self,
+        path: &str,
+        headers: &[(&'static str, String)],
+    ) -> Result<(ClientWs, tungstenite::handshake::client::Response), tungstenite::Error> {
+        let tls = self
+            .tls_connect()
+            .await
+            .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e)))?;
+        let mut request =
+            format!("wss://localhost:{}{path}", self.addr.port()).into_client_request()?;
+        for (name, value) in headers {
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| tungstenite::Error::HttpFormat(e.into()))?;
+            request.headers_mut().append(*name, value);
+        }
+        let connect = tokio_tungstenite::client_async_with_config(request, tls, None);
+        tokio::time::timeout(STEP, connect)
+            .await
+            .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e)))?
+    }
+
+    /// Opens an authenticated WebSocket to `/echo` and reads the greeting.
+    pub async fn ws_connect_good(&self) -> TestResult<(ClientWs, String)> {
+        let auth = ("Authorization", good_credentials().basic_header());
+        let (mut ws, _) = self.ws_connect("/echo", &[auth]).await?;
+        let greeting = next_text(&mut ws).await?;
+        Ok((ws, greeting))
+    }
+
+    /// Cancels the server and waits for `serve` to return.
+    pub async fn stop(self) -> TestResult {
+        self.shutdown.cancel();
+        tokio::time::timeout(STEP, self.task).await???;
+        Ok(())
+    }
+}
+
+/// A client WebSocket over TLS.
+pub type ClientWs = WebSocketStream<TlsStream<TcpStream>>;
+
+/// The next Text message (skipping pings), failing on anything else.
+pub async fn next_text(ws: &mut ClientWs) -> TestResult<String> {
+    loop {
+        match tokio::time::timeout(STEP, ws.next()).await? {
+            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => return Err(format!("expected text, got {other:?}").into()),
+        }
+    }
+}
+
+/// Reads until the server's Close frame and returns its code (as u16), skipping data and pings.
+pub async fn close_code(ws: &mut ClientWs) -> TestResult<u16> {
+    loop {
+        match tokio::time::timeout(STEP, ws.next()).await? {
+            Some(Ok(Message::Close(Some(frame)))) => return Ok(frame.code.into()),
+            Some(Ok(Message::Close(None))) => return Err("close frame without a code".into()),
+            Some(Ok(_)) => {}
+            other => return Err(format!("expected a close frame, got {other:?}").into()),
+        }
+    }
+}
+
+/// Sends a text message and reads the echo.
+pub async fn round_trip(ws: &mut ClientWs, text: &str) -> TestResult<String> {
+    tokio::time::timeout(STEP, ws.send(Message::Text(text.into()))).await??;
+    next_text(ws).await
+}
+
+/// The status code of a raw HTTP response.
+pub fn status(response: &str) -> Option<u16> {
+    response.split(' ').nth(1)?.parse().ok()
+}

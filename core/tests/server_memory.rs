@@ -1,0 +1,137 @@
+//! Measures the server's resident memory per idle TLS WebSocket connection (target: under 16 KiB).
+//!
+//! A measurement, not a check, so it is `#[ignore]`d. Run it in release mode:
+//! `cargo test --release -p wsmq-core --test server_memory -- --ignored --nocapture`
+//! The test re-runs its own binary as a child process that only serves (so the clients' memory is not
+//! counted), opens the connections to it, and compares the child's VmRSS before and after.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestResult, good_credentials, start};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use wsmq_core::dial::Dialer;
+use wsmq_core::limits::Limits;
+use wsmq_core::tls;
+
+/// Set in the child's environment: run as the server.
+const CHILD_ENV: &str = "WSMQ_MEMORY_SERVER_CHILD";
+/// Idle connections opened for the measurement.
+const CONNECTIONS: usize = 2_000;
+/// Handshakes in flight at once while connecting.
+const CONNECT_CONCURRENCY: usize = 32;
+/// Bound on the whole measurement.
+const MEASUREMENT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// This process's resident set size in KiB, from /proc/self/status.
+fn vm_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with --release -- --ignored --nocapture"]
+async fn idle_connection_memory() -> TestResult {
+    tokio::time::timeout(MEASUREMENT_TIMEOUT, measure()).await?
+}
+
+async fn measure() -> TestResult {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "memory_server_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut to_child = child.stdin.take().ok_or("no child stdin")?;
+    let mut from_child = BufReader::new(child.stdout.take().ok_or("no child stdout")?).lines();
+    let mut expect = async |prefix: &str| -> TestResult<u64> {
+        while let Some(line) = from_child.next_line().await? {
+            if let Some((_, value)) = line.split_once(prefix) {
+                return Ok(value.trim().parse()?);
+            }
+        }
+        Err(format!("child exited before printing {prefix}").into())
+    };
+    let port = expect("PORT ").await?;
+
+    to_child.write_all(b"rss\n").await?;
+    let before = expect("RSS ").await?;
+
+    let client_tls = tls::client_config(None, None, true)?;
+    let dialer = Arc::new(Dialer::new(
+        &format!("wss://localhost:{port}"),
+        good_credentials(),
+        client_tls,
+    )?);
+    let slots = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut dials = JoinSet::new();
+    for _ in 0..CONNECTIONS {
+        let dialer = dialer.clone();
+        let slots = slots.clone();
+        dials.spawn(async move {
+            let _slot = slots.acquire_owned().await?;
+            let (mut ws, _) = dialer.dial("/echo").await?;
+            common::next_text(&mut ws).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(ws)
+        });
+    }
+    let mut open = Vec::with_capacity(CONNECTIONS);
+    while let Some(joined) = dials.join_next().await {
+        open.push(joined??);
+    }
+
+    to_child.write_all(b"rss\n").await?;
+    let after = expect("RSS ").await?;
+    let per_connection = (after.saturating_sub(before) as f64) * 1024.0 / CONNECTIONS as f64;
+    writeln!(
+        std::io::stdout(),
+        "server VmRSS: {before} KiB idle, {after} KiB with {CONNECTIONS} idle TLS WebSocket connections \
+         = {per_connection:.0} bytes ({:.1} KiB) per connection",
+        per_connection / 1024.0
+    )?;
+    drop(open);
+    drop(to_child);
+    child.wait().await?;
+    Ok(())
+}
+
+/// The server side of [`idle_connection_memory`]; does nothing unless started by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of idle_connection_memory"]
+async fn memory_server_child() -> TestResult {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return Ok(());
+    }
+    let limits = Limits {
+        ping_interval: Duration::from_secs(600),
+        idle_timeout: Duration::from_secs(1200),
+        ..Limits::default()
+    };
+    let limits = Limits { ws_read_buffer: std::env::var("XB").ok().and_then(|v| v.parse().ok()).unwrap_or(2048), ..limits };
+    let server = if std::env::var_os("XHOLD").is_some() {
+        common::start_custom(limits, |_| {}, |a: wsmq_core::server::Accepted| async move { let mut ws = a.ws; use futures_util::SinkExt; let _ = ws.send(tokio_tungstenite::tungstenite::Message::Text("hi".into())).await; a.shutdown.cancelled().await; }).await?
+    } else { start(limits).await? };
+    writeln!(std::io::stdout(), "PORT {}", server.addr.port())?;
+    let mut commands = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(command) = commands.next_line().await? {
+        if command == "rss" {
+            writeln!(std::io::stdout(), "RSS {}", vm_rss_kib().ok_or("no VmRSS")?)?;
+        }
+    }
+    server.stop().await
+}
