@@ -1,0 +1,113 @@
+//! msgqueue's configuration: every setting a flag with an environment fallback.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use wsmq_core::config::ServerArgs;
+use wsmq_core::limits::{Limits, parse_duration};
+
+use crate::queue::{Backend, FsyncPolicy, QueueOptions};
+
+/// Where msgqueue keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StorageKind {
+    /// Append-only segment files under `<data-dir>/queue/`: survives restarts and crashes.
+    Disk,
+    /// RAM only, lost on restart: for tests and benchmarks.
+    Memory,
+}
+
+/// How the queue stores messages. Flattened into [`Config`].
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueueArgs {
+    /// Storage backend.
+    #[arg(long, env = "WSMQ_STORAGE", value_enum, default_value_t = StorageKind::Disk)]
+    pub storage: StorageKind,
+
+    /// When a pushed message counts as durable, and so when its producer is acked: `always` (fsync before the
+    /// ack, group-committed so throughput stays high), `interval=MS` (fsync at most every MS milliseconds,
+    /// ack after the write), `never` (leave flushing to the OS).
+    #[arg(long, env = "WSMQ_FSYNC", default_value = "always")]
+    pub fsync: FsyncPolicy,
+
+    /// Capacity: unacked message bytes the queue holds. When full, reliable pushes are rejected with "queue
+    /// full" and compat pushers are not read until there is room; nothing stored is ever dropped.
+    #[arg(long, env = "WSMQ_MAX_QUEUE_BYTES", default_value_t = 1 << 30)]
+    pub max_queue_bytes: u64,
+
+    /// Message bytes kept in RAM; a larger backlog stays on disk and is read back in order.
+    #[arg(long, env = "WSMQ_MEMORY_BUDGET", default_value_t = 64 << 20)]
+    pub memory_budget: u64,
+
+    /// How long a consumer may hold a delivery without acking before it is redelivered to another consumer.
+    #[arg(long, env = "WSMQ_LEASE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub lease_timeout: Duration,
+
+    /// Size at which the log starts a new segment file; acked segments are deleted whole.
+    #[arg(long, env = "WSMQ_SEGMENT_SIZE", default_value_t = 64 << 20)]
+    pub segment_size: u64,
+}
+
+impl Default for QueueArgs {
+    fn default() -> Self {
+        let defaults = QueueOptions::default();
+        Self {
+            storage: StorageKind::Disk,
+            fsync: defaults.fsync,
+            max_queue_bytes: defaults.max_bytes,
+            memory_budget: defaults.memory_budget,
+            lease_timeout: defaults.lease_timeout,
+            segment_size: defaults.segment_size,
+        }
+    }
+}
+
+impl QueueArgs {
+    /// The backend, with disk segments in `<data_dir>/queue`.
+    pub fn backend(&self, data_dir: &Path) -> Backend {
+        match self.storage {
+            StorageKind::Disk => Backend::Disk {
+                dir: data_dir.join("queue"),
+            },
+            StorageKind::Memory => Backend::Memory,
+        }
+    }
+
+    /// The engine options these flags describe.
+    pub fn options(&self) -> QueueOptions {
+        QueueOptions {
+            max_bytes: self.max_queue_bytes,
+            memory_budget: self.memory_budget,
+            lease_timeout: self.lease_timeout,
+            fsync: self.fsync,
+            segment_size: self.segment_size,
+            ..QueueOptions::default()
+        }
+    }
+}
+
+/// Everything `msgqueue` needs to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address of the TLS WebSocket listener (`/pushmsg`, `/popmsg`).
+    #[arg(long, env = "WSMQ_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Address of the plain-HTTP admin listener (`/healthz`, `/readyz`, `/metrics`). Keep it on loopback or a
+    /// private network: it has no authentication.
+    #[arg(long, env = "WSMQ_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
+    pub admin_listen: SocketAddr,
+
+    /// Data directory, TLS identity and users.
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Message sizes, timeouts and connection cap.
+    #[command(flatten)]
+    pub limits: Limits,
+
+    /// Storage settings.
+    #[command(flatten)]
+    pub queue: QueueArgs,
+}

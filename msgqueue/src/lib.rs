@@ -1,0 +1,230 @@
+//! msgqueue: the durable, acked FIFO queue between wsmq's publisher and subscriber.
+//!
+//! Producers push on `/pushmsg`, consumers pop on `/popmsg`, both over TLS WebSockets with Basic auth, in ws-go's
+//! compat mode or wsmq's reliable mode (see `docs/PROTOCOL.md`). [`queue`] is the engine (ordering, leases,
+//! storage); [`push`] and [`pop`] translate between it and the wire.
+
+pub mod config;
+mod metrics;
+mod pop;
+mod push;
+pub mod queue;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wsmq_core::admin::{Readiness, serve_admin};
+use wsmq_core::auth::AuthError;
+use wsmq_core::metrics::ListenerMetrics;
+use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::queue::RECORD_OVERHEAD;
+use wsmq_core::server::{Accepted, Route, ServeError, ServerConfig, serve};
+use wsmq_core::tls::TlsError;
+
+pub use config::Config;
+use queue::{Queue, QueueError, RecoveryReport};
+
+/// Path producers push to.
+pub const PUSH_PATH: &str = "/pushmsg";
+/// Path consumers pop from.
+pub const POP_PATH: &str = "/popmsg";
+
+/// Why msgqueue could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Binding the listener or the admin listener failed.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TLS certificate or key unusable.
+    #[error("TLS setup: {0}")]
+    Tls(#[from] TlsError),
+    /// No usable users configured.
+    #[error("users: {0}")]
+    Auth(#[from] AuthError),
+    /// The queue storage could not be opened or recovered.
+    #[error("queue storage: {0}")]
+    Queue(#[from] QueueError),
+    /// The listener failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// msgqueue with its listeners bound and its storage recovered, ready to [`Bound::run`]. Splitting `bind` from
+/// `run` lets tests bind port 0 and learn the address before serving.
+pub struct Bound {
+    listener: TcpListener,
+    admin: TcpListener,
+    server: Arc<ServerConfig>,
+    queue: Queue,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    recovery: RecoveryReport,
+}
+
+/// Opens the queue storage (recovering what is on disk), loads TLS and users, and binds both listeners.
+pub async fn bind(config: Config) -> Result<Bound, Error> {
+    let tls = config.server.tls_config()?;
+    let auth = config.server.authenticator()?;
+    let (queue, recovery) = Queue::open(
+        config.queue.backend(&config.server.data_dir),
+        config.queue.options(),
+    )?;
+    if !recovery.truncated.is_empty() {
+        for cut in &recovery.truncated {
+            tracing::warn!(segment = %cut.segment.display(), position = cut.position, dropped_bytes = cut.dropped_bytes,
+                "truncated a torn or corrupt log tail");
+        }
+    }
+    tracing::info!(
+        messages = recovery.messages,
+        bytes = recovery.bytes,
+        segments = recovery.segments,
+        "queue recovered"
+    );
+
+    let mut registry = Registry::with_prefix("wsmq_msgqueue");
+    let listener_metrics = ListenerMetrics::register(&mut registry, "listener");
+    metrics::register(&mut registry, queue.clone());
+    let readiness = Readiness::new();
+
+    // Reliable frames carry up to one maximal payload plus its record header, so the WebSocket limit allows for
+    // the header while payloads themselves stay within --max-message-size.
+    let mut limits = config.limits.clone();
+    limits.max_message_size = limits.max_message_size.saturating_add(RECORD_OVERHEAD);
+    limits.max_frame_size = limits.max_frame_size.max(limits.max_message_size);
+    let routes = vec![
+        Route::WebSocket {
+            path: PUSH_PATH,
+            subprotocols: &[SUBPROTOCOL_V1],
+        },
+        Route::WebSocket {
+            path: POP_PATH,
+            subprotocols: &[SUBPROTOCOL_V1],
+        },
+    ];
+    let mut server = ServerConfig::new(tls, auth, limits, routes);
+    server.metrics = listener_metrics;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+    Ok(Bound {
+        listener,
+        admin,
+        server: Arc::new(server),
+        queue,
+        registry: Arc::new(registry),
+        readiness,
+        recovery,
+    })
+}
+
+impl Bound {
+    /// The WebSocket listener's address (the real port when bound to port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// What recovery found in the storage at start-up.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The queue engine, for tests and the all-in-one binary's status output.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains connections (closing them with 1001), flushes and
+    /// fsyncs the log, and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let Bound {
+            listener,
+            admin,
+            server,
+            queue,
+            registry,
+            readiness,
+            ..
+        } = self;
+        if let (Ok(addr), Ok(admin_addr)) = (listener.local_addr(), admin.local_addr()) {
+            tracing::info!(%addr, %admin_addr, "msgqueue listening on /pushmsg and /popmsg");
+        }
+        let ready = readiness.condition("listener");
+        let admin_task = tokio::spawn(serve_admin(admin, registry, readiness, shutdown.clone()));
+        ready.set_ready(true);
+
+        let max_payload = server.limits.max_message_size - RECORD_OVERHEAD;
+        let handler_queue = queue.clone();
+        let handler_metrics = server.metrics.clone();
+        let handler_limits = server.limits.clone();
+        let result = serve(
+            listener,
+            server,
+            move |accepted: Accepted| {
+                let queue = handler_queue.clone();
+                let metrics = handler_metrics.clone();
+                let limits = handler_limits.clone();
+                async move {
+                    let conn = Connection {
+                        queue,
+                        metrics,
+                        limits,
+                        max_payload,
+                    };
+                    if accepted.path == PUSH_PATH {
+                        push::handle(conn, accepted).await;
+                    } else {
+                        pop::handle(conn, accepted).await;
+                    }
+                }
+            },
+            shutdown,
+        )
+        .await;
+        ready.set_ready(false);
+        queue.close().await;
+        if let Ok(Err(err)) = admin_task.await {
+            tracing::warn!(%err, "admin listener failed");
+        }
+        tracing::info!("msgqueue stopped");
+        result.map_err(Error::from)
+    }
+}
+
+/// Binds and serves until `shutdown` is cancelled: what `main` calls.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    bind(config).await?.run(shutdown).await
+}
+
+/// What every connection handler needs from the service.
+#[derive(Clone)]
+struct Connection {
+    queue: Queue,
+    metrics: ListenerMetrics,
+    limits: wsmq_core::limits::Limits,
+    /// Largest payload a single message may carry.
+    max_payload: usize,
+}

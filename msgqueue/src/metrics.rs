@@ -1,0 +1,109 @@
+//! msgqueue's own metrics, read from the engine's counters at scrape time so the hot path pays nothing.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::queue::Queue;
+
+/// Registers the queue's gauges (depth, bytes, in-flight leases, consumers) and counters (pushed, duplicates,
+/// delivered, acked, redelivered, lease expiries, full rejections) under `queue_`.
+pub(crate) fn register(registry: &mut Registry, queue: Queue) {
+    registry.register_collector(Box::new(QueueCollector { queue }));
+}
+
+#[derive(Debug)]
+struct QueueCollector {
+    queue: Queue,
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(encoder.encode_descriptor(name, help, unit, metric.metric_type())?)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for QueueCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let s = self.queue.stats();
+        let e = &mut encoder;
+        gauge(
+            e,
+            "queue_depth",
+            "Messages stored and not yet acked",
+            None,
+            s.depth,
+        )?;
+        gauge(
+            e,
+            "queue",
+            "Payload bytes stored and not yet acked",
+            Some(&Unit::Bytes),
+            s.bytes,
+        )?;
+        gauge(
+            e,
+            "queue_in_flight",
+            "Deliveries leased to consumers and not yet acked",
+            None,
+            s.in_flight,
+        )?;
+        gauge(
+            e,
+            "queue_consumers",
+            "Connected consumers",
+            None,
+            s.consumers as u64,
+        )?;
+        counter(e, "queue_pushed", "Messages stored", s.pushed)?;
+        counter(
+            e,
+            "queue_duplicates",
+            "Retried pushes recognised as already stored",
+            s.duplicates,
+        )?;
+        counter(
+            e,
+            "queue_delivered",
+            "Deliveries handed to consumers, redeliveries included",
+            s.delivered,
+        )?;
+        counter(e, "queue_acked", "Messages acked and removed", s.acked)?;
+        counter(
+            e,
+            "queue_redelivered",
+            "Deliveries of messages whose earlier delivery was not acked",
+            s.redelivered,
+        )?;
+        counter(
+            e,
+            "queue_lease_expired",
+            "Leases that ran out before their ack",
+            s.lease_expired,
+        )?;
+        counter(
+            e,
+            "queue_rejected_full",
+            "Pushes refused because the queue was full",
+            s.rejected_full,
+        )?;
+        Ok(())
+    }
+}

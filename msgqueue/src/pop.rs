@@ -1,0 +1,173 @@
+//! `/popmsg`: consumers take messages from the queue.
+//!
+//! Compat mode hands each message out as one text frame and counts it delivered at that moment (at-most-once, as
+//! ws-go). Reliable mode leases deliveries within the consumer's credit window, packs as many as are ready into
+//! one frame, and removes a message only when the consumer acks it; the engine redelivers leases of a consumer
+//! that goes away.
+
+use tokio::select;
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PopRecord, RECORD_OVERHEAD};
+use wsmq_core::server::Accepted;
+use wsmq_core::ws::{self, Outbox, ReadError};
+
+use crate::Connection;
+use crate::push::ConnReader;
+use crate::queue::{ConsumeMode, Consumer, Delivery, QueueError};
+
+/// Outbound frames queued per connection. Reliable deliveries are bounded by the credit window anyway; in compat
+/// mode this is how many messages can be lost with a dying connection (at-most-once).
+const OUTBOX_CAPACITY: usize = 32;
+/// Most deliveries taken from the engine per batch.
+const BATCH: usize = 256;
+
+/// Serves one `/popmsg` connection until it closes.
+pub(crate) async fn handle(conn: Connection, accepted: Accepted) {
+    let peer = accepted.peer;
+    let reliable = accepted.subprotocol.is_some();
+    let (reader, outbox, writer) = ws::split(
+        accepted.ws,
+        &conn.limits,
+        OUTBOX_CAPACITY,
+        &accepted.shutdown,
+    );
+    let mode = if reliable {
+        ConsumeMode::Acked
+    } else {
+        ConsumeMode::AutoAck
+    };
+    let consumer = conn.queue.consumer(mode);
+    if let Err(err) = serve_consumer(&conn, consumer, reader, &outbox, reliable).await {
+        tracing::debug!(%peer, %err, "pop connection ended");
+    }
+    let _ = writer.await;
+}
+
+/// Why a pop connection ended early. Only logged; the peer learns through the close code.
+#[derive(Debug, thiserror::Error)]
+enum PopConnError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Runs the connection: reads credit and acks (reliable) or just keeps the connection alive (compat), and sends
+/// whatever the consumer's window lets the engine hand out. Dropping `consumer` at the end returns unacked leases
+/// to the queue.
+async fn serve_consumer(
+    conn: &Connection,
+    mut consumer: Consumer,
+    mut reader: ConnReader,
+    outbox: &Outbox,
+    reliable: bool,
+) -> Result<(), PopConnError> {
+    let mut batch: Vec<Delivery> = Vec::with_capacity(BATCH);
+    let mut acks: Vec<u64> = Vec::new();
+    let mut frame = FrameWriter::with_capacity(4096);
+    let frame_budget = conn
+        .limits
+        .max_message_size
+        .saturating_sub(RECORD_OVERHEAD)
+        .max(1);
+    loop {
+        select! {
+            message = reader.next() => {
+                let Some(message) = message? else { return Ok(()) };
+                if !reliable {
+                    continue;
+                }
+                let Message::Binary(data) = message else {
+                    outbox.close(CloseCode::Unsupported, "text frames are not part of wsmq.v1");
+                    return Err(PopConnError::Protocol("text frame"));
+                };
+                conn.metrics.received(data.len());
+                let mut records = FrameReader::new(data, 0);
+                loop {
+                    match records.next_pop() {
+                        Ok(None) => break,
+                        Ok(Some(PopRecord::Credit { n })) => consumer.grant(n),
+                        Ok(Some(PopRecord::Ack { id })) => acks.push(id),
+                        Err(err) => {
+                            tracing::debug!(%err, "malformed pop frame");
+                            outbox.close(CloseCode::Protocol, "malformed frame");
+                            return Err(PopConnError::Protocol("malformed frame"));
+                        }
+                    }
+                }
+                if !acks.is_empty() {
+                    consumer.ack(&acks);
+                    acks.clear();
+                }
+            }
+            result = consumer.next_batch(BATCH, &mut batch) => {
+                if let Err(err) = result {
+                    outbox.close(CloseCode::Away, "queue closed");
+                    return Err(err.into());
+                }
+                if reliable {
+                    send_reliable(conn, outbox, &mut batch, &mut frame, frame_budget).await?;
+                } else {
+                    send_compat(conn, outbox, &mut batch).await?;
+                }
+            }
+            () = outbox.closer().closing() => return Ok(()),
+        }
+    }
+}
+
+/// Packs deliveries into frames of at most `budget` bytes (a single larger message still goes alone).
+async fn send_reliable(
+    conn: &Connection,
+    outbox: &Outbox,
+    batch: &mut Vec<Delivery>,
+    frame: &mut FrameWriter,
+    budget: usize,
+) -> Result<(), PopConnError> {
+    for delivery in batch.drain(..) {
+        if !frame.is_empty() && frame.len() + RECORD_OVERHEAD + delivery.payload.len() > budget {
+            send_frame(conn, outbox, frame.take()).await?;
+        }
+        frame.deliver(delivery.id, delivery.redelivered, &delivery.payload);
+    }
+    if !frame.is_empty() {
+        send_frame(conn, outbox, frame.take()).await?;
+    }
+    Ok(())
+}
+
+async fn send_frame(
+    conn: &Connection,
+    outbox: &Outbox,
+    frame: bytes::Bytes,
+) -> Result<(), PopConnError> {
+    conn.metrics.sent(frame.len());
+    outbox
+        .send(Message::Binary(frame))
+        .await
+        .map_err(|_| PopConnError::Protocol("connection closed"))
+}
+
+/// One text frame per message, as ws-go's subscriber expects. A payload that is not UTF-8 (possible only when a
+/// reliable producer pushed binary data) goes out as a binary frame rather than being mangled.
+async fn send_compat(
+    conn: &Connection,
+    outbox: &Outbox,
+    batch: &mut Vec<Delivery>,
+) -> Result<(), PopConnError> {
+    for delivery in batch.drain(..) {
+        conn.metrics.sent(delivery.payload.len());
+        let message = match tungstenite::Utf8Bytes::try_from(delivery.payload.clone()) {
+            Ok(text) => Message::Text(text),
+            Err(_) => Message::Binary(delivery.payload),
+        };
+        outbox
+            .send(message)
+            .await
+            .map_err(|_| PopConnError::Protocol("connection closed"))?;
+    }
+    Ok(())
+}

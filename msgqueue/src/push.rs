@@ -1,0 +1,245 @@
+//! `/pushmsg`: producers hand messages to the queue.
+//!
+//! Compat mode stores each text frame and answers nothing (at-most-once, as ws-go). Reliable mode decodes
+//! batches of PUSH records, stores them with one lock acquisition per frame, and a separate acker task answers
+//! ACKED/REJECT in push order once the storage says the messages are durable, so that the reader keeps reading
+//! while earlier frames wait for their group commit.
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PushRecord, PushReply, RejectReason};
+use wsmq_core::server::Accepted;
+use wsmq_core::ws::{self, Outbox, ReadError, Reader};
+
+use crate::Connection;
+use crate::queue::{DurableToken, Producer, PushError, Queue};
+
+/// Frames whose replies may wait for durability at once. Bounds memory per producer: when the disk falls behind,
+/// the reader stops reading and TCP pushes back on the producer.
+const PENDING_FRAMES: usize = 64;
+/// Outbound messages (reply frames) queued per connection.
+const OUTBOX_CAPACITY: usize = 16;
+/// Reply frames are small; this bounds how many replies are packed into one.
+const REPLY_FRAME_BUDGET: usize = 16 * 1024;
+
+/// Serves one `/pushmsg` connection until it closes.
+pub(crate) async fn handle(conn: Connection, accepted: Accepted) {
+    let peer = accepted.peer;
+    let reliable = accepted.subprotocol.is_some();
+    let (reader, outbox, writer) = ws::split(
+        accepted.ws,
+        &conn.limits,
+        OUTBOX_CAPACITY,
+        &accepted.shutdown,
+    );
+    let result = if reliable {
+        reliable_push(&conn, reader, outbox).await
+    } else {
+        compat_push(&conn, reader, outbox).await
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, %err, "push connection ended");
+    }
+    let _ = writer.await;
+}
+
+/// Why a push connection ended early. Only logged; the peer learns through the close code.
+#[derive(Debug, thiserror::Error)]
+enum PushConnError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("queue unavailable: {0}")]
+    Queue(PushError),
+}
+
+pub(crate) type ConnReader = Reader<futures_util::stream::SplitStream<wsmq_core::server::ServerWs>>;
+
+/// ws-go's protocol: every data frame is one message; nothing is sent back. A full queue stops the reading (the
+/// producer's socket fills up) rather than dropping what was read.
+async fn compat_push(
+    conn: &Connection,
+    mut reader: ConnReader,
+    outbox: Outbox,
+) -> Result<(), PushConnError> {
+    while let Some(message) = reader.next().await? {
+        let payload = match message {
+            Message::Text(text) => Bytes::from(text),
+            Message::Binary(bytes) => bytes,
+            _ => continue,
+        };
+        conn.metrics.received(payload.len());
+        loop {
+            match conn.queue.push(None, payload.clone()) {
+                Ok(_) => break,
+                Err(PushError::Full) => {
+                    tokio::select! {
+                        () = conn.queue.wait_for_space(payload.len()) => {}
+                        () = outbox.closer().closing() => return Ok(()),
+                    }
+                }
+                Err(PushError::TooLarge { len, max }) => {
+                    tracing::warn!(
+                        len,
+                        max,
+                        "compat push larger than the whole queue capacity, not stored"
+                    );
+                    break;
+                }
+                Err(err) => {
+                    outbox.close(CloseCode::Error, "queue unavailable");
+                    return Err(PushConnError::Queue(err));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One frame's worth of outcomes, waiting for durability before its replies go out.
+struct Pending {
+    /// Wait for this before replying (the highest token of the frame's accepted pushes).
+    durable: Option<DurableToken>,
+    /// Highest sequence number of the frame that was stored or recognised as a duplicate.
+    acked_upto: Option<u64>,
+    /// Refused pushes, in order.
+    rejects: Vec<(u64, RejectReason)>,
+}
+
+/// wsmq's reliable protocol: HELLO, then batches of PUSH records; replies in push order once durable.
+async fn reliable_push(
+    conn: &Connection,
+    mut reader: ConnReader,
+    outbox: Outbox,
+) -> Result<(), PushConnError> {
+    let (pending_tx, pending_rx) = mpsc::channel(PENDING_FRAMES);
+    let acker = tokio::spawn(run_acker(conn.queue.clone(), pending_rx, outbox.clone()));
+    let result = read_pushes(conn, &mut reader, &outbox, pending_tx).await;
+    // The acker ends once every pending frame is answered (the sender was dropped above).
+    let _ = acker.await;
+    result
+}
+
+async fn read_pushes(
+    conn: &Connection,
+    reader: &mut ConnReader,
+    outbox: &Outbox,
+    pending_tx: mpsc::Sender<Pending>,
+) -> Result<(), PushConnError> {
+    let mut producer: Option<u64> = None;
+    let mut items: Vec<(Option<Producer>, Bytes)> = Vec::new();
+    let mut seqs: Vec<u64> = Vec::new();
+    let mut results = Vec::new();
+    while let Some(message) = reader.next().await? {
+        let Message::Binary(frame) = message else {
+            return Err(protocol_error(
+                outbox,
+                CloseCode::Unsupported,
+                "text frames are not part of wsmq.v1",
+            ));
+        };
+        conn.metrics.received(frame.len());
+        let mut records = FrameReader::new(frame, conn.max_payload);
+        loop {
+            match records.next_push() {
+                Ok(None) => break,
+                Ok(Some(PushRecord::Hello { producer: id })) => producer = Some(id),
+                Ok(Some(PushRecord::Push { seq, payload })) => {
+                    let Some(id) = producer else {
+                        return Err(protocol_error(
+                            outbox,
+                            CloseCode::Protocol,
+                            "PUSH before HELLO",
+                        ));
+                    };
+                    items.push((Some(Producer { id, seq }), payload));
+                    seqs.push(seq);
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "malformed push frame");
+                    return Err(protocol_error(
+                        outbox,
+                        CloseCode::Protocol,
+                        "malformed frame",
+                    ));
+                }
+            }
+        }
+        if items.is_empty() {
+            continue;
+        }
+        results.clear();
+        conn.queue.push_batch(items.drain(..), &mut results);
+        let mut pending = Pending {
+            durable: None,
+            acked_upto: None,
+            rejects: Vec::new(),
+        };
+        for (seq, result) in seqs.drain(..).zip(&results) {
+            match result {
+                Ok(pushed) => {
+                    pending.durable = pending.durable.max(Some(pushed.durable()));
+                    pending.acked_upto = Some(seq);
+                }
+                Err(err) => pending.rejects.push((seq, reject_reason(err))),
+            }
+        }
+        if pending_tx.send(pending).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn reject_reason(err: &PushError) -> RejectReason {
+    match err {
+        PushError::Full => RejectReason::Full,
+        PushError::TooLarge { .. } => RejectReason::TooLarge,
+        PushError::Closed | PushError::Storage(_) => RejectReason::Unavailable,
+    }
+}
+
+fn protocol_error(outbox: &Outbox, code: CloseCode, reason: &'static str) -> PushConnError {
+    outbox.close(code, reason);
+    PushConnError::Protocol(reason)
+}
+
+/// Answers pending frames in order. Everything already queued is answered together after one durability wait,
+/// which is what makes group commit pay off: one fsync, one reply frame for many pushes.
+async fn run_acker(queue: Queue, mut pending_rx: mpsc::Receiver<Pending>, outbox: Outbox) {
+    let mut batch = Vec::new();
+    let mut replies = FrameWriter::with_capacity(256);
+    while pending_rx.recv_many(&mut batch, PENDING_FRAMES).await > 0 {
+        let durable = batch.iter().filter_map(|p| p.durable).max();
+        if let Some(token) = durable
+            && let Err(err) = queue.wait_durable(token).await
+        {
+            // Nothing of this batch is acked: the producer resends after reconnecting, and msgqueue either stores
+            // it (dedup covers what did reach the disk) or rejects it as unavailable.
+            tracing::error!(%err, "messages could not be made durable; closing producer connection");
+            outbox.close(CloseCode::Error, "queue storage failed");
+            return;
+        }
+        for pending in batch.drain(..) {
+            for &(seq, reason) in &pending.rejects {
+                replies.push_reply(PushReply::Reject { seq, reason });
+            }
+            if let Some(upto) = pending.acked_upto {
+                replies.push_reply(PushReply::Acked { upto });
+            }
+            if replies.len() >= REPLY_FRAME_BUDGET && !send(&outbox, &mut replies).await {
+                return;
+            }
+        }
+        if !replies.is_empty() && !send(&outbox, &mut replies).await {
+            return;
+        }
+    }
+}
+
+async fn send(outbox: &Outbox, replies: &mut FrameWriter) -> bool {
+    outbox.send(Message::Binary(replies.take())).await.is_ok()
+}

@@ -1,0 +1,738 @@
+//! The disk backend: an append-only log of segment files with group commit, recovery and segment deletion.
+//!
+//! The engine appends encoded records to a shared pending buffer under its own lock (so log order is offset
+//! order). One writer thread swaps that buffer out, writes the whole group with one `write`, fsyncs once per the
+//! policy, and publishes its progress on a `watch` channel that `wait_durable` and read-back wait on. Segments are
+//! named by the first offset they may hold (`00000000000000000042.log`) and each starts with a snapshot record
+//! (next offset, ack floor, producer marks), so a segment that only holds acked messages can be deleted without
+//! losing anything the queue must remember.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::{Notify, watch};
+
+use super::rangeset::RangeSet;
+use super::record::{self, Record, SegmentReader, Snapshot, Step};
+use super::storage::{Progress, Storage, StorageError};
+use super::{DurableToken, FsyncPolicy, Producer, Truncation};
+
+/// Buffered-but-unwritten bytes beyond which pushes are refused until the writer catches up (the capacity of the
+/// writer's queue).
+const WRITE_BACKLOG_CAP: usize = 64 * 1024 * 1024;
+/// How long lazily logged acks (and floor-driven deletions) may wait for a group to ride along with.
+const LAZY_FLUSH: Duration = Duration::from_millis(100);
+/// Segment file name suffix.
+const SEGMENT_EXT: &str = "log";
+/// File locked for the lifetime of the log so a second queue cannot open the same directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// One segment file as known to the writer and the reader.
+#[derive(Debug, Clone)]
+struct Segment {
+    base: u64,
+    path: PathBuf,
+    /// Bytes written so far (readers never look beyond).
+    len: u64,
+}
+
+/// Work handed from the engine to the writer thread.
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// `(position in buf, base offset)`: a new segment starts at that byte.
+    rolls: Vec<(usize, u64)>,
+    /// Logical log position (bytes appended since open) at the end of `buf`.
+    position: u64,
+    /// Size of the active segment including what is still in `buf`.
+    segment_bytes: u64,
+    /// Base offset of the active segment (after pending rolls).
+    active_base: u64,
+    floor: u64,
+    /// A message was appended: the writer should not wait for more.
+    urgent: bool,
+    /// The writer is asleep with nothing to do, so even a lazy append must wake it.
+    idle: bool,
+    closing: bool,
+    failed: Option<String>,
+}
+
+/// State shared by the engine side and the writer thread.
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    policy: FsyncPolicy,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    segments: Mutex<Vec<Segment>>,
+    progress: watch::Sender<Progress>,
+    /// Notified when a backlog the writer was behind on has been taken, so refused pushers can retry.
+    space: Arc<Notify>,
+    /// `pending.buf` reached [`WRITE_BACKLOG_CAP`]; read on every push without taking the pending lock.
+    backlogged: AtomicBool,
+}
+
+/// Where the reader is in the log, so reading the backlog in order is a sequential scan.
+#[derive(Debug, Default)]
+struct ReadCursor {
+    /// The offset the cursor position corresponds to (the next offset to look for).
+    next: u64,
+    base: u64,
+    pos: u64,
+    file: Option<File>,
+    reader: SegmentReader,
+}
+
+/// What recovery found in the log.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    /// Unacked messages.
+    pub(crate) messages: u64,
+    /// Their payload bytes.
+    pub(crate) bytes: u64,
+    /// The lowest unacked offset (== `next_offset` when nothing is unacked).
+    pub(crate) first_unacked: u64,
+    /// One past the highest unacked offset (== `first_unacked` when nothing is unacked): offsets lost to a
+    /// truncation at the very end must not look like messages still to be read back.
+    pub(crate) unacked_end: u64,
+    pub(crate) next_offset: u64,
+    /// Acked offsets at or above `first_unacked`, to skip when reading the backlog back.
+    pub(crate) acked: RangeSet,
+    pub(crate) producers: Vec<(u64, u64)>,
+    pub(crate) truncations: Vec<Truncation>,
+    pub(crate) segments: usize,
+}
+
+/// The durable segment-log backend.
+#[derive(Debug)]
+pub(crate) struct DiskLog {
+    shared: Arc<Shared>,
+    segment_size: u64,
+    cursor: Mutex<ReadCursor>,
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.{SEGMENT_EXT}"))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<Segment>, StorageError> {
+    let entries = fs::read_dir(dir).map_err(|e| StorageError::io("cannot list", dir, e))?;
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io("cannot list", dir, e))?;
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some(SEGMENT_EXT) {
+            continue;
+        }
+        let Some(base) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| s.len() == 20)
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let len = entry
+            .metadata()
+            .map_err(|e| StorageError::io("cannot stat", &path, e))?
+            .len();
+        segments.push(Segment { base, path, len });
+    }
+    segments.sort_by_key(|s| s.base);
+    Ok(segments)
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io("cannot open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::io("cannot lock", &path, e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("cannot fsync directory", dir, e))
+}
+
+fn open_segment(path: &Path) -> Result<File, StorageError> {
+    File::open(path).map_err(|e| StorageError::io("cannot open", path, e))
+}
+
+/// Scans every segment, truncating each at its first torn or corrupt record, and rebuilds the queue's state.
+fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
+    let mut reader = SegmentReader::default();
+    let mut next_offset = 0;
+    let mut floor = 0;
+    let mut acked = RangeSet::default();
+    let mut producers: HashMap<u64, u64> = HashMap::new();
+    let mut truncations = Vec::new();
+    for segment in segments.iter_mut() {
+        let file = open_segment(&segment.path)?;
+        let mut pos = 0;
+        loop {
+            let step = reader
+                .next(&file, pos, segment.len)
+                .map_err(|e| StorageError::io("cannot read", &segment.path, e))?;
+            match step {
+                Step::Record(record, after) => {
+                    match record {
+                        Record::Message {
+                            offset, producer, ..
+                        } => {
+                            next_offset = next_offset.max(offset + 1);
+                            if let Some(p) = producer {
+                                let mark = producers.entry(p.id).or_insert(p.seq);
+                                *mark = (*mark).max(p.seq);
+                            }
+                        }
+                        Record::Acks(runs) => {
+                            for (start, count) in runs {
+                                acked.insert(start, start.saturating_add(u64::from(count)));
+                            }
+                        }
+                        Record::Snapshot(snapshot) => {
+                            next_offset = next_offset.max(snapshot.next_offset);
+                            floor = floor.max(snapshot.floor);
+                            for (id, seq) in snapshot.producers {
+                                let mark = producers.entry(id).or_insert(seq);
+                                *mark = (*mark).max(seq);
+                            }
+                        }
+                    }
+                    pos = after;
+                }
+                Step::End => break,
+                Step::Torn | Step::Corrupt => {
+                    truncate(&segment.path, pos)?;
+                    tracing::warn!(segment = %segment.path.display(), position = pos,
+                        dropped_bytes = segment.len - pos, "truncated a torn or corrupt log tail");
+                    truncations.push(Truncation {
+                        segment: segment.path.clone(),
+                        position: pos,
+                        dropped_bytes: segment.len - pos,
+                    });
+                    segment.len = pos;
+                    break;
+                }
+            }
+        }
+    }
+    acked.remove_below(floor);
+    delete_below(segments, floor)?;
+
+    let mut messages = 0;
+    let mut bytes = 0;
+    let mut first_unacked = next_offset;
+    let mut unacked_end = 0;
+    for segment in segments.iter() {
+        let file = open_segment(&segment.path)?;
+        let mut pos = 0;
+        while let Step::Record(record, after) = reader
+            .next(&file, pos, segment.len)
+            .map_err(|e| StorageError::io("cannot read", &segment.path, e))?
+        {
+            if let Record::Message {
+                offset, payload, ..
+            } = record
+                && offset >= floor
+                && !acked.contains(offset)
+            {
+                messages += 1;
+                bytes += payload.len() as u64;
+                first_unacked = first_unacked.min(offset);
+                unacked_end = unacked_end.max(offset + 1);
+            }
+            pos = after;
+        }
+    }
+    acked.remove_below(first_unacked);
+    Ok(Recovered {
+        messages,
+        bytes,
+        first_unacked,
+        unacked_end: unacked_end.max(first_unacked),
+        next_offset,
+        acked,
+        producers: producers.into_iter().collect(),
+        truncations,
+        segments: segments.len(),
+    })
+}
+
+fn truncate(path: &Path, len: u64) -> Result<(), StorageError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| StorageError::io("cannot open for truncation", path, e))?;
+    file.set_len(len)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| StorageError::io("cannot truncate", path, e))
+}
+
+/// Deletes every segment but the last whose successor starts at or below `floor`: all its messages are acked.
+fn delete_below(segments: &mut Vec<Segment>, floor: u64) -> Result<(), StorageError> {
+    let keep_from = segments
+        .windows(2)
+        .take_while(|pair| pair[1].base <= floor)
+        .count();
+    for segment in segments.drain(..keep_from) {
+        fs::remove_file(&segment.path)
+            .map_err(|e| StorageError::io("cannot delete", &segment.path, e))?;
+    }
+    Ok(())
+}
+
+impl DiskLog {
+    /// Opens (creating if needed) the log in `dir`, recovers it and starts the writer thread.
+    pub(crate) fn open(
+        dir: &Path,
+        policy: FsyncPolicy,
+        segment_size: u64,
+        space: Arc<Notify>,
+    ) -> Result<(Self, Recovered), StorageError> {
+        fs::create_dir_all(dir).map_err(|e| StorageError::io("cannot create", dir, e))?;
+        let lock = lock_dir(dir)?;
+        let mut segments = list_segments(dir)?;
+        if segments.is_empty() {
+            let path = segment_path(dir, 0);
+            let mut buf = Vec::new();
+            record::encode_snapshot(&mut buf, &Snapshot::default());
+            let mut file =
+                File::create(&path).map_err(|e| StorageError::io("cannot create", &path, e))?;
+            file.write_all(&buf)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| StorageError::io("cannot write", &path, e))?;
+            sync_dir(dir)?;
+            segments.push(Segment {
+                base: 0,
+                path,
+                len: buf.len() as u64,
+            });
+        }
+        let recovered = recover(&mut segments)?;
+        let active = segments
+            .last()
+            .cloned()
+            .ok_or_else(|| StorageError::WriterFailed("no segment left after recovery".into()))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&active.path)
+            .map_err(|e| StorageError::io("cannot open for append", &active.path, e))?;
+        let (progress, _) = watch::channel(Progress::default());
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            policy,
+            pending: Mutex::new(Pending {
+                segment_bytes: active.len,
+                active_base: active.base,
+                floor: recovered.first_unacked,
+                ..Pending::default()
+            }),
+            wake: Condvar::new(),
+            segments: Mutex::new(segments),
+            progress,
+            space,
+            backlogged: AtomicBool::new(false),
+        });
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            file,
+            path: active.path,
+            written: 0,
+            synced: 0,
+            last_sync: Instant::now(),
+            deleted_floor: 0,
+            lock: Some(lock),
+        };
+        std::thread::Builder::new()
+            .name("wsmq-log-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StorageError::io("cannot start writer thread for", dir, e))?;
+        let log = Self {
+            shared,
+            segment_size,
+            cursor: Mutex::new(ReadCursor::default()),
+        };
+        Ok((log, recovered))
+    }
+}
+
+impl Drop for DiskLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Storage for DiskLog {
+    fn append_message(
+        &self,
+        offset: u64,
+        producer: Option<Producer>,
+        payload: &[u8],
+        snapshot: &dyn Fn() -> Snapshot,
+    ) -> Result<DurableToken, StorageError> {
+        let mut pending = self.shared.pending.lock();
+        if let Some(err) = &pending.failed {
+            return Err(StorageError::WriterFailed(err.clone()));
+        }
+        if pending.segment_bytes >= self.segment_size && offset > pending.active_base {
+            let at = pending.buf.len();
+            pending.rolls.push((at, offset));
+            record::encode_snapshot(&mut pending.buf, &snapshot());
+            let added = (pending.buf.len() - at) as u64;
+            pending.position += added;
+            pending.segment_bytes = added;
+            pending.active_base = offset;
+        }
+        let before = pending.buf.len();
+        record::encode_message(&mut pending.buf, offset, producer, payload);
+        let added = (pending.buf.len() - before) as u64;
+        pending.position += added;
+        pending.segment_bytes += added;
+        if pending.buf.len() >= WRITE_BACKLOG_CAP {
+            self.shared.backlogged.store(true, Ordering::Relaxed);
+        }
+        if !pending.urgent {
+            pending.urgent = true;
+            self.shared.wake.notify_one();
+        }
+        Ok(DurableToken(pending.position))
+    }
+
+    fn append_acks(&self, offsets: &mut [u64]) {
+        let mut pending = self.shared.pending.lock();
+        if pending.failed.is_some() || pending.closing {
+            return;
+        }
+        let before = pending.buf.len();
+        record::encode_acks(&mut pending.buf, offsets);
+        let added = (pending.buf.len() - before) as u64;
+        pending.position += added;
+        pending.segment_bytes += added;
+        if pending.idle {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn position(&self) -> DurableToken {
+        DurableToken(self.shared.pending.lock().position)
+    }
+
+    fn advance_floor(&self, floor: u64) {
+        let mut pending = self.shared.pending.lock();
+        if floor > pending.floor {
+            pending.floor = floor;
+            if pending.idle {
+                self.shared.wake.notify_one();
+            }
+        }
+    }
+
+    fn backlogged(&self) -> bool {
+        self.shared.backlogged.load(Ordering::Relaxed)
+    }
+
+    fn reads_back(&self) -> bool {
+        true
+    }
+
+    fn read_messages(
+        &self,
+        from: u64,
+        to: u64,
+        skip: &RangeSet,
+        max_bytes: usize,
+        out: &mut Vec<(u64, Bytes)>,
+    ) -> Result<u64, StorageError> {
+        let segments = self.shared.segments.lock().clone();
+        let mut cursor = self.cursor.lock();
+        let ReadCursor {
+            next: cursor_next,
+            base,
+            pos,
+            file,
+            reader,
+        } = &mut *cursor;
+        let mut index = segments.iter().position(|s| s.base == *base);
+        if *cursor_next != from || file.is_none() || index.is_none() {
+            let Some(found) = segments
+                .iter()
+                .rposition(|s| s.base <= from)
+                .or(segments.first().map(|_| 0))
+            else {
+                return Ok(from);
+            };
+            index = Some(found);
+            *base = segments[found].base;
+            *pos = 0;
+            *file = None;
+        }
+        let mut index = index.unwrap_or(0);
+        let mut next = from;
+        let mut bytes = 0;
+        loop {
+            let segment = &segments[index];
+            let handle = match file {
+                Some(handle) => handle,
+                None => {
+                    reader.shrink();
+                    file.insert(open_segment(&segment.path)?)
+                }
+            };
+            loop {
+                let step = reader
+                    .next(handle, *pos, segment.len)
+                    .map_err(|e| StorageError::io("cannot read", &segment.path, e))?;
+                match step {
+                    Step::Record(
+                        Record::Message {
+                            offset, payload, ..
+                        },
+                        after,
+                    ) => {
+                        if offset >= to {
+                            *cursor_next = to;
+                            return Ok(to);
+                        }
+                        *pos = after;
+                        if offset < next {
+                            continue;
+                        }
+                        next = offset + 1;
+                        if !skip.contains(offset) {
+                            bytes += payload.len();
+                            out.push((offset, Bytes::copy_from_slice(payload)));
+                            if bytes >= max_bytes {
+                                *cursor_next = next;
+                                return Ok(next);
+                            }
+                        }
+                    }
+                    Step::Record(_, after) => *pos = after,
+                    Step::End | Step::Torn => break,
+                    Step::Corrupt => {
+                        return Err(StorageError::Corrupt {
+                            path: segment.path.clone(),
+                            position: *pos,
+                        });
+                    }
+                }
+            }
+            if index + 1 >= segments.len() {
+                *cursor_next = next;
+                return Ok(next);
+            }
+            index += 1;
+            *base = segments[index].base;
+            *pos = 0;
+            *file = None;
+        }
+    }
+
+    fn progress(&self) -> Option<watch::Receiver<Progress>> {
+        Some(self.shared.progress.subscribe())
+    }
+
+    fn close(&self) {
+        let mut pending = self.shared.pending.lock();
+        pending.closing = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The writer thread's own state: the active segment and how far it has got.
+struct Writer {
+    shared: Arc<Shared>,
+    file: File,
+    path: PathBuf,
+    written: u64,
+    synced: u64,
+    last_sync: Instant,
+    deleted_floor: u64,
+    /// The directory lock, released before reporting `closed` so the directory can be reopened at once.
+    lock: Option<File>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut buf = Vec::new();
+        let mut rolls = Vec::new();
+        loop {
+            let (closing, floor, backlogged) = self.take(&mut buf, &mut rolls);
+            if backlogged {
+                self.shared.space.notify_waiters();
+            }
+            let result = self
+                .write_group(&buf, &rolls)
+                .and_then(|()| self.sync(closing))
+                .and_then(|()| self.delete(floor));
+            buf.clear();
+            rolls.clear();
+            if let Err(err) = result {
+                tracing::error!(%err, "log writer failed; the queue no longer accepts pushes");
+                self.shared.pending.lock().failed = Some(err.to_string());
+                self.lock.take();
+                self.shared
+                    .progress
+                    .send_modify(|p| p.failed = Some(err.to_string()));
+                self.shared.space.notify_waiters();
+                return;
+            }
+            if closing {
+                self.lock.take();
+                self.shared.progress.send_modify(|p| p.closed = true);
+                return;
+            }
+        }
+    }
+
+    /// Waits for work and swaps the pending buffer out; returns (closing, floor, whether it was backlogged).
+    fn take(&mut self, buf: &mut Vec<u8>, rolls: &mut Vec<(usize, u64)>) -> (bool, u64, bool) {
+        let mut pending = self.shared.pending.lock();
+        loop {
+            if pending.urgent || pending.closing {
+                break;
+            }
+            let unsynced = match self.shared.policy {
+                FsyncPolicy::Interval(every) if self.written > self.synced => {
+                    Some(every.saturating_sub(self.last_sync.elapsed()))
+                }
+                _ => None,
+            };
+            let lazy = (!pending.buf.is_empty() || pending.floor > self.deleted_floor)
+                .then_some(LAZY_FLUSH);
+            match unsynced.into_iter().chain(lazy).min() {
+                Some(timeout) if timeout.is_zero() => break,
+                Some(timeout) => {
+                    if self.shared.wake.wait_for(&mut pending, timeout).timed_out() {
+                        break;
+                    }
+                }
+                None => {
+                    pending.idle = true;
+                    self.shared.wake.wait(&mut pending);
+                    pending.idle = false;
+                }
+            }
+        }
+        pending.urgent = false;
+        let backlogged = self.shared.backlogged.swap(false, Ordering::Relaxed);
+        std::mem::swap(&mut pending.buf, buf);
+        std::mem::swap(&mut pending.rolls, rolls);
+        (pending.closing, pending.floor, backlogged)
+    }
+
+    /// Writes one group: one `write` per segment it touches.
+    fn write_group(&mut self, buf: &[u8], rolls: &[(usize, u64)]) -> Result<(), StorageError> {
+        let mut start = 0;
+        for &(at, base) in rolls {
+            self.write(&buf[start..at])?;
+            self.roll(base)?;
+            start = at;
+        }
+        self.write(&buf[start..])
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.file
+            .write_all(bytes)
+            .map_err(|e| StorageError::io("cannot write", &self.path, e))?;
+        self.written += bytes.len() as u64;
+        if let Some(active) = self.shared.segments.lock().last_mut() {
+            active.len += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn roll(&mut self, base: u64) -> Result<(), StorageError> {
+        if self.shared.policy != FsyncPolicy::Never {
+            self.file
+                .sync_data()
+                .map_err(|e| StorageError::io("cannot fsync", &self.path, e))?;
+        }
+        let path = segment_path(&self.shared.dir, base);
+        self.file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| StorageError::io("cannot create", &path, e))?;
+        if self.shared.policy != FsyncPolicy::Never {
+            sync_dir(&self.shared.dir)?;
+        }
+        self.shared.segments.lock().push(Segment {
+            base,
+            path: path.clone(),
+            len: 0,
+        });
+        self.path = path;
+        Ok(())
+    }
+
+    /// Fsyncs per the policy (always on close) and publishes progress.
+    fn sync(&mut self, closing: bool) -> Result<(), StorageError> {
+        let due = match self.shared.policy {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(every) => self.last_sync.elapsed() >= every,
+            FsyncPolicy::Never => false,
+        };
+        if (due || closing) && self.synced < self.written {
+            self.file
+                .sync_data()
+                .map_err(|e| StorageError::io("cannot fsync", &self.path, e))?;
+            self.synced = self.written;
+            self.last_sync = Instant::now();
+        }
+        let durable = match self.shared.policy {
+            FsyncPolicy::Always => self.synced,
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => self.written,
+        };
+        let written = self.written;
+        self.shared.progress.send_if_modified(|p| {
+            let changed = p.written != written || p.durable != durable;
+            p.written = written;
+            p.durable = durable;
+            changed
+        });
+        Ok(())
+    }
+
+    /// Deletes segments that hold only acked messages.
+    fn delete(&mut self, floor: u64) -> Result<(), StorageError> {
+        if floor <= self.deleted_floor {
+            return Ok(());
+        }
+        self.deleted_floor = floor;
+        let doomed: Vec<Segment> = {
+            let mut segments = self.shared.segments.lock();
+            let count = segments
+                .windows(2)
+                .take_while(|pair| pair[1].base <= floor)
+                .count();
+            segments.drain(..count).collect()
+        };
+        for segment in doomed {
+            fs::remove_file(&segment.path)
+                .map_err(|e| StorageError::io("cannot delete", &segment.path, e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,60 @@
+//! The memory backend: nothing is persisted, every payload stays in the engine's RAM (bounded by `max_bytes`).
+//!
+//! For tests and benchmarks, where the disk would only add noise; a restart loses everything.
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::rangeset::RangeSet;
+use super::record::Snapshot;
+use super::storage::{Progress, Storage, StorageError};
+use super::{DurableToken, Producer};
+
+/// A backend that stores nothing: durability is immediate because there is none to wait for.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryStore;
+
+impl Storage for MemoryStore {
+    fn append_message(
+        &self,
+        _: u64,
+        _: Option<Producer>,
+        _: &[u8],
+        _: &dyn Fn() -> Snapshot,
+    ) -> Result<DurableToken, StorageError> {
+        Ok(DurableToken(0))
+    }
+
+    fn append_acks(&self, _: &mut [u64]) {}
+
+    fn position(&self) -> DurableToken {
+        DurableToken(0)
+    }
+
+    fn advance_floor(&self, _: u64) {}
+
+    fn backlogged(&self) -> bool {
+        false
+    }
+
+    fn reads_back(&self) -> bool {
+        false
+    }
+
+    fn read_messages(
+        &self,
+        _: u64,
+        to: u64,
+        _: &RangeSet,
+        _: usize,
+        _: &mut Vec<(u64, Bytes)>,
+    ) -> Result<u64, StorageError> {
+        Ok(to)
+    }
+
+    fn progress(&self) -> Option<watch::Receiver<Progress>> {
+        None
+    }
+
+    fn close(&self) {}
+}

@@ -1,0 +1,946 @@
+//! The queue engine: a durable, acked FIFO of opaque messages with leases, redelivery, producer dedup and
+//! bounded memory, over a pluggable [storage backend](storage::Storage).
+//!
+//! Every stored message gets a monotonically increasing `u64` offset, which is also its delivery id. Messages are
+//! dispatched in offset order (returned leases first). A delivered message is leased to its consumer until acked;
+//! a lease whose consumer goes away or does not ack within the lease timeout goes back to the front of the queue.
+//! All state lives behind one lock taken once per batch and never held across `.await`.
+
+mod consumer;
+mod log;
+mod memory;
+mod rangeset;
+mod record;
+mod storage;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use consumer::{ConsumeMode, Consumer, Delivery};
+pub use storage::StorageError;
+
+use rangeset::RangeSet;
+use record::Snapshot;
+use storage::Storage;
+
+/// Largest payload refill reads back from disk per step while holding the state lock.
+const REFILL_CHUNK: u64 = 1024 * 1024;
+
+/// Where the queue keeps its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// RAM only: for tests and benchmarks; a restart loses everything.
+    Memory,
+    /// The durable segment log in `dir` (created if missing).
+    Disk {
+        /// Directory holding the segment files; one queue per directory.
+        dir: PathBuf,
+    },
+}
+
+/// When the disk log fsyncs, i.e. what a producer's ack promises (the `--fsync` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Ack after fsync; concurrent pushes share one fsync (group commit). Survives power loss.
+    #[default]
+    Always,
+    /// Ack after the write reaches the OS; fsync at most this often. Survives a process crash; a power loss may
+    /// lose up to the interval.
+    Interval(Duration),
+    /// Ack at once; write but never fsync explicitly. Fastest; a crash may lose recent messages.
+    Never,
+}
+
+/// The `--fsync` value was not `always`, `interval=MS` or `never`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid fsync policy {0:?}: expected always, interval=MS or never")]
+pub struct ParseFsyncPolicyError(String);
+
+impl FromStr for FsyncPolicy {
+    type Err = ParseFsyncPolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => s
+                .strip_prefix("interval=")
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .filter(|&ms| ms > 0)
+                .map(|ms| Self::Interval(Duration::from_millis(ms)))
+                .ok_or_else(|| ParseFsyncPolicyError(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Always => f.write_str("always"),
+            Self::Interval(every) => write!(f, "interval={}", every.as_millis()),
+            Self::Never => f.write_str("never"),
+        }
+    }
+}
+
+/// Tuning of a queue; `Default` gives production-safe values.
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// Capacity in unacked payload bytes; pushes beyond it get [`PushError::Full`].
+    pub max_bytes: u64,
+    /// Payload bytes of not-yet-delivered messages kept in RAM; the rest is read back from disk when dispatch
+    /// reaches it (disk backend only), so memory stays bounded however large the backlog.
+    pub memory_budget: u64,
+    /// How long a consumer may hold a delivery without acking before it is redelivered.
+    pub lease_timeout: Duration,
+    /// Durability of producer acks (disk backend).
+    pub fsync: FsyncPolicy,
+    /// Segment file size at which the log starts a new file; deletion works per segment.
+    pub segment_size: u64,
+    /// Producer ids whose dedup marks are remembered; beyond it the least recently seen is forgotten.
+    pub max_producers: usize,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1024 * 1024 * 1024,
+            memory_budget: 64 * 1024 * 1024,
+            lease_timeout: Duration::from_secs(30),
+            fsync: FsyncPolicy::Always,
+            segment_size: 64 * 1024 * 1024,
+            max_producers: 10_000,
+        }
+    }
+}
+
+/// Identifies a reliable-mode push for dedup.
+///
+/// A producer uses strictly increasing `seq` values per `id` and retries a message with its original seq. A push
+/// whose seq is at or below the highest seq already stored for that id is a [`Pushed::Duplicate`]. Hence a
+/// producer must not reuse a seq that was rejected (e.g. `Full`) once a later seq has been stored: it retries
+/// rejected messages in order before sending newer ones (a batch stops at its first rejection for this reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Producer {
+    /// The producer's stable id (survives its reconnects).
+    pub id: u64,
+    /// Sequence number of this message within the producer.
+    pub seq: u64,
+}
+
+/// Names a log position; [`Queue::wait_durable`] resolves once everything up to it is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DurableToken(u64);
+
+/// The outcome of an accepted push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Stored as a new message.
+    Stored {
+        /// The message's offset (its future delivery id).
+        offset: u64,
+        /// Await with [`Queue::wait_durable`] before acking the producer.
+        durable: DurableToken,
+    },
+    /// A retry of an already stored (producer, seq): ack again, it is not stored twice.
+    Duplicate {
+        /// Covers the original too, so the retry is acked only once the original is durable.
+        durable: DurableToken,
+    },
+}
+
+impl Pushed {
+    /// The token to wait on before acking the producer, whichever the outcome.
+    pub fn durable(&self) -> DurableToken {
+        match *self {
+            Self::Stored { durable, .. } | Self::Duplicate { durable } => durable,
+        }
+    }
+}
+
+/// Why a push was refused; nothing was stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PushError {
+    /// Capacity (`max_bytes`) reached, or the log writer is too far behind: retry after
+    /// [`Queue::wait_for_space`].
+    #[error("queue is full")]
+    Full,
+    /// The payload can never fit (larger than `max_bytes` or the record limit).
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Payload size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The queue is shutting down.
+    #[error("queue is closed")]
+    Closed,
+    /// The log cannot store anything any more.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Why a queue operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    /// The queue is shutting down.
+    #[error("queue is closed")]
+    Closed,
+    /// The backend failed (opening, recovering, writing or reading back).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Where recovery cut a segment short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// Byte position of the first torn or corrupt record (the new file length).
+    pub position: u64,
+    /// Bytes removed.
+    pub dropped_bytes: u64,
+}
+
+/// What [`Queue::open`] found, for the startup log line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Unacked messages recovered (they will be delivered again).
+    pub messages: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+    /// The offset the next push gets.
+    pub next_offset: u64,
+    /// Segment files in use after recovery.
+    pub segments: usize,
+    /// Torn or corrupt tails that were truncated (empty after a clean shutdown).
+    pub truncated: Vec<Truncation>,
+}
+
+/// A point-in-time view for metrics and readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Unacked messages (waiting or leased).
+    pub depth: u64,
+    /// Their payload bytes (what `max_bytes` limits).
+    pub bytes: u64,
+    /// Messages leased to consumers and not yet acked.
+    pub in_flight: u64,
+    /// Payload bytes of undelivered messages held in RAM (at most about `memory_budget` for the disk backend;
+    /// the rest of the backlog is on disk only).
+    pub memory_bytes: u64,
+    /// Attached consumers.
+    pub consumers: usize,
+    /// Total messages stored since open.
+    pub pushed: u64,
+    /// Total retried pushes recognised as duplicates.
+    pub duplicates: u64,
+    /// Total deliveries, redeliveries included.
+    pub delivered: u64,
+    /// Total messages acked (AutoAck deliveries included).
+    pub acked: u64,
+    /// Total redeliveries of returned leases.
+    pub redelivered: u64,
+    /// Total leases returned because they were not acked in time.
+    pub lease_expired: u64,
+    /// Total pushes refused with `Full`.
+    pub rejected_full: u64,
+}
+
+/// A leased delivery: the payload is kept for redelivery (leases are bounded by consumer credit).
+#[derive(Debug)]
+struct Lease {
+    owner: u64,
+    payload: Bytes,
+    deadline: Instant,
+}
+
+/// A consumer's dispatch state.
+#[derive(Debug)]
+struct Slot {
+    mode: ConsumeMode,
+    window: u64,
+    in_flight: u64,
+    notify: Arc<Notify>,
+    /// Queued in `State::waiters`.
+    waiting: bool,
+    /// Blocked on its window; wake it when a lease of its own goes away.
+    wants_credit: bool,
+}
+
+/// A producer's dedup mark and when it was last seen (for LRU eviction).
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    seq: u64,
+    seen: u64,
+}
+
+/// Bounded table of producer high-water marks.
+#[derive(Debug)]
+struct Producers {
+    marks: HashMap<u64, Mark>,
+    tick: u64,
+    cap: usize,
+}
+
+impl Producers {
+    fn new(cap: usize, recovered: Vec<(u64, u64)>) -> Self {
+        let mut producers = Self {
+            marks: HashMap::with_capacity(recovered.len().min(cap)),
+            tick: 0,
+            cap: cap.max(1),
+        };
+        for (id, seq) in recovered {
+            producers.record(Producer { id, seq });
+        }
+        producers
+    }
+
+    fn is_duplicate(&mut self, producer: Producer) -> bool {
+        self.tick += 1;
+        match self.marks.get_mut(&producer.id) {
+            Some(mark) => {
+                mark.seen = self.tick;
+                producer.seq <= mark.seq
+            }
+            None => false,
+        }
+    }
+
+    fn record(&mut self, producer: Producer) {
+        self.tick += 1;
+        let mark = self.marks.entry(producer.id).or_insert(Mark {
+            seq: producer.seq,
+            seen: self.tick,
+        });
+        mark.seq = mark.seq.max(producer.seq);
+        mark.seen = self.tick;
+        if self.marks.len() > self.cap
+            && let Some((&oldest, _)) = self.marks.iter().min_by_key(|(_, m)| m.seen)
+        {
+            self.marks.remove(&oldest);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(u64, u64)> {
+        self.marks.iter().map(|(&id, m)| (id, m.seq)).collect()
+    }
+}
+
+/// Everything mutable, behind one lock.
+#[derive(Debug)]
+struct State {
+    closed: bool,
+    next_offset: u64,
+    /// Undelivered messages held in RAM, in offset order, all before the cold range.
+    hot: VecDeque<(u64, Bytes)>,
+    hot_bytes: u64,
+    /// Undelivered messages only on disk: offsets `[cold_from, cold_to)` minus `cold_skip`; empty when equal.
+    cold_from: u64,
+    cold_to: u64,
+    cold_skip: RangeSet,
+    /// Returned leases waiting for redelivery, dispatched before anything else.
+    redeliver: BTreeMap<u64, Bytes>,
+    leases: BTreeMap<u64, Lease>,
+    /// Lease deadlines in dispatch order (so also in deadline order); stale entries are skipped.
+    deadlines: VecDeque<(Instant, u64)>,
+    consumers: HashMap<u64, Slot>,
+    /// Consumers with credit waiting for messages, woken one per message.
+    waiters: VecDeque<u64>,
+    next_consumer: u64,
+    producers: Producers,
+    depth: u64,
+    bytes: u64,
+    floor_reported: u64,
+    /// A push was refused for lack of space, so frees must notify space waiters.
+    full: bool,
+    refill: Vec<(u64, Bytes)>,
+    stats: QueueStats,
+}
+
+/// What one dispatch attempt achieved.
+#[derive(Debug, PartialEq, Eq)]
+enum Fill {
+    Delivered,
+    NoCredit,
+    Empty,
+    /// Messages exist but are not written to the log yet, so they cannot be read back.
+    AwaitWrite,
+}
+
+impl State {
+    fn cold(&self) -> bool {
+        self.cold_from < self.cold_to
+    }
+
+    fn has_messages(&self) -> bool {
+        !self.redeliver.is_empty() || !self.hot.is_empty() || self.cold()
+    }
+
+    /// The lowest offset that may be unacked: everything below it can be forgotten by storage.
+    fn floor(&self) -> u64 {
+        [
+            self.redeliver.keys().next().copied(),
+            self.leases.keys().next().copied(),
+            self.hot.front().map(|&(offset, _)| offset),
+            self.cold().then_some(self.cold_from),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.next_offset)
+    }
+
+    fn report_floor(&mut self, storage: &dyn Storage) {
+        let floor = self.floor();
+        if floor > self.floor_reported {
+            self.floor_reported = floor;
+            storage.advance_floor(floor);
+        }
+    }
+
+    fn wake_waiters(&mut self, mut count: usize) {
+        while count > 0 {
+            let Some(id) = self.waiters.pop_front() else {
+                return;
+            };
+            if let Some(slot) = self.consumers.get_mut(&id)
+                && slot.waiting
+            {
+                slot.waiting = false;
+                slot.notify.notify_one();
+                count -= 1;
+            }
+        }
+    }
+
+    /// One lease of `owner` went away: free its credit and wake it if it was blocked on credit.
+    fn release_credit(&mut self, owner: u64) {
+        if let Some(slot) = self.consumers.get_mut(&owner) {
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+            if slot.wants_credit {
+                slot.wants_credit = false;
+                slot.notify.notify_one();
+            }
+        }
+    }
+
+    /// Returns expired leases to the redelivery set; returns how many.
+    fn expire(&mut self, now: Instant) -> usize {
+        let mut expired = 0;
+        while let Some(&(deadline, offset)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self
+                .leases
+                .get(&offset)
+                .is_some_and(|l| l.deadline == deadline)
+                && let Some(lease) = self.leases.remove(&offset)
+            {
+                self.release_credit(lease.owner);
+                self.redeliver.insert(offset, lease.payload);
+                expired += 1;
+            }
+        }
+        if self.deadlines.len() > 2 * self.leases.len() + 1024 {
+            let leases = &self.leases;
+            self.deadlines.retain(|(deadline, offset)| {
+                leases.get(offset).is_some_and(|l| l.deadline == *deadline)
+            });
+        }
+        self.stats.lease_expired += expired as u64;
+        self.wake_waiters(expired);
+        expired
+    }
+
+    /// Removes an acked message; returns its payload size if it was unacked.
+    fn remove_acked(&mut self, offset: u64) -> Option<u64> {
+        let payload = if let Some(lease) = self.leases.remove(&offset) {
+            self.release_credit(lease.owner);
+            lease.payload
+        } else {
+            self.redeliver.remove(&offset)?
+        };
+        let len = payload.len() as u64;
+        self.depth -= 1;
+        self.bytes -= len;
+        self.stats.acked += 1;
+        Some(len)
+    }
+
+    /// Moves a chunk of the cold range into `hot` by reading it back from storage.
+    fn refill(&mut self, storage: &dyn Storage, budget: u64) -> Result<(), StorageError> {
+        let max = usize::try_from((budget / 2).clamp(1, REFILL_CHUNK)).unwrap_or(usize::MAX);
+        let mut chunk = std::mem::take(&mut self.refill);
+        let next = storage.read_messages(
+            self.cold_from,
+            self.cold_to,
+            &self.cold_skip,
+            max,
+            &mut chunk,
+        );
+        for (offset, payload) in chunk.drain(..) {
+            self.hot_bytes += payload.len() as u64;
+            self.hot.push_back((offset, payload));
+        }
+        self.refill = chunk;
+        self.cold_from = next?.min(self.cold_to);
+        if self.cold() {
+            self.cold_skip.remove_below(self.cold_from);
+        } else {
+            self.cold_skip = RangeSet::default();
+        }
+        Ok(())
+    }
+
+    /// Hands up to `max` messages (and what credit allows) to consumer `id`, in offset order.
+    fn fill(
+        &mut self,
+        storage: &dyn Storage,
+        options: &QueueOptions,
+        id: u64,
+        max: usize,
+        out: &mut Vec<Delivery>,
+    ) -> Result<Fill, StorageError> {
+        let Some(slot) = self.consumers.get(&id) else {
+            return Ok(Fill::Empty);
+        };
+        let mode = slot.mode;
+        let limit = match mode {
+            ConsumeMode::Acked => {
+                let credit = slot.window.saturating_sub(slot.in_flight);
+                if credit == 0 {
+                    return Ok(Fill::NoCredit);
+                }
+                max.min(usize::try_from(credit).unwrap_or(usize::MAX))
+            }
+            ConsumeMode::AutoAck => max,
+        };
+        let deadline = Instant::now() + options.lease_timeout;
+        let mut delivered = 0;
+        let mut auto_acked = Vec::new();
+        let mut outcome = Fill::Empty;
+        while delivered < limit {
+            let (offset, payload, redelivered) =
+                if let Some((offset, payload)) = self.redeliver.pop_first() {
+                    (offset, payload, true)
+                } else if let Some((offset, payload)) = self.hot.pop_front() {
+                    self.hot_bytes -= payload.len() as u64;
+                    (offset, payload, false)
+                } else if self.cold() {
+                    self.refill(storage, options.memory_budget)?;
+                    if self.hot.is_empty() {
+                        if self.cold() {
+                            outcome = Fill::AwaitWrite;
+                        }
+                        break;
+                    }
+                    continue;
+                } else {
+                    break;
+                };
+            match mode {
+                ConsumeMode::Acked => {
+                    self.leases.insert(
+                        offset,
+                        Lease {
+                            owner: id,
+                            payload: payload.clone(),
+                            deadline,
+                        },
+                    );
+                    self.deadlines.push_back((deadline, offset));
+                }
+                ConsumeMode::AutoAck => {
+                    self.depth -= 1;
+                    self.bytes -= payload.len() as u64;
+                    self.stats.acked += 1;
+                    auto_acked.push(offset);
+                }
+            }
+            self.stats.delivered += 1;
+            self.stats.redelivered += u64::from(redelivered);
+            out.push(Delivery {
+                id: offset,
+                payload,
+                redelivered,
+            });
+            delivered += 1;
+        }
+        if delivered == 0 {
+            return Ok(outcome);
+        }
+        if let Some(slot) = self.consumers.get_mut(&id)
+            && mode == ConsumeMode::Acked
+        {
+            slot.in_flight += delivered as u64;
+        }
+        if !auto_acked.is_empty() {
+            storage.append_acks(&mut auto_acked);
+            self.report_floor(storage);
+        }
+        Ok(Fill::Delivered)
+    }
+}
+
+/// The shared inside of a [`Queue`] handle.
+struct Inner {
+    state: Mutex<State>,
+    storage: Box<dyn Storage>,
+    options: QueueOptions,
+    /// Notified when space frees up after a push was refused as full.
+    space: Arc<Notify>,
+}
+
+/// A handle to the queue; cheap to clone, all clones share one queue.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    /// Opens a queue on `backend`, recovering a disk log (a torn or corrupt tail is truncated and reported, never
+    /// a panic). Fails only if the directory or its files cannot be used.
+    pub fn open(
+        backend: Backend,
+        options: QueueOptions,
+    ) -> Result<(Self, RecoveryReport), QueueError> {
+        let space = Arc::new(Notify::new());
+        let (storage, recovered): (Box<dyn Storage>, Option<log::Recovered>) = match backend {
+            Backend::Memory => (Box::new(memory::MemoryStore), None),
+            Backend::Disk { dir } => {
+                let (log, recovered) = log::DiskLog::open(
+                    &dir,
+                    options.fsync,
+                    options.segment_size,
+                    Arc::clone(&space),
+                )?;
+                (Box::new(log), Some(recovered))
+            }
+        };
+        let mut report = RecoveryReport::default();
+        let mut state = State {
+            closed: false,
+            next_offset: 0,
+            hot: VecDeque::new(),
+            hot_bytes: 0,
+            cold_from: 0,
+            cold_to: 0,
+            cold_skip: RangeSet::default(),
+            redeliver: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            deadlines: VecDeque::new(),
+            consumers: HashMap::new(),
+            waiters: VecDeque::new(),
+            next_consumer: 0,
+            producers: Producers::new(options.max_producers, Vec::new()),
+            depth: 0,
+            bytes: 0,
+            floor_reported: 0,
+            full: false,
+            refill: Vec::new(),
+            stats: QueueStats::default(),
+        };
+        if let Some(recovered) = recovered {
+            state.next_offset = recovered.next_offset;
+            state.cold_from = recovered.first_unacked;
+            state.cold_to = recovered.unacked_end;
+            state.cold_skip = recovered.acked;
+            state.depth = recovered.messages;
+            state.bytes = recovered.bytes;
+            state.floor_reported = recovered.first_unacked;
+            state.producers = Producers::new(options.max_producers, recovered.producers);
+            report = RecoveryReport {
+                messages: recovered.messages,
+                bytes: recovered.bytes,
+                next_offset: recovered.next_offset,
+                segments: recovered.segments,
+                truncated: recovered.truncations,
+            };
+        }
+        let inner = Inner {
+            state: Mutex::new(state),
+            storage,
+            options,
+            space,
+        };
+        Ok((
+            Self {
+                inner: Arc::new(inner),
+            },
+            report,
+        ))
+    }
+
+    /// Stores one message. `producer` is `None` for compat (at-most-once) pushers, which skip dedup.
+    pub fn push(&self, producer: Option<Producer>, payload: Bytes) -> Result<Pushed, PushError> {
+        let mut out = Vec::with_capacity(1);
+        self.push_batch([(producer, payload)], &mut out);
+        out.pop().unwrap_or(Err(PushError::Closed))
+    }
+
+    /// Stores a batch (e.g. one WebSocket frame's worth) under one lock acquisition, appending one result per item
+    /// to `out`. After a `Full`, `Closed` or storage error the remaining items fail the same way, so a producer's
+    /// messages are never stored out of order; `TooLarge` fails only its own item.
+    pub fn push_batch<I>(&self, items: I, out: &mut Vec<Result<Pushed, PushError>>)
+    where
+        I: IntoIterator<Item = (Option<Producer>, Bytes)>,
+    {
+        let inner = &*self.inner;
+        let mut state = inner.state.lock();
+        let mut stored = 0;
+        let mut failure: Option<PushError> = None;
+        for (producer, payload) in items {
+            let result = match &failure {
+                Some(err) => Err(err.clone()),
+                None => push_one(inner, &mut state, producer, payload),
+            };
+            match &result {
+                Ok(Pushed::Stored { .. }) => stored += 1,
+                Ok(Pushed::Duplicate { .. }) | Err(PushError::TooLarge { .. }) => {}
+                Err(err) => failure = Some(err.clone()),
+            }
+            out.push(result);
+        }
+        state.wake_waiters(stored);
+    }
+
+    /// Resolves once the record behind `token` is durable per the fsync policy: after its group's fsync
+    /// (`always`), after its write (`interval`), at once (`never`, memory backend). Fails if the log writer failed
+    /// or the queue closed before getting there.
+    pub async fn wait_durable(&self, token: DurableToken) -> Result<(), QueueError> {
+        if self.inner.options.fsync == FsyncPolicy::Never {
+            return Ok(());
+        }
+        let Some(mut progress) = self.inner.storage.progress() else {
+            return Ok(());
+        };
+        let progress = progress
+            .wait_for(|p| p.durable >= token.0 || p.failed.is_some() || p.closed)
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        if progress.durable >= token.0 {
+            Ok(())
+        } else if let Some(err) = &progress.failed {
+            Err(StorageError::WriterFailed(err.clone()).into())
+        } else {
+            Err(QueueError::Closed)
+        }
+    }
+
+    /// Resolves when a payload of `len` bytes would fit (or the queue closed), for compat pushers that must stop
+    /// reading rather than drop a message. A push may still find the queue full if others took the space; loop.
+    pub async fn wait_for_space(&self, len: usize) {
+        loop {
+            let notified = self.inner.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.inner.state.lock();
+                let fits = state.bytes.saturating_add(len as u64) <= self.inner.options.max_bytes
+                    || len as u64 > self.inner.options.max_bytes;
+                if state.closed || (fits && !self.inner.storage.backlogged()) {
+                    return;
+                }
+                state.full = true;
+            }
+            notified.await;
+        }
+    }
+
+    /// Attaches a consumer. In [`ConsumeMode::Acked`] it starts with no credit: call [`Consumer::grant`].
+    pub fn consumer(&self, mode: ConsumeMode) -> Consumer {
+        let mut state = self.inner.state.lock();
+        let id = state.next_consumer;
+        state.next_consumer += 1;
+        let notify = Arc::new(Notify::new());
+        state.consumers.insert(
+            id,
+            Slot {
+                mode,
+                window: 0,
+                in_flight: 0,
+                notify: Arc::clone(&notify),
+                waiting: false,
+                wants_credit: false,
+            },
+        );
+        Consumer::new(self.clone(), id, mode, notify)
+    }
+
+    /// Acks delivery ids from any consumer; returns how many messages this removed. Idempotent: unknown or
+    /// already acked ids are ignored; an id whose lease expired is still removed (at-least-once).
+    pub fn ack(&self, ids: &[u64]) -> usize {
+        let inner = &*self.inner;
+        let mut acked = Vec::with_capacity(ids.len());
+        let notify_space = {
+            let mut state = inner.state.lock();
+            for &id in ids {
+                if state.remove_acked(id).is_some() {
+                    acked.push(id);
+                }
+            }
+            if acked.is_empty() {
+                return 0;
+            }
+            inner.storage.append_acks(&mut acked);
+            state.report_floor(&*inner.storage);
+            std::mem::take(&mut state.full)
+        };
+        if notify_space {
+            inner.space.notify_waiters();
+        }
+        acked.len()
+    }
+
+    /// Counters and gauges for metrics and readiness.
+    pub fn stats(&self) -> QueueStats {
+        let mut state = self.inner.state.lock();
+        state.expire(Instant::now());
+        QueueStats {
+            depth: state.depth,
+            bytes: state.bytes,
+            in_flight: state.leases.len() as u64,
+            memory_bytes: state.hot_bytes,
+            consumers: state.consumers.len(),
+            ..state.stats.clone()
+        }
+    }
+
+    /// Stops the queue: pushes and waiting consumers get `Closed`, and the log flushes and fsyncs everything
+    /// written, then its writer thread exits. Idempotent.
+    pub async fn close(&self) {
+        {
+            let mut state = self.inner.state.lock();
+            state.closed = true;
+            for slot in state.consumers.values() {
+                slot.notify.notify_one();
+            }
+        }
+        self.inner.space.notify_waiters();
+        self.inner.storage.close();
+        if let Some(mut progress) = self.inner.storage.progress() {
+            let _ = progress.wait_for(|p| p.closed || p.failed.is_some()).await;
+        }
+    }
+}
+
+/// Stores one message with the state lock held.
+fn push_one(
+    inner: &Inner,
+    state: &mut State,
+    producer: Option<Producer>,
+    payload: Bytes,
+) -> Result<Pushed, PushError> {
+    if state.closed {
+        return Err(PushError::Closed);
+    }
+    let options = &inner.options;
+    let len = payload.len();
+    let max = usize::try_from(options.max_bytes)
+        .unwrap_or(usize::MAX)
+        .min(record::MAX_PAYLOAD);
+    if len > max {
+        return Err(PushError::TooLarge { len, max });
+    }
+    if let Some(p) = producer
+        && state.producers.is_duplicate(p)
+    {
+        state.stats.duplicates += 1;
+        return Ok(Pushed::Duplicate {
+            durable: inner.storage.position(),
+        });
+    }
+    if state.bytes + len as u64 > options.max_bytes || inner.storage.backlogged() {
+        state.stats.rejected_full += 1;
+        state.full = true;
+        return Err(PushError::Full);
+    }
+    let storage = &*inner.storage;
+    let offset = state.next_offset;
+    let snapshot = || Snapshot {
+        next_offset: offset,
+        floor: state.floor(),
+        producers: state.producers.snapshot(),
+    };
+    let durable = storage.append_message(offset, producer, &payload, &snapshot)?;
+    state.next_offset += 1;
+    if let Some(p) = producer {
+        state.producers.record(p);
+    }
+    state.depth += 1;
+    state.bytes += len as u64;
+    state.stats.pushed += 1;
+    if state.cold()
+        || (storage.reads_back() && state.hot_bytes + len as u64 > options.memory_budget)
+    {
+        if !state.cold() {
+            state.cold_from = offset;
+        }
+        state.cold_to = offset + 1;
+    } else {
+        state.hot_bytes += len as u64;
+        state.hot.push_back((offset, payload));
+    }
+    Ok(Pushed::Stored { offset, durable })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policy_parses_the_flag_values() {
+        assert_eq!(
+            "always".parse::<FsyncPolicy>().unwrap(),
+            FsyncPolicy::Always
+        );
+        assert_eq!("never".parse::<FsyncPolicy>().unwrap(), FsyncPolicy::Never);
+        assert_eq!(
+            "interval=25".parse::<FsyncPolicy>().unwrap(),
+            FsyncPolicy::Interval(Duration::from_millis(25))
+        );
+        for bad in ["", "sometimes", "interval=", "interval=0", "interval=x"] {
+            assert!(
+                bad.parse::<FsyncPolicy>().is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+        assert_eq!(
+            FsyncPolicy::Interval(Duration::from_millis(7)).to_string(),
+            "interval=7"
+        );
+    }
+
+    #[test]
+    fn the_oldest_producer_is_forgotten_beyond_the_cap() {
+        let mut producers = Producers::new(2, Vec::new());
+        producers.record(Producer { id: 1, seq: 1 });
+        producers.record(Producer { id: 2, seq: 1 });
+        assert!(producers.is_duplicate(Producer { id: 1, seq: 1 }));
+        producers.record(Producer { id: 3, seq: 1 });
+        assert!(!producers.is_duplicate(Producer { id: 2, seq: 1 }));
+        assert!(producers.is_duplicate(Producer { id: 1, seq: 1 }));
+        assert!(producers.is_duplicate(Producer { id: 3, seq: 1 }));
+    }
+}

@@ -1,0 +1,358 @@
+//! The on-disk record format of the segment log, and a windowed reader that walks records in a segment file.
+//!
+//! Every record is `len: u32 LE | crc32: u32 LE | kind: u8 | body`, where `len` counts `kind + body` and the CRC
+//! covers the same bytes. A record that is cut short or fails its checksum marks the end of the valid part of a
+//! segment: recovery truncates there.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use super::Producer;
+
+/// Bytes before a record's kind: length and checksum.
+pub(crate) const HEADER_LEN: usize = 8;
+/// Fixed part of a message body: offset, flags, producer id, seq.
+const MESSAGE_FIXED: usize = 8 + 1 + 8 + 8;
+/// Largest `kind + body` accepted; anything larger is treated as corruption rather than allocated.
+pub(crate) const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
+/// Largest payload a message record can carry.
+pub(crate) const MAX_PAYLOAD: usize = MAX_RECORD_LEN - 1 - MESSAGE_FIXED;
+/// How much a reader fetches per read syscall, so scanning costs one syscall per chunk, not per record.
+const READ_CHUNK: usize = 256 * 1024;
+
+const KIND_MESSAGE: u8 = 1;
+const KIND_ACKS: u8 = 2;
+const KIND_SNAPSHOT: u8 = 3;
+const FLAG_PRODUCER: u8 = 1;
+
+/// A decoded record borrowing its payload from the reader's buffer.
+#[derive(Debug)]
+pub(crate) enum Record<'a> {
+    /// A stored message with its offset and the producer mark it advances.
+    Message {
+        offset: u64,
+        producer: Option<Producer>,
+        payload: &'a [u8],
+    },
+    /// Acked offsets as `(start, count)` runs.
+    Acks(Vec<(u64, u32)>),
+    /// State written at the head of every segment so deleting older segments loses nothing.
+    Snapshot(Snapshot),
+}
+
+/// Queue state that must outlive the segments it was learned from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    /// The offset the next message will get.
+    pub(crate) next_offset: u64,
+    /// Every offset below this is acked.
+    pub(crate) floor: u64,
+    /// Highest stored seq per producer id.
+    pub(crate) producers: Vec<(u64, u64)>,
+}
+
+/// Appends a record's header for a `kind + body` of `len` bytes already written at `buf[start + HEADER_LEN..]`.
+fn finish(buf: &mut [u8], start: usize) {
+    let body = &buf[start + HEADER_LEN..];
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let crc = crc32fast::hash(body);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Encodes a message record onto `buf`; the caller has checked `payload.len() <= MAX_PAYLOAD`.
+pub(crate) fn encode_message(
+    buf: &mut Vec<u8>,
+    offset: u64,
+    producer: Option<Producer>,
+    payload: &[u8],
+) {
+    let start = buf.len();
+    buf.reserve(HEADER_LEN + 1 + MESSAGE_FIXED + payload.len());
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    buf.push(KIND_MESSAGE);
+    buf.extend_from_slice(&offset.to_le_bytes());
+    let (flags, id, seq) = match producer {
+        Some(p) => (FLAG_PRODUCER, p.id, p.seq),
+        None => (0, 0, 0),
+    };
+    buf.push(flags);
+    buf.extend_from_slice(&id.to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(payload);
+    finish(buf, start);
+}
+
+/// Encodes acked offsets (any order) as runs, so the common case of contiguous acks costs a few bytes.
+pub(crate) fn encode_acks(buf: &mut Vec<u8>, offsets: &mut [u64]) {
+    if offsets.is_empty() {
+        return;
+    }
+    offsets.sort_unstable();
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    buf.push(KIND_ACKS);
+    let mut run: Option<(u64, u32)> = None;
+    for &offset in offsets.iter() {
+        run = match run {
+            Some((first, count)) if first + u64::from(count) == offset && count < u32::MAX => {
+                Some((first, count + 1))
+            }
+            Some((first, count)) if first + u64::from(count) > offset => Some((first, count)),
+            Some((first, count)) => {
+                push_run(buf, first, count);
+                Some((offset, 1))
+            }
+            None => Some((offset, 1)),
+        };
+    }
+    if let Some((first, count)) = run {
+        push_run(buf, first, count);
+    }
+    finish(buf, start);
+}
+
+fn push_run(buf: &mut Vec<u8>, first: u64, count: u32) {
+    buf.extend_from_slice(&first.to_le_bytes());
+    buf.extend_from_slice(&count.to_le_bytes());
+}
+
+/// Encodes a snapshot record.
+pub(crate) fn encode_snapshot(buf: &mut Vec<u8>, snapshot: &Snapshot) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    buf.push(KIND_SNAPSHOT);
+    buf.extend_from_slice(&snapshot.next_offset.to_le_bytes());
+    buf.extend_from_slice(&snapshot.floor.to_le_bytes());
+    let count = u32::try_from(snapshot.producers.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&count.to_le_bytes());
+    for &(id, seq) in snapshot.producers.iter().take(count as usize) {
+        buf.extend_from_slice(&id.to_le_bytes());
+        buf.extend_from_slice(&seq.to_le_bytes());
+    }
+    finish(buf, start);
+}
+
+/// Little-endian cursor over a record body; `None` means the body is too short, i.e. corrupt.
+struct Body<'a>(&'a [u8]);
+
+impl<'a> Body<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)?.try_into().ok().map(u64::from_le_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)?.try_into().ok().map(u32::from_le_bytes)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+}
+
+/// Decodes `kind + body` (already checksum-verified); `None` if it is malformed.
+fn decode(bytes: &[u8]) -> Option<Record<'_>> {
+    let mut body = Body(bytes);
+    match body.u8()? {
+        KIND_MESSAGE => {
+            let offset = body.u64()?;
+            let flags = body.u8()?;
+            let id = body.u64()?;
+            let seq = body.u64()?;
+            let producer = (flags & FLAG_PRODUCER != 0).then_some(Producer { id, seq });
+            Some(Record::Message {
+                offset,
+                producer,
+                payload: body.0,
+            })
+        }
+        KIND_ACKS => {
+            let mut runs = Vec::with_capacity(body.0.len() / 12);
+            while !body.0.is_empty() {
+                runs.push((body.u64()?, body.u32()?));
+            }
+            Some(Record::Acks(runs))
+        }
+        KIND_SNAPSHOT => {
+            let next_offset = body.u64()?;
+            let floor = body.u64()?;
+            let count = body.u32()? as usize;
+            if body.0.len() != count * 16 {
+                return None;
+            }
+            let mut producers = Vec::with_capacity(count);
+            for _ in 0..count {
+                producers.push((body.u64()?, body.u64()?));
+            }
+            Some(Record::Snapshot(Snapshot {
+                next_offset,
+                floor,
+                producers,
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// What [`SegmentReader::next`] found at the current position.
+#[derive(Debug)]
+pub(crate) enum Step<'a> {
+    /// A valid record and the position just after it.
+    Record(Record<'a>, u64),
+    /// The readable length ends here, exactly on a record boundary.
+    End,
+    /// The readable length ends inside a record (a torn write, or one still being written).
+    Torn,
+    /// The record at the current position fails its checksum or does not decode.
+    Corrupt,
+}
+
+/// Reads records sequentially from one segment file through a reusable buffer window.
+#[derive(Debug, Default)]
+pub(crate) struct SegmentReader {
+    buf: Vec<u8>,
+    /// File position of `buf[0]`.
+    buf_pos: u64,
+}
+
+impl SegmentReader {
+    /// Makes sure `file[pos..pos + need]` is in the window, reading at most up to `limit`; false if `limit` is
+    /// reached first.
+    fn ensure(&mut self, file: &File, pos: u64, need: usize, limit: u64) -> io::Result<bool> {
+        let end = pos + need as u64;
+        if end > limit {
+            return Ok(false);
+        }
+        if pos >= self.buf_pos && end <= self.buf_pos + self.buf.len() as u64 {
+            return Ok(true);
+        }
+        let want = need
+            .max(READ_CHUNK)
+            .min(usize::try_from(limit - pos).unwrap_or(usize::MAX));
+        self.buf.clear();
+        self.buf.resize(want, 0);
+        self.buf_pos = pos;
+        file.read_exact_at(&mut self.buf, pos)?;
+        Ok(true)
+    }
+
+    fn slice(&self, pos: u64, len: usize) -> &[u8] {
+        let start = usize::try_from(pos - self.buf_pos).unwrap_or(usize::MAX);
+        &self.buf[start..start + len]
+    }
+
+    /// Reads the record at `pos`, never looking at bytes at or beyond `limit` (the readable length).
+    pub(crate) fn next(&mut self, file: &File, pos: u64, limit: u64) -> io::Result<Step<'_>> {
+        if pos >= limit {
+            return Ok(Step::End);
+        }
+        if !self.ensure(file, pos, HEADER_LEN, limit)? {
+            return Ok(Step::Torn);
+        }
+        let header = self.slice(pos, HEADER_LEN);
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len == 0 || len > MAX_RECORD_LEN {
+            return Ok(Step::Corrupt);
+        }
+        if !self.ensure(file, pos, HEADER_LEN + len, limit)? {
+            return Ok(Step::Torn);
+        }
+        let body = self.slice(pos + HEADER_LEN as u64, len);
+        if crc32fast::hash(body) != crc {
+            return Ok(Step::Corrupt);
+        }
+        let after = pos + (HEADER_LEN + len) as u64;
+        Ok(match decode(body) {
+            Some(record) => Step::Record(record, after),
+            None => Step::Corrupt,
+        })
+    }
+
+    /// Forgets the window, which belongs to one file, and releases an oversized buffer; call it when switching
+    /// files.
+    pub(crate) fn shrink(&mut self) {
+        if self.buf.capacity() > READ_CHUNK {
+            self.buf = Vec::new();
+        }
+        self.buf.clear();
+        self.buf_pos = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn records_round_trip_through_a_file() {
+        let mut buf = Vec::new();
+        encode_message(&mut buf, 7, Some(Producer { id: 3, seq: 9 }), b"hello");
+        encode_acks(&mut buf, &mut [5, 3, 4, 9]);
+        let snapshot = Snapshot {
+            next_offset: 10,
+            floor: 3,
+            producers: vec![(3, 9)],
+        };
+        encode_snapshot(&mut buf, &snapshot);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&buf).unwrap();
+        let limit = buf.len() as u64;
+        let mut reader = SegmentReader::default();
+        let Step::Record(
+            Record::Message {
+                offset,
+                producer,
+                payload,
+            },
+            pos,
+        ) = reader.next(&file, 0, limit).unwrap()
+        else {
+            panic!("expected a message");
+        };
+        assert_eq!(
+            (offset, producer, payload),
+            (7, Some(Producer { id: 3, seq: 9 }), &b"hello"[..])
+        );
+        let Step::Record(Record::Acks(runs), pos) = reader.next(&file, pos, limit).unwrap() else {
+            panic!("expected acks");
+        };
+        assert_eq!(runs, vec![(3, 3), (9, 1)]);
+        let Step::Record(Record::Snapshot(read), pos) = reader.next(&file, pos, limit).unwrap()
+        else {
+            panic!("expected a snapshot");
+        };
+        assert_eq!(read, snapshot);
+        assert!(matches!(reader.next(&file, pos, limit).unwrap(), Step::End));
+    }
+
+    #[test]
+    fn a_cut_record_is_torn_and_a_flipped_byte_is_corrupt() {
+        let mut buf = Vec::new();
+        encode_message(&mut buf, 1, None, b"payload");
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&buf).unwrap();
+        let mut reader = SegmentReader::default();
+        assert!(matches!(
+            reader.next(&file, 0, buf.len() as u64 - 1).unwrap(),
+            Step::Torn
+        ));
+        let last = buf.len() - 1;
+        buf[last] ^= 0xff;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&buf).unwrap();
+        let mut reader = SegmentReader::default();
+        assert!(matches!(
+            reader.next(&file, 0, buf.len() as u64).unwrap(),
+            Step::Corrupt
+        ));
+    }
+}

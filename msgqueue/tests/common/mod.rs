@@ -1,0 +1,251 @@
+//! Test harness for msgqueue as a service: start it on port 0 with a dev PKI in a temp dir, and small clients that
+//! speak compat and reliable mode over real TLS WebSockets.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tungstenite::Message;
+use wsmq_core::Secret;
+use wsmq_core::auth::Credentials;
+use wsmq_core::config::ServerArgs;
+use wsmq_core::dial::{ClientWs, Dialer};
+use wsmq_core::limits::Limits;
+use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::queue::{Delivery, FrameReader, FrameWriter, PopRecord, PushReply};
+use wsmq_msgqueue::config::{QueueArgs, StorageKind};
+use wsmq_msgqueue::queue::FsyncPolicy;
+use wsmq_msgqueue::{Bound, Config};
+
+/// Bound on every await in these tests, so a bug fails a test instead of hanging CI.
+pub const STEP: Duration = Duration::from_secs(20);
+pub const USER: &str = "tester";
+pub const PASSWORD: &str = "s3cret";
+
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(STEP, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+pub fn config(data_dir: &Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        server: ServerArgs {
+            data_dir: data_dir.to_path_buf(),
+            tls_cert: None,
+            tls_key: None,
+            users_file: None,
+            users: Some(Secret::new(format!("{USER}:{PASSWORD}"))),
+        },
+        limits: Limits::default(),
+        queue: QueueArgs {
+            storage: StorageKind::Disk,
+            fsync: FsyncPolicy::Always,
+            ..QueueArgs::default()
+        },
+    }
+}
+
+/// A msgqueue running in this process.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub queue: wsmq_msgqueue::queue::Queue,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), wsmq_msgqueue::Error>>,
+}
+
+impl Running {
+    pub async fn start(config: Config) -> Self {
+        let data_dir = config.server.data_dir.clone();
+        let bound: Bound = wsmq_msgqueue::bind(config).await.expect("msgqueue binds");
+        let addr = bound.local_addr().unwrap();
+        let admin = bound.admin_addr().unwrap();
+        let queue = bound.queue().clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(bound.run(shutdown.clone()));
+        Self {
+            addr,
+            admin,
+            data_dir,
+            queue,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Graceful stop: drains connections and fsyncs the log.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        within("msgqueue shutdown", self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    pub fn url(&self) -> String {
+        format!("wss://localhost:{}", self.addr.port())
+    }
+
+    pub fn dialer(&self, subprotocol: bool) -> Dialer {
+        dialer(&self.url(), &self.data_dir, subprotocol)
+    }
+}
+
+pub fn dialer(url: &str, data_dir: &Path, subprotocol: bool) -> Dialer {
+    let tls = wsmq_core::tls::client_config(None, Some(data_dir), false).unwrap();
+    let creds = Credentials::new(USER, Secret::new(PASSWORD));
+    let dialer = Dialer::new(url, creds, tls).unwrap();
+    if subprotocol {
+        dialer.with_subprotocol(SUBPROTOCOL_V1)
+    } else {
+        dialer
+    }
+}
+
+/// Reliable-mode producer: HELLO once, then PUSH frames; reads ACKED/REJECT replies.
+pub struct Producer {
+    pub ws: ClientWs,
+    pub id: u64,
+}
+
+impl Producer {
+    pub async fn connect(dialer: &Dialer, id: u64) -> Self {
+        let (ws, proto) = within("dial /pushmsg", dialer.dial("/pushmsg"))
+            .await
+            .unwrap();
+        assert_eq!(proto.as_deref(), Some(SUBPROTOCOL_V1));
+        let mut p = Self { ws, id };
+        let mut w = FrameWriter::default();
+        w.push_record(&wsmq_core::protocol::queue::PushRecord::Hello { producer: id });
+        p.ws.send(Message::Binary(w.take())).await.unwrap();
+        p
+    }
+
+    /// Sends one frame holding every (seq, payload).
+    pub async fn push(&mut self, items: &[(u64, Bytes)]) {
+        let mut w = FrameWriter::default();
+        for (seq, payload) in items {
+            w.push(*seq, payload);
+        }
+        self.ws.send(Message::Binary(w.take())).await.unwrap();
+    }
+
+    /// Reads replies until `seq` is acked (or rejected); returns every reply seen.
+    pub async fn until_settled(&mut self, seq: u64) -> Vec<PushReply> {
+        let mut seen = Vec::new();
+        loop {
+            let msg = within("push reply", self.ws.next())
+                .await
+                .expect("connection open")
+                .unwrap();
+            let Message::Binary(frame) = msg else {
+                continue;
+            };
+            let mut r = FrameReader::new(frame, 0);
+            while let Some(reply) = r.next_push_reply().unwrap() {
+                seen.push(reply);
+                match reply {
+                    PushReply::Acked { upto } if upto >= seq => return seen,
+                    PushReply::Reject { seq: s, .. } if s == seq => return seen,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reliable-mode consumer: grants credit, reads DELIVER records, acks.
+pub struct Consumer {
+    pub ws: ClientWs,
+    pending: std::collections::VecDeque<Delivery>,
+}
+
+impl Consumer {
+    pub async fn connect(dialer: &Dialer, credit: u32) -> Self {
+        let (ws, proto) = within("dial /popmsg", dialer.dial("/popmsg"))
+            .await
+            .unwrap();
+        assert_eq!(proto.as_deref(), Some(SUBPROTOCOL_V1));
+        let mut c = Self {
+            ws,
+            pending: Default::default(),
+        };
+        c.send(&[PopRecord::Credit { n: credit }]).await;
+        c
+    }
+
+    pub async fn send(&mut self, records: &[PopRecord]) {
+        let mut w = FrameWriter::default();
+        records.iter().for_each(|r| w.pop_record(*r));
+        self.ws.send(Message::Binary(w.take())).await.unwrap();
+    }
+
+    pub async fn ack(&mut self, ids: &[u64]) {
+        let records: Vec<_> = ids.iter().map(|&id| PopRecord::Ack { id }).collect();
+        self.send(&records).await;
+    }
+
+    pub async fn next(&mut self) -> Delivery {
+        loop {
+            if let Some(d) = self.pending.pop_front() {
+                return d;
+            }
+            let msg = within("delivery", self.ws.next())
+                .await
+                .expect("connection open")
+                .unwrap();
+            if let Message::Binary(frame) = msg {
+                let mut r = FrameReader::new(frame, usize::MAX);
+                while let Some(d) = r.next_delivery().unwrap() {
+                    self.pending.push_back(d);
+                }
+            }
+        }
+    }
+
+    /// Waits briefly and reports whether anything at all was delivered (for "nothing more arrives" checks).
+    pub async fn idle_for(&mut self, wait: Duration) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        loop {
+            match tokio::time::timeout(wait, self.ws.next()).await {
+                Err(_) => return true,
+                Ok(Some(Ok(Message::Binary(_)))) => return false,
+                Ok(Some(Ok(_))) => continue,
+                Ok(_) => return true,
+            }
+        }
+    }
+}
+
+pub fn payload(producer: u64, seq: u64) -> Bytes {
+    Bytes::from(format!("p{producer}-s{seq}"))
+}
+
+pub fn parse_payload(b: &[u8]) -> (u64, u64) {
+    let s = std::str::from_utf8(b).unwrap();
+    let (p, s) = s.trim_start_matches('p').split_once("-s").unwrap();
+    (p.parse().unwrap(), s.parse().unwrap())
+}
+
+/// The next Text or Binary message, skipping pings and pongs.
+pub async fn next_data(ws: &mut ClientWs) -> Message {
+    loop {
+        match within("data message", ws.next()).await {
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return m,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a data message, got {other:?}"),
+        }
+    }
+}
