@@ -1,0 +1,473 @@
+//! The publisher's reliable link to msgqueue `/pushmsg`: one per process, shared by every client connection.
+//!
+//! Client sessions hand messages to [`Link`]; a single [`LinkTask`] owns the WebSocket to msgqueue, gives each
+//! message the next sequence number and keeps it until msgqueue's cumulative ACKED covers it (or a REJECT names
+//! it). Under load it drains whatever is queued into one frame up to a byte budget; when idle each message
+//! leaves at once (no flush timer). When msgqueue goes away the task reconnects with exponential backoff and
+//! jitter and resends every unacked message in order with the same sequence numbers (msgqueue dedups).
+//!
+//! Memory is bounded by two semaphores, one counting messages and one counting bytes. A session takes its
+//! permits before its message enters the link and they are released only when the message is acked or
+//! rejected, so while msgqueue is unreachable the buffer fills up and then sessions wait for permits: they stop
+//! reading their sockets (backpressure) instead of growing memory or dropping messages.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+use wsmq_core::admin::Condition;
+use wsmq_core::backoff::Backoff;
+use wsmq_core::dial::{ClientWs, Dialer};
+use wsmq_core::limits::Limits;
+use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::queue::{
+    FrameError, FrameReader, FrameWriter, PushRecord, PushReply, RECORD_OVERHEAD, RejectReason,
+};
+use wsmq_core::ws::{self, Outbox, ReadError, Reader};
+
+use crate::metrics::PublisherMetrics;
+
+/// The msgqueue endpoint producers push to.
+pub const PUSH_PATH: &str = "/pushmsg";
+/// Frames queued between the link and its socket writer. Small: the link batches records into frames itself,
+/// so a few frames in flight keep the socket busy while bounding memory.
+const OUTBOX_FRAMES: usize = 8;
+/// A connection that lasted this long counts as healthy and resets the reconnect backoff, even if it never
+/// carried a message.
+const STABLE_CONNECTION: Duration = Duration::from_secs(5);
+
+/// How the link buffers, batches and reconnects.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// Most messages held at once (queued for msgqueue or pushed and not yet acked); at least 1.
+    pub buffer_messages: usize,
+    /// Most payload bytes held at once; a single message larger than this still passes, alone.
+    pub buffer_bytes: usize,
+    /// Byte budget of one frame to msgqueue; a single record larger than this is sent in a frame of its own.
+    pub batch_bytes: usize,
+    /// First reconnect delay cap; doubles per failed attempt (with full jitter).
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+    /// Ping interval and idle timeout of the link's WebSocket.
+    pub limits: Limits,
+}
+
+/// Why msgqueue did not store a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum PushError {
+    /// msgqueue refused it (full, too large, unavailable); it was not stored and is not retried.
+    #[error("msgqueue rejected the message: {}", .0.as_str())]
+    Rejected(RejectReason),
+    /// The publisher stopped before msgqueue confirmed the message; it may or may not be stored.
+    #[error("publisher stopped before msgqueue confirmed the message")]
+    Stopped,
+}
+
+/// The link task has ended (the publisher is shutting down), so no message can enter it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("the msgqueue link has stopped")]
+pub struct LinkClosed;
+
+/// Why a connection to msgqueue ended; logged, then the link reconnects.
+#[derive(Debug, Error)]
+enum ConnectionError {
+    #[error("msgqueue closed the connection")]
+    Closed,
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("malformed reply from msgqueue: {0}")]
+    Frame(#[from] FrameError),
+    #[error("msgqueue sent a text frame on a reliable link")]
+    UnexpectedText,
+}
+
+/// Resolves when msgqueue has acked or rejected one message.
+#[derive(Debug)]
+pub struct Receipt(oneshot::Receiver<Result<(), PushError>>);
+
+impl Receipt {
+    /// Waits for msgqueue's verdict; [`PushError::Stopped`] when the link ended first.
+    pub async fn outcome(self) -> Result<(), PushError> {
+        self.0.await.unwrap_or(Err(PushError::Stopped))
+    }
+}
+
+/// The sessions' handle to the link: cheap to clone, one per client connection.
+#[derive(Clone, Debug)]
+pub struct Link {
+    submissions: mpsc::Sender<Submission>,
+    messages: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_bytes_permits: usize,
+    buffered: Gauge,
+}
+
+/// A message on its way to msgqueue with the buffer space it occupies.
+#[derive(Debug)]
+struct Submission {
+    payload: Bytes,
+    done: Option<oneshot::Sender<Result<(), PushError>>>,
+    slot: Slot,
+}
+
+/// Buffer space held by one message until msgqueue acks or rejects it; dropping it frees the space.
+#[derive(Debug)]
+struct Slot {
+    _message: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
+    buffered: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.buffered.dec();
+    }
+}
+
+/// A message pushed (or about to be pushed) under a sequence number, kept until msgqueue answers for it.
+#[derive(Debug)]
+struct InFlight {
+    seq: u64,
+    payload: Bytes,
+    done: Option<oneshot::Sender<Result<(), PushError>>>,
+    _slot: Slot,
+}
+
+impl Link {
+    /// Creates the link handle and the task that must be run (with [`LinkTask::run`]) for messages to move.
+    pub fn new(
+        config: LinkConfig,
+        dialer: Dialer,
+        metrics: PublisherMetrics,
+        ready: Condition,
+    ) -> (Link, LinkTask) {
+        let buffer_messages = config.buffer_messages.clamp(1, Semaphore::MAX_PERMITS);
+        let max_bytes_permits = config
+            .buffer_bytes
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let (submissions, receiver) = mpsc::channel(buffer_messages);
+        let link = Link {
+            submissions,
+            messages: Arc::new(Semaphore::new(buffer_messages)),
+            bytes: Arc::new(Semaphore::new(max_bytes_permits)),
+            max_bytes_permits,
+            buffered: metrics.buffered_gauge(),
+        };
+        let task = LinkTask {
+            submissions: receiver,
+            carry: None,
+            dialer,
+            config,
+            producer: rand::random(),
+            next_seq: 1,
+            unacked: VecDeque::new(),
+            frame: FrameWriter::default(),
+            draining: false,
+            metrics,
+            ready,
+        };
+        (link, task)
+    }
+
+    /// Hands a message to the link and returns a [`Receipt`] for msgqueue's verdict. Waits while the buffer is
+    /// full (this is the backpressure that stops a session from reading its socket).
+    pub async fn push(&self, payload: Bytes) -> Result<Receipt, LinkClosed> {
+        let (done, receipt) = oneshot::channel();
+        self.submit(payload, Some(done)).await?;
+        Ok(Receipt(receipt))
+    }
+
+    /// Hands a message to the link when nobody waits for the verdict (compat clients); a rejection is only
+    /// logged and counted. Waits while the buffer is full.
+    pub async fn push_untracked(&self, payload: Bytes) -> Result<(), LinkClosed> {
+        self.submit(payload, None).await
+    }
+
+    async fn submit(
+        &self,
+        payload: Bytes,
+        done: Option<oneshot::Sender<Result<(), PushError>>>,
+    ) -> Result<(), LinkClosed> {
+        let message = self
+            .messages
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| LinkClosed)?;
+        let cost =
+            u32::try_from(payload.len().clamp(1, self.max_bytes_permits)).unwrap_or(u32::MAX);
+        let bytes = self
+            .bytes
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| LinkClosed)?;
+        self.buffered.inc();
+        let slot = Slot {
+            _message: message,
+            _bytes: bytes,
+            buffered: self.buffered.clone(),
+        };
+        self.submissions
+            .send(Submission {
+                payload,
+                done,
+                slot,
+            })
+            .await
+            .map_err(|_| LinkClosed)
+    }
+}
+
+/// The task owning the connection to msgqueue and every message not yet acked.
+#[derive(Debug)]
+pub struct LinkTask {
+    submissions: mpsc::Receiver<Submission>,
+    /// A submission taken from the queue that did not fit the previous frame; it starts the next one.
+    carry: Option<Submission>,
+    dialer: Dialer,
+    config: LinkConfig,
+    producer: u64,
+    next_seq: u64,
+    unacked: VecDeque<InFlight>,
+    frame: FrameWriter,
+    /// Every [`Link`] handle is gone (the service is stopping): push nothing new, finish once all is acked.
+    draining: bool,
+    metrics: PublisherMetrics,
+    ready: Condition,
+}
+
+impl LinkTask {
+    /// Connects to msgqueue and keeps the link up, reconnecting with backoff, until `shutdown` is cancelled or
+    /// every [`Link`] handle has been dropped and everything submitted has been acked (a graceful drain).
+    /// Messages still unacked when it returns get [`PushError::Stopped`].
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        tracing::info!(producer = self.producer, "msgqueue link starting");
+        loop {
+            if self.is_drained() {
+                break;
+            }
+            let dialed = tokio::select! {
+                () = shutdown.cancelled() => break,
+                dialed = self.dialer.dial(PUSH_PATH) => dialed,
+            };
+            match dialed {
+                Ok((ws, Some(protocol))) if protocol == SUBPROTOCOL_V1 => {
+                    let started = Instant::now();
+                    self.set_up(true);
+                    tracing::info!(unacked = self.unacked.len(), "msgqueue link connected");
+                    let ended = self.connected(ws, &shutdown).await;
+                    self.set_up(false);
+                    match ended {
+                        Ok(()) => break,
+                        Err(err) => {
+                            tracing::warn!(%err, unacked = self.unacked.len(), "msgqueue link lost")
+                        }
+                    }
+                    if started.elapsed() >= STABLE_CONNECTION {
+                        backoff.reset();
+                    }
+                }
+                Ok(_) => tracing::warn!(
+                    "msgqueue did not accept subprotocol {SUBPROTOCOL_V1}; not a wsmq queue?"
+                ),
+                Err(err) => tracing::warn!(%err, "cannot connect to msgqueue"),
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+            self.metrics.reconnect();
+        }
+        tracing::info!(unacked = self.unacked.len(), "msgqueue link stopped");
+    }
+
+    /// True once no message can arrive any more and none is waiting for msgqueue.
+    fn is_drained(&self) -> bool {
+        self.unacked.is_empty()
+            && self.carry.is_none()
+            && self.submissions.is_closed()
+            && self.submissions.is_empty()
+    }
+
+    fn set_up(&self, up: bool) {
+        self.ready.set_ready(up);
+        self.metrics.set_link_up(up);
+    }
+
+    /// Runs one connection: HELLO, resend everything unacked, then push new messages and apply replies.
+    /// `Ok` when it ended because of shutdown.
+    async fn connected(
+        &mut self,
+        ws: ClientWs,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConnectionError> {
+        let (mut reader, outbox, writer) =
+            ws::split(ws, &self.config.limits, OUTBOX_FRAMES, shutdown);
+        let result = self.exchange(&mut reader, &outbox, shutdown).await;
+        outbox.close(CloseCode::Normal, "");
+        drop(outbox);
+        if let Ok(Err(err)) = writer.await {
+            tracing::debug!(%err, "msgqueue link writer ended");
+        }
+        result
+    }
+
+    async fn exchange<S>(
+        &mut self,
+        reader: &mut Reader<S>,
+        outbox: &Outbox,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConnectionError>
+    where
+        S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+            + Unpin,
+    {
+        self.frame.push_record(&PushRecord::Hello {
+            producer: self.producer,
+        });
+        self.send_frame(outbox).await?;
+        self.resend_unacked(outbox).await?;
+        loop {
+            let closing = outbox.closer().is_closing();
+            tokio::select! {
+                biased;
+                read = reader.next() => match read? {
+                    Some(Message::Binary(frame)) => self.apply_replies(frame)?,
+                    Some(_) => return Err(ConnectionError::UnexpectedText),
+                    None if shutdown.is_cancelled() || self.is_drained() => return Ok(()),
+                    None => return Err(ConnectionError::Closed),
+                },
+                submission = next_submission(&mut self.carry, &mut self.submissions), if !closing && !self.draining => {
+                    match submission {
+                        Some(submission) => self.push_batch(submission, outbox).await?,
+                        // Every `Link` handle is gone: the service is stopping. Wait for the last acks.
+                        None => self.draining = true,
+                    }
+                },
+            }
+            if self.draining && self.unacked.is_empty() {
+                outbox.close(CloseCode::Away, "publisher stopping");
+            }
+        }
+    }
+
+    /// After a reconnect: every message not yet acked, in order, with its original sequence number.
+    async fn resend_unacked(&mut self, outbox: &Outbox) -> Result<(), ConnectionError> {
+        let budget = self.config.batch_bytes;
+        let resend: Vec<(u64, Bytes)> = self
+            .unacked
+            .iter()
+            .map(|m| (m.seq, m.payload.clone()))
+            .collect();
+        for (seq, payload) in resend {
+            if !fits(&self.frame, payload.len(), budget) {
+                self.send_frame(outbox).await?;
+            }
+            self.frame.push(seq, &payload);
+        }
+        if !self.frame.is_empty() {
+            self.send_frame(outbox).await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes `first` and whatever else is already queued, up to the frame budget, as one frame.
+    async fn push_batch(
+        &mut self,
+        first: Submission,
+        outbox: &Outbox,
+    ) -> Result<(), ConnectionError> {
+        let mut next = Some(first);
+        while let Some(submission) = next.take() {
+            if !fits(
+                &self.frame,
+                submission.payload.len(),
+                self.config.batch_bytes,
+            ) {
+                self.carry = Some(submission);
+                break;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.frame.push(seq, &submission.payload);
+            self.unacked.push_back(InFlight {
+                seq,
+                payload: submission.payload,
+                done: submission.done,
+                _slot: submission.slot,
+            });
+            next = self.submissions.try_recv().ok();
+        }
+        self.send_frame(outbox).await
+    }
+
+    async fn send_frame(&mut self, outbox: &Outbox) -> Result<(), ConnectionError> {
+        outbox
+            .send(Message::Binary(self.frame.take()))
+            .await
+            .map_err(|_| ConnectionError::Closed)
+    }
+
+    /// Applies msgqueue's replies: ACKED completes every message up to `upto`, REJECT fails the one named.
+    fn apply_replies(&mut self, frame: Bytes) -> Result<(), ConnectionError> {
+        let mut replies = FrameReader::new(frame, 0);
+        while let Some(reply) = replies.next_push_reply()? {
+            match reply {
+                PushReply::Acked { upto } => {
+                    let mut acked = 0;
+                    while let Some(message) = self.unacked.pop_front_if(|m| m.seq <= upto) {
+                        if let Some(done) = message.done {
+                            let _ = done.send(Ok(()));
+                        }
+                        acked += 1;
+                    }
+                    self.metrics.acked(acked);
+                }
+                PushReply::Reject { seq, reason } => {
+                    let position = self.unacked.iter().position(|m| m.seq == seq);
+                    if let Some(message) = position.and_then(|index| self.unacked.remove(index)) {
+                        tracing::warn!(
+                            seq,
+                            reason = reason.as_str(),
+                            "msgqueue rejected a message"
+                        );
+                        self.metrics.rejected();
+                        if let Some(done) = message.done {
+                            let _ = done.send(Err(PushError::Rejected(reason)));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The carried-over submission if any, else the next one from the queue. Cancel-safe: taking the carry
+/// completes on the first poll.
+async fn next_submission(
+    carry: &mut Option<Submission>,
+    submissions: &mut mpsc::Receiver<Submission>,
+) -> Option<Submission> {
+    match carry.take() {
+        Some(submission) => Some(submission),
+        None => submissions.recv().await,
+    }
+}
+
+/// Whether a PUSH record of `payload_len` bytes still fits the frame; an empty frame takes any record.
+fn fits(frame: &FrameWriter, payload_len: usize, budget: usize) -> bool {
+    frame.is_empty() || frame.len() + RECORD_OVERHEAD + payload_len <= budget
+}

@@ -1,0 +1,463 @@
+//! Test helpers: a fake msgqueue speaking the reliable `/pushmsg` protocol, a publisher started on port 0 in
+//! front of it, and WebSocket clients that speak ws-go's frames or `wsmq.v1`.
+//!
+//! The fake queue keeps its "storage" in [`FakeState`], which survives [`FakeQueue::stop`] and
+//! [`FakeQueue::restart`], like a durable queue restarted on the same port.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+use wsmq_core::Secret;
+use wsmq_core::auth::{Authenticator, Credentials};
+use wsmq_core::config::{LinkArgs, ServerArgs};
+use wsmq_core::dial::{ClientWs, Dialer};
+use wsmq_core::limits::Limits;
+use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PushRecord, PushReply, RejectReason};
+use wsmq_core::server::{Accepted, Route, ServerConfig, serve};
+use wsmq_publisher::metrics::PublisherMetrics;
+use wsmq_publisher::{Config, PUBLISH_PATH};
+
+/// Bound on every wait in these tests.
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
+/// Content that makes the fake queue answer REJECT (queue full) instead of storing the message.
+pub(crate) const REJECT_MARKER: &str = "reject-me";
+
+const QUEUE_USERS: &str = "pub:pub-password";
+const CLIENT_USER: &str = "client";
+const CLIENT_PASSWORD: &str = "client-password";
+
+/// Awaits `future` for at most [`WAIT`], naming `what` on timeout.
+pub(crate) async fn within<T>(what: &str, future: impl Future<Output = T>) -> anyhow::Result<T> {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .with_context(|| format!("timed out waiting for {what}"))
+}
+
+/// One PUSH as the fake queue received it.
+#[derive(Clone, Debug)]
+pub(crate) struct Pushed {
+    /// Producer id from the connection's HELLO.
+    pub(crate) producer: u64,
+    /// Sequence number.
+    pub(crate) seq: u64,
+    /// Message bytes.
+    pub(crate) payload: Bytes,
+}
+
+/// What the fake queue saw and stored, shared across its restarts.
+#[derive(Default, Debug)]
+pub(crate) struct Seen {
+    /// Every PUSH received, duplicates included, in arrival order.
+    pub(crate) received: Vec<Pushed>,
+    /// Stored messages by (producer, seq): each at most once.
+    pub(crate) stored: BTreeMap<(u64, u64), Bytes>,
+    /// Protocol rules the publisher broke (HELLO not first, seqs not increasing, a seq resent with new bytes).
+    pub(crate) violations: Vec<String>,
+    /// Connections accepted so far.
+    pub(crate) connections: usize,
+    /// Most PUSH records seen in one frame (batching under load).
+    pub(crate) largest_batch: usize,
+    /// Longest frame seen, in bytes (the batch byte budget).
+    pub(crate) largest_frame: usize,
+}
+
+impl Seen {
+    /// Stored payloads in sequence order, as text.
+    pub(crate) fn stored_texts(&self) -> Vec<String> {
+        self.stored
+            .values()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect()
+    }
+}
+
+/// The fake queue's state: what it saw, plus a switch to hold back acks.
+pub(crate) struct FakeState {
+    seen: Mutex<Seen>,
+    changed: watch::Sender<u64>,
+    hold_acks: watch::Sender<bool>,
+}
+
+impl FakeState {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            seen: Mutex::new(Seen::default()),
+            changed: watch::Sender::new(0),
+            hold_acks: watch::Sender::new(false),
+        })
+    }
+
+    /// A snapshot lock of what the queue has seen.
+    pub(crate) fn seen(&self) -> MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Seen)) {
+        change(&mut self.seen());
+        self.changed.send_modify(|version| *version += 1);
+    }
+
+    /// Waits (bounded) until `condition` holds for what the queue has seen.
+    pub(crate) async fn wait_for(
+        &self,
+        what: &str,
+        condition: impl Fn(&Seen) -> bool,
+    ) -> anyhow::Result<()> {
+        let mut changed = self.changed.subscribe();
+        within(what, async {
+            loop {
+                if condition(&self.seen()) {
+                    return Ok(());
+                }
+                changed.changed().await?;
+            }
+        })
+        .await?
+    }
+
+    /// While true, the queue stores pushes but sends no ACKED; setting it false releases the acks.
+    pub(crate) fn hold_acks(&self, hold: bool) {
+        self.hold_acks.send_replace(hold);
+    }
+}
+
+/// A fake msgqueue on a loopback port, serving `/pushmsg` with subprotocol `wsmq.v1`.
+pub(crate) struct FakeQueue {
+    addr: SocketAddr,
+    state: Arc<FakeState>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl FakeQueue {
+    /// Starts a fake queue on a fresh port, with TLS from the dev PKI in `data_dir`.
+    pub(crate) async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_on("127.0.0.1:0".parse()?, data_dir, FakeState::new()).await
+    }
+
+    /// Starts a fake queue on `addr` (e.g. the port of a stopped one) with existing state.
+    pub(crate) async fn start_on(
+        addr: SocketAddr,
+        data_dir: &Path,
+        state: Arc<FakeState>,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let tls = wsmq_core::tls::server_config(None, None, data_dir)?;
+        let auth = Authenticator::from_users(&Secret::new(QUEUE_USERS))?;
+        let limits = Limits {
+            drain_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        };
+        let routes = vec![Route::WebSocket {
+            path: "/pushmsg",
+            subprotocols: &[SUBPROTOCOL_V1],
+        }];
+        let config = Arc::new(ServerConfig::new(tls, auth, limits, routes));
+        let stop = CancellationToken::new();
+        let handler_state = state.clone();
+        let handler = move |accepted: Accepted| serve_producer(accepted, handler_state.clone());
+        let serving = serve(listener, config, handler, stop.clone());
+        let task = tokio::spawn(async move {
+            if let Err(err) = serving.await {
+                tracing::error!(%err, "fake queue failed");
+            }
+        });
+        Ok(Self {
+            addr,
+            state,
+            stop,
+            task,
+        })
+    }
+
+    /// Where the queue listens.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The state shared across restarts.
+    pub(crate) fn state(&self) -> Arc<FakeState> {
+        self.state.clone()
+    }
+
+    /// Stops listening and closes every connection (1001), returning the state for a restart.
+    pub(crate) async fn stop(self) -> anyhow::Result<Arc<FakeState>> {
+        self.stop.cancel();
+        within("the fake queue to stop", self.task).await??;
+        Ok(self.state)
+    }
+
+    /// Stops and starts again on the same port with the same storage.
+    pub(crate) async fn restart(self, data_dir: &Path) -> anyhow::Result<Self> {
+        let addr = self.addr;
+        let state = self.stop().await?;
+        Self::start_on(addr, data_dir, state).await
+    }
+}
+
+/// One producer connection of the fake queue: records every PUSH, checks the framing rules, stores each
+/// (producer, seq) once, and answers ACKED (unless held) or REJECT for messages carrying [`REJECT_MARKER`].
+async fn serve_producer(accepted: Accepted, state: Arc<FakeState>) {
+    let mut ws = accepted.ws;
+    let mut hold = state.hold_acks.subscribe();
+    let mut producer = None;
+    let mut last_seq = 0;
+    let mut upto = 0;
+    let mut acked = 0;
+    state.update(|seen| seen.connections += 1);
+    loop {
+        let mut replies = FrameWriter::default();
+        tokio::select! {
+            () = accepted.shutdown.cancelled() => {
+                let close = CloseFrame { code: CloseCode::Away, reason: "fake queue stopping".into() };
+                let _ = ws.send(Message::Close(Some(close))).await;
+                return;
+            }
+            held = hold.changed() => {
+                if held.is_err() {
+                    return;
+                }
+            }
+            message = ws.next() => {
+                let frame = match message {
+                    Some(Ok(Message::Binary(frame))) => frame,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue,
+                };
+                let frame_len = frame.len();
+                let mut records = FrameReader::new(frame, usize::MAX);
+                let mut batch = 0;
+                loop {
+                    let record = match records.next_push() {
+                        Ok(Some(record)) => record,
+                        Ok(None) => {
+                            state.update(|seen| {
+                                seen.largest_batch = seen.largest_batch.max(batch);
+                                seen.largest_frame = seen.largest_frame.max(frame_len);
+                            });
+                            break;
+                        }
+                        Err(err) => {
+                            state.update(|seen| seen.violations.push(format!("malformed frame: {err}")));
+                            return;
+                        }
+                    };
+                    match record {
+                        PushRecord::Hello { producer: id } => {
+                            if producer.replace(id).is_some() {
+                                state.update(|seen| seen.violations.push("second HELLO".into()));
+                            }
+                        }
+                        PushRecord::Push { seq, payload } => {
+                            let Some(id) = producer else {
+                                state.update(|seen| seen.violations.push("PUSH before HELLO".into()));
+                                return;
+                            };
+                            if seq <= last_seq {
+                                state.update(|seen| seen.violations.push(format!("seq {seq} after {last_seq}")));
+                            }
+                            last_seq = seq;
+                            batch += 1;
+                            let reject = payload.windows(REJECT_MARKER.len()).any(|w| w == REJECT_MARKER.as_bytes());
+                            if reject {
+                                if !*hold.borrow() && upto > acked {
+                                    replies.push_reply(PushReply::Acked { upto });
+                                    acked = upto;
+                                }
+                                replies.push_reply(PushReply::Reject { seq, reason: RejectReason::Full });
+                            } else {
+                                upto = seq;
+                            }
+                            state.update(|seen| {
+                                seen.received.push(Pushed { producer: id, seq, payload: payload.clone() });
+                                if reject {
+                                    return;
+                                }
+                                let stored = seen.stored.entry((id, seq)).or_insert_with(|| payload.clone());
+                                if *stored != payload {
+                                    seen.violations.push(format!("seq {seq} resent with different bytes"));
+                                }
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if !*hold.borrow() && upto > acked {
+            replies.push_reply(PushReply::Acked { upto });
+            acked = upto;
+        }
+        if !replies.is_empty() && ws.send(Message::Binary(replies.take())).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A publisher under test and what is needed to stop it.
+pub(crate) struct Publisher {
+    /// Client listener address.
+    pub(crate) addr: SocketAddr,
+    /// Admin listener address.
+    pub(crate) admin: SocketAddr,
+    /// Its metrics.
+    pub(crate) metrics: PublisherMetrics,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), wsmq_publisher::Error>>,
+}
+
+/// A publisher configuration for tests: port 0, dev PKI in `data_dir`, quick reconnects, pointed at `queue`.
+pub(crate) fn config(data_dir: &Path, queue: SocketAddr) -> Config {
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        server: ServerArgs {
+            data_dir: data_dir.to_path_buf(),
+            tls_cert: None,
+            tls_key: None,
+            users_file: None,
+            users: Some(Secret::new(format!("{CLIENT_USER}:{CLIENT_PASSWORD}"))),
+        },
+        link: LinkArgs {
+            queue_url: format!("wss://127.0.0.1:{}", queue.port()),
+            queue_user: Some("pub".into()),
+            queue_password: Some(Secret::new("pub-password")),
+            ca: None,
+            insecure: false,
+        },
+        limits: Limits {
+            drain_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
+        link_buffer: 10_000,
+        link_buffer_bytes: 16 * 1024 * 1024,
+        link_batch_bytes: 64 * 1024,
+        link_backoff_initial: Duration::from_millis(10),
+        link_backoff_max: Duration::from_millis(100),
+    }
+}
+
+impl Publisher {
+    /// Binds and runs a publisher with `config`.
+    pub(crate) async fn start(config: Config) -> anyhow::Result<Self> {
+        let bound = wsmq_publisher::bind(config).await?;
+        let (addr, admin, metrics) = (bound.local_addr(), bound.admin_addr(), bound.metrics());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(bound.run(stop.clone()));
+        Ok(Self {
+            addr,
+            admin,
+            metrics,
+            stop,
+            task,
+        })
+    }
+
+    /// Shuts the publisher down and checks it ended cleanly.
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        within("the publisher to stop", self.task).await???;
+        Ok(())
+    }
+
+    /// Opens a client WebSocket to `/publish`: `wsmq.v1` when `v1`, else compat mode (exactly what a ws-go
+    /// client offers: no subprotocol).
+    pub(crate) async fn client(&self, data_dir: &Path, v1: bool) -> anyhow::Result<ClientWs> {
+        let tls = wsmq_core::tls::client_config(None, Some(data_dir), false)?;
+        let credentials = Credentials::new(CLIENT_USER, Secret::new(CLIENT_PASSWORD));
+        let mut dialer = Dialer::new(
+            &format!("wss://127.0.0.1:{}", self.addr.port()),
+            credentials,
+            tls,
+        )?;
+        if v1 {
+            dialer = dialer.with_subprotocol(SUBPROTOCOL_V1);
+        }
+        let (ws, protocol) = within("the client to connect", dialer.dial(PUBLISH_PATH)).await??;
+        if v1 != (protocol.as_deref() == Some(SUBPROTOCOL_V1)) {
+            bail!("unexpected subprotocol {protocol:?}");
+        }
+        Ok(ws)
+    }
+
+    /// The HTTP status of `GET path` on the admin listener.
+    pub(crate) async fn admin_status(&self, path: &str) -> anyhow::Result<u16> {
+        let mut stream = TcpStream::connect(self.admin).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        within("the admin response", stream.read_to_end(&mut response)).await??;
+        let text = String::from_utf8_lossy(&response);
+        let status = text.split(' ').nth(1).context("no status line")?;
+        Ok(status.parse()?)
+    }
+
+    /// Waits (bounded, polling the admin listener) until `/readyz` answers `status`.
+    pub(crate) async fn wait_readyz(&self, status: u16) -> anyhow::Result<()> {
+        within(&format!("/readyz to answer {status}"), async {
+            loop {
+                if self.admin_status("/readyz").await? == status {
+                    return anyhow::Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await?
+    }
+}
+
+/// Sends a text frame.
+pub(crate) async fn send_text(ws: &mut ClientWs, text: &str) -> anyhow::Result<()> {
+    within("a send", ws.send(Message::text(text))).await??;
+    Ok(())
+}
+
+/// The next text frame from the publisher, skipping control frames.
+pub(crate) async fn next_text(ws: &mut ClientWs) -> anyhow::Result<String> {
+    within("a text frame", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => bail!("expected a text frame, got {other:?}"),
+            }
+        }
+    })
+    .await?
+}
+
+/// Proves nothing but control frames is queued towards the client: sends a Ping and requires the Pong to be
+/// the next frame. Everything the publisher queued before the Pong would arrive first.
+pub(crate) async fn assert_nothing_pending(ws: &mut ClientWs) -> anyhow::Result<()> {
+    within(
+        "a ping",
+        ws.send(Message::Ping(Bytes::from_static(b"probe"))),
+    )
+    .await??;
+    within("the pong", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(data))) if data == "probe" => return Ok(()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => bail!("expected only a pong, got {other:?}"),
+            }
+        }
+    })
+    .await?
+}
