@@ -1,0 +1,261 @@
+//! wsmq subscriber: serves `/subscribe` over TLS WebSockets and routes messages popped from msgqueue to the
+//! clients subscribed to their topic.
+//!
+//! [`bind`] checks the configuration and binds the listeners (tests pass port 0 and read the bound
+//! addresses); [`Bound::run`] then serves clients, keeps the link to msgqueue up and serves the admin
+//! endpoints until shutdown. The modules: [`router`] (topic index and per-client queues), `session` (one client
+//! connection), `link` (reliable consumer link to msgqueue), [`metrics`].
+
+pub mod metrics;
+pub mod router;
+
+mod link;
+mod session;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wsmq_core::admin::{Readiness, serve_admin};
+use wsmq_core::auth::AuthError;
+use wsmq_core::config::{LinkArgs, LinkConfigError, ServerArgs};
+use wsmq_core::limits::Limits;
+use wsmq_core::metrics::ListenerMetrics;
+use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::queue::RECORD_OVERHEAD;
+use wsmq_core::server::{Route, ServeError, ServerConfig, serve};
+use wsmq_core::tls::TlsError;
+
+pub use link::POP_PATH;
+pub use metrics::SubscriberMetrics;
+pub use router::{Router, SlowClientPolicy};
+
+use link::Link;
+use session::SessionSettings;
+
+/// The endpoint clients subscribe on, as in ws-go.
+pub const SUBSCRIBE_PATH: &str = "/subscribe";
+/// Smallest message limit of the link to msgqueue, which batches many deliveries into one frame; the link
+/// allows at least this, or one maximum-size delivery, whichever is larger.
+pub const LINK_MIN_FRAME: usize = 1024 * 1024;
+/// Initial read buffer of the link: it is one busy connection, unlike the many mostly idle client ones.
+const LINK_READ_BUFFER: usize = 64 * 1024;
+
+/// The subscriber's configuration: flags with `WSMQ_*` environment fallbacks. Public fields so the
+/// all-in-one binary and tests can build it in code.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Address of the client WebSocket listener (wss, path /subscribe).
+    #[arg(long, env = "WSMQ_LISTEN", default_value = "0.0.0.0:8082")]
+    pub listen: SocketAddr,
+
+    /// Address of the plain-HTTP admin listener (/healthz, /readyz, /metrics); loopback keeps it private.
+    #[arg(long, env = "WSMQ_ADMIN_LISTEN", default_value = "127.0.0.1:9082")]
+    pub admin_listen: SocketAddr,
+
+    /// TLS identity, users and data directory of the listener.
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Where msgqueue is and how to authenticate to it.
+    #[command(flatten)]
+    pub link: LinkArgs,
+
+    /// Message sizes, timeouts and connection caps of the listener.
+    #[command(flatten)]
+    pub limits: Limits,
+
+    /// Topics one client connection may subscribe to at once; wsmq.v1 clients get an error beyond it.
+    #[arg(long, env = "WSMQ_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
+    pub max_subscriptions: usize,
+
+    /// Messages queued per client before it counts as slow and --slow-client applies.
+    #[arg(long, env = "WSMQ_CLIENT_QUEUE", default_value_t = 1024)]
+    pub client_queue: usize,
+
+    /// What to do with a client whose queue is full: close it with 1013, or drop its oldest queued message.
+    #[arg(long, env = "WSMQ_SLOW_CLIENT", value_enum, default_value_t = SlowClientPolicy::Close)]
+    pub slow_client: SlowClientPolicy,
+
+    /// Deliveries msgqueue may send ahead of the subscriber's acks (the credit window).
+    #[arg(long, env = "WSMQ_PREFETCH", default_value_t = 1024)]
+    pub prefetch: u32,
+}
+
+/// Why the subscriber could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listener address could not be bound (in use, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address that was asked for.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// No users or an unreadable users file.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The link to msgqueue is misconfigured (missing credentials, bad URL or CA).
+    #[error(transparent)]
+    Link(#[from] LinkConfigError),
+    /// The client listener failed.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// A subscriber whose configuration was checked and whose listeners are bound, ready to [`Bound::run`].
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    admin: TcpListener,
+    local_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    server: Arc<ServerConfig>,
+    link: Link,
+    settings: Arc<SessionSettings>,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    metrics: SubscriberMetrics,
+}
+
+/// Checks `config` (TLS, users, link credentials) and binds the client and admin listeners.
+///
+/// Fails on an unusable configuration or an address that cannot be bound, before anything is served.
+pub async fn bind(config: Config) -> Result<Bound, Error> {
+    let tls = config.server.tls_config()?;
+    let auth = config.server.authenticator()?;
+    let mut link_ws = config.limits.websocket_config();
+    let link_frame = config
+        .limits
+        .max_message_size
+        .saturating_add(RECORD_OVERHEAD)
+        .max(LINK_MIN_FRAME);
+    link_ws = link_ws
+        .read_buffer_size(LINK_READ_BUFFER)
+        .max_message_size(Some(link_frame))
+        .max_frame_size(Some(link_frame));
+    let dialer = config
+        .link
+        .dialer(&config.server.data_dir, Some(SUBPROTOCOL_V1), link_ws)?;
+
+    let mut registry = Registry::with_prefix("wsmq_subscriber");
+    let listener_metrics = ListenerMetrics::register(&mut registry, "listener");
+    let metrics = SubscriberMetrics::register(&mut registry);
+    let readiness = Readiness::new();
+    let router = Router::new(config.client_queue, config.slow_client, metrics.clone());
+
+    let listener = bind_tcp(config.listen).await?;
+    let admin = bind_tcp(config.admin_listen).await?;
+    let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let admin_addr = admin.local_addr().map_err(|source| Error::Bind {
+        addr: config.admin_listen,
+        source,
+    })?;
+
+    let routes = vec![Route::WebSocket {
+        path: SUBSCRIBE_PATH,
+        subprotocols: &[SUBPROTOCOL_V1],
+    }];
+    let mut server = ServerConfig::new(tls, auth, config.limits.clone(), routes);
+    server.metrics = listener_metrics;
+    let link = Link {
+        dialer,
+        router: router.clone(),
+        prefetch: config.prefetch.max(1),
+        max_payload: config.limits.max_message_size,
+        ping_interval: config.limits.ping_interval,
+        idle_timeout: config.limits.idle_timeout,
+        ready: readiness.condition("queue link"),
+    };
+    let settings = SessionSettings {
+        router,
+        limits: config.limits,
+        max_subscriptions: config.max_subscriptions,
+    };
+    Ok(Bound {
+        listener,
+        admin,
+        local_addr,
+        admin_addr,
+        server: Arc::new(server),
+        link,
+        settings: Arc::new(settings),
+        registry: Arc::new(registry),
+        readiness,
+        metrics,
+    })
+}
+
+async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+impl Bound {
+    /// The client listener's address (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The subscriber's metrics, for tests and embedding binaries (also exported on `/metrics`).
+    pub fn metrics(&self) -> SubscriberMetrics {
+        self.metrics.clone()
+    }
+
+    /// Whether the subscriber is ready (the link to msgqueue is up), as `/readyz` reports it.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled: clients on `/subscribe`, the link to msgqueue and the admin
+    /// endpoints. Open client connections are closed with 1001 and drained within the drain timeout.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let background = shutdown.child_token();
+        let link = tokio::spawn(self.link.run(background.clone()));
+        let admin = tokio::spawn(serve_admin(
+            self.admin,
+            self.registry,
+            self.readiness,
+            background.clone(),
+        ));
+        let settings = self.settings;
+        let served = serve(
+            self.listener,
+            self.server,
+            move |accepted| session::serve_client(accepted, Arc::clone(&settings)),
+            shutdown,
+        )
+        .await;
+        background.cancel();
+        if let Err(err) = link.await {
+            tracing::warn!(%err, "link task failed");
+        }
+        match admin.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(%err, "admin listener failed"),
+            Err(err) => tracing::warn!(%err, "admin task failed"),
+        }
+        Ok(served?)
+    }
+}
+
+/// Binds and runs the subscriber until `shutdown` is cancelled; see [`bind`] and [`Bound::run`].
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    bind(config).await?.run(shutdown).await
+}

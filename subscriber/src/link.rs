@@ -1,0 +1,201 @@
+//! The reconnecting link to msgqueue's `/popmsg` in reliable mode (`wsmq.v1`): credit-based flow control,
+//! routing of each delivery, batched acks.
+//!
+//! The link grants msgqueue a window of `--prefetch` deliveries and, for every frame of deliveries it has
+//! routed, answers with one frame holding an ACK per delivery plus one CREDIT for as many, so the window stays
+//! full without ever exceeding it. A delivery is acked once it was offered to every current subscriber's queue
+//! (offering never waits, see [`crate::router`]); deliveries nobody subscribes to are acked and counted as
+//! unrouted, and a payload that is not a valid envelope is acked, logged without its content and counted (in
+//! ws-go one such message killed the pop loop for everyone). Unacked deliveries are msgqueue's to redeliver
+//! when the link drops; the link redials with exponential backoff and jitter and reports not ready meanwhile.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::instrument;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, Utf8Bytes};
+use wsmq_core::admin::Condition;
+use wsmq_core::backoff::Backoff;
+use wsmq_core::dial::{ClientWs, DialError, Dialer};
+use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::envelope::Envelope;
+use wsmq_core::protocol::queue::{FrameError, FrameReader, FrameWriter, PopRecord};
+use wsmq_core::ws::CLOSE_TIMEOUT;
+
+use crate::metrics::SubscriberMetrics;
+use crate::router::Router;
+
+/// The msgqueue endpoint consumers pop from.
+pub const POP_PATH: &str = "/popmsg";
+/// First reconnection delay cap; doubles per failed attempt.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Largest reconnection delay cap.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Bytes reserved up front for an ack frame: one ACK record (9 bytes) per delivery of a typical frame.
+const ACK_FRAME_CAPACITY: usize = 4 * 1024;
+
+/// Everything the link needs; built once by the service.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// Dials msgqueue with the link credentials, offering `wsmq.v1`.
+    pub(crate) dialer: Dialer,
+    /// Where deliveries go.
+    pub(crate) router: Router,
+    /// Deliveries msgqueue may send ahead of our acks (`--prefetch`).
+    pub(crate) prefetch: u32,
+    /// Largest payload accepted in a delivery.
+    pub(crate) max_payload: usize,
+    /// Keepalive ping interval towards msgqueue.
+    pub(crate) ping_interval: Duration,
+    /// Silence from msgqueue longer than this means the link is dead.
+    pub(crate) idle_timeout: Duration,
+    /// "queue link" readiness: true only while connected.
+    pub(crate) ready: Condition,
+}
+
+/// Why one link connection ended.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    #[error("msgqueue did not accept subprotocol {SUBPROTOCOL_V1}")]
+    NotReliable,
+    #[error("connection failed: {0}")]
+    Ws(#[from] tungstenite::Error),
+    #[error("msgqueue sent an invalid frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("msgqueue sent a text frame on the reliable link")]
+    UnexpectedText,
+    #[error("msgqueue closed the link")]
+    Closed,
+    #[error("nothing received from msgqueue for {0:?}")]
+    Idle(Duration),
+}
+
+impl Link {
+    /// Keeps the link up until `shutdown`: dial, consume, and on any failure redial after a backoff delay.
+    #[instrument(skip_all, fields(queue = %self.dialer.url()))]
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let metrics = self.router.metrics().clone();
+        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
+        while !shutdown.is_cancelled() {
+            let ended = self
+                .connect_and_consume(&mut backoff, &metrics, &shutdown)
+                .await;
+            self.ready.set_ready(false);
+            metrics.link_state(false);
+            match ended {
+                Ok(()) => break,
+                Err(err @ LinkError::Dial(_)) => {
+                    tracing::warn!(error = %err, "cannot reach msgqueue")
+                }
+                Err(err) => {
+                    metrics.link_reconnect();
+                    tracing::warn!(error = %err, "link to msgqueue lost, reconnecting");
+                }
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        tracing::debug!("link stopped");
+    }
+
+    /// One connection: dial, then consume until it fails; `Ok` only when `shutdown` ended it (the link then
+    /// closes with 1001 so msgqueue redelivers our unacked deliveries at once).
+    async fn connect_and_consume(
+        &self,
+        backoff: &mut Backoff,
+        metrics: &SubscriberMetrics,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LinkError> {
+        let (ws, subprotocol) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            dialed = self.dialer.dial(POP_PATH) => dialed?,
+        };
+        if subprotocol.as_deref() != Some(SUBPROTOCOL_V1) {
+            return Err(LinkError::NotReliable);
+        }
+        tracing::info!("link to msgqueue up");
+        backoff.reset();
+        self.ready.set_ready(true);
+        metrics.link_state(true);
+        self.consume(ws, shutdown).await
+    }
+
+    async fn consume(
+        &self,
+        mut ws: ClientWs,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LinkError> {
+        let mut out = FrameWriter::with_capacity(ACK_FRAME_CAPACITY);
+        out.pop_record(PopRecord::Credit { n: self.prefetch });
+        ws.send(Message::Binary(out.take())).await?;
+
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + self.ping_interval, self.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        loop {
+            let received = tokio::select! {
+                () = shutdown.cancelled() => {
+                    let goodbye = CloseFrame { code: CloseCode::Away, reason: "subscriber shutting down".into() };
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(goodbye))).await;
+                    return Ok(());
+                }
+                _ = ping.tick() => {
+                    ws.send(Message::Ping(Bytes::new())).await?;
+                    continue;
+                }
+                received = tokio::time::timeout_at(last_seen + self.idle_timeout, ws.next()) => received,
+            };
+            let message = received
+                .map_err(|_| LinkError::Idle(self.idle_timeout))?
+                .ok_or(LinkError::Closed)??;
+            last_seen = Instant::now();
+            match message {
+                Message::Binary(frame) => {
+                    // Acks free slots in the window granted above; no further CREDIT is needed.
+                    self.route_frame(frame, &mut out)?;
+                    ws.send(Message::Binary(out.take())).await?;
+                }
+                Message::Text(_) => return Err(LinkError::UnexpectedText),
+                Message::Close(_) => return Err(LinkError::Closed),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Routes every delivery of one frame and appends an ACK for each to `out`.
+    fn route_frame(&self, frame: Bytes, out: &mut FrameWriter) -> Result<(), LinkError> {
+        let metrics = self.router.metrics();
+        let mut reader = FrameReader::new(frame, self.max_payload);
+        while let Some(delivery) = reader.next_delivery()? {
+            match self.route_delivery(&delivery.payload) {
+                Ok(0) => metrics.unrouted(),
+                Ok(_) => {}
+                Err(reason) => {
+                    metrics.invalid_payload();
+                    tracing::warn!(id = delivery.id, bytes = delivery.payload.len(), %reason, "skipping invalid message");
+                }
+            }
+            out.pop_record(PopRecord::Ack { id: delivery.id });
+        }
+        Ok(())
+    }
+
+    /// Routes one payload by its topic; returns how many clients got it, or why it is not a message (the
+    /// reason never echoes the payload).
+    fn route_delivery(&self, payload: &Bytes) -> Result<usize, String> {
+        let envelope = Envelope::parse_json(payload).map_err(|err| err.to_string())?;
+        let text = Utf8Bytes::try_from(payload.clone()).map_err(|_| "not UTF-8".to_owned())?;
+        Ok(self.router.route(&envelope.topic, &text))
+    }
+}

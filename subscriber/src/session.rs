@@ -1,0 +1,193 @@
+//! One subscriber client connection on `/subscribe`: reads `sub`/`unsub` commands, keeps the client's entries
+//! in the topic index, and moves frames from the client's bounded queue to its writer task.
+//!
+//! Two modes, chosen at the handshake: `wsmq.v1` clients get `{"subscribed":..}`/`{"unsubscribed":..}`
+//! confirmations and `{"error":..}` frames; compat clients (ws-go, no subprotocol) get only messages, and their
+//! unknown commands are ignored and counted, as ws-go did.
+//!
+//! The session task is the only reader of the socket and the pump from the router's queue (which applies the
+//! slow-client policy) into the writer task's small channel; the writer (`wsmq_core::ws::run_writer`) batches,
+//! pings and closes. When the writer stalls on a client that does not read, the router's queue fills and the
+//! policy kicks in, while this task keeps reading commands.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::instrument;
+use tungstenite::{Message, Utf8Bytes};
+use wsmq_core::limits::Limits;
+use wsmq_core::protocol::client::{Command, encode_error, encode_subscribed, encode_unsubscribed};
+use wsmq_core::server::Accepted;
+use wsmq_core::ws::{CLOSE_TIMEOUT, Closer, ReadError, Reader, run_writer};
+
+use crate::router::{Client, Router};
+
+/// Frames between the session's pump and the writer task. Small: the real per-client bound is the router's
+/// queue (`--client-queue`), where the slow-client policy applies; this only lets the writer batch.
+const WRITER_CHANNEL: usize = 64;
+
+/// What every session needs besides its connection; shared by all sessions of a listener.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionSettings {
+    /// The topic index the session subscribes its client in.
+    pub(crate) router: Router,
+    /// Ping interval and idle timeout of client connections.
+    pub(crate) limits: Limits,
+    /// Topics one connection may hold at once (`--max-subscriptions`).
+    pub(crate) max_subscriptions: usize,
+}
+
+/// Serves one `/subscribe` connection until the client leaves, is cut off or the service shuts down.
+/// Expected disconnects are logged at debug: they are not errors.
+#[instrument(skip_all, fields(peer = %accepted.peer, user = %accepted.user))]
+pub(crate) async fn serve_client(accepted: Accepted, settings: Arc<SessionSettings>) {
+    let router = &settings.router;
+    let _connected = router.metrics().client_connected();
+    let v1 = accepted.subprotocol.is_some();
+    let (sink, stream) = accepted.ws.split();
+    let shutdown = accepted.shutdown;
+    let closer = Closer::new(&shutdown);
+    let (writer_tx, writer_rx) = mpsc::channel(WRITER_CHANNEL);
+    let writer = tokio::spawn(run_writer(
+        sink,
+        writer_rx,
+        closer.clone(),
+        settings.limits.ping_interval,
+    ));
+    let abort_writer = writer.abort_handle();
+    let mut reader = Reader::new(stream, closer.clone(), settings.limits.idle_timeout);
+    let client = router.register(closer);
+    let mut session = Session {
+        settings: &settings,
+        client: &client,
+        v1,
+        topics: HashSet::new(),
+    };
+
+    let ended = loop {
+        tokio::select! {
+            read = reader.next() => match read {
+                Ok(Some(message)) => session.handle(message),
+                Ok(None) => break Ok(()),
+                Err(err) => break Err(err),
+            },
+            permit = writer_tx.reserve(), if client.has_frames() => match permit {
+                Ok(permit) => {
+                    if let Some(frame) = client.pop() {
+                        permit.send(Message::Text(frame));
+                    }
+                    // Move whatever else fits without another trip through select.
+                    while let Ok(permit) = writer_tx.try_reserve() {
+                        let Some(frame) = client.pop() else { break };
+                        permit.send(Message::Text(frame));
+                    }
+                }
+                Err(_) => break Ok(()),
+            },
+            () = client.queued(), if !client.has_frames() => {}
+        }
+    };
+    session.leave_all();
+    match ended {
+        Ok(()) => tracing::debug!("client disconnected"),
+        Err(ReadError::Ws(err)) => tracing::debug!(%err, "client connection failed"),
+        Err(err) => tracing::debug!(%err, "client disconnected"),
+    }
+
+    // Dropping the sender lets the writer flush, send its Close frame and end. A client that stopped reading
+    // can hold the writer in a blocked flush; it gets the idle timeout to drain (just the close timeout when
+    // shutting down), then the socket is dropped.
+    drop(writer_tx);
+    let grace = if shutdown.is_cancelled() {
+        CLOSE_TIMEOUT
+    } else {
+        settings.limits.idle_timeout.max(CLOSE_TIMEOUT)
+    };
+    match tokio::time::timeout(grace, writer).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::debug!(%err, "writing to client failed"),
+        Ok(Err(err)) => tracing::warn!(%err, "client writer task failed"),
+        Err(_) => {
+            abort_writer.abort();
+            tracing::debug!("client never drained its socket, dropping it");
+        }
+    }
+}
+
+/// The command-handling state of one connection.
+struct Session<'a> {
+    settings: &'a SessionSettings,
+    client: &'a Arc<Client>,
+    v1: bool,
+    topics: HashSet<Box<str>>,
+}
+
+impl Session<'_> {
+    fn handle(&mut self, message: Message) {
+        let Message::Text(text) = message else {
+            self.refuse("binary frames are not commands; send `sub <topic>` as text");
+            return;
+        };
+        match Command::parse(text.as_str()) {
+            Ok(Command::Subscribe(topic)) => self.subscribe(&topic),
+            Ok(Command::Unsubscribe(topic)) => self.unsubscribe(&topic),
+            Err(err) => self.refuse(&err.to_string()),
+        }
+    }
+
+    fn subscribe(&mut self, topic: &str) {
+        if !self.topics.contains(topic) {
+            if self.topics.len() >= self.settings.max_subscriptions {
+                let limit = self.settings.max_subscriptions;
+                tracing::debug!(limit, "subscription refused: too many subscriptions");
+                if self.v1 {
+                    self.reply(encode_error(
+                        &format!("too many subscriptions (limit {limit})"),
+                        None,
+                    ));
+                }
+                return;
+            }
+            self.settings.router.subscribe(topic, self.client);
+            self.topics.insert(topic.into());
+        }
+        if self.v1 {
+            self.reply(encode_subscribed(topic));
+        }
+    }
+
+    fn unsubscribe(&mut self, topic: &str) {
+        if self.topics.remove(topic) {
+            self.settings.router.unsubscribe(topic, self.client);
+        }
+        if self.v1 {
+            self.reply(encode_unsubscribed(topic));
+        }
+    }
+
+    /// An unusable frame: an error frame for `wsmq.v1`, ignored and counted for compat clients (as ws-go).
+    fn refuse(&self, reason: &str) {
+        self.settings.router.metrics().unknown_command();
+        if self.v1 {
+            self.reply(encode_error(reason, None));
+        } else {
+            tracing::debug!(reason, "ignoring client frame");
+        }
+    }
+
+    fn reply(&self, frame: bytes::Bytes) {
+        match Utf8Bytes::try_from(frame) {
+            Ok(frame) => self.client.reply(frame, self.settings.router.metrics()),
+            Err(err) => tracing::warn!(%err, "reply frame is not UTF-8"),
+        }
+    }
+
+    /// Removes every subscription of the connection from the index.
+    fn leave_all(&mut self) {
+        for topic in self.topics.drain() {
+            self.settings.router.unsubscribe(&topic, self.client);
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The subscriber against a fake msgqueue: subscription commands in both modes, delivery, acks and credit,
+//! redelivery after a lost link, bad input and slow clients.
+
+mod common;
+
+use common::{FakeQueue, Settings, Subscriber, TestResult, envelope, eventually};
+use tungstenite::protocol::frame::coding::CloseCode;
+
+/// A fake queue, a subscriber linked to it and the queue's side of the link, with its first credit read.
+async fn setup(
+    settings: Settings,
+) -> TestResult<(tempfile::TempDir, FakeQueue, Subscriber, common::QueueConn)> {
+    let dir = tempfile::tempdir()?;
+    let mut queue = FakeQueue::start(dir.path(), "127.0.0.1:0".parse()?).await?;
+    let subscriber = Subscriber::start(dir.path(), queue.addr, settings).await?;
+    let mut link = queue.accept().await?;
+    link.await_credit(1).await?;
+    Ok((dir, queue, subscriber, link))
+}
+
+#[tokio::test]
+async fn v1_client_is_confirmed_then_receives_the_message_exactly_as_queued() -> TestResult {
+    let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
+    assert_eq!(link.credit, 64, "the link grants its prefetch window");
+    let mut client = subscriber.v1_client().await?;
+    client.subscribe("news").await?;
+
+    let payload = envelope("news", "hello \"world\"");
+    link.deliver(&[(1, false, payload.clone())]).await?;
+    assert_eq!(client.recv().await?.as_bytes(), &payload[..]);
+    link.await_acks([1]).await?;
+    link.await_credit(64).await?;
+    assert_eq!(subscriber.metrics.delivered_total(), 1);
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn ws_go_client_subscribes_with_json_and_receives_ws_go_frames() -> TestResult {
+    let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
+    let mut client = subscriber.compat_client().await?;
+    client.send(r#"{"Topic":"news","Content":"sub"}"#).await?;
+    eventually(|| async { subscriber.metrics.subscriptions_current() == 1 }).await?;
+
+    link.deliver(&[(7, false, envelope("news", "breaking"))])
+        .await?;
+    assert_eq!(
+        client.recv().await?,
+        r#"{"Topic":"news","Content":"breaking"}"#
+    );
+    link.await_acks([7]).await?;
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery() -> TestResult {
+    let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
+    let mut client = subscriber.v1_client().await?;
+    client.subscribe("a").await?;
+    client.subscribe("b").await?;
+    client.send("unsub a").await?;
+    assert_eq!(client.recv().await?, r#"{"unsubscribed":"a"}"#);
+
+    link.deliver(&[
+        (1, false, envelope("a", "gone")),
+        (2, false, envelope("b", "kept")),
+    ])
+    .await?;
+    assert_eq!(client.recv().await?, r#"{"Topic":"b","Content":"kept"}"#);
+    link.await_acks([1, 2]).await?;
+    assert_eq!(subscriber.metrics.unrouted_total(), 1);
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn messages_fan_out_across_topics_and_clients() -> TestResult {
+    let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
+    let mut both = subscriber.v1_client().await?;
+    both.subscribe("a").await?;
+    both.subscribe("b").await?;
+    let mut only_a = subscriber.v1_client().await?;
+    only_a.subscribe("a").await?;
+
+    link.deliver(&[
+        (1, false, envelope("a", "1")),
+        (2, false, envelope("b", "2")),
+    ])
+    .await?;
+    assert_eq!(both.recv().await?, r#"{"Topic":"a","Content":"1"}"#);
+    assert_eq!(both.recv().await?, r#"{"Topic":"b","Content":"2"}"#);
+    assert_eq!(only_a.recv().await?, r#"{"Topic":"a","Content":"1"}"#);
+    link.await_acks([1, 2]).await?;
+    assert_eq!(subscriber.metrics.delivered_total(), 3);
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn unrouted_messages_are_acked_and_counted() -> TestResult {
+    let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
+    link.deliver(&[
+        (1, false, envelope("nobody", "x")),
+        (2, false, envelope("nobody", "y")),
+    ])
+    .await?;
+    link.await_acks([1, 2]).await?;
+    assert_eq!(subscriber.metrics.unrouted_total(), 2);
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn invalid_payload_is_acked_and_skipped_without_stopping_the_pipeline() -> TestResult {
+    let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
+    let mut client = subscriber.v1_client().await?;
+    client.subscribe("t").await?;
+
+    let garbage = bytes::Bytes::from_static(b"not json at all");
+    let no_topic = bytes::Bytes::from_static(br#"{"Content":"x"}"#);
+    link.deliver(&[
+        (1, false, garbage),
+        (2, false, no_topic),
+        (3, false, envelope("t", "still here")),
+    ])
+    .await?;
+    assert_eq!(
+        client.recv().await?,
+        r#"{"Topic":"t","Content":"still here"}"#
+    );
+    link.await_acks([1, 2, 3]).await?;
+    assert_eq!(subscriber.metrics.invalid_payloads_total(), 2);
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn unknown_command_is_an_error_in_v1_and_ignored_in_compat() -> TestResult {
+    let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
+    let mut v1 = subscriber.v1_client().await?;
+    v1.send("subscribe t").await?;
+    assert!(v1.recv().await?.starts_with(r#"{"error":"unknown command"#));
+    v1.send(r#"{"Topic":"t","Content":"publish"}"#).await?;
+    assert!(v1.recv().await?.starts_with(r#"{"error":"#));
+
+    let mut compat = subscriber.compat_client().await?;
+    compat.send("what is this").await?;
+    compat.send(r#"{"Topic":"t","Content":"sub"}"#).await?;
+    eventually(|| async { subscriber.metrics.subscriptions_current() == 1 }).await?;
+    assert_eq!(subscriber.metrics.unknown_commands_total(), 3);
+    link.deliver(&[(1, false, envelope("t", "after"))]).await?;
+    assert_eq!(
+        compat.recv().await?,
+        r#"{"Topic":"t","Content":"after"}"#,
+        "nothing but the message"
+    );
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn subscriptions_beyond_the_limit_are_refused() -> TestResult {
+    let settings = Settings {
+        max_subscriptions: 2,
+        ..Settings::default()
+    };
+    let (_dir, _queue, subscriber, _link) = setup(settings).await?;
+    let mut client = subscriber.v1_client().await?;
+    client.subscribe("a").await?;
+    client.subscribe("b").await?;
+    client.subscribe("a").await?;
+    client.send("sub c").await?;
+    assert_eq!(
+        client.recv().await?,
+        r#"{"error":"too many subscriptions (limit 2)"}"#
+    );
+    client.send("unsub a").await?;
+    assert_eq!(client.recv().await?, r#"{"unsubscribed":"a"}"#);
+    client.subscribe("c").await?;
+    assert_eq!(subscriber.metrics.subscriptions_current(), 2);
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn credit_is_respected_and_replenished_as_deliveries_are_acked() -> TestResult {
+    let settings = Settings {
+        prefetch: 4,
+        ..Settings::default()
+    };
+    let (_dir, _queue, subscriber, mut link) = setup(settings).await?;
+    assert_eq!(link.credit, 4);
+    for round in 0..3u64 {
+        let batch: Vec<_> = (0..4)
+            .map(|i| (round * 4 + i, false, envelope("t", "x")))
+            .collect();
+        link.deliver(&batch).await?;
+        assert_eq!(link.credit, 0);
+        link.await_acks(batch.iter().map(|d| d.0)).await?;
+        link.await_credit(4).await?;
+        assert_eq!(link.credit, 4, "credit never exceeds the prefetch window");
+    }
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn unacked_deliveries_are_redelivered_after_the_link_reconnects() -> TestResult {
+    let (_dir, mut queue, subscriber, mut link) = setup(Settings::default()).await?;
+    let mut client = subscriber.v1_client().await?;
+    client.subscribe("t").await?;
+    link.deliver(&[
+        (1, false, envelope("t", "one")),
+        (2, false, envelope("t", "two")),
+    ])
+    .await?;
+    drop(link);
+    assert_eq!(client.recv().await?, r#"{"Topic":"t","Content":"one"}"#);
+    assert_eq!(client.recv().await?, r#"{"Topic":"t","Content":"two"}"#);
+
+    let mut link = queue.accept().await?;
+    link.await_credit(64).await?;
+    link.deliver(&[
+        (1, true, envelope("t", "one")),
+        (2, true, envelope("t", "two")),
+    ])
+    .await?;
+    link.await_acks([1, 2]).await?;
+    assert_eq!(
+        client.recv().await?,
+        r#"{"Topic":"t","Content":"one"}"#,
+        "at-least-once: delivered again"
+    );
+    assert_eq!(client.recv().await?, r#"{"Topic":"t","Content":"two"}"#);
+    eventually(|| async { subscriber.metrics.link_reconnects_total() == 1 }).await?;
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn readyz_is_false_while_the_link_is_down_and_recovers() -> TestResult {
+    let (dir, queue, subscriber, link) = setup(Settings::default()).await?;
+    subscriber.await_readyz(200).await?;
+    let addr = queue.addr;
+    queue.stop().await?;
+    drop(link);
+    subscriber.await_readyz(503).await?;
+
+    let mut queue = FakeQueue::start(dir.path(), addr).await?;
+    let mut link = queue.accept().await?;
+    link.await_credit(1).await?;
+    subscriber.await_readyz(200).await?;
+    let mut client = subscriber.v1_client().await?;
+    client.subscribe("t").await?;
+    link.deliver(&[(9, false, envelope("t", "back"))]).await?;
+    assert_eq!(client.recv().await?, r#"{"Topic":"t","Content":"back"}"#);
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn slow_client_is_closed_with_1013_while_others_receive_everything() -> TestResult {
+    const MESSAGES: u64 = 400;
+    const PER_FRAME: u64 = 8;
+    let settings = Settings {
+        prefetch: 1024,
+        client_queue: 8,
+        ..Settings::default()
+    };
+    let (_dir, _queue, subscriber, mut link) = setup(settings).await?;
+    let mut slow = subscriber.v1_client().await?;
+    slow.subscribe("t").await?;
+    let mut fast = subscriber.v1_client().await?;
+    fast.subscribe("t").await?;
+
+    // 32 KiB messages fill the slow client's socket buffers quickly; then its queue overflows. The fake queue
+    // sends the next frame only once the fast client has read the previous one, so the fast client never lags
+    // by more than a frame whatever the scheduling.
+    let content = "x".repeat(32 * 1024);
+    let expected = String::from_utf8(envelope("t", &content).to_vec())?;
+    let (progress, mut received) = tokio::sync::watch::channel(0u64);
+    let reader = tokio::spawn(async move {
+        for count in 1..=MESSAGES {
+            if fast.recv().await? != expected {
+                return Err("fast client got a wrong frame".into());
+            }
+            progress.send_replace(count);
+        }
+        TestResult::Ok(fast)
+    });
+    for first in (0..MESSAGES).step_by(usize::try_from(PER_FRAME)?) {
+        let batch: Vec<_> = (first..first + PER_FRAME)
+            .map(|id| (id, false, envelope("t", &content)))
+            .collect();
+        link.deliver(&batch).await?;
+        common::step(received.wait_for(|&count| count >= first + PER_FRAME)).await??;
+    }
+    link.await_acks(0..MESSAGES).await?;
+    let mut fast = common::step(reader).await???;
+    assert_eq!(subscriber.metrics.slow_client_disconnects_total(), 1);
+    assert_eq!(slow.close_code().await?, CloseCode::Again);
+    fast.subscribe("still-connected").await?;
+    subscriber.stop().await
+}
