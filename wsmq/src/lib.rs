@@ -1,0 +1,365 @@
+//! `wsmq`: the one-command stack. msgqueue, publisher and subscriber run in one process, each on its own TLS
+//! listener and usual port, chained over loopback exactly as separate processes would be (real TLS, real auth,
+//! real reconnecting links), so what works here works when they are deployed apart.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, FromArgMatches};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use wsmq_core::Secret;
+
+/// Development credentials, as in ws-go. Accepted only while every listener is on loopback.
+pub const DEV_USERS: &str = "hello:test";
+/// The user the publisher and subscriber authenticate as towards the in-process msgqueue.
+const LINK_USER: &str = "wsmq-link";
+
+/// Which services this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    /// The durable queue (`/pushmsg`, `/popmsg`).
+    Msgqueue,
+    /// The publishing edge (`/publish`).
+    Publisher,
+    /// The subscribing edge (`/subscribe`, the browser page at `/`).
+    Subscriber,
+}
+
+/// The all-in-one configuration. Per-service settings not listed here (limits, queue tuning, link tuning) come
+/// from the services' own environment variables, e.g. `WSMQ_FSYNC`, `WSMQ_MAX_MESSAGE_SIZE`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// msgqueue's listener.
+    #[arg(long, env = "WSMQ_MSGQUEUE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub msgqueue_listen: SocketAddr,
+    /// publisher's listener.
+    #[arg(long, env = "WSMQ_PUBLISHER_LISTEN", default_value = "127.0.0.1:8081")]
+    pub publisher_listen: SocketAddr,
+    /// subscriber's listener (also serves the browser page at `/`).
+    #[arg(long, env = "WSMQ_SUBSCRIBER_LISTEN", default_value = "127.0.0.1:8082")]
+    pub subscriber_listen: SocketAddr,
+    /// First of three consecutive admin ports (/healthz, /readyz, /metrics) for msgqueue, publisher and
+    /// subscriber; always on loopback.
+    #[arg(long, env = "WSMQ_ADMIN_PORT", default_value_t = 9080)]
+    pub admin_port: u16,
+    /// Directory for the queue's log and the development TLS material (`<data-dir>/tls/ca.pem`).
+    #[arg(long, env = "WSMQ_DATA_DIR", default_value = "./.wsmq")]
+    pub data_dir: PathBuf,
+    /// PEM certificate chain for all three listeners (default: development certificates in the data dir).
+    #[arg(long, env = "WSMQ_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "WSMQ_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// htpasswd-format users file for clients of all three services.
+    #[arg(long, env = "WSMQ_USERS_FILE", value_name = "FILE")]
+    pub users_file: Option<PathBuf>,
+    /// Comma-separated `user:password` list of clients. Without this and --users-file, the dev credentials
+    /// `hello:test` are used, which is refused unless every listener is on loopback.
+    #[arg(
+        long,
+        env = "WSMQ_USERS",
+        value_name = "USER:PASSWORD,...",
+        hide_env_values = true
+    )]
+    pub users: Option<Secret>,
+    /// Which services to run (comma-separated). A publisher or subscriber without a local msgqueue reaches one
+    /// through the --queue-* link flags.
+    #[arg(
+        long,
+        env = "WSMQ_SERVICES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "msgqueue,publisher,subscriber"
+    )]
+    pub services: Vec<Service>,
+    /// msgqueue to use when it is not run here.
+    #[command(flatten)]
+    pub link: wsmq_core::config::LinkArgs,
+}
+
+/// Why the stack could not start or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Dev credentials on a non-loopback listener would expose a known password to the network.
+    #[error(
+        "{0} is not a loopback address and no users are configured: the dev credentials hello:test are only \
+         allowed on loopback. Set --users-file or --users (WSMQ_USERS_FILE / WSMQ_USERS)"
+    )]
+    DevUsersOffLoopback(SocketAddr),
+    /// A service's settings could not be assembled.
+    #[error("configuring {service}: {source}")]
+    Config {
+        /// Which service.
+        service: &'static str,
+        /// What clap said.
+        source: clap::Error,
+    },
+    /// msgqueue failed.
+    #[error("msgqueue: {0}")]
+    Msgqueue(#[from] wsmq_msgqueue::Error),
+    /// publisher failed.
+    #[error("publisher: {0}")]
+    Publisher(#[from] wsmq_publisher::Error),
+    /// subscriber failed.
+    #[error("subscriber: {0}")]
+    Subscriber(#[from] wsmq_subscriber::Error),
+}
+
+/// The stack with every selected listener bound, ready to [`Stack::run`].
+pub struct Stack {
+    msgqueue: Option<wsmq_msgqueue::Bound>,
+    publisher: Option<wsmq_publisher::Bound>,
+    subscriber: Option<wsmq_subscriber::Bound>,
+    /// Where client credentials come from, for the banner.
+    pub credentials: CredentialSource,
+    /// The dev CA clients should trust, when dev TLS is in use.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where the clients' credentials come from (never the passwords themselves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// The built-in development users.
+    DevUsers,
+    /// Configured users (file and/or list).
+    Configured,
+}
+
+/// Builds a service's configuration the way its own binary would: from flags, with the service's environment
+/// variables filling in whatever the all-in-one does not set.
+fn service_config<C: Args + FromArgMatches>(
+    service: &'static str,
+    args: Vec<String>,
+) -> Result<C, Error> {
+    let command = C::augment_args(clap::Command::new(service).no_binary_name(true));
+    command
+        .try_get_matches_from(args)
+        .and_then(|matches| C::from_arg_matches(&matches))
+        .map_err(|source| Error::Config { service, source })
+}
+
+/// Resolves the configuration and binds every selected service. The publisher and subscriber get a random
+/// per-process credential for their link to the in-process msgqueue.
+pub async fn bind(config: Config) -> Result<Stack, Error> {
+    let runs = |s| config.services.contains(&s);
+    let listeners = [
+        (Service::Msgqueue, config.msgqueue_listen),
+        (Service::Publisher, config.publisher_listen),
+        (Service::Subscriber, config.subscriber_listen),
+    ];
+    let configured = config.users.is_some() || config.users_file.is_some();
+    if !configured
+        && let Some((_, addr)) = listeners
+            .iter()
+            .find(|(s, addr)| runs(*s) && !addr.ip().is_loopback())
+    {
+        return Err(Error::DevUsersOffLoopback(*addr));
+    }
+    // Users from --users, or the dev users when nothing at all is configured (a users file alone stands alone).
+    let client_users = match (&config.users, configured) {
+        (Some(users), _) => Some(users.expose().to_owned()),
+        (None, false) => Some(DEV_USERS.to_owned()),
+        (None, true) => None,
+    };
+    let link_password = random_password();
+
+    let mut common = vec![
+        "--data-dir".to_owned(),
+        config.data_dir.display().to_string(),
+    ];
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        common.extend([
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ]);
+    }
+    if let Some(file) = &config.users_file {
+        common.extend(["--users-file".into(), file.display().to_string()]);
+    }
+    let admin = |offset: u16| format!("127.0.0.1:{}", config.admin_port.saturating_add(offset));
+
+    let (msgqueue, link) = if runs(Service::Msgqueue) {
+        let mut args = common.clone();
+        args.extend([
+            "--listen".into(),
+            config.msgqueue_listen.to_string(),
+            "--admin-listen".into(),
+            admin(0),
+        ]);
+        let link_user = format!("{LINK_USER}:{}", link_password.expose());
+        let users = client_users
+            .as_ref()
+            .map_or(link_user.clone(), |u| format!("{u},{link_user}"));
+        args.extend(["--users".into(), users]);
+        let bound = wsmq_msgqueue::bind(service_config("msgqueue", args)?).await?;
+        let port = bound
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(config.msgqueue_listen.port());
+        let link = vec![
+            "--queue-url".into(),
+            format!("wss://localhost:{port}"),
+            "--queue-user".into(),
+            LINK_USER.into(),
+            "--queue-password".into(),
+            link_password.expose().to_owned(),
+        ];
+        (Some(bound), link)
+    } else {
+        (None, Vec::new())
+    };
+    let edge_args = |listen: SocketAddr, admin_addr: String| {
+        let mut args = common.clone();
+        args.extend([
+            "--listen".into(),
+            listen.to_string(),
+            "--admin-listen".into(),
+            admin_addr,
+        ]);
+        if let Some(users) = &client_users {
+            args.extend(["--users".into(), users.clone()]);
+        }
+        args.extend(link.iter().cloned());
+        args
+    };
+    let publisher = if runs(Service::Publisher) {
+        let args = edge_args(config.publisher_listen, admin(1));
+        Some(
+            wsmq_publisher::bind(with_link(
+                service_config("publisher", args)?,
+                &config,
+                &link,
+            ))
+            .await?,
+        )
+    } else {
+        None
+    };
+    let subscriber = if runs(Service::Subscriber) {
+        let args = edge_args(config.subscriber_listen, admin(2));
+        Some(
+            wsmq_subscriber::bind(with_link(
+                service_config("subscriber", args)?,
+                &config,
+                &link,
+            ))
+            .await?,
+        )
+    } else {
+        None
+    };
+    let ca_file = config
+        .tls_cert
+        .is_none()
+        .then(|| config.data_dir.join("tls").join("ca.pem"));
+    Ok(Stack {
+        msgqueue,
+        publisher,
+        subscriber,
+        credentials: if configured {
+            CredentialSource::Configured
+        } else {
+            CredentialSource::DevUsers
+        },
+        ca_file,
+    })
+}
+
+/// Without a local msgqueue, the edge services use the operator's --queue-* flags.
+fn with_link<C: HasLink>(mut config: C, stack: &Config, local_link: &[String]) -> C {
+    if local_link.is_empty() {
+        *config.link_mut() = stack.link.clone();
+    }
+    config
+}
+
+/// Access to a service config's msgqueue link settings.
+trait HasLink {
+    fn link_mut(&mut self) -> &mut wsmq_core::config::LinkArgs;
+}
+
+impl HasLink for wsmq_publisher::Config {
+    fn link_mut(&mut self) -> &mut wsmq_core::config::LinkArgs {
+        &mut self.link
+    }
+}
+
+impl HasLink for wsmq_subscriber::Config {
+    fn link_mut(&mut self) -> &mut wsmq_core::config::LinkArgs {
+        &mut self.link
+    }
+}
+
+/// 24 random bytes, base64url: the link credential lives only in this process's memory.
+fn random_password() -> Secret {
+    use base64::Engine;
+    let bytes: [u8; 24] = rand::random();
+    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+impl Stack {
+    /// msgqueue's bound address, if it runs here.
+    pub fn msgqueue_addr(&self) -> Option<SocketAddr> {
+        self.msgqueue.as_ref().and_then(|b| b.local_addr().ok())
+    }
+
+    /// publisher's bound address, if it runs here.
+    pub fn publisher_addr(&self) -> Option<SocketAddr> {
+        self.publisher
+            .as_ref()
+            .map(wsmq_publisher::Bound::local_addr)
+    }
+
+    /// subscriber's bound address, if it runs here.
+    pub fn subscriber_addr(&self) -> Option<SocketAddr> {
+        self.subscriber
+            .as_ref()
+            .map(wsmq_subscriber::Bound::local_addr)
+    }
+
+    /// Runs every service until `shutdown` is cancelled. The edges stop first (their clients are closed with
+    /// 1001 and their links finish), then msgqueue drains and fsyncs, so nothing acked is lost on Ctrl-C. If one
+    /// service fails, the others are shut down too and the first error is returned.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let edges_shutdown = shutdown.child_token();
+        let queue_shutdown = CancellationToken::new();
+        let mut edges: JoinSet<Result<(), Error>> = JoinSet::new();
+        if let Some(p) = self.publisher {
+            let token = edges_shutdown.clone();
+            edges.spawn(async move { p.run(token).await.map_err(Error::from) });
+        }
+        if let Some(s) = self.subscriber {
+            let token = edges_shutdown.clone();
+            edges.spawn(async move { s.run(token).await.map_err(Error::from) });
+        }
+        let queue = self.msgqueue.map(|q| {
+            let token = queue_shutdown.clone();
+            tokio::spawn(async move { q.run(token).await.map_err(Error::from) })
+        });
+        if edges.is_empty() {
+            shutdown.cancelled().await;
+        }
+        let mut first_error = None;
+        while let Some(joined) = edges.join_next().await {
+            // Any edge ending (error or not) ends the stack.
+            edges_shutdown.cancel();
+            if let Ok(Err(err)) = joined
+                && first_error.is_none()
+            {
+                first_error = Some(err);
+            }
+        }
+        queue_shutdown.cancel();
+        if let Some(queue) = queue
+            && let Ok(Err(err)) = queue.await
+            && first_error.is_none()
+        {
+            first_error = Some(err);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
