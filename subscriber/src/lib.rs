@@ -168,6 +168,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     }];
     let mut server = ServerConfig::new(tls, auth, config.limits.clone(), routes);
     server.metrics = listener_metrics;
+    server.allowed_origins = config.server.allowed_origins.clone();
     let link = Link {
         dialer,
         router: router.clone(),

@@ -242,6 +242,7 @@ impl Subscriber {
                 tls_key: None,
                 users_file: None,
                 users: Some(Secret::new(format!("{CLIENT_USER}:{CLIENT_PASSWORD}"))),
+                allowed_origins: Vec::new(),
             },
             link: LinkArgs {
                 queue_url: format!("wss://localhost:{}", queue.port()),
