@@ -112,6 +112,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     ];
     let mut server = ServerConfig::new(tls, auth, limits, routes);
     server.metrics = listener_metrics;
+    server.allowed_origins = config.server.allowed_origins.clone();
 
     let listener = TcpListener::bind(config.listen)
         .await

@@ -160,6 +160,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     }];
     let mut server = ServerConfig::new(tls, auth, config.limits.clone(), routes);
     server.metrics = listener_metrics.clone();
+    server.allowed_origins = config.server.allowed_origins.clone();
     let context = SessionContext {
         link,
         limits: config.limits,

@@ -44,6 +44,7 @@ pub fn config(data_dir: &Path) -> Config {
             tls_key: None,
             users_file: None,
             users: Some(Secret::new(format!("{USER}:{PASSWORD}"))),
+            allowed_origins: Vec::new(),
         },
         limits: Limits::default(),
         queue: QueueArgs {

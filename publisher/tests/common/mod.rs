@@ -332,6 +332,7 @@ pub(crate) fn config(data_dir: &Path, queue: SocketAddr) -> Config {
             tls_key: None,
             users_file: None,
             users: Some(Secret::new(format!("{CLIENT_USER}:{CLIENT_PASSWORD}"))),
+            allowed_origins: Vec::new(),
         },
         link: LinkArgs {
             queue_url: format!("wss://127.0.0.1:{}", queue.port()),
