@@ -180,7 +180,11 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
     if let Some(file) = &config.users_file {
         common.extend(["--users-file".into(), file.display().to_string()]);
     }
-    let admin = |offset: u16| format!("127.0.0.1:{}", config.admin_port.saturating_add(offset));
+    // Port 0 (tests) means an ephemeral port for each admin listener, not ports 1 and 2.
+    let admin = |offset: u16| match config.admin_port {
+        0 => "127.0.0.1:0".to_owned(),
+        base => format!("127.0.0.1:{}", base.saturating_add(offset)),
+    };
 
     let (msgqueue, link) = if runs(Service::Msgqueue) {
         let mut args = common.clone();
@@ -226,11 +230,11 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
         args.extend(link.iter().cloned());
         args
     };
-    let publisher = if runs(Service::Publisher) {
-        let args = edge_args(config.publisher_listen, admin(1));
+    let subscriber = if runs(Service::Subscriber) {
+        let args = edge_args(config.subscriber_listen, admin(2));
         Some(
-            wsmq_publisher::bind(with_link(
-                service_config("publisher", args)?,
+            wsmq_subscriber::bind(with_link(
+                service_config("subscriber", args)?,
                 &config,
                 &link,
             ))
@@ -239,11 +243,19 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
     } else {
         None
     };
-    let subscriber = if runs(Service::Subscriber) {
-        let args = edge_args(config.subscriber_listen, admin(2));
+    let publisher = if runs(Service::Publisher) {
+        let mut args = edge_args(config.publisher_listen, admin(1));
+        // The browser page is served by the subscriber and publishes here: allow the subscriber's origins.
+        if let Some(port) = subscriber.as_ref().map(|s| s.local_addr().port()) {
+            let origins = [
+                format!("https://localhost:{port}"),
+                format!("https://127.0.0.1:{port}"),
+            ];
+            args.extend(["--allowed-origins".into(), origins.join(",")]);
+        }
         Some(
-            wsmq_subscriber::bind(with_link(
-                service_config("subscriber", args)?,
+            wsmq_publisher::bind(with_link(
+                service_config("publisher", args)?,
                 &config,
                 &link,
             ))
