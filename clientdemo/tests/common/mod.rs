@@ -1,0 +1,338 @@
+//! A fake publisher and subscriber for clientdemo's tests, and helpers to run the real binary against them.
+//!
+//! Both fakes are `wsmq_core::server::serve` listeners on 127.0.0.1:0 sharing a dev PKI in a tempdir, which is
+//! also the client's `--data-dir` so it trusts their CA. The fake publisher acks every message and forwards it
+//! to the fake subscriber, except on topic `reject` (error frame) and `silent` (no answer at all). The fake
+//! subscriber confirms `sub`/`unsub`, reports each subscription to the test and delivers matching messages.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashSet;
+use std::error::Error;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::{broadcast, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use wsmq_core::Secret;
+use wsmq_core::auth::Authenticator;
+use wsmq_core::limits::Limits;
+use wsmq_core::protocol::client::{
+    Command as SubCommand, encode_ack, encode_error, encode_subscribed, encode_unsubscribed,
+};
+use wsmq_core::server::{Accepted, Route, ServerConfig, serve};
+use wsmq_core::tls;
+
+/// Result type of tests and helpers.
+pub type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// The user both fakes accept.
+pub const USER: &str = "tester";
+/// Its password.
+pub const PASSWORD: &str = "s3cret pass";
+/// Bound on every step of a test, so a hung client or fake fails the test instead of hanging it.
+pub const STEP: Duration = Duration::from_secs(15);
+/// Topic the fake publisher refuses with an error frame.
+pub const REJECTED_TOPIC: &str = "reject";
+/// Topic the fake publisher never answers.
+pub const SILENT_TOPIC: &str = "silent";
+/// The error the fake publisher sends for [`REJECTED_TOPIC`].
+pub const REJECTION: &str = "rejected by the fake publisher";
+/// Capacity of the feed between the fakes; tests publish a handful of messages.
+const FEED_CAPACITY: usize = 64;
+/// Capacity of the subscription reports to the test.
+const REPORT_CAPACITY: usize = 64;
+
+/// A message as it travels between the fakes.
+pub type Published = (String, String);
+
+/// A running fake publisher and subscriber.
+pub struct FakeStack {
+    /// The fake publisher's address.
+    pub publisher: SocketAddr,
+    /// The fake subscriber's address.
+    pub subscriber: SocketAddr,
+    /// Holds `tls/ca.pem`; pass it as the client's data dir.
+    pub data_dir: tempfile::TempDir,
+    /// Every message the fake publisher accepted; tests may also send here to make the subscriber deliver.
+    pub feed: broadcast::Sender<Published>,
+    /// Each topic the fake subscriber confirmed, in order.
+    pub subscriptions: mpsc::Receiver<String>,
+    /// Sending on it makes the fake subscriber drop every connection, as a restart would.
+    pub kick: broadcast::Sender<()>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for FakeStack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// What the fake subscriber's connections share.
+#[derive(Clone)]
+struct SubscriberShared {
+    feed: broadcast::Sender<Published>,
+    reports: mpsc::Sender<String>,
+    kick: broadcast::Sender<()>,
+}
+
+impl FakeStack {
+    /// Starts both fakes.
+    pub async fn start() -> TestResult<FakeStack> {
+        let data_dir = tempfile::tempdir()?;
+        let server_tls = tls::server_config(None, None, data_dir.path())?;
+        let auth = Authenticator::from_users(&Secret::new(format!("{USER}:{PASSWORD}")))?;
+        let limits = Limits {
+            drain_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        };
+        let shutdown = CancellationToken::new();
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let (kick, _) = broadcast::channel(1);
+        let (reports, subscriptions) = mpsc::channel(REPORT_CAPACITY);
+
+        let publisher_config = ServerConfig::new(
+            server_tls.clone(),
+            auth.clone(),
+            limits.clone(),
+            vec![Route::WebSocket {
+                path: "/publish",
+                subprotocols: &["wsmq.v1"],
+            }],
+        );
+        let publisher_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let publisher = publisher_listener.local_addr()?;
+        let publisher_feed = feed.clone();
+        tokio::spawn(serve(
+            publisher_listener,
+            Arc::new(publisher_config),
+            move |accepted| fake_publisher(accepted, publisher_feed.clone()),
+            shutdown.clone(),
+        ));
+
+        let subscriber_config = ServerConfig::new(
+            server_tls,
+            auth,
+            limits,
+            vec![Route::WebSocket {
+                path: "/subscribe",
+                subprotocols: &["wsmq.v1"],
+            }],
+        );
+        let subscriber_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let subscriber = subscriber_listener.local_addr()?;
+        let shared = SubscriberShared {
+            feed: feed.clone(),
+            reports,
+            kick: kick.clone(),
+        };
+        tokio::spawn(serve(
+            subscriber_listener,
+            Arc::new(subscriber_config),
+            move |accepted| fake_subscriber(accepted, shared.clone()),
+            shutdown.clone(),
+        ));
+
+        Ok(FakeStack {
+            publisher,
+            subscriber,
+            data_dir,
+            feed,
+            subscriptions,
+            kick,
+            shutdown,
+        })
+    }
+
+    /// The client binary, configured (through the environment, as a user would) to use these fakes.
+    pub fn client(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_clientdemo"));
+        command
+            .env("WSMQ_PUBLISHER_URL", format!("wss://{}", self.publisher))
+            .env("WSMQ_SUBSCRIBER_URL", format!("wss://{}", self.subscriber))
+            .env("WSMQ_USER", USER)
+            .env("WSMQ_PASSWORD", PASSWORD)
+            .env("WSMQ_DATA_DIR", self.data_dir.path())
+            .env_remove("WSMQ_CA")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Waits until the fake subscriber confirmed a subscription to `topic`.
+    pub async fn subscribed(&mut self, topic: &str) -> TestResult {
+        let wait = async {
+            while let Some(subscribed) = self.subscriptions.recv().await {
+                if subscribed == topic {
+                    return Ok(());
+                }
+            }
+            Err("the fake subscriber stopped".into())
+        };
+        tokio::time::timeout(STEP, wait)
+            .await
+            .map_err(|_| format!("no subscription to {topic:?} within {STEP:?}"))?
+    }
+}
+
+/// A publish frame as the fake publisher reads it.
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(rename = "Topic")]
+    topic: String,
+    #[serde(rename = "Content")]
+    content: String,
+    #[serde(rename = "Id")]
+    id: Box<RawValue>,
+}
+
+async fn fake_publisher(accepted: Accepted, feed: broadcast::Sender<Published>) {
+    let Accepted {
+        mut ws, shutdown, ..
+    } = accepted;
+    loop {
+        let frame = tokio::select! {
+            () = shutdown.cancelled() => break,
+            frame = ws.next() => frame,
+        };
+        let Some(Ok(Message::Text(text))) = frame else {
+            break;
+        };
+        let Ok(incoming) = serde_json::from_str::<Incoming>(text.as_str()) else {
+            let reply = encode_error("not a publish frame with an Id", None);
+            if ws.send(text_frame(&reply)).await.is_err() {
+                break;
+            }
+            continue;
+        };
+        let reply = match incoming.topic.as_str() {
+            SILENT_TOPIC => continue,
+            REJECTED_TOPIC => encode_error(REJECTION, Some(&incoming.id)),
+            _ => {
+                let _ = feed.send((incoming.topic, incoming.content));
+                encode_ack(&incoming.id)
+            }
+        };
+        if ws.send(text_frame(&reply)).await.is_err() {
+            break;
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+async fn fake_subscriber(accepted: Accepted, shared: SubscriberShared) {
+    let Accepted {
+        mut ws, shutdown, ..
+    } = accepted;
+    let mut feed = shared.feed.subscribe();
+    let mut kick = shared.kick.subscribe();
+    let mut topics = HashSet::new();
+    loop {
+        let reply = tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = kick.recv() => return,
+            published = feed.recv() => match published {
+                Ok((topic, content)) if topics.contains(&topic) => {
+                    Message::text(serde_json::json!({ "Topic": topic, "Content": content }).to_string())
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            },
+            frame = ws.next() => {
+                let Some(Ok(Message::Text(text))) = frame else {
+                    break;
+                };
+                let reply = match SubCommand::parse(text.as_str()) {
+                    Ok(SubCommand::Subscribe(topic)) => {
+                        topics.insert(topic.to_string());
+                        let _ = shared.reports.try_send(topic.to_string());
+                        encode_subscribed(&topic)
+                    }
+                    Ok(SubCommand::Unsubscribe(topic)) => {
+                        topics.remove(topic.as_ref());
+                        encode_unsubscribed(&topic)
+                    }
+                    Err(err) => encode_error(&err.to_string(), None),
+                };
+                text_frame(&reply)
+            }
+        };
+        if ws.send(reply).await.is_err() {
+            break;
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+/// A text frame holding an encoded server frame.
+fn text_frame(frame: &[u8]) -> Message {
+    Message::text(String::from_utf8_lossy(frame).into_owned())
+}
+
+/// Reads a child's stdout line by line, remembering what it saw for failure messages.
+pub struct Output {
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+    /// Every line read so far.
+    pub seen: Vec<String>,
+}
+
+impl Output {
+    /// Takes the stdout of `child` (spawned with a piped stdout).
+    pub fn of(child: &mut Child) -> TestResult<Output> {
+        let stdout = child.stdout.take().ok_or("stdout is not piped")?;
+        Ok(Output {
+            lines: BufReader::new(stdout).lines(),
+            seen: Vec::new(),
+        })
+    }
+
+    /// Reads until a line containing each of `needles` has been seen (in any order), within [`STEP`].
+    pub async fn expect_all(&mut self, needles: &[&str]) -> TestResult {
+        let mut missing: Vec<&str> = needles.to_vec();
+        let read = async {
+            while !missing.is_empty() {
+                let Some(line) = self.lines.next_line().await? else {
+                    return Err("stdout ended".into());
+                };
+                missing.retain(|needle| !line.contains(needle));
+                self.seen.push(line);
+            }
+            Ok::<(), Box<dyn Error + Send + Sync>>(())
+        };
+        match tokio::time::timeout(STEP, read).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(format!("{err} before {needles:?}; saw {:?}", self.seen).into()),
+            Err(_) => Err(format!("no {needles:?} within {STEP:?}; saw {:?}", self.seen).into()),
+        }
+    }
+
+    /// Reads until a line containing `needle`.
+    pub async fn expect(&mut self, needle: &str) -> TestResult {
+        self.expect_all(&[needle]).await
+    }
+}
+
+/// Waits for a child to exit, within [`STEP`], and returns its exit status and stderr.
+pub async fn finish(child: Child) -> TestResult<(std::process::ExitStatus, String, String)> {
+    let output = tokio::time::timeout(STEP, child.wait_with_output())
+        .await
+        .map_err(|_| format!("clientdemo did not exit within {STEP:?}"))??;
+    Ok((
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
