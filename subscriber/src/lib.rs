@@ -38,6 +38,11 @@ use session::SessionSettings;
 
 /// The endpoint clients subscribe on, as in ws-go.
 pub const SUBSCRIBE_PATH: &str = "/subscribe";
+
+/// The browser client served at `/`: subscribe and publish from a web page. Self-contained (inline JS and CSS, no
+/// build step, no CDN); it authenticates on its WebSockets with a `wsmq.auth.*` subprotocol because browsers cannot
+/// set an Authorization header there.
+const PAGE: &[u8] = include_bytes!("page/index.html");
 /// Smallest message limit of the link to msgqueue, which batches many deliveries into one frame; the link
 /// allows at least this, or one maximum-size delivery, whichever is larger.
 pub const LINK_MIN_FRAME: usize = 1024 * 1024;
@@ -162,10 +167,17 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         source,
     })?;
 
-    let routes = vec![Route::WebSocket {
-        path: SUBSCRIBE_PATH,
-        subprotocols: &[SUBPROTOCOL_V1],
-    }];
+    let routes = vec![
+        Route::WebSocket {
+            path: SUBSCRIBE_PATH,
+            subprotocols: &[SUBPROTOCOL_V1],
+        },
+        Route::Page {
+            path: "/",
+            content_type: "text/html; charset=utf-8",
+            body: PAGE,
+        },
+    ];
     let mut server = ServerConfig::new(tls, auth, config.limits.clone(), routes);
     server.metrics = listener_metrics;
     server.allowed_origins = config.server.allowed_origins.clone();
