@@ -1,0 +1,275 @@
+//! Command-line flags of `wsmq-bench`: settings shared by every scenario, then one subcommand per scenario.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wsmq_core::Secret;
+use wsmq_core::limits::parse_duration;
+
+/// `wsmq-bench <scenario> [flags]`: measures wsmq, or any server speaking ws-go's protocol, over wss.
+#[derive(Debug, Parser)]
+#[command(name = "wsmq-bench", version, about)]
+pub struct Cli {
+    /// Where to connect and how to report.
+    #[command(flatten)]
+    pub common: Common,
+
+    /// What to measure.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// Settings every scenario shares: endpoints, credentials, trust, output and the time bound.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Publisher base URL (`/publish` is appended).
+    #[arg(
+        long,
+        global = true,
+        env = "WSMQ_PUBLISHER_URL",
+        default_value = "wss://localhost:8081"
+    )]
+    pub publisher_url: String,
+
+    /// Subscriber base URL (`/subscribe` is appended).
+    #[arg(
+        long,
+        global = true,
+        env = "WSMQ_SUBSCRIBER_URL",
+        default_value = "wss://localhost:8082"
+    )]
+    pub subscriber_url: String,
+
+    /// msgqueue base URL (`/pushmsg` and `/popmsg` are appended).
+    #[arg(
+        long,
+        global = true,
+        env = "WSMQ_QUEUE_URL",
+        default_value = "wss://localhost:8080"
+    )]
+    pub queue_url: String,
+
+    /// User for HTTP Basic auth on every connection.
+    #[arg(long, global = true, env = "WSMQ_USER", default_value = "hello")]
+    pub user: String,
+
+    /// Password for HTTP Basic auth (prefer the environment variable: flags show up in `ps`).
+    #[arg(
+        long,
+        global = true,
+        env = "WSMQ_PASSWORD",
+        default_value = "test",
+        hide_default_value = true
+    )]
+    pub password: Secret,
+
+    /// Data directory whose development CA (`<data-dir>/tls/ca.pem`) is trusted, as the services do.
+    #[arg(long, global = true, env = "WSMQ_DATA_DIR", default_value = "./.wsmq")]
+    pub data_dir: PathBuf,
+
+    /// CA certificate (PEM) that signed the servers' certificates, instead of the system roots + dev CA.
+    #[arg(long, global = true, env = "WSMQ_CA")]
+    pub ca: Option<PathBuf>,
+
+    /// Skip certificate verification (testing only; a warning is logged).
+    #[arg(long, global = true)]
+    pub insecure: bool,
+
+    /// Print one line of JSON instead of a table (and no progress bar).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Upper bound on every phase (connect, subscribe, run, drain, hold): a stuck server cannot hang the tool.
+    #[arg(long, global = true, default_value = "120s", value_parser = parse_duration)]
+    pub duration_limit: Duration,
+
+    /// Bound on one connection attempt (TCP + TLS + upgrade).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Connections being opened at once during connect phases.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub connect_concurrency: usize,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Publishers → subscribers through publisher, msgqueue and subscriber: throughput, loss, order, latency.
+    E2e(E2eArgs),
+    /// One publisher, one topic, many subscribers spread over 127.0.0.x source addresses.
+    Fanout(FanoutArgs),
+    /// Many idle subscriber connections: connect rate and server memory per connection.
+    Conns(ConnsArgs),
+    /// msgqueue alone in reliable mode: acked pushes/s, push→ack and push→deliver latency.
+    Queue(QueueArgs),
+}
+
+/// Which topic publisher `j` sends its `k`-th message to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TopicMode {
+    /// Topic `(j + k) % T`: every publisher feeds every topic.
+    RoundRobin,
+    /// Topic `j % T`: each publisher owns one topic.
+    Fixed,
+}
+
+/// Whether subscribers offer `wsmq.v1` (to get subscription confirmations) or speak ws-go's compat protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SubscribeMode {
+    /// Offer `wsmq.v1`; fall back to compat if the server does not select it.
+    Auto,
+    /// Always `wsmq.v1`: wait for `{"subscribed":..}` confirmations.
+    V1,
+    /// Never offer a subprotocol: wait `--settle` after subscribing instead of for confirmations.
+    Compat,
+}
+
+/// Flags of the message-flow scenarios (`e2e` and `fanout`) that both share.
+#[derive(Debug, Clone, Args)]
+pub struct FlowArgs {
+    /// Content size of each message in bytes (at least the 48-byte stamp).
+    #[arg(long, short = 'b', default_value_t = 64)]
+    pub size: usize,
+
+    /// Total publish rate in messages/s, paced evenly; max rate when absent.
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Publish with `wsmq.v1` and an `Id` per message, and count the publisher's acks.
+    #[arg(long)]
+    pub acks: bool,
+
+    /// With `--acks`: unacked messages a publisher may have outstanding.
+    #[arg(long, default_value_t = 4096)]
+    pub ack_window: usize,
+
+    /// Subscriber protocol.
+    #[arg(long, value_enum, default_value_t = SubscribeMode::Auto)]
+    pub subscribe_mode: SubscribeMode,
+
+    /// In compat mode, how long to wait after subscribing before publishing (no confirmations exist).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub settle: Duration,
+
+    /// How long to wait after the last publish for outstanding deliveries.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Spread client connections over source addresses 127.0.0.1 ..= 127.0.0.K (0: let the OS choose).
+    #[arg(long, default_value_t = 0)]
+    pub source_ips: u8,
+}
+
+/// `e2e` flags.
+#[derive(Debug, Clone, Args)]
+pub struct E2eArgs {
+    /// Publisher connections.
+    #[arg(long, short = 'p', default_value_t = 1)]
+    pub publishers: usize,
+
+    /// Subscriber connections (subscriber `i` subscribes topic `i % T`).
+    #[arg(long, short = 's', default_value_t = 1)]
+    pub subscribers: usize,
+
+    /// Topics.
+    #[arg(long, short = 't', default_value_t = 1)]
+    pub topics: usize,
+
+    /// Messages published in total (split evenly across publishers).
+    #[arg(long, short = 'n', default_value_t = 100_000)]
+    pub messages: u64,
+
+    /// How publishers choose topics.
+    #[arg(long, value_enum, default_value_t = TopicMode::RoundRobin)]
+    pub topic_mode: TopicMode,
+
+    /// Message flow settings.
+    #[command(flatten)]
+    pub flow: FlowArgs,
+}
+
+/// `fanout` flags.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Subscriber connections, all on one topic (at most ~19,000 per process: the open-files limit).
+    #[arg(long, short = 's', default_value_t = 10_000)]
+    pub subscribers: usize,
+
+    /// Messages published.
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub messages: u64,
+
+    /// Message flow settings.
+    #[command(flatten)]
+    pub flow: FlowArgs,
+}
+
+/// `conns` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ConnsArgs {
+    /// Idle subscriber connections to open.
+    #[arg(long, short = 'c', default_value_t = 10_000)]
+    pub connections: usize,
+
+    /// Topics the connections subscribe to (connection `i` takes topic `i % T`).
+    #[arg(long, short = 't', default_value_t = 100)]
+    pub topics: usize,
+
+    /// How long to hold the connections open before closing them.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub hold: Duration,
+
+    /// PID of a server process whose VmRSS is read before and after (repeatable; RSS is summed).
+    #[arg(long)]
+    pub server_pid: Vec<u32>,
+
+    /// Prometheus endpoint (`http://host:port/metrics`) exposing `process_resident_memory_bytes`.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+
+    /// Subscriber protocol.
+    #[arg(long, value_enum, default_value_t = SubscribeMode::Auto)]
+    pub subscribe_mode: SubscribeMode,
+
+    /// Spread connections over source addresses 127.0.0.1 ..= 127.0.0.K (0: let the OS choose).
+    #[arg(long, default_value_t = 16)]
+    pub source_ips: u8,
+}
+
+/// `queue` flags.
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// Pusher connections (each a producer with its own id).
+    #[arg(long, short = 'p', default_value_t = 1)]
+    pub pushers: usize,
+
+    /// Popper connections.
+    #[arg(long, short = 'c', default_value_t = 1)]
+    pub poppers: usize,
+
+    /// Messages pushed in total (split evenly across pushers).
+    #[arg(long, short = 'n', default_value_t = 200_000)]
+    pub messages: u64,
+
+    /// Payload size in bytes (at least the 48-byte stamp).
+    #[arg(long, short = 'b', default_value_t = 64)]
+    pub size: usize,
+
+    /// Unacked pushes a pusher keeps in flight (pipelining window).
+    #[arg(long, default_value_t = 8192)]
+    pub window: usize,
+
+    /// Most PUSH records packed into one frame.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
+
+    /// Credit (prefetch window) each popper grants.
+    #[arg(long, default_value_t = 4096)]
+    pub credit: u32,
+
+    /// How long to wait after the last ack for outstanding deliveries.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}

@@ -1,0 +1,615 @@
+//! `e2e`: publishers → publisher → msgqueue → subscriber → subscribers. Counts every delivery per publisher
+//! per subscriber (loss, duplicates, reordering) and measures delivery latency from the stamp in each message.
+//! `fanout` is the same flow with one publisher, one topic and many subscribers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use futures_util::stream::SplitStream;
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::client::ServerFrame;
+use wsmq_core::protocol::envelope::Envelope;
+
+use super::{
+    Ctx, PUBLISH_PATH, SUBSCRIBE_PATH, Subscriber, open_many, settle_if_unconfirmed, subscribe,
+};
+use crate::cli::{E2eArgs, FlowArgs, TopicMode};
+use crate::client::{Connector, Target, Ws, source_ip};
+use crate::payload::{Clock, Counts, STAMP_LEN, Stamp, Tracker};
+use crate::report::{Latencies, LatencyBuffer, Report, per_second};
+
+/// Messages a max-rate publisher writes before one flush: one syscall carries many frames.
+const PUBLISH_BATCH: u64 = 64;
+/// How often the drain phase checks whether everything arrived (the figures come from receive stamps, not
+/// from this tick).
+const DRAIN_TICK: Duration = Duration::from_millis(10);
+
+/// The shape of one message-flow run.
+#[derive(Debug, Clone)]
+pub struct FlowPlan {
+    /// Publisher connections.
+    pub publishers: usize,
+    /// Subscriber connections; subscriber `i` takes topic `i % topics`.
+    pub subscribers: usize,
+    /// Topics.
+    pub topics: usize,
+    /// Messages in total, split evenly across publishers.
+    pub messages: u64,
+    /// How publishers pick topics.
+    pub topic_mode: TopicMode,
+    /// Sizes, rate, acks, modes and timeouts.
+    pub flow: FlowArgs,
+}
+
+impl FlowPlan {
+    /// Messages publisher `j` sends: an even share, the first `messages % publishers` one more.
+    pub fn per_publisher(&self) -> Vec<u64> {
+        let p = self.publishers.max(1) as u64;
+        (0..p)
+            .map(|j| self.messages / p + u64::from(j < self.messages % p))
+            .collect()
+    }
+
+    /// Topic of publisher `j`'s message `k`.
+    pub fn topic_of(&self, j: usize, k: u64) -> usize {
+        let t = self.topics.max(1);
+        match self.topic_mode {
+            TopicMode::RoundRobin => ((j as u64 + k) % t as u64) as usize,
+            TopicMode::Fixed => j % t,
+        }
+    }
+
+    /// Deliveries expected when publisher `j` sent `sent[j]` messages: each message reaches every subscriber
+    /// of its topic once.
+    pub fn expected_deliveries(&self, sent: &[u64]) -> u64 {
+        let t = self.topics.max(1);
+        let mut per_topic = vec![0u64; t];
+        for (j, &n) in sent.iter().enumerate() {
+            match self.topic_mode {
+                TopicMode::Fixed => per_topic[j % t] += n,
+                TopicMode::RoundRobin => {
+                    for (topic, count) in per_topic.iter_mut().enumerate() {
+                        // k with (j + k) % t == topic: k ≡ topic - j (mod t), k in 0..n.
+                        let first = ((topic + t - j % t) % t) as u64;
+                        *count += if first < n {
+                            (n - first).div_ceil(t as u64)
+                        } else {
+                            0
+                        };
+                    }
+                }
+            }
+        }
+        (0..self.subscribers).map(|i| per_topic[i % t]).sum()
+    }
+}
+
+/// Runs `e2e`.
+pub async fn run(ctx: &Ctx, args: E2eArgs) -> anyhow::Result<Report> {
+    let plan = FlowPlan {
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        topics: args.topics,
+        messages: args.messages,
+        topic_mode: args.topic_mode,
+        flow: args.flow,
+    };
+    run_flow(ctx, "e2e", plan).await
+}
+
+fn topic_name(t: usize) -> String {
+    format!("bench-{t}")
+}
+
+/// Connects, subscribes, publishes, drains and reports one message-flow run.
+pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        plan.publishers > 0 && plan.subscribers > 0 && plan.topics > 0,
+        "need at least one publisher, subscriber and topic"
+    );
+    ctx.check_connections(plan.publishers + plan.subscribers)?;
+    let many = plan.publishers + plan.subscribers > 1_000;
+    let connector = Connector::new(&ctx.common, many)?;
+    let sub_target = Target::resolve(&ctx.common.subscriber_url, SUBSCRIBE_PATH).await?;
+    let pub_target = Target::resolve(&ctx.common.publisher_url, PUBLISH_PATH).await?;
+    let run_id: u32 = rand::random();
+    let planned = plan.per_publisher();
+
+    let bar = ctx.progress(plan.subscribers as u64, "subscribing");
+    let connect_start = Clock::start();
+    let subscribers = ctx
+        .phase(
+            "connect subscribers",
+            open_many(ctx, plan.subscribers, &bar, |i| {
+                subscribe(
+                    connector.clone(),
+                    sub_target.clone(),
+                    topic_name(i % plan.topics),
+                    plan.flow.subscribe_mode,
+                    source_ip(i, plan.flow.source_ips, &sub_target),
+                )
+            }),
+        )
+        .await??;
+    let connect_nanos = connect_start.nanos();
+    bar.finish_and_clear();
+    let confirmed = subscribers.iter().all(|s| s.confirmed);
+    settle_if_unconfirmed(&subscribers, plan.flow.settle).await;
+
+    let publisher_mode = if plan.flow.acks {
+        Some(SUBPROTOCOL_V1)
+    } else {
+        None
+    };
+    let bar = ctx.progress(plan.publishers as u64, "publishers");
+    let publishers: Vec<Ws> = ctx
+        .phase(
+            "connect publishers",
+            open_many(ctx, plan.publishers, &bar, |j| {
+                let connector = connector.clone();
+                let target = pub_target.clone();
+                let source = source_ip(plan.subscribers + j, plan.flow.source_ips, &target);
+                async move {
+                    let (ws, selected) = connector.connect(&target, publisher_mode, source).await?;
+                    if publisher_mode.is_some() && selected.as_deref() != Some(SUBPROTOCOL_V1) {
+                        return Err(anyhow!(
+                            "--acks needs a publisher that speaks {SUBPROTOCOL_V1}"
+                        ));
+                    }
+                    Ok(ws)
+                }
+            }),
+        )
+        .await??;
+    bar.finish_and_clear();
+
+    let clock = Clock::start();
+    let delivery_latency = Latencies::default();
+    let ack_latency = Latencies::default();
+    let unique = Arc::new(AtomicU64::new(0));
+    let stop_receiving = CancellationToken::new();
+    let mut receivers = JoinSet::new();
+    for Subscriber { ws, .. } in subscribers {
+        receivers.spawn(receive(
+            ws,
+            Tracker::new(run_id, &planned),
+            delivery_latency.buffer(),
+            clock,
+            Arc::clone(&unique),
+            stop_receiving.clone(),
+        ));
+    }
+
+    let expected_planned = plan.expected_deliveries(&planned);
+    let bar = ctx.progress(expected_planned, "deliveries");
+    let stop_publishing = CancellationToken::new();
+    let mut senders = JoinSet::new();
+    let plan = Arc::new(plan);
+    for (j, ws) in publishers.into_iter().enumerate() {
+        senders.spawn(publish(
+            ws,
+            j,
+            Arc::clone(&plan),
+            planned[j],
+            run_id,
+            clock,
+            ack_latency.buffer(),
+            stop_publishing.clone(),
+        ));
+    }
+    let publish_start = clock.nanos();
+    let mut outcomes = vec![PublishOutcome::default(); plan.publishers];
+    let publishing = async {
+        while let Some(done) = senders.join_next().await {
+            bar.set_position(unique.load(Ordering::Relaxed));
+            let (j, outcome) = done??;
+            outcomes[j] = outcome;
+        }
+        anyhow::Ok(())
+    };
+    let truncated = match tokio::time::timeout(ctx.common.duration_limit, publishing).await {
+        Ok(result) => {
+            result?;
+            false
+        }
+        Err(_) => {
+            tracing::warn!("publishing hit --duration-limit; reporting what was sent");
+            stop_publishing.cancel();
+            while let Some(done) = senders.join_next().await {
+                let (j, outcome) = done??;
+                outcomes[j] = outcome;
+            }
+            true
+        }
+    };
+    let publish_end = clock.nanos();
+
+    let sent: Vec<u64> = outcomes.iter().map(|o| o.sent).collect();
+    let expected = plan.expected_deliveries(&sent);
+    bar.set_length(expected);
+    let drain_limit = plan.flow.drain_timeout.min(ctx.common.duration_limit);
+    let drain = async {
+        while unique.load(Ordering::Relaxed) < expected {
+            bar.set_position(unique.load(Ordering::Relaxed));
+            tokio::time::sleep(DRAIN_TICK).await;
+        }
+    };
+    let drained = tokio::time::timeout(drain_limit, drain).await.is_ok();
+    bar.finish_and_clear();
+    stop_receiving.cancel();
+
+    let mut counts = Counts::default();
+    let mut last_receive = publish_start;
+    let mut disconnects = 0u64;
+    while let Some(done) = receivers.join_next().await {
+        let result = done?;
+        counts.add(&result.counts);
+        disconnects += u64::from(result.disconnected);
+        last_receive = last_receive.max(result.last_receive_nanos);
+    }
+    let acked: u64 = outcomes.iter().map(|o| o.acked).sum();
+    let refused: u64 = outcomes.iter().map(|o| o.errors).sum();
+    let total_sent: u64 = sent.iter().sum();
+    let deliver_nanos = last_receive.saturating_sub(publish_start);
+
+    let mut report = Report::new(scenario);
+    report.add("publishers", plan.publishers);
+    report.add("subscribers", plan.subscribers);
+    report.add("topics", plan.topics);
+    report.add("message_bytes", plan.flow.size.max(STAMP_LEN));
+    report.add("target_rate_per_s", plan.flow.rate);
+    report.add("subscriptions_confirmed", confirmed);
+    report.add("subscribe_secs", connect_nanos as f64 / 1e9);
+    report.add("published", total_sent);
+    report.add("publish_truncated_by_limit", truncated);
+    report.add(
+        "publish_rate_per_s",
+        per_second(total_sent, publish_end - publish_start),
+    );
+    if plan.flow.acks {
+        report.add("acked", acked);
+        report.add("refused", refused);
+        report.add("ack_latency", ack_latency.summary());
+    }
+    report.add("expected", expected);
+    report.add("delivered", counts.unique);
+    report.add("lost", expected.saturating_sub(counts.unique));
+    report.add("duplicates", counts.duplicates);
+    report.add("reordered", counts.reordered);
+    report.add("foreign", counts.foreign);
+    report.add("drained", drained);
+    report.add("subscriber_disconnects", disconnects);
+    report.add("delivered_per_s", per_second(counts.unique, deliver_nanos));
+    report.add("latency", delivery_latency.summary());
+    Ok(report)
+}
+
+/// What one subscriber connection saw.
+struct Received {
+    counts: Counts,
+    last_receive_nanos: u64,
+    /// The server closed or broke the connection before the run ended.
+    disconnected: bool,
+}
+
+/// Reads deliveries until `stop`, classifying each and recording its latency.
+async fn receive(
+    mut ws: Ws,
+    mut tracker: Tracker,
+    mut latency: LatencyBuffer,
+    clock: Clock,
+    unique: Arc<AtomicU64>,
+    stop: CancellationToken,
+) -> Received {
+    let mut last_receive_nanos = 0;
+    let mut disconnected = false;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = ws.next() => frame,
+            () = stop.cancelled() => break,
+        };
+        let text = match frame {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(close))) => {
+                let (code, reason) = close.map_or((None, String::new()), |c| {
+                    (Some(u16::from(c.code)), c.reason.to_string())
+                });
+                tracing::warn!(?code, %reason, "the subscriber closed a bench connection");
+                disconnected = true;
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => {
+                tracing::warn!(%err, "subscriber connection failed");
+                disconnected = true;
+                break;
+            }
+            None => {
+                disconnected = !stop.is_cancelled();
+                break;
+            }
+        };
+        let now = clock.nanos();
+        let stamp = Envelope::parse_json(text.as_bytes())
+            .ok()
+            .and_then(|env| Stamp::decode(env.content.as_bytes()).ok());
+        let Some(stamp) = stamp else {
+            // Confirmations and other control frames are not messages.
+            if !matches!(
+                ServerFrame::parse(text.as_str()),
+                Some(ServerFrame::Subscribed(_))
+            ) {
+                tracker.record_unstamped();
+            }
+            continue;
+        };
+        if matches!(
+            tracker.record(&stamp),
+            crate::payload::Arrival::New | crate::payload::Arrival::Reordered
+        ) {
+            unique.fetch_add(1, Ordering::Relaxed);
+            latency.record(now.saturating_sub(stamp.sent_nanos));
+            last_receive_nanos = now;
+        }
+    }
+    let _ = ws.close(None).await;
+    Received {
+        counts: tracker.counts(),
+        last_receive_nanos,
+        disconnected,
+    }
+}
+
+/// What one publisher did.
+#[derive(Debug, Clone, Copy, Default)]
+struct PublishOutcome {
+    sent: u64,
+    acked: u64,
+    errors: u64,
+}
+
+/// Publishes `count` messages as publisher `j`, paced to its share of `--rate` if given, with a window of
+/// unacked messages when `--acks` is on. Stops early when `stop` is cancelled.
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    ws: Ws,
+    j: usize,
+    plan: Arc<FlowPlan>,
+    count: u64,
+    run: u32,
+    clock: Clock,
+    ack_latency: LatencyBuffer,
+    stop: CancellationToken,
+) -> anyhow::Result<(usize, PublishOutcome)> {
+    let (mut sink, stream) = ws.split();
+    let acks = plan.flow.acks;
+    let slots = if acks {
+        plan.flow.ack_window.max(1)
+    } else {
+        PUBLISH_BATCH as usize
+    };
+    let window = Arc::new(Semaphore::new(if acks {
+        slots
+    } else {
+        Semaphore::MAX_PERMITS
+    }));
+    let sent_at: Arc<[AtomicU64]> = (0..slots).map(|_| AtomicU64::new(0)).collect();
+    let replies = Arc::new(ReplyCounts::default());
+    let reader = tokio::spawn(read_replies(
+        stream,
+        Arc::clone(&window),
+        Arc::clone(&sent_at),
+        Arc::clone(&replies),
+        clock,
+        ack_latency,
+    ));
+
+    let per_publisher_rate = plan.flow.rate.map(|r| r / plan.publishers as f64);
+    let mut sent = 0u64;
+    let mut frame = Vec::with_capacity(plan.flow.size + 64);
+    while sent < count && !stop.is_cancelled() {
+        // With acks, a batch never asks for more window slots than exist.
+        let mut allowed = (count - sent).min(PUBLISH_BATCH).min(slots as u64);
+        if let Some(rate) = per_publisher_rate {
+            let due = (clock.nanos() as f64 / 1e9 * rate) as u64;
+            if due <= sent {
+                let next = ((sent + 1) as f64 / rate * 1e9) as u64;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_nanos(next.saturating_sub(clock.nanos()))) => {}
+                    () = stop.cancelled() => break,
+                }
+                continue;
+            }
+            allowed = allowed.min(due - sent);
+        }
+        if acks {
+            let permits = u32::try_from(allowed).unwrap_or(u32::MAX);
+            let permit = tokio::select! {
+                permit = window.acquire_many(permits) => permit?,
+                () = stop.cancelled() => break,
+            };
+            permit.forget();
+        }
+        for _ in 0..allowed {
+            let seq = sent;
+            let now = clock.nanos();
+            encode_publish(&mut frame, &plan, j, seq, run, now);
+            if acks {
+                sent_at[(seq % sent_at.len() as u64) as usize].store(now, Ordering::Release);
+            }
+            let text = String::from_utf8(std::mem::take(&mut frame))
+                .map_err(|_| anyhow!("publish frame is not UTF-8"))?;
+            sink.feed(Message::text(text)).await.context("publishing")?;
+            sent += 1;
+        }
+        sink.flush().await.context("publishing")?;
+    }
+    if acks {
+        // Wait for the outstanding acks (bounded by the caller's duration limit).
+        let window_size = u32::try_from(plan.flow.ack_window.max(1)).unwrap_or(u32::MAX);
+        tokio::select! {
+            permit = window.acquire_many(window_size) => drop(permit?),
+            () = stop.cancelled() => {}
+        }
+    }
+    let _ = sink.close().await;
+    reader.abort();
+    let _ = reader.await;
+    Ok((
+        j,
+        PublishOutcome {
+            sent,
+            acked: replies.acked.load(Ordering::Relaxed),
+            errors: replies.errors.load(Ordering::Relaxed),
+        },
+    ))
+}
+
+/// `{"Topic":"bench-T","Content":"<stamp + padding>"}` plus `,"Id":seq` with `--acks`.
+fn encode_publish(out: &mut Vec<u8>, plan: &FlowPlan, j: usize, seq: u64, run: u32, now: u64) {
+    out.clear();
+    out.extend_from_slice(b"{\"Topic\":\"");
+    out.extend_from_slice(topic_name(plan.topic_of(j, seq)).as_bytes());
+    out.extend_from_slice(b"\",\"Content\":\"");
+    Stamp {
+        run,
+        sender: u32::try_from(j).unwrap_or(u32::MAX),
+        seq,
+        sent_nanos: now,
+    }
+    .encode_into(plan.flow.size, out);
+    out.push(b'"');
+    if plan.flow.acks {
+        out.extend_from_slice(format!(",\"Id\":{seq}").as_bytes());
+    }
+    out.push(b'}');
+}
+
+/// Replies a publisher received; shared because the reading task is aborted when publishing ends.
+#[derive(Debug, Default)]
+struct ReplyCounts {
+    acked: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Counts `{"ack":seq}` and `{"error":..}` replies, freeing a window slot for each, until the connection
+/// closes or the task is aborted (the latency buffer flushes when dropped).
+async fn read_replies(
+    mut stream: SplitStream<Ws>,
+    window: Arc<Semaphore>,
+    sent_at: Arc<[AtomicU64]>,
+    counts: Arc<ReplyCounts>,
+    clock: Clock,
+    mut latency: LatencyBuffer,
+) {
+    while let Some(Ok(frame)) = stream.next().await {
+        let Message::Text(text) = frame else { continue };
+        match ServerFrame::parse(text.as_str()) {
+            Some(ServerFrame::Ack { id }) => {
+                counts.acked.fetch_add(1, Ordering::Relaxed);
+                if let Ok(seq) = id.parse::<u64>() {
+                    let at = sent_at[(seq % sent_at.len() as u64) as usize].load(Ordering::Acquire);
+                    latency.record(clock.nanos().saturating_sub(at));
+                }
+                window.add_permits(1);
+            }
+            Some(ServerFrame::Error { .. }) => {
+                counts.errors.fetch_add(1, Ordering::Relaxed);
+                window.add_permits(1);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(
+        publishers: usize,
+        subscribers: usize,
+        topics: usize,
+        messages: u64,
+        topic_mode: TopicMode,
+    ) -> FlowPlan {
+        FlowPlan {
+            publishers,
+            subscribers,
+            topics,
+            messages,
+            topic_mode,
+            flow: FlowArgs {
+                size: 64,
+                rate: None,
+                acks: false,
+                ack_window: 16,
+                subscribe_mode: crate::cli::SubscribeMode::Auto,
+                settle: Duration::ZERO,
+                drain_timeout: Duration::ZERO,
+                source_ips: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn messages_are_split_evenly_across_publishers() {
+        assert_eq!(
+            plan(3, 1, 1, 10, TopicMode::Fixed).per_publisher(),
+            [4, 3, 3]
+        );
+    }
+
+    #[test]
+    fn expected_deliveries_match_a_brute_force_count() {
+        for mode in [TopicMode::RoundRobin, TopicMode::Fixed] {
+            for (p, s, t, n) in [
+                (1, 1, 1, 100),
+                (4, 16, 4, 1001),
+                (3, 5, 7, 50),
+                (2, 3, 4, 1),
+            ] {
+                let plan = plan(p, s, t, n, mode);
+                let sent = plan.per_publisher();
+                let mut brute = 0u64;
+                for (j, &count) in sent.iter().enumerate() {
+                    for k in 0..count {
+                        let topic = plan.topic_of(j, k);
+                        brute += (0..s).filter(|i| i % t == topic).count() as u64;
+                    }
+                }
+                assert_eq!(
+                    plan.expected_deliveries(&sent),
+                    brute,
+                    "{mode:?} {p} {s} {t} {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn publish_frames_are_ws_go_envelopes_carrying_the_stamp() {
+        let mut p = plan(2, 1, 2, 10, TopicMode::RoundRobin);
+        p.flow.acks = true;
+        let mut out = Vec::new();
+        encode_publish(&mut out, &p, 1, 6, 9, 12_345);
+        let text = std::str::from_utf8(&out).unwrap();
+        let env = Envelope::parse_json(text.as_bytes()).unwrap();
+        assert_eq!(env.topic, "bench-1");
+        assert_eq!(env.content.len(), 64);
+        let stamp = Stamp::decode(env.content.as_bytes()).unwrap();
+        assert_eq!(
+            (stamp.run, stamp.sender, stamp.seq, stamp.sent_nanos),
+            (9, 1, 6, 12_345)
+        );
+        assert!(text.ends_with(",\"Id\":6}"), "{text}");
+    }
+}
