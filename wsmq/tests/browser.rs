@@ -1,0 +1,346 @@
+//! The browser page in a real headless Chromium: it subscribes, the test publishes, the message appears in the
+//! page; wrong credentials show an error. Needs Debian's `chromium` and `chromium-driver` (installed by
+//! `.ci/run`), hence ignored in a plain `cargo test`. Takes `docs/browser.png` for the README.
+//!
+//! Chromium is driven through chromedriver's W3C WebDriver HTTP API with a dozen lines of raw HTTP, which keeps a
+//! WebDriver client library (and its TLS stack) out of the build.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tungstenite::Message;
+use wsmq::{Config, Service};
+use wsmq_core::Secret;
+use wsmq_core::auth::Credentials;
+use wsmq_core::config::LinkArgs;
+use wsmq_core::dial::Dialer;
+use wsmq_core::protocol::SUBPROTOCOL_V1;
+
+const STEP: Duration = Duration::from_secs(30);
+
+async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(STEP, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// A chromedriver child and one browser session.
+struct Browser {
+    _driver: Child,
+    addr: SocketAddr,
+    session: String,
+}
+
+impl Browser {
+    async fn start(profile: &Path) -> Self {
+        // chromedriver cannot bind port 0 itself: take a free port and hand it over.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver is installed (apt-get install chromium chromium-driver)");
+        let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+        within("chromedriver start", async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("started successfully") {
+                    return;
+                }
+            }
+            panic!("chromedriver exited");
+        })
+        .await;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            // The page is served with the development certificate of a temp dir.
+            "acceptInsecureCerts": true,
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--window-size=1100,900", format!("--user-data-dir={}", profile.display())],
+            },
+        }}});
+        let created = webdriver(addr, "POST", "/session", Some(caps)).await;
+        let session = created["sessionId"]
+            .as_str()
+            .expect("session created")
+            .to_owned();
+        Self {
+            _driver: driver,
+            addr,
+            session,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        webdriver(
+            self.addr,
+            method,
+            &format!("/session/{}{path}", self.session),
+            body,
+        )
+        .await
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call("POST", "/url", Some(json!({ "url": url }))).await;
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let found = self
+            .call(
+                "POST",
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no {css}: {found}"))
+            .to_owned()
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.call("POST", &format!("/element/{id}/clear"), Some(json!({})))
+            .await;
+        self.call(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.call("POST", &format!("/element/{id}/click"), Some(json!({})))
+            .await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let id = self.element(css).await;
+        self.call("GET", &format!("/element/{id}/text"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    async fn attribute(&self, css: &str, name: &str) -> String {
+        let id = self.element(css).await;
+        self.call("GET", &format!("/element/{id}/attribute/{name}"), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Polls the page (the browser updates it asynchronously) until `check` holds, bounded by [`STEP`].
+    async fn wait_until(&self, what: &str, css: &str, check: impl Fn(&str) -> bool) -> String {
+        within(what, async {
+            loop {
+                let text = self.text(css).await;
+                if check(&text) {
+                    return text;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+    }
+
+    async fn screenshot(&self, path: &Path) {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": "window.scrollTo(0, 0)", "args": []})),
+        )
+        .await;
+        let png = self.call("GET", "/screenshot", None).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// One WebDriver command over HTTP/1.1; returns the response's `value`.
+async fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> Value {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let stream = within("webdriver connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let mut stream = BufReader::new(stream);
+    stream
+        .get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .unwrap();
+    // chromedriver may keep the connection open: read the head, then exactly Content-Length bytes.
+    let mut length = 0;
+    within("webdriver response", async {
+        loop {
+            let mut line = String::new();
+            stream.read_line(&mut line).await.unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    })
+    .await;
+    let mut json_body = vec![0; length];
+    within("webdriver body", stream.read_exact(&mut json_body))
+        .await
+        .unwrap();
+    let value: Value = serde_json::from_slice(&json_body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&json_body)));
+    assert!(
+        value["value"].get("error").is_none(),
+        "{method} {path}: {value}"
+    );
+    value["value"].clone()
+}
+
+fn config(data_dir: &Path) -> Config {
+    Config {
+        msgqueue_listen: "127.0.0.1:0".parse().unwrap(),
+        publisher_listen: "127.0.0.1:0".parse().unwrap(),
+        subscriber_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_port: 0,
+        data_dir: data_dir.to_path_buf(),
+        tls_cert: None,
+        tls_key: None,
+        users_file: None,
+        users: None,
+        services: vec![Service::Msgqueue, Service::Publisher, Service::Subscriber],
+        link: LinkArgs {
+            queue_url: String::new(),
+            queue_user: None,
+            queue_password: None,
+            ca: None,
+            insecure: false,
+        },
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs chromium and chromium-driver"]
+async fn the_page_receives_published_messages_and_shows_bad_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = wsmq::bind(config(dir.path())).await.unwrap();
+    let (pub_port, sub_port) = (
+        stack.publisher_addr().unwrap().port(),
+        stack.subscriber_addr().unwrap().port(),
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(stack.run(shutdown.clone()));
+
+    let browser = Browser::start(&dir.path().join("chromium")).await;
+    browser
+        .goto(&format!("https://localhost:{sub_port}/"))
+        .await;
+    browser.fill("#user", "hello").await;
+    browser.fill("#password", "test").await;
+    browser
+        .fill("#publisher-url", &format!("wss://localhost:{pub_port}"))
+        .await;
+    browser.click("#connect").await;
+    within("page connected", async {
+        while browser.attribute("#status", "data-state").await != "connected" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    browser.fill("#topic", "news").await;
+    browser.click("#subscribe").await;
+    browser
+        .wait_until("subscription shown", "#subscriptions", |t| {
+            t.contains("news")
+        })
+        .await;
+
+    // Publish from outside the browser, as an application would.
+    let tls = wsmq_core::tls::client_config(None, Some(dir.path()), false).unwrap();
+    let dialer = Dialer::new(
+        &format!("wss://localhost:{pub_port}"),
+        Credentials::new("hello", Secret::new("test")),
+        tls,
+    )
+    .unwrap()
+    .with_subprotocol(SUBPROTOCOL_V1);
+    let (mut publisher, _) = within("dial publisher", dialer.dial("/publish"))
+        .await
+        .unwrap();
+    publisher
+        .send(Message::text(
+            r#"{"Topic":"news","Content":"hello from the test","Id":1}"#,
+        ))
+        .await
+        .unwrap();
+    let ack = within("ack", publisher.next()).await.unwrap().unwrap();
+    assert_eq!(ack, Message::text(r#"{"ack":1}"#));
+    browser
+        .wait_until("message shown", "#messages", |t| {
+            t.contains("[news] hello from the test")
+        })
+        .await;
+
+    // And the page publishes itself (to the publisher, a different origin port, allowed by the stack).
+    browser.fill("#pub-topic", "news").await;
+    browser.fill("#pub-content", "typed in the page").await;
+    browser.click("#publish").await;
+    browser
+        .wait_until("own message shown", "#messages", |t| {
+            t.contains("[news] typed in the page")
+        })
+        .await;
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/browser.png");
+    browser.screenshot(&docs).await;
+
+    // Wrong credentials: the WebSocket is refused (401) and the page says so.
+    browser.click("#disconnect").await;
+    browser.fill("#password", "wrong").await;
+    browser.click("#connect").await;
+    let status = browser
+        .wait_until("error shown", "#status", |t| {
+            t.contains("connection refused")
+        })
+        .await;
+    assert!(status.contains("check user/password"), "{status}");
+    assert_eq!(browser.attribute("#status", "data-state").await, "error");
+
+    browser.call("DELETE", "", None).await;
+    shutdown.cancel();
+    within("stack shutdown", running).await.unwrap().unwrap();
+}
