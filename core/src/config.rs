@@ -49,7 +49,12 @@ pub struct ServerArgs {
     /// Browser origins allowed to open WebSockets here (comma-separated, e.g. `https://app.example.com`).
     /// Default: this listener's own origins (`https://localhost:PORT`, `https://127.0.0.1:PORT`). Guards against
     /// cross-site WebSocket hijacking; clients that send no Origin header (non-browsers) are not affected.
-    #[arg(long, env = "WSMQ_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGIN,...")]
+    #[arg(
+        long,
+        env = "WSMQ_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN,..."
+    )]
     pub allowed_origins: Vec<String>,
 }
 

@@ -15,9 +15,10 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;
 /// Concurrent connections per listener by default; the host allows 20,000 file descriptors per process.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Initial WebSocket read buffer by default. tungstenite's 128 KiB default would cost 128 KiB per idle peer;
-/// the buffer grows on demand for larger messages.
-pub const DEFAULT_WS_READ_BUFFER: usize = 2 * 1024;
+/// WebSocket read buffer by default: the initial buffer and the most read from TLS per call; it grows on demand
+/// to hold larger messages. tungstenite's 128 KiB default would cost 128 KiB per idle peer; 1 KiB keeps an idle
+/// TLS WebSocket at about 14 KiB server-side (see `core/tests/server_memory.rs`).
+pub const DEFAULT_WS_READ_BUFFER: usize = 1024;
 /// Outgoing bytes buffered before tungstenite writes to the TLS stream by default; an explicit flush always
 /// writes, so this only merges small messages into fewer TLS records.
 pub const DEFAULT_WS_WRITE_BUFFER: usize = 8 * 1024;
@@ -57,8 +58,8 @@ pub struct Limits {
     #[arg(long, env = "WSMQ_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Initial WebSocket read buffer per connection, in bytes; it grows on demand for larger messages. Small
-    /// keeps idle connections cheap.
+    /// WebSocket read buffer per connection, in bytes: allocated up front and the most read per call; it grows
+    /// on demand for larger messages. Small keeps idle connections cheap.
     #[arg(long, env = "WSMQ_WS_READ_BUFFER", default_value_t = DEFAULT_WS_READ_BUFFER)]
     pub ws_read_buffer: usize,
 

@@ -29,8 +29,10 @@ use crate::http::{HttpError, RequestHead, Response, read_request_head};
 use crate::limits::Limits;
 use crate::metrics::{ListenerMetrics, RejectReason};
 
-/// An upgraded server-side connection: WebSocket over TLS over TCP.
-pub type ServerWs = WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>;
+/// An upgraded server-side connection: WebSocket over TLS over TCP. The TLS stream is boxed because its
+/// rustls state (over 1 KiB) would otherwise be copied into every future that holds the connection, including
+/// handler arguments that stay allocated for the connection's whole life.
+pub type ServerWs = WebSocketStream<Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// Connections beyond the limit that may be in their TLS handshake at once to receive their 503; past it, extra
 /// connections are dropped without a word, so a flood cannot make the rejection path itself unbounded.
@@ -450,7 +452,9 @@ async fn handshake<H>(
         .await
         .map_err(|err| Rejection::new(RejectReason::BadRequest, err))?;
     let config = shared.config.limits.websocket_config();
-    let ws = WebSocketStream::from_partially_read(tls, leftover, Role::Server, Some(config)).await;
+    let ws =
+        WebSocketStream::from_partially_read(Box::new(tls), leftover, Role::Server, Some(config))
+            .await;
     Ok(Some(Upgraded {
         ws,
         path,

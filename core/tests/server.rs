@@ -258,6 +258,20 @@ async fn oversize_message_is_closed_with_1009() -> TestResult {
 }
 
 #[tokio::test]
+async fn oversize_frame_is_closed_with_1009_before_its_payload_is_read() -> TestResult {
+    let limits = Limits {
+        max_message_size: 1024,
+        max_frame_size: 1024,
+        ..test_limits()
+    };
+    let server = start(limits).await?;
+    let (mut ws, _) = server.ws_connect_good().await?;
+    let _ = ws.send(Message::Binary(vec![7u8; 256 * 1024].into())).await;
+    assert_eq!(close_code(&mut ws).await?, 1009);
+    server.stop().await
+}
+
+#[tokio::test]
 async fn subprotocol_spoken_by_the_route_is_answered() -> TestResult {
     let server = start(test_limits()).await?;
     let auth = ("Authorization", good_credentials().basic_header());

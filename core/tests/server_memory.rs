@@ -59,7 +59,7 @@ async fn measure() -> TestResult {
         .spawn()?;
     let mut to_child = child.stdin.take().ok_or("no child stdin")?;
     let mut from_child = BufReader::new(child.stdout.take().ok_or("no child stdout")?).lines();
-    let mut expect = async |prefix: &str| -> TestResult<u64> {
+    let mut read_value = async |prefix: &str| -> TestResult<u64> {
         while let Some(line) = from_child.next_line().await? {
             if let Some((_, value)) = line.split_once(prefix) {
                 return Ok(value.trim().parse()?);
@@ -67,10 +67,10 @@ async fn measure() -> TestResult {
         }
         Err(format!("child exited before printing {prefix}").into())
     };
-    let port = expect("PORT ").await?;
+    let port = read_value("PORT ").await?;
 
     to_child.write_all(b"rss\n").await?;
-    let before = expect("RSS ").await?;
+    let before = read_value("RSS ").await?;
 
     let client_tls = tls::client_config(None, None, true)?;
     let dialer = Arc::new(Dialer::new(
@@ -96,7 +96,7 @@ async fn measure() -> TestResult {
     }
 
     to_child.write_all(b"rss\n").await?;
-    let after = expect("RSS ").await?;
+    let after = read_value("RSS ").await?;
     let per_connection = (after.saturating_sub(before) as f64) * 1024.0 / CONNECTIONS as f64;
     writeln!(
         std::io::stdout(),
@@ -122,10 +122,7 @@ async fn memory_server_child() -> TestResult {
         idle_timeout: Duration::from_secs(1200),
         ..Limits::default()
     };
-    let limits = Limits { ws_read_buffer: std::env::var("XB").ok().and_then(|v| v.parse().ok()).unwrap_or(2048), ..limits };
-    let server = if std::env::var_os("XHOLD").is_some() {
-        common::start_custom(limits, |_| {}, |a: wsmq_core::server::Accepted| async move { let mut ws = a.ws; use futures_util::SinkExt; let _ = ws.send(tokio_tungstenite::tungstenite::Message::Text("hi".into())).await; a.shutdown.cancelled().await; }).await?
-    } else { start(limits).await? };
+    let server = start(limits).await?;
     writeln!(std::io::stdout(), "PORT {}", server.addr.port())?;
     let mut commands = BufReader::new(tokio::io::stdin()).lines();
     while let Some(command) = commands.next_line().await? {

@@ -19,7 +19,9 @@ use wsmq_core::protocol::client::ServerFrame;
 const STEP: Duration = Duration::from_secs(20);
 
 async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(STEP, fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+    tokio::time::timeout(STEP, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
 fn config(data_dir: &Path, services: &[Service]) -> Config {
@@ -90,7 +92,9 @@ async fn next_frame(ws: &mut ClientWs) -> ServerFrame {
 }
 
 async fn subscribe(ws: &mut ClientWs, topic: &str) {
-    ws.send(Message::text(format!("sub {topic}"))).await.unwrap();
+    ws.send(Message::text(format!("sub {topic}")))
+        .await
+        .unwrap();
     assert_eq!(next_frame(ws).await, ServerFrame::Subscribed(topic.into()));
 }
 
@@ -110,7 +114,10 @@ fn message(topic: &str, content: &str) -> ServerFrame {
 async fn published_messages_reach_subscribers_in_order_and_unsub_stops_them() {
     let dir = tempfile::tempdir().unwrap();
     let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
-    let (pub_port, sub_port) = (stack.publisher_addr().unwrap().port(), stack.subscriber_addr().unwrap().port());
+    let (pub_port, sub_port) = (
+        stack.publisher_addr().unwrap().port(),
+        stack.subscriber_addr().unwrap().port(),
+    );
     let running = Running::start(stack);
 
     let mut news = client(dir.path(), sub_port, "/subscribe").await;
@@ -124,17 +131,30 @@ async fn published_messages_reach_subscribers_in_order_and_unsub_stops_them() {
     }
     publish(&mut publisher, "sport", "goal", 100).await;
     for i in 0..=100u64 {
-        assert_eq!(next_frame(&mut publisher).await, ServerFrame::Ack { id: i.to_string() });
+        assert_eq!(
+            next_frame(&mut publisher).await,
+            ServerFrame::Ack { id: i.to_string() }
+        );
     }
     for i in 0..100 {
-        assert_eq!(next_frame(&mut news).await, message("news", &format!("n{i}")), "per-publisher order");
+        assert_eq!(
+            next_frame(&mut news).await,
+            message("news", &format!("n{i}")),
+            "per-publisher order"
+        );
     }
     assert_eq!(next_frame(&mut sport).await, message("sport", "goal"));
 
     news.send(Message::text("unsub news")).await.unwrap();
-    assert_eq!(next_frame(&mut news).await, ServerFrame::Unsubscribed("news".into()));
+    assert_eq!(
+        next_frame(&mut news).await,
+        ServerFrame::Unsubscribed("news".into())
+    );
     news.send(Message::text("sub other")).await.unwrap();
-    assert_eq!(next_frame(&mut news).await, ServerFrame::Subscribed("other".into()));
+    assert_eq!(
+        next_frame(&mut news).await,
+        ServerFrame::Subscribed("other".into())
+    );
     publish(&mut publisher, "news", "after-unsub", 200).await;
     publish(&mut publisher, "other", "marker", 201).await;
     // Delivery is in order, so the marker arriving first proves the unsubscribed message never came.
@@ -147,14 +167,19 @@ async fn published_messages_reach_subscribers_in_order_and_unsub_stops_them() {
 async fn restarting_msgqueue_mid_stream_loses_no_acked_message() {
     let dir = tempfile::tempdir().unwrap();
     // msgqueue on its own, so it can be stopped and started again on the same port.
-    let queue = wsmq::bind(config(dir.path(), &[Service::Msgqueue])).await.unwrap();
+    let queue = wsmq::bind(config(dir.path(), &[Service::Msgqueue]))
+        .await
+        .unwrap();
     let queue_port = queue.msgqueue_addr().unwrap().port();
     let mut queue_running = Running::start(queue);
 
     let mut edges_config = config(dir.path(), &[Service::Publisher, Service::Subscriber]);
     edges_config.link.queue_url = format!("wss://localhost:{queue_port}");
     let edges = wsmq::bind(edges_config).await.unwrap();
-    let (pub_port, sub_port) = (edges.publisher_addr().unwrap().port(), edges.subscriber_addr().unwrap().port());
+    let (pub_port, sub_port) = (
+        edges.publisher_addr().unwrap().port(),
+        edges.subscriber_addr().unwrap().port(),
+    );
     let edges_running = Running::start(edges);
 
     let mut subscriber = client(dir.path(), sub_port, "/subscribe").await;
