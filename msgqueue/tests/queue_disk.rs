@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use queue_common::{PATIENCE, disk, parse, payload, producer, segment_files, small_options, take};
-use wsmq_msgqueue::queue::{ConsumeMode, FsyncPolicy, Pushed, Queue, QueueOptions, RecoveryReport};
+use wsmq_msgqueue::queue::{
+    ConsumeMode, FsyncPolicy, Pushed, Queue, QueueError, QueueOptions, RecoveryReport, StorageError,
+};
 
 fn open(dir: &Path, options: QueueOptions) -> (Queue, RecoveryReport) {
     Queue::open(disk(dir), options).expect("open disk queue")
@@ -373,4 +375,51 @@ async fn a_retry_of_a_stored_push_waits_for_the_originals_durability() {
     assert!(matches!(retry, Pushed::Duplicate { .. }));
     assert!(retry.durable() >= original.durable());
     queue.wait_durable(retry.durable()).await.expect("durable");
+}
+
+#[tokio::test]
+async fn a_directory_in_use_cannot_be_opened_twice_until_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (queue, _) = open(dir.path(), small_options());
+    let second = Queue::open(disk(dir.path()), small_options());
+    assert!(
+        matches!(second, Err(QueueError::Storage(StorageError::Locked(_)))),
+        "{second:?}"
+    );
+    queue.close().await;
+    open(dir.path(), small_options());
+}
+
+#[tokio::test]
+async fn a_backlog_spread_over_many_segments_is_recovered_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = QueueOptions {
+        segment_size: 1024,
+        ..small_options()
+    };
+    {
+        let (queue, _) = open(dir.path(), options.clone());
+        push_durably(&queue, 0, 300).await;
+        let mut consumer = queue.consumer(ConsumeMode::Acked);
+        consumer.grant(50);
+        let first: Vec<u64> = take(&mut consumer, 50).await.iter().map(|d| d.id).collect();
+        consumer.ack(&first);
+        queue.close().await;
+    }
+    assert!(
+        segment_files(dir.path()).len() > 5,
+        "the backlog spans many segments"
+    );
+    let (queue, report) = open(dir.path(), options.clone());
+    assert!(report.truncated.is_empty(), "{:?}", report.truncated);
+    assert_eq!((report.messages, report.next_offset), (250, 300));
+    let mut consumer = queue.consumer(ConsumeMode::Acked);
+    consumer.grant(1000);
+    let got = take(&mut consumer, 250).await;
+    assert_eq!(seqs(&got), (50..300).collect::<Vec<_>>());
+    queue.close().await;
+
+    let (_, report) = open(dir.path(), options);
+    assert!(report.truncated.is_empty());
+    assert_eq!(report.messages, 250, "nothing was acked after the reopen");
 }

@@ -366,3 +366,82 @@ async fn a_cancelled_wait_loses_nothing_and_passes_the_wake_up_on() {
         .expect("next_batch");
     assert_eq!(out.len(), 1);
 }
+
+/// Polls `future` exactly once.
+async fn poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    tokio::time::timeout(Duration::ZERO, future).await.ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_woken_by_a_lease_deadline_no_longer_swallows_wake_ups() {
+    let options = QueueOptions {
+        lease_timeout: Duration::from_secs(5),
+        ..small_options()
+    };
+    let queue = memory_queue(options);
+    queue.push(None, payload(0, 0)).expect("push");
+    let mut holder = queue.consumer(ConsumeMode::Acked);
+    holder.grant(1);
+    take(&mut holder, 1).await;
+
+    let (mut a, mut b) = (
+        queue.consumer(ConsumeMode::Acked),
+        queue.consumer(ConsumeMode::Acked),
+    );
+    a.grant(10);
+    b.grant(10);
+    let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+    let mut wait_a = Box::pin(a.next_batch(10, &mut out_a));
+    let mut wait_b = Box::pin(b.next_batch(10, &mut out_b));
+    assert!(poll_once(&mut wait_a).await.is_none(), "a waits first");
+    assert!(poll_once(&mut wait_b).await.is_none(), "then b");
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let woken_by_deadline = poll_once(&mut wait_b).await;
+    assert!(
+        matches!(woken_by_deadline, Some(Ok(()))),
+        "b takes the expired lease"
+    );
+    assert!(
+        poll_once(&mut wait_a).await.is_none(),
+        "a finds nothing and waits again"
+    );
+
+    queue.push(None, payload(0, 1)).expect("push");
+    let got = poll_once(&mut wait_a).await;
+    assert!(
+        matches!(got, Some(Ok(()))),
+        "the push wakes a, the only consumer still waiting"
+    );
+    drop(wait_a);
+    drop(wait_b);
+    assert_eq!(parse(&out_b[0].payload), (0, 0));
+    assert_eq!(parse(&out_a[0].payload), (0, 1));
+}
+
+#[tokio::test]
+async fn auto_ack_consumption_wakes_a_pusher_waiting_for_space() {
+    let options = QueueOptions {
+        max_bytes: 20,
+        ..small_options()
+    };
+    let queue = memory_queue(options);
+    let ten = Bytes::from_static(b"0123456789");
+    queue.push(None, ten.clone()).expect("fits");
+    queue.push(None, ten.clone()).expect("fits");
+    assert!(matches!(
+        queue.push(None, ten.clone()),
+        Err(PushError::Full)
+    ));
+    let waiter = {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.wait_for_space(10).await })
+    };
+    tokio::task::yield_now().await;
+    let mut compat = queue.consumer(ConsumeMode::AutoAck);
+    take(&mut compat, 1).await;
+    tokio::time::timeout(PATIENCE, waiter)
+        .await
+        .expect("the pusher is woken by the auto-ack")
+        .expect("waiter task");
+    queue.push(None, ten).expect("space freed");
+}

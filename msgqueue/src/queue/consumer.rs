@@ -53,15 +53,7 @@ impl Drop for WaitGuard<'_> {
             return;
         }
         let mut state = self.queue.inner.state.lock();
-        let was_waiting = state.consumers.get_mut(&self.id).is_some_and(|slot| {
-            let waiting = slot.waiting;
-            slot.waiting = false;
-            waiting
-        });
-        if was_waiting {
-            let id = self.id;
-            state.waiters.retain(|&w| w != id);
-        } else if state.has_messages() {
+        if !state.unregister(self.id) && state.has_messages() {
             state.wake_waiters(1);
         }
     }
@@ -115,9 +107,9 @@ impl Consumer {
         let Self {
             queue,
             id,
+            mode,
             notify,
             progress,
-            ..
         } = self;
         let inner = &*queue.inner;
         let mut guard = WaitGuard {
@@ -135,6 +127,7 @@ impl Consumer {
                     guard.armed = false;
                     return Err(QueueError::Closed);
                 }
+                state.unregister(*id);
                 state.expire(Instant::now());
                 let filled = state.fill(&*inner.storage, &inner.options, *id, max, out);
                 match filled {
@@ -146,6 +139,13 @@ impl Consumer {
                         guard.armed = false;
                         if state.has_messages() {
                             state.wake_waiters(1);
+                        }
+                        // AutoAck deliveries free capacity at once: let refused pushers retry.
+                        let freed =
+                            *mode == ConsumeMode::AutoAck && std::mem::take(&mut state.full);
+                        drop(state);
+                        if freed {
+                            inner.space.notify_waiters();
                         }
                         return Ok(());
                     }
@@ -195,11 +195,13 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         let mut state = self.queue.inner.state.lock();
-        if state.consumers.remove(&self.id).is_none() {
+        let Some(slot) = state.consumers.remove(&self.id) else {
             return;
-        }
+        };
         let id = self.id;
-        state.waiters.retain(|&w| w != id);
+        if slot.waiting {
+            state.waiters.retain(|&w| w != id);
+        }
         let owned: Vec<u64> = state
             .leases
             .iter()

@@ -27,6 +27,8 @@ use super::{DurableToken, FsyncPolicy, Producer, Truncation};
 /// Buffered-but-unwritten bytes beyond which pushes are refused until the writer catches up (the capacity of the
 /// writer's queue).
 const WRITE_BACKLOG_CAP: usize = 64 * 1024 * 1024;
+/// Capacity the writer keeps in its spare buffer after a burst, so a past backlog does not pin its memory.
+const SPARE_BUFFER_CAP: usize = 4 * 1024 * 1024;
 /// How long lazily logged acks (and floor-driven deletions) may wait for a group to ride along with.
 const LAZY_FLUSH: Duration = Duration::from_millis(100);
 /// Segment file name suffix.
@@ -86,7 +88,6 @@ struct ReadCursor {
     next: u64,
     base: u64,
     pos: u64,
-    file: Option<File>,
     reader: SegmentReader,
 }
 
@@ -183,11 +184,11 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
     let mut producers: HashMap<u64, u64> = HashMap::new();
     let mut truncations = Vec::new();
     for segment in segments.iter_mut() {
-        let file = open_segment(&segment.path)?;
+        reader.open(open_segment(&segment.path)?);
         let mut pos = 0;
         loop {
             let step = reader
-                .next(&file, pos, segment.len)
+                .next(pos, segment.len)
                 .map_err(|e| StorageError::io("cannot read", &segment.path, e))?;
             match step {
                 Step::Record(record, after) => {
@@ -241,10 +242,10 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
     let mut first_unacked = next_offset;
     let mut unacked_end = 0;
     for segment in segments.iter() {
-        let file = open_segment(&segment.path)?;
+        reader.open(open_segment(&segment.path)?);
         let mut pos = 0;
         while let Step::Record(record, after) = reader
-            .next(&file, pos, segment.len)
+            .next(pos, segment.len)
             .map_err(|e| StorageError::io("cannot read", &segment.path, e))?
         {
             if let Record::Message {
@@ -296,6 +297,70 @@ fn delete_below(segments: &mut Vec<Segment>, floor: u64) -> Result<(), StorageEr
             .map_err(|e| StorageError::io("cannot delete", &segment.path, e))?;
     }
     Ok(())
+}
+
+/// Reads messages in `[from, to)` not in `skip` from `segments` (starting at the cursor, which is in the first
+/// of them), until about `max_bytes` of payload or the end of what is written; returns the offset to continue from.
+fn scan(
+    cursor: &mut ReadCursor,
+    segments: &[Segment],
+    from: u64,
+    to: u64,
+    skip: &RangeSet,
+    max_bytes: usize,
+    out: &mut Vec<(u64, Bytes)>,
+) -> Result<u64, StorageError> {
+    let mut next = from;
+    let mut bytes = 0;
+    for (index, segment) in segments.iter().enumerate() {
+        if index > 0 {
+            cursor.base = segment.base;
+            cursor.pos = 0;
+            cursor.reader.close();
+        }
+        if !cursor.reader.is_open() {
+            cursor.reader.open(open_segment(&segment.path)?);
+        }
+        loop {
+            let step = cursor
+                .reader
+                .next(cursor.pos, segment.len)
+                .map_err(|e| StorageError::io("cannot read", &segment.path, e))?;
+            match step {
+                Step::Record(
+                    Record::Message {
+                        offset, payload, ..
+                    },
+                    after,
+                ) => {
+                    if offset >= to {
+                        return Ok(to);
+                    }
+                    cursor.pos = after;
+                    if offset < next {
+                        continue;
+                    }
+                    next = offset + 1;
+                    if !skip.contains(offset) {
+                        bytes += payload.len();
+                        out.push((offset, Bytes::copy_from_slice(payload)));
+                        if bytes >= max_bytes {
+                            return Ok(next);
+                        }
+                    }
+                }
+                Step::Record(_, after) => cursor.pos = after,
+                Step::End | Step::Torn => break,
+                Step::Corrupt => {
+                    return Err(StorageError::Corrupt {
+                        path: segment.path.clone(),
+                        position: cursor.pos,
+                    });
+                }
+            }
+        }
+    }
+    Ok(next)
 }
 
 impl DiskLog {
@@ -461,88 +526,37 @@ impl Storage for DiskLog {
         out: &mut Vec<(u64, Bytes)>,
     ) -> Result<u64, StorageError> {
         let segments = self.shared.segments.lock().clone();
+        let Some(target) = segments
+            .iter()
+            .rposition(|s| s.base <= from)
+            .or((!segments.is_empty()).then_some(0))
+        else {
+            return Ok(from);
+        };
         let mut cursor = self.cursor.lock();
-        let ReadCursor {
-            next: cursor_next,
-            base,
-            pos,
-            file,
-            reader,
-        } = &mut *cursor;
-        let mut index = segments.iter().position(|s| s.base == *base);
-        if *cursor_next != from || file.is_none() || index.is_none() {
-            let Some(found) = segments
-                .iter()
-                .rposition(|s| s.base <= from)
-                .or(segments.first().map(|_| 0))
-            else {
-                return Ok(from);
-            };
-            index = Some(found);
-            *base = segments[found].base;
-            *pos = 0;
-            *file = None;
+        let current = segments.iter().position(|s| s.base == cursor.base);
+        // Continue the sequential scan when `from` is ahead of the cursor in the same segment (offsets delivered
+        // from memory in between are skipped); otherwise rescan the segment that holds `from`.
+        let reuse = cursor.reader.is_open() && current == Some(target) && cursor.next <= from;
+        if !reuse {
+            cursor.base = segments[target].base;
+            cursor.pos = 0;
+            cursor.reader.close();
         }
-        let mut index = index.unwrap_or(0);
-        let mut next = from;
-        let mut bytes = 0;
-        loop {
-            let segment = &segments[index];
-            let handle = match file {
-                Some(handle) => handle,
-                None => {
-                    reader.shrink();
-                    file.insert(open_segment(&segment.path)?)
-                }
-            };
-            loop {
-                let step = reader
-                    .next(handle, *pos, segment.len)
-                    .map_err(|e| StorageError::io("cannot read", &segment.path, e))?;
-                match step {
-                    Step::Record(
-                        Record::Message {
-                            offset, payload, ..
-                        },
-                        after,
-                    ) => {
-                        if offset >= to {
-                            *cursor_next = to;
-                            return Ok(to);
-                        }
-                        *pos = after;
-                        if offset < next {
-                            continue;
-                        }
-                        next = offset + 1;
-                        if !skip.contains(offset) {
-                            bytes += payload.len();
-                            out.push((offset, Bytes::copy_from_slice(payload)));
-                            if bytes >= max_bytes {
-                                *cursor_next = next;
-                                return Ok(next);
-                            }
-                        }
-                    }
-                    Step::Record(_, after) => *pos = after,
-                    Step::End | Step::Torn => break,
-                    Step::Corrupt => {
-                        return Err(StorageError::Corrupt {
-                            path: segment.path.clone(),
-                            position: *pos,
-                        });
-                    }
-                }
-            }
-            if index + 1 >= segments.len() {
-                *cursor_next = next;
-                return Ok(next);
-            }
-            index += 1;
-            *base = segments[index].base;
-            *pos = 0;
-            *file = None;
+        let result = scan(
+            &mut cursor,
+            &segments[target..],
+            from,
+            to,
+            skip,
+            max_bytes,
+            out,
+        );
+        match result {
+            Ok(next) => cursor.next = next,
+            Err(_) => cursor.reader.close(),
         }
+        result
     }
 
     fn progress(&self) -> Option<watch::Receiver<Progress>> {
@@ -583,6 +597,9 @@ impl Writer {
                 .and_then(|()| self.sync(closing))
                 .and_then(|()| self.delete(floor));
             buf.clear();
+            if buf.capacity() > SPARE_BUFFER_CAP {
+                buf.shrink_to(SPARE_BUFFER_CAP);
+            }
             rolls.clear();
             if let Err(err) = result {
                 tracing::error!(%err, "log writer failed; the queue no longer accepts pushes");

@@ -106,7 +106,8 @@ pub struct QueueOptions {
     pub fsync: FsyncPolicy,
     /// Segment file size at which the log starts a new file; deletion works per segment.
     pub segment_size: u64,
-    /// Producer ids whose dedup marks are remembered; beyond it the least recently seen is forgotten.
+    /// Producer ids whose dedup marks are remembered (at most a million); beyond it the least recently seen is
+    /// forgotten, and a retry from a forgotten producer would be stored again.
     pub max_producers: usize,
 }
 
@@ -298,7 +299,7 @@ impl Producers {
         let mut producers = Self {
             marks: HashMap::with_capacity(recovered.len().min(cap)),
             tick: 0,
-            cap: cap.max(1),
+            cap: cap.clamp(1, record::MAX_SNAPSHOT_PRODUCERS),
         };
         for (id, seq) in recovered {
             producers.record(Producer { id, seq });
@@ -424,6 +425,20 @@ impl State {
         }
     }
 
+    /// Takes consumer `id` off the waiter list (it is about to dispatch, or gone), so wake-ups go to consumers
+    /// that are really waiting.
+    fn unregister(&mut self, id: u64) -> bool {
+        let was_waiting = self.consumers.get_mut(&id).is_some_and(|slot| {
+            let waiting = slot.waiting;
+            slot.waiting = false;
+            waiting
+        });
+        if was_waiting {
+            self.waiters.retain(|&w| w != id);
+        }
+        was_waiting
+    }
+
     /// One lease of `owner` went away: free its credit and wake it if it was blocked on credit.
     fn release_credit(&mut self, owner: u64) {
         if let Some(slot) = self.consumers.get_mut(&owner) {
@@ -435,8 +450,8 @@ impl State {
         }
     }
 
-    /// Returns expired leases to the redelivery set; returns how many.
-    fn expire(&mut self, now: Instant) -> usize {
+    /// Returns expired leases to the redelivery set and wakes as many waiters.
+    fn expire(&mut self, now: Instant) {
         let mut expired = 0;
         while let Some(&(deadline, offset)) = self.deadlines.front() {
             if deadline > now {
@@ -462,7 +477,6 @@ impl State {
         }
         self.stats.lease_expired += expired as u64;
         self.wake_waiters(expired);
-        expired
     }
 
     /// Removes an acked message; returns its payload size if it was unacked.

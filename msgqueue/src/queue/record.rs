@@ -18,6 +18,10 @@ const MESSAGE_FIXED: usize = 8 + 1 + 8 + 8;
 pub(crate) const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
 /// Largest payload a message record can carry.
 pub(crate) const MAX_PAYLOAD: usize = MAX_RECORD_LEN - 1 - MESSAGE_FIXED;
+/// Runs per ack record (12 bytes each), far below [`MAX_RECORD_LEN`].
+const MAX_ACK_RUNS: usize = 64 * 1024;
+/// Producer marks a snapshot record can hold (16 bytes each), far below [`MAX_RECORD_LEN`].
+pub(crate) const MAX_SNAPSHOT_PRODUCERS: usize = 1_000_000;
 /// How much a reader fetches per read syscall, so scanning costs one syscall per chunk, not per record.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -84,38 +88,30 @@ pub(crate) fn encode_message(
     finish(buf, start);
 }
 
-/// Encodes acked offsets (any order) as runs, so the common case of contiguous acks costs a few bytes.
+/// Encodes acked offsets (any order) as runs, so the common case of contiguous acks costs a few bytes. Very
+/// scattered acks are split over several records so none comes near [`MAX_RECORD_LEN`].
 pub(crate) fn encode_acks(buf: &mut Vec<u8>, offsets: &mut [u64]) {
-    if offsets.is_empty() {
-        return;
-    }
     offsets.sort_unstable();
-    let start = buf.len();
-    buf.extend_from_slice(&[0; HEADER_LEN]);
-    buf.push(KIND_ACKS);
-    let mut run: Option<(u64, u32)> = None;
+    let mut runs: Vec<(u64, u32)> = Vec::new();
     for &offset in offsets.iter() {
-        run = match run {
-            Some((first, count)) if first + u64::from(count) == offset && count < u32::MAX => {
-                Some((first, count + 1))
+        match runs.last_mut() {
+            Some((first, count)) if *first + u64::from(*count) > offset => {}
+            Some((first, count)) if *first + u64::from(*count) == offset && *count < u32::MAX => {
+                *count += 1;
             }
-            Some((first, count)) if first + u64::from(count) > offset => Some((first, count)),
-            Some((first, count)) => {
-                push_run(buf, first, count);
-                Some((offset, 1))
-            }
-            None => Some((offset, 1)),
-        };
+            _ => runs.push((offset, 1)),
+        }
     }
-    if let Some((first, count)) = run {
-        push_run(buf, first, count);
+    for chunk in runs.chunks(MAX_ACK_RUNS) {
+        let start = buf.len();
+        buf.extend_from_slice(&[0; HEADER_LEN]);
+        buf.push(KIND_ACKS);
+        for &(first, count) in chunk {
+            buf.extend_from_slice(&first.to_le_bytes());
+            buf.extend_from_slice(&count.to_le_bytes());
+        }
+        finish(buf, start);
     }
-    finish(buf, start);
-}
-
-fn push_run(buf: &mut Vec<u8>, first: u64, count: u32) {
-    buf.extend_from_slice(&first.to_le_bytes());
-    buf.extend_from_slice(&count.to_le_bytes());
 }
 
 /// Encodes a snapshot record.
@@ -214,18 +210,41 @@ pub(crate) enum Step<'a> {
     Corrupt,
 }
 
-/// Reads records sequentially from one segment file through a reusable buffer window.
+/// Reads records sequentially from one segment file through a reusable buffer window. The reader owns the file so
+/// the window can never be mistaken for another file's bytes.
 #[derive(Debug, Default)]
 pub(crate) struct SegmentReader {
+    file: Option<File>,
     buf: Vec<u8>,
     /// File position of `buf[0]`.
     buf_pos: u64,
 }
 
 impl SegmentReader {
+    /// Switches to `file`, forgetting the previous file's window and releasing an oversized buffer.
+    pub(crate) fn open(&mut self, file: File) {
+        self.close();
+        self.file = Some(file);
+    }
+
+    /// Drops the file and its window.
+    pub(crate) fn close(&mut self) {
+        self.file = None;
+        if self.buf.capacity() > READ_CHUNK {
+            self.buf = Vec::new();
+        }
+        self.buf.clear();
+        self.buf_pos = 0;
+    }
+
+    /// Whether a file is open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
     /// Makes sure `file[pos..pos + need]` is in the window, reading at most up to `limit`; false if `limit` is
     /// reached first.
-    fn ensure(&mut self, file: &File, pos: u64, need: usize, limit: u64) -> io::Result<bool> {
+    fn ensure(&mut self, pos: u64, need: usize, limit: u64) -> io::Result<bool> {
         let end = pos + need as u64;
         if end > limit {
             return Ok(false);
@@ -233,13 +252,19 @@ impl SegmentReader {
         if pos >= self.buf_pos && end <= self.buf_pos + self.buf.len() as u64 {
             return Ok(true);
         }
+        let Some(file) = &self.file else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no segment open"));
+        };
         let want = need
             .max(READ_CHUNK)
             .min(usize::try_from(limit - pos).unwrap_or(usize::MAX));
         self.buf.clear();
         self.buf.resize(want, 0);
         self.buf_pos = pos;
-        file.read_exact_at(&mut self.buf, pos)?;
+        if let Err(err) = file.read_exact_at(&mut self.buf, pos) {
+            self.buf.clear();
+            return Err(err);
+        }
         Ok(true)
     }
 
@@ -248,12 +273,13 @@ impl SegmentReader {
         &self.buf[start..start + len]
     }
 
-    /// Reads the record at `pos`, never looking at bytes at or beyond `limit` (the readable length).
-    pub(crate) fn next(&mut self, file: &File, pos: u64, limit: u64) -> io::Result<Step<'_>> {
+    /// Reads the record at `pos` of the open file, never looking at bytes at or beyond `limit` (the readable
+    /// length).
+    pub(crate) fn next(&mut self, pos: u64, limit: u64) -> io::Result<Step<'_>> {
         if pos >= limit {
             return Ok(Step::End);
         }
-        if !self.ensure(file, pos, HEADER_LEN, limit)? {
+        if !self.ensure(pos, HEADER_LEN, limit)? {
             return Ok(Step::Torn);
         }
         let header = self.slice(pos, HEADER_LEN);
@@ -262,7 +288,7 @@ impl SegmentReader {
         if len == 0 || len > MAX_RECORD_LEN {
             return Ok(Step::Corrupt);
         }
-        if !self.ensure(file, pos, HEADER_LEN + len, limit)? {
+        if !self.ensure(pos, HEADER_LEN + len, limit)? {
             return Ok(Step::Torn);
         }
         let body = self.slice(pos + HEADER_LEN as u64, len);
@@ -274,16 +300,6 @@ impl SegmentReader {
             Some(record) => Step::Record(record, after),
             None => Step::Corrupt,
         })
-    }
-
-    /// Forgets the window, which belongs to one file, and releases an oversized buffer; call it when switching
-    /// files.
-    pub(crate) fn shrink(&mut self) {
-        if self.buf.capacity() > READ_CHUNK {
-            self.buf = Vec::new();
-        }
-        self.buf.clear();
-        self.buf_pos = 0;
     }
 }
 
@@ -307,6 +323,7 @@ mod tests {
         file.write_all(&buf).unwrap();
         let limit = buf.len() as u64;
         let mut reader = SegmentReader::default();
+        reader.open(file);
         let Step::Record(
             Record::Message {
                 offset,
@@ -314,7 +331,7 @@ mod tests {
                 payload,
             },
             pos,
-        ) = reader.next(&file, 0, limit).unwrap()
+        ) = reader.next(0, limit).unwrap()
         else {
             panic!("expected a message");
         };
@@ -322,16 +339,15 @@ mod tests {
             (offset, producer, payload),
             (7, Some(Producer { id: 3, seq: 9 }), &b"hello"[..])
         );
-        let Step::Record(Record::Acks(runs), pos) = reader.next(&file, pos, limit).unwrap() else {
+        let Step::Record(Record::Acks(runs), pos) = reader.next(pos, limit).unwrap() else {
             panic!("expected acks");
         };
         assert_eq!(runs, vec![(3, 3), (9, 1)]);
-        let Step::Record(Record::Snapshot(read), pos) = reader.next(&file, pos, limit).unwrap()
-        else {
+        let Step::Record(Record::Snapshot(read), pos) = reader.next(pos, limit).unwrap() else {
             panic!("expected a snapshot");
         };
         assert_eq!(read, snapshot);
-        assert!(matches!(reader.next(&file, pos, limit).unwrap(), Step::End));
+        assert!(matches!(reader.next(pos, limit).unwrap(), Step::End));
     }
 
     #[test]
@@ -341,8 +357,9 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&buf).unwrap();
         let mut reader = SegmentReader::default();
+        reader.open(file);
         assert!(matches!(
-            reader.next(&file, 0, buf.len() as u64 - 1).unwrap(),
+            reader.next(0, buf.len() as u64 - 1).unwrap(),
             Step::Torn
         ));
         let last = buf.len() - 1;
@@ -350,9 +367,40 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&buf).unwrap();
         let mut reader = SegmentReader::default();
+        reader.open(file);
         assert!(matches!(
-            reader.next(&file, 0, buf.len() as u64).unwrap(),
+            reader.next(0, buf.len() as u64).unwrap(),
             Step::Corrupt
         ));
+    }
+
+    #[test]
+    fn a_reader_switched_to_another_file_never_serves_the_previous_files_bytes() {
+        let file_with = |offset: u64, payload: &[u8]| {
+            let mut buf = Vec::new();
+            encode_message(&mut buf, offset, None, payload);
+            let mut file = tempfile::tempfile().unwrap();
+            file.write_all(&buf).unwrap();
+            (file, buf.len() as u64)
+        };
+        let (first, first_len) = file_with(1, b"first file");
+        let (second, second_len) = file_with(2, b"second");
+        let mut reader = SegmentReader::default();
+        reader.open(first);
+        assert!(matches!(
+            reader.next(0, first_len).unwrap(),
+            Step::Record(..)
+        ));
+        reader.open(second);
+        let Step::Record(
+            Record::Message {
+                offset, payload, ..
+            },
+            _,
+        ) = reader.next(0, second_len).unwrap()
+        else {
+            panic!("expected the second file's message");
+        };
+        assert_eq!((offset, payload), (2, &b"second"[..]));
     }
 }
