@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod secret;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod tls;
 pub mod ws;

@@ -22,6 +22,7 @@ use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::queue::RECORD_OVERHEAD;
 use wsmq_core::server::{Accepted, Route, ServeError, ServerConfig, serve};
+use wsmq_core::service::{self, BindError};
 use wsmq_core::tls::TlsError;
 
 pub use config::Config;
@@ -36,13 +37,8 @@ pub const POP_PATH: &str = "/popmsg";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Binding the listener or the admin listener failed.
-    #[error("binding {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     /// TLS certificate or key unusable.
     #[error("TLS setup: {0}")]
     Tls(#[from] TlsError),
@@ -114,18 +110,8 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     server.metrics = listener_metrics;
     server.allowed_origins = config.server.allowed_origins.clone();
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let admin = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.admin_listen,
-            source,
-        })?;
+    let (listener, _) = service::bind(config.listen).await?;
+    let (admin, _) = service::bind(config.admin_listen).await?;
     Ok(Bound {
         listener,
         admin,

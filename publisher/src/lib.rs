@@ -9,23 +9,20 @@ pub mod link;
 pub mod metrics;
 pub mod session;
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::admin::{Readiness, serve_admin};
-use wsmq_core::auth::AuthError;
-use wsmq_core::config::{LinkArgs, LinkConfigError, ServerArgs};
+use wsmq_core::config::{LinkArgs, ServerArgs};
 use wsmq_core::limits::{Limits, parse_duration};
 use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
-use wsmq_core::server::{Route, ServeError, ServerConfig, serve};
-use wsmq_core::tls::TlsError;
+use wsmq_core::server::{Route, ServerConfig, serve};
+use wsmq_core::service;
 
 use crate::link::{Link, LinkConfig, LinkTask};
 use crate::metrics::PublisherMetrics;
@@ -82,30 +79,8 @@ pub struct Config {
     pub link_backoff_max: Duration,
 }
 
-/// Why the publisher could not start.
-#[derive(Debug, Error)]
-pub enum Error {
-    /// A listener address could not be bound (in use, no permission).
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The underlying error.
-        source: io::Error,
-    },
-    /// The TLS certificate or key could not be loaded or created.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// No usable client credentials are configured.
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-    /// The msgqueue link settings are incomplete or invalid.
-    #[error(transparent)]
-    Link(#[from] LinkConfigError),
-    /// The listener could not run.
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
+/// Why the publisher could not start or stopped serving.
+pub use wsmq_core::service::StartError as Error;
 
 /// A publisher whose listeners are bound but not yet serving.
 pub struct Bound {
@@ -131,10 +106,8 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         Some(SUBPROTOCOL_V1),
         config.limits.websocket_config(),
     )?;
-    let listener = bind_tcp(config.listen).await?;
-    let admin = bind_tcp(config.admin_listen).await?;
-    let admin_addr = bound_addr(&admin, config.admin_listen)?;
-    let local_addr = bound_addr(&listener, config.listen)?;
+    let (listener, local_addr) = service::bind(config.listen).await?;
+    let (admin, admin_addr) = service::bind(config.admin_listen).await?;
 
     let mut registry = Registry::with_prefix("wsmq_publisher");
     let listener_metrics = ListenerMetrics::register(&mut registry, "listener");
@@ -179,18 +152,6 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         context,
         link_task,
     })
-}
-
-async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
-}
-
-fn bound_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Error> {
-    listener
-        .local_addr()
-        .map_err(|source| Error::Bind { addr, source })
 }
 
 impl Bound {

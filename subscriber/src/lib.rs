@@ -12,7 +12,6 @@ pub mod router;
 mod link;
 mod session;
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -20,14 +19,13 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::admin::{Readiness, serve_admin};
-use wsmq_core::auth::AuthError;
-use wsmq_core::config::{LinkArgs, LinkConfigError, ServerArgs};
+use wsmq_core::config::{LinkArgs, ServerArgs};
 use wsmq_core::limits::Limits;
 use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::queue::RECORD_OVERHEAD;
-use wsmq_core::server::{Route, ServeError, ServerConfig, serve};
-use wsmq_core::tls::TlsError;
+use wsmq_core::server::{Route, ServerConfig, serve};
+use wsmq_core::service;
 
 pub use link::POP_PATH;
 pub use metrics::SubscriberMetrics;
@@ -90,30 +88,8 @@ pub struct Config {
     pub prefetch: u32,
 }
 
-/// Why the subscriber could not start or keep serving.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A listener address could not be bound (in use, no permission).
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address that was asked for.
-        addr: SocketAddr,
-        /// The underlying error.
-        source: io::Error,
-    },
-    /// The TLS certificate or key is unusable.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// No users or an unreadable users file.
-    #[error(transparent)]
-    Auth(#[from] AuthError),
-    /// The link to msgqueue is misconfigured (missing credentials, bad URL or CA).
-    #[error(transparent)]
-    Link(#[from] LinkConfigError),
-    /// The client listener failed.
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
+/// Why the subscriber could not start or stopped serving.
+pub use wsmq_core::service::StartError as Error;
 
 /// A subscriber whose configuration was checked and whose listeners are bound, ready to [`Bound::run`].
 #[derive(Debug)]
@@ -156,16 +132,8 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let readiness = Readiness::new();
     let router = Router::new(config.client_queue, config.slow_client, metrics.clone());
 
-    let listener = bind_tcp(config.listen).await?;
-    let admin = bind_tcp(config.admin_listen).await?;
-    let local_addr = listener.local_addr().map_err(|source| Error::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let admin_addr = admin.local_addr().map_err(|source| Error::Bind {
-        addr: config.admin_listen,
-        source,
-    })?;
+    let (listener, local_addr) = service::bind(config.listen).await?;
+    let (admin, admin_addr) = service::bind(config.admin_listen).await?;
 
     let routes = vec![
         Route::WebSocket {
@@ -207,12 +175,6 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         readiness,
         metrics,
     })
-}
-
-async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
 }
 
 impl Bound {
