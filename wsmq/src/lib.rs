@@ -9,6 +9,7 @@ use clap::{Args, FromArgMatches};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::Secret;
+use wsmq_core::config::ServerArgs;
 
 /// Development credentials, as in ws-go. Accepted only while every listener is on loopback.
 pub const DEV_USERS: &str = "hello:test";
@@ -43,27 +44,10 @@ pub struct Config {
     /// subscriber; always on loopback.
     #[arg(long, env = "WSMQ_ADMIN_PORT", default_value_t = 9080)]
     pub admin_port: u16,
-    /// Directory for the queue's log and the development TLS material (`<data-dir>/tls/ca.pem`).
-    #[arg(long, env = "WSMQ_DATA_DIR", default_value = "./.wsmq")]
-    pub data_dir: PathBuf,
-    /// PEM certificate chain for all three listeners (default: development certificates in the data dir).
-    #[arg(long, env = "WSMQ_TLS_CERT", value_name = "FILE", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "WSMQ_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// htpasswd-format users file for clients of all three services.
-    #[arg(long, env = "WSMQ_USERS_FILE", value_name = "FILE")]
-    pub users_file: Option<PathBuf>,
-    /// Comma-separated `user:password` list of clients. Without this and --users-file, the dev credentials
-    /// `hello:test` are used, which is refused unless every listener is on loopback.
-    #[arg(
-        long,
-        env = "WSMQ_USERS",
-        value_name = "USER:PASSWORD,...",
-        hide_env_values = true
-    )]
-    pub users: Option<Secret>,
+    /// Data directory, TLS identity, users and browser origins shared by all three listeners. Without users,
+    /// the dev credentials `hello:test` are used, which is refused unless every listener is on loopback.
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Which services to run (comma-separated). A publisher or subscriber without a local msgqueue reaches one
     /// through the --queue-* link flags.
     #[arg(
@@ -101,10 +85,10 @@ pub enum Error {
     Msgqueue(#[from] wsmq_msgqueue::Error),
     /// publisher failed.
     #[error("publisher: {0}")]
-    Publisher(#[from] wsmq_publisher::Error),
+    Publisher(#[source] wsmq_publisher::Error),
     /// subscriber failed.
     #[error("subscriber: {0}")]
-    Subscriber(#[from] wsmq_subscriber::Error),
+    Subscriber(#[source] wsmq_subscriber::Error),
 }
 
 /// The stack with every selected listener bound, ready to [`Stack::run`].
@@ -149,7 +133,7 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
         (Service::Publisher, config.publisher_listen),
         (Service::Subscriber, config.subscriber_listen),
     ];
-    let configured = config.users.is_some() || config.users_file.is_some();
+    let configured = config.server.users.is_some() || config.server.users_file.is_some();
     if !configured
         && let Some((_, addr)) = listeners
             .iter()
@@ -158,7 +142,7 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
         return Err(Error::DevUsersOffLoopback(*addr));
     }
     // Users from --users, or the dev users when nothing at all is configured (a users file alone stands alone).
-    let client_users = match (&config.users, configured) {
+    let client_users = match (&config.server.users, configured) {
         (Some(users), _) => Some(users.expose().to_owned()),
         (None, false) => Some(DEV_USERS.to_owned()),
         (None, true) => None,
@@ -167,9 +151,9 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
 
     let mut common = vec![
         "--data-dir".to_owned(),
-        config.data_dir.display().to_string(),
+        config.server.data_dir.display().to_string(),
     ];
-    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+    if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
         common.extend([
             "--tls-cert".into(),
             cert.display().to_string(),
@@ -177,8 +161,14 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
             key.display().to_string(),
         ]);
     }
-    if let Some(file) = &config.users_file {
+    if let Some(file) = &config.server.users_file {
         common.extend(["--users-file".into(), file.display().to_string()]);
+    }
+    if !config.server.allowed_origins.is_empty() {
+        common.extend([
+            "--allowed-origins".into(),
+            config.server.allowed_origins.join(","),
+        ]);
     }
     // Port 0 (tests) means an ephemeral port for each admin listener, not ports 1 and 2.
     let admin = |offset: u16| match config.admin_port {
@@ -238,7 +228,8 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
                 &config,
                 &link,
             ))
-            .await?,
+            .await
+            .map_err(Error::Subscriber)?,
         )
     } else {
         None
@@ -259,15 +250,17 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
                 &config,
                 &link,
             ))
-            .await?,
+            .await
+            .map_err(Error::Publisher)?,
         )
     } else {
         None
     };
     let ca_file = config
+        .server
         .tls_cert
         .is_none()
-        .then(|| config.data_dir.join("tls").join("ca.pem"));
+        .then(|| config.server.data_dir.join("tls").join("ca.pem"));
     Ok(Stack {
         msgqueue,
         publisher,
@@ -342,11 +335,11 @@ impl Stack {
         let mut edges: JoinSet<Result<(), Error>> = JoinSet::new();
         if let Some(p) = self.publisher {
             let token = edges_shutdown.clone();
-            edges.spawn(async move { p.run(token).await.map_err(Error::from) });
+            edges.spawn(async move { p.run(token).await.map_err(Error::Publisher) });
         }
         if let Some(s) = self.subscriber {
             let token = edges_shutdown.clone();
-            edges.spawn(async move { s.run(token).await.map_err(Error::from) });
+            edges.spawn(async move { s.run(token).await.map_err(Error::Subscriber) });
         }
         let queue = self.msgqueue.map(|q| {
             let token = queue_shutdown.clone();

@@ -18,20 +18,13 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
-use wsmq::{Config, Service};
+mod common;
+
+use common::{ALL, config, within};
 use wsmq_core::Secret;
 use wsmq_core::auth::Credentials;
-use wsmq_core::config::LinkArgs;
 use wsmq_core::dial::Dialer;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
-
-const STEP: Duration = Duration::from_secs(30);
-
-async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
 
 /// A chromedriver child and one browser session.
 struct Browser {
@@ -156,7 +149,7 @@ impl Browser {
             .to_owned()
     }
 
-    /// Polls the page (the browser updates it asynchronously) until `check` holds, bounded by [`STEP`].
+    /// Polls the page (the browser updates it asynchronously) until `check` holds, bounded by `within`.
     async fn wait_until(&self, what: &str, css: &str, check: impl Fn(&str) -> bool) -> String {
         within(what, async {
             loop {
@@ -232,33 +225,11 @@ async fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Option<Valu
     value["value"].clone()
 }
 
-fn config(data_dir: &Path) -> Config {
-    Config {
-        msgqueue_listen: "127.0.0.1:0".parse().unwrap(),
-        publisher_listen: "127.0.0.1:0".parse().unwrap(),
-        subscriber_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_port: 0,
-        data_dir: data_dir.to_path_buf(),
-        tls_cert: None,
-        tls_key: None,
-        users_file: None,
-        users: None,
-        services: vec![Service::Msgqueue, Service::Publisher, Service::Subscriber],
-        link: LinkArgs {
-            queue_url: String::new(),
-            queue_user: None,
-            queue_password: None,
-            ca: None,
-            insecure: false,
-        },
-    }
-}
-
 #[tokio::test]
 #[ignore = "needs chromium and chromium-driver"]
 async fn the_page_receives_published_messages_and_shows_bad_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = wsmq::bind(config(dir.path())).await.unwrap();
+    let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
     let (pub_port, sub_port) = (
         stack.publisher_addr().unwrap().port(),
         stack.subscriber_addr().unwrap().port(),

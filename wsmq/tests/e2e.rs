@@ -3,50 +3,19 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
-use wsmq::{Config, Service, Stack};
+mod common;
+
+use common::{ALL, config, within};
+use wsmq::{Service, Stack};
 use wsmq_core::Secret;
 use wsmq_core::auth::Credentials;
-use wsmq_core::config::LinkArgs;
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::ServerFrame;
-
-const STEP: Duration = Duration::from_secs(20);
-
-async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
-fn config(data_dir: &Path, services: &[Service]) -> Config {
-    Config {
-        msgqueue_listen: "127.0.0.1:0".parse().unwrap(),
-        publisher_listen: "127.0.0.1:0".parse().unwrap(),
-        subscriber_listen: "127.0.0.1:0".parse().unwrap(),
-        admin_port: 0,
-        data_dir: data_dir.to_path_buf(),
-        tls_cert: None,
-        tls_key: None,
-        users_file: None,
-        users: None,
-        services: services.to_vec(),
-        link: LinkArgs {
-            queue_url: "wss://localhost:8080".into(),
-            queue_user: Some("hello".into()),
-            queue_password: Some(Secret::new("test")),
-            ca: None,
-            insecure: false,
-        },
-    }
-}
-
-const ALL: &[Service] = &[Service::Msgqueue, Service::Publisher, Service::Subscriber];
 
 struct Running {
     shutdown: CancellationToken,
