@@ -342,6 +342,31 @@ pub type Split<S> = (
     JoinHandle<Result<(), WsError>>,
 );
 
+/// Waits for a connection's writer task to flush what is queued and its Close frame, then end. A peer that
+/// stopped reading can hold the writer in a blocked write forever, so the wait is bounded: the idle timeout
+/// normally (a live but slow peer gets that long to drain), [`CLOSE_TIMEOUT`] once `shutdown` is cancelled. After
+/// that the task is aborted and the socket dropped. Callers drop their [`Outbox`]es first.
+pub async fn finish_writer(
+    mut writer: JoinHandle<Result<(), WsError>>,
+    limits: &Limits,
+    shutdown: &CancellationToken,
+) {
+    let grace = if shutdown.is_cancelled() {
+        CLOSE_TIMEOUT
+    } else {
+        limits.idle_timeout.max(CLOSE_TIMEOUT)
+    };
+    match tokio::time::timeout(grace, &mut writer).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::debug!(%err, "writing to peer failed"),
+        Ok(Err(err)) => tracing::warn!(%err, "writer task failed"),
+        Err(_) => {
+            writer.abort();
+            tracing::debug!("peer never drained its socket, dropping it");
+        }
+    }
+}
+
 /// Splits an upgraded connection into a [`Reader`], an [`Outbox`] of `outbox_capacity` messages and a spawned
 /// writer task, with pings and idle detection from `limits`; `shutdown` closes it with 1001.
 pub fn split<S>(
@@ -369,6 +394,28 @@ where
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_stuck_on_a_peer_that_never_reads_is_aborted_after_the_grace() {
+        let limits = Limits {
+            idle_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        for (shutdown, grace) in [(false, Duration::from_secs(60)), (true, CLOSE_TIMEOUT)] {
+            let token = CancellationToken::new();
+            if shutdown {
+                token.cancel();
+            }
+            let writer = tokio::spawn(std::future::pending::<Result<(), WsError>>());
+            let abort = writer.abort_handle();
+            let start = Instant::now();
+            finish_writer(writer, &limits, &token).await;
+            assert_eq!(start.elapsed(), grace);
+            tokio::task::yield_now().await;
+            assert!(abort.is_finished(), "the stuck writer was aborted");
+        }
+    }
+
     use super::*;
     use std::pin::Pin;
     use std::task::{Context, Poll};

@@ -25,6 +25,7 @@ const BATCH: usize = 256;
 /// Serves one `/popmsg` connection until it closes.
 pub(crate) async fn handle(conn: Connection, accepted: Accepted) {
     let peer = accepted.peer;
+    let shutdown = accepted.shutdown.clone();
     let reliable = accepted.subprotocol.is_some();
     let (reader, outbox, writer) = ws::split(
         accepted.ws,
@@ -41,7 +42,8 @@ pub(crate) async fn handle(conn: Connection, accepted: Accepted) {
     if let Err(err) = serve_consumer(&conn, consumer, reader, &outbox, reliable).await {
         tracing::debug!(%peer, %err, "pop connection ended");
     }
-    let _ = writer.await;
+    drop(outbox);
+    ws::finish_writer(writer, &conn.limits, &shutdown).await;
 }
 
 /// Why a pop connection ended early. Only logged; the peer learns through the close code.

@@ -27,6 +27,7 @@ const REPLY_FRAME_BUDGET: usize = 16 * 1024;
 /// Serves one `/pushmsg` connection until it closes.
 pub(crate) async fn handle(conn: Connection, accepted: Accepted) {
     let peer = accepted.peer;
+    let shutdown = accepted.shutdown.clone();
     let reliable = accepted.subprotocol.is_some();
     let (reader, outbox, writer) = ws::split(
         accepted.ws,
@@ -42,7 +43,7 @@ pub(crate) async fn handle(conn: Connection, accepted: Accepted) {
     if let Err(err) = result {
         tracing::debug!(%peer, %err, "push connection ended");
     }
-    let _ = writer.await;
+    ws::finish_writer(writer, &conn.limits, &shutdown).await;
 }
 
 /// Why a push connection ended early. Only logged; the peer learns through the close code.

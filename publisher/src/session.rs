@@ -74,10 +74,9 @@ pub async fn handle(accepted: Accepted, context: SessionContext) {
         if let Some(confirmer) = confirmer {
             confirmer.abort();
         }
+        let limits = session.context.limits.clone();
         drop(session);
-        if let Ok(Err(err)) = writer.await {
-            tracing::debug!(%err, "client writer ended");
-        }
+        ws::finish_writer(writer, &limits, &accepted.shutdown).await;
     }
     .instrument(span)
     .await;

@@ -20,7 +20,7 @@ use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::client::{Command, encode_error, encode_subscribed, encode_unsubscribed};
 use wsmq_core::server::Accepted;
-use wsmq_core::ws::{CLOSE_TIMEOUT, Closer, ReadError, Reader, run_writer};
+use wsmq_core::ws::{Closer, ReadError, Reader, finish_writer, run_writer};
 
 use crate::router::{Client, Router};
 
@@ -56,7 +56,6 @@ pub(crate) async fn serve_client(accepted: Accepted, settings: Arc<SessionSettin
         closer.clone(),
         settings.limits.ping_interval,
     ));
-    let abort_writer = writer.abort_handle();
     let mut reader = Reader::new(stream, closer.clone(), settings.limits.idle_timeout);
     let client = router.register(closer);
     let mut session = Session {
@@ -96,24 +95,10 @@ pub(crate) async fn serve_client(accepted: Accepted, settings: Arc<SessionSettin
         Err(err) => tracing::debug!(%err, "client disconnected"),
     }
 
-    // Dropping the sender lets the writer flush, send its Close frame and end. A client that stopped reading
-    // can hold the writer in a blocked flush; it gets the idle timeout to drain (just the close timeout when
-    // shutting down), then the socket is dropped.
+    // Dropping the sender lets the writer flush, send its Close frame and end; one that a non-reading client
+    // holds in a blocked write is aborted after a grace period.
     drop(writer_tx);
-    let grace = if shutdown.is_cancelled() {
-        CLOSE_TIMEOUT
-    } else {
-        settings.limits.idle_timeout.max(CLOSE_TIMEOUT)
-    };
-    match tokio::time::timeout(grace, writer).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => tracing::debug!(%err, "writing to client failed"),
-        Ok(Err(err)) => tracing::warn!(%err, "client writer task failed"),
-        Err(_) => {
-            abort_writer.abort();
-            tracing::debug!("client never drained its socket, dropping it");
-        }
-    }
+    finish_writer(writer, &settings.limits, &shutdown).await;
 }
 
 /// The command-handling state of one connection.
