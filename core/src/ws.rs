@@ -8,6 +8,7 @@
 //! service for 1008 or 1013, shutdown for 1001, and the writer sends that code and ends. Everything is generic
 //! over `Stream`/`Sink`, so it is tested over in-memory channels.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 use tungstenite::error::{CapacityError, Error as WsError};
@@ -167,21 +168,43 @@ impl Outbox {
     }
 }
 
-/// The writer task: sends what arrives on `outbox` (any item convertible to a [`Message`]; every ready message,
-/// then one flush), pings every
-/// `ping_interval`, and when `closer` starts closing (or every [`Outbox`] is dropped, which closes with 1000)
+/// Where a writer task ([`run_writer`]) takes its messages from: an [`Outbox`]'s bounded channel, or a service's
+/// own bounded queue when a second hop through a channel would only cost a task wake-up per message (the
+/// subscriber's writers drain each client's queue directly).
+pub trait Outgoing: Send {
+    /// Waits for the next message; `None` once nothing more will come, which closes the connection with 1000.
+    /// Must be cancel-safe: the writer also waits for pings and closing.
+    fn next(&mut self) -> impl Future<Output = Option<Message>> + Send;
+
+    /// The next message if one is ready without waiting: the writer feeds these before flushing once.
+    fn ready(&mut self) -> Option<Message>;
+}
+
+impl<M: Into<Message> + Send> Outgoing for mpsc::Receiver<M> {
+    async fn next(&mut self) -> Option<Message> {
+        self.recv().await.map(Into::into)
+    }
+
+    fn ready(&mut self) -> Option<Message> {
+        self.try_recv().ok().map(Into::into)
+    }
+}
+
+/// The writer task: sends what `outbox` yields (every ready message, then one flush), pings every
+/// `ping_interval`, and when `closer` starts closing (or `outbox` ends, e.g. every [`Outbox`] was dropped,
+/// which closes with 1000)
 /// flushes what is already queued, sends the Close frame and returns.
 ///
 /// Fails when writing to the peer fails; it then also starts closing, so the reader stops too.
-pub async fn run_writer<S, M>(
+pub async fn run_writer<S, O>(
     mut sink: S,
-    mut outbox: mpsc::Receiver<M>,
+    mut outbox: O,
     closer: Closer,
     ping_interval: Duration,
 ) -> Result<(), WsError>
 where
     S: Sink<Message, Error = WsError> + Unpin,
-    M: Into<Message>,
+    O: Outgoing,
 {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -192,7 +215,7 @@ where
             // Before the outbox, so a peer that only receives still gets pings and answers them with pongs,
             // which is what keeps our reader from declaring it idle.
             _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await,
-            received = outbox.recv() => match received {
+            received = outbox.next() => match received {
                 Some(message) => write_batch(&mut sink, message, &mut outbox).await,
                 None => {
                     closer.close(CloseCode::Normal, "");
@@ -207,8 +230,8 @@ where
     }
     let frame = closer.frame();
     let goodbye = async {
-        while let Ok(message) = outbox.try_recv() {
-            sink.feed(message.into()).await?;
+        while let Some(message) = outbox.ready() {
+            sink.feed(message).await?;
         }
         sink.send(Message::Close(Some(frame))).await
     };
@@ -221,20 +244,16 @@ where
 }
 
 /// Feeds `first` and every message already queued (up to [`WRITE_BATCH_LIMIT`]), then flushes once.
-async fn write_batch<S, M>(
-    sink: &mut S,
-    first: M,
-    outbox: &mut mpsc::Receiver<M>,
-) -> Result<(), WsError>
+async fn write_batch<S, O>(sink: &mut S, first: Message, outbox: &mut O) -> Result<(), WsError>
 where
     S: Sink<Message, Error = WsError> + Unpin,
-    M: Into<Message>,
+    O: Outgoing,
 {
-    sink.feed(first.into()).await?;
+    sink.feed(first).await?;
     for _ in 1..WRITE_BATCH_LIMIT {
-        match outbox.try_recv() {
-            Ok(message) => sink.feed(message.into()).await?,
-            Err(_) => break,
+        match outbox.ready() {
+            Some(message) => sink.feed(message).await?,
+            None => break,
         }
     }
     sink.flush().await
@@ -263,6 +282,9 @@ pub struct Reader<S> {
     idle_timeout: Duration,
     last_seen: Instant,
     close_deadline: Option<Instant>,
+    /// One timer for the connection's life, moved forward as messages arrive (a cheap atomic update in tokio)
+    /// instead of a new timer registered per message.
+    deadline: Pin<Box<Sleep>>,
 }
 
 impl<S> Reader<S>
@@ -271,12 +293,14 @@ where
 {
     /// Wraps the read half of a connection.
     pub fn new(stream: S, closer: Closer, idle_timeout: Duration) -> Self {
+        let last_seen = Instant::now();
         Self {
             stream,
             closer,
             idle_timeout,
-            last_seen: Instant::now(),
+            last_seen,
             close_deadline: None,
+            deadline: Box::pin(tokio::time::sleep_until(last_seen + idle_timeout)),
         }
     }
 
@@ -294,9 +318,12 @@ where
             let deadline = self
                 .close_deadline
                 .unwrap_or(self.last_seen + self.idle_timeout);
+            if self.deadline.deadline() != deadline {
+                self.deadline.as_mut().reset(deadline);
+            }
             let item = tokio::select! {
                 item = self.stream.next() => item,
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut self.deadline => {
                     if self.close_deadline.is_some() {
                         return Ok(None);
                     }
@@ -417,7 +444,6 @@ mod tests {
     }
 
     use super::*;
-    use std::pin::Pin;
     use std::task::{Context, Poll};
 
     /// What the fake sink saw, in order.

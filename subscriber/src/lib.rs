@@ -14,13 +14,14 @@ mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::admin::{Readiness, serve_admin};
 use wsmq_core::config::{LinkArgs, ServerArgs};
-use wsmq_core::limits::Limits;
+use wsmq_core::limits::{Limits, parse_duration};
 use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::queue::RECORD_OVERHEAD;
@@ -75,13 +76,20 @@ pub struct Config {
     #[arg(long, env = "WSMQ_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
     pub max_subscriptions: usize,
 
-    /// Messages queued per client before it counts as slow and --slow-client applies.
-    #[arg(long, env = "WSMQ_CLIENT_QUEUE", default_value_t = 1024)]
+    /// Messages queued per client. From half of it the client is behind and deliveries are held back in
+    /// msgqueue until it catches up; keep it at least twice --prefetch so a burst never overflows a client that
+    /// keeps up.
+    #[arg(long, env = "WSMQ_CLIENT_QUEUE", default_value_t = 4096)]
     pub client_queue: usize,
 
-    /// What to do with a client whose queue is full: close it with 1013, or drop its oldest queued message.
+    /// What to do with a client that falls behind: hold deliveries back and close it with 1013 if it stays behind
+    /// for --slow-client-timeout, or drop its oldest queued message (never holding anyone back).
     #[arg(long, env = "WSMQ_SLOW_CLIENT", value_enum, default_value_t = SlowClientPolicy::Close)]
     pub slow_client: SlowClientPolicy,
+
+    /// How long deliveries to everyone may be held back for a client that is behind before it is closed.
+    #[arg(long, env = "WSMQ_SLOW_CLIENT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub slow_client_timeout: Duration,
 
     /// Deliveries msgqueue may send ahead of the subscriber's acks (the credit window).
     #[arg(long, env = "WSMQ_PREFETCH", default_value_t = 1024)]
@@ -153,6 +161,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         dialer,
         router: router.clone(),
         prefetch: config.prefetch.max(1),
+        slow_client_timeout: config.slow_client_timeout,
         max_payload: config.limits.max_message_size,
         ping_interval: config.limits.ping_interval,
         idle_timeout: config.limits.idle_timeout,

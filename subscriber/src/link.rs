@@ -54,6 +54,8 @@ pub(crate) struct Link {
     pub(crate) ping_interval: Duration,
     /// Silence from msgqueue longer than this means the link is dead.
     pub(crate) idle_timeout: Duration,
+    /// How long deliveries are held back for a congested client before it is cut off (`--slow-client-timeout`).
+    pub(crate) slow_client_timeout: Duration,
     /// "queue link" readiness: true only while connected.
     pub(crate) ready: Condition,
 }
@@ -144,6 +146,12 @@ impl Link {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
         loop {
+            if self.router.is_congested() {
+                self.hold_back(&mut ws, &mut ping, shutdown).await?;
+                // Msgqueue's frames waited in the socket meanwhile; that is not silence on its part.
+                last_seen = Instant::now();
+                continue;
+            }
             let received = tokio::select! {
                 () = shutdown.cancelled() => {
                     let goodbye = CloseFrame { code: CloseCode::Away, reason: "subscriber shutting down".into() };
@@ -169,6 +177,33 @@ impl Link {
                 Message::Text(_) => return Err(LinkError::UnexpectedText),
                 Message::Close(_) => return Err(LinkError::Closed),
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    /// Takes no deliveries while a client is congested: they stay in msgqueue (durable), and the window it
+    /// granted us stays used. Ends when every client caught up, or after `--slow-client-timeout` by cutting off
+    /// the clients still behind. Pings keep flowing so msgqueue does not take the link for dead.
+    async fn hold_back(
+        &self,
+        ws: &mut ClientWs,
+        ping: &mut tokio::time::Interval,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LinkError> {
+        let metrics = self.router.metrics();
+        metrics.held_back();
+        let deadline = tokio::time::sleep(self.slow_client_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = self.router.relieved() => return Ok(()),
+                () = &mut deadline => {
+                    let cut = self.router.cut_congested();
+                    tracing::info!(clients = cut, timeout = ?self.slow_client_timeout, "cut off clients that stayed behind");
+                    return Ok(());
+                }
+                _ = ping.tick() => ws.send(Message::Ping(Bytes::new())).await?,
             }
         }
     }

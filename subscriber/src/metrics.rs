@@ -16,6 +16,7 @@ pub struct SubscriberMetrics {
     delivered: Counter,
     unrouted: Counter,
     slow_client_disconnects: Counter,
+    held_back: Counter,
     dropped_oldest: Counter,
     invalid_payloads: Counter,
     unknown_commands: Counter,
@@ -45,8 +46,13 @@ impl SubscriberMetrics {
         );
         registry.register(
             "slow_client_disconnects",
-            "Clients closed with 1013 because their outbound queue overflowed",
+            "Clients closed with 1013 because they stayed behind for --slow-client-timeout or filled their queue",
             m.slow_client_disconnects.clone(),
+        );
+        registry.register(
+            "held_back",
+            "Times the link stopped taking deliveries from msgqueue because a client was congested",
+            m.held_back.clone(),
         );
         registry.register(
             "dropped_oldest",
@@ -103,6 +109,10 @@ impl SubscriberMetrics {
         self.slow_client_disconnects.inc();
     }
 
+    pub(crate) fn held_back(&self) {
+        self.held_back.inc();
+    }
+
     pub(crate) fn dropped_oldest(&self) {
         self.dropped_oldest.inc();
     }
@@ -136,6 +146,11 @@ impl SubscriberMetrics {
     /// Clients cut off for falling behind so far.
     pub fn slow_client_disconnects_total(&self) -> u64 {
         self.slow_client_disconnects.get()
+    }
+
+    /// Times the link held deliveries back for a congested client.
+    pub fn held_back_total(&self) -> u64 {
+        self.held_back.get()
     }
 
     /// Invalid payloads skipped so far.

@@ -6,35 +6,44 @@
 //! global mutex while writing to every client, so one slow client stalled all of them). Every recipient gets
 //! the same `Utf8Bytes` (the envelope exactly as msgqueue delivered it): fan-out copies no payload.
 //!
-//! Offering never waits. A client whose queue is full has fallen behind: under [`SlowClientPolicy::Close`] it
-//! is closed with 1013 (try again later); under [`SlowClientPolicy::DropOldest`] its oldest queued frame is
-//! dropped. Either way nobody else notices.
+//! Offering never waits. Backpressure instead works on the link: a client holding half its queue
+//! (`--client-queue`) or more under [`SlowClientPolicy::Close`] is *congested*, and while any client is, the link
+//! takes no further deliveries from msgqueue, where they stay durable ([`Router::relieved`]). A client that stays
+//! congested for `--slow-client-timeout` is cut off with 1013 (try again later) by [`Router::cut_congested`], so a
+//! client that stopped reading delays the others by at most that long; one that fills its whole queue regardless
+//! is cut off at once. Under [`SlowClientPolicy::DropOldest`] a full queue drops its oldest frame instead and never
+//! holds anyone back.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use dashmap::DashMap;
 use tokio::sync::Notify;
-use tungstenite::Utf8Bytes;
 use tungstenite::protocol::frame::coding::CloseCode;
-use wsmq_core::ws::Closer;
+use tungstenite::{Message, Utf8Bytes};
+use wsmq_core::ws::{Closer, Outgoing};
 
 use crate::metrics::SubscriberMetrics;
 
-/// What happens to a client whose outbound queue (`--client-queue`) is full when another frame arrives.
+/// What happens to a client that cannot keep up with its messages.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SlowClientPolicy {
-    /// Close the client with 1013 (try again later): it reconnects and knows it missed messages.
+    /// Hold deliveries back in msgqueue while the client is behind, and close it with 1013 (try again later) if it
+    /// stays behind for `--slow-client-timeout` or fills its queue: it reconnects and knows it missed messages.
     #[default]
     Close,
-    /// Drop the client's oldest queued frame to make room: it stays connected but silently misses messages,
-    /// which suits dashboards that only care about the latest values.
+    /// Drop the client's oldest queued frame to make room: it stays connected but silently misses messages, which
+    /// suits dashboards that only care about the latest values; it never holds other clients back.
     DropOldest,
 }
 
 /// The close reason a slow client sees with code 1013.
 const SLOW_CLIENT_REASON: &str = "slow consumer: outbound queue full";
+
+/// A drained queue keeps its buffer for the next burst unless the buffer grew beyond this many frames, so a burst
+/// does not leave every idle client holding a large allocation.
+const RETAINED_CAPACITY: usize = 64;
 
 /// One connected client as the router sees it: its outbound queue and how to close it.
 #[derive(Debug)]
@@ -45,13 +54,41 @@ pub(crate) struct Client {
     capacity: usize,
     policy: SlowClientPolicy,
     closer: Closer,
+    congestion: Arc<Congestion>,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<Utf8Bytes>,
-    /// Set once the client overflowed under [`SlowClientPolicy::Close`]; it then accepts nothing more.
+    /// Set once the client was cut off or left; it then accepts nothing more.
     cut_off: bool,
+    /// Whether this client is counted in [`Congestion::clients`].
+    congested: bool,
+}
+
+/// How many clients are congested, shared by the router and its clients; the link waits on it.
+#[derive(Debug, Default)]
+struct Congestion {
+    clients: AtomicUsize,
+    relieved: Notify,
+}
+
+impl Congestion {
+    fn enter(&self, queue: &mut Queue) {
+        if !queue.congested {
+            queue.congested = true;
+            self.clients.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn leave(&self, queue: &mut Queue) {
+        if queue.congested {
+            queue.congested = false;
+            if self.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.relieved.notify_waiters();
+            }
+        }
+    }
 }
 
 /// The result of offering a frame to one client.
@@ -64,15 +101,28 @@ enum Offer {
 }
 
 impl Client {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The queue length from which a client counts as congested.
+    fn high_water(&self) -> usize {
+        (self.capacity / 2).max(1)
+    }
+
     /// Queues `frame` without waiting, applying the slow-client policy when the queue is full.
     fn offer(&self, frame: Utf8Bytes) -> Offer {
         let offer = {
-            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut queue = self.lock();
             if queue.cut_off {
                 return Offer::CutOff;
             }
             if queue.frames.len() < self.capacity {
                 queue.frames.push_back(frame);
+                if self.policy == SlowClientPolicy::Close && queue.frames.len() >= self.high_water()
+                {
+                    self.congestion.enter(&mut queue);
+                }
                 Offer::Queued
             } else {
                 match self.policy {
@@ -82,8 +132,7 @@ impl Client {
                         Offer::DroppedOldest
                     }
                     SlowClientPolicy::Close => {
-                        queue.cut_off = true;
-                        queue.frames.clear();
+                        self.cut_off(&mut queue);
                         Offer::Overflowed
                     }
                 }
@@ -97,35 +146,86 @@ impl Client {
         offer
     }
 
+    /// Stops accepting frames, forgets the queued ones and no longer holds the link back.
+    fn cut_off(&self, queue: &mut Queue) {
+        queue.cut_off = true;
+        queue.frames = VecDeque::new();
+        self.congestion.leave(queue);
+        self.ready.notify_one();
+    }
+
     /// Queues a reply to the client's own command (confirmation or error), under the same bound and policy as
     /// messages so a client that sends commands without reading cannot grow memory.
     pub(crate) fn reply(&self, frame: Utf8Bytes, metrics: &SubscriberMetrics) {
         count_offer(self.offer(frame), metrics);
     }
 
-    /// Takes the oldest queued frame, if any.
-    pub(crate) fn pop(&self) -> Option<Utf8Bytes> {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .frames
-            .pop_front()
+    /// Moves every queued frame into the empty `into` (a swap: no copying), which relieves congestion. `false`
+    /// once the client was cut off or left and nothing is left to write.
+    fn take_all(&self, into: &mut VecDeque<Utf8Bytes>) -> bool {
+        let mut queue = self.lock();
+        std::mem::swap(&mut queue.frames, into);
+        self.congestion.leave(&mut queue);
+        !(queue.cut_off && into.is_empty())
     }
 
-    /// Whether a frame is waiting to be written.
-    pub(crate) fn has_frames(&self) -> bool {
-        !self
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .frames
-            .is_empty()
+    /// The session ended: nothing more is queued, what is queued is still written, and the client no longer
+    /// holds the link back.
+    pub(crate) fn leave(&self) {
+        let mut queue = self.lock();
+        queue.cut_off = true;
+        self.congestion.leave(&mut queue);
+        drop(queue);
+        self.ready.notify_one();
     }
 
-    /// Resolves when a frame was queued since the last call (a wake-up that races with [`Client::pop`] is kept,
-    /// not lost).
-    pub(crate) async fn queued(&self) {
-        self.ready.notified().await;
+    /// What the client's writer task sends: its queue, drained a whole batch at a time.
+    pub(crate) fn outgoing(self: &Arc<Self>) -> ClientOutgoing {
+        ClientOutgoing {
+            client: Arc::clone(self),
+            batch: VecDeque::new(),
+        }
+    }
+}
+
+/// A client's queue as its writer task sees it ([`Outgoing`]): the writer takes the whole queue in one lock and
+/// feeds it frame by frame, so a busy client costs one lock and one wake-up per batch, not per message.
+#[derive(Debug)]
+pub(crate) struct ClientOutgoing {
+    client: Arc<Client>,
+    batch: VecDeque<Utf8Bytes>,
+}
+
+impl ClientOutgoing {
+    /// Refills the batch from the client's queue when it is empty; `false` once the client is finished.
+    fn refill(&mut self) -> bool {
+        if !self.batch.is_empty() {
+            return true;
+        }
+        if self.batch.capacity() > RETAINED_CAPACITY {
+            self.batch = VecDeque::new();
+        }
+        self.client.take_all(&mut self.batch)
+    }
+}
+
+impl Outgoing for ClientOutgoing {
+    async fn next(&mut self) -> Option<Message> {
+        loop {
+            if !self.refill() {
+                return None;
+            }
+            if let Some(frame) = self.batch.pop_front() {
+                return Some(Message::Text(frame));
+            }
+            // A permit stored by `offer` or `leave` since the last take is kept, so no wake-up is lost.
+            self.client.ready.notified().await;
+        }
+    }
+
+    fn ready(&mut self) -> Option<Message> {
+        self.refill();
+        self.batch.pop_front().map(Message::Text)
     }
 }
 
@@ -155,6 +255,7 @@ pub struct Router {
 #[derive(Debug)]
 struct RouterInner {
     topics: DashMap<Box<str>, Arc<[Arc<Client>]>>,
+    congestion: Arc<Congestion>,
     next_client: AtomicU64,
     client_queue: usize,
     policy: SlowClientPolicy,
@@ -167,6 +268,7 @@ impl Router {
         Self {
             inner: Arc::new(RouterInner {
                 topics: DashMap::new(),
+                congestion: Arc::default(),
                 next_client: AtomicU64::new(0),
                 client_queue: client_queue.max(1),
                 policy,
@@ -184,6 +286,7 @@ impl Router {
             capacity: self.inner.client_queue,
             policy: self.inner.policy,
             closer,
+            congestion: Arc::clone(&self.inner.congestion),
         })
     }
 
@@ -231,6 +334,42 @@ impl Router {
         handed
     }
 
+    /// Whether some client is congested, in which case the link should take no more deliveries for now.
+    pub(crate) fn is_congested(&self) -> bool {
+        self.inner.congestion.clients.load(Ordering::Acquire) > 0
+    }
+
+    /// Resolves once no client is congested (at once if none is).
+    pub(crate) async fn relieved(&self) {
+        let congestion = &self.inner.congestion;
+        let relieved = congestion.relieved.notified();
+        tokio::pin!(relieved);
+        // Registered before the check, so a relief between the check and the await is not missed.
+        relieved.as_mut().enable();
+        if congestion.clients.load(Ordering::Acquire) > 0 {
+            relieved.await;
+        }
+    }
+
+    /// Cuts off (1013) every client that is still congested: they stayed behind for the whole
+    /// `--slow-client-timeout` while the link held deliveries back for them. Returns how many.
+    pub(crate) fn cut_congested(&self) -> usize {
+        let mut cut = 0;
+        for entry in &self.inner.topics {
+            for client in entry.value().iter() {
+                let mut queue = client.lock();
+                if queue.congested {
+                    client.cut_off(&mut queue);
+                    drop(queue);
+                    client.closer.close(CloseCode::Again, SLOW_CLIENT_REASON);
+                    self.inner.metrics.slow_client_disconnected();
+                    cut += 1;
+                }
+            }
+        }
+        cut
+    }
+
     /// Number of topics with at least one subscriber.
     pub fn topic_count(&self) -> usize {
         self.inner.topics.len()
@@ -252,9 +391,9 @@ mod tests {
     }
 
     fn drain(client: &Client) -> Vec<String> {
-        std::iter::from_fn(|| client.pop())
-            .map(|f| f.as_str().to_owned())
-            .collect()
+        let mut frames = VecDeque::new();
+        client.take_all(&mut frames);
+        frames.iter().map(|f| f.as_str().to_owned()).collect()
     }
 
     #[test]
@@ -323,5 +462,108 @@ mod tests {
         }
         assert_eq!(drain(&a), ["m2", "m3"]);
         assert!(!closer.is_closing());
+    }
+    #[test]
+    fn a_client_at_half_its_queue_congests_until_its_writer_takes_the_queue() {
+        let shutdown = CancellationToken::new();
+        let r = router(4, SlowClientPolicy::Close);
+        let a = r.register(Closer::new(&shutdown));
+        r.subscribe("t", &a);
+        r.route("t", &Utf8Bytes::from_static("m1"));
+        assert!(!r.is_congested());
+        r.route("t", &Utf8Bytes::from_static("m2"));
+        assert!(
+            r.is_congested(),
+            "2 of 4 frames queued is the high-water mark"
+        );
+        assert_eq!(drain(&a), ["m1", "m2"]);
+        assert!(!r.is_congested());
+    }
+
+    #[test]
+    fn cutting_congested_clients_closes_only_those_behind() {
+        let shutdown = CancellationToken::new();
+        let r = router(4, SlowClientPolicy::Close);
+        let (slow_closer, fast_closer) = (Closer::new(&shutdown), Closer::new(&shutdown));
+        let (slow, fast) = (
+            r.register(slow_closer.clone()),
+            r.register(fast_closer.clone()),
+        );
+        r.subscribe("t", &slow);
+        r.subscribe("t", &fast);
+        r.subscribe("u", &slow);
+        for m in ["m1", "m2"] {
+            r.route("t", &Utf8Bytes::from(m));
+        }
+        drain(&fast);
+        assert_eq!(r.cut_congested(), 1, "a client in two topics is cut once");
+        assert!(slow_closer.is_closing());
+        assert!(!fast_closer.is_closing());
+        assert!(!r.is_congested());
+        assert_eq!(r.metrics().slow_client_disconnects_total(), 1);
+        assert_eq!(r.route("t", &Utf8Bytes::from_static("m3")), 1);
+    }
+
+    #[test]
+    fn drop_oldest_clients_never_hold_the_link_back() {
+        let shutdown = CancellationToken::new();
+        let r = router(2, SlowClientPolicy::DropOldest);
+        let a = r.register(Closer::new(&shutdown));
+        r.subscribe("t", &a);
+        for m in ["m1", "m2", "m3"] {
+            r.route("t", &Utf8Bytes::from(m));
+        }
+        assert!(!r.is_congested());
+    }
+
+    #[test]
+    fn a_client_that_leaves_stops_holding_the_link_back_and_takes_nothing_more() {
+        let shutdown = CancellationToken::new();
+        let r = router(2, SlowClientPolicy::Close);
+        let a = r.register(Closer::new(&shutdown));
+        r.subscribe("t", &a);
+        r.route("t", &Utf8Bytes::from_static("m1"));
+        assert!(r.is_congested());
+        a.leave();
+        assert!(!r.is_congested());
+        assert_eq!(r.route("t", &Utf8Bytes::from_static("m2")), 0);
+        assert_eq!(
+            drain(&a),
+            ["m1"],
+            "what was queued before leaving is still written"
+        );
+    }
+
+    #[tokio::test]
+    async fn relieved_resolves_once_the_congested_writer_catches_up() {
+        let shutdown = CancellationToken::new();
+        let r = router(2, SlowClientPolicy::Close);
+        let a = r.register(Closer::new(&shutdown));
+        r.subscribe("t", &a);
+        r.route("t", &Utf8Bytes::from_static("m1"));
+        let waiting = tokio::spawn({
+            let r = r.clone();
+            async move { r.relieved().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let mut writer = a.outgoing();
+        assert_eq!(writer.next().await, Some(Message::text("m1")));
+        waiting.await.expect("relieved");
+    }
+
+    #[tokio::test]
+    async fn the_writer_source_ends_after_the_last_frame_of_a_client_that_left() {
+        let shutdown = CancellationToken::new();
+        let r = router(8, SlowClientPolicy::Close);
+        let a = r.register(Closer::new(&shutdown));
+        r.subscribe("t", &a);
+        r.route("t", &Utf8Bytes::from_static("m1"));
+        r.route("t", &Utf8Bytes::from_static("m2"));
+        let mut writer = a.outgoing();
+        assert_eq!(writer.next().await, Some(Message::text("m1")));
+        a.leave();
+        assert_eq!(writer.ready(), Some(Message::text("m2")));
+        assert_eq!(writer.next().await, None);
     }
 }

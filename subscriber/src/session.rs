@@ -5,16 +5,15 @@
 //! confirmations and `{"error":..}` frames; compat clients (ws-go, no subprotocol) get only messages, and their
 //! unknown commands are ignored and counted, as ws-go did.
 //!
-//! The session task is the only reader of the socket and the pump from the router's queue (which applies the
-//! slow-client policy) into the writer task's small channel; the writer (`wsmq_core::ws::run_writer`) batches,
-//! pings and closes. When the writer stalls on a client that does not read, the router's queue fills and the
-//! policy kicks in, while this task keeps reading commands.
+//! The session task reads the socket and handles commands; the writer task (`wsmq_core::ws::run_writer`) drains
+//! the client's queue in the router directly, a whole batch per lock and one flush per batch, and pings and
+//! closes. When the writer stalls on a client that does not read, its queue fills and the slow-client policy of
+//! [`crate::router`] applies, while this task keeps reading commands.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 use tracing::instrument;
 use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::limits::Limits;
@@ -23,10 +22,6 @@ use wsmq_core::server::Accepted;
 use wsmq_core::ws::{Closer, ReadError, Reader, finish_writer, run_writer};
 
 use crate::router::{Client, Router};
-
-/// Frames between the session's pump and the writer task. Small: the real per-client bound is the router's
-/// queue (`--client-queue`), where the slow-client policy applies; this only lets the writer batch.
-const WRITER_CHANNEL: usize = 64;
 
 /// What every session needs besides its connection; shared by all sessions of a listener.
 #[derive(Clone, Debug)]
@@ -49,15 +44,14 @@ pub(crate) async fn serve_client(accepted: Accepted, settings: Arc<SessionSettin
     let (sink, stream) = accepted.ws.split();
     let shutdown = accepted.shutdown;
     let closer = Closer::new(&shutdown);
-    let (writer_tx, writer_rx) = mpsc::channel(WRITER_CHANNEL);
+    let client = router.register(closer.clone());
     let writer = tokio::spawn(run_writer(
         sink,
-        writer_rx,
+        client.outgoing(),
         closer.clone(),
         settings.limits.ping_interval,
     ));
-    let mut reader = Reader::new(stream, closer.clone(), settings.limits.idle_timeout);
-    let client = router.register(closer);
+    let mut reader = Reader::new(stream, closer, settings.limits.idle_timeout);
     let mut session = Session {
         settings: &settings,
         client: &client,
@@ -66,26 +60,10 @@ pub(crate) async fn serve_client(accepted: Accepted, settings: Arc<SessionSettin
     };
 
     let ended = loop {
-        tokio::select! {
-            read = reader.next() => match read {
-                Ok(Some(message)) => session.handle(message),
-                Ok(None) => break Ok(()),
-                Err(err) => break Err(err),
-            },
-            permit = writer_tx.reserve(), if client.has_frames() => match permit {
-                Ok(permit) => {
-                    if let Some(frame) = client.pop() {
-                        permit.send(Message::Text(frame));
-                    }
-                    // Move whatever else fits without another trip through select.
-                    while let Ok(permit) = writer_tx.try_reserve() {
-                        let Some(frame) = client.pop() else { break };
-                        permit.send(Message::Text(frame));
-                    }
-                }
-                Err(_) => break Ok(()),
-            },
-            () = client.queued(), if !client.has_frames() => {}
+        match reader.next().await {
+            Ok(Some(message)) => session.handle(message),
+            Ok(None) => break Ok(()),
+            Err(err) => break Err(err),
         }
     };
     session.leave_all();
@@ -95,9 +73,9 @@ pub(crate) async fn serve_client(accepted: Accepted, settings: Arc<SessionSettin
         Err(err) => tracing::debug!(%err, "client disconnected"),
     }
 
-    // Dropping the sender lets the writer flush, send its Close frame and end; one that a non-reading client
-    // holds in a blocked write is aborted after a grace period.
-    drop(writer_tx);
+    // The writer flushes what is queued, sends its Close frame and ends; one that a non-reading client holds in
+    // a blocked write is aborted after a grace period.
+    client.leave();
     finish_writer(writer, &settings.limits, &shutdown).await;
 }
 

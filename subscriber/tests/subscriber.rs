@@ -292,3 +292,49 @@ async fn slow_client_is_closed_with_1013_while_others_receive_everything() -> Te
     fast.subscribe("still-connected").await?;
     subscriber.stop().await
 }
+
+#[tokio::test]
+async fn a_client_that_falls_behind_holds_deliveries_back_and_loses_nothing() -> TestResult {
+    const MESSAGES: u64 = 200;
+    let settings = Settings {
+        prefetch: 4,
+        client_queue: 8,
+        slow_client_timeout: std::time::Duration::from_secs(60),
+        ..Settings::default()
+    };
+    let (_dir, _queue, subscriber, mut link) = setup(settings).await?;
+    let mut client = subscriber.v1_client().await?;
+    client.subscribe("t").await?;
+
+    // 32 KiB messages the client does not read yet fill its socket buffers, then half its queue: the link must
+    // stop taking deliveries (msgqueue keeps them) instead of cutting the client off.
+    let content = "x".repeat(32 * 1024);
+    let expected = String::from_utf8(envelope("t", &content).to_vec())?;
+    let deliveries: Vec<_> = (0..MESSAGES)
+        .map(|id| (id, false, envelope("t", &content)))
+        .collect();
+    let feeder = tokio::spawn(async move {
+        for delivery in deliveries.chunks(4) {
+            link.deliver(delivery).await?;
+            let first = delivery[0].0;
+            link.await_acks(first..first + 4).await?;
+        }
+        TestResult::Ok(link)
+    });
+    eventually(|| async { subscriber.metrics.held_back_total() >= 1 }).await?;
+    assert!(
+        !feeder.is_finished(),
+        "the link stopped acking while the client was behind"
+    );
+
+    for _ in 0..MESSAGES {
+        assert!(
+            client.recv().await? == expected,
+            "every message arrives, in order"
+        );
+    }
+    common::step(feeder).await???;
+    assert_eq!(subscriber.metrics.slow_client_disconnects_total(), 0);
+    client.subscribe("still-connected").await?;
+    subscriber.stop().await
+}

@@ -211,6 +211,8 @@ pub struct Settings {
     pub client_queue: usize,
     /// `--slow-client`.
     pub slow_client: SlowClientPolicy,
+    /// `--slow-client-timeout`.
+    pub slow_client_timeout: Duration,
     /// `--max-subscriptions`.
     pub max_subscriptions: usize,
 }
@@ -221,6 +223,7 @@ impl Default for Settings {
             prefetch: 64,
             client_queue: 1024,
             slow_client: SlowClientPolicy::Close,
+            slow_client_timeout: Duration::from_secs(2),
             max_subscriptions: 1024,
         }
     }
@@ -258,6 +261,7 @@ impl Subscriber {
             max_subscriptions: settings.max_subscriptions,
             client_queue: settings.client_queue,
             slow_client: settings.slow_client,
+            slow_client_timeout: settings.slow_client_timeout,
             prefetch: settings.prefetch,
         };
         let bound = wsmq_subscriber::bind(config).await?;
