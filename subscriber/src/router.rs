@@ -45,9 +45,10 @@ const SLOW_CLIENT_REASON: &str = "slow consumer: outbound queue full";
 /// does not leave every idle client holding a large allocation.
 const RETAINED_CAPACITY: usize = 64;
 
-/// One connected client as the router sees it: its outbound queue and how to close it.
+/// One connected client as the router sees it: its outbound queue and how to close it. Public so the routing
+/// benchmark and embedders can drive a [`Router`] without sockets.
 #[derive(Debug)]
-pub(crate) struct Client {
+pub struct Client {
     id: u64,
     queue: Mutex<Queue>,
     ready: Notify,
@@ -171,7 +172,7 @@ impl Client {
 
     /// The session ended: nothing more is queued, what is queued is still written, and the client no longer
     /// holds the link back.
-    pub(crate) fn leave(&self) {
+    pub fn leave(&self) {
         let mut queue = self.lock();
         queue.cut_off = true;
         self.congestion.leave(&mut queue);
@@ -180,7 +181,7 @@ impl Client {
     }
 
     /// What the client's writer task sends: its queue, drained a whole batch at a time.
-    pub(crate) fn outgoing(self: &Arc<Self>) -> ClientOutgoing {
+    pub fn outgoing(self: &Arc<Self>) -> ClientOutgoing {
         ClientOutgoing {
             client: Arc::clone(self),
             batch: VecDeque::new(),
@@ -191,7 +192,7 @@ impl Client {
 /// A client's queue as its writer task sees it ([`Outgoing`]): the writer takes the whole queue in one lock and
 /// feeds it frame by frame, so a busy client costs one lock and one wake-up per batch, not per message.
 #[derive(Debug)]
-pub(crate) struct ClientOutgoing {
+pub struct ClientOutgoing {
     client: Arc<Client>,
     batch: VecDeque<Utf8Bytes>,
 }
@@ -278,7 +279,7 @@ impl Router {
     }
 
     /// Creates the routing side of a new client connection; `closer` is how the router cuts it off.
-    pub(crate) fn register(&self, closer: Closer) -> Arc<Client> {
+    pub fn register(&self, closer: Closer) -> Arc<Client> {
         Arc::new(Client {
             id: self.inner.next_client.fetch_add(1, Ordering::Relaxed),
             queue: Mutex::new(Queue::default()),
@@ -291,7 +292,7 @@ impl Router {
     }
 
     /// Adds `client` to `topic`'s subscribers. The session calls it once per topic it holds.
-    pub(crate) fn subscribe(&self, topic: &str, client: &Arc<Client>) {
+    pub fn subscribe(&self, topic: &str, client: &Arc<Client>) {
         self.inner
             .topics
             .entry(topic.into())
@@ -301,7 +302,7 @@ impl Router {
     }
 
     /// Removes `client` from `topic`'s subscribers, and the topic from the index once nobody is left.
-    pub(crate) fn unsubscribe(&self, topic: &str, client: &Client) {
+    pub fn unsubscribe(&self, topic: &str, client: &Client) {
         let emptied = match self.inner.topics.get_mut(topic) {
             Some(mut list) => {
                 let kept: Arc<[Arc<Client>]> =
