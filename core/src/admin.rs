@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::registry::Registry;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::http::{Response, read_request_head};
+use crate::metrics::process_registry;
 
 /// Admin requests served at once; more wait in the accept queue. Scrapers and probes need a handful.
 pub const ADMIN_MAX_CONNECTIONS: usize = 16;
@@ -92,13 +93,15 @@ impl Readiness {
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` is cancelled, then waits briefly for requests in
-/// flight. Accept errors are logged and retried, never returned.
+/// flight. Accept errors are logged and retried, never returned. `/metrics` holds `registry` plus the process's
+/// resident memory (`process_resident_memory_bytes`, Linux only).
 pub async fn serve_admin(
     listener: TcpListener,
     registry: Arc<Registry>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let registries = Arc::new([registry, Arc::new(process_registry())]);
     let slots = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
@@ -123,12 +126,15 @@ pub async fn serve_admin(
                 }
             },
         };
-        let registry = registry.clone();
+        let registries = registries.clone();
         let readiness = readiness.clone();
         tracker.spawn(async move {
-            if tokio::time::timeout(ADMIN_REQUEST_TIMEOUT, answer(stream, &registry, &readiness))
-                .await
-                .is_err()
+            if tokio::time::timeout(
+                ADMIN_REQUEST_TIMEOUT,
+                answer(stream, &*registries, &readiness),
+            )
+            .await
+            .is_err()
             {
                 tracing::debug!("admin request timed out");
             }
@@ -141,12 +147,12 @@ pub async fn serve_admin(
 }
 
 /// Reads one request and answers it.
-async fn answer(mut stream: TcpStream, registry: &Registry, readiness: &Readiness) {
+async fn answer(mut stream: TcpStream, registries: &[Arc<Registry>], readiness: &Readiness) {
     let response = match read_request_head(&mut stream).await {
         Ok((head, _)) if head.method != "GET" => {
             Response::text(405, "method not allowed\n").header("Allow", "GET")
         }
-        Ok((head, _)) => route(&head.path, registry, readiness),
+        Ok((head, _)) => route(&head.path, registries, readiness),
         Err(err) => {
             tracing::debug!(%err, "bad admin request");
             Response::text(400, "bad request\n")
@@ -161,8 +167,8 @@ async fn answer(mut stream: TcpStream, registry: &Registry, readiness: &Readines
     }
 }
 
-/// The response for `GET path`.
-fn route(path: &str, registry: &Registry, readiness: &Readiness) -> Response {
+/// The response for `GET path`; `/metrics` concatenates `registries` into one exposition.
+fn route(path: &str, registries: &[Arc<Registry>], readiness: &Readiness) -> Response {
     match path {
         "/healthz" => Response::text(200, "ok\n"),
         "/readyz" => {
@@ -175,7 +181,11 @@ fn route(path: &str, registry: &Registry, readiness: &Readiness) -> Response {
         }
         "/metrics" => {
             let mut text = String::new();
-            match encode(&mut text, registry) {
+            let encoded = registries
+                .iter()
+                .try_for_each(|registry| encode_registry(&mut text, registry))
+                .and_then(|()| encode_eof(&mut text));
+            match encoded {
                 Ok(()) => Response::new(200).body(METRICS_CONTENT_TYPE, text.into_bytes()),
                 Err(err) => {
                     tracing::warn!(%err, "encoding metrics");

@@ -16,8 +16,8 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;
 /// Concurrent connections per listener by default; the host allows 20,000 file descriptors per process.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// WebSocket read buffer by default: the initial buffer and the most read from TLS per call; it grows on demand
-/// to hold larger messages. tungstenite's 128 KiB default would cost 128 KiB per idle peer; 1 KiB keeps an idle
-/// TLS WebSocket at about 14 KiB server-side (see `core/tests/server_memory.rs`).
+/// to hold larger messages. tungstenite's 128 KiB default would cost 128 KiB per idle peer; with 1 KiB an idle
+/// TLS WebSocket costs about 13.7 KiB server-side, most of it rustls state (see docs/PERFORMANCE.md).
 pub const DEFAULT_WS_READ_BUFFER: usize = 1024;
 /// Outgoing bytes buffered before tungstenite writes to the TLS stream by default; an explicit flush always
 /// writes, so this only merges small messages into fewer TLS records.
@@ -87,7 +87,7 @@ impl Default for Limits {
 
 impl Limits {
     /// The tungstenite configuration for a connection under these limits: message and frame caps, and small
-    /// buffers so an idle connection stays well under 16 KiB.
+    /// buffers so an idle connection costs little beyond its TLS state.
     pub fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(self.ws_read_buffer)

@@ -3,14 +3,18 @@
 //!
 //! The listener counts connections and rejections itself; the message and byte counters are for the service's
 //! connection handlers, which know what a message is. Services register their own metrics (queue depth, acks,
-//! redeliveries) into the same [`Registry`].
+//! redeliveries) into the same [`Registry`]. The process metrics ([`process_registry`]) keep their conventional
+//! unprefixed names so standard dashboards and `wsmq-bench conns --metrics-url` find them.
 
 use std::fmt::Write as _;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
 
 /// Why the listener refused a connection before handing it to the service; the `reason` label of
@@ -173,6 +177,49 @@ impl Drop for OpenConnection {
     }
 }
 
+/// An unprefixed registry with the process's own metrics, read at each scrape: today
+/// `process_resident_memory_bytes`, the name the Prometheus client libraries use, so per-connection memory can be
+/// watched (and measured by `wsmq-bench conns`) without access to the host. Empty where it cannot be read.
+pub(crate) fn process_registry() -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ProcessMemory));
+    registry
+}
+
+/// Collects `process_resident_memory_bytes` when scraped.
+#[derive(Debug)]
+struct ProcessMemory;
+
+impl Collector for ProcessMemory {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(bytes) = resident_memory_bytes() else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor(
+            "process_resident_memory",
+            "Resident set size of the process",
+            Some(&Unit::Bytes),
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+/// The process's resident set size: the second field of `/proc/self/statm` (pages) times the page size.
+#[cfg(target_os = "linux")]
+fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    pages.checked_mul(u64::try_from(rustix::param::page_size()).ok()?)
+}
+
+/// Not available off Linux: the metric is left out rather than reported wrong.
+#[cfg(not(target_os = "linux"))]
+fn resident_memory_bytes() -> Option<u64> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +248,24 @@ mod tests {
         drop(guard);
         assert_eq!(metrics.open(), 0);
         assert_eq!(metrics.rejected(RejectReason::HandshakeTimeout), 1);
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_resident_memory_is_exported_unprefixed() -> Result<(), Box<dyn std::error::Error>> {
+        let mut text = String::new();
+        encode(&mut text, &process_registry())?;
+        let value: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("process_resident_memory_bytes "))
+            .ok_or_else(|| format!("no sample in {text}"))?
+            .parse()?;
+        assert!(value > 0.0, "{text}");
+        assert!(
+            text.contains("# TYPE process_resident_memory_bytes gauge"),
+            "{text}"
+        );
         Ok(())
     }
 }

@@ -286,44 +286,71 @@ async fn connection<H, F>(
     H: Fn(Accepted) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    let metrics = &shared.config.metrics;
-    let admitted = admission.admitted;
-    // Boxed so its (large) state is freed once the handshake is over instead of staying part of this task for
-    // the connection's whole life: that is most of what an idle connection costs.
-    let handshake = tokio::time::timeout(
-        shared.config.limits.handshake_timeout,
-        Box::pin(handshake(&shared, tcp, peer, admitted)),
-    );
-    let outcome = tokio::select! {
-        outcome = handshake => outcome,
-        () = shutdown.cancelled() => return,
+    // The task's future is allocated for the connection's whole life, so it must hold little besides the
+    // handler's future: the handshake (TLS state, timers, request head) is boxed and freed once it is over, and
+    // `hand_over` is a plain function so the upgraded parts do not also stay in this state machine (688 bytes).
+    let upgraded = Box::pin(admit(&shared, tcp, peer, admission.admitted, &shutdown)).await;
+    let Some(handler) = upgraded.map(|upgraded| hand_over(&shared, upgraded, peer, shutdown))
+    else {
+        return;
     };
-    let upgraded = match outcome {
-        Ok(Ok(Some(upgraded))) => upgraded,
-        Ok(Ok(None)) => return,
-        Ok(Err(rejection)) => {
-            metrics.reject(rejection.reason);
-            tracing::debug!(reason = rejection.reason.as_str(), detail = %rejection.detail, "connection rejected");
-            return;
-        }
-        Err(_elapsed) => {
-            metrics.reject(RejectReason::HandshakeTimeout);
-            tracing::debug!("handshake timed out");
-            return;
-        }
-    };
-    let _open = metrics.open_connection();
+    let _open = shared.config.metrics.open_connection();
+    handler.await;
+    drop(admission);
+}
+
+/// Builds the handler's future for an upgraded connection.
+fn hand_over<H, F>(
+    shared: &Shared<H>,
+    upgraded: Upgraded,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) -> F
+where
+    H: Fn(Accepted) -> F,
+{
     tracing::debug!(user = %upgraded.user, path = upgraded.path, subprotocol = ?upgraded.subprotocol, "accepted");
-    let accepted = Accepted {
+    (shared.handler)(Accepted {
         ws: upgraded.ws,
         peer,
         path: upgraded.path,
         user: upgraded.user,
         subprotocol: upgraded.subprotocol,
         shutdown,
+    })
+}
+
+/// Runs the handshake under the handshake timeout unless shutdown comes first, and records why a connection was
+/// not upgraded. `None` means there is nothing for the handler: a page was served or the connection refused.
+async fn admit<H>(
+    shared: &Shared<H>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    admitted: bool,
+    shutdown: &CancellationToken,
+) -> Option<Upgraded> {
+    let metrics = &shared.config.metrics;
+    let handshake = tokio::time::timeout(
+        shared.config.limits.handshake_timeout,
+        handshake(shared, tcp, peer, admitted),
+    );
+    let outcome = tokio::select! {
+        outcome = handshake => outcome,
+        () = shutdown.cancelled() => return None,
     };
-    (shared.handler)(accepted).await;
-    drop(admission);
+    match outcome {
+        Ok(Ok(upgraded)) => upgraded,
+        Ok(Err(rejection)) => {
+            metrics.reject(rejection.reason);
+            tracing::debug!(reason = rejection.reason.as_str(), detail = %rejection.detail, "connection rejected");
+            None
+        }
+        Err(_elapsed) => {
+            metrics.reject(RejectReason::HandshakeTimeout);
+            tracing::debug!("handshake timed out");
+            None
+        }
+    }
 }
 
 /// TLS, request head, routing, checks and upgrade. `Ok(None)` means a page was served.

@@ -66,6 +66,15 @@ async fn admin_reports_health_readiness_and_metrics() -> TestResult {
         "{scraped}"
     );
     assert!(scraped.trim_end().ends_with("# EOF"), "{scraped}");
+    assert_eq!(scraped.matches("# EOF").count(), 1, "{scraped}");
+    if cfg!(target_os = "linux") {
+        let rss: f64 = scraped
+            .lines()
+            .find_map(|line| line.strip_prefix("process_resident_memory_bytes "))
+            .ok_or("no process_resident_memory_bytes sample")?
+            .parse()?;
+        assert!(rss > 0.0, "{scraped}");
+    }
 
     assert_eq!(status(&get(addr, "/nope").await?), Some(404));
     shutdown.cancel();
