@@ -46,6 +46,10 @@ run e2e-rate-2k      e2e "${urls[@]}" -n 20000 --rate 2000
 run e2e-rate-40k     e2e "${urls[@]}" -n 400000 --rate 40000
 run fanout-10k       fanout "${urls[@]}" -s 10000 -n 100
 run fanout-10k-paced fanout "${urls[@]}" -s 10000 -n 100 --rate 200
+stop_wsmq
+
+# A fresh process: memory freed by earlier runs stays resident and would hide the connections' cost.
+start_wsmq
 run conns-10k        conns "${urls[@]}" -c 10000 --server-pid "$pid"
 stop_wsmq
 
