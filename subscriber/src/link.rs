@@ -138,6 +138,7 @@ impl Link {
         shutdown: &CancellationToken,
     ) -> Result<(), LinkError> {
         let mut out = FrameWriter::with_capacity(ACK_FRAME_CAPACITY);
+        let mut run = Run::default();
         out.pop_record(PopRecord::Credit { n: self.prefetch });
         ws.send(Message::Binary(out.take())).await?;
 
@@ -146,7 +147,7 @@ impl Link {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
         loop {
-            if self.router.is_congested() {
+            if self.router.is_congested() && !shutdown.is_cancelled() {
                 self.hold_back(&mut ws, &mut ping, shutdown).await?;
                 // Msgqueue's frames waited in the socket meanwhile; that is not silence on its part.
                 last_seen = Instant::now();
@@ -171,7 +172,7 @@ impl Link {
             match message {
                 Message::Binary(frame) => {
                     // Acks free slots in the window granted above; no further CREDIT is needed.
-                    self.route_frame(frame, &mut out)?;
+                    self.route_frame(frame, &mut out, &mut run)?;
                     ws.send(Message::Binary(out.take())).await?;
                 }
                 Message::Text(_) => return Err(LinkError::UnexpectedText),
@@ -182,8 +183,9 @@ impl Link {
     }
 
     /// Takes no deliveries while a client is congested: they stay in msgqueue (durable), and the window it
-    /// granted us stays used. Ends when every client caught up, or after `--slow-client-timeout` by cutting off
-    /// the clients still behind. Pings keep flowing so msgqueue does not take the link for dead.
+    /// granted us stays used. Ends when every client caught up, on shutdown (the caller then closes the link), or
+    /// after `--slow-client-timeout` by cutting off the clients still behind. Pings keep flowing so msgqueue does
+    /// not take the link for dead.
     async fn hold_back(
         &self,
         ws: &mut ClientWs,
@@ -208,14 +210,27 @@ impl Link {
         }
     }
 
-    /// Routes every delivery of one frame and appends an ACK for each to `out`.
-    fn route_frame(&self, frame: Bytes, out: &mut FrameWriter) -> Result<(), LinkError> {
+    /// Routes every delivery of one frame and appends an ACK for each to `out`. Consecutive deliveries of one
+    /// topic are routed as one run (see [`Router::route_all`]); runs keep the frame's order, and the acks go out
+    /// only after the whole frame was offered.
+    fn route_frame(
+        &self,
+        frame: Bytes,
+        out: &mut FrameWriter,
+        run: &mut Run,
+    ) -> Result<(), LinkError> {
         let metrics = self.router.metrics();
         let mut reader = FrameReader::new(frame, self.max_payload);
         while let Some(delivery) = reader.next_delivery()? {
-            match self.route_delivery(&delivery.payload) {
-                Ok(0) => metrics.unrouted(),
-                Ok(_) => {}
+            match parse_delivery(&delivery.payload) {
+                Ok((topic, text)) => {
+                    if run.topic != topic {
+                        self.route_run(run);
+                        run.topic.clear();
+                        run.topic.push_str(&topic);
+                    }
+                    run.frames.push(text);
+                }
                 Err(reason) => {
                     metrics.invalid_payload();
                     tracing::warn!(id = delivery.id, bytes = delivery.payload.len(), %reason, "skipping invalid message");
@@ -223,14 +238,33 @@ impl Link {
             }
             out.pop_record(PopRecord::Ack { id: delivery.id });
         }
+        self.route_run(run);
         Ok(())
     }
 
-    /// Routes one payload by its topic; returns how many clients got it, or why it is not a message (the
-    /// reason never echoes the payload).
-    fn route_delivery(&self, payload: &Bytes) -> Result<usize, String> {
-        let envelope = Envelope::parse_json(payload).map_err(|err| err.to_string())?;
-        let text = Utf8Bytes::try_from(payload.clone()).map_err(|_| "not UTF-8".to_owned())?;
-        Ok(self.router.route(&envelope.topic, &text))
+    /// Offers the run collected so far and empties it; a run nobody subscribes to counts as unrouted.
+    fn route_run(&self, run: &mut Run) {
+        if run.frames.is_empty() {
+            return;
+        }
+        if self.router.route_all(&run.topic, &run.frames) == 0 {
+            self.router.metrics().unrouted(run.frames.len());
+        }
+        run.frames.clear();
     }
+}
+
+/// Consecutive deliveries of one topic, collected from a frame so they are routed together. Reused across
+/// frames so routing allocates nothing per delivery.
+#[derive(Debug, Default)]
+struct Run {
+    topic: String,
+    frames: Vec<Utf8Bytes>,
+}
+
+/// The topic and text of one payload, or why it is not a message (the reason never echoes the payload).
+fn parse_delivery(payload: &Bytes) -> Result<(std::borrow::Cow<'_, str>, Utf8Bytes), String> {
+    let envelope = Envelope::parse_json(payload).map_err(|err| err.to_string())?;
+    let text = Utf8Bytes::try_from(payload.clone()).map_err(|_| "not UTF-8".to_owned())?;
+    Ok((envelope.topic, text))
 }

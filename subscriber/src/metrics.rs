@@ -101,8 +101,8 @@ impl SubscriberMetrics {
         self.delivered.inc_by(n as u64);
     }
 
-    pub(crate) fn unrouted(&self) {
-        self.unrouted.inc();
+    pub(crate) fn unrouted(&self, n: usize) {
+        self.unrouted.inc_by(n as u64);
     }
 
     pub(crate) fn slow_client_disconnected(&self) {
@@ -113,8 +113,8 @@ impl SubscriberMetrics {
         self.held_back.inc();
     }
 
-    pub(crate) fn dropped_oldest(&self) {
-        self.dropped_oldest.inc();
+    pub(crate) fn dropped_oldest(&self, n: usize) {
+        self.dropped_oldest.inc_by(n as u64);
     }
 
     pub(crate) fn invalid_payload(&self) {

@@ -92,13 +92,28 @@ impl Congestion {
     }
 }
 
-/// The result of offering a frame to one client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Offer {
-    Queued,
-    DroppedOldest,
-    Overflowed,
-    CutOff,
+/// What offering a run of frames to one client did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Offered {
+    /// Frames that went into the queue.
+    queued: usize,
+    /// Older frames dropped to make room (under [`SlowClientPolicy::DropOldest`]).
+    dropped: usize,
+    /// The queue overflowed under [`SlowClientPolicy::Close`]: the client is being cut off.
+    overflowed: bool,
+}
+
+impl Offered {
+    /// Updates the metrics; true when the client took the frames.
+    fn count(self, metrics: &SubscriberMetrics) -> bool {
+        if self.dropped > 0 {
+            metrics.dropped_oldest(self.dropped);
+        }
+        if self.overflowed {
+            metrics.slow_client_disconnected();
+        }
+        self.queued > 0
+    }
 }
 
 impl Client {
@@ -111,40 +126,49 @@ impl Client {
         (self.capacity / 2).max(1)
     }
 
-    /// Queues `frame` without waiting, applying the slow-client policy when the queue is full.
-    fn offer(&self, frame: Utf8Bytes) -> Offer {
-        let offer = {
+    /// Queues `frames` in order without waiting, applying the slow-client policy when the queue is full: one lock
+    /// and at most one wake-up of the writer for the whole run, so a frame of many deliveries for one topic costs
+    /// each subscriber one flush rather than one per message.
+    fn offer(&self, frames: &[Utf8Bytes]) -> Offered {
+        let mut offered = Offered::default();
+        {
             let mut queue = self.lock();
             if queue.cut_off {
-                return Offer::CutOff;
+                return offered;
             }
-            if queue.frames.len() < self.capacity {
-                queue.frames.push_back(frame);
-                if self.policy == SlowClientPolicy::Close && queue.frames.len() >= self.high_water()
-                {
-                    self.congestion.enter(&mut queue);
-                }
-                Offer::Queued
-            } else {
-                match self.policy {
-                    SlowClientPolicy::DropOldest => {
-                        queue.frames.pop_front();
-                        queue.frames.push_back(frame);
-                        Offer::DroppedOldest
-                    }
-                    SlowClientPolicy::Close => {
-                        self.cut_off(&mut queue);
-                        Offer::Overflowed
+            for frame in frames {
+                if queue.frames.len() >= self.capacity {
+                    match self.policy {
+                        SlowClientPolicy::DropOldest => {
+                            queue.frames.pop_front();
+                            offered.dropped += 1;
+                        }
+                        SlowClientPolicy::Close => {
+                            self.cut_off(&mut queue);
+                            offered = Offered {
+                                overflowed: true,
+                                ..Offered::default()
+                            };
+                            break;
+                        }
                     }
                 }
+                queue.frames.push_back(frame.clone());
+                offered.queued += 1;
             }
-        };
-        match offer {
-            Offer::Queued | Offer::DroppedOldest => self.ready.notify_one(),
-            Offer::Overflowed => self.closer.close(CloseCode::Again, SLOW_CLIENT_REASON),
-            Offer::CutOff => {}
+            if !offered.overflowed
+                && self.policy == SlowClientPolicy::Close
+                && queue.frames.len() >= self.high_water()
+            {
+                self.congestion.enter(&mut queue);
+            }
         }
-        offer
+        if offered.overflowed {
+            self.closer.close(CloseCode::Again, SLOW_CLIENT_REASON);
+        } else if offered.queued > 0 {
+            self.ready.notify_one();
+        }
+        offered
     }
 
     /// Stops accepting frames, forgets the queued ones and no longer holds the link back.
@@ -158,7 +182,7 @@ impl Client {
     /// Queues a reply to the client's own command (confirmation or error), under the same bound and policy as
     /// messages so a client that sends commands without reading cannot grow memory.
     pub(crate) fn reply(&self, frame: Utf8Bytes, metrics: &SubscriberMetrics) {
-        count_offer(self.offer(frame), metrics);
+        self.offer(std::slice::from_ref(&frame)).count(metrics);
     }
 
     /// Moves every queued frame into the empty `into` (a swap: no copying), which relieves congestion. `false`
@@ -227,22 +251,6 @@ impl Outgoing for ClientOutgoing {
     fn ready(&mut self) -> Option<Message> {
         self.refill();
         self.batch.pop_front().map(Message::Text)
-    }
-}
-
-/// Updates the metrics for one offer; true when the frame was handed to the client's queue.
-fn count_offer(offer: Offer, metrics: &SubscriberMetrics) -> bool {
-    match offer {
-        Offer::Queued => true,
-        Offer::DroppedOldest => {
-            metrics.dropped_oldest();
-            true
-        }
-        Offer::Overflowed => {
-            metrics.slow_client_disconnected();
-            false
-        }
-        Offer::CutOff => false,
     }
 }
 
@@ -324,15 +332,27 @@ impl Router {
     /// Offers `frame` to every current subscriber of `topic` and returns how many queues took it (0: nobody
     /// subscribes). Never waits and never holds an index lock while offering.
     pub fn route(&self, topic: &str, frame: &Utf8Bytes) -> usize {
+        self.route_all(topic, std::slice::from_ref(frame))
+    }
+
+    /// Offers a run of frames of one `topic`, in order, to every current subscriber: each client is locked and
+    /// woken once for the whole run. Returns how many clients took them (0: nobody subscribes).
+    pub fn route_all(&self, topic: &str, frames: &[Utf8Bytes]) -> usize {
         let Some(recipients) = self.inner.topics.get(topic).map(|list| Arc::clone(&list)) else {
             return 0;
         };
-        let handed = recipients
+        let metrics = &self.inner.metrics;
+        let mut delivered = 0;
+        let took = recipients
             .iter()
-            .filter(|client| count_offer(client.offer(frame.clone()), &self.inner.metrics))
+            .filter(|client| {
+                let offered = client.offer(frames);
+                delivered += offered.queued;
+                offered.count(metrics)
+            })
             .count();
-        self.inner.metrics.delivered(handed);
-        handed
+        metrics.delivered(delivered);
+        took
     }
 
     /// Whether some client is congested, in which case the link should take no more deliveries for now.
@@ -566,5 +586,48 @@ mod tests {
         a.leave();
         assert_eq!(writer.ready(), Some(Message::text("m2")));
         assert_eq!(writer.next().await, None);
+    }
+    #[test]
+    fn a_run_reaches_every_subscriber_in_order() {
+        let shutdown = CancellationToken::new();
+        let r = router(8, SlowClientPolicy::Close);
+        let (a, b) = (
+            r.register(Closer::new(&shutdown)),
+            r.register(Closer::new(&shutdown)),
+        );
+        r.subscribe("t", &a);
+        r.subscribe("t", &b);
+        let run = ["m1", "m2", "m3"].map(Utf8Bytes::from_static);
+        assert_eq!(r.route_all("t", &run), 2);
+        assert_eq!(r.route_all("nobody", &run), 0);
+        assert_eq!(drain(&a), ["m1", "m2", "m3"]);
+        assert_eq!(drain(&b), ["m1", "m2", "m3"]);
+        assert_eq!(r.metrics().delivered_total(), 6);
+    }
+
+    #[test]
+    fn a_run_that_overflows_a_client_cuts_it_off_under_close_policy() {
+        let shutdown = CancellationToken::new();
+        let r = router(2, SlowClientPolicy::Close);
+        let closer = Closer::new(&shutdown);
+        let a = r.register(closer.clone());
+        r.subscribe("t", &a);
+        let run = ["m1", "m2", "m3"].map(Utf8Bytes::from_static);
+        assert_eq!(r.route_all("t", &run), 0);
+        assert!(closer.is_closing());
+        assert!(drain(&a).is_empty());
+        assert!(!r.is_congested());
+        assert_eq!(r.metrics().slow_client_disconnects_total(), 1);
+    }
+
+    #[test]
+    fn a_run_longer_than_the_queue_keeps_its_newest_frames_under_drop_oldest() {
+        let shutdown = CancellationToken::new();
+        let r = router(2, SlowClientPolicy::DropOldest);
+        let a = r.register(Closer::new(&shutdown));
+        r.subscribe("t", &a);
+        let run = ["m1", "m2", "m3", "m4"].map(Utf8Bytes::from_static);
+        assert_eq!(r.route_all("t", &run), 1);
+        assert_eq!(drain(&a), ["m3", "m4"]);
     }
 }
