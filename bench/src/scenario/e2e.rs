@@ -206,29 +206,15 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
     }
     let publish_start = clock.nanos();
     let mut outcomes = vec![PublishOutcome::default(); plan.publishers];
-    let publishing = async {
-        while let Some(done) = senders.join_next().await {
-            bar.set_position(unique.load(Ordering::Relaxed));
-            let (j, outcome) = done??;
-            outcomes[j] = outcome;
-        }
-        anyhow::Ok(())
-    };
-    let truncated = match tokio::time::timeout(ctx.common.duration_limit, publishing).await {
-        Ok(result) => {
-            result?;
-            false
-        }
-        Err(_) => {
-            tracing::warn!("publishing hit --duration-limit; reporting what was sent");
-            stop_publishing.cancel();
-            while let Some(done) = senders.join_next().await {
-                let (j, outcome) = done??;
-                outcomes[j] = outcome;
-            }
-            true
-        }
-    };
+    let truncated = ctx
+        .join_within(
+            "publishing",
+            &mut senders,
+            &stop_publishing,
+            || bar.set_position(unique.load(Ordering::Relaxed)),
+            |(j, outcome)| outcomes[j] = outcome,
+        )
+        .await?;
     let publish_end = clock.nanos();
 
     let sent: Vec<u64> = outcomes.iter().map(|o| o.sent).collect();

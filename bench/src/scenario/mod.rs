@@ -18,6 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::ServerFrame;
 
@@ -27,6 +28,8 @@ use crate::report::Report;
 
 /// Path of the subscriber endpoint.
 pub const SUBSCRIBE_PATH: &str = "/subscribe";
+/// How often long sending phases update their progress bar.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// Path of the publisher endpoint.
 pub const PUBLISH_PATH: &str = "/publish";
 /// File descriptors kept free below the open-files limit (stdio, the runtime, files), so a 20,000 limit
@@ -85,6 +88,38 @@ impl Ctx {
         }
         bar.set_message(what);
         bar
+    }
+
+    /// Collects every task of a sending phase with `done`, calling `progress` every 100 ms, within
+    /// `--duration-limit`. When the limit hits first, `stop` asks the tasks to end early and what they report is
+    /// still collected: the run is reported as truncated (`true`) rather than failed.
+    pub async fn join_within<T: 'static>(
+        &self,
+        phase: &str,
+        tasks: &mut JoinSet<anyhow::Result<T>>,
+        stop: &CancellationToken,
+        mut progress: impl FnMut(),
+        mut done: impl FnMut(T),
+    ) -> anyhow::Result<bool> {
+        let deadline = tokio::time::sleep(self.common.duration_limit);
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => match joined {
+                    Some(joined) => done(joined??),
+                    None => return Ok(false),
+                },
+                _ = tick.tick() => progress(),
+                () = &mut deadline => break,
+            }
+        }
+        tracing::warn!("{phase} hit --duration-limit; reporting what was done");
+        stop.cancel();
+        while let Some(joined) = tasks.join_next().await {
+            done(joined??);
+        }
+        Ok(true)
     }
 
     /// Runs `fut` within `--duration-limit`, failing with the phase's name when it takes longer.

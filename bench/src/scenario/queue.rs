@@ -122,33 +122,15 @@ pub async fn run(ctx: &Ctx, args: QueueArgs) -> anyhow::Result<Report> {
         ));
     }
     let mut outcomes = Vec::with_capacity(args.pushers);
-    let pushing = async {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                done = pushes.join_next() => match done {
-                    Some(done) => outcomes.push(done??),
-                    None => break,
-                },
-                _ = tick.tick() => bar.set_position(acked_total.load(Ordering::Relaxed)),
-            }
-        }
-        anyhow::Ok(())
-    };
-    let truncated = match tokio::time::timeout(ctx.common.duration_limit, pushing).await {
-        Ok(result) => {
-            result?;
-            false
-        }
-        Err(_) => {
-            tracing::warn!("pushing hit --duration-limit; reporting what was acked");
-            stop_pushing.cancel();
-            while let Some(done) = pushes.join_next().await {
-                outcomes.push(done??);
-            }
-            true
-        }
-    };
+    let truncated = ctx
+        .join_within(
+            "pushing",
+            &mut pushes,
+            &stop_pushing,
+            || bar.set_position(acked_total.load(Ordering::Relaxed)),
+            |outcome| outcomes.push(outcome),
+        )
+        .await?;
     bar.finish_and_clear();
 
     let sent: u64 = outcomes.iter().map(|o| o.sent).sum();
