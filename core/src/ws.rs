@@ -192,8 +192,7 @@ impl<M: Into<Message> + Send> Outgoing for mpsc::Receiver<M> {
 
 /// The writer task: sends what `outbox` yields (every ready message, then one flush), pings every
 /// `ping_interval`, and when `closer` starts closing (or `outbox` ends, e.g. every [`Outbox`] was dropped,
-/// which closes with 1000)
-/// flushes what is already queued, sends the Close frame and returns.
+/// which closes with 1000) flushes what is already queued, sends the Close frame and returns.
 ///
 /// Fails when writing to the peer fails; it then also starts closing, so the reader stops too.
 pub async fn run_writer<S, O>(

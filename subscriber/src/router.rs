@@ -366,15 +366,12 @@ impl Router {
             return 0;
         };
         let metrics = &self.inner.metrics;
-        let mut delivered = 0;
-        let took = recipients
-            .iter()
-            .filter(|client| {
-                let offered = client.offer(frames);
-                delivered += offered.queued;
-                offered.count(metrics)
-            })
-            .count();
+        let (mut delivered, mut took) = (0, 0);
+        for client in recipients.iter() {
+            let offered = client.offer(frames);
+            delivered += offered.queued;
+            took += usize::from(offered.count(metrics));
+        }
         metrics.delivered(delivered);
         took
     }
