@@ -1,6 +1,7 @@
 //! The browser page in a real headless Chromium: it subscribes, the test publishes, the message appears in the
-//! page; wrong credentials show an error. Needs Debian's `chromium` and `chromium-driver` (installed by
-//! `.ci/run`), hence ignored in a plain `cargo test`. Takes `docs/browser.png` for the README.
+//! page; wrong credentials show an error. Needs Debian's `chromium` and `chromium-driver`, which `scripts/test`
+//! (the README's test command) installs. It takes a screenshot, saved to `WSMQ_SCREENSHOT` when set (README's
+//! `docs/browser.png` is made with `WSMQ_SCREENSHOT=$PWD/docs/browser.png scripts/test -p wsmq --test browser`).
 //!
 //! Chromium is driven through chromedriver's W3C WebDriver HTTP API with a dozen lines of raw HTTP, which keeps a
 //! WebDriver client library (and its TLS stack) out of the build.
@@ -47,7 +48,7 @@ impl Browser {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("chromedriver is installed (apt-get install chromium chromium-driver)");
+            .expect("chromedriver is missing: run scripts/test, which installs chromium and chromium-driver");
         let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
         within("chromedriver start", async {
             while let Some(line) = lines.next_line().await.unwrap() {
@@ -174,6 +175,7 @@ impl Browser {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(png.as_str().unwrap())
             .unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "the screenshot is a PNG");
         std::fs::write(path, bytes).unwrap();
     }
 }
@@ -226,7 +228,6 @@ async fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Option<Valu
 }
 
 #[tokio::test]
-#[ignore = "needs chromium and chromium-driver"]
 async fn the_page_receives_published_messages_and_shows_bad_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
@@ -296,8 +297,9 @@ async fn the_page_receives_published_messages_and_shows_bad_credentials() {
             t.contains("[news] typed in the page")
         })
         .await;
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/browser.png");
-    browser.screenshot(&docs).await;
+    let shot = std::env::var_os("WSMQ_SCREENSHOT")
+        .map_or_else(|| dir.path().join("browser.png"), Into::into);
+    browser.screenshot(&shot).await;
 
     // Wrong credentials: the WebSocket is refused (401) and the page says so.
     browser.click("#disconnect").await;
