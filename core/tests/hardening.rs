@@ -6,9 +6,15 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::*;
+use futures_util::SinkExt;
 use futures_util::future::join_all;
 use tokio::io::AsyncReadExt;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use wsmq_core::Secret;
 use wsmq_core::auth::{Authenticator, FAILURE_INTERVAL};
 use wsmq_core::limits::Limits;
@@ -111,4 +117,59 @@ async fn parallel_password_guessing_from_one_address_is_rate_limited() -> TestRe
     server.stop().await?;
     assert!(metrics.rejected(RejectReason::Throttled) > 0);
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_pings_without_reading_is_closed_and_its_buffers_stay_bounded() -> TestResult
+{
+    let server = start(test_limits()).await?;
+    // A client that never reads: its small receive window makes the server's replies back up quickly.
+    let socket = TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let tcp = tokio::time::timeout(STEP, socket.connect(server.addr)).await??;
+    let tls = server.tls_over(tcp).await?;
+    let mut request =
+        format!("wss://localhost:{}/echo", server.addr.port()).into_client_request()?;
+    request.headers_mut().append(
+        "Authorization",
+        HeaderValue::from_str(&good_credentials().basic_header())?,
+    );
+    let connect = tokio_tungstenite::client_async_with_config(request, tls, None);
+    let (mut ws, _) = tokio::time::timeout(STEP, connect).await??;
+    assert_eq!(server.metrics.open(), 1);
+
+    // Up to 32 MiB of pongs owed; a server that buffers them all never closes the connection.
+    let max_pings = 256 * 1024;
+    let payload = Bytes::from(vec![b'p'; 125]);
+    let started = Instant::now();
+    let mut sent = 0;
+    let flood = async {
+        while sent < max_pings {
+            ws.feed(Message::Ping(payload.clone())).await?;
+            sent += 1;
+            if sent % 64 == 0 {
+                ws.flush().await?;
+            }
+        }
+        ws.flush().await
+    };
+    let flooded = tokio::time::timeout(Duration::from_secs(60), flood).await;
+    assert!(
+        matches!(flooded, Ok(Err(_))),
+        "the server was still reading after {sent} pings in {:?}: {flooded:?}",
+        started.elapsed()
+    );
+
+    // The connection task ended, so whatever it buffered is freed.
+    let deadline = Instant::now() + STEP;
+    while server.metrics.open() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.metrics.open(), 0, "connection task still running");
+    println!(
+        "closed after {sent} pings ({} KiB of pongs owed) in {:?}",
+        sent * 127 / 1024,
+        started.elapsed()
+    );
+    server.stop().await
 }
