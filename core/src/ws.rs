@@ -726,6 +726,54 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn pings_whose_pongs_are_never_flushed_close_with_1008() {
+        let (peer, stream) = fake_stream();
+        let closer = Closer::new(&CancellationToken::new());
+        let mut reader = Reader::new(stream, closer.clone(), Duration::from_secs(60));
+        let ping = Message::Ping(Bytes::from(vec![0u8; 125]));
+        let feeder =
+            tokio::spawn(async move { while peer.send(Ok(ping.clone())).await.is_ok() {} });
+        assert!(matches!(reader.next().await, Err(ReadError::NotReading)));
+        assert_eq!(closer.frame().code, CloseCode::Policy);
+        drop(reader);
+        assert!(feeder.await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_whose_pongs_the_writer_flushes_never_close() {
+        let (peer, stream) = fake_stream();
+        let sink = RecordingSink::default();
+        let (_sender, receiver) = mpsc::channel::<Message>(8);
+        let closer = Closer::new(&CancellationToken::new());
+        let writer = tokio::spawn(run_writer(
+            sink.clone(),
+            receiver,
+            closer.clone(),
+            Duration::from_secs(20),
+        ));
+        let mut reader = Reader::new(stream, closer.clone(), Duration::from_secs(60));
+        let pings = 4 * MAX_OWED_REPLY_BYTES / 131;
+        let feeder = tokio::spawn(async move {
+            for _ in 0..pings {
+                if peer
+                    .send(Ok(Message::Ping(Bytes::from(vec![0u8; 125]))))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            peer.send(Ok(text("done"))).await.is_ok()
+        });
+        assert_eq!(reader.next().await.ok().flatten(), Some(text("done")));
+        assert!(!closer.is_closing());
+        assert!(sink.take().contains(&Event::Flushed));
+        assert!(matches!(feeder.await, Ok(true)));
+        closer.close(CloseCode::Normal, "");
+        assert!(matches!(writer.await, Ok(Ok(()))));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn oversize_message_closes_with_1009() {
         let (peer, stream) = fake_stream();
         let closer = Closer::new(&CancellationToken::new());
