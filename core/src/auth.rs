@@ -713,7 +713,7 @@ mod tests {
         assert_eq!(checked, FREE_FAILURES as usize + 60 / 4 - 1);
         let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
         assert_eq!(tracker.throttled(other, now), None);
-        let retry = tracker.throttled(PEER, now);
+        let retry = tracker.throttled(PEER, start + Duration::from_secs(59));
         assert!(retry.is_some_and(|r| r <= FAILURE_INTERVAL), "{retry:?}");
     }
 
