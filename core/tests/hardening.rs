@@ -112,8 +112,7 @@ async fn parallel_password_guessing_from_one_address_is_rate_limited() -> TestRe
     let checked = counted.bcrypt_verifications();
     writeln!(
         std::io::stdout(),
-        "{checked} of {guesses} parallel guesses checked in {elapsed:?}: {:.2} guesses/s",
-        checked as f64 / elapsed.as_secs_f64()
+        "{checked} of {guesses} parallel guesses had their password checked in {elapsed:?} (limit {allowed})"
     )?;
     assert!(
         checked <= allowed,
