@@ -262,7 +262,6 @@ where
             // Before the outbox, so a peer that only receives still gets pings and answers them with pongs,
             // which is what keeps our reader from declaring it idle.
             _ = ping.tick() => Step::Ping,
-            () = replies.flush_wanted.notified() => Step::FlushReplies,
             received = outbox.next() => match received {
                 Some(message) => Step::Send(message),
                 None => {
@@ -270,18 +269,16 @@ where
                     break;
                 }
             },
+            // After the outbox: every step ends with a flush, which sends owed replies too.
+            () = replies.flush_wanted.notified() => Step::FlushReplies,
         };
+        // Every reply owed now is queued in tungstenite (or superseded by a later one), so once the flush that
+        // ends this step completes, it has reached the socket.
+        let owed = replies.owed.load(Ordering::Acquire);
         let write = async {
             match step {
                 Step::Ping => sink.send(Message::Ping(Bytes::new())).await,
-                Step::FlushReplies => {
-                    // Every reply owed now is queued in tungstenite (or superseded by a later one), so once this
-                    // flush completes it has reached the socket.
-                    let owed = replies.owed.load(Ordering::Acquire);
-                    sink.flush().await?;
-                    replies.flushed.fetch_max(owed, Ordering::AcqRel);
-                    Ok(())
-                }
+                Step::FlushReplies => sink.flush().await,
                 Step::Send(message) => write_batch(&mut sink, message, &mut outbox).await,
             }
         };
@@ -293,6 +290,7 @@ where
             closer.close(CloseCode::Error, "write failed");
             return Err(err);
         }
+        replies.flushed.fetch_max(owed, Ordering::AcqRel);
     }
     let frame = closer.frame();
     let goodbye = async {
