@@ -161,7 +161,8 @@ pub(crate) fn is_permanent(err: &DialError) -> bool {
         | DialError::TlsVerification { .. }
         | DialError::Unauthorized { .. }
         | DialError::SubprotocolRejected { .. } => true,
-        DialError::HttpStatus { status, .. } => matches!(status, 400..=499),
+        // 429: the server throttles failed logins from this address; it passes.
+        DialError::HttpStatus { status, .. } => matches!(status, 400..=499) && *status != 429,
         DialError::Timeout { .. }
         | DialError::Io { .. }
         | DialError::Tls { .. }

@@ -4,7 +4,9 @@
 //! a `user:password` list from the environment. Verification is built to survive hostile clients: plaintext
 //! passwords are compared in constant time, an unknown user costs about as much as a known one, bcrypt runs on the
 //! blocking pool (bounded by the CPU count) with successful checks cached so reconnect storms stay cheap, and
-//! repeated failures from one address are answered ever more slowly. Passwords are never logged.
+//! failures are limited per source address across all its connections: after a small burst, an address (IPv6: a
+//! /64) gets one more password check per [`FAILURE_INTERVAL`], however many connections it opens in parallel;
+//! further attempts are refused with `429` without checking anything. Passwords are never logged.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,6 +41,9 @@ const FREE_FAILURES: u32 = 5;
 const FAILURE_BASE_DELAY: Duration = Duration::from_millis(250);
 /// Upper bound of the per-failure delay, so a legitimate user behind the same address is not locked out.
 const FAILURE_MAX_DELAY: Duration = Duration::from_secs(4);
+/// Once an address has used up its [`FREE_FAILURES`], it gets one more password check per interval, counted
+/// across all its connections: at most 0.25 guesses per second per address (IPv6: per /64) in the long run.
+pub const FAILURE_INTERVAL: Duration = Duration::from_secs(4);
 /// Most addresses whose failures are tracked; beyond it the longest-quiet address is forgotten.
 const FAILURE_TRACKER_CAPACITY: usize = 10_000;
 
@@ -149,7 +154,8 @@ pub enum AuthError {
     NoUsers,
 }
 
-/// Why a handshake was not authenticated; both are answered with `401 Unauthorized`.
+/// Why a handshake was not authenticated: `Missing` and `Invalid` are answered with `401 Unauthorized`,
+/// `Throttled` with `429 Too Many Requests`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthFailure {
     /// The client sent no credentials at all.
@@ -158,6 +164,12 @@ pub enum AuthFailure {
     /// Unknown user or wrong password (deliberately not distinguished).
     #[error("invalid credentials")]
     Invalid,
+    /// The client's address has failed too often recently; the credentials were not checked.
+    #[error("too many failed logins from this address, retry in {retry_after:?}")]
+    Throttled {
+        /// When the address may try again.
+        retry_after: Duration,
+    },
 }
 
 /// Checks credentials against the configured users. Cheap to clone: clones share users, cache and failure
@@ -246,9 +258,12 @@ impl Authenticator {
 
     /// Verifies a client's credentials and returns the authenticated user name.
     ///
-    /// `peer` is the client address: after a few failures from one address (IPv6 grouped by /64) within a minute,
-    /// each further failure is answered only after an increasing delay capped at a few seconds. Missing
-    /// credentials are answered at once and not counted, since they guess nothing.
+    /// `peer` is the client address (IPv6 grouped by /64). After a few failures from it (five), it gets
+    /// one more check per [`FAILURE_INTERVAL`] across all its connections; attempts beyond that fail with
+    /// [`AuthFailure::Throttled`] without a password check (and without bcrypt), except credentials verified
+    /// recently, which only their owner can present. Each failure past the free ones is also answered after an
+    /// increasing delay capped at a few seconds. Missing credentials are answered at once and not counted, since
+    /// they guess nothing.
     pub async fn verify(
         &self,
         creds: Option<&Credentials>,
@@ -257,8 +272,13 @@ impl Authenticator {
         let Some(creds) = creds else {
             return Err(AuthFailure::Missing);
         };
-        if self.check(creds).await {
-            return Ok(creds.user.clone());
+        match self.check(creds, peer).await {
+            Checked::Match => return Ok(creds.user.clone()),
+            Checked::Throttled(retry_after) => {
+                tracing::debug!(user = %creds.user, %peer, ?retry_after, "authentication throttled");
+                return Err(AuthFailure::Throttled { retry_after });
+            }
+            Checked::NoMatch => {}
         }
         let (failures, delay) = lock(&self.inner.failures).record(peer, Instant::now());
         tracing::debug!(user = %creds.user, %peer, failures, "authentication failed");
@@ -271,39 +291,62 @@ impl Authenticator {
         Err(AuthFailure::Invalid)
     }
 
-    async fn check(&self, creds: &Credentials) -> bool {
+    /// Checks `creds` unless `peer` is throttled. The throttle is consulted right before the comparison (for
+    /// bcrypt: after waiting for a bcrypt slot), so attempts that queued up in parallel are stopped as soon as the
+    /// failures of the first ones are recorded.
+    async fn check(&self, creds: &Credentials, peer: IpAddr) -> Checked {
         let (stored, known) = match self.inner.users.get(&creds.user) {
             Some(stored) => (stored.clone(), true),
             None => (self.inner.decoy.clone(), false),
         };
+        let throttled = || lock(&self.inner.failures).throttled(peer, Instant::now());
         let matches = match stored {
             StoredPassword::Plain(digest) => {
+                if let Some(retry_after) = throttled() {
+                    return Checked::Throttled(retry_after);
+                }
                 bool::from(sha256(creds.password.expose().as_bytes()).ct_eq(&digest))
             }
             StoredPassword::Bcrypt(hash) => {
                 let key = cache_key(&creds.user, &creds.password);
                 if known && lock(&self.inner.verified).is_fresh(&key, Instant::now()) {
-                    return true;
+                    return Checked::Match;
                 }
-                let matches = self.bcrypt(creds.password.clone(), hash).await;
+                let Some(matches) = self.bcrypt(creds.password.clone(), hash, throttled).await
+                else {
+                    return Checked::Throttled(throttled().unwrap_or(FAILURE_INTERVAL));
+                };
                 if matches && known {
                     lock(&self.inner.verified).insert(key, Instant::now());
                 }
                 matches
             }
         };
-        matches && known
+        if matches && known {
+            Checked::Match
+        } else {
+            Checked::NoMatch
+        }
     }
 
-    async fn bcrypt(&self, password: Secret, hash: Arc<str>) -> bool {
+    /// Runs bcrypt on the blocking pool once a slot is free, unless `throttled` says no by then (`None`).
+    async fn bcrypt(
+        &self,
+        password: Secret,
+        hash: Arc<str>,
+        throttled: impl Fn() -> Option<Duration>,
+    ) -> Option<bool> {
         let Ok(slot) = self.inner.bcrypt_slots.acquire().await else {
-            return false;
+            return Some(false);
         };
+        if throttled().is_some() {
+            return None;
+        }
         self.inner.bcrypt_runs.fetch_add(1, Ordering::Relaxed);
         let outcome =
             tokio::task::spawn_blocking(move || bcrypt::verify(password.expose(), &hash)).await;
         drop(slot);
-        match outcome {
+        Some(match outcome {
             Ok(Ok(matches)) => matches,
             Ok(Err(err)) => {
                 tracing::warn!(%err, "bcrypt verification failed");
@@ -313,8 +356,16 @@ impl Authenticator {
                 tracing::warn!(%err, "bcrypt verification task did not complete");
                 false
             }
-        }
+        })
     }
+}
+
+/// The outcome of one credential check.
+enum Checked {
+    Match,
+    NoMatch,
+    /// Not checked: the address must wait this long.
+    Throttled(Duration),
 }
 
 /// Users being collected from the configuration sources.
@@ -459,7 +510,12 @@ impl VerifiedCache {
     }
 }
 
-/// Recent authentication failures per client address.
+/// Recent authentication failures per client address, and the throttle they lead to.
+///
+/// The throttle is a generic cell rate algorithm: each failure pushes the address's `due` time one
+/// [`FAILURE_INTERVAL`] further into the future (from now at the earliest), and an address whose `due` lies more
+/// than [`FREE_FAILURES`] - 1 intervals ahead is throttled until it no longer does. That allows a burst of
+/// [`FREE_FAILURES`] failures, then one per interval, whatever the number of connections.
 #[derive(Default)]
 struct FailureTracker {
     by_addr: HashMap<IpAddr, Failures>,
@@ -468,16 +524,24 @@ struct FailureTracker {
 struct Failures {
     count: u32,
     last: Instant,
+    due: Instant,
 }
 
 impl FailureTracker {
+    /// How long `peer` must still wait before its credentials are checked again, or `None` if they may be now.
+    fn throttled(&self, peer: IpAddr, now: Instant) -> Option<Duration> {
+        let failures = self.by_addr.get(&source_key(peer))?;
+        let allowed_from = failures.due.checked_sub(burst_window())?;
+        (allowed_from > now).then(|| allowed_from - now)
+    }
+
     /// Counts a failure from `peer` and returns the failure count in the current window and how long to wait
     /// before answering it.
     fn record(&mut self, peer: IpAddr, now: Instant) -> (u32, Duration) {
-        let addr = tracking_key(peer);
+        let addr = source_key(peer);
         if self.by_addr.len() >= FAILURE_TRACKER_CAPACITY && !self.by_addr.contains_key(&addr) {
             self.by_addr
-                .retain(|_, f| now.duration_since(f.last) < FAILURE_WINDOW);
+                .retain(|_, f| now.duration_since(f.last) < FAILURE_WINDOW || f.due > now);
             if self.by_addr.len() >= FAILURE_TRACKER_CAPACITY
                 && let Some(quietest) = self
                     .by_addr
@@ -491,14 +555,21 @@ impl FailureTracker {
         let failures = self.by_addr.entry(addr).or_insert(Failures {
             count: 0,
             last: now,
+            due: now,
         });
         if now.duration_since(failures.last) >= FAILURE_WINDOW {
             failures.count = 0;
         }
         failures.count = failures.count.saturating_add(1);
         failures.last = now;
+        failures.due = failures.due.max(now) + FAILURE_INTERVAL;
         (failures.count, failure_delay(failures.count))
     }
+}
+
+/// How far ahead an address's `due` time may lie before it is throttled: room for the free failures.
+fn burst_window() -> Duration {
+    FAILURE_INTERVAL.saturating_mul(FREE_FAILURES.saturating_sub(1))
 }
 
 /// Delay before answering the `count`-th failure in a window: none for the first few, then doubling up to a cap.
@@ -513,8 +584,8 @@ fn failure_delay(count: u32) -> Duration {
 }
 
 /// Groups addresses the way an attacker obtains them: one IPv4 address, or one IPv6 /64 (a single host usually
-/// controls a whole /64).
-fn tracking_key(peer: IpAddr) -> IpAddr {
+/// controls a whole /64). Used for the login throttle and the per-address handshake limit.
+pub(crate) fn source_key(peer: IpAddr) -> IpAddr {
     match peer {
         IpAddr::V4(_) => peer,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -626,14 +697,35 @@ mod tests {
     }
 
     #[test]
+    fn throttle_allows_a_burst_then_one_failure_per_interval() {
+        let mut tracker = FailureTracker::default();
+        let start = Instant::now();
+        let mut checked = 0;
+        let mut now = start;
+        // An attacker retrying every 100 ms for a minute, as if from many parallel connections.
+        while now < start + Duration::from_secs(60) {
+            if tracker.throttled(PEER, now).is_none() {
+                tracker.record(PEER, now);
+                checked += 1;
+            }
+            now += Duration::from_millis(100);
+        }
+        assert_eq!(checked, FREE_FAILURES as usize + 60 / 4 - 1);
+        let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(tracker.throttled(other, now), None);
+        let retry = tracker.throttled(PEER, start + Duration::from_secs(59));
+        assert!(retry.is_some_and(|r| r <= FAILURE_INTERVAL), "{retry:?}");
+    }
+
+    #[test]
     fn ipv6_peers_are_tracked_per_64_prefix() {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
         let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(tracking_key(a), tracking_key(b));
-        assert_ne!(tracking_key(a), tracking_key(other));
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(other));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(tracking_key(mapped), IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(source_key(mapped), IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! 503 with proper headers, serve a static page on the same port, and keep the head under a hard size cap.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::io;
 
 use thiserror::Error;
@@ -37,13 +38,46 @@ pub enum HttpError {
 
 /// A parsed request head. Header names are kept lowercase; values are kept as raw bytes and read with
 /// [`RequestHead::header`], which returns only valid UTF-8 (header values are ASCII in practice).
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows header names but only the values of headers that cannot carry credentials.
+#[derive(Clone)]
 pub struct RequestHead {
     /// The method, e.g. `GET`.
     pub method: String,
     /// The path without the query string, e.g. `/pushmsg`.
     pub path: String,
     headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Headers whose values may hold credentials: `Authorization`, cookies, and the subprotocol list, where
+/// browsers offer `wsmq.auth.<credentials>`.
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "sec-websocket-protocol",
+];
+
+impl fmt::Debug for RequestHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, Cow<'_, str>)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = if SECRET_HEADERS.contains(&name.as_str()) {
+                    Cow::Borrowed("<redacted>")
+                } else {
+                    String::from_utf8_lossy(value)
+                };
+                (name.as_str(), value)
+            })
+            .collect();
+        f.debug_struct("RequestHead")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("headers", &headers)
+            .finish()
+    }
 }
 
 impl RequestHead {
@@ -207,6 +241,7 @@ fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Unknown",
@@ -226,6 +261,20 @@ mod tests {
         assert_eq!(head.header("HOST"), Some("a"));
         assert!(head.has_token("connection", "upgrade"));
         assert_eq!(leftover, b"\x81\x00");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn debug_of_a_head_hides_credentials() -> Result<(), HttpError> {
+        let raw = b"GET /echo HTTP/1.1\r\nHost: a\r\nAuthorization: Basic YWxpY2U6aHVudGVyMg==\r\n\
+                    Sec-WebSocket-Protocol: wsmq.auth.YWxpY2U6aHVudGVyMg, wsmq.v1\r\n\r\n";
+        let (head, _) = read_request_head(&mut &raw[..]).await?;
+        let shown = format!("{head:?}");
+        assert!(
+            shown.contains("host") && shown.contains("authorization"),
+            "{shown}"
+        );
+        assert!(!shown.contains("YWxpY2U6aHVudGVyMg"), "{shown}");
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! learns one set of flags.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod backoff;
 pub mod config;

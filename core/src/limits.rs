@@ -15,6 +15,11 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;
 /// Concurrent connections per listener by default; the host allows 20,000 file descriptors per process.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Connections in their handshake (TLS, HTTP head, authentication, upgrade) at once per listener by default.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 2048;
+/// Connections in their handshake at once from one address (IPv6: one /64) by default: enough for a client
+/// host opening a few hundred connections at once (`wsmq-bench` opens 256), a small share of the total.
+pub const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 256;
 /// WebSocket read buffer by default: the initial buffer and the most read from TLS per call; it grows on demand
 /// to hold larger messages. tungstenite's 128 KiB default would cost 128 KiB per idle peer; with 1 KiB an idle
 /// TLS WebSocket costs about 13.7 KiB server-side, most of it rustls state (see docs/PERFORMANCE.md).
@@ -41,9 +46,21 @@ pub struct Limits {
     #[arg(long, env = "WSMQ_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
-    /// Concurrent connections accepted by one listener; beyond it clients get "503 Service Unavailable".
+    /// Concurrent upgraded connections accepted by one listener; beyond it clients get "503 Service
+    /// Unavailable". Connections still in their handshake do not count (see --max-handshakes).
     #[arg(long, env = "WSMQ_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+
+    /// Connections that may be in their handshake (TLS, HTTP head, authentication, upgrade) at once; further
+    /// connections are dropped at once until one finishes or hits --handshake-timeout. Half-open connections use
+    /// these slots, never the --max-connections ones, so they cannot lock upgraded clients out.
+    #[arg(long, env = "WSMQ_MAX_HANDSHAKES", default_value_t = DEFAULT_MAX_HANDSHAKES)]
+    pub max_handshakes: usize,
+
+    /// Connections that may be in their handshake at once from one client address (IPv6: one /64); further
+    /// ones from that address are dropped at once, so one host cannot take every handshake slot.
+    #[arg(long, env = "WSMQ_MAX_HANDSHAKES_PER_IP", default_value_t = DEFAULT_MAX_HANDSHAKES_PER_IP)]
+    pub max_handshakes_per_ip: usize,
 
     /// Interval between keepalive pings sent to each WebSocket peer (e.g. "20s").
     #[arg(long, env = "WSMQ_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
@@ -76,6 +93,8 @@ impl Default for Limits {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             handshake_timeout: Duration::from_secs(10),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),

@@ -35,6 +35,11 @@ pub enum RejectReason {
     HandshakeTimeout,
     /// The TLS handshake failed (plain-text bytes, garbage, a client that distrusts our certificate).
     Tls,
+    /// Too many connections were in their handshake (in total or from the client's address): dropped unanswered.
+    HandshakeLimit,
+    /// The client's address failed to log in too often recently; answered `429` without checking (see
+    /// `crate::auth`).
+    Throttled,
 }
 
 impl RejectReason {
@@ -48,6 +53,8 @@ impl RejectReason {
             Self::BadRequest => "bad_request",
             Self::HandshakeTimeout => "handshake_timeout",
             Self::Tls => "tls",
+            Self::HandshakeLimit => "handshake_limit",
+            Self::Throttled => "throttled",
         }
     }
 }

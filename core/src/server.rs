@@ -1,10 +1,12 @@
 //! The TLS WebSocket listener every wsmq service runs: accept, TLS, HTTP head, routing, origin check, Basic auth,
-//! subprotocol negotiation and the upgrade, under one handshake timeout and a connection limit.
+//! subprotocol negotiation and the upgrade, under one handshake timeout and two separate limits: handshake slots
+//! (in total and per client address, see [`crate::admission`]) for connections still in their handshake, and the
+//! connection limit for upgraded ones, so half-open connections cannot lock real clients out.
 //!
 //! The service only supplies a handler that receives an authenticated, upgraded [`Accepted`] connection. Like
 //! mini-redis and axum: [`serve`] takes an already-bound listener (tests bind port 0), accept errors never end
-//! it, each connection holds an owned semaphore permit, and shutdown is cancel → notify connections → wait for
-//! them within the drain timeout.
+//! it, each upgraded connection holds an owned semaphore permit, and shutdown is cancel → notify connections →
+//! wait for them within the drain timeout.
 
 use std::future::Future;
 use std::io;
@@ -24,7 +26,8 @@ use tracing::instrument;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::Role;
 
-use crate::auth::{AUTH_SUBPROTOCOL_PREFIX, Authenticator, Credentials};
+use crate::admission::{HandshakeSlot, HandshakeSlots};
+use crate::auth::{AUTH_SUBPROTOCOL_PREFIX, AuthFailure, Authenticator, Credentials};
 use crate::http::{HttpError, RequestHead, Response, read_request_head};
 use crate::limits::Limits;
 use crate::metrics::{ListenerMetrics, RejectReason};
@@ -34,9 +37,6 @@ use crate::metrics::{ListenerMetrics, RejectReason};
 /// handler arguments that stay allocated for the connection's whole life.
 pub type ServerWs = WebSocketStream<Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
-/// Connections beyond the limit that may be in their TLS handshake at once to receive their 503; past it, extra
-/// connections are dropped without a word, so a flood cannot make the rejection path itself unbounded.
-pub const MAX_CONCURRENT_REJECTIONS: usize = 64;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(250);
 /// The realm in `WWW-Authenticate`.
@@ -141,6 +141,8 @@ struct Shared<H> {
     config: Arc<ServerConfig>,
     acceptor: TlsAcceptor,
     origins: Vec<String>,
+    /// Slots of upgraded connections (`--max-connections`), taken once the request head is read.
+    connections: Arc<Semaphore>,
     handler: H,
 }
 
@@ -174,11 +176,15 @@ where
     let connections = Arc::new(Semaphore::new(
         config.limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
-    let rejections = Arc::new(Semaphore::new(MAX_CONCURRENT_REJECTIONS));
+    let handshakes = HandshakeSlots::new(
+        config.limits.max_handshakes,
+        config.limits.max_handshakes_per_ip,
+    );
     let shared = Arc::new(Shared {
         acceptor: TlsAcceptor::from(config.tls.clone()),
         config,
         origins,
+        connections,
         handler,
     });
     let tracker = TaskTracker::new();
@@ -202,28 +208,19 @@ where
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%err, %peer, "cannot set TCP_NODELAY");
         }
-        let admission = match connections.clone().try_acquire_owned() {
-            Ok(permit) => Admission {
-                admitted: true,
-                _permit: permit,
-            },
-            Err(_) => match rejections.clone().try_acquire_owned() {
-                Ok(permit) => Admission {
-                    admitted: false,
-                    _permit: permit,
-                },
-                Err(_) => {
-                    shared.config.metrics.reject(RejectReason::Limit);
-                    tracing::debug!(%peer, "connection limit reached, dropping connection");
-                    continue;
-                }
-            },
+        let slot = match handshakes.try_acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(full) => {
+                shared.config.metrics.reject(RejectReason::HandshakeLimit);
+                tracing::debug!(%peer, reason = %full, "dropping connection");
+                continue;
+            }
         };
         tracker.spawn(connection(
             shared.clone(),
             tcp,
             peer,
-            admission,
+            slot,
             shutdown.child_token(),
         ));
     }
@@ -244,13 +241,6 @@ where
     Ok(())
 }
 
-/// Whether a connection got a slot under the connection limit (else it only gets a 503), with the permit of
-/// that slot or of a rejection slot, held for the task's lifetime.
-struct Admission {
-    admitted: bool,
-    _permit: OwnedSemaphorePermit,
-}
-
 /// A handshake that did not produce a WebSocket, and why (for the metric and the debug log).
 struct Rejection {
     reason: RejectReason,
@@ -266,12 +256,13 @@ impl Rejection {
     }
 }
 
-/// A completed upgrade, ready for the handler.
+/// A completed upgrade, ready for the handler, with its slot under the connection limit.
 struct Upgraded {
     ws: ServerWs,
     path: &'static str,
     user: String,
     subprotocol: Option<&'static str>,
+    permit: OwnedSemaphorePermit,
 }
 
 /// One connection from accept to the end of its handler.
@@ -280,7 +271,7 @@ async fn connection<H, F>(
     shared: Arc<Shared<H>>,
     tcp: TcpStream,
     peer: SocketAddr,
-    admission: Admission,
+    slot: HandshakeSlot,
     shutdown: CancellationToken,
 ) where
     H: Fn(Accepted) -> F + Send + Sync + 'static,
@@ -289,35 +280,38 @@ async fn connection<H, F>(
     // The task's future is allocated for the connection's whole life, so it must hold little besides the
     // handler's future: the handshake (TLS state, timers, request head) is boxed and freed once it is over, and
     // `hand_over` is a plain function so the upgraded parts do not also stay in this state machine (688 bytes).
-    let upgraded = Box::pin(admit(&shared, tcp, peer, admission.admitted, &shutdown)).await;
-    let Some(handler) = upgraded.map(|upgraded| hand_over(&shared, upgraded, peer, shutdown))
+    let upgraded = Box::pin(admit(&shared, tcp, peer, &shutdown)).await;
+    drop(slot);
+    let Some((handler, permit)) =
+        upgraded.map(|upgraded| hand_over(&shared, upgraded, peer, shutdown))
     else {
         return;
     };
     let _open = shared.config.metrics.open_connection();
     handler.await;
-    drop(admission);
+    drop(permit);
 }
 
-/// Builds the handler's future for an upgraded connection.
+/// Builds the handler's future for an upgraded connection, returned with the connection's permit.
 fn hand_over<H, F>(
     shared: &Shared<H>,
     upgraded: Upgraded,
     peer: SocketAddr,
     shutdown: CancellationToken,
-) -> F
+) -> (F, OwnedSemaphorePermit)
 where
     H: Fn(Accepted) -> F,
 {
     tracing::debug!(user = %upgraded.user, path = upgraded.path, subprotocol = ?upgraded.subprotocol, "accepted");
-    (shared.handler)(Accepted {
+    let handler = (shared.handler)(Accepted {
         ws: upgraded.ws,
         peer,
         path: upgraded.path,
         user: upgraded.user,
         subprotocol: upgraded.subprotocol,
         shutdown,
-    })
+    });
+    (handler, upgraded.permit)
 }
 
 /// Runs the handshake under the handshake timeout unless shutdown comes first, and records why a connection was
@@ -326,13 +320,12 @@ async fn admit<H>(
     shared: &Shared<H>,
     tcp: TcpStream,
     peer: SocketAddr,
-    admitted: bool,
     shutdown: &CancellationToken,
 ) -> Option<Upgraded> {
     let metrics = &shared.config.metrics;
     let handshake = tokio::time::timeout(
         shared.config.limits.handshake_timeout,
-        handshake(shared, tcp, peer, admitted),
+        handshake(shared, tcp, peer),
     );
     let outcome = tokio::select! {
         outcome = handshake => outcome,
@@ -358,7 +351,6 @@ async fn handshake<H>(
     shared: &Shared<H>,
     tcp: TcpStream,
     peer: SocketAddr,
-    admitted: bool,
 ) -> Result<Option<Upgraded>, Rejection> {
     let mut tls = shared
         .acceptor
@@ -378,7 +370,7 @@ async fn handshake<H>(
         }
         Err(err) => return Err(Rejection::new(RejectReason::BadRequest, err)),
     };
-    if !admitted {
+    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         let response = Response::text(503, "too many connections, try again later\n")
             .header("Retry-After", "1");
         return Err(refuse(
@@ -388,7 +380,7 @@ async fn handshake<H>(
             "connection limit reached",
         )
         .await);
-    }
+    };
     let Some(route) = shared.config.routes.iter().find(|r| r.path() == head.path) else {
         return Err(refuse(
             &mut tls,
@@ -453,6 +445,12 @@ async fn handshake<H>(
         .await
     {
         Ok(user) => user,
+        Err(failure @ AuthFailure::Throttled { retry_after }) => {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let response = Response::text(429, "too many failed logins, try again later\n")
+                .header("Retry-After", seconds.max(1).to_string());
+            return Err(refuse(&mut tls, response, RejectReason::Throttled, failure).await);
+        }
         Err(failure) => {
             let response =
                 Response::text(401, "unauthorized\n").header("WWW-Authenticate", WWW_AUTHENTICATE);
@@ -487,6 +485,7 @@ async fn handshake<H>(
         path,
         user,
         subprotocol,
+        permit,
     }))
 }
 

@@ -7,8 +7,17 @@
 //! latency. Closing is one [`Closer`] shared by all three: the reader asks for 1009 on an oversize message, the
 //! service for 1008 or 1013, shutdown for 1001, and the writer sends that code and ends. Everything is generic
 //! over `Stream`/`Sink`, so it is tested over in-memory channels.
+//!
+//! Control replies are bounded like data. tungstenite answers every ping (and a Close) from its read path by
+//! appending the reply to its write buffer, which is unbounded, and keeps reading while the socket does not take
+//! the bytes; a peer that floods pings and never reads would grow that buffer without limit. So the [`Reader`]
+//! counts the reply bytes it makes tungstenite owe, the writer flushes them and records what it flushed, and a
+//! peer that lets more than [`MAX_OWED_REPLY_BYTES`] pile up unread is closed with 1008
+//! ([`ReadError::NotReading`]); its writer gives up its blocked write at once, so the connection ends within
+//! [`CLOSE_TIMEOUT`].
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -16,7 +25,7 @@ use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -34,8 +43,16 @@ pub const WRITE_BATCH_LIMIT: usize = 512;
 /// Close reply. A peer that does not answer is dropped after it.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most bytes of control replies (pongs, the Close reply) a peer may leave unread before it is closed with 1008:
+/// the size of one default maximum message, so replies cost no more than the data a connection may buffer.
+pub const MAX_OWED_REPLY_BYTES: u64 = 64 * 1024;
+
 /// The close reason sent when the service shuts down.
 const SHUTDOWN_REASON: &str = "server shutting down";
+/// Frame header of a pong (payloads are at most 125 bytes; a client's pong also has a 4-byte mask).
+const PONG_HEADER_BYTES: u64 = 6;
+/// The close reason sent to a peer that does not read its control replies.
+const NOT_READING_REASON: &str = "peer does not read";
 
 /// Decides how a connection closes; shared (cheap clone) by the reader, the writer, the service and shutdown.
 ///
@@ -49,7 +66,20 @@ pub struct Closer {
 #[derive(Debug)]
 struct CloserInner {
     closing: CancellationToken,
+    /// Cancelled when the peer is known not to read: the writer stops waiting for a blocked write.
+    abandoned: CancellationToken,
     frame: Mutex<Option<CloseFrame>>,
+    /// Reply bytes tungstenite was made to owe (by the reader) and those known flushed (by the writer).
+    replies: ReplyDebt,
+}
+
+/// Bytes of control replies owed to the peer against those the writer has flushed since.
+#[derive(Debug, Default)]
+struct ReplyDebt {
+    owed: AtomicU64,
+    flushed: AtomicU64,
+    /// Wakes the writer to flush owed replies.
+    flush_wanted: Notify,
 }
 
 impl Closer {
@@ -58,7 +88,9 @@ impl Closer {
         Self {
             inner: Arc::new(CloserInner {
                 closing: shutdown.child_token(),
+                abandoned: CancellationToken::new(),
                 frame: Mutex::new(None),
+                replies: ReplyDebt::default(),
             }),
         }
     }
@@ -80,6 +112,21 @@ impl Closer {
             }
         }
         self.inner.closing.cancel();
+    }
+
+    /// Closes with 1008 because the peer does not read, and makes the writer drop a write it is blocked in.
+    fn abandon(&self) {
+        self.close(CloseCode::Policy, NOT_READING_REASON);
+        self.inner.abandoned.cancel();
+    }
+
+    /// Records a control reply of `bytes` that tungstenite has queued, asks the writer to flush it, and returns
+    /// the reply bytes owed and not yet known flushed.
+    fn owe_reply(&self, bytes: u64) -> u64 {
+        let replies = &self.inner.replies;
+        let owed = replies.owed.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        replies.flush_wanted.notify_one();
+        owed.saturating_sub(replies.flushed.load(Ordering::Acquire))
     }
 
     /// Whether closing has started (requested or shutdown).
@@ -207,25 +254,43 @@ where
 {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let replies = &closer.inner.replies;
     loop {
-        let written = tokio::select! {
+        let step = tokio::select! {
             biased;
             () = closer.closing() => break,
             // Before the outbox, so a peer that only receives still gets pings and answers them with pongs,
             // which is what keeps our reader from declaring it idle.
-            _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await,
+            _ = ping.tick() => Step::Ping,
             received = outbox.next() => match received {
-                Some(message) => write_batch(&mut sink, message, &mut outbox).await,
+                Some(message) => Step::Send(message),
                 None => {
                     closer.close(CloseCode::Normal, "");
                     break;
                 }
             },
+            // After the outbox: every step ends with a flush, which sends owed replies too.
+            () = replies.flush_wanted.notified() => Step::FlushReplies,
+        };
+        // Every reply owed now is queued in tungstenite (or superseded by a later one), so once the flush that
+        // ends this step completes, it has reached the socket.
+        let owed = replies.owed.load(Ordering::Acquire);
+        let write = async {
+            match step {
+                Step::Ping => sink.send(Message::Ping(Bytes::new())).await,
+                Step::FlushReplies => sink.flush().await,
+                Step::Send(message) => write_batch(&mut sink, message, &mut outbox).await,
+            }
+        };
+        let written = tokio::select! {
+            written = write => written,
+            () = closer.inner.abandoned.cancelled() => break,
         };
         if let Err(err) = written {
             closer.close(CloseCode::Error, "write failed");
             return Err(err);
         }
+        replies.flushed.fetch_max(owed, Ordering::AcqRel);
     }
     let frame = closer.frame();
     let goodbye = async {
@@ -240,6 +305,13 @@ where
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.flush()).await;
     }
     Ok(())
+}
+
+/// What the writer does next.
+enum Step {
+    Ping,
+    FlushReplies,
+    Send(Message),
 }
 
 /// Feeds `first` and every message already queued (up to [`WRITE_BATCH_LIMIT`]), then flushes once.
@@ -267,6 +339,10 @@ pub enum ReadError {
     /// The peer sent a message or frame over the configured limit; the connection is closed with 1009.
     #[error("message exceeds the size limit")]
     TooBig,
+    /// The peer left more than [`MAX_OWED_REPLY_BYTES`] of replies to its pings unread (it sends but does not
+    /// read); the connection is closed with 1008.
+    #[error("peer does not read the replies to its pings")]
+    NotReading,
     /// The connection failed (I/O, TLS or WebSocket protocol error).
     #[error(transparent)]
     Ws(#[from] WsError),
@@ -339,7 +415,17 @@ where
                 }
                 // The peer's Close: tungstenite queues the reply; reading on flushes it and ends the stream.
                 Some(Ok(Message::Close(_))) => self.closer.close(CloseCode::Normal, ""),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                // tungstenite has queued a pong: the reply's frame header plus the ping's payload.
+                Some(Ok(Message::Ping(payload))) => {
+                    let owed = self
+                        .closer
+                        .owe_reply(PONG_HEADER_BYTES + payload.len() as u64);
+                    if owed > MAX_OWED_REPLY_BYTES {
+                        self.closer.abandon();
+                        return Err(ReadError::NotReading);
+                    }
+                }
+                Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Err(WsError::Capacity(
                     CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders,
                 ))) => {
@@ -635,6 +721,54 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(180));
         assert!(closer.is_closing());
         drop(keepalive.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_whose_pongs_are_never_flushed_close_with_1008() {
+        let (peer, stream) = fake_stream();
+        let closer = Closer::new(&CancellationToken::new());
+        let mut reader = Reader::new(stream, closer.clone(), Duration::from_secs(60));
+        let ping = Message::Ping(Bytes::from(vec![0u8; 125]));
+        let feeder =
+            tokio::spawn(async move { while peer.send(Ok(ping.clone())).await.is_ok() {} });
+        assert!(matches!(reader.next().await, Err(ReadError::NotReading)));
+        assert_eq!(closer.frame().code, CloseCode::Policy);
+        drop(reader);
+        assert!(feeder.await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_whose_pongs_the_writer_flushes_never_close() {
+        let (peer, stream) = fake_stream();
+        let sink = RecordingSink::default();
+        let (_sender, receiver) = mpsc::channel::<Message>(8);
+        let closer = Closer::new(&CancellationToken::new());
+        let writer = tokio::spawn(run_writer(
+            sink.clone(),
+            receiver,
+            closer.clone(),
+            Duration::from_secs(20),
+        ));
+        let mut reader = Reader::new(stream, closer.clone(), Duration::from_secs(60));
+        let pings = 4 * MAX_OWED_REPLY_BYTES / 131;
+        let feeder = tokio::spawn(async move {
+            for _ in 0..pings {
+                if peer
+                    .send(Ok(Message::Ping(Bytes::from(vec![0u8; 125]))))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            peer.send(Ok(text("done"))).await.is_ok()
+        });
+        assert_eq!(reader.next().await.ok().flatten(), Some(text("done")));
+        assert!(!closer.is_closing());
+        assert!(sink.take().contains(&Event::Flushed));
+        assert!(matches!(feeder.await, Ok(true)));
+        closer.close(CloseCode::Normal, "");
+        assert!(matches!(writer.await, Ok(Ok(()))));
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,7 +16,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use wsmq_core::Secret;
-use wsmq_core::auth::{AuthError, AuthFailure, Authenticator, Credentials};
+use wsmq_core::auth::{AuthError, AuthFailure, Authenticator, Credentials, FAILURE_INTERVAL};
 use wsmq_core::dial::{DialError, Dialer};
 use wsmq_core::tls::{self, TlsError};
 
@@ -538,21 +538,40 @@ async fn successful_bcrypt_checks_are_cached_and_failures_are_not() -> TestResul
 }
 
 #[tokio::test(start_paused = true)]
-async fn repeated_failures_from_one_address_are_slowed_down() -> TestResult {
+async fn repeated_failures_from_one_address_are_throttled_then_slowed_down() -> TestResult {
     let auth = Authenticator::from_users(&Secret::new("alice:right"))?;
     let wrong = creds_with("alice", "wrong");
+    let right = creds_with("alice", "right");
     let attacker = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
 
-    let mut delays = Vec::new();
-    for _ in 0..9 {
+    for _ in 0..5 {
         let start = Instant::now();
         assert_eq!(
             auth.verify(Some(&wrong), attacker).await,
             Err(AuthFailure::Invalid)
         );
-        delays.push(start.elapsed().as_millis());
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the first failures are free"
+        );
     }
-    assert_eq!(delays, [0, 0, 0, 0, 0, 250, 500, 1000, 2000]);
+    let start = Instant::now();
+    assert_eq!(
+        auth.verify(Some(&wrong), attacker).await,
+        Err(AuthFailure::Throttled {
+            retry_after: FAILURE_INTERVAL
+        }),
+        "the sixth attempt is refused unchecked"
+    );
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(
+        auth.verify(Some(&right), attacker).await,
+        Err(AuthFailure::Throttled {
+            retry_after: FAILURE_INTERVAL
+        }),
+        "while throttled nothing is checked, not even a right password"
+    );
 
     let start = Instant::now();
     auth.verify(Some(&wrong), PEER)
@@ -562,13 +581,24 @@ async fn repeated_failures_from_one_address_are_slowed_down() -> TestResult {
     assert_eq!(
         start.elapsed(),
         Duration::ZERO,
-        "another address is not slowed down"
+        "another address is neither throttled nor slowed down"
     );
 
+    tokio::time::advance(FAILURE_INTERVAL).await;
     let start = Instant::now();
     assert_eq!(
-        auth.verify(Some(&creds_with("alice", "right")), attacker)
-            .await,
+        auth.verify(Some(&wrong), attacker).await,
+        Err(AuthFailure::Invalid)
+    );
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(250),
+        "one more check per interval, answered slowly"
+    );
+    tokio::time::advance(FAILURE_INTERVAL).await;
+    let start = Instant::now();
+    assert_eq!(
+        auth.verify(Some(&right), attacker).await,
         Ok("alice".to_owned())
     );
     assert_eq!(

@@ -4,14 +4,14 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::error::Error;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -159,6 +159,21 @@ impl TestServer {
     /// TCP + TLS to the server, verifying its certificate for `localhost`.
     pub async fn tls_connect(&self) -> TestResult<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.addr).await?;
+        self.tls_over(tcp).await
+    }
+
+    /// A plain TCP connection to the server from `source` (any address in 127.0.0.0/8), sending nothing.
+    pub async fn tcp_connect_from(&self, source: IpAddr) -> TestResult<TcpStream> {
+        let socket = match source {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        Ok(tokio::time::timeout(STEP, socket.connect(self.addr)).await??)
+    }
+
+    /// TLS over an already connected TCP stream, verifying the certificate for `localhost`.
+    pub async fn tls_over(&self, tcp: TcpStream) -> TestResult<TlsStream<TcpStream>> {
         let connector = TlsConnector::from(self.client_tls.clone());
         let tls = tokio::time::timeout(
             STEP,
@@ -225,6 +240,21 @@ impl TestServer {
         tokio::time::timeout(STEP, connect)
             .await
             .map_err(|e| tungstenite::Error::Io(std::io::Error::other(e)))?
+    }
+
+    /// Opens an authenticated WebSocket to `/echo` from `source` (in 127.0.0.0/8) and reads the greeting.
+    pub async fn ws_connect_good_from(&self, source: IpAddr) -> TestResult<(ClientWs, String)> {
+        let tls = self.tls_over(self.tcp_connect_from(source).await?).await?;
+        let mut request =
+            format!("wss://localhost:{}/echo", self.addr.port()).into_client_request()?;
+        request.headers_mut().append(
+            "Authorization",
+            HeaderValue::from_str(&good_credentials().basic_header())?,
+        );
+        let connect = tokio_tungstenite::client_async_with_config(request, tls, None);
+        let (mut ws, _) = tokio::time::timeout(STEP, connect).await??;
+        let greeting = next_text(&mut ws).await?;
+        Ok((ws, greeting))
     }
 
     /// Opens an authenticated WebSocket to `/echo` and reads the greeting.
