@@ -210,7 +210,7 @@ impl Drop for Consumer {
             .collect();
         for offset in &owned {
             if let Some(lease) = state.leases.remove(offset) {
-                state.redeliver.insert(*offset, lease.payload);
+                state.redeliver.insert(*offset, lease.into());
             }
         }
         if state.has_messages() {
