@@ -2,9 +2,11 @@
 //!
 //! Producers push on `/pushmsg`, consumers pop on `/popmsg`, both over TLS WebSockets with Basic auth, in ws-go's
 //! compat mode or wsmq's reliable mode (see `docs/PROTOCOL.md`). [`queue`] is the engine (ordering, leases,
-//! storage); [`push`] and [`pop`] translate between it and the wire.
+//! storage); [`push`] and [`pop`] translate between it and the wire; [`deadletters`] serves the dead letters on the
+//! admin listener.
 
 pub mod config;
+pub mod deadletters;
 mod metrics;
 mod pop;
 mod push;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wsmq_core::admin::{Readiness, serve_admin};
+use wsmq_core::admin::{Readiness, serve_admin_with};
 use wsmq_core::auth::AuthError;
 use wsmq_core::limits::QueueLimits;
 use wsmq_core::metrics::ListenerMetrics;
@@ -164,7 +166,14 @@ impl Bound {
             tracing::info!(%addr, %admin_addr, "msgqueue listening on /pushmsg and /popmsg");
         }
         let ready = readiness.condition("listener");
-        let admin_task = tokio::spawn(serve_admin(admin, registry, readiness, shutdown.clone()));
+        let routes = deadletters::DeadLetterRoutes::new(queue.clone());
+        let admin_task = tokio::spawn(serve_admin_with(
+            admin,
+            registry,
+            readiness,
+            Some(routes),
+            shutdown.clone(),
+        ));
         ready.set_ready(true);
 
         let handler_queue = queue.clone();
