@@ -197,6 +197,18 @@ async fn read_pushes(
                 Err(err) => pending.rejects.push((seq, reject_reason(err))),
             }
         }
+        if pending.durable.is_none() && pending.acked_upto.is_none() {
+            // Nothing of this frame was stored, so there is nothing to wait for: refuse at once, even while earlier
+            // frames still wait for a full disk, so the producer learns why instead of waiting.
+            let mut replies = FrameWriter::with_capacity(16 * pending.rejects.len());
+            for &(seq, reason) in &pending.rejects {
+                replies.push_reply(PushReply::Reject { seq, reason });
+            }
+            if !send(outbox, &mut replies).await {
+                break;
+            }
+            continue;
+        }
         if pending_tx.send(pending).await.is_err() {
             break;
         }
