@@ -214,7 +214,8 @@ async fn an_oversize_compat_push_to_msgqueue_does_not_stop_delivery() {
     )
     .unwrap();
     let (mut pusher, _) = within("dial /pushmsg", compat.dial("/pushmsg")).await.unwrap();
-    let oversize = format!(r#"{{"Topic":"news","Content":"{}"}}"#, "x".repeat(65_537));
+    let oversize = format!(r#"{{"Topic":"news","Content":"{}"}}"#, "x".repeat(65_508));
+    assert_eq!(oversize.len(), 65_537);
     pusher.send(Message::text(oversize)).await.unwrap();
 
     let mut publisher = client(dir.path(), pub_port, "/publish").await;
@@ -223,7 +224,9 @@ async fn an_oversize_compat_push_to_msgqueue_does_not_stop_delivery() {
         next_frame(&mut publisher).await,
         ServerFrame::Ack { id: "1".into() }
     );
-    assert_eq!(next_frame(&mut subscriber).await, message("news", "after"));
+    // next_frame's own bound restarts with every ping; this one bounds the whole wait.
+    let after = within("the message published after the oversize push", next_frame(&mut subscriber));
+    assert_eq!(after.await, message("news", "after"));
     running.stop().await;
 }
 
