@@ -41,6 +41,20 @@ async fn dead_letters(mq: &Running) -> Vec<serde_json::Value> {
     serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap()
 }
 
+/// The listing once it holds at least one dead letter (a NACK may still be on its way when the test asks).
+async fn dead_letters_once_listed(mq: &Running) -> Vec<serde_json::Value> {
+    within("dead letter listed", async {
+        loop {
+            let listed = dead_letters(mq).await;
+            if !listed.is_empty() {
+                return listed;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_compat_push_over_the_message_limit_is_refused_with_1009_and_later_messages_are_delivered()
  {
@@ -117,16 +131,7 @@ async fn a_nacked_delivery_becomes_a_dead_letter_that_is_listed_and_replayed_ove
     assert_eq!(good.payload, payload(7, 2));
     consumer.ack(&[good.id]).await;
 
-    let listed = within("dead letter listed", async {
-        loop {
-            let listed = dead_letters(&mq).await;
-            if !listed.is_empty() {
-                return listed;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let listed = dead_letters_once_listed(&mq).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["id"], poison.id);
     assert_eq!(listed[0]["reason"], NackReason::Invalid.as_str());
@@ -163,6 +168,43 @@ async fn a_nacked_delivery_becomes_a_dead_letter_that_is_listed_and_replayed_ove
     assert!(dead_letters(&mq).await.is_empty());
     let (status, _) = admin(mq.admin, "GET", "/deadletters/replay").await;
     assert_eq!(status, 405);
+    mq.stop().await;
+}
+
+#[tokio::test]
+async fn a_compat_pushed_message_its_consumer_nacks_is_dead_lettered_and_the_next_one_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mq = Running::start(config(dir.path())).await;
+    let (mut pusher, _) = within("dial", mq.dialer(false).dial("/pushmsg"))
+        .await
+        .unwrap();
+    pusher
+        .send(Message::Text("not for you".into()))
+        .await
+        .unwrap();
+    pusher.send(Message::Text("next".into())).await.unwrap();
+
+    let mut consumer = Consumer::connect(&mq.dialer(true), 8).await;
+    let poison = consumer.next().await;
+    assert_eq!(poison.payload, Bytes::from_static(b"not for you"));
+    consumer
+        .send(&[PopRecord::Nack {
+            id: poison.id,
+            reason: NackReason::TooLarge,
+        }])
+        .await;
+    let next = consumer.next().await;
+    assert_eq!(next.payload, Bytes::from_static(b"next"));
+    consumer.ack(&[next.id]).await;
+    let listed = dead_letters_once_listed(&mq).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (&listed[0]["id"], &listed[0]["reason"]),
+        (
+            &serde_json::json!(poison.id),
+            &serde_json::json!(NackReason::TooLarge.as_str())
+        )
+    );
     mq.stop().await;
 }
 
@@ -296,4 +338,44 @@ async fn a_nack_for_an_unknown_or_settled_delivery_changes_nothing() {
     assert_eq!(consumer.ack(&[delivery.id]), 1);
     assert!(!queue.nack(delivery.id, NackReason::Failed));
     assert!(queue.dead_letters().is_empty());
+}
+
+#[tokio::test]
+async fn healthy_messages_that_shared_a_window_with_a_poison_message_are_not_dead_lettered_with_it()
+{
+    let queue = Queue::open(Backend::Memory, small_options()).unwrap().0;
+    for text in ["poison", "b", "c"] {
+        queue
+            .push(None, Bytes::from_static(text.as_bytes()))
+            .unwrap();
+    }
+    // A consumer that handles its deliveries in order, acking each, and crashes (drops without acking the
+    // rest) whenever it reaches the poison message.
+    let mut delivered_ok = Vec::new();
+    let mut rounds = 0;
+    while delivered_ok.len() < 2 {
+        rounds += 1;
+        assert!(rounds <= 20, "the queue does not move on");
+        let mut consumer = queue.consumer(ConsumeMode::Acked);
+        consumer.grant(8);
+        // Takes what the window allows at once, as a subscriber's link does.
+        let mut batch = Vec::new();
+        within("a batch", consumer.next_batch(8, &mut batch))
+            .await
+            .unwrap();
+        for delivery in &batch {
+            if delivery.payload == Bytes::from_static(b"poison") {
+                break;
+            }
+            consumer.ack(&[delivery.id]);
+            delivered_ok.push(delivery.payload.clone());
+        }
+    }
+    assert_eq!(
+        delivered_ok,
+        vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]
+    );
+    let dead = queue.dead_letters();
+    assert_eq!(dead.len(), 1, "only the poison message is dead: {dead:?}");
+    assert_eq!((dead[0].id, dead[0].deliveries), (0, 5));
 }

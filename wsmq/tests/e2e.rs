@@ -213,7 +213,9 @@ async fn an_oversize_compat_push_to_msgqueue_does_not_stop_delivery() {
         tls,
     )
     .unwrap();
-    let (mut pusher, _) = within("dial /pushmsg", compat.dial("/pushmsg")).await.unwrap();
+    let (mut pusher, _) = within("dial /pushmsg", compat.dial("/pushmsg"))
+        .await
+        .unwrap();
     let oversize = format!(r#"{{"Topic":"news","Content":"{}"}}"#, "x".repeat(65_508));
     assert_eq!(oversize.len(), 65_537);
     pusher.send(Message::text(oversize)).await.unwrap();
@@ -225,7 +227,10 @@ async fn an_oversize_compat_push_to_msgqueue_does_not_stop_delivery() {
         ServerFrame::Ack { id: "1".into() }
     );
     // next_frame's own bound restarts with every ping; this one bounds the whole wait.
-    let after = within("the message published after the oversize push", next_frame(&mut subscriber));
+    let after = within(
+        "the message published after the oversize push",
+        next_frame(&mut subscriber),
+    );
     assert_eq!(after.await, message("news", "after"));
     running.stop().await;
 }

@@ -8,7 +8,8 @@
 //!
 //! The engine counts deliveries per message: a message delivered `max_deliveries` times without an ack, or one a
 //! consumer NACKs, becomes a [dead letter](dead) instead of blocking the queue (counts start again from zero after
-//! a restart, so a poison message costs at most `max_deliveries` deliveries per process lifetime).
+//! a restart, so a poison message costs at most `max_deliveries` deliveries per process lifetime). A message
+//! returned unacked twice is delivered alone from then on, so only the poison message itself reaches the limit.
 
 mod consumer;
 mod dead;
@@ -42,6 +43,10 @@ use storage::Storage;
 
 /// Largest payload refill reads back from disk per step while holding the state lock.
 const REFILL_CHUNK: u64 = 1024 * 1024;
+/// Unacked deliveries after which a message is a suspect: it is delivered alone, to a consumer holding nothing
+/// else, so a consumer that keeps failing on it does not use up the delivery counts of the healthy messages that
+/// happened to share its window.
+const SUSPECT_AFTER: u32 = 2;
 
 /// Where the queue keeps its messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -655,6 +660,8 @@ impl State {
         let mut auto_acked = Vec::new();
         let mut outcome = Fill::Empty;
         let mut buried = false;
+        let mut alone = false;
+        let in_flight = slot.in_flight;
         while delivered < limit {
             let (offset, payload, deliveries) =
                 if let Some((offset, returned)) = self.redeliver.pop_first() {
@@ -668,6 +675,17 @@ impl State {
                         self.bury(storage, options, offset, &payload, count, reason);
                         buried = true;
                         continue;
+                    }
+                    if mode == ConsumeMode::Acked && returned.deliveries >= SUSPECT_AFTER {
+                        if delivered > 0 || in_flight > 0 {
+                            // It goes out alone: after this batch, or once this consumer's leases are settled.
+                            self.redeliver.insert(offset, returned);
+                            if delivered == 0 {
+                                outcome = Fill::NoCredit;
+                            }
+                            break;
+                        }
+                        alone = true;
                     }
                     (offset, returned.payload, returned.deliveries)
                 } else if let Some((offset, payload)) = self.hot.pop_front() {
@@ -714,6 +732,9 @@ impl State {
                 redelivered,
             });
             delivered += 1;
+            if alone {
+                break;
+            }
         }
         if buried {
             self.report_floor(storage);
