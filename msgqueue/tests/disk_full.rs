@@ -44,7 +44,8 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
+        // Lazy, so a test that failed with msgqueue's files still open leaves no mount behind either.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
 
@@ -61,7 +62,7 @@ fn fill(dir: &Path) -> PathBuf {
     }
 }
 
-/// Reads replies and records each as acked up to or rejected, until `done` says enough was seen.
+/// Reads replies for up to `wait` after the last one, recording the highest ACKED and every REJECT.
 async fn replies(
     producer: &mut Producer,
     acked_upto: &mut u64,
