@@ -398,10 +398,26 @@ fn compact_dead(
     Ok(written)
 }
 
+/// The file operations [`append_whole`] needs: a seam so tests can inject a disk that fills up mid-write.
+trait AppendFile: Write {
+    fn sync_data(&self) -> std::io::Result<()>;
+    fn set_len(&self, len: u64) -> std::io::Result<()>;
+}
+
+impl AppendFile for File {
+    fn sync_data(&self) -> std::io::Result<()> {
+        File::sync_data(self)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        File::set_len(self, len)
+    }
+}
+
 /// Appends `bytes` to `file`, whose valid part ends at `good_len`, and fsyncs if asked. On failure the partial
 /// write is cut off again, so a retry appends whole records right after the last good one.
 fn append_whole(
-    file: &mut File,
+    file: &mut impl AppendFile,
     path: &Path,
     good_len: u64,
     bytes: &[u8],
@@ -1030,5 +1046,79 @@ impl Writer {
                 .map_err(|e| StorageError::io("cannot delete", &segment.path, e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::io;
+
+    use super::*;
+
+    /// An append-only file on a disk with `room` bytes: a write beyond it is cut short, the next one fails as
+    /// full. The bytes sit in a cell because `set_len` takes `&self`, as on a real file.
+    #[derive(Default)]
+    struct FillingDisk {
+        data: RefCell<Vec<u8>>,
+        room: usize,
+    }
+
+    impl Write for FillingDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let data = self.data.get_mut();
+            let n = buf.len().min(self.room.saturating_sub(data.len()));
+            if n == 0 && !buf.is_empty() {
+                return Err(io::ErrorKind::StorageFull.into());
+            }
+            data.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl AppendFile for FillingDisk {
+        fn sync_data(&self) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            self.data.borrow_mut().truncate(len);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_write_cut_short_by_a_full_disk_is_removed_and_the_retry_appends_whole_records() {
+        let mut first = Vec::new();
+        record::encode_message(&mut first, 0, None, b"stored before the disk filled");
+        let mut second = Vec::new();
+        record::encode_message(&mut second, 1, None, b"written once space returned");
+        let mut disk = FillingDisk {
+            room: first.len() + second.len() / 2,
+            ..FillingDisk::default()
+        };
+        let path = Path::new("segment");
+
+        assert!(append_whole(&mut disk, path, 0, &first, true).is_ok());
+        let good = first.len() as u64;
+        let failed = append_whole(&mut disk, path, good, &second, true);
+        assert!(
+            matches!(&failed, Err(StorageError::Io { source, .. }) if is_no_space(source)),
+            "{failed:?}"
+        );
+        assert_eq!(
+            *disk.data.get_mut(),
+            first,
+            "the partial record was cut off"
+        );
+
+        disk.room = usize::MAX;
+        assert!(append_whole(&mut disk, path, good, &second, true).is_ok());
+        assert_eq!(*disk.data.get_mut(), [first, second].concat());
     }
 }
