@@ -437,7 +437,39 @@ struct State {
     full: bool,
     refill: Vec<(u64, Bytes)>,
     dead: DeadIndex,
+    /// Dead letters made under the lock, logged by the caller once it has let go of it.
+    unlogged: Unlogged,
     stats: QueueStats,
+}
+
+/// Dead-lettering to log once the state lock is released (logging writes to stderr: never under the lock).
+#[derive(Debug, Default)]
+#[must_use = "log it once the state lock is released"]
+struct Unlogged {
+    letters: Vec<DeadLetter>,
+    evicted: usize,
+}
+
+impl Unlogged {
+    /// Logs each new dead letter once, without its payload.
+    fn log(self, cap: usize) {
+        for letter in &self.letters {
+            tracing::warn!(
+                id = letter.id,
+                bytes = letter.size,
+                deliveries = letter.deliveries,
+                reason = letter.reason.as_str(),
+                "message moved to the dead letters"
+            );
+        }
+        if self.evicted > 0 {
+            tracing::warn!(
+                count = self.evicted,
+                cap,
+                "dropped the oldest dead letters to stay within --max-dead-letters"
+            );
+        }
+    }
 }
 
 /// What one dispatch attempt achieved.
@@ -571,7 +603,7 @@ impl State {
     }
 
     /// Turns a message already taken out of the queue into a dead letter: stores it (durably before the ack
-    /// that follows) and logs it once, without its payload.
+    /// that follows) and queues it for logging in `unlogged`.
     fn bury(
         &mut self,
         storage: &dyn Storage,
@@ -582,13 +614,7 @@ impl State {
         reason: DeadReason,
     ) {
         let letter = DeadLetter::now(offset, reason, deliveries, payload.len());
-        tracing::warn!(
-            id = offset,
-            bytes = payload.len(),
-            deliveries,
-            reason = reason.as_str(),
-            "message moved to the dead letters"
-        );
+        self.unlogged.letters.push(letter);
         match reason {
             DeadReason::Nacked(_) => self.stats.dead_nacked += 1,
             DeadReason::MaxDeliveries => self.stats.dead_max_deliveries += 1,
@@ -597,11 +623,7 @@ impl State {
         storage.append_acks(&mut [offset]);
         let evicted = self.dead.insert(letter, options.max_dead_letters);
         if !evicted.is_empty() {
-            tracing::warn!(
-                count = evicted.len(),
-                cap = options.max_dead_letters,
-                "dropped the oldest dead letters to stay within --max-dead-letters"
-            );
+            self.unlogged.evicted += evicted.len();
             self.stats.dead_evicted += evicted.len() as u64;
             storage.remove_dead(&evicted);
         }
@@ -822,6 +844,7 @@ impl Queue {
             full: false,
             refill: Vec::new(),
             dead: DeadIndex::default(),
+            unlogged: Unlogged::default(),
             stats: QueueStats::default(),
         };
         if let Some(recovered) = recovered {
@@ -983,7 +1006,7 @@ impl Queue {
     /// `reason` and leaves the queue like an acked one. Returns false for an unknown or already settled id.
     pub fn nack(&self, id: u64, reason: wsmq_core::protocol::queue::NackReason) -> bool {
         let inner = &*self.inner;
-        let notify_space = {
+        let (notify_space, unlogged) = {
             let mut state = inner.state.lock();
             let Some((payload, deliveries)) = state.take_unacked(id) else {
                 return false;
@@ -995,8 +1018,10 @@ impl Queue {
             if state.has_messages() {
                 state.wake_waiters(1);
             }
-            std::mem::take(&mut state.full)
+            let unlogged = std::mem::take(&mut state.unlogged);
+            (std::mem::take(&mut state.full), unlogged)
         };
+        unlogged.log(inner.options.max_dead_letters);
         if notify_space {
             inner.space.notify_waiters();
         }
