@@ -2,13 +2,15 @@
 //!
 //! Kept apart from the TLS service port so probes and scrapers need no certificate or password, and bound to
 //! loopback by default so it is not exposed. [`Readiness`] is how a service says it can take traffic (listener
-//! bound, queue link up); `/healthz` only says the process is alive.
+//! bound, queue link up); `/healthz` only says the process is alive. A service may add its own endpoints
+//! ([`AdminRoutes`], e.g. msgqueue's dead letters).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::registry::Registry;
 use tokio::io::AsyncWriteExt;
@@ -17,7 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http::{Response, read_request_head};
+use crate::http::{RequestHead, Response, read_request_head};
 use crate::metrics::process_registry;
 
 /// Admin requests served at once; more wait in the accept queue. Scrapers and probes need a handful.
@@ -92,6 +94,13 @@ impl Readiness {
     }
 }
 
+/// Endpoints a service adds to its admin listener next to the built-in ones. Each request is offered to them
+/// first; they answer within the admin request timeout.
+pub trait AdminRoutes: Send + Sync + 'static {
+    /// The response to `head`, or `None` when its path is not one of these routes.
+    fn respond(&self, head: &RequestHead) -> Option<BoxFuture<'static, Response>>;
+}
+
 /// Serves the admin endpoints on `listener` until `shutdown` is cancelled, then waits briefly for requests in
 /// flight. Accept errors are logged and retried, never returned. `/metrics` holds `registry` plus the process's
 /// resident memory (`process_resident_memory_bytes`, Linux only).
@@ -99,6 +108,17 @@ pub async fn serve_admin(
     listener: TcpListener,
     registry: Arc<Registry>,
     readiness: Readiness,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    serve_admin_with(listener, registry, readiness, None, shutdown).await
+}
+
+/// [`serve_admin`] plus a service's own `routes`.
+pub async fn serve_admin_with(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    routes: Option<Arc<dyn AdminRoutes>>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let registries = Arc::new([registry, Arc::new(process_registry())]);
@@ -128,10 +148,11 @@ pub async fn serve_admin(
         };
         let registries = registries.clone();
         let readiness = readiness.clone();
+        let routes = routes.clone();
         tracker.spawn(async move {
             if tokio::time::timeout(
                 ADMIN_REQUEST_TIMEOUT,
-                answer(stream, &*registries, &readiness),
+                answer(stream, &*registries, &readiness, routes.as_deref()),
             )
             .await
             .is_err()
@@ -147,8 +168,14 @@ pub async fn serve_admin(
 }
 
 /// Reads one request and answers it.
-async fn answer(mut stream: TcpStream, registries: &[Arc<Registry>], readiness: &Readiness) {
+async fn answer(
+    mut stream: TcpStream,
+    registries: &[Arc<Registry>],
+    readiness: &Readiness,
+    routes: Option<&dyn AdminRoutes>,
+) {
     let response = match read_request_head(&mut stream).await {
+        Ok((head, _)) if let Some(respond) = routes.and_then(|r| r.respond(&head)) => respond.await,
         Ok((head, _)) if head.method != "GET" => {
             Response::text(405, "method not allowed\n").header("Allow", "GET")
         }

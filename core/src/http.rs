@@ -46,6 +46,8 @@ pub struct RequestHead {
     pub method: String,
     /// The path without the query string, e.g. `/pushmsg`.
     pub path: String,
+    /// The query string without its `?` (empty when there is none), e.g. `id=3,4` on an admin request.
+    pub query: String,
     headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -146,10 +148,12 @@ fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HttpError> {
         return Err(HttpError::TooLarge);
     }
     let target = request.path.unwrap_or("/");
-    let path = target.split(['?', '#']).next().unwrap_or(target);
+    let target = target.split('#').next().unwrap_or(target);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let head = RequestHead {
         method: request.method.unwrap_or_default().to_owned(),
         path: path.to_owned(),
+        query: query.to_owned(),
         headers: request
             .headers
             .iter()

@@ -9,6 +9,8 @@ use std::time::Duration;
 use thiserror::Error;
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::protocol::queue::RECORD_OVERHEAD;
+
 /// Largest accepted WebSocket message by default (64 KiB), the same order as ws-go's messages.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 /// Largest accepted WebSocket frame payload by default.
@@ -114,6 +116,52 @@ impl Limits {
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_frame_size))
     }
+
+    /// The queue hop's limits under these settings (see [`QueueLimits`]).
+    pub fn queue(&self) -> QueueLimits {
+        QueueLimits {
+            max_payload: self.max_message_size,
+            max_frame: self.max_message_size.saturating_add(RECORD_OVERHEAD),
+        }
+    }
+}
+
+/// The size limits of the queue hop (`/pushmsg`, `/popmsg` and the links that dial them), derived from one
+/// `--max-message-size` so that what msgqueue accepts, every consumer can take: a payload is at most
+/// [`QueueLimits::max_payload`] bytes whichever way it was pushed, and one DELIVER (or PUSH) record carrying such a
+/// payload always fits [`QueueLimits::max_frame`]. msgqueue, the publisher's link and the subscriber's link all
+/// take their limits from here; a consumer configured smaller than msgqueue NACKs what it cannot take (the message
+/// is dead-lettered) rather than failing its link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Largest message payload, compat or reliable.
+    pub max_payload: usize,
+    /// Largest WebSocket message on the queue hop: one maximal payload plus its record header.
+    pub max_frame: usize,
+}
+
+/// A payload over [`QueueLimits::max_payload`].
+#[derive(Debug, Clone, Copy, Error, PartialEq, Eq)]
+#[error("message of {len} bytes exceeds the limit of {max} bytes")]
+pub struct PayloadTooLarge {
+    /// The payload's size.
+    pub len: usize,
+    /// The limit.
+    pub max: usize,
+}
+
+impl QueueLimits {
+    /// Checks one payload against the limit: every service calls this before it stores or forwards a message.
+    pub fn check_payload(&self, len: usize) -> Result<(), PayloadTooLarge> {
+        if len > self.max_payload {
+            Err(PayloadTooLarge {
+                len,
+                max: self.max_payload,
+            })
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Why a duration flag was rejected.
@@ -214,6 +262,38 @@ mod tests {
             parse_duration("99999999999999999999h"),
             Err(DurationError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn a_max_size_message_fits_every_queue_frame_and_one_byte_more_is_refused() {
+        use crate::protocol::queue::{FrameReader, FrameWriter};
+        for size in [1024, DEFAULT_MAX_MESSAGE_SIZE, 1 << 20] {
+            let limits = Limits {
+                max_message_size: size,
+                ..Limits::default()
+            }
+            .queue();
+            let payload = vec![b'x'; limits.max_payload];
+            let mut frame = FrameWriter::default();
+            frame.deliver(u64::MAX, true, &payload);
+            let deliver = frame.take();
+            frame.push(u64::MAX, &payload);
+            let push = frame.take();
+            assert!(deliver.len() <= limits.max_frame && push.len() <= limits.max_frame);
+            let delivered = FrameReader::new(deliver, limits.max_payload).next_delivery();
+            assert_eq!(
+                delivered.map(|d| d.map(|d| d.payload.len())),
+                Ok(Some(size))
+            );
+            assert_eq!(limits.check_payload(size), Ok(()));
+            assert_eq!(
+                limits.check_payload(size + 1),
+                Err(PayloadTooLarge {
+                    len: size + 1,
+                    max: size
+                })
+            );
+        }
     }
 
     #[test]

@@ -47,6 +47,16 @@ pub struct QueueArgs {
     /// Size at which the log starts a new segment file; acked segments are deleted whole.
     #[arg(long, env = "WSMQ_SEGMENT_SIZE", default_value_t = 64 << 20)]
     pub segment_size: u64,
+
+    /// Deliveries of one message without an ack (its consumer's link kept dropping, or its lease kept expiring)
+    /// after which it becomes a dead letter instead of being delivered again, so it cannot block the queue.
+    #[arg(long, env = "WSMQ_MAX_DELIVERIES", default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_deliveries: u32,
+
+    /// Dead letters kept (see `GET /deadletters` on the admin listener); beyond it the oldest is dropped.
+    #[arg(long, env = "WSMQ_MAX_DEAD_LETTERS", default_value_t = 10_000)]
+    pub max_dead_letters: usize,
 }
 
 impl Default for QueueArgs {
@@ -59,6 +69,8 @@ impl Default for QueueArgs {
             memory_budget: defaults.memory_budget,
             lease_timeout: defaults.lease_timeout,
             segment_size: defaults.segment_size,
+            max_deliveries: defaults.max_deliveries,
+            max_dead_letters: defaults.max_dead_letters,
         }
     }
 }
@@ -82,6 +94,8 @@ impl QueueArgs {
             lease_timeout: self.lease_timeout,
             fsync: self.fsync,
             segment_size: self.segment_size,
+            max_deliveries: self.max_deliveries,
+            max_dead_letters: self.max_dead_letters,
             ..QueueOptions::default()
         }
     }

@@ -2,9 +2,11 @@
 //!
 //! Producers push on `/pushmsg`, consumers pop on `/popmsg`, both over TLS WebSockets with Basic auth, in ws-go's
 //! compat mode or wsmq's reliable mode (see `docs/PROTOCOL.md`). [`queue`] is the engine (ordering, leases,
-//! storage); [`push`] and [`pop`] translate between it and the wire.
+//! storage); [`push`] and [`pop`] translate between it and the wire; [`deadletters`] serves the dead letters on the
+//! admin listener.
 
 pub mod config;
+pub mod deadletters;
 mod metrics;
 mod pop;
 mod push;
@@ -16,11 +18,11 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wsmq_core::admin::{Readiness, serve_admin};
+use wsmq_core::admin::{Readiness, serve_admin_with};
 use wsmq_core::auth::AuthError;
+use wsmq_core::limits::QueueLimits;
 use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
-use wsmq_core::protocol::queue::RECORD_OVERHEAD;
 use wsmq_core::server::{Accepted, Route, ServeError, ServerConfig, serve};
 use wsmq_core::service::{self, BindError};
 use wsmq_core::tls::TlsError;
@@ -63,6 +65,7 @@ pub struct Bound {
     registry: Arc<Registry>,
     readiness: Readiness,
     recovery: RecoveryReport,
+    sizes: QueueLimits,
 }
 
 /// Opens the queue storage (recovering what is on disk), loads TLS and users, and binds both listeners.
@@ -92,9 +95,10 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let readiness = Readiness::new();
 
     // Reliable frames carry up to one maximal payload plus its record header, so the WebSocket limit allows for
-    // the header while payloads themselves stay within --max-message-size.
+    // the header while payloads themselves (compat or reliable) stay within --max-message-size.
+    let queue_limits = config.limits.queue();
     let mut limits = config.limits.clone();
-    limits.max_message_size = limits.max_message_size.saturating_add(RECORD_OVERHEAD);
+    limits.max_message_size = queue_limits.max_frame;
     limits.max_frame_size = limits.max_frame_size.max(limits.max_message_size);
     let routes = vec![
         Route::WebSocket {
@@ -120,6 +124,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         registry: Arc::new(registry),
         readiness,
         recovery,
+        sizes: queue_limits,
     })
 }
 
@@ -154,16 +159,23 @@ impl Bound {
             queue,
             registry,
             readiness,
+            sizes,
             ..
         } = self;
         if let (Ok(addr), Ok(admin_addr)) = (listener.local_addr(), admin.local_addr()) {
             tracing::info!(%addr, %admin_addr, "msgqueue listening on /pushmsg and /popmsg");
         }
         let ready = readiness.condition("listener");
-        let admin_task = tokio::spawn(serve_admin(admin, registry, readiness, shutdown.clone()));
+        let routes = deadletters::DeadLetterRoutes::new(queue.clone());
+        let admin_task = tokio::spawn(serve_admin_with(
+            admin,
+            registry,
+            readiness,
+            Some(routes),
+            shutdown.clone(),
+        ));
         ready.set_ready(true);
 
-        let max_payload = server.limits.max_message_size - RECORD_OVERHEAD;
         let handler_queue = queue.clone();
         let handler_metrics = server.metrics.clone();
         let handler_limits = server.limits.clone();
@@ -179,7 +191,7 @@ impl Bound {
                         queue,
                         metrics,
                         limits,
-                        max_payload,
+                        sizes,
                     };
                     if accepted.path == PUSH_PATH {
                         push::handle(conn, accepted).await;
@@ -212,6 +224,6 @@ struct Connection {
     queue: Queue,
     metrics: ListenerMetrics,
     limits: wsmq_core::limits::Limits,
-    /// Largest payload a single message may carry.
-    max_payload: usize,
+    /// Payload and frame limits of the queue hop, shared with every consumer.
+    sizes: QueueLimits,
 }

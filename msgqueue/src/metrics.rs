@@ -8,8 +8,9 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::queue::Queue;
 
-/// Registers the queue's gauges (depth, bytes, in-flight leases, consumers) and counters (pushed, duplicates,
-/// delivered, acked, redelivered, lease expiries, full rejections) under `queue_`.
+/// Registers the queue's gauges (depth, bytes, in-flight leases, consumers, dead letters) and counters (pushed,
+/// duplicates, delivered, acked, redelivered, lease expiries, full and no-space rejections, dead-lettered,
+/// evicted and replayed dead letters) under `queue_`.
 pub(crate) fn register(registry: &mut Registry, queue: Queue) {
     registry.register_collector(Box::new(QueueCollector { queue }));
 }
@@ -103,6 +104,43 @@ impl Collector for QueueCollector {
             "queue_rejected_full",
             "Pushes refused because the queue was full",
             s.rejected_full,
+        )?;
+        counter(
+            e,
+            "queue_rejected_no_space",
+            "Pushes refused because the log's disk was full",
+            s.rejected_no_space,
+        )?;
+        gauge(
+            e,
+            "queue_dead_letters",
+            "Dead letters kept (GET /deadletters)",
+            None,
+            s.dead_letters,
+        )?;
+        counter(
+            e,
+            "queue_dead_nacked",
+            "Messages dead-lettered because a consumer NACKed them",
+            s.dead_nacked,
+        )?;
+        counter(
+            e,
+            "queue_dead_max_deliveries",
+            "Messages dead-lettered after --max-deliveries deliveries without an ack",
+            s.dead_max_deliveries,
+        )?;
+        counter(
+            e,
+            "queue_dead_evicted",
+            "Dead letters dropped to stay within --max-dead-letters",
+            s.dead_evicted,
+        )?;
+        counter(
+            e,
+            "queue_dead_replayed",
+            "Dead letters pushed back into the queue",
+            s.dead_replayed,
         )?;
         Ok(())
     }

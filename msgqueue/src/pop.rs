@@ -93,6 +93,9 @@ async fn serve_consumer(
                         Ok(None) => break,
                         Ok(Some(PopRecord::Credit { n })) => consumer.grant(n),
                         Ok(Some(PopRecord::Ack { id })) => acks.push(id),
+                        Ok(Some(PopRecord::Nack { id, reason })) => {
+                            conn.queue.nack(id, reason);
+                        }
                         Err(err) => {
                             tracing::debug!(%err, "malformed pop frame");
                             outbox.close(CloseCode::Protocol, "malformed frame");

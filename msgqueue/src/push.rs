@@ -55,6 +55,8 @@ enum PushConnError {
     Protocol(&'static str),
     #[error("queue unavailable: {0}")]
     Queue(PushError),
+    #[error(transparent)]
+    TooLarge(#[from] wsmq_core::limits::PayloadTooLarge),
 }
 
 pub(crate) type ConnReader = Reader<futures_util::stream::SplitStream<wsmq_core::server::ServerWs>>;
@@ -73,10 +75,17 @@ async fn compat_push(
             _ => continue,
         };
         conn.metrics.received(payload.len());
+        // The WebSocket limit leaves room for a reliable record header; a compat message gets no more than a
+        // reliable payload, or no consumer could take it.
+        if let Err(err) = conn.sizes.check_payload(payload.len()) {
+            tracing::warn!(%err, "compat push over the message size limit, closing the connection");
+            outbox.close(CloseCode::Size, "message too big");
+            return Err(PushConnError::TooLarge(err));
+        }
         loop {
             match conn.queue.push(None, payload.clone()) {
                 Ok(_) => break,
-                Err(PushError::Full) => {
+                Err(PushError::Full | PushError::NoSpace) => {
                     tokio::select! {
                         () = conn.queue.wait_for_space(payload.len()) => {}
                         () = outbox.closer().closing() => return Ok(()),
@@ -143,7 +152,7 @@ async fn read_pushes(
             ));
         };
         conn.metrics.received(frame.len());
-        let mut records = FrameReader::new(frame, conn.max_payload);
+        let mut records = FrameReader::new(frame, conn.sizes.max_payload);
         loop {
             match records.next_push() {
                 Ok(None) => break,
@@ -188,6 +197,18 @@ async fn read_pushes(
                 Err(err) => pending.rejects.push((seq, reject_reason(err))),
             }
         }
+        if pending.durable.is_none() && pending.acked_upto.is_none() {
+            // Nothing of this frame was stored, so there is nothing to wait for: refuse at once, even while earlier
+            // frames still wait for a full disk, so the producer learns why instead of waiting.
+            let mut replies = FrameWriter::with_capacity(16 * pending.rejects.len());
+            for &(seq, reason) in &pending.rejects {
+                replies.push_reply(PushReply::Reject { seq, reason });
+            }
+            if !send(outbox, &mut replies).await {
+                break;
+            }
+            continue;
+        }
         if pending_tx.send(pending).await.is_err() {
             break;
         }
@@ -198,6 +219,7 @@ async fn read_pushes(
 fn reject_reason(err: &PushError) -> RejectReason {
     match err {
         PushError::Full => RejectReason::Full,
+        PushError::NoSpace => RejectReason::NoSpace,
         PushError::TooLarge { .. } => RejectReason::TooLarge,
         PushError::Closed | PushError::Storage(_) => RejectReason::Unavailable,
     }

@@ -24,7 +24,6 @@ use wsmq_core::config::{LinkArgs, ServerArgs};
 use wsmq_core::limits::{Limits, parse_duration};
 use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
-use wsmq_core::protocol::queue::RECORD_OVERHEAD;
 use wsmq_core::server::{Route, ServerConfig, serve};
 use wsmq_core::service;
 
@@ -121,11 +120,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let tls = config.server.tls_config()?;
     let auth = config.server.authenticator()?;
     let mut link_ws = config.limits.websocket_config();
-    let link_frame = config
-        .limits
-        .max_message_size
-        .saturating_add(RECORD_OVERHEAD)
-        .max(LINK_MIN_FRAME);
+    let link_frame = config.limits.queue().max_frame.max(LINK_MIN_FRAME);
     link_ws = link_ws
         .read_buffer_size(LINK_READ_BUFFER)
         .max_message_size(Some(link_frame))
@@ -162,7 +157,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         router: router.clone(),
         prefetch: config.prefetch.max(1),
         slow_client_timeout: config.slow_client_timeout,
-        max_payload: config.limits.max_message_size,
+        max_payload: config.limits.queue().max_payload,
         ping_interval: config.limits.ping_interval,
         idle_timeout: config.limits.idle_timeout,
         ready: readiness.condition("queue link"),

@@ -6,7 +6,8 @@
 //! full without ever exceeding it. A delivery is acked once it was offered to every current subscriber's queue
 //! (offering never waits, see [`crate::router`]); deliveries nobody subscribes to are acked and counted as
 //! unrouted, and a payload that is not a valid envelope is acked, logged without its content and counted (in
-//! ws-go one such message killed the pop loop for everyone). Unacked deliveries are msgqueue's to redeliver
+//! ws-go one such message killed the pop loop for everyone). A delivery larger than `--max-message-size` is
+//! NACKed as too large, so msgqueue moves it to its dead letters. Unacked deliveries are msgqueue's to redeliver
 //! when the link drops; the link redials with exponential backoff and jitter and reports not ready meanwhile.
 
 use std::time::Duration;
@@ -24,7 +25,7 @@ use wsmq_core::backoff::Backoff;
 use wsmq_core::dial::{ClientWs, DialError, Dialer};
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::envelope::Envelope;
-use wsmq_core::protocol::queue::{FrameError, FrameReader, FrameWriter, PopRecord};
+use wsmq_core::protocol::queue::{FrameError, FrameReader, FrameWriter, NackReason, PopRecord};
 use wsmq_core::ws::CLOSE_TIMEOUT;
 
 use crate::metrics::SubscriberMetrics;
@@ -220,8 +221,25 @@ impl Link {
         run: &mut Run,
     ) -> Result<(), LinkError> {
         let metrics = self.router.metrics();
-        let mut reader = FrameReader::new(frame, self.max_payload);
+        // The frame itself is bounded by the link's WebSocket limit; an oversize payload in it is refused below,
+        // not treated as a broken frame (which would drop the link and have it redelivered forever).
+        let mut reader = FrameReader::new(frame, usize::MAX);
         while let Some(delivery) = reader.next_delivery()? {
+            if delivery.payload.len() > self.max_payload {
+                metrics.invalid_payload();
+                tracing::warn!(
+                    id = delivery.id,
+                    bytes = delivery.payload.len(),
+                    max = self.max_payload,
+                    "refusing a message over --max-message-size; msgqueue dead-letters it"
+                );
+                let reason = NackReason::TooLarge;
+                out.pop_record(PopRecord::Nack {
+                    id: delivery.id,
+                    reason,
+                });
+                continue;
+            }
             match parse_delivery(&delivery.payload) {
                 Ok((topic, text)) => {
                     if run.topic != topic {

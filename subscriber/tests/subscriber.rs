@@ -130,6 +130,34 @@ async fn invalid_payload_is_acked_and_skipped_without_stopping_the_pipeline() ->
 }
 
 #[tokio::test]
+async fn a_delivery_over_the_size_limit_is_nacked_as_too_large_and_the_link_stays_up() -> TestResult
+{
+    let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
+    let mut client = subscriber.v1_client().await?;
+    client.subscribe("t").await?;
+
+    let limit = wsmq_core::limits::Limits::default().queue().max_payload;
+    let oversize = envelope("t", &"x".repeat(limit));
+    assert!(oversize.len() > limit);
+    link.deliver(&[
+        (1, false, oversize),
+        (2, false, envelope("t", "after the big one")),
+    ])
+    .await?;
+    assert_eq!(
+        client.recv().await?,
+        r#"{"Topic":"t","Content":"after the big one"}"#
+    );
+    link.await_acks([2]).await?;
+    assert_eq!(
+        link.nacked.get(&1),
+        Some(&wsmq_core::protocol::queue::NackReason::TooLarge)
+    );
+    assert!(!link.acked.contains(&1));
+    subscriber.stop().await
+}
+
+#[tokio::test]
 async fn unknown_command_is_an_error_in_v1_and_ignored_in_compat() -> TestResult {
     let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
     let mut v1 = subscriber.v1_client().await?;

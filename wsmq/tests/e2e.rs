@@ -191,6 +191,50 @@ async fn restarting_msgqueue_mid_stream_loses_no_acked_message() {
     queue_running.stop().await;
 }
 
+/// The issue's reproduction: one 65,537-byte compat frame on msgqueue's /pushmsg with the link credentials used
+/// to stop all delivery for good (the subscriber's link refused it, reconnected and got it again, forever).
+#[tokio::test]
+async fn an_oversize_compat_push_to_msgqueue_does_not_stop_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
+    let (queue_port, pub_port, sub_port) = (
+        stack.msgqueue_addr().unwrap().port(),
+        stack.publisher_addr().unwrap().port(),
+        stack.subscriber_addr().unwrap().port(),
+    );
+    let running = Running::start(stack);
+    let mut subscriber = client(dir.path(), sub_port, "/subscribe").await;
+    subscribe(&mut subscriber, "news").await;
+
+    let tls = wsmq_core::tls::client_config(None, Some(dir.path()), false).unwrap();
+    let compat = Dialer::new(
+        &format!("wss://localhost:{queue_port}"),
+        Credentials::new("hello", Secret::new("test")),
+        tls,
+    )
+    .unwrap();
+    let (mut pusher, _) = within("dial /pushmsg", compat.dial("/pushmsg"))
+        .await
+        .unwrap();
+    let oversize = format!(r#"{{"Topic":"news","Content":"{}"}}"#, "x".repeat(65_508));
+    assert_eq!(oversize.len(), 65_537);
+    pusher.send(Message::text(oversize)).await.unwrap();
+
+    let mut publisher = client(dir.path(), pub_port, "/publish").await;
+    publish(&mut publisher, "news", "after", 1).await;
+    assert_eq!(
+        next_frame(&mut publisher).await,
+        ServerFrame::Ack { id: "1".into() }
+    );
+    // next_frame's own bound restarts with every ping; this one bounds the whole wait.
+    let after = within(
+        "the message published after the oversize push",
+        next_frame(&mut subscriber),
+    );
+    assert_eq!(after.await, message("news", "after"));
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn dev_credentials_are_refused_off_loopback() {
     let dir = tempfile::tempdir().unwrap();

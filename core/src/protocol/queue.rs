@@ -11,6 +11,7 @@
 //!                             0x82 REJECT   seq:u64 reason:u8
 //! /popmsg   client → server   0x11 CREDIT   n:u32
 //!                             0x12 ACK      id:u64
+//!                             0x13 NACK     id:u64 reason:u8               (cannot handle it: dead-letter it)
 //!           server → client   0x91 DELIVER  id:u64 flags:u8 len:u32 payload[len]
 //! ```
 
@@ -23,6 +24,7 @@ const HELLO: u8 = 0x01;
 const PUSH: u8 = 0x02;
 const CREDIT: u8 = 0x11;
 const ACK: u8 = 0x12;
+const NACK: u8 = 0x13;
 const ACKED: u8 = 0x81;
 const REJECT: u8 = 0x82;
 const DELIVER: u8 = 0x91;
@@ -39,6 +41,8 @@ pub enum RejectReason {
     TooLarge,
     /// The queue could not store the message (disk error, shutting down).
     Unavailable,
+    /// The disk holding the queue's log is full; pushes are accepted again once space returns.
+    NoSpace,
 }
 
 impl RejectReason {
@@ -47,6 +51,7 @@ impl RejectReason {
             Self::Full => 1,
             Self::TooLarge => 2,
             Self::Unavailable => 3,
+            Self::NoSpace => 4,
         }
     }
 
@@ -55,6 +60,7 @@ impl RejectReason {
             1 => Some(Self::Full),
             2 => Some(Self::TooLarge),
             3 => Some(Self::Unavailable),
+            4 => Some(Self::NoSpace),
             _ => None,
         }
     }
@@ -65,6 +71,49 @@ impl RejectReason {
             Self::Full => "queue full",
             Self::TooLarge => "message too large",
             Self::Unavailable => "queue unavailable",
+            Self::NoSpace => "queue storage full",
+        }
+    }
+}
+
+/// Why a consumer refuses a delivery it can never handle. msgqueue moves the message to its dead letters with
+/// this reason instead of redelivering it, so one poison message cannot stall the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackReason {
+    /// The payload exceeds what the consumer accepts.
+    TooLarge,
+    /// The payload is not a message the consumer understands.
+    Invalid,
+    /// The consumer failed to process it for another reason.
+    Failed,
+}
+
+impl NackReason {
+    /// The wire code of this reason.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::TooLarge => 1,
+            Self::Invalid => 2,
+            Self::Failed => 3,
+        }
+    }
+
+    /// The reason for a wire code; `None` for a code this version does not know.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::TooLarge),
+            2 => Some(Self::Invalid),
+            3 => Some(Self::Failed),
+            _ => None,
+        }
+    }
+
+    /// A short human-readable name, used in the dead-letter listing and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too large for the consumer",
+            Self::Invalid => "invalid for the consumer",
+            Self::Failed => "failed in the consumer",
         }
     }
 }
@@ -117,6 +166,13 @@ pub enum PopRecord {
         /// Delivery id from [`Delivery::id`].
         id: u64,
     },
+    /// The consumer can never handle this delivery: msgqueue dead-letters it and frees the slot, like an ack.
+    Nack {
+        /// Delivery id from [`Delivery::id`].
+        id: u64,
+        /// Why, kept with the dead letter.
+        reason: NackReason,
+    },
 }
 
 /// A message msgqueue hands to a consumer on `/popmsg`.
@@ -147,8 +203,8 @@ pub enum FrameError {
         /// The endpoint's limit.
         max: usize,
     },
-    /// A reject record with a reason code this version does not know.
-    #[error("unknown reject reason {0}")]
+    /// A reject or nack record with a reason code this version does not know.
+    #[error("unknown reason code {0}")]
     UnknownReason(u8),
     /// A frame with no records at all.
     #[error("empty frame")]
@@ -224,6 +280,11 @@ impl FrameWriter {
             PopRecord::Ack { id } => {
                 self.buf.put_u8(ACK);
                 self.buf.put_u64_le(id);
+            }
+            PopRecord::Nack { id, reason } => {
+                self.buf.put_u8(NACK);
+                self.buf.put_u64_le(id);
+                self.buf.put_u8(reason.code());
             }
         }
     }
@@ -347,6 +408,12 @@ impl FrameReader {
             None => Ok(None),
             Some(CREDIT) => Ok(Some(PopRecord::Credit { n: self.u32()? })),
             Some(ACK) => Ok(Some(PopRecord::Ack { id: self.u64()? })),
+            Some(NACK) => {
+                let id = self.u64()?;
+                let code = self.u8()?;
+                let reason = NackReason::from_code(code).ok_or(FrameError::UnknownReason(code))?;
+                Ok(Some(PopRecord::Nack { id, reason }))
+            }
             Some(kind) => Err(FrameError::UnknownKind(kind)),
         }
     }
@@ -419,6 +486,10 @@ mod tests {
                 seq: 11,
                 reason: RejectReason::Unavailable,
             },
+            PushReply::Reject {
+                seq: 12,
+                reason: RejectReason::NoSpace,
+            },
         ];
         let mut w = FrameWriter::default();
         replies.iter().for_each(|r| w.push_reply(*r));
@@ -427,7 +498,18 @@ mod tests {
             replies
         );
 
-        let pops = [PopRecord::Credit { n: 64 }, PopRecord::Ack { id: u64::MAX }];
+        let pops = [
+            PopRecord::Credit { n: 64 },
+            PopRecord::Ack { id: u64::MAX },
+            PopRecord::Nack {
+                id: 5,
+                reason: NackReason::TooLarge,
+            },
+            PopRecord::Nack {
+                id: 6,
+                reason: NackReason::Failed,
+            },
+        ];
         pops.iter().for_each(|r| w.pop_record(*r));
         assert_eq!(collect(w.take(), 0, FrameReader::next_pop).unwrap(), pops);
     }
@@ -483,6 +565,14 @@ mod tests {
                 FrameReader::next_push_reply
             ),
             Err(FrameError::UnknownReason(99))
+        );
+        assert_eq!(
+            collect(
+                Bytes::from_static(&[NACK, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+                0,
+                FrameReader::next_pop
+            ),
+            Err(FrameError::UnknownReason(0))
         );
         // A consumer endpoint refuses producer records and vice versa.
         assert_eq!(

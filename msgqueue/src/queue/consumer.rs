@@ -121,7 +121,7 @@ impl Consumer {
             if let Some(progress) = progress.as_mut() {
                 progress.mark_unchanged();
             }
-            let wait = {
+            let (wait, unlogged) = {
                 let mut state = inner.state.lock();
                 if state.closed {
                     guard.armed = false;
@@ -130,9 +130,13 @@ impl Consumer {
                 state.unregister(*id);
                 state.expire(Instant::now());
                 let filled = state.fill(&*inner.storage, &inner.options, *id, max, out);
-                match filled {
+                let unlogged = std::mem::take(&mut state.unlogged);
+                let cap = inner.options.max_dead_letters;
+                let wait = match filled {
                     Err(err) => {
                         guard.armed = false;
+                        drop(state);
+                        unlogged.log(cap);
                         return Err(err.into());
                     }
                     Ok(Fill::Delivered) => {
@@ -144,6 +148,7 @@ impl Consumer {
                         let freed =
                             *mode == ConsumeMode::AutoAck && std::mem::take(&mut state.full);
                         drop(state);
+                        unlogged.log(cap);
                         if freed {
                             inner.space.notify_waiters();
                         }
@@ -166,8 +171,11 @@ impl Consumer {
                         Wait::Notified(state.deadlines.front().map(|&(deadline, _)| deadline))
                     }
                     Ok(Fill::AwaitWrite) => Wait::Written,
-                }
+                };
+                (wait, unlogged)
             };
+            // Logged here, with the state lock released.
+            unlogged.log(inner.options.max_dead_letters);
             match wait {
                 Wait::Notified(Some(deadline)) => {
                     let _ = tokio::time::timeout_at(deadline, notify.notified()).await;
@@ -210,7 +218,7 @@ impl Drop for Consumer {
             .collect();
         for offset in &owned {
             if let Some(lease) = state.leases.remove(offset) {
-                state.redeliver.insert(*offset, lease.payload);
+                state.redeliver.insert(*offset, lease.into());
             }
         }
         if state.has_messages() {

@@ -6,22 +6,32 @@
 //! named by the first offset they may hold (`00000000000000000042.log`) and each starts with a snapshot record
 //! (next offset, ack floor, producer marks), so a segment that only holds acked messages can be deleted without
 //! losing anything the queue must remember.
+//!
+//! Dead letters go to their own append-only file, `dead/dead.log`, in the same record format. The writer writes
+//! (and fsyncs) the dead-letter buffer before each group, and the engine buffers a message's ack after its dead
+//! letter, so an ack never becomes durable before the dead letter it depends on. The file is compacted at open.
+//!
+//! When the disk is full (`ENOSPC`, `EDQUOT`) the writer cuts the partial record it left, refuses new pushes
+//! ([`Storage::no_space`]) and retries the same write with a backoff until it succeeds: nothing accepted is
+//! dropped, and pushes are accepted again as soon as space returns. Other I/O errors still stop the writer.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::{Notify, watch};
 
+use super::dead::DeadLetter;
 use super::rangeset::RangeSet;
 use super::record::{self, Record, SegmentReader, Snapshot, Step};
-use super::storage::{Progress, Storage, StorageError};
+use super::storage::{Progress, Storage, StorageError, is_no_space};
 use super::{DurableToken, FsyncPolicy, Producer, Truncation};
 
 /// Buffered-but-unwritten bytes beyond which pushes are refused until the writer catches up (the capacity of the
@@ -35,6 +45,13 @@ const LAZY_FLUSH: Duration = Duration::from_millis(100);
 const SEGMENT_EXT: &str = "log";
 /// File locked for the lifetime of the log so a second queue cannot open the same directory.
 const LOCK_FILE: &str = "LOCK";
+/// Subdirectory of the log directory holding the dead-letter file.
+const DEAD_DIR: &str = "dead";
+/// The dead-letter file.
+const DEAD_FILE: &str = "dead.log";
+/// First and longest pause between retries of a write that failed because the disk is full.
+const NO_SPACE_RETRY_MIN: Duration = Duration::from_millis(20);
+const NO_SPACE_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// One segment file as known to the writer and the reader.
 #[derive(Debug, Clone)]
@@ -49,6 +66,8 @@ struct Segment {
 #[derive(Debug, Default)]
 struct Pending {
     buf: Vec<u8>,
+    /// Dead-letter records, written to the dead-letter file before `buf`.
+    dead: Vec<u8>,
     /// `(position in buf, base offset)`: a new segment starts at that byte.
     rolls: Vec<(usize, u64)>,
     /// Logical log position (bytes appended since open) at the end of `buf`.
@@ -79,6 +98,11 @@ struct Shared {
     space: Arc<Notify>,
     /// `pending.buf` reached [`WRITE_BACKLOG_CAP`]; read on every push without taking the pending lock.
     backlogged: AtomicBool,
+    /// The writer is retrying a write that failed for lack of space; pushes are refused meanwhile.
+    no_space: AtomicBool,
+    dead_path: PathBuf,
+    /// Bytes of the dead-letter file written so far (readers never look beyond).
+    dead_len: AtomicU64,
 }
 
 /// Where the reader is in the log, so reading the backlog in order is a sequential scan.
@@ -109,6 +133,8 @@ pub(crate) struct Recovered {
     pub(crate) producers: Vec<(u64, u64)>,
     pub(crate) truncations: Vec<Truncation>,
     pub(crate) segments: usize,
+    /// Dead letters in the dead-letter file.
+    pub(crate) dead: Vec<DeadLetter>,
 }
 
 /// The durable segment-log backend.
@@ -215,6 +241,8 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
                                 *mark = (*mark).max(seq);
                             }
                         }
+                        // Dead letters live in their own file.
+                        Record::Dead(..) | Record::DeadRemoved(_) => {}
                     }
                     pos = after;
                 }
@@ -273,7 +301,144 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
         producers: producers.into_iter().collect(),
         truncations,
         segments: segments.len(),
+        dead: Vec::new(),
     })
+}
+
+/// Reads the dead-letter file (creating it if missing), truncating a torn tail, and compacts it when it holds
+/// removed letters. Returns the live letters and the file's length.
+fn recover_dead(dir: &Path) -> Result<(Vec<DeadLetter>, u64), StorageError> {
+    let path = dir.join(DEAD_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .append(true)
+        .open(&path)
+        .map_err(|e| StorageError::io("cannot open", &path, e))?;
+    let mut len = file
+        .metadata()
+        .map_err(|e| StorageError::io("cannot stat", &path, e))?
+        .len();
+    let mut reader = SegmentReader::default();
+    reader.open(open_segment(&path)?);
+    let mut letters = std::collections::BTreeMap::new();
+    let mut removed = false;
+    let mut pos = 0;
+    loop {
+        match reader
+            .next(pos, len)
+            .map_err(|e| StorageError::io("cannot read", &path, e))?
+        {
+            Step::Record(record, after) => {
+                match record {
+                    Record::Dead(header, payload) => {
+                        letters.insert(header.id, DeadLetter::from_record(&header, payload.len()));
+                    }
+                    Record::DeadRemoved(ids) => {
+                        for id in ids {
+                            removed |= letters.remove(&id).is_some();
+                        }
+                    }
+                    _ => removed = true,
+                }
+                pos = after;
+            }
+            Step::End => break,
+            Step::Torn | Step::Corrupt => {
+                tracing::warn!(file = %path.display(), position = pos, dropped_bytes = len - pos,
+                    "truncated a torn or corrupt dead-letter tail");
+                truncate(&path, pos)?;
+                len = pos;
+                break;
+            }
+        }
+    }
+    if removed {
+        len = compact_dead(dir, &path, len, &letters)?;
+    }
+    Ok((letters.into_values().collect(), len))
+}
+
+/// Rewrites the dead-letter file with only the letters in `live`; returns the new length.
+fn compact_dead(
+    dir: &Path,
+    path: &Path,
+    len: u64,
+    live: &std::collections::BTreeMap<u64, DeadLetter>,
+) -> Result<u64, StorageError> {
+    let tmp = dir.join(format!("{DEAD_FILE}.tmp"));
+    let file = File::create(&tmp).map_err(|e| StorageError::io("cannot create", &tmp, e))?;
+    let mut out = BufWriter::new(file);
+    let mut reader = SegmentReader::default();
+    reader.open(open_segment(path)?);
+    let mut buf = Vec::new();
+    let mut written = 0;
+    let mut pos = 0;
+    while let Step::Record(record, after) = reader
+        .next(pos, len)
+        .map_err(|e| StorageError::io("cannot read", path, e))?
+    {
+        if let Record::Dead(header, payload) = record
+            && live.contains_key(&header.id)
+        {
+            buf.clear();
+            record::encode_dead(&mut buf, &header, payload);
+            out.write_all(&buf)
+                .map_err(|e| StorageError::io("cannot write", &tmp, e))?;
+            written += buf.len() as u64;
+        }
+        pos = after;
+    }
+    out.into_inner()
+        .map_err(|e| StorageError::io("cannot write", &tmp, e.into_error()))?
+        .sync_all()
+        .map_err(|e| StorageError::io("cannot fsync", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| StorageError::io("cannot rename", &tmp, e))?;
+    sync_dir(dir)?;
+    Ok(written)
+}
+
+/// The file operations [`append_whole`] needs: a seam so tests can inject a disk that fills up mid-write.
+trait AppendFile: Write {
+    fn sync_data(&self) -> std::io::Result<()>;
+    fn set_len(&self, len: u64) -> std::io::Result<()>;
+}
+
+impl AppendFile for File {
+    fn sync_data(&self) -> std::io::Result<()> {
+        File::sync_data(self)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        File::set_len(self, len)
+    }
+}
+
+/// Appends `bytes` to `file`, whose valid part ends at `good_len`, and fsyncs if asked. On failure the partial
+/// write is cut off again, so a retry appends whole records right after the last good one.
+fn append_whole(
+    file: &mut impl AppendFile,
+    path: &Path,
+    good_len: u64,
+    bytes: &[u8],
+    sync: bool,
+) -> Result<(), StorageError> {
+    let result = file
+        .write_all(bytes)
+        .map_err(|e| StorageError::io("cannot write", path, e))
+        .and_then(|()| {
+            if sync {
+                file.sync_data()
+                    .map_err(|e| StorageError::io("cannot fsync", path, e))
+            } else {
+                Ok(())
+            }
+        });
+    if result.is_err() {
+        file.set_len(good_len)
+            .map_err(|e| StorageError::io("cannot cut a partial write from", path, e))?;
+    }
+    result
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), StorageError> {
@@ -390,7 +555,17 @@ impl DiskLog {
                 len: buf.len() as u64,
             });
         }
-        let recovered = recover(&mut segments)?;
+        let mut recovered = recover(&mut segments)?;
+        let dead_dir = dir.join(DEAD_DIR);
+        fs::create_dir_all(&dead_dir)
+            .map_err(|e| StorageError::io("cannot create", &dead_dir, e))?;
+        let (dead, dead_len) = recover_dead(&dead_dir)?;
+        recovered.dead = dead;
+        let dead_path = dead_dir.join(DEAD_FILE);
+        let dead_file = OpenOptions::new()
+            .append(true)
+            .open(&dead_path)
+            .map_err(|e| StorageError::io("cannot open for append", &dead_path, e))?;
         let active = segments
             .last()
             .cloned()
@@ -414,11 +589,17 @@ impl DiskLog {
             progress,
             space,
             backlogged: AtomicBool::new(false),
+            no_space: AtomicBool::new(false),
+            dead_path,
+            dead_len: AtomicU64::new(dead_len),
         });
         let writer = Writer {
             shared: Arc::clone(&shared),
             file,
             path: active.path,
+            file_len: active.len,
+            dead_file,
+            dead_len,
             written: 0,
             synced: 0,
             last_sync: Instant::now(),
@@ -499,6 +680,54 @@ impl Storage for DiskLog {
         DurableToken(self.shared.pending.lock().position)
     }
 
+    fn no_space(&self) -> bool {
+        self.shared.no_space.load(Ordering::Relaxed)
+    }
+
+    fn append_dead(&self, letter: &DeadLetter, payload: &[u8]) {
+        let mut pending = self.shared.pending.lock();
+        if pending.failed.is_some() || pending.closing {
+            return;
+        }
+        record::encode_dead(&mut pending.dead, &letter.header(), payload);
+        if !pending.urgent {
+            pending.urgent = true;
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn remove_dead(&self, ids: &[u64]) {
+        let mut pending = self.shared.pending.lock();
+        if pending.failed.is_some() || pending.closing {
+            return;
+        }
+        record::encode_dead_removed(&mut pending.dead, ids);
+        if pending.idle {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn read_dead(&self, ids: &[u64], out: &mut Vec<(u64, Bytes)>) -> Result<(), StorageError> {
+        let path = &self.shared.dead_path;
+        let len = self.shared.dead_len.load(Ordering::Acquire);
+        let wanted: HashSet<u64> = ids.iter().copied().collect();
+        let mut reader = SegmentReader::default();
+        reader.open(open_segment(path)?);
+        let mut pos = 0;
+        while let Step::Record(record, after) = reader
+            .next(pos, len)
+            .map_err(|e| StorageError::io("cannot read", path, e))?
+        {
+            if let Record::Dead(header, payload) = record
+                && wanted.contains(&header.id)
+            {
+                out.push((header.id, Bytes::copy_from_slice(payload)));
+            }
+            pos = after;
+        }
+        Ok(())
+    }
+
     fn advance_floor(&self, floor: u64) {
         let mut pending = self.shared.pending.lock();
         if floor > pending.floor {
@@ -575,6 +804,10 @@ struct Writer {
     shared: Arc<Shared>,
     file: File,
     path: PathBuf,
+    /// Length of the active segment file up to the last whole write.
+    file_len: u64,
+    dead_file: File,
+    dead_len: u64,
     written: u64,
     synced: u64,
     last_sync: Instant,
@@ -586,16 +819,19 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let mut buf = Vec::new();
+        let mut dead = Vec::new();
         let mut rolls = Vec::new();
         loop {
-            let (closing, floor, backlogged) = self.take(&mut buf, &mut rolls);
+            let (closing, floor, backlogged) = self.take(&mut buf, &mut dead, &mut rolls);
             if backlogged {
                 self.shared.space.notify_waiters();
             }
             let result = self
-                .write_group(&buf, &rolls)
+                .until_space(|w| w.write_dead(&dead))
+                .and_then(|()| self.write_group(&buf, &rolls))
                 .and_then(|()| self.sync(closing))
                 .and_then(|()| self.delete(floor));
+            dead.clear();
             buf.clear();
             if buf.capacity() > SPARE_BUFFER_CAP {
                 buf.shrink_to(SPARE_BUFFER_CAP);
@@ -619,8 +855,13 @@ impl Writer {
         }
     }
 
-    /// Waits for work and swaps the pending buffer out; returns (closing, floor, whether it was backlogged).
-    fn take(&mut self, buf: &mut Vec<u8>, rolls: &mut Vec<(usize, u64)>) -> (bool, u64, bool) {
+    /// Waits for work and swaps the pending buffers out; returns (closing, floor, whether it was backlogged).
+    fn take(
+        &mut self,
+        buf: &mut Vec<u8>,
+        dead: &mut Vec<u8>,
+        rolls: &mut Vec<(usize, u64)>,
+    ) -> (bool, u64, bool) {
         let mut pending = self.shared.pending.lock();
         loop {
             if pending.urgent || pending.closing {
@@ -632,7 +873,9 @@ impl Writer {
                 }
                 _ => None,
             };
-            let lazy = (!pending.buf.is_empty() || pending.floor > self.deleted_floor)
+            let lazy = (!pending.buf.is_empty()
+                || !pending.dead.is_empty()
+                || pending.floor > self.deleted_floor)
                 .then_some(LAZY_FLUSH);
             match unsynced.into_iter().chain(lazy).min() {
                 Some(timeout) if timeout.is_zero() => break,
@@ -651,28 +894,79 @@ impl Writer {
         pending.urgent = false;
         let backlogged = self.shared.backlogged.swap(false, Ordering::Relaxed);
         std::mem::swap(&mut pending.buf, buf);
+        std::mem::swap(&mut pending.dead, dead);
         std::mem::swap(&mut pending.rolls, rolls);
         (pending.closing, pending.floor, backlogged)
     }
 
-    /// Writes one group: one `write` per segment it touches.
+    /// Runs `op` until it succeeds or fails for another reason than a full disk. While the disk is full, pushes
+    /// are refused and `op` is retried with a growing pause; on close the error is returned instead.
+    fn until_space<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Self) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let mut pause = NO_SPACE_RETRY_MIN;
+        loop {
+            match op(self) {
+                Ok(value) => {
+                    if self.shared.no_space.swap(false, Ordering::Relaxed) {
+                        tracing::info!("log disk has space again; accepting pushes");
+                        self.shared.space.notify_waiters();
+                    }
+                    return Ok(value);
+                }
+                Err(err @ StorageError::Io { .. }) if matches!(&err, StorageError::Io { source, .. } if is_no_space(source)) =>
+                {
+                    if !self.shared.no_space.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(%err, "log disk full; refusing pushes until space returns");
+                    }
+                    let mut pending = self.shared.pending.lock();
+                    if pending.closing {
+                        return Err(err);
+                    }
+                    self.shared.wake.wait_for(&mut pending, pause);
+                    pause = (pause * 2).min(NO_SPACE_RETRY_MAX);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Appends dead letters (and removals) to the dead-letter file and fsyncs it per the policy.
+    fn write_dead(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let sync = self.shared.policy != FsyncPolicy::Never;
+        append_whole(
+            &mut self.dead_file,
+            &self.shared.dead_path,
+            self.dead_len,
+            bytes,
+            sync,
+        )?;
+        self.dead_len += bytes.len() as u64;
+        self.shared.dead_len.store(self.dead_len, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes one group: one `write` per segment it touches, each retried while the disk is full.
     fn write_group(&mut self, buf: &[u8], rolls: &[(usize, u64)]) -> Result<(), StorageError> {
         let mut start = 0;
         for &(at, base) in rolls {
-            self.write(&buf[start..at])?;
-            self.roll(base)?;
+            self.until_space(|w| w.write(&buf[start..at]))?;
+            self.until_space(|w| w.roll(base))?;
             start = at;
         }
-        self.write(&buf[start..])
+        self.until_space(|w| w.write(&buf[start..]))
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all(bytes)
-            .map_err(|e| StorageError::io("cannot write", &self.path, e))?;
+        append_whole(&mut self.file, &self.path, self.file_len, bytes, false)?;
+        self.file_len += bytes.len() as u64;
         self.written += bytes.len() as u64;
         if let Some(active) = self.shared.segments.lock().last_mut() {
             active.len += bytes.len() as u64;
@@ -701,6 +995,7 @@ impl Writer {
             len: 0,
         });
         self.path = path;
+        self.file_len = 0;
         Ok(())
     }
 
@@ -751,5 +1046,79 @@ impl Writer {
                 .map_err(|e| StorageError::io("cannot delete", &segment.path, e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::io;
+
+    use super::*;
+
+    /// An append-only file on a disk with `room` bytes: a write beyond it is cut short, the next one fails as
+    /// full. The bytes sit in a cell because `set_len` takes `&self`, as on a real file.
+    #[derive(Default)]
+    struct FillingDisk {
+        data: RefCell<Vec<u8>>,
+        room: usize,
+    }
+
+    impl Write for FillingDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let data = self.data.get_mut();
+            let n = buf.len().min(self.room.saturating_sub(data.len()));
+            if n == 0 && !buf.is_empty() {
+                return Err(io::ErrorKind::StorageFull.into());
+            }
+            data.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl AppendFile for FillingDisk {
+        fn sync_data(&self) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            self.data.borrow_mut().truncate(len);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_write_cut_short_by_a_full_disk_is_removed_and_the_retry_appends_whole_records() {
+        let mut first = Vec::new();
+        record::encode_message(&mut first, 0, None, b"stored before the disk filled");
+        let mut second = Vec::new();
+        record::encode_message(&mut second, 1, None, b"written once space returned");
+        let mut disk = FillingDisk {
+            room: first.len() + second.len() / 2,
+            ..FillingDisk::default()
+        };
+        let path = Path::new("segment");
+
+        assert!(append_whole(&mut disk, path, 0, &first, true).is_ok());
+        let good = first.len() as u64;
+        let failed = append_whole(&mut disk, path, good, &second, true);
+        assert!(
+            matches!(&failed, Err(StorageError::Io { source, .. }) if is_no_space(source)),
+            "{failed:?}"
+        );
+        assert_eq!(
+            *disk.data.get_mut(),
+            first,
+            "the partial record was cut off"
+        );
+
+        disk.room = usize::MAX;
+        assert!(append_whole(&mut disk, path, good, &second, true).is_ok());
+        assert_eq!(*disk.data.get_mut(), [first, second].concat());
     }
 }

@@ -5,8 +5,14 @@
 //! dispatched in offset order (returned leases first). A delivered message is leased to its consumer until acked;
 //! a lease whose consumer goes away or does not ack within the lease timeout goes back to the front of the queue.
 //! All state lives behind one lock taken once per batch and never held across `.await`.
+//!
+//! The engine counts deliveries per message: a message delivered `max_deliveries` times without an ack, or one a
+//! consumer NACKs, becomes a [dead letter](dead) instead of blocking the queue (counts start again from zero after
+//! a restart, so a poison message costs at most `max_deliveries` deliveries per process lifetime). A message
+//! returned unacked twice is delivered alone from then on, so only the poison message itself reaches the limit.
 
 mod consumer;
+mod dead;
 mod log;
 mod memory;
 mod rangeset;
@@ -26,7 +32,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use consumer::{ConsumeMode, Consumer, Delivery};
+pub use dead::{DeadLetter, DeadReason};
 pub use storage::StorageError;
+
+use dead::DeadIndex;
 
 use rangeset::RangeSet;
 use record::Snapshot;
@@ -34,6 +43,10 @@ use storage::Storage;
 
 /// Largest payload refill reads back from disk per step while holding the state lock.
 const REFILL_CHUNK: u64 = 1024 * 1024;
+/// Unacked deliveries after which a message is a suspect: it is delivered alone, to a consumer holding nothing
+/// else, so a consumer that keeps failing on it does not use up the delivery counts of the healthy messages that
+/// happened to share its window.
+const SUSPECT_AFTER: u32 = 2;
 
 /// Where the queue keeps its messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +122,11 @@ pub struct QueueOptions {
     /// Producer ids whose dedup marks are remembered (at most a million); beyond it the least recently seen is
     /// forgotten, and a retry from a forgotten producer would be stored again.
     pub max_producers: usize,
+    /// Deliveries of one message without an ack after which it becomes a dead letter instead of being delivered
+    /// again (at least 1).
+    pub max_deliveries: u32,
+    /// Dead letters kept; beyond it the oldest is dropped (and counted).
+    pub max_dead_letters: usize,
 }
 
 impl Default for QueueOptions {
@@ -120,6 +138,8 @@ impl Default for QueueOptions {
             fsync: FsyncPolicy::Always,
             segment_size: 64 * 1024 * 1024,
             max_producers: 10_000,
+            max_deliveries: 5,
+            max_dead_letters: 10_000,
         }
     }
 }
@@ -186,9 +206,29 @@ pub enum PushError {
     /// The queue is shutting down.
     #[error("queue is closed")]
     Closed,
+    /// The log's disk is full: retry after [`Queue::wait_for_space`], which resolves once the log could write
+    /// again.
+    #[error("queue storage is full")]
+    NoSpace,
     /// The log cannot store anything any more.
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// Why a replay of dead letters stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Reading the dead letters or waiting for the replayed copies failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The queue refused a replayed message; the ones before it were replayed.
+    #[error("replayed {replayed}, then the queue refused the next: {source}")]
+    Refused {
+        /// Dead letters replayed before the refusal.
+        replayed: usize,
+        /// Why the push was refused.
+        source: PushError,
+    },
 }
 
 /// Why a queue operation failed.
@@ -256,6 +296,18 @@ pub struct QueueStats {
     pub lease_expired: u64,
     /// Total pushes refused with `Full`.
     pub rejected_full: u64,
+    /// Total pushes refused with `NoSpace`.
+    pub rejected_no_space: u64,
+    /// Dead letters kept now.
+    pub dead_letters: u64,
+    /// Total messages that became dead letters because a consumer NACKed them.
+    pub dead_nacked: u64,
+    /// Total messages that became dead letters after `max_deliveries` deliveries.
+    pub dead_max_deliveries: u64,
+    /// Total dead letters dropped because more than `max_dead_letters` were kept.
+    pub dead_evicted: u64,
+    /// Total dead letters replayed into the queue.
+    pub dead_replayed: u64,
 }
 
 /// A leased delivery: the payload is kept for redelivery (leases are bounded by consumer credit).
@@ -264,6 +316,24 @@ struct Lease {
     owner: u64,
     payload: Bytes,
     deadline: Instant,
+    /// Deliveries of this message so far, this one included.
+    deliveries: u32,
+}
+
+/// A returned lease waiting for redelivery.
+#[derive(Debug)]
+struct Returned {
+    payload: Bytes,
+    deliveries: u32,
+}
+
+impl From<Lease> for Returned {
+    fn from(lease: Lease) -> Self {
+        Self {
+            payload: lease.payload,
+            deliveries: lease.deliveries,
+        }
+    }
 }
 
 /// A consumer's dispatch state.
@@ -351,7 +421,7 @@ struct State {
     cold_to: u64,
     cold_skip: RangeSet,
     /// Returned leases waiting for redelivery, dispatched before anything else.
-    redeliver: BTreeMap<u64, Bytes>,
+    redeliver: BTreeMap<u64, Returned>,
     leases: BTreeMap<u64, Lease>,
     /// Lease deadlines in dispatch order (so also in deadline order); stale entries are skipped.
     deadlines: VecDeque<(Instant, u64)>,
@@ -366,7 +436,40 @@ struct State {
     /// A push was refused for lack of space, so frees must notify space waiters.
     full: bool,
     refill: Vec<(u64, Bytes)>,
+    dead: DeadIndex,
+    /// Dead letters made under the lock, logged by the caller once it has let go of it.
+    unlogged: Unlogged,
     stats: QueueStats,
+}
+
+/// Dead-lettering to log once the state lock is released (logging writes to stderr: never under the lock).
+#[derive(Debug, Default)]
+#[must_use = "log it once the state lock is released"]
+struct Unlogged {
+    letters: Vec<DeadLetter>,
+    evicted: usize,
+}
+
+impl Unlogged {
+    /// Logs each new dead letter once, without its payload.
+    fn log(self, cap: usize) {
+        for letter in &self.letters {
+            tracing::warn!(
+                id = letter.id,
+                bytes = letter.size,
+                deliveries = letter.deliveries,
+                reason = letter.reason.as_str(),
+                "message moved to the dead letters"
+            );
+        }
+        if self.evicted > 0 {
+            tracing::warn!(
+                count = self.evicted,
+                cap,
+                "dropped the oldest dead letters to stay within --max-dead-letters"
+            );
+        }
+    }
 }
 
 /// What one dispatch attempt achieved.
@@ -465,7 +568,7 @@ impl State {
                 && let Some(lease) = self.leases.remove(&offset)
             {
                 self.release_credit(lease.owner);
-                self.redeliver.insert(offset, lease.payload);
+                self.redeliver.insert(offset, lease.into());
                 expired += 1;
             }
         }
@@ -481,17 +584,49 @@ impl State {
 
     /// Removes an acked message; returns its payload size if it was unacked.
     fn remove_acked(&mut self, offset: u64) -> Option<u64> {
-        let payload = if let Some(lease) = self.leases.remove(&offset) {
+        let (payload, _) = self.take_unacked(offset)?;
+        self.stats.acked += 1;
+        Some(payload.len() as u64)
+    }
+
+    /// Takes a leased or returned message out of the queue; returns its payload and delivery count.
+    fn take_unacked(&mut self, offset: u64) -> Option<(Bytes, u32)> {
+        let returned: Returned = if let Some(lease) = self.leases.remove(&offset) {
             self.release_credit(lease.owner);
-            lease.payload
+            lease.into()
         } else {
             self.redeliver.remove(&offset)?
         };
-        let len = payload.len() as u64;
         self.depth -= 1;
-        self.bytes -= len;
-        self.stats.acked += 1;
-        Some(len)
+        self.bytes -= returned.payload.len() as u64;
+        Some((returned.payload, returned.deliveries))
+    }
+
+    /// Turns a message already taken out of the queue into a dead letter: stores it (durably before the ack
+    /// that follows) and queues it for logging in `unlogged`.
+    fn bury(
+        &mut self,
+        storage: &dyn Storage,
+        options: &QueueOptions,
+        offset: u64,
+        payload: &[u8],
+        deliveries: u32,
+        reason: DeadReason,
+    ) {
+        let letter = DeadLetter::now(offset, reason, deliveries, payload.len());
+        self.unlogged.letters.push(letter);
+        match reason {
+            DeadReason::Nacked(_) => self.stats.dead_nacked += 1,
+            DeadReason::MaxDeliveries => self.stats.dead_max_deliveries += 1,
+        }
+        storage.append_dead(&letter, payload);
+        storage.append_acks(&mut [offset]);
+        let evicted = self.dead.insert(letter, options.max_dead_letters);
+        if !evicted.is_empty() {
+            self.unlogged.evicted += evicted.len();
+            self.stats.dead_evicted += evicted.len() as u64;
+            storage.remove_dead(&evicted);
+        }
     }
 
     /// Moves a chunk of the cold range into `hot` by reading it back from storage.
@@ -546,13 +681,38 @@ impl State {
         let mut delivered = 0;
         let mut auto_acked = Vec::new();
         let mut outcome = Fill::Empty;
+        let mut buried = false;
+        let mut alone = false;
+        let in_flight = slot.in_flight;
         while delivered < limit {
-            let (offset, payload, redelivered) =
-                if let Some((offset, payload)) = self.redeliver.pop_first() {
-                    (offset, payload, true)
+            let (offset, payload, deliveries) =
+                if let Some((offset, returned)) = self.redeliver.pop_first() {
+                    if mode == ConsumeMode::Acked
+                        && returned.deliveries >= options.max_deliveries.max(1)
+                    {
+                        self.depth -= 1;
+                        self.bytes -= returned.payload.len() as u64;
+                        let reason = DeadReason::MaxDeliveries;
+                        let (payload, count) = (returned.payload, returned.deliveries);
+                        self.bury(storage, options, offset, &payload, count, reason);
+                        buried = true;
+                        continue;
+                    }
+                    if mode == ConsumeMode::Acked && returned.deliveries >= SUSPECT_AFTER {
+                        if delivered > 0 || in_flight > 0 {
+                            // It goes out alone: after this batch, or once this consumer's leases are settled.
+                            self.redeliver.insert(offset, returned);
+                            if delivered == 0 {
+                                outcome = Fill::NoCredit;
+                            }
+                            break;
+                        }
+                        alone = true;
+                    }
+                    (offset, returned.payload, returned.deliveries)
                 } else if let Some((offset, payload)) = self.hot.pop_front() {
                     self.hot_bytes -= payload.len() as u64;
-                    (offset, payload, false)
+                    (offset, payload, 0)
                 } else if self.cold() {
                     self.refill(storage, options.memory_budget)?;
                     if self.hot.is_empty() {
@@ -565,6 +725,7 @@ impl State {
                 } else {
                     break;
                 };
+            let redelivered = deliveries > 0;
             match mode {
                 ConsumeMode::Acked => {
                     self.leases.insert(
@@ -573,6 +734,7 @@ impl State {
                             owner: id,
                             payload: payload.clone(),
                             deadline,
+                            deliveries: deliveries.saturating_add(1),
                         },
                     );
                     self.deadlines.push_back((deadline, offset));
@@ -592,6 +754,12 @@ impl State {
                 redelivered,
             });
             delivered += 1;
+            if alone {
+                break;
+            }
+        }
+        if buried {
+            self.report_floor(storage);
         }
         if delivered == 0 {
             return Ok(outcome);
@@ -616,6 +784,8 @@ struct Inner {
     options: QueueOptions,
     /// Notified when space frees up after a push was refused as full.
     space: Arc<Notify>,
+    /// Replays run one at a time, so one dead letter is never replayed twice.
+    replaying: tokio::sync::Mutex<()>,
 }
 
 /// A handle to the queue; cheap to clone, all clones share one queue.
@@ -641,7 +811,7 @@ impl Queue {
     ) -> Result<(Self, RecoveryReport), QueueError> {
         let space = Arc::new(Notify::new());
         let (storage, recovered): (Box<dyn Storage>, Option<log::Recovered>) = match backend {
-            Backend::Memory => (Box::new(memory::MemoryStore), None),
+            Backend::Memory => (Box::new(memory::MemoryStore::default()), None),
             Backend::Disk { dir } => {
                 let (log, recovered) = log::DiskLog::open(
                     &dir,
@@ -673,6 +843,8 @@ impl Queue {
             floor_reported: 0,
             full: false,
             refill: Vec::new(),
+            dead: DeadIndex::default(),
+            unlogged: Unlogged::default(),
             stats: QueueStats::default(),
         };
         if let Some(recovered) = recovered {
@@ -684,6 +856,7 @@ impl Queue {
             state.bytes = recovered.bytes;
             state.floor_reported = recovered.first_unacked;
             state.producers = Producers::new(options.max_producers, recovered.producers);
+            state.dead = DeadIndex::new(recovered.dead);
             report = RecoveryReport {
                 messages: recovered.messages,
                 bytes: recovered.bytes,
@@ -697,6 +870,7 @@ impl Queue {
             storage,
             options,
             space,
+            replaying: tokio::sync::Mutex::new(()),
         };
         Ok((
             Self {
@@ -773,7 +947,8 @@ impl Queue {
                 let mut state = self.inner.state.lock();
                 let fits = state.bytes.saturating_add(len as u64) <= self.inner.options.max_bytes
                     || len as u64 > self.inner.options.max_bytes;
-                if state.closed || (fits && !self.inner.storage.backlogged()) {
+                let storage = &self.inner.storage;
+                if state.closed || (fits && !storage.backlogged() && !storage.no_space()) {
                     return;
                 }
                 state.full = true;
@@ -827,6 +1002,120 @@ impl Queue {
         acked.len()
     }
 
+    /// Refuses delivery `id` for good on behalf of a consumer (NACK): the message becomes a dead letter with
+    /// `reason` and leaves the queue like an acked one. Returns false for an unknown or already settled id.
+    pub fn nack(&self, id: u64, reason: wsmq_core::protocol::queue::NackReason) -> bool {
+        let inner = &*self.inner;
+        let (notify_space, unlogged) = {
+            let mut state = inner.state.lock();
+            let Some((payload, deliveries)) = state.take_unacked(id) else {
+                return false;
+            };
+            let storage = &*inner.storage;
+            let reason = DeadReason::Nacked(reason);
+            state.bury(storage, &inner.options, id, &payload, deliveries, reason);
+            state.report_floor(storage);
+            if state.has_messages() {
+                state.wake_waiters(1);
+            }
+            let unlogged = std::mem::take(&mut state.unlogged);
+            (std::mem::take(&mut state.full), unlogged)
+        };
+        unlogged.log(inner.options.max_dead_letters);
+        if notify_space {
+            inner.space.notify_waiters();
+        }
+        true
+    }
+
+    /// The dead letters kept, oldest first (at most `max_dead_letters`).
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.inner.state.lock().dead.list()
+    }
+
+    /// Pushes dead letters back into the queue as new messages (new offsets, at the back), then forgets them:
+    /// those in `ids`, or all when `ids` is `None`. Unknown ids are ignored. A letter leaves the dead letters only
+    /// once its new copy is durable, so a crash in between can duplicate it but never lose it. Stops at the first
+    /// refused push (queue full, disk full) and reports it; what was replayed before stays replayed.
+    pub async fn replay(&self, ids: Option<&[u64]>) -> Result<usize, ReplayError> {
+        let inner = Arc::clone(&self.inner);
+        let _one_at_a_time = inner.replaying.lock().await;
+        let wanted: Vec<u64> = {
+            let state = inner.state.lock();
+            match ids {
+                Some(ids) => ids
+                    .iter()
+                    .copied()
+                    .filter(|&id| state.dead.contains(id))
+                    .collect(),
+                None => state.dead.list().iter().map(|d| d.id).collect(),
+            }
+        };
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        // A dead letter is written with the group that carries its ack; wait for it to reach the file.
+        let written = inner.storage.position();
+        self.wait_written(written).await?;
+        let reader = Arc::clone(&inner);
+        let payloads = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(wanted.len());
+            reader.storage.read_dead(&wanted, &mut out).map(|()| out)
+        })
+        .await
+        .map_err(|_| ReplayError::Queue(QueueError::Closed))?
+        .map_err(|err| ReplayError::Queue(err.into()))?;
+        let mut replayed = Vec::with_capacity(payloads.len());
+        let mut refused = None;
+        let mut durable = None;
+        for (id, payload) in payloads {
+            match self.push(None, payload) {
+                Ok(pushed) => {
+                    durable = durable.max(Some(pushed.durable()));
+                    replayed.push(id);
+                }
+                Err(err) => {
+                    refused = Some(err);
+                    break;
+                }
+            }
+        }
+        if let Some(token) = durable {
+            self.wait_durable(token).await?;
+        }
+        if !replayed.is_empty() {
+            let mut state = inner.state.lock();
+            replayed.retain(|&id| state.dead.remove(id));
+            state.stats.dead_replayed += replayed.len() as u64;
+            inner.storage.remove_dead(&replayed);
+        }
+        tracing::info!(count = replayed.len(), "replayed dead letters");
+        match refused {
+            Some(err) => Err(ReplayError::Refused {
+                replayed: replayed.len(),
+                source: err,
+            }),
+            None => Ok(replayed.len()),
+        }
+    }
+
+    /// Resolves once everything up to `token` is written to the OS (whatever the fsync policy).
+    async fn wait_written(&self, token: DurableToken) -> Result<(), QueueError> {
+        let Some(mut progress) = self.inner.storage.progress() else {
+            return Ok(());
+        };
+        let progress = progress
+            .wait_for(|p| p.written >= token.0 || p.failed.is_some() || p.closed)
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        match &progress.failed {
+            Some(err) if progress.written < token.0 => {
+                Err(StorageError::WriterFailed(err.clone()).into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Counters and gauges for metrics and readiness.
     pub fn stats(&self) -> QueueStats {
         let mut state = self.inner.state.lock();
@@ -837,6 +1126,7 @@ impl Queue {
             in_flight: state.leases.len() as u64,
             memory_bytes: state.hot_bytes,
             consumers: state.consumers.len(),
+            dead_letters: state.dead.len() as u64,
             ..state.stats.clone()
         }
     }
@@ -884,6 +1174,11 @@ fn push_one(
         return Ok(Pushed::Duplicate {
             durable: inner.storage.position(),
         });
+    }
+    if inner.storage.no_space() {
+        state.stats.rejected_no_space += 1;
+        state.full = true;
+        return Err(PushError::NoSpace);
     }
     if state.bytes + len as u64 > options.max_bytes || inner.storage.backlogged() {
         state.stats.rejected_full += 1;

@@ -28,6 +28,10 @@ const READ_CHUNK: usize = 256 * 1024;
 const KIND_MESSAGE: u8 = 1;
 const KIND_ACKS: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
+const KIND_DEAD: u8 = 4;
+const KIND_DEAD_REMOVED: u8 = 5;
+/// Fixed part of a dead-letter body: id, reason, deliveries, time.
+const DEAD_FIXED: usize = 8 + 1 + 4 + 8;
 const FLAG_PRODUCER: u8 = 1;
 
 /// A decoded record borrowing its payload from the reader's buffer.
@@ -43,6 +47,50 @@ pub(crate) enum Record<'a> {
     Acks(Vec<(u64, u32)>),
     /// State written at the head of every segment so deleting older segments loses nothing.
     Snapshot(Snapshot),
+    /// A dead letter (only in the dead-letter file).
+    Dead(DeadHeader, &'a [u8]),
+    /// Dead letters replayed or evicted (only in the dead-letter file).
+    DeadRemoved(Vec<u64>),
+}
+
+/// What a dead-letter record says about its message, besides the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadHeader {
+    /// The message's offset when it died.
+    pub(crate) id: u64,
+    /// The reason's code (see `DeadReason`).
+    pub(crate) reason: u8,
+    /// Deliveries it had when it died.
+    pub(crate) deliveries: u32,
+    /// When it died, in milliseconds since the Unix epoch.
+    pub(crate) time_ms: u64,
+}
+
+/// Encodes a dead-letter record.
+pub(crate) fn encode_dead(buf: &mut Vec<u8>, header: &DeadHeader, payload: &[u8]) {
+    let start = buf.len();
+    buf.reserve(HEADER_LEN + 1 + DEAD_FIXED + payload.len());
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    buf.push(KIND_DEAD);
+    buf.extend_from_slice(&header.id.to_le_bytes());
+    buf.push(header.reason);
+    buf.extend_from_slice(&header.deliveries.to_le_bytes());
+    buf.extend_from_slice(&header.time_ms.to_le_bytes());
+    buf.extend_from_slice(payload);
+    finish(buf, start);
+}
+
+/// Encodes the removal of dead letters, split so no record comes near [`MAX_RECORD_LEN`].
+pub(crate) fn encode_dead_removed(buf: &mut Vec<u8>, ids: &[u64]) {
+    for chunk in ids.chunks(MAX_ACK_RUNS) {
+        let start = buf.len();
+        buf.extend_from_slice(&[0; HEADER_LEN]);
+        buf.push(KIND_DEAD_REMOVED);
+        for id in chunk {
+            buf.extend_from_slice(&id.to_le_bytes());
+        }
+        finish(buf, start);
+    }
 }
 
 /// Queue state that must outlive the segments it was learned from.
@@ -192,6 +240,22 @@ fn decode(bytes: &[u8]) -> Option<Record<'_>> {
                 floor,
                 producers,
             }))
+        }
+        KIND_DEAD => {
+            let header = DeadHeader {
+                id: body.u64()?,
+                reason: body.u8()?,
+                deliveries: body.u32()?,
+                time_ms: body.u64()?,
+            };
+            Some(Record::Dead(header, body.0))
+        }
+        KIND_DEAD_REMOVED => {
+            let mut ids = Vec::with_capacity(body.0.len() / 8);
+            while !body.0.is_empty() {
+                ids.push(body.u64()?);
+            }
+            Some(Record::DeadRemoved(ids))
         }
         _ => None,
     }
@@ -348,6 +412,32 @@ mod tests {
         };
         assert_eq!(read, snapshot);
         assert!(matches!(reader.next(pos, limit).unwrap(), Step::End));
+    }
+
+    #[test]
+    fn dead_letter_records_round_trip() {
+        let header = DeadHeader {
+            id: 42,
+            reason: 16,
+            deliveries: 5,
+            time_ms: 1_700_000_000_000,
+        };
+        let mut buf = Vec::new();
+        encode_dead(&mut buf, &header, b"poison");
+        encode_dead_removed(&mut buf, &[42, 7]);
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&buf).unwrap();
+        let limit = buf.len() as u64;
+        let mut reader = SegmentReader::default();
+        reader.open(file);
+        let Step::Record(Record::Dead(read, payload), pos) = reader.next(0, limit).unwrap() else {
+            panic!("expected a dead letter");
+        };
+        assert_eq!((read, payload), (header, &b"poison"[..]));
+        let Step::Record(Record::DeadRemoved(ids), _) = reader.next(pos, limit).unwrap() else {
+            panic!("expected a removal");
+        };
+        assert_eq!(ids, vec![42, 7]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::dead::DeadLetter;
 use super::rangeset::RangeSet;
 use super::record::Snapshot;
 use super::{DurableToken, Producer};
@@ -45,6 +46,15 @@ pub enum StorageError {
     /// The log writer stopped after an earlier error; nothing more can be made durable.
     #[error("log writer failed: {0}")]
     WriterFailed(String),
+}
+
+/// Whether an I/O error means the disk (or the user's quota) is full: the writer retries those until space
+/// returns instead of failing for good.
+pub(crate) fn is_no_space(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 impl StorageError {
@@ -96,6 +106,20 @@ pub(crate) trait Storage: Send + Sync {
 
     /// Whether so much is buffered but not yet written that pushes should be refused for now.
     fn backlogged(&self) -> bool;
+
+    /// Whether the disk is full: pushes are refused until the writer managed to write again.
+    fn no_space(&self) -> bool;
+
+    /// Buffers a dead letter with its payload. It is made durable before any ack buffered after this call, so
+    /// the engine appends the message's ack right after it.
+    fn append_dead(&self, letter: &DeadLetter, payload: &[u8]);
+
+    /// Buffers the removal of dead letters (replayed or evicted).
+    fn remove_dead(&self, ids: &[u64]);
+
+    /// Appends to `out` the payloads of the dead letters in `ids` that are stored (written so far), in file order.
+    /// Blocking: call it off the async workers.
+    fn read_dead(&self, ids: &[u64], out: &mut Vec<(u64, Bytes)>) -> Result<(), StorageError>;
 
     /// Whether payloads can be read back, so the engine may drop them from memory beyond its budget.
     fn reads_back(&self) -> bool;

@@ -4,7 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,7 +25,7 @@ use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::envelope::Envelope;
-use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PopRecord};
+use wsmq_core::protocol::queue::{FrameReader, FrameWriter, NackReason, PopRecord};
 use wsmq_core::server::{Route, ServerConfig, ServerWs, serve};
 use wsmq_core::tls;
 use wsmq_subscriber::{Config, SlowClientPolicy, SubscriberMetrics};
@@ -110,6 +110,7 @@ impl FakeQueue {
             ws,
             credit: 0,
             acked: BTreeSet::new(),
+            nacked: BTreeMap::new(),
         })
     }
 
@@ -129,6 +130,8 @@ pub struct QueueConn {
     pub credit: i64,
     /// Delivery ids acked so far.
     pub acked: BTreeSet<u64>,
+    /// Delivery ids refused (NACKed) so far, with the reason.
+    pub nacked: BTreeMap<u64, NackReason>,
 }
 
 impl QueueConn {
@@ -146,6 +149,11 @@ impl QueueConn {
                     PopRecord::Credit { n } => self.credit += i64::from(n),
                     PopRecord::Ack { id } => {
                         if self.acked.insert(id) {
+                            self.credit += 1;
+                        }
+                    }
+                    PopRecord::Nack { id, reason } => {
+                        if self.nacked.insert(id, reason).is_none() {
                             self.credit += 1;
                         }
                     }
