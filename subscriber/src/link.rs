@@ -36,7 +36,7 @@ pub const POP_PATH: &str = "/popmsg";
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Largest reconnection delay cap.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// Lower bound on how often stalled clients are swept, for very short `--slow-client-timeout`s.
+/// Lower bound on how often clients that stay behind are swept, for very short `--slow-client-timeout`s.
 const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(10);
 /// Bytes reserved up front for an ack frame: one ACK record (9 bytes) per delivery of a typical frame.
 const ACK_FRAME_CAPACITY: usize = 4 * 1024;
@@ -170,7 +170,7 @@ impl Link {
                     continue;
                 }
                 _ = sweep.tick() => {
-                    self.cut_stalled();
+                    self.cut_behind();
                     continue;
                 }
                 received = tokio::time::timeout_at(last_seen + self.idle_timeout, ws.next()) => received,
@@ -230,23 +230,23 @@ impl Link {
                         break Err(err.into());
                     }
                 }
-                _ = sweep.tick() => self.cut_stalled(),
+                _ = sweep.tick() => self.cut_behind(),
             }
         };
         metrics.held_back_for(started.elapsed());
         ended
     }
 
-    /// How often congested clients are checked for having written nothing for `--slow-client-timeout`.
+    /// How often congested clients are checked for being behind for `--slow-client-timeout`.
     fn sweep_period(&self) -> Duration {
         (self.slow_client_timeout / 4).max(MIN_SWEEP_PERIOD)
     }
 
-    /// Cuts off the congested clients that wrote nothing for `--slow-client-timeout`.
-    fn cut_stalled(&self) {
-        let cut = self.router.cut_stalled(self.slow_client_timeout);
+    /// Cuts off the clients congested, or congested and writing nothing, for `--slow-client-timeout`.
+    fn cut_behind(&self) {
+        let cut = self.router.cut_behind(self.slow_client_timeout);
         if cut > 0 {
-            tracing::info!(clients = cut, timeout = ?self.slow_client_timeout, "cut off clients that stopped reading");
+            tracing::info!(clients = cut, timeout = ?self.slow_client_timeout, "cut off clients that stayed behind");
         }
     }
 

@@ -7,24 +7,24 @@
 //! the same `Utf8Bytes` (the envelope exactly as msgqueue delivered it): fan-out copies no payload.
 //!
 //! Offering never waits. A client holding half its queue (`--client-queue`) or more under
-//! [`SlowClientPolicy::Close`] is *congested*. Slow clients cost only themselves; the link to msgqueue holds
+//! [`SlowClientPolicy::Close`] is *congested*. Slow clients cost only themselves: the link to msgqueue holds
 //! deliveries back (they stay durable there, nothing is lost) only while [`Router::hold`] says so:
 //!
 //! - **The path is the bottleneck**: more than half of the connected clients are congested (a lone client at
 //!   max rate is all of them). This is what keeps a subscriber that reads at max rate lossless.
-//! - **A brief catch-up**: a client that just became congested may hold deliveries for [`CATCH_UP_GRACE`],
-//!   counted from the moment it fell behind or, if earlier, from the last time its writer wrote a frame. A client
-//!   that stopped reading has written nothing since long before it became congested, so its grace is already
-//!   spent: it never holds anyone. The grace is per episode of congestion, so a client that keeps falling behind
-//!   still holds others for at most that long each time, and only while it is writing.
+//! - **A congested client is still writing**: its writer wrote a frame within [`STALLED_AFTER`], so it is only
+//!   momentarily behind (clients of one busy topic take turns at that) and is waited for. A client that stopped
+//!   reading has written nothing since its socket buffers filled, which at all but the highest rates was long
+//!   before its queue reached half: it never holds anyone.
 //!
-//! Otherwise a congested client is in a minority that falls behind while most keep up: deliveries go on, and the
-//! client is cut off with 1013 (try again later) the moment its queue is full. Two bounds cover what is left:
-//! a hold lasts at most `--slow-client-timeout`, after which [`Router::cut_congested`] cuts the clients still
-//! congested; and a congested client whose writer wrote nothing for `--slow-client-timeout` is cut by
-//! [`Router::cut_stalled`] whether or not anyone is held for it (one on a topic that went quiet, which would never
-//! fill its queue, would otherwise count towards a majority forever). Under [`SlowClientPolicy::DropOldest`] a
-//! full queue drops its oldest frame instead and never holds anyone back.
+//! Otherwise the congested clients are a stalled minority: deliveries go on, and a client is cut off with 1013 (try
+//! again later) the moment its queue is full. [`Router::cut_behind`] bounds the rest: a client congested for
+//! `--slow-client-timeout` without once catching up, or congested and writing nothing for that long, is cut off
+//! whether or not anyone was held for it (one that reads, but more slowly than its messages arrive, is waited for
+//! at most that long each time; one on a topic that went quiet would otherwise count towards a majority forever);
+//! and a hold lasts at most `--slow-client-timeout`, after which [`Router::cut_congested`] cuts the clients still
+//! congested. Under [`SlowClientPolicy::DropOldest`] a full queue drops its oldest frame instead and never holds
+//! anyone back.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -53,11 +53,10 @@ pub enum SlowClientPolicy {
     DropOldest,
 }
 
-/// How long a client that just became congested may hold deliveries back for everyone while it is still writing,
-/// counted from when it fell behind or from its last write, whichever is earlier: long enough for a writer that
-/// keeps up to take its queue after a burst, short enough that a client at its limit costs others a few
-/// milliseconds, and a client that stopped reading nothing.
-pub const CATCH_UP_GRACE: Duration = Duration::from_millis(20);
+/// A congested client whose writer wrote nothing for this long is *stalled* and holds no one back: a client that
+/// keeps up but fell behind for a moment is still writing, one that stopped reading has written nothing since
+/// its socket buffers filled, which is long before its queue is half full at all but the highest rates.
+pub const STALLED_AFTER: Duration = Duration::from_millis(20);
 
 /// How soon a hold of the bottleneck kind is re-checked without a relief, so clients that joined meanwhile (and
 /// change the majority) are taken into account.
@@ -175,17 +174,18 @@ impl Congestion {
         if congested * 2 > self.clients.load(Ordering::Acquire) {
             return Some(MAJORITY_RECHECK);
         }
-        let grace = u64::try_from(CATCH_UP_GRACE.as_nanos()).unwrap_or(u64::MAX);
+        let stalled_after = u64::try_from(STALLED_AFTER.as_nanos()).unwrap_or(u64::MAX);
         self.list()
             .iter()
             .map(|client| {
-                let since = client.congested_since.load(Ordering::Relaxed);
-                let progress = client.progress.load(Ordering::Relaxed);
-                since.min(progress).saturating_add(grace)
+                client
+                    .progress
+                    .load(Ordering::Relaxed)
+                    .saturating_add(stalled_after)
             })
-            .filter(|&grace_ends| grace_ends > now)
+            .filter(|&stalls_at| stalls_at > now)
             .min()
-            .map(|grace_ends| Duration::from_nanos(grace_ends - now))
+            .map(|stalls_at| Duration::from_nanos(stalls_at - now))
     }
 }
 
@@ -499,8 +499,8 @@ impl Router {
     }
 
     /// Whether the link should take no more deliveries for now, and if so within how long to ask again: while
-    /// more than half of the clients are congested, or one that just became congested is within its
-    /// [`CATCH_UP_GRACE`] (see the module doc). `None` (take deliveries) when no client is congested.
+    /// more than half of the clients are congested, or a congested one is still writing (not [`STALLED_AFTER`]),
+    /// see the module doc. `None` (take deliveries) when no client is congested.
     pub(crate) fn hold(&self) -> Option<Duration> {
         let congestion = &self.inner.congestion;
         if congestion.count.load(Ordering::Acquire) == 0 {
@@ -521,9 +521,9 @@ impl Router {
         self.cut_where(|_| true)
     }
 
-    /// Cuts off (1013) every congested client whose writer wrote nothing for `timeout`: it stopped reading, held
-    /// for or not. Returns how many.
-    pub(crate) fn cut_stalled(&self, timeout: Duration) -> usize {
+    /// Cuts off (1013) every client that has been congested for `timeout`, or is congested and wrote nothing for
+    /// `timeout`: it stopped reading or stays behind, held for or not. Returns how many.
+    pub(crate) fn cut_behind(&self, timeout: Duration) -> usize {
         let congestion = &self.inner.congestion;
         if congestion.count.load(Ordering::Acquire) == 0 {
             return 0;
@@ -531,7 +531,9 @@ impl Router {
         let timeout = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
         let now = congestion.now();
         self.cut_where(|client| {
-            now.saturating_sub(client.progress.load(Ordering::Relaxed)) >= timeout
+            let since = client.congested_since.load(Ordering::Relaxed);
+            let progress = client.progress.load(Ordering::Relaxed);
+            now.saturating_sub(since.min(progress)) >= timeout
         })
     }
 
@@ -803,14 +805,14 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_congested_client_holds_deliveries_back_for_as_long_as_it_is_behind() {
+    fn a_lone_congested_client_holds_deliveries_back_even_while_it_writes_nothing() {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::Close);
         let a = r.register(Closer::new(&shutdown));
         r.subscribe("t", &a);
         r.route("t", &Utf8Bytes::from_static("m1"));
         a.progress.store(0, Ordering::Relaxed);
-        let much_later = nanos(CATCH_UP_GRACE * 100);
+        let much_later = nanos(STALLED_AFTER * 100);
         assert!(
             r.inner.congestion.hold_at(much_later).is_some(),
             "the only client is all of them: the path is the bottleneck"
@@ -820,68 +822,52 @@ mod tests {
     }
 
     #[test]
-    fn a_congested_minority_holds_deliveries_back_only_within_its_catch_up_grace() {
+    fn a_congested_minority_holds_deliveries_back_only_while_it_writes() {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::Close);
         let clients: Vec<_> = (0..3).map(|_| r.register(Closer::new(&shutdown))).collect();
         r.subscribe("t", &clients[0]);
         r.route("t", &Utf8Bytes::from_static("m1"));
-        let since = clients[0].congested_since.load(Ordering::Relaxed);
-        clients[0].progress.store(since, Ordering::Relaxed);
-        let grace = nanos(CATCH_UP_GRACE);
+        let stalled_after = nanos(STALLED_AFTER);
+        let wrote = 10 * stalled_after;
+        clients[0].progress.store(wrote, Ordering::Relaxed);
         assert_eq!(
-            r.inner.congestion.hold_at(since + 1),
-            Some(Duration::from_nanos(grace - 1)),
-            "held until the grace ends"
+            r.inner.congestion.hold_at(wrote + 1),
+            Some(Duration::from_nanos(stalled_after - 1)),
+            "held until it would count as stalled"
         );
-        // Writing on does not extend the grace of one episode.
-        clients[0].progress.store(since + grace, Ordering::Relaxed);
-        assert_eq!(r.inner.congestion.hold_at(since + grace), None);
-        // Two of three congested: the path is the bottleneck.
+        assert_eq!(r.inner.congestion.hold_at(wrote + stalled_after), None);
+        // Two of three congested: the path is the bottleneck, stalled or not.
         r.subscribe("u", &clients[1]);
         r.route("u", &Utf8Bytes::from_static("m1"));
-        assert!(r.inner.congestion.hold_at(since + grace * 100).is_some());
+        assert!(r.inner.congestion.hold_at(wrote * 100).is_some());
     }
 
     #[test]
-    fn a_client_that_wrote_nothing_before_it_fell_behind_holds_no_one() {
+    fn clients_congested_or_writing_nothing_for_the_timeout_are_cut_off() {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::Close);
-        let (stuck, _healthy) = (
-            r.register(Closer::new(&shutdown)),
-            r.register(Closer::new(&shutdown)),
-        );
-        r.subscribe("t", &stuck);
+        let closers: Vec<_> = (0..3).map(|_| Closer::new(&shutdown)).collect();
+        let clients: Vec<_> = closers.iter().map(|c| r.register(c.clone())).collect();
+        for client in &clients {
+            r.subscribe("t", client);
+        }
         r.route("t", &Utf8Bytes::from_static("m1"));
-        // It became congested at 10 graces, having last written at 9.
-        let grace = nanos(CATCH_UP_GRACE);
-        stuck.congested_since.store(10 * grace, Ordering::Relaxed);
-        stuck.progress.store(9 * grace, Ordering::Relaxed);
-        assert_eq!(r.inner.congestion.hold_at(10 * grace), None);
-        stuck.progress.store(10 * grace, Ordering::Relaxed);
-        assert!(r.inner.congestion.hold_at(10 * grace).is_some());
-    }
-
-    #[test]
-    fn congested_clients_that_wrote_nothing_for_the_timeout_are_cut_off() {
-        let shutdown = CancellationToken::new();
-        let r = router(2, SlowClientPolicy::Close);
-        let (stuck_closer, writing_closer) = (Closer::new(&shutdown), Closer::new(&shutdown));
-        let (stuck, writing) = (
-            r.register(stuck_closer.clone()),
-            r.register(writing_closer.clone()),
-        );
-        r.subscribe("t", &stuck);
-        r.subscribe("t", &writing);
-        r.route("t", &Utf8Bytes::from_static("m1"));
-        assert_eq!(congested(&r), 2);
-        stuck.progress.store(0, Ordering::Relaxed);
-        writing.progress.store(u64::MAX, Ordering::Relaxed);
-        assert_eq!(r.cut_stalled(Duration::from_nanos(1)), 1);
-        assert!(stuck_closer.is_closing());
-        assert!(!writing_closer.is_closing());
+        assert_eq!(congested(&r), 3);
+        let now = r.inner.congestion.now();
+        // Writing nothing since long ago; behind since long ago while writing; both recent.
+        clients[0].progress.store(0, Ordering::Relaxed);
+        clients[1].progress.store(u64::MAX, Ordering::Relaxed);
+        clients[1].congested_since.store(0, Ordering::Relaxed);
+        clients[2].progress.store(u64::MAX, Ordering::Relaxed);
+        clients[2]
+            .congested_since
+            .store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(r.cut_behind(Duration::from_nanos(now / 2)), 2);
+        assert!(closers[0].is_closing() && closers[1].is_closing());
+        assert!(!closers[2].is_closing());
         assert_eq!(congested(&r), 1);
-        assert_eq!(r.metrics().slow_client_disconnects_total(), 1);
+        assert_eq!(r.metrics().slow_client_disconnects_total(), 2);
     }
 
     #[test]
@@ -903,7 +889,7 @@ mod tests {
         assert!(
             r.inner
                 .congestion
-                .hold_at(nanos(CATCH_UP_GRACE * 100))
+                .hold_at(nanos(STALLED_AFTER * 100))
                 .is_some()
         );
     }
