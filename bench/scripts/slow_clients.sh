@@ -21,10 +21,16 @@ run() { # label, then wsmq-bench e2e flags
     "$wsmq" --msgqueue-listen 127.0.0.1:18080 --publisher-listen 127.0.0.1:18081 \
         --subscriber-listen 127.0.0.1:18082 --admin-port 19080 --data-dir "$data" > "$data/wsmq.log" 2>&1 &
     local pid=$!
+    local ready=
     for _ in $(seq 100); do
-        curl -fs http://127.0.0.1:19080/readyz > /dev/null 2>&1 && break
+        curl -fs http://127.0.0.1:19080/readyz > /dev/null 2>&1 && ready=1 && break
         sleep 0.1
     done
+    if [[ -z $ready ]]; then
+        echo "wsmq did not become ready for $label; see $data/wsmq.log" >&2
+        kill -INT "$pid" 2> /dev/null || true
+        return 1
+    fi
     echo "== $label: wsmq-bench e2e $*" >&2
     printf '%s\t%s\n' "$label" "$("$bench" e2e --publisher-url wss://localhost:18081 \
         --subscriber-url wss://localhost:18082 --data-dir "$data" --drain-timeout 60s "$@" --json)" | tee -a "$out"
@@ -40,3 +46,6 @@ run rate20k-slow14-join1s  "${rate[@]}" --slow-subscribers 14 --slow-join-every 
 max=(-p 1 -s 4 -n 1000000)
 run max-slow0              "${max[@]}"
 run max-slow1              "${max[@]}" --slow-subscribers 1
+# Still lossless where the whole path is the bottleneck (README's benchmark table).
+run max-1to1               -n 1000000
+run max-4p16s4t            -n 1000000 -p 4 -s 16 -t 4
