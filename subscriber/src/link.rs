@@ -56,8 +56,8 @@ pub(crate) struct Link {
     pub(crate) ping_interval: Duration,
     /// Silence from msgqueue longer than this means the link is dead.
     pub(crate) idle_timeout: Duration,
-    /// Longest hold of deliveries, and longest a congested client may write nothing, before the clients still
-    /// behind are cut off (`--slow-client-timeout`).
+    /// Longest hold of deliveries, and longest a client may stay congested, before the clients still behind are
+    /// cut off (`--slow-client-timeout`).
     pub(crate) slow_client_timeout: Duration,
     /// "queue link" readiness: true only while connected.
     pub(crate) ready: Condition,
@@ -195,7 +195,7 @@ impl Link {
     /// Takes no deliveries while [`Router::hold`] says so: they stay in msgqueue (durable), and the window it
     /// granted us stays used. Ends when the hold is over, on shutdown (the caller then closes the link), or after
     /// `--slow-client-timeout` by cutting off the clients still behind. Pings keep flowing so msgqueue does not
-    /// take the link for dead, and stalled clients are still swept.
+    /// take the link for dead, and clients that stay behind are still swept.
     async fn hold_back(
         &self,
         ws: &mut ClientWs,

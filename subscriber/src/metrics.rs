@@ -50,12 +50,12 @@ impl SubscriberMetrics {
         );
         registry.register(
             "slow_client_disconnects",
-            "Clients closed with 1013: their queue filled while most clients kept up, they wrote nothing for --slow-client-timeout, or a hold for them lasted that long",
+            "Clients closed with 1013: their queue filled while the link did not wait for them, or they stayed behind for --slow-client-timeout",
             m.slow_client_disconnects.clone(),
         );
         registry.register(
             "held_back",
-            "Times the link stopped taking deliveries from msgqueue: most clients were behind, or one was catching up",
+            "Times the link stopped taking deliveries from msgqueue: most clients were behind, or one behind was still writing",
             m.held_back.clone(),
         );
         registry.register(
