@@ -20,8 +20,9 @@
 //! Otherwise the congested clients are a stalled minority: deliveries go on, and a client is cut off with 1013 (try
 //! again later) the moment its queue is full. [`Router::cut_behind`] bounds the rest: a client congested for
 //! `--slow-client-timeout` without once catching up, or congested and writing nothing for that long, is cut off
-//! whether or not anyone was held for it (one that reads, but more slowly than its messages arrive, is waited for
-//! at most that long each time; one on a topic that went quiet would otherwise count towards a majority forever);
+//! whether or not anyone was held for it (one on a topic that went quiet would otherwise count towards a majority
+//! forever). A client that reads, but more slowly than its messages arrive, catches up each time it is waited for,
+//! so it still paces everyone to its speed: a per-client budget of waiting would be the next step;
 //! and a hold lasts at most `--slow-client-timeout`, after which [`Router::cut_congested`] cuts the clients still
 //! congested. Under [`SlowClientPolicy::DropOldest`] a full queue drops its oldest frame instead and never holds
 //! anyone back.
