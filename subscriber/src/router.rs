@@ -15,17 +15,17 @@
 //! - **A congested client is still writing**: its writer wrote a frame within [`STALLED_AFTER`], so it is only
 //!   momentarily behind (clients of one busy topic take turns at that) and is waited for. A client that stopped
 //!   reading has written nothing since its socket buffers filled, which at all but the highest rates was long
-//!   before its queue reached half: it never holds anyone.
+//!   before its queue reached half: it holds no one (at the highest rates, for less than [`STALLED_AFTER`] once).
 //!
 //! Otherwise the congested clients are a stalled minority: deliveries go on, and a client is cut off with 1013 (try
-//! again later) the moment its queue is full. [`Router::cut_behind`] bounds the rest: a client congested for
-//! `--slow-client-timeout` without once catching up, or congested and writing nothing for that long, is cut off
-//! whether or not anyone was held for it (one on a topic that went quiet would otherwise count towards a majority
-//! forever). A client that reads, but more slowly than its messages arrive, catches up each time it is waited for,
-//! so it still paces everyone to its speed: a per-client budget of waiting would be the next step;
-//! and a hold lasts at most `--slow-client-timeout`, after which [`Router::cut_congested`] cuts the clients still
-//! congested. Under [`SlowClientPolicy::DropOldest`] a full queue drops its oldest frame instead and never holds
-//! anyone back.
+//! again later) the moment its queue is full. Two bounds cover the rest: a hold lasts at most
+//! `--slow-client-timeout`, after which [`Router::cut_congested`] cuts the clients still congested; and
+//! [`Router::cut_behind`] cuts a client congested for `--slow-client-timeout` without once catching up, or congested
+//! and writing nothing for that long, whether or not anyone was held for it (one on a topic that went quiet would
+//! otherwise count towards a majority forever). Not solved: a client that reads, but more slowly than its messages
+//! arrive, catches up each time it is waited for, so it still paces everyone to its speed (a per-client budget of
+//! waiting would be the next step). Under [`SlowClientPolicy::DropOldest`] a full queue drops its oldest frame
+//! instead and never holds anyone back.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
