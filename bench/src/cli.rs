@@ -185,9 +185,40 @@ pub struct E2eArgs {
     #[arg(long, value_enum, default_value_t = TopicMode::RoundRobin)]
     pub topic_mode: TopicMode,
 
+    /// Slow subscribers: connections that subscribe and then never read, to measure what a client that stopped
+    /// reading costs the others (their own deliveries are not counted).
+    #[command(flatten)]
+    pub slow: SlowArgs,
+
     /// Message flow settings.
     #[command(flatten)]
     pub flow: FlowArgs,
+}
+
+/// Which topic the slow subscribers of `e2e` take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlowTopic {
+    /// The first topic of the measured subscribers (`bench-0`).
+    Same,
+    /// A topic of their own (`bench-T`) that the publishers feed as one more topic in their rotation.
+    Other,
+}
+
+/// `e2e` flags for subscriber connections that never read.
+#[derive(Debug, Clone, Args)]
+pub struct SlowArgs {
+    /// Subscriber connections that complete the handshake, subscribe, then never read.
+    #[arg(long, default_value_t = 0)]
+    pub slow_subscribers: usize,
+
+    /// Open the slow subscribers one every this long from the start of publishing (the first at once) instead
+    /// of all before it.
+    #[arg(long, value_parser = parse_duration)]
+    pub slow_join_every: Option<Duration>,
+
+    /// The topic the slow subscribers take.
+    #[arg(long, value_enum, default_value_t = SlowTopic::Same)]
+    pub slow_topic: SlowTopic,
 }
 
 /// `fanout` flags.

@@ -75,18 +75,20 @@ pub struct Config {
     #[arg(long, env = "WSMQ_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
     pub max_subscriptions: usize,
 
-    /// Messages queued per client. From half of it the client is behind and deliveries are held back in
-    /// msgqueue until it catches up; keep it at least twice --prefetch so a burst never overflows a client that
-    /// keeps up.
+    /// Messages queued per client. From half of it the client is behind; a full queue closes it (1013) unless most
+    /// clients are behind, in which case deliveries wait in msgqueue. Keep it at least twice --prefetch so a burst
+    /// never overflows a client that keeps up.
     #[arg(long, env = "WSMQ_CLIENT_QUEUE", default_value_t = 4096)]
     pub client_queue: usize,
 
-    /// What to do with a client that falls behind: hold deliveries back and close it with 1013 if it stays behind
-    /// for --slow-client-timeout, or drop its oldest queued message (never holding anyone back).
+    /// What to do with a client that falls behind: close it with 1013 when its queue fills while most clients keep
+    /// up (deliveries wait for it only while most clients are behind), or drop its oldest queued message (never
+    /// holding anyone back).
     #[arg(long, env = "WSMQ_SLOW_CLIENT", value_enum, default_value_t = SlowClientPolicy::Close)]
     pub slow_client: SlowClientPolicy,
 
-    /// How long deliveries to everyone may be held back for a client that is behind before it is closed.
+    /// The longest deliveries wait in msgqueue for clients that are behind, and the longest a client that is behind
+    /// may write nothing, before it is closed with 1013.
     #[arg(long, env = "WSMQ_SLOW_CLIENT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub slow_client_timeout: Duration,
 

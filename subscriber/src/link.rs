@@ -37,6 +37,8 @@ pub const POP_PATH: &str = "/popmsg";
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Largest reconnection delay cap.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Lower bound on how often clients that stay behind are swept, for very short `--slow-client-timeout`s.
+const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(10);
 /// Bytes reserved up front for an ack frame: one ACK record (9 bytes) per delivery of a typical frame.
 const ACK_FRAME_CAPACITY: usize = 4 * 1024;
 
@@ -55,7 +57,8 @@ pub(crate) struct Link {
     pub(crate) ping_interval: Duration,
     /// Silence from msgqueue longer than this means the link is dead.
     pub(crate) idle_timeout: Duration,
-    /// How long deliveries are held back for a congested client before it is cut off (`--slow-client-timeout`).
+    /// Longest hold of deliveries, and longest a client may stay congested, before the clients still behind are
+    /// cut off (`--slow-client-timeout`).
     pub(crate) slow_client_timeout: Duration,
     /// "queue link" readiness: true only while connected.
     pub(crate) ready: Condition,
@@ -146,10 +149,13 @@ impl Link {
         let mut ping =
             tokio::time::interval_at(Instant::now() + self.ping_interval, self.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(self.sweep_period());
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
         loop {
-            if self.router.is_congested() && !shutdown.is_cancelled() {
-                self.hold_back(&mut ws, &mut ping, shutdown).await?;
+            if !shutdown.is_cancelled() && self.router.hold().is_some() {
+                self.hold_back(&mut ws, &mut ping, &mut sweep, shutdown)
+                    .await?;
                 // Msgqueue's frames waited in the socket meanwhile; that is not silence on its part.
                 last_seen = Instant::now();
                 continue;
@@ -162,6 +168,10 @@ impl Link {
                 }
                 _ = ping.tick() => {
                     ws.send(Message::Ping(Bytes::new())).await?;
+                    continue;
+                }
+                _ = sweep.tick() => {
+                    self.cut_behind();
                     continue;
                 }
                 received = tokio::time::timeout_at(last_seen + self.idle_timeout, ws.next()) => received,
@@ -183,31 +193,61 @@ impl Link {
         }
     }
 
-    /// Takes no deliveries while a client is congested: they stay in msgqueue (durable), and the window it
-    /// granted us stays used. Ends when every client caught up, on shutdown (the caller then closes the link), or
-    /// after `--slow-client-timeout` by cutting off the clients still behind. Pings keep flowing so msgqueue does
-    /// not take the link for dead.
+    /// Takes no deliveries while [`Router::hold`] says so: they stay in msgqueue (durable), and the window it
+    /// granted us stays used. Ends when the hold is over, on shutdown (the caller then closes the link), or after
+    /// `--slow-client-timeout` by cutting off the clients still behind. Pings keep flowing so msgqueue does not
+    /// take the link for dead, and clients that stay behind are still swept.
     async fn hold_back(
         &self,
         ws: &mut ClientWs,
         ping: &mut tokio::time::Interval,
+        sweep: &mut tokio::time::Interval,
         shutdown: &CancellationToken,
     ) -> Result<(), LinkError> {
         let metrics = self.router.metrics();
         metrics.held_back();
+        let started = Instant::now();
         let deadline = tokio::time::sleep(self.slow_client_timeout);
         tokio::pin!(deadline);
-        loop {
+        let ended = loop {
+            let relief = self.router.relief();
+            tokio::pin!(relief);
+            // Registered before asking, so a relief in between is not missed.
+            relief.as_mut().enable();
+            let Some(recheck) = self.router.hold() else {
+                break Ok(());
+            };
             tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = self.router.relieved() => return Ok(()),
+                () = shutdown.cancelled() => break Ok(()),
+                () = &mut relief => {}
+                () = tokio::time::sleep(recheck) => {}
                 () = &mut deadline => {
                     let cut = self.router.cut_congested();
                     tracing::info!(clients = cut, timeout = ?self.slow_client_timeout, "cut off clients that stayed behind");
-                    return Ok(());
+                    break Ok(());
                 }
-                _ = ping.tick() => ws.send(Message::Ping(Bytes::new())).await?,
+                _ = ping.tick() => {
+                    if let Err(err) = ws.send(Message::Ping(Bytes::new())).await {
+                        break Err(err.into());
+                    }
+                }
+                _ = sweep.tick() => self.cut_behind(),
             }
+        };
+        metrics.held_back_for(started.elapsed());
+        ended
+    }
+
+    /// How often congested clients are checked for being behind for `--slow-client-timeout`.
+    fn sweep_period(&self) -> Duration {
+        (self.slow_client_timeout / 4).max(MIN_SWEEP_PERIOD)
+    }
+
+    /// Cuts off the clients congested, or congested and writing nothing, for `--slow-client-timeout`.
+    fn cut_behind(&self) {
+        let cut = self.router.cut_behind(self.slow_client_timeout);
+        if cut > 0 {
+            tracing::info!(clients = cut, timeout = ?self.slow_client_timeout, "cut off clients that stayed behind");
         }
     }
 

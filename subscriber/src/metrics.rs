@@ -3,6 +3,9 @@
 //!
 //! Each service instance owns its metrics (no global recorder), so the all-in-one binary can run several.
 
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -17,6 +20,7 @@ pub struct SubscriberMetrics {
     unrouted: Counter,
     slow_client_disconnects: Counter,
     held_back: Counter,
+    held_back_seconds: Counter<f64, AtomicU64>,
     dropped_oldest: Counter,
     invalid_payloads: Counter,
     unknown_commands: Counter,
@@ -46,13 +50,18 @@ impl SubscriberMetrics {
         );
         registry.register(
             "slow_client_disconnects",
-            "Clients closed with 1013 because they stayed behind for --slow-client-timeout or filled their queue",
+            "Clients closed with 1013: their queue filled while the link did not wait for them, or they stayed behind for --slow-client-timeout",
             m.slow_client_disconnects.clone(),
         );
         registry.register(
             "held_back",
-            "Times the link stopped taking deliveries from msgqueue because a client was congested",
+            "Times the link stopped taking deliveries from msgqueue: most clients were behind, or one behind was still writing",
             m.held_back.clone(),
+        );
+        registry.register(
+            "held_back_seconds",
+            "Time the link spent not taking deliveries from msgqueue (they waited there, durable)",
+            m.held_back_seconds.clone(),
         );
         registry.register(
             "dropped_oldest",
@@ -113,6 +122,10 @@ impl SubscriberMetrics {
         self.held_back.inc();
     }
 
+    pub(crate) fn held_back_for(&self, held: Duration) {
+        self.held_back_seconds.inc_by(held.as_secs_f64());
+    }
+
     pub(crate) fn dropped_oldest(&self, n: usize) {
         self.dropped_oldest.inc_by(n as u64);
     }
@@ -151,6 +164,11 @@ impl SubscriberMetrics {
     /// Times the link held deliveries back for a congested client.
     pub fn held_back_total(&self) -> u64 {
         self.held_back.get()
+    }
+
+    /// Time the link held deliveries back so far.
+    pub fn held_back_seconds_total(&self) -> f64 {
+        self.held_back_seconds.get()
     }
 
     /// Invalid payloads skipped so far.

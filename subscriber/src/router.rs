@@ -6,20 +6,35 @@
 //! global mutex while writing to every client, so one slow client stalled all of them). Every recipient gets
 //! the same `Utf8Bytes` (the envelope exactly as msgqueue delivered it): fan-out copies no payload.
 //!
-//! Offering never waits. Backpressure instead works on the link: a client holding half its queue
-//! (`--client-queue`) or more under [`SlowClientPolicy::Close`] is *congested*, and while any client is, the link
-//! takes no further deliveries from msgqueue, where they stay durable ([`Router::relieved`]). A client that stays
-//! congested for `--slow-client-timeout` is cut off with 1013 (try again later) by [`Router::cut_congested`], so a
-//! client that stopped reading delays the others by at most that long; one that fills its whole queue regardless
-//! is cut off at once. Under [`SlowClientPolicy::DropOldest`] a full queue drops its oldest frame instead and never
-//! holds anyone back.
+//! Offering never waits. A client holding half its queue (`--client-queue`) or more under
+//! [`SlowClientPolicy::Close`] is *congested*. Slow clients cost only themselves: the link to msgqueue holds
+//! deliveries back (they stay durable there, nothing is lost) only while [`Router::hold`] says so:
+//!
+//! - **The path is the bottleneck**: more than half of the connected clients are congested (a lone client at
+//!   max rate is all of them). This is what keeps a subscriber that reads at max rate lossless.
+//! - **A congested client is still writing**: its writer wrote a frame within [`STALLED_AFTER`], so it is only
+//!   momentarily behind (clients of one busy topic take turns at that) and is waited for. A client that stopped
+//!   reading has written nothing since its socket buffers filled, which at all but the highest rates was long
+//!   before its queue reached half: it holds no one (at the highest rates, for less than [`STALLED_AFTER`] once).
+//!
+//! Otherwise the congested clients are a stalled minority: deliveries go on, and a client is cut off with 1013 (try
+//! again later) the moment its queue is full. Two bounds cover the rest: a hold lasts at most
+//! `--slow-client-timeout`, after which [`Router::cut_congested`] cuts the clients still congested; and
+//! [`Router::cut_behind`] cuts a client congested for `--slow-client-timeout` without once catching up, or congested
+//! and writing nothing for that long, whether or not anyone was held for it (one on a topic that went quiet would
+//! otherwise count towards a majority forever). Not solved: a client that reads, but more slowly than its messages
+//! arrive, catches up each time it is waited for, so it still paces everyone to its speed (a per-client budget of
+//! waiting would be the next step). Under [`SlowClientPolicy::DropOldest`] a full queue drops its oldest frame
+//! instead and never holds anyone back.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::ws::{Closer, Outgoing};
@@ -29,14 +44,24 @@ use crate::metrics::SubscriberMetrics;
 /// What happens to a client that cannot keep up with its messages.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SlowClientPolicy {
-    /// Hold deliveries back in msgqueue while the client is behind, and close it with 1013 (try again later) if it
-    /// stays behind for `--slow-client-timeout` or fills its queue: it reconnects and knows it missed messages.
+    /// Close the client with 1013 (try again later) when its queue fills while most clients keep up, or when it
+    /// writes nothing for `--slow-client-timeout`: it reconnects and knows it missed messages. Deliveries are held
+    /// back in msgqueue only while most clients are behind, or for a brief catch-up (see [`crate::router`]).
     #[default]
     Close,
     /// Drop the client's oldest queued frame to make room: it stays connected but silently misses messages, which
     /// suits dashboards that only care about the latest values; it never holds other clients back.
     DropOldest,
 }
+
+/// A congested client whose writer wrote nothing for this long is *stalled* and holds no one back: a client that
+/// keeps up but fell behind for a moment is still writing, one that stopped reading has written nothing since
+/// its socket buffers filled, which is long before its queue is half full at all but the highest rates.
+pub const STALLED_AFTER: Duration = Duration::from_millis(20);
+
+/// How soon a hold of the bottleneck kind is re-checked without a relief, so clients that joined meanwhile (and
+/// change the majority) are taken into account.
+const MAJORITY_RECHECK: Duration = Duration::from_millis(10);
 
 /// The close reason a slow client sees with code 1013.
 const SLOW_CLIENT_REASON: &str = "slow consumer: outbound queue full";
@@ -56,6 +81,11 @@ pub struct Client {
     policy: SlowClientPolicy,
     closer: Closer,
     congestion: Arc<Congestion>,
+    /// When (on [`Congestion::now`]'s clock) the writer last took a frame, or frames arrived at an empty queue:
+    /// how long the client has gone without writing anything it had to write.
+    progress: AtomicU64,
+    /// When the current congestion began (meaningful while congested).
+    congested_since: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -63,32 +93,100 @@ struct Queue {
     frames: VecDeque<Utf8Bytes>,
     /// Set once the client was cut off or left; it then accepts nothing more.
     cut_off: bool,
-    /// Whether this client is counted in [`Congestion::clients`].
+    /// Whether this client is in [`Congestion::congested`].
     congested: bool,
 }
 
-/// How many clients are congested, shared by the router and its clients; the link waits on it.
-#[derive(Debug, Default)]
+/// Which clients are congested, shared by the router and its clients; the link asks it whether to hold.
+#[derive(Debug)]
 struct Congestion {
+    /// The origin of the clients' timestamps.
+    epoch: Instant,
+    /// Connected clients (registered, not yet cut off or gone): the whole a majority is taken of.
     clients: AtomicUsize,
+    /// `congested.len()`, readable without the lock for the common "nobody is congested" case.
+    count: AtomicUsize,
+    /// The congested clients. An entry is removed when its client catches up, is cut off or leaves.
+    congested: Mutex<Vec<Arc<Client>>>,
+    /// Notified whenever a client stops being congested.
     relieved: Notify,
 }
 
+impl Default for Congestion {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            clients: AtomicUsize::new(0),
+            count: AtomicUsize::new(0),
+            congested: Mutex::new(Vec::new()),
+            relieved: Notify::new(),
+        }
+    }
+}
+
 impl Congestion {
-    fn enter(&self, queue: &mut Queue) {
+    /// Nanoseconds since the router was created.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn list(&self) -> MutexGuard<'_, Vec<Arc<Client>>> {
+        self.congested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A copy of the congested clients, so no lock is held while they are inspected or cut off.
+    fn snapshot(&self) -> Vec<Arc<Client>> {
+        self.list().clone()
+    }
+
+    /// Marks `client` (whose `queue` is locked) congested from `now`.
+    fn enter(&self, client: &Arc<Client>, queue: &mut Queue, now: u64) {
         if !queue.congested {
             queue.congested = true;
-            self.clients.fetch_add(1, Ordering::AcqRel);
+            client.congested_since.store(now, Ordering::Relaxed);
+            self.list().push(Arc::clone(client));
+            self.count.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    fn leave(&self, queue: &mut Queue) {
+    /// `client` (whose `queue` is locked) is no longer congested.
+    fn leave(&self, client: &Client, queue: &mut Queue) {
         if queue.congested {
             queue.congested = false;
-            if self.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.relieved.notify_waiters();
+            {
+                let mut list = self.list();
+                if let Some(at) = list.iter().position(|c| c.id == client.id) {
+                    list.swap_remove(at);
+                }
             }
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            self.relieved.notify_waiters();
         }
+    }
+
+    /// Whether deliveries should be held back at `now`, and if so how soon to ask again (see the module doc).
+    fn hold_at(&self, now: u64) -> Option<Duration> {
+        let congested = self.count.load(Ordering::Acquire);
+        if congested == 0 {
+            return None;
+        }
+        if congested * 2 > self.clients.load(Ordering::Acquire) {
+            return Some(MAJORITY_RECHECK);
+        }
+        let stalled_after = u64::try_from(STALLED_AFTER.as_nanos()).unwrap_or(u64::MAX);
+        self.list()
+            .iter()
+            .map(|client| {
+                client
+                    .progress
+                    .load(Ordering::Relaxed)
+                    .saturating_add(stalled_after)
+            })
+            .filter(|&stalls_at| stalls_at > now)
+            .min()
+            .map(|stalls_at| Duration::from_nanos(stalls_at - now))
     }
 }
 
@@ -129,12 +227,17 @@ impl Client {
     /// Queues `frames` in order without waiting, applying the slow-client policy when the queue is full: one lock
     /// and at most one wake-up of the writer for the whole run, so a frame of many deliveries for one topic costs
     /// each subscriber one flush rather than one per message.
-    fn offer(&self, frames: &[Utf8Bytes]) -> Offered {
+    fn offer(self: &Arc<Self>, frames: &[Utf8Bytes]) -> Offered {
         let mut offered = Offered::default();
         {
             let mut queue = self.lock();
             if queue.cut_off {
                 return offered;
+            }
+            if queue.frames.is_empty() && !frames.is_empty() {
+                // The writer has had nothing to write until now: its stall clock starts here.
+                self.progress
+                    .store(self.congestion.now(), Ordering::Relaxed);
             }
             for frame in frames {
                 if queue.frames.len() >= self.capacity {
@@ -157,10 +260,12 @@ impl Client {
                 offered.queued += 1;
             }
             if !offered.overflowed
+                && !queue.congested
                 && self.policy == SlowClientPolicy::Close
                 && queue.frames.len() >= self.high_water()
             {
-                self.congestion.enter(&mut queue);
+                self.congestion
+                    .enter(self, &mut queue, self.congestion.now());
             }
         }
         if offered.overflowed {
@@ -173,15 +278,23 @@ impl Client {
 
     /// Stops accepting frames, forgets the queued ones and no longer holds the link back.
     fn cut_off(&self, queue: &mut Queue) {
-        queue.cut_off = true;
+        self.stop(queue);
         queue.frames = VecDeque::new();
-        self.congestion.leave(queue);
         self.ready.notify_one();
+    }
+
+    /// Accepts nothing more and no longer counts as connected or congested.
+    fn stop(&self, queue: &mut Queue) {
+        if !queue.cut_off {
+            queue.cut_off = true;
+            self.congestion.clients.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.congestion.leave(self, queue);
     }
 
     /// Queues a reply to the client's own command (confirmation or error), under the same bound and policy as
     /// messages so a client that sends commands without reading cannot grow memory.
-    pub(crate) fn reply(&self, frame: Utf8Bytes, metrics: &SubscriberMetrics) {
+    pub(crate) fn reply(self: &Arc<Self>, frame: Utf8Bytes, metrics: &SubscriberMetrics) {
         self.offer(std::slice::from_ref(&frame)).count(metrics);
     }
 
@@ -190,16 +303,21 @@ impl Client {
     fn take_all(&self, into: &mut VecDeque<Utf8Bytes>) -> bool {
         let mut queue = self.lock();
         std::mem::swap(&mut queue.frames, into);
-        self.congestion.leave(&mut queue);
+        self.congestion.leave(self, &mut queue);
         !(queue.cut_off && into.is_empty())
+    }
+
+    /// The writer is writing: restarts its stall clock.
+    fn progressed(&self) {
+        self.progress
+            .store(self.congestion.now(), Ordering::Relaxed);
     }
 
     /// The session ended: nothing more is queued, what is queued is still written, and the client no longer
     /// holds the link back.
     pub fn leave(&self) {
         let mut queue = self.lock();
-        queue.cut_off = true;
-        self.congestion.leave(&mut queue);
+        self.stop(&mut queue);
         drop(queue);
         self.ready.notify_one();
     }
@@ -224,6 +342,7 @@ pub struct ClientOutgoing {
 impl ClientOutgoing {
     /// Refills the batch from the client's queue when it is empty; `false` once the client is finished.
     fn refill(&mut self) -> bool {
+        self.client.progressed();
         if !self.batch.is_empty() {
             return true;
         }
@@ -307,6 +426,8 @@ impl Router {
 
     /// Creates the routing side of a new client connection; `closer` is how the router cuts it off.
     pub fn register(&self, closer: Closer) -> Arc<Client> {
+        let congestion = &self.inner.congestion;
+        congestion.clients.fetch_add(1, Ordering::AcqRel);
         Arc::new(Client {
             id: self.inner.next_client.fetch_add(1, Ordering::Relaxed),
             queue: Mutex::new(Queue::default()),
@@ -314,7 +435,9 @@ impl Router {
             capacity: self.inner.client_queue,
             policy: self.inner.policy,
             closer,
-            congestion: Arc::clone(&self.inner.congestion),
+            progress: AtomicU64::new(congestion.now()),
+            congested_since: AtomicU64::new(0),
+            congestion: Arc::clone(congestion),
         })
     }
 
@@ -376,40 +499,59 @@ impl Router {
         took
     }
 
-    /// Whether some client is congested, in which case the link should take no more deliveries for now.
-    pub(crate) fn is_congested(&self) -> bool {
-        self.inner.congestion.clients.load(Ordering::Acquire) > 0
-    }
-
-    /// Resolves once no client is congested (at once if none is).
-    pub(crate) async fn relieved(&self) {
+    /// Whether the link should take no more deliveries for now, and if so within how long to ask again: while
+    /// more than half of the clients are congested, or a congested one is still writing (not [`STALLED_AFTER`]),
+    /// see the module doc. `None` (take deliveries) when no client is congested.
+    pub(crate) fn hold(&self) -> Option<Duration> {
         let congestion = &self.inner.congestion;
-        let relieved = congestion.relieved.notified();
-        tokio::pin!(relieved);
-        // Registered before the check, so a relief between the check and the await is not missed.
-        relieved.as_mut().enable();
-        if congestion.clients.load(Ordering::Acquire) > 0 {
-            relieved.await;
+        if congestion.count.load(Ordering::Acquire) == 0 {
+            return None;
         }
+        congestion.hold_at(congestion.now())
     }
 
-    /// Cuts off (1013) every client that is still congested: they stayed behind for the whole
-    /// `--slow-client-timeout` while the link held deliveries back for them. Returns how many.
+    /// Resolves at the next moment a congested client stops being congested; a hold then asks [`Router::hold`]
+    /// again. Enable it before asking, so a relief in between is not missed.
+    pub(crate) fn relief(&self) -> Notified<'_> {
+        self.inner.congestion.relieved.notified()
+    }
+
+    /// Cuts off (1013) every client that is still congested: the link held deliveries back for the whole
+    /// `--slow-client-timeout` and they did not catch up. Returns how many.
     pub(crate) fn cut_congested(&self) -> usize {
-        let mut cut = 0;
-        for entry in &self.inner.topics {
-            for client in &entry.value().clients {
-                let mut queue = client.lock();
-                if queue.congested {
-                    client.cut_off(&mut queue);
-                    drop(queue);
-                    client.closer.close(CloseCode::Again, SLOW_CLIENT_REASON);
-                    self.inner.metrics.slow_client_disconnected();
-                    cut += 1;
-                }
+        self.cut_where(|_| true)
+    }
+
+    /// Cuts off (1013) every client that has been congested for `timeout`, or is congested and wrote nothing for
+    /// `timeout`: it stopped reading or stays behind, held for or not. Returns how many.
+    pub(crate) fn cut_behind(&self, timeout: Duration) -> usize {
+        let congestion = &self.inner.congestion;
+        if congestion.count.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        let timeout = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        let now = congestion.now();
+        self.cut_where(|client| {
+            let since = client.congested_since.load(Ordering::Relaxed);
+            let progress = client.progress.load(Ordering::Relaxed);
+            now.saturating_sub(since.min(progress)) >= timeout
+        })
+    }
+
+    /// Cuts off the congested clients for which `cut` is true.
+    fn cut_where(&self, cut: impl Fn(&Client) -> bool) -> usize {
+        let mut count = 0;
+        for client in self.inner.congestion.snapshot() {
+            let mut queue = client.lock();
+            if queue.congested && cut(&client) {
+                client.cut_off(&mut queue);
+                drop(queue);
+                client.closer.close(CloseCode::Again, SLOW_CLIENT_REASON);
+                self.inner.metrics.slow_client_disconnected();
+                count += 1;
             }
         }
-        cut
+        count
     }
 
     /// Number of topics with at least one subscriber.
@@ -430,6 +572,14 @@ mod tests {
 
     fn router(capacity: usize, policy: SlowClientPolicy) -> Router {
         Router::new(capacity, policy, SubscriberMetrics::default())
+    }
+
+    fn congested(r: &Router) -> usize {
+        r.inner.congestion.count.load(Ordering::Acquire)
+    }
+
+    fn nanos(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos()).unwrap()
     }
 
     fn drain(client: &Client) -> Vec<String> {
@@ -512,14 +662,16 @@ mod tests {
         let a = r.register(Closer::new(&shutdown));
         r.subscribe("t", &a);
         r.route("t", &Utf8Bytes::from_static("m1"));
-        assert!(!r.is_congested());
+        assert_eq!(congested(&r), 0);
         r.route("t", &Utf8Bytes::from_static("m2"));
-        assert!(
-            r.is_congested(),
+        assert_eq!(
+            congested(&r),
+            1,
             "2 of 4 frames queued is the high-water mark"
         );
         assert_eq!(drain(&a), ["m1", "m2"]);
-        assert!(!r.is_congested());
+        assert_eq!(congested(&r), 0);
+        assert_eq!(r.hold(), None);
     }
 
     #[test]
@@ -541,7 +693,7 @@ mod tests {
         assert_eq!(r.cut_congested(), 1, "a client in two topics is cut once");
         assert!(slow_closer.is_closing());
         assert!(!fast_closer.is_closing());
-        assert!(!r.is_congested());
+        assert_eq!(congested(&r), 0);
         assert_eq!(r.metrics().slow_client_disconnects_total(), 1);
         assert_eq!(r.route("t", &Utf8Bytes::from_static("m3")), 1);
     }
@@ -555,7 +707,8 @@ mod tests {
         for m in ["m1", "m2", "m3"] {
             r.route("t", &Utf8Bytes::from(m));
         }
-        assert!(!r.is_congested());
+        assert_eq!(congested(&r), 0);
+        assert_eq!(r.hold(), None);
     }
 
     #[test]
@@ -565,9 +718,9 @@ mod tests {
         let a = r.register(Closer::new(&shutdown));
         r.subscribe("t", &a);
         r.route("t", &Utf8Bytes::from_static("m1"));
-        assert!(r.is_congested());
+        assert_eq!(congested(&r), 1);
         a.leave();
-        assert!(!r.is_congested());
+        assert_eq!(congested(&r), 0);
         assert_eq!(r.route("t", &Utf8Bytes::from_static("m2")), 0);
         assert_eq!(
             drain(&a),
@@ -585,7 +738,7 @@ mod tests {
         r.route("t", &Utf8Bytes::from_static("m1"));
         let waiting = tokio::spawn({
             let r = r.clone();
-            async move { r.relieved().await }
+            async move { r.relief().await }
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
@@ -637,7 +790,7 @@ mod tests {
         assert_eq!(r.route_all("t", &run), 0);
         assert!(closer.is_closing());
         assert!(drain(&a).is_empty());
-        assert!(!r.is_congested());
+        assert_eq!(congested(&r), 0);
         assert_eq!(r.metrics().slow_client_disconnects_total(), 1);
     }
 
@@ -650,5 +803,95 @@ mod tests {
         let run = ["m1", "m2", "m3", "m4"].map(Utf8Bytes::from_static);
         assert_eq!(r.route_all("t", &run), 1);
         assert_eq!(drain(&a), ["m3", "m4"]);
+    }
+
+    #[test]
+    fn a_lone_congested_client_holds_deliveries_back_even_while_it_writes_nothing() {
+        let shutdown = CancellationToken::new();
+        let r = router(2, SlowClientPolicy::Close);
+        let a = r.register(Closer::new(&shutdown));
+        r.subscribe("t", &a);
+        r.route("t", &Utf8Bytes::from_static("m1"));
+        a.progress.store(0, Ordering::Relaxed);
+        let much_later = nanos(STALLED_AFTER * 100);
+        assert!(
+            r.inner.congestion.hold_at(much_later).is_some(),
+            "the only client is all of them: the path is the bottleneck"
+        );
+        drain(&a);
+        assert_eq!(r.hold(), None);
+    }
+
+    #[test]
+    fn a_congested_minority_holds_deliveries_back_only_while_it_writes() {
+        let shutdown = CancellationToken::new();
+        let r = router(2, SlowClientPolicy::Close);
+        let clients: Vec<_> = (0..3).map(|_| r.register(Closer::new(&shutdown))).collect();
+        r.subscribe("t", &clients[0]);
+        r.route("t", &Utf8Bytes::from_static("m1"));
+        let stalled_after = nanos(STALLED_AFTER);
+        let wrote = 10 * stalled_after;
+        clients[0].progress.store(wrote, Ordering::Relaxed);
+        assert_eq!(
+            r.inner.congestion.hold_at(wrote + 1),
+            Some(Duration::from_nanos(stalled_after - 1)),
+            "held until it would count as stalled"
+        );
+        assert_eq!(r.inner.congestion.hold_at(wrote + stalled_after), None);
+        // Two of three congested: the path is the bottleneck, stalled or not.
+        r.subscribe("u", &clients[1]);
+        r.route("u", &Utf8Bytes::from_static("m1"));
+        assert!(r.inner.congestion.hold_at(wrote * 100).is_some());
+    }
+
+    #[test]
+    fn clients_congested_or_writing_nothing_for_the_timeout_are_cut_off() {
+        let shutdown = CancellationToken::new();
+        let r = router(2, SlowClientPolicy::Close);
+        let closers: Vec<_> = (0..3).map(|_| Closer::new(&shutdown)).collect();
+        let clients: Vec<_> = closers.iter().map(|c| r.register(c.clone())).collect();
+        for client in &clients {
+            r.subscribe("t", client);
+        }
+        r.route("t", &Utf8Bytes::from_static("m1"));
+        assert_eq!(congested(&r), 3);
+        let now = r.inner.congestion.now();
+        // Writing nothing since long ago; behind since long ago while writing; both recent.
+        clients[0].progress.store(0, Ordering::Relaxed);
+        clients[1].progress.store(u64::MAX, Ordering::Relaxed);
+        clients[1].congested_since.store(0, Ordering::Relaxed);
+        clients[2].progress.store(u64::MAX, Ordering::Relaxed);
+        clients[2]
+            .congested_since
+            .store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(r.cut_behind(Duration::from_nanos(now / 2)), 2);
+        assert!(closers[0].is_closing() && closers[1].is_closing());
+        assert!(!closers[2].is_closing());
+        assert_eq!(congested(&r), 1);
+        assert_eq!(r.metrics().slow_client_disconnects_total(), 2);
+    }
+
+    #[test]
+    fn clients_that_left_or_were_cut_off_no_longer_count_towards_a_majority() {
+        let shutdown = CancellationToken::new();
+        let r = router(2, SlowClientPolicy::Close);
+        let (a, b, c) = (
+            r.register(Closer::new(&shutdown)),
+            r.register(Closer::new(&shutdown)),
+            r.register(Closer::new(&shutdown)),
+        );
+        b.leave();
+        c.leave();
+        c.leave();
+        assert_eq!(r.inner.congestion.clients.load(Ordering::Acquire), 1);
+        r.subscribe("t", &a);
+        r.route("t", &Utf8Bytes::from_static("m1"));
+        a.progress.store(0, Ordering::Relaxed);
+        assert!(
+            r.inner
+                .congestion
+                .hold_at(nanos(STALLED_AFTER * 100))
+                .is_some()
+        );
     }
 }

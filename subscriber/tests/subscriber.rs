@@ -366,3 +366,136 @@ async fn a_client_that_falls_behind_holds_deliveries_back_and_loses_nothing() ->
     client.subscribe("still-connected").await?;
     subscriber.stop().await
 }
+
+/// Rounds a slow-client test may take before the client that does not read must have been cut off.
+const MAX_ROUNDS: u64 = 3_000;
+/// How late a healthy client may get a message while another one does not read: a loose bound for a loaded
+/// 2-core machine, far below the `--slow-client-timeout` those tests configure (the old policy held everyone for
+/// that long).
+const HEALTHY_LATENCY_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Settings under which a client that does not read fills its queue (16) within a few hundred 32 KiB messages,
+/// and holding everyone for it would cost `slow_client_timeout`.
+fn slow_client_settings(slow_client_timeout: std::time::Duration) -> Settings {
+    Settings {
+        prefetch: 64,
+        client_queue: 16,
+        slow_client_timeout,
+        ..Settings::default()
+    }
+}
+
+/// Feeds one round: a 32 KiB message on `slow_topic` and a small one on `t`, then waits until `healthy` (on `t`)
+/// has its messages of the round and msgqueue its acks. Returns how long the healthy client waited.
+async fn feed_round(
+    link: &mut common::QueueConn,
+    healthy: &mut common::Client,
+    slow_topic: &str,
+    first_id: u64,
+    content: &str,
+) -> TestResult<std::time::Duration> {
+    let batch = [
+        (first_id, false, envelope(slow_topic, content)),
+        (first_id + 1, false, envelope("t", &first_id.to_string())),
+    ];
+    let sent = std::time::Instant::now();
+    link.deliver(&batch).await?;
+    if slow_topic == "t" {
+        assert_eq!(healthy.recv().await?.len(), batch[0].2.len());
+    }
+    let expected = String::from_utf8(batch[1].2.to_vec())?;
+    assert_eq!(healthy.recv().await?, expected, "in order, nothing lost");
+    let waited = sent.elapsed();
+    link.await_acks([first_id, first_id + 1]).await?;
+    Ok(waited)
+}
+
+/// One client subscribed to `slow_topic` never reads; a healthy one on `t` reads everything.
+async fn a_client_that_does_not_read_holds_back_no_one(slow_topic: &str) -> TestResult {
+    let timeout = std::time::Duration::from_secs(30);
+    let (_dir, _queue, subscriber, mut link) = setup(slow_client_settings(timeout)).await?;
+    let mut healthy = subscriber.v1_client().await?;
+    healthy.subscribe("t").await?;
+    let mut slow = subscriber.v1_client().await?;
+    slow.subscribe(slow_topic).await?;
+
+    let content = "x".repeat(32 * 1024);
+    let mut worst = std::time::Duration::ZERO;
+    let mut rounds = 0;
+    while subscriber.metrics.slow_client_disconnects_total() == 0 {
+        assert!(
+            rounds < MAX_ROUNDS,
+            "the client that does not read was never cut off"
+        );
+        let waited = feed_round(&mut link, &mut healthy, slow_topic, rounds * 2, &content).await?;
+        worst = worst.max(waited);
+        rounds += 1;
+    }
+    assert!(
+        worst < HEALTHY_LATENCY_BOUND,
+        "the healthy client waited {worst:?} for a message while the other one did not read"
+    );
+    assert_eq!(slow.close_code().await?, CloseCode::Again);
+    // Delivery goes on after the cut.
+    feed_round(&mut link, &mut healthy, slow_topic, rounds * 2, &content).await?;
+    assert_eq!(subscriber.metrics.slow_client_disconnects_total(), 1);
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_holds_back_no_one_on_its_topic() -> TestResult {
+    a_client_that_does_not_read_holds_back_no_one("t").await
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_holds_back_no_one_on_other_topics() -> TestResult {
+    a_client_that_does_not_read_holds_back_no_one("other").await
+}
+
+#[tokio::test]
+async fn clients_that_do_not_read_joining_one_after_another_do_not_add_up_to_stalls() -> TestResult
+{
+    const SLOW_CLIENTS: u64 = 5;
+    let timeout = std::time::Duration::from_secs(5);
+    let (_dir, _queue, subscriber, mut link) = setup(slow_client_settings(timeout)).await?;
+    let mut healthy = subscriber.v1_client().await?;
+    healthy.subscribe("t").await?;
+
+    let content = "x".repeat(32 * 1024);
+    let started = std::time::Instant::now();
+    let mut worst = std::time::Duration::ZERO;
+    let mut slow = Vec::new();
+    let mut rounds = 0;
+    loop {
+        let cut = subscriber.metrics.slow_client_disconnects_total();
+        if cut == SLOW_CLIENTS {
+            break;
+        }
+        // The next one joins as soon as the previous one was cut off: a steady stream of them.
+        if slow.len() as u64 == cut {
+            let mut client = subscriber.v1_client().await?;
+            client.subscribe("t").await?;
+            slow.push(client);
+        }
+        assert!(
+            rounds < MAX_ROUNDS * SLOW_CLIENTS,
+            "clients that do not read were not cut off"
+        );
+        let waited = feed_round(&mut link, &mut healthy, "t", rounds * 2, &content).await?;
+        worst = worst.max(waited);
+        rounds += 1;
+    }
+    assert!(
+        worst < HEALTHY_LATENCY_BOUND,
+        "the healthy client waited {worst:?} for a message"
+    );
+    assert!(
+        started.elapsed() < timeout * 2,
+        "{SLOW_CLIENTS} clients that do not read took {:?} to pass",
+        started.elapsed()
+    );
+    for mut client in slow {
+        assert_eq!(client.close_code().await?, CloseCode::Again);
+    }
+    subscriber.stop().await
+}

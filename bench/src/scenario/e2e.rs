@@ -20,7 +20,7 @@ use wsmq_core::protocol::envelope::Envelope;
 use super::{
     Ctx, PUBLISH_PATH, SUBSCRIBE_PATH, Subscriber, open_many, settle_if_unconfirmed, subscribe,
 };
-use crate::cli::{E2eArgs, FlowArgs, TopicMode};
+use crate::cli::{E2eArgs, FlowArgs, SlowArgs, SlowTopic, TopicMode};
 use crate::client::{Connector, Target, Ws, source_ip};
 use crate::payload::{Clock, Counts, STAMP_LEN, Stamp, Tracker};
 use crate::report::{Latencies, LatencyBuffer, Report, per_second};
@@ -30,6 +30,8 @@ const PUBLISH_BATCH: u64 = 64;
 /// How often the drain phase checks whether everything arrived (the figures come from receive stamps, not
 /// from this tick).
 const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// How long the end of a run reads each slow subscriber's backlog looking for the server's close frame.
+const SLOW_CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// The shape of one message-flow run.
 #[derive(Debug, Clone)]
@@ -44,6 +46,8 @@ pub struct FlowPlan {
     pub messages: u64,
     /// How publishers pick topics.
     pub topic_mode: TopicMode,
+    /// Subscribers that never read, if any.
+    pub slow: Option<SlowArgs>,
     /// Sizes, rate, acks, modes and timeouts.
     pub flow: FlowArgs,
 }
@@ -57,9 +61,26 @@ impl FlowPlan {
             .collect()
     }
 
+    /// Topics the publishers feed: the subscribers' ones, plus the slow subscribers' own with `--slow-topic other`.
+    pub fn published_topics(&self) -> usize {
+        let own = self
+            .slow
+            .as_ref()
+            .is_some_and(|slow| slow.slow_topic == SlowTopic::Other);
+        self.topics.max(1) + usize::from(own)
+    }
+
+    /// The topic the slow subscribers take.
+    pub fn slow_topic(&self) -> usize {
+        match self.slow.as_ref().map(|slow| slow.slow_topic) {
+            Some(SlowTopic::Other) => self.topics.max(1),
+            _ => 0,
+        }
+    }
+
     /// Topic of publisher `j`'s message `k`.
     pub fn topic_of(&self, j: usize, k: u64) -> usize {
-        let t = self.topics.max(1);
+        let t = self.published_topics();
         match self.topic_mode {
             TopicMode::RoundRobin => ((j as u64 + k) % t as u64) as usize,
             TopicMode::Fixed => j % t,
@@ -69,7 +90,7 @@ impl FlowPlan {
     /// Deliveries expected when publisher `j` sent `sent[j]` messages: each message reaches every subscriber
     /// of its topic once.
     pub fn expected_deliveries(&self, sent: &[u64]) -> u64 {
-        let t = self.topics.max(1);
+        let t = self.published_topics();
         let mut per_topic = vec![0u64; t];
         for (j, &n) in sent.iter().enumerate() {
             match self.topic_mode {
@@ -87,7 +108,9 @@ impl FlowPlan {
                 }
             }
         }
-        (0..self.subscribers).map(|i| per_topic[i % t]).sum()
+        (0..self.subscribers)
+            .map(|i| per_topic[i % self.topics.max(1)])
+            .sum()
     }
 }
 
@@ -99,6 +122,7 @@ pub async fn run(ctx: &Ctx, args: E2eArgs) -> anyhow::Result<Report> {
         topics: args.topics,
         messages: args.messages,
         topic_mode: args.topic_mode,
+        slow: (args.slow.slow_subscribers > 0).then_some(args.slow),
         flow: args.flow,
     };
     run_flow(ctx, "e2e", plan).await
@@ -114,7 +138,8 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
         plan.publishers > 0 && plan.subscribers > 0 && plan.topics > 0,
         "need at least one publisher, subscriber and topic"
     );
-    ctx.check_connections(plan.publishers + plan.subscribers)?;
+    let slow_count = plan.slow.as_ref().map_or(0, |slow| slow.slow_subscribers);
+    ctx.check_connections(plan.publishers + plan.subscribers + slow_count)?;
     let many = plan.publishers + plan.subscribers > 1_000;
     let connector = Connector::new(&ctx.common, many)?;
     let sub_target = Target::resolve(&ctx.common.subscriber_url, SUBSCRIBE_PATH).await?;
@@ -142,6 +167,30 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
     bar.finish_and_clear();
     let confirmed = subscribers.iter().all(|s| s.confirmed);
     settle_if_unconfirmed(&subscribers, plan.flow.settle).await;
+
+    let slow_joiner = SlowJoiner {
+        connector: connector.clone(),
+        target: sub_target.clone(),
+        topic: topic_name(plan.slow_topic()),
+        mode: plan.flow.subscribe_mode,
+        first_source: plan.subscribers + plan.publishers,
+        source_ips: plan.flow.source_ips,
+    };
+    let mut slow = Vec::new();
+    let mut joining = None;
+    if let Some(args) = &plan.slow {
+        match args.slow_join_every {
+            None => {
+                slow = ctx
+                    .phase(
+                        "connect slow subscribers",
+                        slow_joiner.open_all(args.slow_subscribers),
+                    )
+                    .await??;
+            }
+            Some(every) => joining = Some((args.slow_subscribers, every)),
+        }
+    }
 
     let publisher_mode = if plan.flow.acks {
         Some(SUBPROTOCOL_V1)
@@ -205,6 +254,8 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
         ));
     }
     let publish_start = clock.nanos();
+    let joiner = joining
+        .map(|(n, every)| tokio::spawn(slow_joiner.join_every(n, every, stop_receiving.clone())));
     let mut outcomes = vec![PublishOutcome::default(); plan.publishers];
     let truncated = ctx
         .join_within(
@@ -240,6 +291,11 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
         disconnects += u64::from(result.disconnected);
         last_receive = last_receive.max(result.last_receive_nanos);
     }
+    if let Some(joiner) = joiner {
+        slow.extend(joiner.await?);
+    }
+    let slow_opened = slow.len();
+    let slow_closed = count_slow_closures(slow).await;
     let acked: u64 = outcomes.iter().map(|o| o.acked).sum();
     let refused: u64 = outcomes.iter().map(|o| o.errors).sum();
     let total_sent: u64 = sent.iter().sum();
@@ -272,9 +328,94 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
     report.add("foreign", counts.foreign);
     report.add("drained", drained);
     report.add("subscriber_disconnects", disconnects);
+    if plan.slow.is_some() {
+        report.add("slow_subscribers", slow_opened);
+        report.add("slow_topic", topic_name(plan.slow_topic()));
+        report.add("slow_closed_1013", slow_closed);
+    }
     report.add("delivered_per_s", per_second(counts.unique, deliver_nanos));
     report.add("latency", delivery_latency.summary());
     Ok(report)
+}
+
+/// Opens the subscriber connections that never read.
+struct SlowJoiner {
+    connector: Connector,
+    target: Target,
+    topic: String,
+    mode: crate::cli::SubscribeMode,
+    /// Connection index of the first one, for spreading source addresses.
+    first_source: usize,
+    source_ips: u8,
+}
+
+impl SlowJoiner {
+    /// Connects and subscribes slow subscriber `k`; from then on nothing reads it.
+    async fn open(&self, k: usize) -> anyhow::Result<Ws> {
+        let source = source_ip(self.first_source + k, self.source_ips, &self.target);
+        let subscriber = subscribe(
+            self.connector.clone(),
+            self.target.clone(),
+            self.topic.clone(),
+            self.mode,
+            source,
+        )
+        .await?;
+        Ok(subscriber.ws)
+    }
+
+    /// Opens `n` slow subscribers one after the other.
+    async fn open_all(&self, n: usize) -> anyhow::Result<Vec<Ws>> {
+        let mut opened = Vec::with_capacity(n);
+        for k in 0..n {
+            opened.push(self.open(k).await.context("slow subscriber")?);
+        }
+        Ok(opened)
+    }
+
+    /// Opens `n` slow subscribers, the first at once and then one every `every`, until `stop`.
+    async fn join_every(self, n: usize, every: Duration, stop: CancellationToken) -> Vec<Ws> {
+        let mut opened = Vec::with_capacity(n);
+        let mut tick = tokio::time::interval(every);
+        for k in 0..n {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => break,
+            }
+            match self.open(k).await {
+                Ok(ws) => opened.push(ws),
+                Err(err) => tracing::warn!(%err, "a slow subscriber could not join"),
+            }
+        }
+        opened
+    }
+}
+
+/// Reads through each slow subscriber's backlog (bounded in time) and counts those the server closed with 1013
+/// (try again later), the close a client that does not keep up gets.
+async fn count_slow_closures(slow: Vec<Ws>) -> usize {
+    let mut readers = JoinSet::new();
+    for mut ws in slow {
+        readers.spawn(async move {
+            let closed = tokio::time::timeout(SLOW_CLOSE_LIMIT, async {
+                while let Some(Ok(frame)) = ws.next().await {
+                    if let Message::Close(close) = frame {
+                        return close.is_some_and(|c| u16::from(c.code) == 1013);
+                    }
+                }
+                false
+            })
+            .await
+            .unwrap_or(false);
+            drop(ws);
+            closed
+        });
+    }
+    let mut closed = 0;
+    while let Some(done) = readers.join_next().await {
+        closed += usize::from(done.unwrap_or(false));
+    }
+    closed
 }
 
 /// What one subscriber connection saw.
@@ -533,6 +674,7 @@ mod tests {
             topics,
             messages,
             topic_mode,
+            slow: None,
             flow: FlowArgs {
                 size: 64,
                 rate: None,
@@ -579,6 +721,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn slow_subscribers_on_their_own_topic_add_a_published_topic_nobody_measured_takes() {
+        let mut p = plan(1, 4, 1, 10, TopicMode::RoundRobin);
+        p.slow = Some(SlowArgs {
+            slow_subscribers: 1,
+            slow_join_every: None,
+            slow_topic: SlowTopic::Other,
+        });
+        assert_eq!((p.published_topics(), p.slow_topic()), (2, 1));
+        assert_eq!(
+            p.expected_deliveries(&[10]),
+            4 * 5,
+            "every other message is theirs"
+        );
+        p.slow.as_mut().unwrap().slow_topic = SlowTopic::Same;
+        assert_eq!((p.published_topics(), p.slow_topic()), (1, 0));
+        assert_eq!(p.expected_deliveries(&[10]), 4 * 10);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub async fn run(ctx: &Ctx, args: FanoutArgs) -> anyhow::Result<Report> {
         topics: 1,
         messages: args.messages,
         topic_mode: TopicMode::Fixed,
+        slow: None,
         flow,
     };
     run_flow(ctx, "fanout", plan).await
