@@ -350,6 +350,11 @@ pub struct ChaosArgs {
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
 
+    /// Extra flag for msgqueue (repeatable), e.g. `--msgqueue-arg=--fsync --msgqueue-arg=interval=100` to see
+    /// what a weaker durability setting loses.
+    #[arg(long, allow_hyphen_values = true)]
+    pub msgqueue_arg: Vec<String>,
+
     /// Directory for the services' data and logs, kept after the run. Default: a temporary directory, removed
     /// unless an acked message was lost.
     #[arg(long)]

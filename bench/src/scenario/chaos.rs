@@ -255,6 +255,7 @@ struct Fleet {
     work: PathBuf,
     users: String,
     link_password: String,
+    msgqueue_args: Vec<String>,
     children: [Option<Child>; 3],
 }
 
@@ -285,6 +286,7 @@ impl Fleet {
             work: work.to_path_buf(),
             users: format!("{}:{}", ctx.common.user, ctx.common.password.expose()),
             link_password: format!("{:032x}", rand::random::<u128>()),
+            msgqueue_args: args.msgqueue_arg.clone(),
             children: [None, None, None],
         })
     }
@@ -333,10 +335,12 @@ impl Fleet {
         // Passwords go through the environment: command lines are visible to every local user.
         match service {
             ChaosService::Msgqueue => {
-                command.env(
-                    "WSMQ_USERS",
-                    format!("{},{LINK_USER}:{}", self.users, self.link_password),
-                );
+                command
+                    .env(
+                        "WSMQ_USERS",
+                        format!("{},{LINK_USER}:{}", self.users, self.link_password),
+                    )
+                    .args(&self.msgqueue_args);
             }
             ChaosService::Publisher | ChaosService::Subscriber => {
                 command
