@@ -104,6 +104,9 @@ pub enum Scenario {
     Conns(ConnsArgs),
     /// msgqueue alone in reliable mode: acked pushes/s, push→ack and push→deliver latency.
     Queue(QueueArgs),
+    /// A fault run: msgqueue, publisher and subscriber as separate processes, killed and restarted at random
+    /// moments under reliable publishing and consuming, then an accounting of acked-but-lost messages.
+    Chaos(ChaosArgs),
 }
 
 /// Which topic publisher `j` sends its `k`-th message to.
@@ -303,4 +306,147 @@ pub struct QueueArgs {
     /// How long to wait after the last ack for outstanding deliveries.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+}
+
+/// A service `chaos` starts as its own process and may kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum ChaosService {
+    /// The durable queue.
+    Msgqueue,
+    /// The publishing edge.
+    Publisher,
+    /// The subscribing edge.
+    Subscriber,
+}
+
+/// `chaos` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ChaosArgs {
+    /// How long to publish while injecting faults; then the run settles and is accounted.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Time from one fault to the next: uniformly random in `MIN..MAX` (e.g. `2s..6s`).
+    #[arg(long, default_value = "2s..6s", value_parser = parse_duration_range)]
+    pub kill_every: DurationRange,
+
+    /// How long a killed service stays down before it is started again: uniformly random in `MIN..MAX`.
+    #[arg(long, default_value = "0s..1s", value_parser = parse_duration_range)]
+    pub down_for: DurationRange,
+
+    /// Share of faults that are SIGTERM (graceful drain); the others are SIGKILL.
+    #[arg(long, default_value_t = 0.5)]
+    pub sigterm_share: f64,
+
+    /// Seed of the fault schedule (order of services, signals, delays); random when absent. Reported, so a run
+    /// can be repeated with the same schedule (timing on a busy machine still varies).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Services to kill (comma-separated). Each round kills every one of them once, in a random order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "msgqueue,publisher,subscriber"
+    )]
+    pub kill: Vec<ChaosService>,
+
+    /// Most faults in the run, whatever the duration.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_kills: u32,
+
+    /// Publishing client connections (`wsmq.v1`, each with its own sequence of ids).
+    #[arg(long, short = 'p', default_value_t = 2)]
+    pub publishers: usize,
+
+    /// Total publish rate in messages/s.
+    #[arg(long, default_value_t = 1_000.0)]
+    pub rate: f64,
+
+    /// Unacked messages one publishing client may have outstanding.
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
+
+    /// Content size of each message in bytes (at least the 48-byte stamp).
+    #[arg(long, short = 'b', default_value_t = 64)]
+    pub size: usize,
+
+    /// After the fault phase: how long to wait for the last acks and deliveries.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub settle: Duration,
+
+    /// Directory holding the `msgqueue`, `publisher` and `subscriber` binaries. Default: the directory of
+    /// `wsmq-bench` itself (`target/release/` after `cargo build --release --bins`).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+
+    /// Extra flag for msgqueue (repeatable), e.g. `--msgqueue-arg=--fsync --msgqueue-arg=interval=100` to see
+    /// what a weaker durability setting loses.
+    #[arg(long, allow_hyphen_values = true)]
+    pub msgqueue_arg: Vec<String>,
+
+    /// Directory for the services' data and logs, kept after the run. Default: a temporary directory, removed
+    /// unless an acked message was lost.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// A range of durations, `MIN..MAX` on the command line (a single duration means exactly that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    /// Shortest.
+    pub min: Duration,
+    /// Longest.
+    pub max: Duration,
+}
+
+/// Why a duration range did not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum DurationRangeError {
+    /// One side is not a duration.
+    #[error(transparent)]
+    Duration(#[from] wsmq_core::limits::DurationError),
+    /// `MIN` is above `MAX`.
+    #[error("the range {0:?} is empty: its start is after its end")]
+    Empty(String),
+}
+
+/// Parses `2s..6s` (or `3s`).
+pub fn parse_duration_range(value: &str) -> Result<DurationRange, DurationRangeError> {
+    let (min, max) = match value.split_once("..") {
+        Some((min, max)) => (parse_duration(min)?, parse_duration(max)?),
+        None => {
+            let exact = parse_duration(value)?;
+            (exact, exact)
+        }
+    };
+    if min > max {
+        return Err(DurationRangeError::Empty(value.to_owned()));
+    }
+    Ok(DurationRange { min, max })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_ranges_parse_and_refuse_empty_ones() {
+        let range = parse_duration_range("250ms..2s").ok();
+        assert_eq!(
+            range,
+            Some(DurationRange {
+                min: Duration::from_millis(250),
+                max: Duration::from_secs(2)
+            })
+        );
+        let exact = parse_duration_range("3s").ok();
+        assert_eq!(
+            exact.map(|r| (r.min, r.max)),
+            Some((Duration::from_secs(3), Duration::from_secs(3)))
+        );
+        assert!(parse_duration_range("5s..1s").is_err());
+        assert!(parse_duration_range("x..1s").is_err());
+    }
 }

@@ -5,6 +5,45 @@
 
 use std::time::Duration;
 
+use crate::limits::parse_duration;
+
+/// Default of `--link-backoff-initial`.
+pub const DEFAULT_INITIAL: Duration = Duration::from_millis(100);
+/// Default of `--link-backoff-max`. Small on purpose: a link must be back within half a second of msgqueue, and
+/// only a few services ever dial it (clients never do), so frequent attempts while it is down cost nothing.
+pub const DEFAULT_MAX: Duration = Duration::from_millis(250);
+
+/// How a service's link to msgqueue paces its reconnection attempts; one pair of flags for every service.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct BackoffArgs {
+    /// First delay cap before reconnecting to msgqueue (e.g. "100ms"); doubles per failed attempt, with full
+    /// jitter.
+    #[arg(long = "link-backoff-initial", env = "WSMQ_LINK_BACKOFF_INITIAL", default_value = "100ms", value_parser = parse_duration)]
+    pub initial: Duration,
+
+    /// Largest delay cap between reconnection attempts to msgqueue: the link is back at most this long (plus a
+    /// handshake) after msgqueue is.
+    #[arg(long = "link-backoff-max", env = "WSMQ_LINK_BACKOFF_MAX", default_value = "250ms", value_parser = parse_duration)]
+    pub max: Duration,
+}
+
+impl Default for BackoffArgs {
+    /// The flags' defaults.
+    fn default() -> Self {
+        Self {
+            initial: DEFAULT_INITIAL,
+            max: DEFAULT_MAX,
+        }
+    }
+}
+
+impl BackoffArgs {
+    /// A fresh [`Backoff`] with these delays.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.initial, self.max)
+    }
+}
+
 /// Delays between reconnection attempts: attempt `n` waits a random time in `[0, min(max, initial * 2^n)]`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -48,6 +87,32 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        backoff: BackoffArgs,
+    }
+
+    #[test]
+    fn flag_defaults_are_the_documented_constants() {
+        let cli = Cli::try_parse_from(["svc"]);
+        assert_eq!(cli.map(|c| c.backoff).ok(), Some(BackoffArgs::default()));
+        let cli = Cli::try_parse_from(["svc", "--link-backoff-max", "2s"]);
+        assert_eq!(
+            cli.map(|c| c.backoff.max).ok(),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn default_cap_lets_a_link_return_within_half_a_second() {
+        let mut backoff = BackoffArgs::default().backoff();
+        for _ in 0..1_000 {
+            assert!(backoff.next_delay() <= Duration::from_millis(500));
+        }
+    }
 
     const INITIAL: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(5);

@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::Secret;
 use crate::auth::{AuthError, Authenticator, Credentials};
+use crate::backoff::BackoffArgs;
 use crate::dial::{DialError, Dialer};
 use crate::tls::{self, TlsError};
 
@@ -109,6 +110,10 @@ pub struct LinkArgs {
     /// msgqueue and read the credentials.
     #[arg(long, env = "WSMQ_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
     pub insecure: bool,
+
+    /// How fast the link reconnects after losing msgqueue.
+    #[command(flatten)]
+    pub backoff: BackoffArgs,
 }
 
 /// Why a link to msgqueue could not be configured.
@@ -223,6 +228,8 @@ mod tests {
             "WSMQ_QUEUE_PASSWORD",
             "WSMQ_CA",
             "WSMQ_INSECURE",
+            "WSMQ_LINK_BACKOFF_INITIAL",
+            "WSMQ_LINK_BACKOFF_MAX",
         ] {
             assert!(help.contains(var), "--help does not mention {var}");
         }
@@ -236,6 +243,7 @@ mod tests {
             queue_password: Some(Secret::new("pw")),
             ca: None,
             insecure: true,
+            backoff: BackoffArgs::default(),
         };
         let data_dir = Path::new("unused");
         let missing_user = link.dialer(data_dir, None, WebSocketConfig::default());

@@ -11,14 +11,13 @@ pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::admin::{Readiness, serve_admin};
 use wsmq_core::config::{LinkArgs, ServerArgs};
-use wsmq_core::limits::{Limits, parse_duration};
+use wsmq_core::limits::Limits;
 use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::server::{Route, ServerConfig, serve};
@@ -69,14 +68,6 @@ pub struct Config {
     /// size. msgqueue's message size limit must allow it.
     #[arg(long, env = "WSMQ_LINK_BATCH_BYTES", default_value_t = 64 * 1024)]
     pub link_batch_bytes: usize,
-
-    /// First delay before reconnecting to msgqueue (e.g. "100ms"); doubles per failed attempt, with jitter.
-    #[arg(long, env = "WSMQ_LINK_BACKOFF_INITIAL", default_value = "100ms", value_parser = parse_duration)]
-    pub link_backoff_initial: Duration,
-
-    /// Longest delay between reconnection attempts to msgqueue (e.g. "5s").
-    #[arg(long, env = "WSMQ_LINK_BACKOFF_MAX", default_value = "5s", value_parser = parse_duration)]
-    pub link_backoff_max: Duration,
 }
 
 /// Why the publisher could not start or stopped serving.
@@ -117,8 +108,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         buffer_messages: config.link_buffer,
         buffer_bytes: config.link_buffer_bytes,
         batch_bytes: config.link_batch_bytes,
-        backoff_initial: config.link_backoff_initial,
-        backoff_max: config.link_backoff_max,
+        backoff: config.link.backoff.clone(),
         limits: config.limits.clone(),
     };
     let (link, link_task) = Link::new(

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::admin::Condition;
-use wsmq_core::backoff::Backoff;
+use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
@@ -53,10 +53,8 @@ pub struct LinkConfig {
     pub buffer_bytes: usize,
     /// Byte budget of one frame to msgqueue; a single record larger than this is sent in a frame of its own.
     pub batch_bytes: usize,
-    /// First reconnect delay cap; doubles per failed attempt (with full jitter).
-    pub backoff_initial: Duration,
-    /// Largest reconnect delay.
-    pub backoff_max: Duration,
+    /// Reconnect delays (`--link-backoff-initial`, `--link-backoff-max`), with full jitter.
+    pub backoff: BackoffArgs,
     /// Ping interval and idle timeout of the link's WebSocket.
     pub limits: Limits,
 }
@@ -251,7 +249,8 @@ impl LinkTask {
     /// every [`Link`] handle has been dropped and everything submitted has been acked (a graceful drain).
     /// Messages still unacked when it returns get [`PushError::Stopped`].
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
+        let mut backoff = self.config.backoff.backoff();
+        let mut failed_dials = 0u32;
         tracing::info!(producer = self.producer, "msgqueue link starting");
         loop {
             if self.is_drained() {
@@ -263,6 +262,7 @@ impl LinkTask {
             };
             match dialed {
                 Ok((ws, Some(protocol))) if protocol == SUBPROTOCOL_V1 => {
+                    failed_dials = 0;
                     let started = Instant::now();
                     self.set_up(true);
                     tracing::info!(unacked = self.unacked.len(), "msgqueue link connected");
@@ -281,7 +281,15 @@ impl LinkTask {
                 Ok(_) => tracing::warn!(
                     "msgqueue did not accept subprotocol {SUBPROTOCOL_V1}; not a wsmq queue?"
                 ),
-                Err(err) => tracing::warn!(%err, "cannot connect to msgqueue"),
+                Err(err) => {
+                    // Attempts come every few hundred ms while msgqueue is down: warn on the 1st, 2nd, 4th, ….
+                    failed_dials = failed_dials.saturating_add(1);
+                    if failed_dials.is_power_of_two() {
+                        tracing::warn!(%err, attempts = failed_dials, "cannot connect to msgqueue");
+                    } else {
+                        tracing::debug!(%err, attempts = failed_dials, "cannot connect to msgqueue");
+                    }
+                }
             }
             let delay = backoff.next_delay();
             tokio::select! {

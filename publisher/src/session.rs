@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -58,7 +59,7 @@ pub async fn handle(accepted: Accepted, context: SessionContext) {
     let span = tracing::debug_span!("publish", peer = %accepted.peer, user = %accepted.user);
     async move {
         let reliable = accepted.subprotocol == Some(SUBPROTOCOL_V1);
-        let (reader, outbox, writer) = ws::split(
+        let (mut reader, outbox, writer) = ws::split(
             accepted.ws,
             &context.limits,
             CLIENT_OUTBOX,
@@ -70,12 +71,15 @@ pub async fn handle(accepted: Accepted, context: SessionContext) {
             confirmations: None,
         };
         let confirmer = reliable.then(|| session.start_confirmer());
-        session.read_loop(reader, &accepted.shutdown).await;
+        let reading = session.read_loop(&mut reader, &accepted.shutdown).await;
         if let Some(confirmer) = confirmer {
             confirmer.abort();
         }
         let limits = session.context.limits.clone();
         drop(session);
+        if reading == Reading::Stopped {
+            finish_closing(&mut reader).await;
+        }
         ws::finish_writer(writer, &limits, &accepted.shutdown).await;
     }
     .instrument(span)
@@ -98,9 +102,14 @@ impl Session {
         )
     }
 
-    /// Reads and publishes until the connection ends. A message waiting for buffer space (backpressure) is
-    /// abandoned only on shutdown; a client that merely closed still gets what it sent pushed.
-    async fn read_loop<S>(&mut self, mut reader: ws::Reader<S>, shutdown: &CancellationToken)
+    /// Reads and publishes until the connection ends, or until the publisher stops (shutdown, or its link
+    /// ended), which starts closing with 1001. A message waiting for buffer space (backpressure) is abandoned only
+    /// on shutdown; a client that merely closed still gets what it sent pushed.
+    async fn read_loop<S>(
+        &mut self,
+        reader: &mut ws::Reader<S>,
+        shutdown: &CancellationToken,
+    ) -> Reading
     where
         S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
             + Unpin,
@@ -108,10 +117,10 @@ impl Session {
         loop {
             let message = match reader.next().await {
                 Ok(Some(message)) => message,
-                Ok(None) => break,
+                Ok(None) => return Reading::Ended,
                 Err(err) => {
                     tracing::debug!(%err, "client connection ended");
-                    break;
+                    return Reading::Ended;
                 }
             };
             let outcome = match message {
@@ -119,7 +128,7 @@ impl Session {
                     self.context.listener.received(text.len());
                     tokio::select! {
                         outcome = self.publish(&text) => outcome,
-                        () = shutdown.cancelled() => break,
+                        () = shutdown.cancelled() => return Reading::Stopped,
                     }
                 }
                 Message::Binary(bytes) => {
@@ -136,7 +145,8 @@ impl Session {
             };
             if outcome.is_err() {
                 tracing::debug!("msgqueue link stopped; closing client connection");
-                break;
+                self.outbox.close(CloseCode::Away, "publisher stopping");
+                return Reading::Stopped;
             }
         }
     }
@@ -195,6 +205,26 @@ impl Session {
             );
         }
     }
+}
+
+/// Why [`Session::read_loop`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// The connection is over (closing handshake done, peer gone, or a read error).
+    Ended,
+    /// The session stopped publishing while the client may still be sending; the connection is closing.
+    Stopped,
+}
+
+/// Reads and drops what a client still sends after the session stopped, until its Close reply arrives (or
+/// [`ws::CLOSE_TIMEOUT`] after closing began). Dropping a socket with unread data makes the kernel reset the
+/// connection, which can destroy our Close frame before the client reads it: it would see 1006, not 1001.
+/// Nothing read here was acked, so a `wsmq.v1` client knows to send it again.
+async fn finish_closing<S>(reader: &mut ws::Reader<S>)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    while let Ok(Some(_)) = reader.next().await {}
 }
 
 /// Turns receipts into ack frames (messages with an `Id`) and error frames (rejected messages), in order.

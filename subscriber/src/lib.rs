@@ -163,6 +163,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         ping_interval: config.limits.ping_interval,
         idle_timeout: config.limits.idle_timeout,
         ready: readiness.condition("queue link"),
+        backoff: config.link.backoff.clone(),
     };
     let settings = SessionSettings {
         router,

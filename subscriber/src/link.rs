@@ -21,7 +21,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::admin::Condition;
-use wsmq_core::backoff::Backoff;
+use wsmq_core::backoff::{Backoff, BackoffArgs};
 use wsmq_core::dial::{ClientWs, DialError, Dialer};
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::envelope::Envelope;
@@ -33,10 +33,6 @@ use crate::router::Router;
 
 /// The msgqueue endpoint consumers pop from.
 pub const POP_PATH: &str = "/popmsg";
-/// First reconnection delay cap; doubles per failed attempt.
-const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-/// Largest reconnection delay cap.
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Lower bound on how often clients that stay behind are swept, for very short `--slow-client-timeout`s.
 const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(10);
 /// Bytes reserved up front for an ack frame: one ACK record (9 bytes) per delivery of a typical frame.
@@ -62,6 +58,8 @@ pub(crate) struct Link {
     pub(crate) slow_client_timeout: Duration,
     /// "queue link" readiness: true only while connected.
     pub(crate) ready: Condition,
+    /// Reconnect delays (`--link-backoff-initial`, `--link-backoff-max`).
+    pub(crate) backoff: BackoffArgs,
 }
 
 /// Why one link connection ended.
@@ -88,7 +86,8 @@ impl Link {
     #[instrument(skip_all, fields(queue = %self.dialer.url()))]
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         let metrics = self.router.metrics().clone();
-        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
+        let mut backoff = self.backoff.backoff();
+        let mut failed_dials = 0u32;
         while !shutdown.is_cancelled() {
             let ended = self
                 .connect_and_consume(&mut backoff, &metrics, &shutdown)
@@ -98,9 +97,16 @@ impl Link {
             match ended {
                 Ok(()) => break,
                 Err(err @ LinkError::Dial(_)) => {
-                    tracing::warn!(error = %err, "cannot reach msgqueue")
+                    // Attempts come every few hundred ms while msgqueue is down: warn on the 1st, 2nd, 4th, ….
+                    failed_dials = failed_dials.saturating_add(1);
+                    if failed_dials.is_power_of_two() {
+                        tracing::warn!(error = %err, attempts = failed_dials, "cannot reach msgqueue");
+                    } else {
+                        tracing::debug!(error = %err, attempts = failed_dials, "cannot reach msgqueue");
+                    }
                 }
                 Err(err) => {
+                    failed_dials = 0;
                     metrics.link_reconnect();
                     tracing::warn!(error = %err, "link to msgqueue lost, reconnecting");
                 }

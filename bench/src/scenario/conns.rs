@@ -147,7 +147,7 @@ pub fn metric_value(body: &str, name: &str) -> Option<f64> {
 }
 
 /// A minimal HTTP/1.0 GET of an `http://host:port/path` URL (the admin listeners are plain HTTP).
-async fn http_get(url: &str) -> anyhow::Result<String> {
+pub(crate) async fn http_get(url: &str) -> anyhow::Result<String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("--metrics-url must be http://host:port/path"))?;

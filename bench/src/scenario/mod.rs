@@ -1,6 +1,7 @@
 //! The scenarios and what they share: time-bounded phases, progress bars, opening many connections with
 //! bounded concurrency, and subscriber connections (connect, subscribe, confirm).
 
+pub mod chaos;
 pub mod conns;
 pub mod e2e;
 pub mod fanout;
@@ -48,6 +49,7 @@ pub async fn run(cli: crate::cli::Cli) -> anyhow::Result<Report> {
         crate::cli::Scenario::Fanout(args) => fanout::run(&ctx, args).await,
         crate::cli::Scenario::Conns(args) => conns::run(&ctx, args).await,
         crate::cli::Scenario::Queue(args) => queue::run(&ctx, args).await,
+        crate::cli::Scenario::Chaos(args) => chaos::run(&ctx, args).await,
     }
 }
 

@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::Secret;
 use wsmq_core::auth::{Authenticator, Credentials};
+use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::config::{LinkArgs, ServerArgs};
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
@@ -340,6 +341,10 @@ pub(crate) fn config(data_dir: &Path, queue: SocketAddr) -> Config {
             queue_password: Some(Secret::new("pub-password")),
             ca: None,
             insecure: false,
+            backoff: BackoffArgs {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+            },
         },
         limits: Limits {
             drain_timeout: Duration::from_secs(2),
@@ -348,8 +353,6 @@ pub(crate) fn config(data_dir: &Path, queue: SocketAddr) -> Config {
         link_buffer: 10_000,
         link_buffer_bytes: 16 * 1024 * 1024,
         link_batch_bytes: 64 * 1024,
-        link_backoff_initial: Duration::from_millis(10),
-        link_backoff_max: Duration::from_millis(100),
     }
 }
 

@@ -261,6 +261,7 @@ impl Subscriber {
                 queue_password: Some(Secret::new(LINK_PASSWORD)),
                 ca: None,
                 insecure: false,
+                backoff: wsmq_core::backoff::BackoffArgs::default(),
             },
             limits: Limits {
                 drain_timeout: Duration::from_secs(3),

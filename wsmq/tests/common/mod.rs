@@ -43,6 +43,7 @@ pub fn config(data_dir: &Path, services: &[Service]) -> Config {
             queue_password: Some(Secret::new("test")),
             ca: None,
             insecure: false,
+            backoff: wsmq_core::backoff::BackoffArgs::default(),
         },
     }
 }
