@@ -2,63 +2,17 @@
 //! driven by real TLS WebSocket clients the way applications use them.
 
 use std::collections::HashSet;
-use std::path::Path;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio_util::sync::CancellationToken;
+use futures_util::SinkExt;
 use tungstenite::Message;
 mod common;
 
-use common::{ALL, config, within};
-use wsmq::{Service, Stack};
+use common::{ALL, Running, client, config, next_frame, within};
+use wsmq::Service;
 use wsmq_core::Secret;
 use wsmq_core::auth::Credentials;
 use wsmq_core::dial::{ClientWs, Dialer};
-use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::ServerFrame;
-
-struct Running {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), wsmq::Error>>,
-}
-
-impl Running {
-    fn start(stack: Stack) -> Self {
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(stack.run(shutdown.clone()));
-        Self { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        within("stack shutdown", self.task).await.unwrap().unwrap();
-    }
-}
-
-async fn client(data_dir: &Path, port: u16, path: &str) -> ClientWs {
-    let tls = wsmq_core::tls::client_config(None, Some(data_dir), false).unwrap();
-    let dialer = Dialer::new(
-        &format!("wss://localhost:{port}"),
-        Credentials::new("hello", Secret::new("test")),
-        tls,
-    )
-    .unwrap()
-    .with_subprotocol(SUBPROTOCOL_V1);
-    within("dial", dialer.dial(path)).await.unwrap().0
-}
-
-/// The next frame from publisher or subscriber, decoded; pings skipped.
-async fn next_frame(ws: &mut ClientWs) -> ServerFrame {
-    loop {
-        match within("frame", ws.next()).await {
-            Some(Ok(Message::Text(text))) => {
-                return ServerFrame::parse(&text).unwrap_or_else(|| panic!("unknown frame {text}"));
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
 
 async fn subscribe(ws: &mut ClientWs, topic: &str) {
     ws.send(Message::text(format!("sub {topic}")))
@@ -226,12 +180,7 @@ async fn an_oversize_compat_push_to_msgqueue_does_not_stop_delivery() {
         next_frame(&mut publisher).await,
         ServerFrame::Ack { id: "1".into() }
     );
-    // next_frame's own bound restarts with every ping; this one bounds the whole wait.
-    let after = within(
-        "the message published after the oversize push",
-        next_frame(&mut subscriber),
-    );
-    assert_eq!(after.await, message("news", "after"));
+    assert_eq!(next_frame(&mut subscriber).await, message("news", "after"));
     running.stop().await;
 }
 

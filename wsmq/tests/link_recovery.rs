@@ -2,21 +2,16 @@
 //! its cap, the publisher's and the subscriber's links are back (a message waiting in the publisher is acked and
 //! delivered) well within a second of msgqueue listening again.
 
-use std::path::Path;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 mod common;
 
-use common::{config, within};
-use wsmq::{Service, Stack};
-use wsmq_core::Secret;
-use wsmq_core::auth::Credentials;
-use wsmq_core::dial::{ClientWs, Dialer};
-use wsmq_core::protocol::SUBPROTOCOL_V1;
+use common::{Running, client, config, next_frame};
+use wsmq::Service;
+use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::client::ServerFrame;
 
 /// How long msgqueue stays down: several times what the default backoff needs to reach its cap.
@@ -25,49 +20,6 @@ const OUTAGE: Duration = Duration::from_secs(3);
 const OUTAGES: u64 = 3;
 /// The issue asks for 0.5 s; this leaves room for a loaded 2-core machine (the old 5 s and 10 s caps miss it).
 const RECOVERY_BOUND: Duration = Duration::from_secs(1);
-
-struct Running {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), wsmq::Error>>,
-}
-
-impl Running {
-    fn start(stack: Stack) -> Self {
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(stack.run(shutdown.clone()));
-        Self { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        within("shutdown", self.task).await.unwrap().unwrap();
-    }
-}
-
-async fn client(data_dir: &Path, port: u16, path: &str) -> ClientWs {
-    let tls = wsmq_core::tls::client_config(None, Some(data_dir), false).unwrap();
-    let dialer = Dialer::new(
-        &format!("wss://localhost:{port}"),
-        Credentials::new("hello", Secret::new("test")),
-        tls,
-    )
-    .unwrap()
-    .with_subprotocol(SUBPROTOCOL_V1);
-    within("dial", dialer.dial(path)).await.unwrap().0
-}
-
-/// The next frame from publisher or subscriber, decoded; pings skipped.
-async fn next_frame(ws: &mut ClientWs) -> ServerFrame {
-    loop {
-        match within("frame", ws.next()).await {
-            Some(Ok(Message::Text(text))) => {
-                return ServerFrame::parse(&text).unwrap_or_else(|| panic!("unknown frame {text}"));
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
 
 async fn publish(ws: &mut ClientWs, id: u64) {
     let frame =

@@ -12,11 +12,8 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 mod common;
 
-use common::{ALL, config, within};
-use wsmq_core::Secret;
-use wsmq_core::auth::Credentials;
-use wsmq_core::dial::{ClientWs, Dialer};
-use wsmq_core::protocol::SUBPROTOCOL_V1;
+use common::{ALL, client, config, within};
+use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::client::ServerFrame;
 
 /// Messages the publishing client sends at most: it stops earlier when the connection closes.
@@ -27,18 +24,6 @@ const PUBLISHERS: usize = 4;
 const SUBSCRIBERS: usize = 2;
 /// Acks to see before shutting down, so messages are flowing through every hop.
 const ACKS_BEFORE_SHUTDOWN: u64 = 2_000;
-
-async fn client(data_dir: &Path, port: u16, path: &str) -> ClientWs {
-    let tls = wsmq_core::tls::client_config(None, Some(data_dir), false).unwrap();
-    let dialer = Dialer::new(
-        &format!("wss://localhost:{port}"),
-        Credentials::new("hello", Secret::new("test")),
-        tls,
-    )
-    .unwrap()
-    .with_subprotocol(SUBPROTOCOL_V1);
-    within("dial", dialer.dial(path)).await.unwrap().0
-}
 
 /// How a client's connection ended.
 #[derive(Debug, PartialEq)]

@@ -1,13 +1,21 @@
-//! Shared by the stack's tests: a configuration on port 0 with a temp data dir, and bounded waits.
+//! Shared by the stack's tests: a configuration on port 0 with a temp data dir, bounded waits, a running stack
+//! that stops on demand, and a wsmq.v1 client.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::Path;
 use std::time::Duration;
 
-use wsmq::{Config, Service};
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tungstenite::Message;
+use wsmq::{Config, Service, Stack};
 use wsmq_core::Secret;
+use wsmq_core::auth::Credentials;
 use wsmq_core::config::{LinkArgs, ServerArgs};
+use wsmq_core::dial::{ClientWs, Dialer};
+use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::client::ServerFrame;
 
 /// Bound on every await, so a bug fails a test instead of hanging CI.
 pub const STEP: Duration = Duration::from_secs(30);
@@ -46,4 +54,54 @@ pub fn config(data_dir: &Path, services: &[Service]) -> Config {
             backoff: wsmq_core::backoff::BackoffArgs::default(),
         },
     }
+}
+
+/// A stack serving in a task, stopped (and checked to stop cleanly) by [`Running::stop`].
+pub struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), wsmq::Error>>,
+}
+
+impl Running {
+    pub fn start(stack: Stack) -> Self {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(stack.run(shutdown.clone()));
+        Self { shutdown, task }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        within("stack shutdown", self.task).await.unwrap().unwrap();
+    }
+}
+
+/// A wsmq.v1 client of the publisher or subscriber on `port`, as the dev user, trusting the dev CA in `data_dir`.
+pub async fn client(data_dir: &Path, port: u16, path: &str) -> ClientWs {
+    let tls = wsmq_core::tls::client_config(None, Some(data_dir), false).unwrap();
+    let dialer = Dialer::new(
+        &format!("wss://localhost:{port}"),
+        Credentials::new("hello", Secret::new("test")),
+        tls,
+    )
+    .unwrap()
+    .with_subprotocol(SUBPROTOCOL_V1);
+    within("dial", dialer.dial(path)).await.unwrap().0
+}
+
+/// The next frame from publisher or subscriber, decoded; pings skipped. One bound covers the whole wait, so a
+/// frame that never comes fails the test even while the server keeps pinging.
+pub async fn next_frame(ws: &mut ClientWs) -> ServerFrame {
+    within("frame", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    return ServerFrame::parse(&text)
+                        .unwrap_or_else(|| panic!("unknown frame {text}"));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    })
+    .await
 }
