@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ use super::rangeset::RangeSet;
 use super::record::{self, Record, SegmentReader, Snapshot, Step};
 use super::storage::{Progress, Storage, StorageError};
 use super::{DurableToken, FsyncPolicy, Producer, Truncation};
+use wsmq_core::supervise::{TaskFailure, fault_point};
 
 /// Buffered-but-unwritten bytes beyond which pushes are refused until the writer catches up (the capacity of the
 /// writer's queue).
@@ -79,6 +81,21 @@ struct Shared {
     space: Arc<Notify>,
     /// `pending.buf` reached [`WRITE_BACKLOG_CAP`]; read on every push without taking the pending lock.
     backlogged: AtomicBool,
+}
+
+impl Shared {
+    /// Reports a panicked writer thread like a failed one, so pushes and waiters get an error instead of
+    /// hanging, and marks it as a panic, which `Queue::writer_died` turns into a stop of the service.
+    fn writer_panicked(&self, failure: &TaskFailure) {
+        tracing::error!(%failure, "log writer thread died; the queue no longer accepts pushes");
+        let reason = failure.to_string();
+        self.pending.lock().failed = Some(reason.clone());
+        self.progress.send_modify(|p| {
+            p.failed = Some(reason);
+            p.panicked = true;
+        });
+        self.space.notify_waiters();
+    }
 }
 
 /// Where the reader is in the log, so reading the backlog in order is a sequential scan.
@@ -427,7 +444,12 @@ impl DiskLog {
         };
         std::thread::Builder::new()
             .name("wsmq-log-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                let shared = Arc::clone(&writer.shared);
+                if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| writer.run())) {
+                    shared.writer_panicked(&TaskFailure::panicked("log writer", &*panic));
+                }
+            })
             .map_err(|e| StorageError::io("cannot start writer thread for", dir, e))?;
         let log = Self {
             shared,
@@ -588,6 +610,7 @@ impl Writer {
         let mut buf = Vec::new();
         let mut rolls = Vec::new();
         loop {
+            fault_point("log writer");
             let (closing, floor, backlogged) = self.take(&mut buf, &mut rolls);
             if backlogged {
                 self.shared.space.notify_waiters();
