@@ -377,6 +377,10 @@ impl Publisher {
     }
 
     /// Waits (bounded) for the publisher to stop without being asked, returning what `run` returned.
+    #[allow(
+        dead_code,
+        reason = "only tests/supervision.rs expects a publisher to stop on its own"
+    )]
     pub(crate) async fn stopped_on_its_own(
         self,
     ) -> anyhow::Result<Result<(), wsmq_publisher::Error>> {
