@@ -154,6 +154,7 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, StorageError> {
             .and_then(|s| s.to_str())
             .filter(|s| s.len() == 20)
             .and_then(|s| s.parse::<u64>().ok())
+            .filter(|&base| base < record::OFFSET_LIMIT)
         else {
             continue;
         };
@@ -200,7 +201,9 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
     let mut acked = RangeSet::default();
     let mut producers: HashMap<u64, u64> = HashMap::new();
     let mut truncations = Vec::new();
-    for segment in segments.iter_mut() {
+    let bases: Vec<u64> = segments.iter().map(|s| s.base).collect();
+    for (index, segment) in segments.iter_mut().enumerate() {
+        let next_base = bases.get(index + 1).copied().unwrap_or(u64::MAX);
         reader.open(open_segment(&segment.path)?);
         let mut pos = 0;
         loop {
@@ -208,7 +211,7 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
                 .next(pos, segment.len)
                 .map_err(|e| StorageError::io("cannot read", &segment.path, e))?;
             match step {
-                Step::Record(record, after) => {
+                Step::Record(record, after) if fits_before(&record, next_base) => {
                     match record {
                         Record::Message {
                             offset, producer, ..
@@ -236,7 +239,7 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
                     pos = after;
                 }
                 Step::End => break,
-                Step::Torn | Step::Corrupt => {
+                Step::Record(..) | Step::Torn | Step::Corrupt => {
                     truncate(&segment.path, pos)?;
                     tracing::warn!(segment = %segment.path.display(), position = pos,
                         dropped_bytes = segment.len - pos, "truncated a torn or corrupt log tail");
@@ -251,6 +254,9 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
             }
         }
     }
+    // A segment is named by the next offset when it was started, so the queue got at least that far even if the
+    // segment's head snapshot was torn.
+    next_offset = next_offset.max(segments.last().map_or(0, |s| s.base));
     acked.remove_below(floor);
     delete_below(segments, floor)?;
 
@@ -296,6 +302,19 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
         truncations,
         segments: segments.len(),
     })
+}
+
+/// Whether a record agrees with the segment that follows its own, which starts at `next_base`: a segment is
+/// started when the next offset reaches its base, so no earlier segment holds a message at or beyond it or a
+/// snapshot claiming more. A checksummed record that says otherwise was not written by this log; recovery treats
+/// it as corrupt, or deleting the segment once its messages are acked would move the next offset backwards and
+/// reuse offsets after the following restart.
+fn fits_before(record: &Record<'_>, next_base: u64) -> bool {
+    match record {
+        Record::Message { offset, .. } => *offset < next_base,
+        Record::Snapshot(snapshot) => snapshot.next_offset <= next_base,
+        Record::Acks(_) => true,
+    }
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), StorageError> {
@@ -807,5 +826,35 @@ mod tests {
         scan(&mut cursor, &segments, 0, 5, &skip, usize::MAX, &mut out).unwrap();
         let offsets: Vec<u64> = out.iter().map(|(offset, _)| *offset).collect();
         assert_eq!(offsets, [0, 4], "read-back delivers what recovery counted");
+    }
+
+    #[test]
+    fn a_record_claiming_offsets_of_the_next_segment_is_truncated_and_recovery_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Vec::new();
+        record::encode_snapshot(&mut first, &Snapshot::default());
+        record::encode_message(&mut first, 0, None, b"a");
+        let valid = first.len() as u64;
+        record::encode_message(&mut first, 1 << 40, None, b"from elsewhere");
+        fs::write(segment_path(dir.path(), 0), &first).unwrap();
+        let mut second = Vec::new();
+        let head = Snapshot {
+            next_offset: 2,
+            floor: 1,
+            producers: Vec::new(),
+        };
+        record::encode_snapshot(&mut second, &head);
+        record::encode_message(&mut second, 2, None, b"b");
+        fs::write(segment_path(dir.path(), 2), &second).unwrap();
+
+        let mut segments = list_segments(dir.path()).unwrap();
+        let recovered = recover(&mut segments).unwrap();
+        assert_eq!(recovered.truncations.len(), 1);
+        assert_eq!(recovered.truncations[0].position, valid);
+        assert_eq!((recovered.next_offset, recovered.messages), (3, 1));
+        let mut segments = list_segments(dir.path()).unwrap();
+        let again = recover(&mut segments).unwrap();
+        assert!(again.truncations.is_empty());
+        assert_eq!((again.next_offset, again.messages), (3, 1));
     }
 }

@@ -24,7 +24,7 @@ const MAX_ACK_RUNS: usize = 64 * 1024;
 pub(crate) const MAX_SNAPSHOT_PRODUCERS: usize = 1_000_000;
 /// Offsets at or beyond this are corrupt: a queue needs 2^63 pushes to get there, and keeping every stored offset
 /// (and next offset) below it means `offset + 1` can never overflow, whatever a damaged segment holds.
-const OFFSET_LIMIT: u64 = 1 << 63;
+pub(crate) const OFFSET_LIMIT: u64 = 1 << 63;
 /// How much a reader fetches per read syscall, so scanning costs one syscall per chunk, not per record.
 const READ_CHUNK: usize = 256 * 1024;
 
