@@ -202,6 +202,7 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
     let mut producers: HashMap<u64, u64> = HashMap::new();
     let mut truncations = Vec::new();
     let bases: Vec<u64> = segments.iter().map(|s| s.base).collect();
+    let mut ack_runs = Vec::new();
     for (index, segment) in segments.iter_mut().enumerate() {
         let next_base = bases.get(index + 1).copied().unwrap_or(u64::MAX);
         reader.open(open_segment(&segment.path)?);
@@ -223,9 +224,9 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
                             }
                         }
                         Record::Acks(runs) => {
-                            for (start, count) in runs {
-                                acked.insert(start, start.saturating_add(u64::from(count)));
-                            }
+                            ack_runs.extend(runs.into_iter().map(|(start, count)| {
+                                (start, start.saturating_add(u64::from(count)))
+                            }));
                         }
                         Record::Snapshot(snapshot) => {
                             next_offset = next_offset.max(snapshot.next_offset);
@@ -257,6 +258,13 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
     // A segment is named by the next offset when it was started, so the queue got at least that far even if the
     // segment's head snapshot was torn.
     next_offset = next_offset.max(segments.last().map_or(0, |s| s.base));
+    // An ack of an offset not yet assigned was not written by this log; kept, it would swallow the message that
+    // gets that offset next.
+    for (start, end) in ack_runs {
+        if start < next_offset {
+            acked.insert(start, end.min(next_offset));
+        }
+    }
     acked.remove_below(floor);
     delete_below(segments, floor)?;
 
@@ -826,6 +834,23 @@ mod tests {
         scan(&mut cursor, &segments, 0, 5, &skip, usize::MAX, &mut out).unwrap();
         let offsets: Vec<u64> = out.iter().map(|(offset, _)| *offset).collect();
         assert_eq!(offsets, [0, 4], "read-back delivers what recovery counted");
+    }
+
+    #[test]
+    fn an_ack_of_an_offset_not_yet_assigned_does_not_swallow_the_next_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        record::encode_snapshot(&mut buf, &Snapshot::default());
+        record::encode_message(&mut buf, 0, None, b"a");
+        record::encode_acks(&mut buf, &mut [1, 2, 3]);
+        fs::write(segment_path(dir.path(), 0), &buf).unwrap();
+        let mut segments = list_segments(dir.path()).unwrap();
+        let recovered = recover(&mut segments).unwrap();
+        assert_eq!((recovered.next_offset, recovered.messages), (1, 1));
+        assert!(
+            !recovered.acked.contains(1),
+            "the next push would count as acked"
+        );
     }
 
     #[test]
