@@ -355,14 +355,16 @@ impl Stack {
         }
         let queue = self.msgqueue.map(|q| {
             let token = queue_shutdown.clone();
+            let edges_stop = edges_shutdown.clone();
             tokio::spawn(async move {
-                catch_panic("msgqueue", q.run(token))
-                    .await?
-                    .map_err(Error::from)
+                let result = catch_panic("msgqueue", q.run(token)).await;
+                // msgqueue ending on its own (a failed part) ends the stack: the edges have nothing to link to.
+                edges_stop.cancel();
+                result?.map_err(Error::from)
             })
         });
         if edges.is_empty() {
-            shutdown.cancelled().await;
+            edges_shutdown.cancelled().await;
         }
         let mut first_error = None;
         while let Some(joined) = edges.join_next().await {
