@@ -212,7 +212,7 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
                 .next(pos, segment.len)
                 .map_err(|e| StorageError::io("cannot read", &segment.path, e))?;
             match step {
-                Step::Record(record, after) if fits_before(&record, next_base) => {
+                Step::Record(record, after) if fits(&record, segment.base, next_base) => {
                     match record {
                         Record::Message {
                             offset, producer, ..
@@ -312,15 +312,15 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
     })
 }
 
-/// Whether a record agrees with the segment that follows its own, which starts at `next_base`: a segment is
-/// started when the next offset reaches its base, so no earlier segment holds a message at or beyond it or a
-/// snapshot claiming more. A checksummed record that says otherwise was not written by this log; recovery treats
-/// it as corrupt, or deleting the segment once its messages are acked would move the next offset backwards and
-/// reuse offsets after the following restart.
-fn fits_before(record: &Record<'_>, next_base: u64) -> bool {
+/// Whether a record agrees with its segment, named `base`, and the next one, starting at `next_base`: a segment
+/// is started when the next offset reaches its base (and recovery never lets the next offset fall below the last
+/// base), so its messages and its head snapshot lie between the two. A checksummed record that says otherwise was
+/// not written by this log; recovery treats it as corrupt, or deleting segments once their messages are acked
+/// would move the next offset backwards or bring acked messages back after the following restart.
+fn fits(record: &Record<'_>, base: u64, next_base: u64) -> bool {
     match record {
-        Record::Message { offset, .. } => *offset < next_base,
-        Record::Snapshot(snapshot) => snapshot.next_offset <= next_base,
+        Record::Message { offset, .. } => (base..next_base).contains(offset),
+        Record::Snapshot(snapshot) => (base..=next_base).contains(&snapshot.next_offset),
         Record::Acks(_) => true,
     }
 }
