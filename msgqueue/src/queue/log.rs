@@ -854,6 +854,25 @@ mod tests {
     }
 
     #[test]
+    fn a_message_below_its_segments_base_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        let head = Snapshot {
+            next_offset: 7,
+            ..Snapshot::default()
+        };
+        record::encode_snapshot(&mut buf, &head);
+        let valid = buf.len() as u64;
+        record::encode_message(&mut buf, 3, None, b"from elsewhere");
+        fs::write(segment_path(dir.path(), 7), &buf).unwrap();
+        let mut segments = list_segments(dir.path()).unwrap();
+        let recovered = recover(&mut segments).unwrap();
+        assert_eq!(recovered.truncations.len(), 1);
+        assert_eq!(recovered.truncations[0].position, valid);
+        assert_eq!((recovered.next_offset, recovered.messages), (7, 0));
+    }
+
+    #[test]
     fn a_record_claiming_offsets_of_the_next_segment_is_truncated_and_recovery_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let mut first = Vec::new();
