@@ -125,7 +125,7 @@ where
         if n == 0 {
             return Err(HttpError::Closed);
         }
-        if let Some((head, consumed)) = parse(&buf)? {
+        if let Some((head, consumed)) = parse_head(&buf)? {
             let leftover = buf.split_off(consumed);
             return Ok((head, leftover));
         }
@@ -135,8 +135,10 @@ where
     }
 }
 
-/// Parses `buf` if it holds a complete head; `Ok(None)` means more bytes are needed.
-fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HttpError> {
+/// Parses `buf` if it holds a complete head, returning it with the number of bytes it took; `Ok(None)` means
+/// more bytes are needed. Public so the fuzz targets and their corpus replay test drive the exact parser the
+/// listener uses; servers call [`read_request_head`], which adds the socket loop and the size cap.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let consumed = match request.parse(buf) {

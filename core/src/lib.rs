@@ -20,6 +20,7 @@ pub mod secret;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod supervise;
 pub mod tls;
 pub mod ws;
 

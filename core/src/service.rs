@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::auth::AuthError;
 use crate::config::LinkConfigError;
 use crate::server::ServeError;
+use crate::supervise::TaskFailure;
 use crate::tls::TlsError;
 
 /// A listener address could not be bound (in use, no permission) or its bound address read.
@@ -54,4 +55,8 @@ pub enum StartError {
     /// The client listener failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// A long-lived part (the link, the admin listener) panicked or ended on its own; the service drained and
+    /// stopped so that it can be restarted.
+    #[error(transparent)]
+    Task(#[from] TaskFailure),
 }

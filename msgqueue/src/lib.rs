@@ -25,6 +25,7 @@ use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::server::{Accepted, Route, ServeError, ServerConfig, serve};
 use wsmq_core::service::{self, BindError};
+use wsmq_core::supervise::{Supervisor, TaskFailure};
 use wsmq_core::tls::TlsError;
 
 pub use config::Config;
@@ -53,6 +54,10 @@ pub enum Error {
     /// The listener failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// A long-lived part (the log writer, the admin listener) panicked or ended on its own; msgqueue drained
+    /// and stopped so that it can be restarted and recover its log.
+    #[error(transparent)]
+    Task(#[from] TaskFailure),
 }
 
 /// msgqueue with its listeners bound and its storage recovered, ready to [`Bound::run`]. Splitting `bind` from
@@ -165,15 +170,18 @@ impl Bound {
         if let (Ok(addr), Ok(admin_addr)) = (listener.local_addr(), admin.local_addr()) {
             tracing::info!(%addr, %admin_addr, "msgqueue listening on /pushmsg and /popmsg");
         }
+        let supervisor = Supervisor::new(&shutdown);
+        let stop = supervisor.token().clone();
         let ready = readiness.condition("listener");
         let routes = deadletters::DeadLetterRoutes::new(queue.clone());
-        let admin_task = tokio::spawn(serve_admin_with(
-            admin,
-            registry,
-            readiness,
-            Some(routes),
-            shutdown.clone(),
-        ));
+        let admin_task = supervisor.spawn(
+            "msgqueue admin listener",
+            serve_admin_with(admin, registry, readiness, Some(routes), stop.clone()),
+        );
+        supervisor.watch("log writer", {
+            let queue = queue.clone();
+            async move { queue.writer_died().await }
+        });
         ready.set_ready(true);
 
         let handler_queue = queue.clone();
@@ -200,16 +208,18 @@ impl Bound {
                     }
                 }
             },
-            shutdown,
+            stop,
         )
         .await;
+        supervisor.stop();
         ready.set_ready(false);
         queue.close().await;
-        if let Ok(Err(err)) = admin_task.await {
+        if let Ok(Some(Err(err))) = admin_task.await {
             tracing::warn!(%err, "admin listener failed");
         }
         tracing::info!("msgqueue stopped");
-        result.map_err(Error::from)
+        result?;
+        Ok(supervisor.finish()?)
     }
 }
 

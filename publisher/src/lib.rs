@@ -22,6 +22,7 @@ use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::server::{Route, ServerConfig, serve};
 use wsmq_core::service;
+use wsmq_core::supervise::Supervisor;
 
 use crate::link::{Link, LinkConfig, LinkTask};
 use crate::metrics::PublisherMetrics;
@@ -169,24 +170,29 @@ impl Bound {
     /// gets up to the drain timeout to have msgqueue ack what it still holds before it closes too.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         let drain_timeout = self.server.limits.drain_timeout;
-        let admin_stop = shutdown.child_token();
+        let supervisor = Supervisor::new(&shutdown);
+        let admin_stop = supervisor.token().child_token();
         let link_stop = CancellationToken::new();
-        let mut link = tokio::spawn(self.link_task.run(link_stop.clone()));
-        let admin = tokio::spawn(serve_admin(
-            self.admin,
-            Arc::new(self.registry),
-            self.readiness,
-            admin_stop.clone(),
-        ));
+        let mut link = supervisor.spawn("publisher link", self.link_task.run(link_stop.clone()));
+        let admin = supervisor.spawn(
+            "publisher admin listener",
+            serve_admin(
+                self.admin,
+                Arc::new(self.registry),
+                self.readiness,
+                admin_stop.clone(),
+            ),
+        );
         tracing::info!(addr = %self.local_addr, "publisher listening");
         let context = self.context;
         let served = serve(
             self.listener,
             Arc::new(self.server),
             move |accepted| session::handle(accepted, context.clone()),
-            shutdown,
+            supervisor.token().clone(),
         )
         .await;
+        supervisor.stop();
         admin_stop.cancel();
         if tokio::time::timeout(drain_timeout, &mut link)
             .await
@@ -199,11 +205,12 @@ impl Bound {
             let _ = link.await;
         }
         match admin.await {
-            Ok(Err(err)) => tracing::warn!(%err, "admin listener failed"),
+            Ok(Some(Err(err))) => tracing::warn!(%err, "admin listener failed"),
             Err(err) => tracing::warn!(%err, "admin listener task failed"),
-            Ok(Ok(())) => {}
+            Ok(_) => {}
         }
-        served.map_err(Error::from)
+        served?;
+        Ok(supervisor.finish()?)
     }
 }
 

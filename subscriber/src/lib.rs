@@ -26,6 +26,7 @@ use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::server::{Route, ServerConfig, serve};
 use wsmq_core::service;
+use wsmq_core::supervise::Supervisor;
 
 pub use link::POP_PATH;
 pub use metrics::SubscriberMetrics;
@@ -208,32 +209,38 @@ impl Bound {
     /// Serves until `shutdown` is cancelled: clients on `/subscribe`, the link to msgqueue and the admin
     /// endpoints. Open client connections are closed with 1001 and drained within the drain timeout.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let background = shutdown.child_token();
-        let link = tokio::spawn(self.link.run(background.clone()));
-        let admin = tokio::spawn(serve_admin(
-            self.admin,
-            self.registry,
-            self.readiness,
-            background.clone(),
-        ));
+        let supervisor = Supervisor::new(&shutdown);
+        let background = supervisor.token().child_token();
+        let link = supervisor.spawn("subscriber link", self.link.run(background.clone()));
+        let admin = supervisor.spawn(
+            "subscriber admin listener",
+            serve_admin(
+                self.admin,
+                self.registry,
+                self.readiness,
+                background.clone(),
+            ),
+        );
         let settings = self.settings;
         let served = serve(
             self.listener,
             self.server,
             move |accepted| session::serve_client(accepted, Arc::clone(&settings)),
-            shutdown,
+            supervisor.token().clone(),
         )
         .await;
+        supervisor.stop();
         background.cancel();
         if let Err(err) = link.await {
             tracing::warn!(%err, "link task failed");
         }
         match admin.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(%err, "admin listener failed"),
+            Ok(Some(Err(err))) => tracing::warn!(%err, "admin listener failed"),
             Err(err) => tracing::warn!(%err, "admin task failed"),
+            Ok(_) => {}
         }
-        Ok(served?)
+        served?;
+        Ok(supervisor.finish()?)
     }
 }
 

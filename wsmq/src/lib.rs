@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::Secret;
 use wsmq_core::config::ServerArgs;
+use wsmq_core::supervise::{TaskFailure, catch_panic};
 
 /// Development credentials, as in ws-go. Accepted only while every listener is on loopback.
 pub const DEV_USERS: &str = "hello:test";
@@ -89,6 +90,9 @@ pub enum Error {
     /// subscriber failed.
     #[error("subscriber: {0}")]
     Subscriber(#[source] wsmq_subscriber::Error),
+    /// A service panicked outside its supervised parts (e.g. in its accept loop).
+    #[error(transparent)]
+    Panicked(#[from] TaskFailure),
 }
 
 /// The stack with every selected listener bound, ready to [`Stack::run`].
@@ -335,18 +339,32 @@ impl Stack {
         let mut edges: JoinSet<Result<(), Error>> = JoinSet::new();
         if let Some(p) = self.publisher {
             let token = edges_shutdown.clone();
-            edges.spawn(async move { p.run(token).await.map_err(Error::Publisher) });
+            edges.spawn(async move {
+                catch_panic("publisher", p.run(token))
+                    .await?
+                    .map_err(Error::Publisher)
+            });
         }
         if let Some(s) = self.subscriber {
             let token = edges_shutdown.clone();
-            edges.spawn(async move { s.run(token).await.map_err(Error::Subscriber) });
+            edges.spawn(async move {
+                catch_panic("subscriber", s.run(token))
+                    .await?
+                    .map_err(Error::Subscriber)
+            });
         }
         let queue = self.msgqueue.map(|q| {
             let token = queue_shutdown.clone();
-            tokio::spawn(async move { q.run(token).await.map_err(Error::from) })
+            let edges_stop = edges_shutdown.clone();
+            tokio::spawn(async move {
+                let result = catch_panic("msgqueue", q.run(token)).await;
+                // msgqueue ending on its own (a failed part) ends the stack: the edges have nothing to link to.
+                edges_stop.cancel();
+                result?.map_err(Error::from)
+            })
         });
         if edges.is_empty() {
-            shutdown.cancelled().await;
+            edges_shutdown.cancelled().await;
         }
         let mut first_error = None;
         while let Some(joined) = edges.join_next().await {

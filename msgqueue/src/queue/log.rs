@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +34,7 @@ use super::rangeset::RangeSet;
 use super::record::{self, Record, SegmentReader, Snapshot, Step};
 use super::storage::{Progress, Storage, StorageError, is_no_space};
 use super::{DurableToken, FsyncPolicy, Producer, Truncation};
+use wsmq_core::supervise::{TaskFailure, fault_point};
 
 /// Buffered-but-unwritten bytes beyond which pushes are refused until the writer catches up (the capacity of the
 /// writer's queue).
@@ -105,6 +107,21 @@ struct Shared {
     dead_len: AtomicU64,
 }
 
+impl Shared {
+    /// Reports a panicked writer thread like a failed one, so pushes and waiters get an error instead of
+    /// hanging, and marks it as a panic, which `Queue::writer_died` turns into a stop of the service.
+    fn writer_panicked(&self, failure: &TaskFailure) {
+        tracing::error!(%failure, "log writer thread died; the queue no longer accepts pushes");
+        let reason = failure.to_string();
+        self.pending.lock().failed = Some(reason.clone());
+        self.progress.send_modify(|p| {
+            p.failed = Some(reason);
+            p.panicked = true;
+        });
+        self.space.notify_waiters();
+    }
+}
+
 /// Where the reader is in the log, so reading the backlog in order is a sequential scan.
 #[derive(Debug, Default)]
 struct ReadCursor {
@@ -163,6 +180,7 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, StorageError> {
             .and_then(|s| s.to_str())
             .filter(|s| s.len() == 20)
             .and_then(|s| s.parse::<u64>().ok())
+            .filter(|&base| base < record::OFFSET_LIMIT)
         else {
             continue;
         };
@@ -209,7 +227,10 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
     let mut acked = RangeSet::default();
     let mut producers: HashMap<u64, u64> = HashMap::new();
     let mut truncations = Vec::new();
-    for segment in segments.iter_mut() {
+    let bases: Vec<u64> = segments.iter().map(|s| s.base).collect();
+    let mut ack_runs = Vec::new();
+    for (index, segment) in segments.iter_mut().enumerate() {
+        let next_base = bases.get(index + 1).copied().unwrap_or(u64::MAX);
         reader.open(open_segment(&segment.path)?);
         let mut pos = 0;
         loop {
@@ -217,7 +238,7 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
                 .next(pos, segment.len)
                 .map_err(|e| StorageError::io("cannot read", &segment.path, e))?;
             match step {
-                Step::Record(record, after) => {
+                Step::Record(record, after) if fits(&record, segment.base, next_base) => {
                     match record {
                         Record::Message {
                             offset, producer, ..
@@ -229,9 +250,9 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
                             }
                         }
                         Record::Acks(runs) => {
-                            for (start, count) in runs {
-                                acked.insert(start, start.saturating_add(u64::from(count)));
-                            }
+                            ack_runs.extend(runs.into_iter().map(|(start, count)| {
+                                (start, start.saturating_add(u64::from(count)))
+                            }));
                         }
                         Record::Snapshot(snapshot) => {
                             next_offset = next_offset.max(snapshot.next_offset);
@@ -247,7 +268,7 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
                     pos = after;
                 }
                 Step::End => break,
-                Step::Torn | Step::Corrupt => {
+                Step::Record(..) | Step::Torn | Step::Corrupt => {
                     truncate(&segment.path, pos)?;
                     tracing::warn!(segment = %segment.path.display(), position = pos,
                         dropped_bytes = segment.len - pos, "truncated a torn or corrupt log tail");
@@ -262,6 +283,16 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
             }
         }
     }
+    // A segment is named by the next offset when it was started, so the queue got at least that far even if the
+    // segment's head snapshot was torn.
+    next_offset = next_offset.max(segments.last().map_or(0, |s| s.base));
+    // An ack of an offset not yet assigned was not written by this log; kept, it would swallow the message that
+    // gets that offset next.
+    for (start, end) in ack_runs {
+        if start < next_offset {
+            acked.insert(start, end.min(next_offset));
+        }
+    }
     acked.remove_below(floor);
     delete_below(segments, floor)?;
 
@@ -269,6 +300,9 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
     let mut bytes = 0;
     let mut first_unacked = next_offset;
     let mut unacked_end = 0;
+    // Read-back (`scan`) delivers only offsets above the last one it passed; count the same way, or a damaged log
+    // holding an offset twice or out of order would report messages no consumer can ever receive.
+    let mut above = 0;
     for segment in segments.iter() {
         reader.open(open_segment(&segment.path)?);
         let mut pos = 0;
@@ -279,13 +313,15 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
             if let Record::Message {
                 offset, payload, ..
             } = record
-                && offset >= floor
-                && !acked.contains(offset)
+                && offset >= above
             {
-                messages += 1;
-                bytes += payload.len() as u64;
-                first_unacked = first_unacked.min(offset);
-                unacked_end = unacked_end.max(offset + 1);
+                above = offset + 1;
+                if offset >= floor && !acked.contains(offset) {
+                    messages += 1;
+                    bytes += payload.len() as u64;
+                    first_unacked = first_unacked.min(offset);
+                    unacked_end = unacked_end.max(offset + 1);
+                }
             }
             pos = after;
         }
@@ -439,6 +475,20 @@ fn append_whole(
             .map_err(|e| StorageError::io("cannot cut a partial write from", path, e))?;
     }
     result
+}
+
+/// Whether a record agrees with its segment, named `base`, and the next one, starting at `next_base`: a segment
+/// is started when the next offset reaches its base (and recovery never lets the next offset fall below the last
+/// base), so its messages and its head snapshot lie between the two. A checksummed record that says otherwise was
+/// not written by this log; recovery treats it as corrupt, or deleting segments once their messages are acked
+/// would move the next offset backwards or bring acked messages back after the following restart.
+fn fits(record: &Record<'_>, base: u64, next_base: u64) -> bool {
+    match record {
+        Record::Message { offset, .. } => (base..next_base).contains(offset),
+        Record::Snapshot(snapshot) => (base..=next_base).contains(&snapshot.next_offset),
+        // Dead-letter records belong in the dead-letter file; recovery of a segment ignores them.
+        Record::Acks(_) | Record::Dead(..) | Record::DeadRemoved(_) => true,
+    }
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), StorageError> {
@@ -608,7 +658,12 @@ impl DiskLog {
         };
         std::thread::Builder::new()
             .name("wsmq-log-writer".into())
-            .spawn(move || writer.run())
+            .spawn(move || {
+                let shared = Arc::clone(&writer.shared);
+                if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| writer.run())) {
+                    shared.writer_panicked(&TaskFailure::panicked("log writer", &*panic));
+                }
+            })
             .map_err(|e| StorageError::io("cannot start writer thread for", dir, e))?;
         let log = Self {
             shared,
@@ -822,6 +877,7 @@ impl Writer {
         let mut dead = Vec::new();
         let mut rolls = Vec::new();
         loop {
+            fault_point("log writer");
             let (closing, floor, backlogged) = self.take(&mut buf, &mut dead, &mut rolls);
             if backlogged {
                 self.shared.space.notify_waiters();
@@ -1120,5 +1176,94 @@ mod tests {
         disk.room = usize::MAX;
         assert!(append_whole(&mut disk, path, good, &second, true).is_ok());
         assert_eq!(*disk.data.get_mut(), [first, second].concat());
+    }
+
+    #[test]
+    fn recovery_counts_a_repeated_or_out_of_order_offset_once_as_read_back_delivers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        record::encode_snapshot(&mut buf, &Snapshot::default());
+        for offset in [0, 0, 4, 2] {
+            record::encode_message(&mut buf, offset, None, b"m");
+        }
+        let path = segment_path(dir.path(), 0);
+        fs::write(&path, &buf).unwrap();
+        let mut segments = list_segments(dir.path()).unwrap();
+        let recovered = recover(&mut segments).unwrap();
+        assert_eq!((recovered.messages, recovered.bytes), (2, 2));
+        assert_eq!((recovered.first_unacked, recovered.unacked_end), (0, 5));
+
+        let mut cursor = ReadCursor::default();
+        let mut out = Vec::new();
+        let skip = RangeSet::default();
+        scan(&mut cursor, &segments, 0, 5, &skip, usize::MAX, &mut out).unwrap();
+        let offsets: Vec<u64> = out.iter().map(|(offset, _)| *offset).collect();
+        assert_eq!(offsets, [0, 4], "read-back delivers what recovery counted");
+    }
+
+    #[test]
+    fn an_ack_of_an_offset_not_yet_assigned_does_not_swallow_the_next_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        record::encode_snapshot(&mut buf, &Snapshot::default());
+        record::encode_message(&mut buf, 0, None, b"a");
+        record::encode_acks(&mut buf, &mut [1, 2, 3]);
+        fs::write(segment_path(dir.path(), 0), &buf).unwrap();
+        let mut segments = list_segments(dir.path()).unwrap();
+        let recovered = recover(&mut segments).unwrap();
+        assert_eq!((recovered.next_offset, recovered.messages), (1, 1));
+        assert!(
+            !recovered.acked.contains(1),
+            "the next push would count as acked"
+        );
+    }
+
+    #[test]
+    fn a_message_below_its_segments_base_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        let head = Snapshot {
+            next_offset: 7,
+            ..Snapshot::default()
+        };
+        record::encode_snapshot(&mut buf, &head);
+        let valid = buf.len() as u64;
+        record::encode_message(&mut buf, 3, None, b"from elsewhere");
+        fs::write(segment_path(dir.path(), 7), &buf).unwrap();
+        let mut segments = list_segments(dir.path()).unwrap();
+        let recovered = recover(&mut segments).unwrap();
+        assert_eq!(recovered.truncations.len(), 1);
+        assert_eq!(recovered.truncations[0].position, valid);
+        assert_eq!((recovered.next_offset, recovered.messages), (7, 0));
+    }
+
+    #[test]
+    fn a_record_claiming_offsets_of_the_next_segment_is_truncated_and_recovery_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Vec::new();
+        record::encode_snapshot(&mut first, &Snapshot::default());
+        record::encode_message(&mut first, 0, None, b"a");
+        let valid = first.len() as u64;
+        record::encode_message(&mut first, 1 << 40, None, b"from elsewhere");
+        fs::write(segment_path(dir.path(), 0), &first).unwrap();
+        let mut second = Vec::new();
+        let head = Snapshot {
+            next_offset: 2,
+            floor: 1,
+            producers: Vec::new(),
+        };
+        record::encode_snapshot(&mut second, &head);
+        record::encode_message(&mut second, 2, None, b"b");
+        fs::write(segment_path(dir.path(), 2), &second).unwrap();
+
+        let mut segments = list_segments(dir.path()).unwrap();
+        let recovered = recover(&mut segments).unwrap();
+        assert_eq!(recovered.truncations.len(), 1);
+        assert_eq!(recovered.truncations[0].position, valid);
+        assert_eq!((recovered.next_offset, recovered.messages), (3, 1));
+        let mut segments = list_segments(dir.path()).unwrap();
+        let again = recover(&mut segments).unwrap();
+        assert!(again.truncations.is_empty());
+        assert_eq!((again.next_offset, again.messages), (3, 1));
     }
 }

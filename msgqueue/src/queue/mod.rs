@@ -936,6 +936,18 @@ impl Queue {
         }
     }
 
+    /// Resolves with the reason once the log's writer thread has died (panicked): nothing more can be made
+    /// durable, so msgqueue stops with an error and is restarted, recovering its log. Never resolves while the
+    /// writer lives, after a clean close, or for the memory backend, which has no writer.
+    pub async fn writer_died(&self) -> String {
+        if let Some(mut progress) = self.inner.storage.progress()
+            && let Ok(progress) = progress.wait_for(|p| p.panicked).await
+        {
+            return progress.failed.clone().unwrap_or_default();
+        }
+        std::future::pending().await
+    }
+
     /// Resolves when a payload of `len` bytes would fit (or the queue closed), for compat pushers that must stop
     /// reading rather than drop a message. A push may still find the queue full if others took the space; loop.
     pub async fn wait_for_space(&self, len: usize) {

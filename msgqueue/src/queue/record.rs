@@ -22,6 +22,9 @@ pub(crate) const MAX_PAYLOAD: usize = MAX_RECORD_LEN - 1 - MESSAGE_FIXED;
 const MAX_ACK_RUNS: usize = 64 * 1024;
 /// Producer marks a snapshot record can hold (16 bytes each), far below [`MAX_RECORD_LEN`].
 pub(crate) const MAX_SNAPSHOT_PRODUCERS: usize = 1_000_000;
+/// Offsets at or beyond this are corrupt: a queue needs 2^63 pushes to get there, and keeping every stored offset
+/// (and next offset) below it means `offset + 1` can never overflow, whatever a damaged segment holds.
+pub(crate) const OFFSET_LIMIT: u64 = 1 << 63;
 /// How much a reader fetches per read syscall, so scanning costs one syscall per chunk, not per record.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -206,7 +209,7 @@ fn decode(bytes: &[u8]) -> Option<Record<'_>> {
     let mut body = Body(bytes);
     match body.u8()? {
         KIND_MESSAGE => {
-            let offset = body.u64()?;
+            let offset = body.u64().filter(|&o| o < OFFSET_LIMIT)?;
             let flags = body.u8()?;
             let id = body.u64()?;
             let seq = body.u64()?;
@@ -225,8 +228,8 @@ fn decode(bytes: &[u8]) -> Option<Record<'_>> {
             Some(Record::Acks(runs))
         }
         KIND_SNAPSHOT => {
-            let next_offset = body.u64()?;
-            let floor = body.u64()?;
+            let next_offset = body.u64().filter(|&o| o < OFFSET_LIMIT)?;
+            let floor = body.u64().filter(|&o| o <= next_offset)?;
             let count = body.u32()? as usize;
             if body.0.len() != count * 16 {
                 return None;
@@ -462,6 +465,43 @@ mod tests {
             reader.next(0, buf.len() as u64).unwrap(),
             Step::Corrupt
         ));
+    }
+
+    #[test]
+    fn offsets_a_queue_cannot_reach_are_corrupt() {
+        let read = |buf: &[u8]| {
+            let mut file = tempfile::tempfile().unwrap();
+            file.write_all(buf).unwrap();
+            let mut reader = SegmentReader::default();
+            reader.open(file);
+            matches!(reader.next(0, buf.len() as u64).unwrap(), Step::Record(..))
+        };
+        let message = |offset| {
+            let mut buf = Vec::new();
+            encode_message(&mut buf, offset, None, b"m");
+            buf
+        };
+        let snapshot = |next_offset, floor| {
+            let mut buf = Vec::new();
+            let producers = Vec::new();
+            encode_snapshot(
+                &mut buf,
+                &Snapshot {
+                    next_offset,
+                    floor,
+                    producers,
+                },
+            );
+            buf
+        };
+        assert!(read(&message(OFFSET_LIMIT - 1)));
+        assert!(!read(&message(u64::MAX)), "offset + 1 would overflow");
+        assert!(read(&snapshot(OFFSET_LIMIT - 1, 5)));
+        assert!(
+            !read(&snapshot(u64::MAX, 0)),
+            "the next push would overflow"
+        );
+        assert!(!read(&snapshot(5, 6)), "a floor above the next offset");
     }
 
     #[test]

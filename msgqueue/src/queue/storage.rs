@@ -79,6 +79,9 @@ pub(crate) struct Progress {
     pub(crate) failed: Option<String>,
     /// Set when the writer has flushed everything and exited.
     pub(crate) closed: bool,
+    /// Set when the writer thread panicked (`failed` holds the message): a bug, not an I/O condition, so the
+    /// service stops rather than run on without durability.
+    pub(crate) panicked: bool,
 }
 
 /// A queue storage backend. Implementations buffer appends and make them durable asynchronously; the engine

@@ -379,6 +379,17 @@ impl Publisher {
         Ok(())
     }
 
+    /// Waits (bounded) for the publisher to stop without being asked, returning what `run` returned.
+    #[allow(
+        dead_code,
+        reason = "only tests/supervision.rs expects a publisher to stop on its own"
+    )]
+    pub(crate) async fn stopped_on_its_own(
+        self,
+    ) -> anyhow::Result<Result<(), wsmq_publisher::Error>> {
+        Ok(within("the publisher to stop on its own", self.task).await??)
+    }
+
     /// Opens a client WebSocket to `/publish`: `wsmq.v1` when `v1`, else compat mode (exactly what a ws-go
     /// client offers: no subprotocol).
     pub(crate) async fn client(&self, data_dir: &Path, v1: bool) -> anyhow::Result<ClientWs> {

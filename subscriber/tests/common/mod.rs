@@ -335,6 +335,11 @@ impl Subscriber {
         .await
     }
 
+    /// Waits (bounded) for the subscriber to stop without being asked, returning what `run` returned.
+    pub async fn stopped_on_its_own(self) -> TestResult<Result<(), wsmq_subscriber::Error>> {
+        Ok(step(self.task).await??)
+    }
+
     /// Shuts the subscriber down and checks it stopped cleanly.
     pub async fn stop(self) -> TestResult {
         self.shutdown.cancel();
