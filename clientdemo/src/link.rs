@@ -22,12 +22,9 @@ use wsmq_core::backoff::Backoff;
 use wsmq_core::dial::{ClientWs, DialError, Dialer};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::client::ServerFrame;
+use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
 use wsmq_core::ws::{self, Outbox, Reader};
 
-/// The publisher's WebSocket path.
-pub(crate) const PUBLISH_PATH: &str = "/publish";
-/// The subscriber's WebSocket path.
-pub(crate) const SUBSCRIBE_PATH: &str = "/subscribe";
 /// Events queued from the links to the consumer that shows them; a full queue makes the links wait, and so stop
 /// reading their sockets (TCP backpressure towards the services).
 pub(crate) const EVENT_QUEUE_CAPACITY: usize = 256;

@@ -27,16 +27,14 @@ use wsmq_core::admin::Condition;
 use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::queue::{
     FrameError, FrameReader, FrameWriter, PushRecord, PushReply, RECORD_OVERHEAD, RejectReason,
 };
+use wsmq_core::protocol::{PUSH_PATH, SUBPROTOCOL_V1};
 use wsmq_core::ws::{self, Outbox, ReadError, Reader};
 
 use crate::metrics::PublisherMetrics;
 
-/// The msgqueue endpoint producers push to.
-pub const PUSH_PATH: &str = "/pushmsg";
 /// Frames queued between the link and its socket writer. Small: the link batches records into frames itself,
 /// so a few frames in flight keep the socket busy while bounding memory.
 const OUTBOX_FRAMES: usize = 8;

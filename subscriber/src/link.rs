@@ -23,16 +23,14 @@ use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::admin::Condition;
 use wsmq_core::backoff::{Backoff, BackoffArgs};
 use wsmq_core::dial::{ClientWs, DialError, Dialer};
-use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::envelope::Envelope;
 use wsmq_core::protocol::queue::{FrameError, FrameReader, FrameWriter, NackReason, PopRecord};
+use wsmq_core::protocol::{POP_PATH, SUBPROTOCOL_V1};
 use wsmq_core::ws::CLOSE_TIMEOUT;
 
 use crate::metrics::SubscriberMetrics;
 use crate::router::Router;
 
-/// The msgqueue endpoint consumers pop from.
-pub const POP_PATH: &str = "/popmsg";
 /// Lower bound on how often clients that stay behind are swept, for very short `--slow-client-timeout`s.
 const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(10);
 /// Bytes reserved up front for an ack frame: one ACK record (9 bytes) per delivery of a typical frame.

@@ -45,12 +45,12 @@ use tokio::process::{Child, Command};
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::envelope::Envelope;
+use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1, SUBSCRIBE_PATH};
 
+use super::Ctx;
 use super::conns::http_get;
-use super::{Ctx, PUBLISH_PATH, SUBSCRIBE_PATH};
 use crate::cli::{ChaosArgs, ChaosService, DurationRange};
 use crate::client::{Connector, Target, Ws};
 use crate::payload::{Clock, STAMP_LEN, Stamp};

@@ -10,8 +10,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use wsmq_core::protocol::SUBSCRIBE_PATH;
 
-use super::{Ctx, SUBSCRIBE_PATH, open_many, subscribe};
+use super::{Ctx, open_many, subscribe};
 use crate::cli::ConnsArgs;
 use crate::client::{Connector, Target, source_ip};
 use crate::payload::Clock;

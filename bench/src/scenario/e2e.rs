@@ -13,13 +13,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::envelope::Envelope;
+use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1, SUBSCRIBE_PATH};
 
-use super::{
-    Ctx, PUBLISH_PATH, SUBSCRIBE_PATH, Subscriber, open_many, settle_if_unconfirmed, subscribe,
-};
+use super::{Ctx, Subscriber, open_many, settle_if_unconfirmed, subscribe};
 use crate::cli::{E2eArgs, FlowArgs, SlowArgs, SlowTopic, TopicMode};
 use crate::client::{Connector, Target, Ws, source_ip};
 use crate::payload::{Clock, Counts, STAMP_LEN, Stamp, Tracker};
