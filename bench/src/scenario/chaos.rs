@@ -122,8 +122,12 @@ pub async fn run(ctx: &Ctx, args: ChaosArgs) -> anyhow::Result<Report> {
     common.data_dir = fleet.data_dir();
     common.ca = None;
     let connector = Connector::new(&common, false)?;
-    let pub_target = Target::resolve(&fleet.url(ChaosService::Publisher), PUBLISH_PATH).await?;
-    let sub_target = Target::resolve(&fleet.url(ChaosService::Subscriber), SUBSCRIBE_PATH).await?;
+    let pub_target = connector
+        .target(&fleet.url(ChaosService::Publisher), PUBLISH_PATH)
+        .await?;
+    let sub_target = connector
+        .target(&fleet.url(ChaosService::Subscriber), SUBSCRIBE_PATH)
+        .await?;
     let clock = Clock::start();
     let run_id: u32 = rand::random();
 

@@ -14,7 +14,7 @@ use wsmq_core::protocol::SUBSCRIBE_PATH;
 
 use super::{Ctx, open_many, subscribe};
 use crate::cli::ConnsArgs;
-use crate::client::{Connector, Target, source_ip};
+use crate::client::{Connector, source_ip};
 use crate::payload::Clock;
 use crate::report::{Report, per_second};
 
@@ -30,7 +30,9 @@ pub async fn run(ctx: &Ctx, args: ConnsArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.topics > 0, "--topics must be at least 1");
     ctx.check_connections(args.connections)?;
     let connector = Connector::new(&ctx.common, true)?;
-    let target = Target::resolve(&ctx.common.subscriber_url, SUBSCRIBE_PATH).await?;
+    let target = connector
+        .target(&ctx.common.subscriber_url, SUBSCRIBE_PATH)
+        .await?;
     let rss_before = server_rss(&args).await?;
 
     let bar = ctx.progress(args.connections as u64, "connecting");

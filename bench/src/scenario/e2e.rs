@@ -140,8 +140,12 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
     ctx.check_connections(plan.publishers + plan.subscribers + slow_count)?;
     let many = plan.publishers + plan.subscribers > 1_000;
     let connector = Connector::new(&ctx.common, many)?;
-    let sub_target = Target::resolve(&ctx.common.subscriber_url, SUBSCRIBE_PATH).await?;
-    let pub_target = Target::resolve(&ctx.common.publisher_url, PUBLISH_PATH).await?;
+    let sub_target = connector
+        .target(&ctx.common.subscriber_url, SUBSCRIBE_PATH)
+        .await?;
+    let pub_target = connector
+        .target(&ctx.common.publisher_url, PUBLISH_PATH)
+        .await?;
     let run_id: u32 = rand::random();
     let planned = plan.per_publisher();
 

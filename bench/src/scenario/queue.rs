@@ -42,8 +42,8 @@ pub async fn run(ctx: &Ctx, args: QueueArgs) -> anyhow::Result<Report> {
     );
     ctx.check_connections(args.pushers + args.poppers)?;
     let connector = Connector::new(&ctx.common, false)?;
-    let push_target = Target::resolve(&ctx.common.queue_url, PUSH_PATH).await?;
-    let pop_target = Target::resolve(&ctx.common.queue_url, POP_PATH).await?;
+    let push_target = connector.target(&ctx.common.queue_url, PUSH_PATH).await?;
+    let pop_target = connector.target(&ctx.common.queue_url, POP_PATH).await?;
     let run_id: u32 = rand::random();
     let p = args.pushers as u64;
     let planned: Vec<u64> = (0..p)
