@@ -5,7 +5,7 @@
 //! `/popmsg`, clientdemo → publisher and subscriber) is a [`Link`] driving a [`Protocol`]: the protocol owns
 //! what happens on a connection, the link owns when connections are made. So the rules below hold for all of
 //! them:
-//! - delays come from [`BackoffArgs`] (`--link-backoff-*`) with full jitter;
+//! - delays come from a [`BackoffArgs`] (the services pass their `--link-backoff-*` flags), with full jitter;
 //! - the backoff starts over only after a connection proved healthy, i.e. lasted [`HEALTHY_AFTER`]: a peer
 //!   that accepts and at once drops the link is redialled ever more slowly, not hammered at the initial delay;
 //! - readiness (an optional [`Condition`]) is true exactly while a connection is up;
