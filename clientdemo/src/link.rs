@@ -8,26 +8,22 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
-use std::future::Future;
 use std::time::Duration;
 
 use futures_util::stream::SplitStream;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
-use wsmq_core::backoff::Backoff;
+use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::dial::{ClientWs, DialError, Dialer};
 use wsmq_core::limits::Limits;
+use wsmq_core::link::{self as reconnecting, ConnectError, Flow, Start};
 use wsmq_core::protocol::client::ServerFrame;
+use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
 use wsmq_core::ws::{self, Outbox, Reader};
 
-/// The publisher's WebSocket path.
-pub(crate) const PUBLISH_PATH: &str = "/publish";
-/// The subscriber's WebSocket path.
-pub(crate) const SUBSCRIBE_PATH: &str = "/subscribe";
 /// Events queued from the links to the consumer that shows them; a full queue makes the links wait, and so stop
 /// reading their sockets (TCP backpressure towards the services).
 pub(crate) const EVENT_QUEUE_CAPACITY: usize = 256;
@@ -42,8 +38,6 @@ pub(crate) const MAX_IN_FLIGHT: usize = 256;
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Largest reconnection delay, short enough that a restarted service is noticed within seconds.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A connection that lived this long was healthy: the next failure starts the backoff over.
-const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 /// Close reason sent when the client is done.
 const CLOSE_REASON: &str = "client done";
 
@@ -183,7 +177,7 @@ pub(crate) async fn first_dial<P: Protocol>(
 }
 
 /// What differs between the publisher and the subscriber link: the state a reconnect must replay.
-pub(crate) trait Protocol: Send + 'static {
+pub(crate) trait Protocol: Send + Sync + 'static {
     /// What the user asks the link to do.
     type Command: Send + 'static;
     /// The service, for events.
@@ -411,12 +405,15 @@ struct Link<P: Protocol> {
     input_open: bool,
     events: mpsc::Sender<Event>,
     stop: CancellationToken,
+    /// The last dial failure reported, so a service that stays down is reported once per distinct reason.
+    last_failure: Option<String>,
 }
 
 /// Runs a link until its input ends with nothing outstanding, or `stop` is cancelled.
 ///
 /// `first` is a connection the caller already made (it dials first itself, to fail fast on permanent errors);
-/// without one the link dials at once. The link returns early if the event receiver is dropped.
+/// without one the caller's dial failed and the link redials after a backoff delay. The link returns early if
+/// the event receiver is dropped.
 pub(crate) async fn run<P: Protocol>(
     protocol: P,
     dialer: Dialer,
@@ -430,9 +427,20 @@ pub(crate) async fn run<P: Protocol>(
         commands,
         input_open: true,
         events,
-        stop,
+        stop: stop.clone(),
+        last_failure: None,
     };
-    link.run(&dialer, first).await;
+    let start = match first {
+        Some(ws) => Start::Connected(Box::new(ws)),
+        None => Start::Retry,
+    };
+    let backoff = BackoffArgs {
+        initial: BACKOFF_INITIAL,
+        max: BACKOFF_MAX,
+    };
+    reconnecting::Link::new(dialer, backoff)
+        .run(&mut link, start, &stop)
+        .await;
     let abandoned = link.protocol.abandon();
     for event in abandoned {
         if !link.emit(event).await {
@@ -441,91 +449,78 @@ pub(crate) async fn run<P: Protocol>(
     }
 }
 
+/// Turns "nobody listens any more" into the link's stop signal.
+fn flow(listened: bool) -> Flow {
+    if listened { Flow::Continue } else { Flow::Stop }
+}
+
+impl<P: Protocol> reconnecting::Protocol for Link<P> {
+    type Error = String;
+    const PATH: &'static str = P::PATH;
+
+    async fn serve(&mut self, ws: ClientWs, _shutdown: &CancellationToken) -> Result<(), String> {
+        match self.online(ws).await {
+            Ending::Done => Ok(()),
+            Ending::Lost(reason) => Err(reason),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        !self.input_open && self.protocol.is_idle()
+    }
+
+    /// Keeps taking commands while offline; they are recorded and replayed on the next connection.
+    async fn offline(&mut self) -> Flow {
+        if !(self.input_open && self.protocol.can_take_command()) {
+            return std::future::pending().await;
+        }
+        match self.commands.recv().await {
+            Some(command) => {
+                self.protocol.command(command, false);
+            }
+            None => self.input_open = false,
+        }
+        Flow::Continue
+    }
+
+    async fn connected(&mut self, url: &str) -> Flow {
+        self.last_failure = None;
+        let connected = Event::Connected {
+            service: P::SERVICE,
+            url: url.to_owned(),
+        };
+        flow(self.emit(connected).await)
+    }
+
+    async fn unreachable(&mut self, err: &ConnectError, _attempts: u32) -> Flow {
+        let reason = err.to_string();
+        if self.last_failure.as_ref() == Some(&reason) {
+            return Flow::Continue;
+        }
+        self.last_failure = Some(reason.clone());
+        let event = Event::Unreachable {
+            service: P::SERVICE,
+            reason,
+        };
+        flow(self.emit(event).await)
+    }
+
+    async fn lost(&mut self, reason: String) -> Flow {
+        let mut events = self.protocol.disconnected();
+        events.push(Event::Disconnected {
+            service: P::SERVICE,
+            reason,
+        });
+        for event in events {
+            if !self.emit(event).await {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+}
+
 impl<P: Protocol> Link<P> {
-    async fn run(&mut self, dialer: &Dialer, mut first: Option<ClientWs>) {
-        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
-        let mut last_failure: Option<String> = None;
-        loop {
-            let ws = match first.take() {
-                Some(ws) => ws,
-                None => {
-                    let delay = backoff.next_delay();
-                    if self.offline(tokio::time::sleep(delay)).await.is_none() {
-                        return;
-                    }
-                    match self.offline(dialer.dial(P::PATH)).await {
-                        None => return,
-                        Some(Ok((ws, _))) => ws,
-                        Some(Err(err)) => {
-                            let reason = err.to_string();
-                            if last_failure.as_ref() != Some(&reason) {
-                                last_failure = Some(reason.clone());
-                                let event = Event::Unreachable {
-                                    service: P::SERVICE,
-                                    reason,
-                                };
-                                if !self.emit(event).await {
-                                    return;
-                                }
-                            }
-                            continue;
-                        }
-                    }
-                }
-            };
-            last_failure = None;
-            let connected = Event::Connected {
-                service: P::SERVICE,
-                url: dialer.url().to_owned(),
-            };
-            if !self.emit(connected).await {
-                return;
-            }
-            let since = Instant::now();
-            let reason = match self.online(ws).await {
-                Ending::Done => return,
-                Ending::Lost(reason) => reason,
-            };
-            if since.elapsed() >= HEALTHY_AFTER {
-                backoff.reset();
-            }
-            let mut events = self.protocol.disconnected();
-            events.push(Event::Disconnected {
-                service: P::SERVICE,
-                reason,
-            });
-            for event in events {
-                if !self.emit(event).await {
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Awaits `work` (a backoff delay or a dial) while still taking commands. `None` when the link should end
-    /// instead: stopped, or input ended with nothing left to deliver.
-    async fn offline<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
-        let mut work = std::pin::pin!(work);
-        loop {
-            if !self.input_open && self.protocol.is_idle() {
-                return None;
-            }
-            tokio::select! {
-                biased;
-                () = self.stop.cancelled() => return None,
-                out = &mut work => return Some(out),
-                command = self.commands.recv(), if self.input_open && self.protocol.can_take_command() => {
-                    match command {
-                        Some(command) => {
-                            self.protocol.command(command, false);
-                        }
-                        None => self.input_open = false,
-                    }
-                }
-            }
-        }
-    }
-
     /// Serves one connection until it ends; closes it with 1000 when the link is done.
     async fn online(&mut self, ws: ClientWs) -> Ending {
         let limits = Limits::default();

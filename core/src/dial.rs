@@ -5,10 +5,11 @@
 
 use std::fmt;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -110,6 +111,8 @@ pub struct Dialer {
     base: String,
     host: String,
     port: u16,
+    /// The server address pinned by [`Dialer::resolve`]; `None` resolves the host on every dial.
+    addr: Option<SocketAddr>,
     server_name: rustls_pki_types::ServerName<'static>,
     credentials: Credentials,
     connector: TlsConnector,
@@ -178,6 +181,7 @@ impl Dialer {
             base: format!("wss://{}:{port}", authority.host()),
             host,
             port,
+            addr: None,
             server_name,
             credentials,
             connector: TlsConnector::from(tls),
@@ -206,6 +210,40 @@ impl Dialer {
         self
     }
 
+    /// Resolves the host once and dials that address from now on, preferring IPv4 (so 127.0.0.x source
+    /// addresses can reach it), instead of resolving on every dial. For clients that open thousands of
+    /// connections to one server (the bench); a reconnecting link keeps resolving so it follows DNS changes.
+    ///
+    /// Fails with [`DialError::Io`] when the name does not resolve.
+    pub async fn resolve(mut self) -> Result<Self, DialError> {
+        let lookup_error = |source| DialError::Io {
+            target: self.base.clone(),
+            source,
+        };
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(lookup_error)?
+            .collect();
+        let addr = addrs
+            .iter()
+            .find(|addr| addr.is_ipv4())
+            .or_else(|| addrs.first())
+            .copied()
+            .ok_or_else(|| {
+                lookup_error(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the host resolves to no address",
+                ))
+            })?;
+        self.addr = Some(addr);
+        Ok(self)
+    }
+
+    /// The server address pinned by [`Dialer::resolve`], if any.
+    pub fn resolved_addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
     /// The server's base URL (`wss://host:port`), for logs.
     pub fn url(&self) -> &str {
         &self.base
@@ -216,14 +254,26 @@ impl Dialer {
     ///
     /// Sends `Authorization: Basic` and, if configured, `Sec-WebSocket-Protocol`. TCP_NODELAY is set because
     /// links send small frames whose latency matters. Fails with a [`DialError`] that says what to fix.
-    #[instrument(skip_all, fields(url = %self.base, path))]
     pub async fn dial(&self, path: &str) -> Result<(ClientWs, Option<String>), DialError> {
+        self.dial_from(path, None).await
+    }
+
+    /// Like [`Dialer::dial`], but binds the local end of the connection to `source` first when given: a client
+    /// opening 10,000+ connections to one server port spreads them over several 127.0.0.x addresses so one
+    /// source address's ephemeral ports do not run out. A source that cannot reach the server fails with
+    /// [`DialError::Io`].
+    #[instrument(skip_all, fields(url = %self.base, path))]
+    pub async fn dial_from(
+        &self,
+        path: &str,
+        source: Option<IpAddr>,
+    ) -> Result<(ClientWs, Option<String>), DialError> {
         let target = if path.starts_with('/') {
             format!("{}{path}", self.base)
         } else {
             format!("{}/{path}", self.base)
         };
-        match tokio::time::timeout(self.connect_timeout, self.connect(&target)).await {
+        match tokio::time::timeout(self.connect_timeout, self.connect(&target, source)).await {
             Ok(result) => result,
             Err(_) => Err(DialError::Timeout {
                 target,
@@ -232,7 +282,11 @@ impl Dialer {
         }
     }
 
-    async fn connect(&self, target: &str) -> Result<(ClientWs, Option<String>), DialError> {
+    async fn connect(
+        &self,
+        target: &str,
+        source: Option<IpAddr>,
+    ) -> Result<(ClientWs, Option<String>), DialError> {
         let handshake_error = |source| DialError::Handshake {
             target: target.to_owned(),
             source,
@@ -259,7 +313,8 @@ impl Dialer {
                 .insert(header::SEC_WEBSOCKET_PROTOCOL, value);
         }
 
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+        let tcp = self
+            .tcp_connect(source)
             .await
             .map_err(|source| DialError::Io {
                 target: target.to_owned(),
@@ -284,6 +339,35 @@ impl Dialer {
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
         Ok((ws, negotiated))
+    }
+
+    /// Opens the TCP connection: to the pinned address or the host's addresses, from `source` if given.
+    async fn tcp_connect(&self, source: Option<IpAddr>) -> io::Result<TcpStream> {
+        let Some(source) = source else {
+            return match self.addr {
+                Some(addr) => TcpStream::connect(addr).await,
+                None => TcpStream::connect((self.host.as_str(), self.port)).await,
+            };
+        };
+        let addr = match self.addr {
+            Some(addr) => addr,
+            None => tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await?
+                .find(|addr| addr.is_ipv4() == source.is_ipv4())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::AddrNotAvailable,
+                        "the host has no address of the source address's family",
+                    )
+                })?,
+        };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(addr).await
     }
 
     fn classify_handshake_error(
@@ -340,6 +424,7 @@ fn classify_tls_error(target: &str, err: io::Error) -> DialError {
 mod tests {
     use super::*;
     use crate::Secret;
+    use crate::protocol::PUSH_PATH;
 
     fn tls() -> Arc<rustls::ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -403,8 +488,29 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         drop(listener);
-        let result = dialer(&format!("wss://{addr}"))?.dial("/pushmsg").await;
+        let result = dialer(&format!("wss://{addr}"))?.dial(PUSH_PATH).await;
         assert!(matches!(result, Err(DialError::Io { .. })), "{result:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn resolved_dialer_connects_from_the_chosen_source_address()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let dialer = dialer(&format!("wss://{addr}"))?
+            .with_connect_timeout(Duration::from_secs(5))
+            .resolve()
+            .await?;
+        assert_eq!(dialer.resolved_addr(), Some(addr));
+        let source = IpAddr::from([127, 0, 0, 2]);
+        // The listener never answers the TLS handshake: the dial ends when the accepted socket is dropped.
+        let (dialed, accepted) = tokio::join!(dialer.dial_from(PUSH_PATH, Some(source)), async {
+            let accepted = listener.accept().await;
+            accepted.map(|(_, peer)| peer)
+        });
+        assert_eq!(accepted?.ip(), source);
+        assert!(dialed.is_err(), "no TLS server, yet the dial succeeded");
         Ok(())
     }
 

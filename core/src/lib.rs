@@ -13,6 +13,7 @@ pub mod config;
 pub mod dial;
 pub mod http;
 pub mod limits;
+pub mod link;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use wsmq_core::Secret;
 use wsmq_core::auth::{AuthError, AuthFailure, Authenticator, Credentials, FAILURE_INTERVAL};
 use wsmq_core::dial::{DialError, Dialer};
+use wsmq_core::protocol::{POP_PATH, PUSH_PATH};
 use wsmq_core::tls::{self, TlsError};
 
 type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
@@ -318,17 +319,17 @@ async fn dialer_authenticates_and_reports_the_negotiated_subprotocol() -> TestRe
     let url = format!("wss://localhost:{}", addr.port());
 
     let dialer = Dialer::new(&url, creds.clone(), client.clone())?;
-    let (_ws, protocol) = dialer.dial("/pushmsg").await?;
+    let (_ws, protocol) = dialer.dial(PUSH_PATH).await?;
     assert_eq!(protocol, None);
 
     let reliable = Dialer::new(&url, creds, client.clone())?.with_subprotocol("wsmq.v1");
-    let (_ws, protocol) = reliable.dial("/pushmsg").await?;
+    let (_ws, protocol) = reliable.dial(PUSH_PATH).await?;
     assert_eq!(protocol.as_deref(), Some("wsmq.v1"));
 
     let unknown =
         Dialer::new(&url, creds_with("svc", "wrong"), client.clone())?.with_subprotocol("other.v2");
     let err = unknown
-        .dial("/pushmsg")
+        .dial(PUSH_PATH)
         .await
         .err()
         .ok_or("wrong password accepted")?;
@@ -359,7 +360,7 @@ async fn dialer_reports_an_untrusted_certificate_as_a_verification_failure() -> 
     let client = tls::client_config(Some(&other_ca), None, false)?;
     let dialer = Dialer::new(&format!("wss://127.0.0.1:{}", addr.port()), creds, client)?;
     let err = dialer
-        .dial("/popmsg")
+        .dial(POP_PATH)
         .await
         .err()
         .ok_or("untrusted server accepted")?;

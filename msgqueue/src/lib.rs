@@ -22,7 +22,7 @@ use wsmq_core::admin::{Readiness, serve_admin_with};
 use wsmq_core::auth::AuthError;
 use wsmq_core::limits::QueueLimits;
 use wsmq_core::metrics::ListenerMetrics;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::{POP_PATH, PUSH_PATH, SUBPROTOCOL_V1};
 use wsmq_core::server::{Accepted, Route, ServeError, ServerConfig, serve};
 use wsmq_core::service::{self, BindError};
 use wsmq_core::supervise::{Supervisor, TaskFailure};
@@ -30,11 +30,6 @@ use wsmq_core::tls::TlsError;
 
 pub use config::Config;
 use queue::{Queue, QueueError, RecoveryReport};
-
-/// Path producers push to.
-pub const PUSH_PATH: &str = "/pushmsg";
-/// Path consumers pop from.
-pub const POP_PATH: &str = "/popmsg";
 
 /// Why msgqueue could not start or stopped.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::limits::Limits;
+use wsmq_core::protocol::PUSH_PATH;
 use wsmq_core::protocol::queue::{NackReason, PopRecord};
 use wsmq_msgqueue::queue::{Backend, ConsumeMode, DeadReason, Queue, QueueOptions};
 
@@ -63,7 +64,7 @@ async fn a_compat_push_over_the_message_limit_is_refused_with_1009_and_later_mes
     let limit = Limits::default().queue().max_payload;
 
     // The reproduction: one text frame of 65,537 bytes on compat /pushmsg.
-    let (mut pusher, _) = within("dial", mq.dialer(false).dial("/pushmsg"))
+    let (mut pusher, _) = within("dial", mq.dialer(false).dial(PUSH_PATH))
         .await
         .unwrap();
     pusher
@@ -82,7 +83,7 @@ async fn a_compat_push_over_the_message_limit_is_refused_with_1009_and_later_mes
     .await;
     assert_eq!(closed, Some(CloseCode::Size));
 
-    let (mut pusher, _) = within("dial", mq.dialer(false).dial("/pushmsg"))
+    let (mut pusher, _) = within("dial", mq.dialer(false).dial(PUSH_PATH))
         .await
         .unwrap();
     pusher
@@ -175,7 +176,7 @@ async fn a_nacked_delivery_becomes_a_dead_letter_that_is_listed_and_replayed_ove
 async fn a_compat_pushed_message_its_consumer_nacks_is_dead_lettered_and_the_next_one_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let mq = Running::start(config(dir.path())).await;
-    let (mut pusher, _) = within("dial", mq.dialer(false).dial("/pushmsg"))
+    let (mut pusher, _) = within("dial", mq.dialer(false).dial(PUSH_PATH))
         .await
         .unwrap();
     pusher

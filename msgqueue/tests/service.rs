@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::protocol::queue::{PushReply, RejectReason};
+use wsmq_core::protocol::{POP_PATH, PUSH_PATH};
 
 #[tokio::test]
 async fn many_pushers_and_poppers_keep_per_producer_order_and_lose_nothing() {
@@ -244,7 +245,7 @@ async fn a_full_queue_rejects_reliable_pushes_and_keeps_what_it_stored() {
 async fn compat_clients_push_and_pop_raw_text_frames() {
     let dir = tempfile::tempdir().unwrap();
     let mq = Running::start(config(dir.path())).await;
-    let (mut pusher, proto) = mq.dialer(false).dial("/pushmsg").await.unwrap();
+    let (mut pusher, proto) = mq.dialer(false).dial(PUSH_PATH).await.unwrap();
     assert_eq!(proto, None, "compat mode negotiates no subprotocol");
     for i in 0..5 {
         pusher
@@ -254,7 +255,7 @@ async fn compat_clients_push_and_pop_raw_text_frames() {
             .await
             .unwrap();
     }
-    let (mut popper, _) = mq.dialer(false).dial("/popmsg").await.unwrap();
+    let (mut popper, _) = mq.dialer(false).dial(POP_PATH).await.unwrap();
     for i in 0..5 {
         let msg = next_data(&mut popper).await;
         assert_eq!(
@@ -278,7 +279,7 @@ async fn a_full_queue_stops_reading_compat_pushers_instead_of_dropping() {
     let mut cfg = config(dir.path());
     cfg.queue.max_queue_bytes = 30;
     let mq = Running::start(cfg).await;
-    let (mut pusher, _) = mq.dialer(false).dial("/pushmsg").await.unwrap();
+    let (mut pusher, _) = mq.dialer(false).dial(PUSH_PATH).await.unwrap();
     for i in 0..6 {
         pusher
             .send(Message::text(format!("message-{i}")))
@@ -296,7 +297,7 @@ async fn a_full_queue_stops_reading_compat_pushers_instead_of_dropping() {
         3,
         "only what fits is stored; the rest waits unread"
     );
-    let (mut popper, _) = mq.dialer(false).dial("/popmsg").await.unwrap();
+    let (mut popper, _) = mq.dialer(false).dial(POP_PATH).await.unwrap();
     for i in 0..6 {
         let msg = next_data(&mut popper).await;
         assert_eq!(msg, Message::text(format!("message-{i}")));
@@ -331,7 +332,7 @@ async fn malformed_reliable_frames_close_with_protocol_error_and_leave_the_queue
         ("text frame", Message::text("hello"), CloseCode::Unsupported),
     ];
     for (what, frame, code) in cases {
-        let (mut ws, _) = mq.dialer(true).dial("/pushmsg").await.unwrap();
+        let (mut ws, _) = mq.dialer(true).dial(PUSH_PATH).await.unwrap();
         ws.send(frame).await.unwrap();
         let close = loop {
             match within(what, ws.next()).await {
@@ -342,7 +343,7 @@ async fn malformed_reliable_frames_close_with_protocol_error_and_leave_the_queue
         };
         assert_eq!(close.map(|f| f.code), Some(code), "{what}");
     }
-    let (mut ws, _) = mq.dialer(true).dial("/popmsg").await.unwrap();
+    let (mut ws, _) = mq.dialer(true).dial(POP_PATH).await.unwrap();
     ws.send(Message::binary(vec![0x11, 1])).await.unwrap();
     assert!(
         matches!(within("pop close", ws.next()).await, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::Protocol)
@@ -360,7 +361,7 @@ async fn oversize_messages_are_closed_with_1009() {
     let mut cfg = config(dir.path());
     cfg.limits.max_message_size = 1024;
     let mq = Running::start(cfg).await;
-    let (mut ws, _) = mq.dialer(false).dial("/pushmsg").await.unwrap();
+    let (mut ws, _) = mq.dialer(false).dial(PUSH_PATH).await.unwrap();
     ws.send(Message::text("x".repeat(4096))).await.unwrap();
     let close = loop {
         match within("close", ws.next()).await {
@@ -385,7 +386,7 @@ async fn wrong_or_missing_credentials_get_401_and_plain_http_gets_400() {
         tls.clone(),
     )
     .unwrap();
-    let err = bad.dial("/pushmsg").await.unwrap_err();
+    let err = bad.dial(PUSH_PATH).await.unwrap_err();
     assert!(
         matches!(err, wsmq_core::dial::DialError::Unauthorized { .. }),
         "{err}"

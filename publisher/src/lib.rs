@@ -19,7 +19,7 @@ use wsmq_core::admin::{Readiness, serve_admin};
 use wsmq_core::config::{LinkArgs, ServerArgs};
 use wsmq_core::limits::Limits;
 use wsmq_core::metrics::ListenerMetrics;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1};
 use wsmq_core::server::{Route, ServerConfig, serve};
 use wsmq_core::service;
 use wsmq_core::supervise::Supervisor;
@@ -27,9 +27,6 @@ use wsmq_core::supervise::Supervisor;
 use crate::link::{Link, LinkConfig, LinkTask};
 use crate::metrics::PublisherMetrics;
 use crate::session::SessionContext;
-
-/// The WebSocket path publishing clients connect to (as in ws-go).
-pub const PUBLISH_PATH: &str = "/publish";
 
 /// The publisher's configuration: every setting a flag with an env fallback. Public fields so the all-in-one
 /// binary and tests can build it in code.

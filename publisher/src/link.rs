@@ -13,13 +13,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
@@ -27,22 +25,18 @@ use wsmq_core::admin::Condition;
 use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::link::{self, Flow, Protocol, Start};
 use wsmq_core::protocol::queue::{
     FrameError, FrameReader, FrameWriter, PushRecord, PushReply, RECORD_OVERHEAD, RejectReason,
 };
+use wsmq_core::protocol::{PUSH_PATH, SUBPROTOCOL_V1};
 use wsmq_core::ws::{self, Outbox, ReadError, Reader};
 
 use crate::metrics::PublisherMetrics;
 
-/// The msgqueue endpoint producers push to.
-pub const PUSH_PATH: &str = "/pushmsg";
 /// Frames queued between the link and its socket writer. Small: the link batches records into frames itself,
 /// so a few frames in flight keep the socket busy while bounding memory.
 const OUTBOX_FRAMES: usize = 8;
-/// A connection that lasted this long counts as healthy and resets the reconnect backoff, even if it never
-/// carried a message.
-const STABLE_CONNECTION: Duration = Duration::from_secs(5);
 
 /// How the link buffers, batches and reconnects.
 #[derive(Clone, Debug)]
@@ -245,59 +239,16 @@ pub struct LinkTask {
 }
 
 impl LinkTask {
-    /// Connects to msgqueue and keeps the link up, reconnecting with backoff, until `shutdown` is cancelled or
-    /// every [`Link`] handle has been dropped and everything submitted has been acked (a graceful drain).
-    /// Messages still unacked when it returns get [`PushError::Stopped`].
+    /// Connects to msgqueue and keeps the link up, reconnecting with backoff ([`wsmq_core::link`]), until
+    /// `shutdown` is cancelled or every [`Link`] handle has been dropped and everything submitted has been acked
+    /// (a graceful drain). Messages still unacked when it returns get [`PushError::Stopped`].
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = self.config.backoff.backoff();
-        let mut failed_dials = 0u32;
         tracing::info!(producer = self.producer, "msgqueue link starting");
-        loop {
-            if self.is_drained() {
-                break;
-            }
-            let dialed = tokio::select! {
-                () = shutdown.cancelled() => break,
-                dialed = self.dialer.dial(PUSH_PATH) => dialed,
-            };
-            match dialed {
-                Ok((ws, Some(protocol))) if protocol == SUBPROTOCOL_V1 => {
-                    failed_dials = 0;
-                    let started = Instant::now();
-                    self.set_up(true);
-                    tracing::info!(unacked = self.unacked.len(), "msgqueue link connected");
-                    let ended = self.connected(ws, &shutdown).await;
-                    self.set_up(false);
-                    match ended {
-                        Ok(()) => break,
-                        Err(err) => {
-                            tracing::warn!(%err, unacked = self.unacked.len(), "msgqueue link lost")
-                        }
-                    }
-                    if started.elapsed() >= STABLE_CONNECTION {
-                        backoff.reset();
-                    }
-                }
-                Ok(_) => tracing::warn!(
-                    "msgqueue did not accept subprotocol {SUBPROTOCOL_V1}; not a wsmq queue?"
-                ),
-                Err(err) => {
-                    // Attempts come every few hundred ms while msgqueue is down: warn on the 1st, 2nd, 4th, ….
-                    failed_dials = failed_dials.saturating_add(1);
-                    if failed_dials.is_power_of_two() {
-                        tracing::warn!(%err, attempts = failed_dials, "cannot connect to msgqueue");
-                    } else {
-                        tracing::debug!(%err, attempts = failed_dials, "cannot connect to msgqueue");
-                    }
-                }
-            }
-            let delay = backoff.next_delay();
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(delay) => {}
-            }
-            self.metrics.reconnect();
-        }
+        let link = link::Link::new(self.dialer.clone(), self.config.backoff.clone())
+            .require_subprotocol(SUBPROTOCOL_V1)
+            .with_readiness(self.ready.clone());
+        link.run(&mut Pushing(&mut self), Start::Dial, &shutdown)
+            .await;
         tracing::info!(unacked = self.unacked.len(), "msgqueue link stopped");
     }
 
@@ -307,11 +258,6 @@ impl LinkTask {
             && self.carry.is_none()
             && self.submissions.is_closed()
             && self.submissions.is_empty()
-    }
-
-    fn set_up(&self, up: bool) {
-        self.ready.set_ready(up);
-        self.metrics.set_link_up(up);
     }
 
     /// Runs one connection: HELLO, resend everything unacked, then push new messages and apply replies.
@@ -460,6 +406,44 @@ impl LinkTask {
             }
         }
         Ok(())
+    }
+}
+
+/// The link task seen as the [`Protocol`] of a reconnecting link (private, so its error type stays private).
+struct Pushing<'a>(&'a mut LinkTask);
+
+impl Protocol for Pushing<'_> {
+    type Error = ConnectionError;
+    const PATH: &'static str = PUSH_PATH;
+
+    async fn serve(
+        &mut self,
+        ws: ClientWs,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConnectionError> {
+        self.0.connected(ws, shutdown).await
+    }
+
+    fn is_done(&self) -> bool {
+        self.0.is_drained()
+    }
+
+    async fn connected(&mut self, _url: &str) -> Flow {
+        tracing::info!(unacked = self.0.unacked.len(), "msgqueue link connected");
+        Flow::Continue
+    }
+
+    async fn lost(&mut self, err: ConnectionError) -> Flow {
+        tracing::warn!(%err, unacked = self.0.unacked.len(), "msgqueue link lost");
+        Flow::Continue
+    }
+
+    fn link_state(&self, up: bool) {
+        self.0.metrics.set_link_up(up);
+    }
+
+    fn redialing(&self) {
+        self.0.metrics.reconnect();
     }
 }
 

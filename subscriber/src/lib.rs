@@ -23,20 +23,16 @@ use wsmq_core::admin::{Readiness, serve_admin};
 use wsmq_core::config::{LinkArgs, ServerArgs};
 use wsmq_core::limits::{Limits, parse_duration};
 use wsmq_core::metrics::ListenerMetrics;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::{SUBPROTOCOL_V1, SUBSCRIBE_PATH};
 use wsmq_core::server::{Route, ServerConfig, serve};
 use wsmq_core::service;
 use wsmq_core::supervise::Supervisor;
 
-pub use link::POP_PATH;
 pub use metrics::SubscriberMetrics;
 pub use router::{Router, SlowClientPolicy};
 
 use link::Link;
 use session::SessionSettings;
-
-/// The endpoint clients subscribe on, as in ws-go.
-pub const SUBSCRIBE_PATH: &str = "/subscribe";
 
 /// The browser client served at `/`: subscribe and publish from a web page. Self-contained (inline JS and CSS, no
 /// build step, no CDN); it authenticates on its WebSockets with a `wsmq.auth.*` subprotocol because browsers cannot

@@ -21,18 +21,17 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::admin::Condition;
-use wsmq_core::backoff::{Backoff, BackoffArgs};
-use wsmq_core::dial::{ClientWs, DialError, Dialer};
-use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::backoff::BackoffArgs;
+use wsmq_core::dial::{ClientWs, Dialer};
+use wsmq_core::link::{self, Flow, Protocol, Start};
 use wsmq_core::protocol::envelope::Envelope;
 use wsmq_core::protocol::queue::{FrameError, FrameReader, FrameWriter, NackReason, PopRecord};
+use wsmq_core::protocol::{POP_PATH, SUBPROTOCOL_V1};
 use wsmq_core::ws::CLOSE_TIMEOUT;
 
 use crate::metrics::SubscriberMetrics;
 use crate::router::Router;
 
-/// The msgqueue endpoint consumers pop from.
-pub const POP_PATH: &str = "/popmsg";
 /// Lower bound on how often clients that stay behind are swept, for very short `--slow-client-timeout`s.
 const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(10);
 /// Bytes reserved up front for an ack frame: one ACK record (9 bytes) per delivery of a typical frame.
@@ -62,13 +61,41 @@ pub(crate) struct Link {
     pub(crate) backoff: BackoffArgs,
 }
 
+/// The link seen as the [`Protocol`] of a reconnecting link: consume deliveries on each connection.
+struct Consuming<'a> {
+    link: &'a Link,
+    metrics: SubscriberMetrics,
+}
+
+impl Protocol for Consuming<'_> {
+    type Error = LinkError;
+    const PATH: &'static str = POP_PATH;
+
+    /// Consumes until the connection fails; `Ok` only when `shutdown` ended it (the link then closes with 1001
+    /// so msgqueue redelivers our unacked deliveries at once).
+    async fn serve(&mut self, ws: ClientWs, shutdown: &CancellationToken) -> Result<(), LinkError> {
+        self.link.consume(ws, shutdown).await
+    }
+
+    async fn connected(&mut self, _url: &str) -> Flow {
+        tracing::info!("link to msgqueue up");
+        Flow::Continue
+    }
+
+    async fn lost(&mut self, err: LinkError) -> Flow {
+        self.metrics.link_reconnect();
+        tracing::warn!(error = %err, "link to msgqueue lost, reconnecting");
+        Flow::Continue
+    }
+
+    fn link_state(&self, up: bool) {
+        self.metrics.link_state(up);
+    }
+}
+
 /// Why one link connection ended.
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
-    #[error(transparent)]
-    Dial(#[from] DialError),
-    #[error("msgqueue did not accept subprotocol {SUBPROTOCOL_V1}")]
-    NotReliable,
     #[error("connection failed: {0}")]
     Ws(#[from] tungstenite::Error),
     #[error("msgqueue sent an invalid frame: {0}")]
@@ -82,64 +109,24 @@ enum LinkError {
 }
 
 impl Link {
-    /// Keeps the link up until `shutdown`: dial, consume, and on any failure redial after a backoff delay.
+    /// Keeps the link up until `shutdown`: dial, consume, and on any failure redial after a backoff delay
+    /// ([`wsmq_core::link`]).
     #[instrument(skip_all, fields(queue = %self.dialer.url()))]
     pub(crate) async fn run(self, shutdown: CancellationToken) {
+        let link = link::Link::new(self.dialer.clone(), self.backoff.clone())
+            .require_subprotocol(SUBPROTOCOL_V1)
+            .with_readiness(self.ready.clone());
         let metrics = self.router.metrics().clone();
-        let mut backoff = self.backoff.backoff();
-        let mut failed_dials = 0u32;
-        while !shutdown.is_cancelled() {
-            let ended = self
-                .connect_and_consume(&mut backoff, &metrics, &shutdown)
-                .await;
-            self.ready.set_ready(false);
-            metrics.link_state(false);
-            match ended {
-                Ok(()) => break,
-                Err(err @ LinkError::Dial(_)) => {
-                    // Attempts come every few hundred ms while msgqueue is down: warn on the 1st, 2nd, 4th, ….
-                    failed_dials = failed_dials.saturating_add(1);
-                    if failed_dials.is_power_of_two() {
-                        tracing::warn!(error = %err, attempts = failed_dials, "cannot reach msgqueue");
-                    } else {
-                        tracing::debug!(error = %err, attempts = failed_dials, "cannot reach msgqueue");
-                    }
-                }
-                Err(err) => {
-                    failed_dials = 0;
-                    metrics.link_reconnect();
-                    tracing::warn!(error = %err, "link to msgqueue lost, reconnecting");
-                }
-            }
-            let delay = backoff.next_delay();
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(delay) => {}
-            }
-        }
+        link.run(
+            &mut Consuming {
+                link: &self,
+                metrics,
+            },
+            Start::Dial,
+            &shutdown,
+        )
+        .await;
         tracing::debug!("link stopped");
-    }
-
-    /// One connection: dial, then consume until it fails; `Ok` only when `shutdown` ended it (the link then
-    /// closes with 1001 so msgqueue redelivers our unacked deliveries at once).
-    async fn connect_and_consume(
-        &self,
-        backoff: &mut Backoff,
-        metrics: &SubscriberMetrics,
-        shutdown: &CancellationToken,
-    ) -> Result<(), LinkError> {
-        let (ws, subprotocol) = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            dialed = self.dialer.dial(POP_PATH) => dialed?,
-        };
-        if subprotocol.as_deref() != Some(SUBPROTOCOL_V1) {
-            return Err(LinkError::NotReliable);
-        }
-        tracing::info!("link to msgqueue up");
-        backoff.reset();
-        self.ready.set_ready(true);
-        metrics.link_state(true);
-        self.consume(ws, shutdown).await
     }
 
     async fn consume(

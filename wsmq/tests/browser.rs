@@ -25,7 +25,7 @@ use common::{ALL, config, within};
 use wsmq_core::Secret;
 use wsmq_core::auth::Credentials;
 use wsmq_core::dial::Dialer;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1};
 
 /// A chromedriver child and one browser session.
 struct Browser {
@@ -271,7 +271,7 @@ async fn the_page_receives_published_messages_and_shows_bad_credentials() {
     )
     .unwrap()
     .with_subprotocol(SUBPROTOCOL_V1);
-    let (mut publisher, _) = within("dial publisher", dialer.dial("/publish"))
+    let (mut publisher, _) = within("dial publisher", dialer.dial(PUBLISH_PATH))
         .await
         .unwrap();
     publisher

@@ -13,6 +13,7 @@ use wsmq_core::Secret;
 use wsmq_core::auth::Credentials;
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::protocol::client::ServerFrame;
+use wsmq_core::protocol::{PUBLISH_PATH, PUSH_PATH, SUBSCRIBE_PATH};
 
 async fn subscribe(ws: &mut ClientWs, topic: &str) {
     ws.send(Message::text(format!("sub {topic}")))
@@ -43,12 +44,12 @@ async fn published_messages_reach_subscribers_in_order_and_unsub_stops_them() {
     );
     let running = Running::start(stack);
 
-    let mut news = client(dir.path(), sub_port, "/subscribe").await;
+    let mut news = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
     subscribe(&mut news, "news").await;
-    let mut sport = client(dir.path(), sub_port, "/subscribe").await;
+    let mut sport = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
     subscribe(&mut sport, "sport").await;
 
-    let mut publisher = client(dir.path(), pub_port, "/publish").await;
+    let mut publisher = client(dir.path(), pub_port, PUBLISH_PATH).await;
     for i in 0..100 {
         publish(&mut publisher, "news", &format!("n{i}"), i).await;
     }
@@ -105,9 +106,9 @@ async fn restarting_msgqueue_mid_stream_loses_no_acked_message() {
     );
     let edges_running = Running::start(edges);
 
-    let mut subscriber = client(dir.path(), sub_port, "/subscribe").await;
+    let mut subscriber = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
     subscribe(&mut subscriber, "t").await;
-    let mut publisher = client(dir.path(), pub_port, "/publish").await;
+    let mut publisher = client(dir.path(), pub_port, PUBLISH_PATH).await;
 
     const TOTAL: u64 = 300;
     let mut acked = HashSet::new();
@@ -157,7 +158,7 @@ async fn an_oversize_compat_push_to_msgqueue_does_not_stop_delivery() {
         stack.subscriber_addr().unwrap().port(),
     );
     let running = Running::start(stack);
-    let mut subscriber = client(dir.path(), sub_port, "/subscribe").await;
+    let mut subscriber = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
     subscribe(&mut subscriber, "news").await;
 
     let tls = wsmq_core::tls::client_config(None, Some(dir.path()), false).unwrap();
@@ -167,14 +168,14 @@ async fn an_oversize_compat_push_to_msgqueue_does_not_stop_delivery() {
         tls,
     )
     .unwrap();
-    let (mut pusher, _) = within("dial /pushmsg", compat.dial("/pushmsg"))
+    let (mut pusher, _) = within("dial /pushmsg", compat.dial(PUSH_PATH))
         .await
         .unwrap();
     let oversize = format!(r#"{{"Topic":"news","Content":"{}"}}"#, "x".repeat(65_508));
     assert_eq!(oversize.len(), 65_537);
     pusher.send(Message::text(oversize)).await.unwrap();
 
-    let mut publisher = client(dir.path(), pub_port, "/publish").await;
+    let mut publisher = client(dir.path(), pub_port, PUBLISH_PATH).await;
     publish(&mut publisher, "news", "after", 1).await;
     assert_eq!(
         next_frame(&mut publisher).await,

@@ -13,6 +13,7 @@ use common::{Running, client, config, next_frame};
 use wsmq::Service;
 use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::client::ServerFrame;
+use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
 
 /// How long msgqueue stays down: several times what the default backoff needs to reach its cap.
 const OUTAGE: Duration = Duration::from_secs(3);
@@ -65,13 +66,13 @@ async fn links_are_back_within_a_second_of_msgqueue_after_a_long_outage() {
     );
     let edges_running = Running::start(edges);
 
-    let mut subscriber = client(dir.path(), sub_port, "/subscribe").await;
+    let mut subscriber = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
     subscriber.send(Message::text("sub t")).await.unwrap();
     assert_eq!(
         next_frame(&mut subscriber).await,
         ServerFrame::Subscribed("t".into())
     );
-    let mut publisher = client(dir.path(), pub_port, "/publish").await;
+    let mut publisher = client(dir.path(), pub_port, PUBLISH_PATH).await;
     publish(&mut publisher, 0).await;
     acked_and_delivered(&mut publisher, &mut subscriber, 0).await;
 

@@ -15,6 +15,7 @@ mod common;
 use common::{ALL, client, config, within};
 use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::client::ServerFrame;
+use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
 
 /// Messages the publishing client sends at most: it stops earlier when the connection closes.
 const MAX_MESSAGES: u64 = 2_000_000;
@@ -82,7 +83,7 @@ where
 
 /// Subscribes a client to `topic` and waits for the confirmation.
 async fn subscribed(data_dir: &Path, port: u16, topic: &str) -> ClientWs {
-    let mut ws = client(data_dir, port, "/subscribe").await;
+    let mut ws = client(data_dir, port, SUBSCRIBE_PATH).await;
     ws.send(Message::text(format!("sub {topic}")))
         .await
         .unwrap();
@@ -130,7 +131,7 @@ async fn clients_under_load_are_closed_with_going_away_on_shutdown() {
     let mut publishers = Vec::new();
     let mut senders = Vec::new();
     for _ in 0..PUBLISHERS {
-        let (sink, stream) = client(dir.path(), pub_port, "/publish").await.split();
+        let (sink, stream) = client(dir.path(), pub_port, PUBLISH_PATH).await.split();
         publishers.push(tokio::spawn(read_until_closed(stream, Arc::clone(&acked))));
         senders.push(tokio::spawn(publish_until_closed(sink)));
     }

@@ -45,12 +45,12 @@ use tokio::process::{Child, Command};
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::envelope::Envelope;
+use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1, SUBSCRIBE_PATH};
 
+use super::Ctx;
 use super::conns::http_get;
-use super::{Ctx, PUBLISH_PATH, SUBSCRIBE_PATH};
 use crate::cli::{ChaosArgs, ChaosService, DurationRange};
 use crate::client::{Connector, Target, Ws};
 use crate::payload::{Clock, STAMP_LEN, Stamp};
@@ -122,8 +122,12 @@ pub async fn run(ctx: &Ctx, args: ChaosArgs) -> anyhow::Result<Report> {
     common.data_dir = fleet.data_dir();
     common.ca = None;
     let connector = Connector::new(&common, false)?;
-    let pub_target = Target::resolve(&fleet.url(ChaosService::Publisher), PUBLISH_PATH).await?;
-    let sub_target = Target::resolve(&fleet.url(ChaosService::Subscriber), SUBSCRIBE_PATH).await?;
+    let pub_target = connector
+        .target(&fleet.url(ChaosService::Publisher), PUBLISH_PATH)
+        .await?;
+    let sub_target = connector
+        .target(&fleet.url(ChaosService::Subscriber), SUBSCRIBE_PATH)
+        .await?;
     let clock = Clock::start();
     let run_id: u32 = rand::random();
 

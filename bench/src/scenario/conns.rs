@@ -10,10 +10,11 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use wsmq_core::protocol::SUBSCRIBE_PATH;
 
-use super::{Ctx, SUBSCRIBE_PATH, open_many, subscribe};
+use super::{Ctx, open_many, subscribe};
 use crate::cli::ConnsArgs;
-use crate::client::{Connector, Target, source_ip};
+use crate::client::{Connector, source_ip};
 use crate::payload::Clock;
 use crate::report::{Report, per_second};
 
@@ -29,7 +30,9 @@ pub async fn run(ctx: &Ctx, args: ConnsArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.topics > 0, "--topics must be at least 1");
     ctx.check_connections(args.connections)?;
     let connector = Connector::new(&ctx.common, true)?;
-    let target = Target::resolve(&ctx.common.subscriber_url, SUBSCRIBE_PATH).await?;
+    let target = connector
+        .target(&ctx.common.subscriber_url, SUBSCRIBE_PATH)
+        .await?;
     let rss_before = server_rss(&args).await?;
 
     let bar = ctx.progress(args.connections as u64, "connecting");

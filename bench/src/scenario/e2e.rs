@@ -13,13 +13,11 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::envelope::Envelope;
+use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1, SUBSCRIBE_PATH};
 
-use super::{
-    Ctx, PUBLISH_PATH, SUBSCRIBE_PATH, Subscriber, open_many, settle_if_unconfirmed, subscribe,
-};
+use super::{Ctx, Subscriber, open_many, settle_if_unconfirmed, subscribe};
 use crate::cli::{E2eArgs, FlowArgs, SlowArgs, SlowTopic, TopicMode};
 use crate::client::{Connector, Target, Ws, source_ip};
 use crate::payload::{Clock, Counts, STAMP_LEN, Stamp, Tracker};
@@ -142,8 +140,12 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
     ctx.check_connections(plan.publishers + plan.subscribers + slow_count)?;
     let many = plan.publishers + plan.subscribers > 1_000;
     let connector = Connector::new(&ctx.common, many)?;
-    let sub_target = Target::resolve(&ctx.common.subscriber_url, SUBSCRIBE_PATH).await?;
-    let pub_target = Target::resolve(&ctx.common.publisher_url, PUBLISH_PATH).await?;
+    let sub_target = connector
+        .target(&ctx.common.subscriber_url, SUBSCRIBE_PATH)
+        .await?;
+    let pub_target = connector
+        .target(&ctx.common.publisher_url, PUBLISH_PATH)
+        .await?;
     let run_id: u32 = rand::random();
     let planned = plan.per_publisher();
 

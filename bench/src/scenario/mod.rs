@@ -27,12 +27,8 @@ use crate::cli::{Common, SubscribeMode};
 use crate::client::{ConnectError, Connector, Target, Ws};
 use crate::report::Report;
 
-/// Path of the subscriber endpoint.
-pub const SUBSCRIBE_PATH: &str = "/subscribe";
 /// How often long sending phases update their progress bar.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
-/// Path of the publisher endpoint.
-pub const PUBLISH_PATH: &str = "/publish";
 /// File descriptors kept free below the open-files limit (stdio, the runtime, files), so a 20,000 limit
 /// allows 19,000 connections.
 const FD_MARGIN: u64 = 1_000;

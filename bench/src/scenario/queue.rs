@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PopRecord, PushRecord, PushReply};
+use wsmq_core::protocol::{POP_PATH, PUSH_PATH, SUBPROTOCOL_V1};
 
 use super::{Ctx, open_many};
 use crate::cli::QueueArgs;
@@ -23,10 +23,6 @@ use crate::client::{Connector, Target, Ws};
 use crate::payload::{Arrival, Clock, Counts, STAMP_LEN, Stamp, Tracker};
 use crate::report::{Latencies, LatencyBuffer, Report, per_second};
 
-/// Path producers push to.
-pub const PUSH_PATH: &str = "/pushmsg";
-/// Path consumers pop from.
-pub const POP_PATH: &str = "/popmsg";
 /// Most bytes of records in one pushed frame, well under msgqueue's default 64 KiB message limit.
 const MAX_FRAME_BYTES: usize = 48 * 1024;
 /// Bytes a PUSH record adds to its payload (kind, seq, len).
@@ -46,8 +42,8 @@ pub async fn run(ctx: &Ctx, args: QueueArgs) -> anyhow::Result<Report> {
     );
     ctx.check_connections(args.pushers + args.poppers)?;
     let connector = Connector::new(&ctx.common, false)?;
-    let push_target = Target::resolve(&ctx.common.queue_url, PUSH_PATH).await?;
-    let pop_target = Target::resolve(&ctx.common.queue_url, POP_PATH).await?;
+    let push_target = connector.target(&ctx.common.queue_url, PUSH_PATH).await?;
+    let pop_target = connector.target(&ctx.common.queue_url, POP_PATH).await?;
     let run_id: u32 = rand::random();
     let p = args.pushers as u64;
     let planned: Vec<u64> = (0..p)

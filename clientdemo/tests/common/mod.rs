@@ -29,6 +29,7 @@ use wsmq_core::limits::Limits;
 use wsmq_core::protocol::client::{
     Command as SubCommand, encode_ack, encode_error, encode_subscribed, encode_unsubscribed,
 };
+use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
 use wsmq_core::server::{Accepted, Route, ServerConfig, serve};
 use wsmq_core::tls;
 
@@ -106,7 +107,7 @@ impl FakeStack {
             auth.clone(),
             limits.clone(),
             vec![Route::WebSocket {
-                path: "/publish",
+                path: PUBLISH_PATH,
                 subprotocols: &["wsmq.v1"],
             }],
         );
@@ -125,7 +126,7 @@ impl FakeStack {
             auth,
             limits,
             vec![Route::WebSocket {
-                path: "/subscribe",
+                path: SUBSCRIBE_PATH,
                 subprotocols: &["wsmq.v1"],
             }],
         );

@@ -15,3 +15,17 @@ pub mod queue;
 /// The subprotocol a client offers in `Sec-WebSocket-Protocol` to speak wsmq's reliable protocol instead of
 /// ws-go's. Anything new is negotiated this way so ws-go clients, which offer nothing, are never surprised.
 pub const SUBPROTOCOL_V1: &str = "wsmq.v1";
+
+/// msgqueue's producer endpoint: the publisher's link pushes each published message here and waits for the
+/// durable ack (ws-go's path, kept so ws-go producers still connect).
+pub const PUSH_PATH: &str = "/pushmsg";
+
+/// msgqueue's consumer endpoint: the subscriber's link pops deliveries from here and acks them once routed
+/// (ws-go's path).
+pub const POP_PATH: &str = "/popmsg";
+
+/// The publisher's client endpoint: clients send `{"Topic", "Content"}` envelopes here (ws-go's path).
+pub const PUBLISH_PATH: &str = "/publish";
+
+/// The subscriber's client endpoint: clients register topics and receive messages here (ws-go's path).
+pub const SUBSCRIBE_PATH: &str = "/subscribe";

@@ -17,8 +17,8 @@ use wsmq_core::auth::Credentials;
 use wsmq_core::config::ServerArgs;
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::queue::{Delivery, FrameReader, FrameWriter, PopRecord, PushReply};
+use wsmq_core::protocol::{POP_PATH, PUSH_PATH, SUBPROTOCOL_V1};
 use wsmq_msgqueue::config::{QueueArgs, StorageKind};
 use wsmq_msgqueue::queue::FsyncPolicy;
 use wsmq_msgqueue::{Bound, Config};
@@ -121,7 +121,7 @@ pub struct Producer {
 
 impl Producer {
     pub async fn connect(dialer: &Dialer, id: u64) -> Self {
-        let (ws, proto) = within("dial /pushmsg", dialer.dial("/pushmsg"))
+        let (ws, proto) = within("dial /pushmsg", dialer.dial(PUSH_PATH))
             .await
             .unwrap();
         assert_eq!(proto.as_deref(), Some(SUBPROTOCOL_V1));
@@ -173,9 +173,7 @@ pub struct Consumer {
 
 impl Consumer {
     pub async fn connect(dialer: &Dialer, credit: u32) -> Self {
-        let (ws, proto) = within("dial /popmsg", dialer.dial("/popmsg"))
-            .await
-            .unwrap();
+        let (ws, proto) = within("dial /popmsg", dialer.dial(POP_PATH)).await.unwrap();
         assert_eq!(proto.as_deref(), Some(SUBPROTOCOL_V1));
         let mut c = Self {
             ws,

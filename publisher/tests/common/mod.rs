@@ -27,11 +27,11 @@ use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::config::{LinkArgs, ServerArgs};
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PushRecord, PushReply, RejectReason};
+use wsmq_core::protocol::{PUBLISH_PATH, PUSH_PATH, SUBPROTOCOL_V1};
 use wsmq_core::server::{Accepted, Route, ServerConfig, serve};
+use wsmq_publisher::Config;
 use wsmq_publisher::metrics::PublisherMetrics;
-use wsmq_publisher::{Config, PUBLISH_PATH};
 
 /// Bound on every wait in these tests.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
@@ -166,7 +166,7 @@ impl FakeQueue {
             ..Limits::default()
         };
         let routes = vec![Route::WebSocket {
-            path: "/pushmsg",
+            path: PUSH_PATH,
             subprotocols: &[SUBPROTOCOL_V1],
         }];
         let config = Arc::new(ServerConfig::new(tls, auth, limits, routes));

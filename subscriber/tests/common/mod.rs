@@ -23,9 +23,9 @@ use wsmq_core::auth::{Authenticator, Credentials};
 use wsmq_core::config::{LinkArgs, ServerArgs};
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
-use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::envelope::Envelope;
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, NackReason, PopRecord};
+use wsmq_core::protocol::{POP_PATH, SUBPROTOCOL_V1, SUBSCRIBE_PATH};
 use wsmq_core::server::{Route, ServerConfig, ServerWs, serve};
 use wsmq_core::tls;
 use wsmq_subscriber::{Config, SlowClientPolicy, SubscriberMetrics};
@@ -75,7 +75,7 @@ impl FakeQueue {
         let tls = tls::server_config(None, None, dir)?;
         let auth = Authenticator::from_users(&Secret::new(format!("{LINK_USER}:{LINK_PASSWORD}")))?;
         let routes = vec![Route::WebSocket {
-            path: "/popmsg",
+            path: POP_PATH,
             subprotocols: &[SUBPROTOCOL_V1],
         }];
         let config = ServerConfig::new(tls, auth, Limits::default(), routes);
@@ -308,7 +308,7 @@ impl Subscriber {
         if let Some(subprotocol) = subprotocol {
             dialer = dialer.with_subprotocol(subprotocol);
         }
-        let (ws, negotiated) = dialer.dial("/subscribe").await?;
+        let (ws, negotiated) = dialer.dial(SUBSCRIBE_PATH).await?;
         assert_eq!(negotiated.as_deref(), subprotocol);
         Ok(Client { ws })
     }
