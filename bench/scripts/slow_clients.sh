@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measures what subscribers that never read cost healthy ones (issue 15): e2e with 4 healthy subscribers at a fixed
 # rate and at max rate, with 0, 1 (same topic / own topic) and 14 (one joining per second) never-reading
-# subscribers. Prints one JSON line per run, prefixed by its label; docs/PERFORMANCE.md ("Slow clients") quotes them.
+# subscribers, and one that reads one message per ms. Prints one JSON line per run, prefixed by its label; docs/PERFORMANCE.md ("Slow clients") quotes them.
 # Usage: bench/scripts/slow_clients.sh [WSMQ_BINARY] [OUT_FILE]
 #   WSMQ_BINARY defaults to target/release/wsmq (build it and wsmq-bench with
 #   `cargo build --release --bin wsmq --bin wsmq-bench` first); pass an older build to compare.
@@ -43,6 +43,8 @@ run rate20k-slow0          "${rate[@]}"
 run rate20k-slow1          "${rate[@]}" --slow-subscribers 1
 run rate20k-slow1-other    "${rate[@]}" --slow-subscribers 1 --slow-topic other
 run rate20k-slow14-join1s  "${rate[@]}" --slow-subscribers 14 --slow-join-every 1s
+# A subscriber that reads, but one message per ms: 5% of its topic's rate.
+run rate20k-slowread1      "${rate[@]}" --slow-subscribers 1 --slow-read-every 1ms
 max=(-p 1 -s 4 -n 1000000)
 run max-slow0              "${max[@]}"
 run max-slow1              "${max[@]}" --slow-subscribers 1

@@ -222,6 +222,11 @@ pub struct SlowArgs {
     /// The topic the slow subscribers take.
     #[arg(long, value_enum, default_value_t = SlowTopic::Same)]
     pub slow_topic: SlowTopic,
+
+    /// Make the slow subscribers read one frame every this long instead of never: clients that read, but more
+    /// slowly than their messages arrive.
+    #[arg(long, value_parser = parse_duration)]
+    pub slow_read_every: Option<Duration>,
 }
 
 /// `fanout` flags.

@@ -170,7 +170,10 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
     let confirmed = subscribers.iter().all(|s| s.confirmed);
     settle_if_unconfirmed(&subscribers, plan.flow.settle).await;
 
+    let stop_receiving = CancellationToken::new();
     let slow_joiner = SlowJoiner {
+        read_every: plan.slow.as_ref().and_then(|slow| slow.slow_read_every),
+        stop: stop_receiving.clone(),
         connector: connector.clone(),
         target: sub_target.clone(),
         topic: topic_name(plan.slow_topic()),
@@ -225,7 +228,6 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
     let delivery_latency = Latencies::default();
     let ack_latency = Latencies::default();
     let unique = Arc::new(AtomicU64::new(0));
-    let stop_receiving = CancellationToken::new();
     let mut receivers = JoinSet::new();
     for Subscriber { ws, .. } in subscribers {
         receivers.spawn(receive(
@@ -340,8 +342,11 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
     Ok(report)
 }
 
-/// Opens the subscriber connections that never read.
+/// Opens the subscriber connections that never read, or read slowly.
 struct SlowJoiner {
+    /// Read one frame per this long (until `stop`) instead of never.
+    read_every: Option<Duration>,
+    stop: CancellationToken,
     connector: Connector,
     target: Target,
     topic: String,
@@ -352,8 +357,8 @@ struct SlowJoiner {
 }
 
 impl SlowJoiner {
-    /// Connects and subscribes slow subscriber `k`; from then on nothing reads it.
-    async fn open(&self, k: usize) -> anyhow::Result<Ws> {
+    /// Connects and subscribes slow subscriber `k`; from then on nothing reads it, or it reads slowly.
+    async fn open(&self, k: usize) -> anyhow::Result<Slow> {
         let source = source_ip(self.first_source + k, self.source_ips, &self.target);
         let subscriber = subscribe(
             self.connector.clone(),
@@ -363,11 +368,18 @@ impl SlowJoiner {
             source,
         )
         .await?;
-        Ok(subscriber.ws)
+        Ok(match self.read_every {
+            None => Slow::Idle(Box::new(subscriber.ws)),
+            Some(every) => Slow::Reading(tokio::spawn(read_slowly(
+                subscriber.ws,
+                every,
+                self.stop.clone(),
+            ))),
+        })
     }
 
     /// Opens `n` slow subscribers one after the other.
-    async fn open_all(&self, n: usize) -> anyhow::Result<Vec<Ws>> {
+    async fn open_all(&self, n: usize) -> anyhow::Result<Vec<Slow>> {
         let mut opened = Vec::with_capacity(n);
         for k in 0..n {
             opened.push(self.open(k).await.context("slow subscriber")?);
@@ -376,7 +388,7 @@ impl SlowJoiner {
     }
 
     /// Opens `n` slow subscribers, the first at once and then one every `every`, until `stop`.
-    async fn join_every(self, n: usize, every: Duration, stop: CancellationToken) -> Vec<Ws> {
+    async fn join_every(self, n: usize, every: Duration, stop: CancellationToken) -> Vec<Slow> {
         let mut opened = Vec::with_capacity(n);
         let mut tick = tokio::time::interval(every);
         for k in 0..n {
@@ -393,12 +405,48 @@ impl SlowJoiner {
     }
 }
 
+/// A slow subscriber: one that never reads, or one reading slowly ([`read_slowly`]) until the run ends.
+enum Slow {
+    Idle(Box<Ws>),
+    Reading(tokio::task::JoinHandle<Result<bool, Ws>>),
+}
+
+/// Reads one frame per `every` until the server closes the connection (`Ok`: whether with 1013) or `stop`
+/// (`Err`: the connection, still open).
+async fn read_slowly(mut ws: Ws, every: Duration, stop: CancellationToken) -> Result<bool, Ws> {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        let frame = tokio::select! {
+            () = stop.cancelled() => return Err(ws),
+            frame = async {
+                tick.tick().await;
+                ws.next().await
+            } => frame,
+        };
+        match frame {
+            Some(Ok(Message::Close(close))) => {
+                return Ok(close.is_some_and(|c| u16::from(c.code) == 1013));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return Ok(false),
+        }
+    }
+}
+
 /// Reads through each slow subscriber's backlog (bounded in time) and counts those the server closed with 1013
 /// (try again later), the close a client that does not keep up gets.
-async fn count_slow_closures(slow: Vec<Ws>) -> usize {
+async fn count_slow_closures(slow: Vec<Slow>) -> usize {
     let mut readers = JoinSet::new();
-    for mut ws in slow {
+    for slow in slow {
         readers.spawn(async move {
+            let mut ws = match slow {
+                Slow::Idle(ws) => *ws,
+                Slow::Reading(reading) => match reading.await {
+                    Ok(Ok(closed)) => return closed,
+                    Ok(Err(ws)) => ws,
+                    Err(_) => return false,
+                },
+            };
             let closed = tokio::time::timeout(SLOW_CLOSE_LIMIT, async {
                 while let Some(Ok(frame)) = ws.next().await {
                     if let Message::Close(close) = frame {
@@ -732,6 +780,7 @@ mod tests {
             slow_subscribers: 1,
             slow_join_every: None,
             slow_topic: SlowTopic::Other,
+            slow_read_every: None,
         });
         assert_eq!((p.published_topics(), p.slow_topic()), (2, 1));
         assert_eq!(
