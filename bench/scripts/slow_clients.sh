@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Measures what subscribers that never read cost healthy ones (issue 15): e2e with 4 healthy subscribers at a fixed
 # rate and at max rate, with 0, 1 (same topic / own topic) and 14 (one joining per second) never-reading
-# subscribers, and one that reads one message per ms. Prints one JSON line per run, prefixed by its label; docs/PERFORMANCE.md ("Slow clients") quotes them.
+# subscribers, and one that reads one message per ms. Prints one JSON line per run, prefixed by its label;
+# docs/PERFORMANCE.md ("Slow clients") quotes them.
 # Usage: bench/scripts/slow_clients.sh [WSMQ_BINARY] [OUT_FILE]
 #   WSMQ_BINARY defaults to target/release/wsmq (build it and wsmq-bench with
 #   `cargo build --release --bin wsmq --bin wsmq-bench` first); pass an older build to compare.
