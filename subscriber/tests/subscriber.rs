@@ -499,3 +499,148 @@ async fn clients_that_do_not_read_joining_one_after_another_do_not_add_up_to_sta
     }
     subscriber.stop().await
 }
+
+/// Messages of 4 KiB per round in [`a_client_that_reads_too_slowly_is_cut_and_holds_back_no_one`]: a quarter
+/// of the client queue, so a round never overflows a queue below its high-water mark by itself.
+const SLOW_READ_ROUND: u64 = 4;
+/// The slow reader reads this many frames per [`SLOW_READ_PAUSE`]: about 400 a second, under a tenth of the rate
+/// at which rounds arrive when nobody waits for it (several thousand a second).
+const SLOW_READ_BURST: usize = 4;
+/// See [`SLOW_READ_BURST`].
+const SLOW_READ_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Feeds one round of [`SLOW_READ_ROUND`] messages of `content` on `t` and waits until `healthy` has them all
+/// and msgqueue their acks. Returns how long the healthy client waited.
+async fn feed_busy_round(
+    link: &mut common::QueueConn,
+    healthy: &mut common::Client,
+    first_id: u64,
+    content: &str,
+) -> TestResult<std::time::Duration> {
+    let ids = first_id..first_id + SLOW_READ_ROUND;
+    let batch: Vec<_> = ids
+        .clone()
+        .map(|id| (id, false, envelope("t", &format!("{id} {content}"))))
+        .collect();
+    let sent = std::time::Instant::now();
+    link.deliver(&batch).await?;
+    for (_, _, payload) in &batch {
+        assert_eq!(
+            healthy.recv().await?.as_bytes(),
+            payload,
+            "in order, nothing lost"
+        );
+    }
+    let waited = sent.elapsed();
+    link.await_acks(ids).await?;
+    Ok(waited)
+}
+
+/// A client that reads, but far more slowly than its topic's messages arrive, while another keeps up: the link
+/// waits for it only while its writer is still writing, and over real sockets that stops within one hold (the
+/// kernel reopens a full socket buffer in large steps, so the writer looks stalled); then it is cut with 1013 and
+/// the healthy client never waits long.
+#[tokio::test]
+async fn a_client_that_reads_too_slowly_is_cut_and_holds_back_no_one() -> TestResult {
+    let timeout = std::time::Duration::from_secs(30);
+    let (_dir, _queue, subscriber, mut link) = setup(slow_client_settings(timeout)).await?;
+    let mut healthy = subscriber.v1_client().await?;
+    healthy.subscribe("t").await?;
+    let mut slow = subscriber.v1_client().await?;
+    slow.subscribe("t").await?;
+    // It reads a burst of frames per pause until the server closes it; then it reports the close code.
+    let reader = tokio::spawn(async move {
+        for read in 1.. {
+            match common::step(futures_util::StreamExt::next(&mut slow.ws)).await? {
+                Some(Ok(tungstenite::Message::Close(frame))) => {
+                    return TestResult::Ok(frame.map(|frame| frame.code));
+                }
+                Some(Ok(_)) if read % SLOW_READ_BURST == 0 => {
+                    tokio::time::sleep(SLOW_READ_PAUSE).await;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err.into()),
+                None => break,
+            }
+        }
+        Err("ended without a close frame".into())
+    });
+
+    let content = "x".repeat(4 * 1024);
+    let started = std::time::Instant::now();
+    let mut worst = std::time::Duration::ZERO;
+    let mut rounds = 0;
+    while subscriber.metrics.slow_client_disconnects_total() == 0 {
+        assert!(
+            rounds < MAX_ROUNDS,
+            "the client that reads slowly was never cut off (after {:?}, {} s held back)",
+            started.elapsed(),
+            subscriber.metrics.held_back_seconds_total()
+        );
+        let waited =
+            feed_busy_round(&mut link, &mut healthy, rounds * SLOW_READ_ROUND, &content).await?;
+        worst = worst.max(waited);
+        rounds += 1;
+    }
+    assert!(
+        worst < HEALTHY_LATENCY_BOUND,
+        "the healthy client waited {worst:?} for a message while the other one read slowly"
+    );
+    let held = subscriber.metrics.held_back_seconds_total();
+    assert!(
+        held < HEALTHY_LATENCY_BOUND.as_secs_f64(),
+        "deliveries were held back {held} s in all for the slow reader"
+    );
+    assert_eq!(common::step(reader).await???, Some(CloseCode::Again));
+    // Delivery goes on after the cut.
+    feed_busy_round(&mut link, &mut healthy, rounds * SLOW_READ_ROUND, &content).await?;
+    assert_eq!(subscriber.metrics.slow_client_disconnects_total(), 1);
+    subscriber.stop().await
+}
+
+/// Clients of one topic fed as fast as the link's window allows take turns at falling behind for a moment; each
+/// is waited for (by the majority rule or while it is still writing) and none loses anything.
+#[tokio::test]
+async fn clients_of_a_busy_topic_that_keep_up_at_max_rate_are_never_cut() -> TestResult {
+    const CLIENTS: usize = 3;
+    const MESSAGES: u64 = 4_000;
+    const PER_FRAME: u64 = 2;
+    let settings = Settings {
+        prefetch: 64,
+        client_queue: 16,
+        slow_client_timeout: std::time::Duration::from_secs(30),
+        ..Settings::default()
+    };
+    let (_dir, _queue, subscriber, mut link) = setup(settings).await?;
+    let content = "x".repeat(4 * 1024);
+    let mut readers = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut client = subscriber.v1_client().await?;
+        client.subscribe("t").await?;
+        let content = content.clone();
+        readers.push(tokio::spawn(async move {
+            for id in 0..MESSAGES {
+                let expected = envelope("t", &format!("{id} {content}"));
+                if client.recv().await?.as_bytes() != expected {
+                    return Err(format!("message {id} lost or out of order").into());
+                }
+            }
+            TestResult::Ok(client)
+        }));
+    }
+    // As fast as the link's window allows: the clients, taking turns at falling behind, are the bottleneck.
+    for first in (0..MESSAGES).step_by(usize::try_from(PER_FRAME)?) {
+        link.await_credit(i64::try_from(PER_FRAME)?).await?;
+        let batch: Vec<_> = (first..first + PER_FRAME)
+            .map(|id| (id, false, envelope("t", &format!("{id} {content}"))))
+            .collect();
+        link.deliver(&batch).await?;
+    }
+    link.await_acks(0..MESSAGES).await?;
+    for reader in readers {
+        let mut client = common::step(reader).await???;
+        client.subscribe("still-connected").await?;
+    }
+    assert_eq!(subscriber.metrics.slow_client_disconnects_total(), 0);
+    subscriber.stop().await
+}
