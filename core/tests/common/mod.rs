@@ -186,10 +186,20 @@ impl TestServer {
     /// Sends a raw HTTP request head over TLS and returns the whole response (the server closes after it), or
     /// just the head of a `101 Switching Protocols`.
     pub async fn raw_request(&self, head: &str) -> TestResult<String> {
-        let mut tls = self.tls_connect().await?;
-        tls.write_all(head.as_bytes()).await?;
-        let mut response = Vec::new();
-        let read = async {
+        self.raw_request_within(head, STEP).await
+    }
+
+    /// [`Self::raw_request`] with one bound on the whole exchange (connect, TLS, request, response), for tests
+    /// that start many handshakes at once, which can take longer than [`STEP`] on a loaded machine.
+    pub async fn raw_request_within(&self, head: &str, bound: Duration) -> TestResult<String> {
+        let exchange = async {
+            let tcp = TcpStream::connect(self.addr).await?;
+            let connector = TlsConnector::from(self.client_tls.clone());
+            let mut tls = connector
+                .connect(ServerName::try_from("localhost")?, tcp)
+                .await?;
+            tls.write_all(head.as_bytes()).await?;
+            let mut response = Vec::new();
             let mut chunk = [0u8; 1024];
             loop {
                 let n = tls.read(&mut chunk).await?;
@@ -197,12 +207,13 @@ impl TestServer {
                 let switching = response.starts_with(b"HTTP/1.1 101 ")
                     && response.windows(4).any(|w| w == b"\r\n\r\n");
                 if n == 0 || switching {
-                    return Ok::<_, std::io::Error>(());
+                    return Ok::<_, Box<dyn Error + Send + Sync>>(
+                        String::from_utf8_lossy(&response).into_owned(),
+                    );
                 }
             }
         };
-        tokio::time::timeout(STEP, read).await??;
-        Ok(String::from_utf8_lossy(&response).into_owned())
+        tokio::time::timeout(bound, exchange).await?
     }
 
     /// A WebSocket upgrade request for `path` with the given extra headers (no credentials unless given).
