@@ -45,6 +45,21 @@ pub struct Stamp {
     pub sent_nanos: u64,
 }
 
+/// A publish frame whose content is `stamp` padded to `size` bytes: `{"Topic":…,"Content":"<stamp>"}`, plus
+/// `,"Id":id` when the sender wants wsmq.v1 acks. Topics here are the bench's own, which need no JSON escaping.
+pub fn encode_publish(out: &mut Vec<u8>, topic: &str, stamp: &Stamp, size: usize, id: Option<u64>) {
+    out.clear();
+    out.extend_from_slice(b"{\"Topic\":\"");
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(b"\",\"Content\":\"");
+    stamp.encode_into(size, out);
+    out.push(b'"');
+    if let Some(id) = id {
+        out.extend_from_slice(format!(",\"Id\":{id}").as_bytes());
+    }
+    out.push(b'}');
+}
+
 /// Why bytes are not a stamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StampError {
@@ -248,6 +263,25 @@ mod tests {
         s.encode_into(10, &mut short);
         assert_eq!(short.len(), STAMP_LEN);
         assert_eq!(Stamp::decode(&short), Ok(s));
+    }
+
+    #[test]
+    fn a_publish_frame_carries_the_padded_stamp_and_an_id_only_when_asked() {
+        let stamp = stamp(2, 7);
+        let mut text = Vec::new();
+        stamp.encode_into(STAMP_LEN + 2, &mut text);
+        let text = String::from_utf8(text).unwrap();
+        let mut out = Vec::new();
+        encode_publish(&mut out, "bench-0", &stamp, STAMP_LEN + 2, None);
+        assert_eq!(
+            out,
+            format!(r#"{{"Topic":"bench-0","Content":"{text}"}}"#).into_bytes()
+        );
+        encode_publish(&mut out, "bench-0", &stamp, STAMP_LEN + 2, Some(7));
+        assert_eq!(
+            out,
+            format!(r#"{{"Topic":"bench-0","Content":"{text}","Id":7}}"#).into_bytes()
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ use anyhow::{Context as _, anyhow, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom as _;
 use rand::{RngExt as _, SeedableRng as _};
 use serde::Serialize;
 use tokio::process::{Child, Command};
@@ -53,7 +54,7 @@ use super::Ctx;
 use super::conns::http_get;
 use crate::cli::{ChaosArgs, ChaosService, DurationRange};
 use crate::client::{Connector, Target, Ws};
-use crate::payload::{Clock, STAMP_LEN, Stamp};
+use crate::payload::{Clock, STAMP_LEN, Stamp, encode_publish};
 use crate::report::Report;
 
 /// The topic every message is published to.
@@ -436,7 +437,7 @@ impl Fleet {
             if round.is_empty() {
                 round = args.kill.clone();
                 round.dedup();
-                shuffle(&mut round, &mut rng);
+                round.shuffle(&mut rng);
             }
             let Some(service) = round.pop() else { break };
             let signal = if rng.random_bool(args.sigterm_share) {
@@ -483,13 +484,6 @@ fn random_in(rng: &mut StdRng, range: DurationRange) -> Duration {
     let min = u64::try_from(range.min.as_millis()).unwrap_or(u64::MAX);
     let max = u64::try_from(range.max.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(rng.random_range(min..=max))
-}
-
-/// Fisher-Yates with the run's seeded generator.
-fn shuffle<T>(items: &mut [T], rng: &mut StdRng) {
-    for i in (1..items.len()).rev() {
-        items.swap(i, rng.random_range(0..=i));
-    }
 }
 
 /// One injected fault's signal.
@@ -706,18 +700,13 @@ fn encode_message(
     sent_nanos: u64,
     size: usize,
 ) {
-    out.clear();
-    out.extend_from_slice(b"{\"Topic\":\"");
-    out.extend_from_slice(TOPIC.as_bytes());
-    out.extend_from_slice(b"\",\"Content\":\"");
-    Stamp {
+    let stamp = Stamp {
         run,
         sender,
         seq,
         sent_nanos,
-    }
-    .encode_into(size.max(STAMP_LEN), out);
-    out.extend_from_slice(format!("\",\"Id\":{seq}}}").as_bytes());
+    };
+    encode_publish(out, TOPIC, &stamp, size.max(STAMP_LEN), Some(seq));
 }
 
 /// Publishes the fence (sequence 0 of an extra sender) on a fresh connection and waits for its ack.
@@ -1033,7 +1022,7 @@ mod tests {
     fn the_shuffled_rounds_kill_every_service_once_per_round() {
         let mut rng = StdRng::seed_from_u64(7);
         let mut round = ChaosService::ALL.to_vec();
-        shuffle(&mut round, &mut rng);
+        round.shuffle(&mut rng);
         round.sort_by_key(|s| s.index());
         assert_eq!(round, ChaosService::ALL);
     }

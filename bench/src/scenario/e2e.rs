@@ -20,7 +20,7 @@ use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1, SUBSCRIBE_PATH};
 use super::{Ctx, Subscriber, open_many, settle_if_unconfirmed, subscribe};
 use crate::cli::{E2eArgs, FlowArgs, SlowArgs, SlowTopic, TopicMode};
 use crate::client::{Connector, Target, Ws, source_ip};
-use crate::payload::{Clock, Counts, STAMP_LEN, Stamp, Tracker};
+use crate::payload::{self, Clock, Counts, STAMP_LEN, Stamp, Tracker};
 use crate::report::{Latencies, LatencyBuffer, Report, per_second};
 
 /// Messages a max-rate publisher writes before one flush: one syscall carries many frames.
@@ -652,22 +652,20 @@ async fn publish(
 
 /// `{"Topic":"bench-T","Content":"<stamp + padding>"}` plus `,"Id":seq` with `--acks`.
 fn encode_publish(out: &mut Vec<u8>, plan: &FlowPlan, j: usize, seq: u64, run: u32, now: u64) {
-    out.clear();
-    out.extend_from_slice(b"{\"Topic\":\"");
-    out.extend_from_slice(topic_name(plan.topic_of(j, seq)).as_bytes());
-    out.extend_from_slice(b"\",\"Content\":\"");
-    Stamp {
+    let stamp = Stamp {
         run,
         sender: u32::try_from(j).unwrap_or(u32::MAX),
         seq,
         sent_nanos: now,
-    }
-    .encode_into(plan.flow.size, out);
-    out.push(b'"');
-    if plan.flow.acks {
-        out.extend_from_slice(format!(",\"Id\":{seq}").as_bytes());
-    }
-    out.push(b'}');
+    };
+    let id = plan.flow.acks.then_some(seq);
+    payload::encode_publish(
+        out,
+        &topic_name(plan.topic_of(j, seq)),
+        &stamp,
+        plan.flow.size,
+        id,
+    );
 }
 
 /// Replies a publisher received; shared because the reading task is aborted when publishing ends.
