@@ -7,7 +7,7 @@ use futures_util::SinkExt;
 use tungstenite::Message;
 mod common;
 
-use common::{ALL, Running, client, config, next_frame, within};
+use common::{ALL, Running, client, config, next_frame, start_edges, within};
 use wsmq::Service;
 use wsmq_core::Secret;
 use wsmq_core::auth::Credentials;
@@ -97,14 +97,7 @@ async fn restarting_msgqueue_mid_stream_loses_no_acked_message() {
     let queue_port = queue.msgqueue_addr().unwrap().port();
     let mut queue_running = Running::start(queue);
 
-    let mut edges_config = config(dir.path(), &[Service::Publisher, Service::Subscriber]);
-    edges_config.link.queue_url = format!("wss://localhost:{queue_port}");
-    let edges = wsmq::bind(edges_config).await.unwrap();
-    let (pub_port, sub_port) = (
-        edges.publisher_addr().unwrap().port(),
-        edges.subscriber_addr().unwrap().port(),
-    );
-    let edges_running = Running::start(edges);
+    let (edges_running, pub_port, sub_port) = start_edges(dir.path(), queue_port).await;
 
     let mut subscriber = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
     subscribe(&mut subscriber, "t").await;

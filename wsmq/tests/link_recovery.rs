@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tungstenite::Message;
 mod common;
 
-use common::{Running, client, config, next_frame};
+use common::{Running, client, config, next_frame, start_edges};
 use wsmq::Service;
 use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::client::ServerFrame;
@@ -57,14 +57,7 @@ async fn links_are_back_within_a_second_of_msgqueue_after_a_long_outage() {
     let mut queue_running = Some(Running::start(queue));
 
     // The edges with every link setting at its default, as an operator runs them.
-    let mut edges_config = config(dir.path(), &[Service::Publisher, Service::Subscriber]);
-    edges_config.link.queue_url = format!("wss://localhost:{queue_port}");
-    let edges = wsmq::bind(edges_config).await.unwrap();
-    let (pub_port, sub_port) = (
-        edges.publisher_addr().unwrap().port(),
-        edges.subscriber_addr().unwrap().port(),
-    );
-    let edges_running = Running::start(edges);
+    let (edges_running, pub_port, sub_port) = start_edges(dir.path(), queue_port).await;
 
     let mut subscriber = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
     subscriber.send(Message::text("sub t")).await.unwrap();

@@ -75,6 +75,19 @@ impl Running {
     }
 }
 
+/// Publisher and subscriber alone, linked to the msgqueue on `queue_port`, running; returns them with their
+/// publisher and subscriber ports.
+pub async fn start_edges(data_dir: &Path, queue_port: u16) -> (Running, u16, u16) {
+    let mut edges_config = config(data_dir, &[Service::Publisher, Service::Subscriber]);
+    edges_config.link.queue_url = format!("wss://localhost:{queue_port}");
+    let edges = wsmq::bind(edges_config).await.unwrap();
+    let (pub_port, sub_port) = (
+        edges.publisher_addr().unwrap().port(),
+        edges.subscriber_addr().unwrap().port(),
+    );
+    (Running::start(edges), pub_port, sub_port)
+}
+
 /// A wsmq.v1 client of the publisher or subscriber on `port`, as the dev user, trusting the dev CA in `data_dir`.
 pub async fn client(data_dir: &Path, port: u16, path: &str) -> ClientWs {
     let tls = wsmq_core::tls::client_config(None, Some(data_dir), false).unwrap();
