@@ -379,6 +379,14 @@ where
         }
     }
 
+    /// Reads and drops what the peer still sends after the service stopped reading it, until the closing
+    /// handshake is over (the peer's Close, or [`CLOSE_TIMEOUT`] after closing began). A socket dropped with
+    /// unread data makes the kernel reset the connection, which can destroy our Close frame before the peer reads
+    /// it: it would see 1006 instead of the code we sent. Callers start closing first.
+    pub async fn finish_closing(&mut self) {
+        while let Ok(Some(_)) = self.next().await {}
+    }
+
     /// The next Text or Binary message; `Ok(None)` once the connection has closed in an orderly way (the
     /// peer's Close, ours answered, or [`CLOSE_TIMEOUT`] after we started closing).
     ///
@@ -783,6 +791,29 @@ mod tests {
         assert!(peer.send(Err(WsError::Capacity(too_long))).await.is_ok());
         assert!(matches!(reader.next().await, Err(ReadError::TooBig)));
         assert_eq!(closer.frame().code, CloseCode::Size);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finishing_a_close_drains_what_the_peer_still_sends_until_its_close() {
+        let (peer, stream) = fake_stream();
+        let closer = Closer::new(&CancellationToken::new());
+        let mut reader = Reader::new(stream, closer.clone(), Duration::from_secs(60));
+        closer.close(CloseCode::Away, "stopping");
+        for m in [text("late"), text("later"), Message::Close(None)] {
+            assert!(peer.send(Ok(m)).await.is_ok());
+        }
+        // After its Close the peer's stream ends, as tungstenite's does once the handshake is over.
+        drop(peer);
+        let started = Instant::now();
+        reader.finish_closing().await;
+        assert!(
+            started.elapsed() < CLOSE_TIMEOUT,
+            "ended with the peer's stream, not the timeout"
+        );
+        assert!(
+            matches!(reader.next().await, Ok(None)),
+            "nothing the peer sent is left unread"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -78,7 +78,8 @@ pub async fn handle(accepted: Accepted, context: SessionContext) {
         let limits = session.context.limits.clone();
         drop(session);
         if reading == Reading::Stopped {
-            finish_closing(&mut reader).await;
+            // Nothing read now was acked, so a `wsmq.v1` client knows to send it again.
+            reader.finish_closing().await;
         }
         ws::finish_writer(writer, &limits, &accepted.shutdown).await;
     }
@@ -214,17 +215,6 @@ enum Reading {
     Ended,
     /// The session stopped publishing while the client may still be sending; the connection is closing.
     Stopped,
-}
-
-/// Reads and drops what a client still sends after the session stopped, until its Close reply arrives (or
-/// [`ws::CLOSE_TIMEOUT`] after closing began). Dropping a socket with unread data makes the kernel reset the
-/// connection, which can destroy our Close frame before the client reads it: it would see 1006, not 1001.
-/// Nothing read here was acked, so a `wsmq.v1` client knows to send it again.
-async fn finish_closing<S>(reader: &mut ws::Reader<S>)
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    while let Ok(Some(_)) = reader.next().await {}
 }
 
 /// Turns receipts into ack frames (messages with an `Id`) and error frames (rejected messages), in order.
