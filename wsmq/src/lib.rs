@@ -198,15 +198,7 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
             .local_addr()
             .map(|a| a.port())
             .unwrap_or(config.msgqueue_listen.port());
-        let link = vec![
-            "--queue-url".into(),
-            format!("wss://localhost:{port}"),
-            "--queue-user".into(),
-            LINK_USER.into(),
-            "--queue-password".into(),
-            link_password.expose().to_owned(),
-        ];
-        (Some(bound), link)
+        (Some(bound), link_args(port, &link_password))
     } else {
         (None, Vec::new())
     };
@@ -303,6 +295,16 @@ impl HasLink for wsmq_subscriber::Config {
     }
 }
 
+/// The edges' flags for their link to the in-process msgqueue on `port`. Values go in `--flag=value` form: the
+/// random password is base64url, and one that starts with `-` would otherwise be read as a flag.
+fn link_args(port: u16, password: &Secret) -> Vec<String> {
+    vec![
+        format!("--queue-url=wss://localhost:{port}"),
+        format!("--queue-user={LINK_USER}"),
+        format!("--queue-password={}", password.expose()),
+    ]
+}
+
 /// 24 random bytes, base64url: the link credential lives only in this process's memory.
 fn random_password() -> Secret {
     use base64::Engine;
@@ -384,5 +386,22 @@ impl Stack {
             first_error = Some(err);
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_password_that_starts_with_a_dash_is_taken_as_the_password() {
+        let password = Secret::new("-rXc_Q");
+        let config: wsmq_subscriber::Config =
+            service_config("subscriber", link_args(8080, &password)).unwrap();
+        assert_eq!(
+            config.link.queue_password.as_ref().map(Secret::expose),
+            Some("-rXc_Q")
+        );
+        assert_eq!(config.link.queue_user.as_deref(), Some(LINK_USER));
     }
 }
