@@ -456,7 +456,10 @@ fn flow(listened: bool) -> Flow {
 
 impl<P: Protocol> reconnecting::Protocol for Link<P> {
     type Error = String;
-    const PATH: &'static str = P::PATH;
+
+    fn path(&self) -> &str {
+        P::PATH
+    }
 
     async fn serve(&mut self, ws: ClientWs, _shutdown: &CancellationToken) -> Result<(), String> {
         match self.online(ws).await {

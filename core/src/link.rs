@@ -60,8 +60,8 @@ pub enum ConnectError {
 pub trait Protocol: Send {
     /// Why a connection ended other than by the link's own decision; logged or reported, then redialled.
     type Error: fmt::Display + Send;
-    /// The WebSocket path the link dials.
-    const PATH: &'static str;
+    /// The WebSocket path (with its query, if any) the link dials.
+    fn path(&self) -> &str;
 
     /// Serves one connection until it ends. `Ok` when the link is done (shutdown, or all work finished) and
     /// must not reconnect; `Err` when the connection was lost.
@@ -85,7 +85,7 @@ pub trait Protocol: Send {
 
     /// A connection is up (before [`Protocol::serve`]).
     fn connected(&mut self, url: &str) -> impl Future<Output = Flow> + Send {
-        tracing::info!(url, path = Self::PATH, "link up");
+        tracing::info!(url, path = self.path(), "link up");
         future::ready(Flow::Continue)
     }
 
@@ -168,7 +168,7 @@ impl Link {
 
     /// Connects and serves connections until `protocol` says it is done, a hook returns [`Flow::Stop`], or
     /// `shutdown` is cancelled. Connection-wise it begins as `start` says.
-    #[instrument(skip_all, fields(url = %self.dialer.url(), path = P::PATH))]
+    #[instrument(skip_all, fields(url = %self.dialer.url(), path = protocol.path()))]
     pub async fn run<P: Protocol>(
         &self,
         protocol: &mut P,
@@ -197,7 +197,8 @@ impl Link {
                         protocol.redialing();
                     }
                     dial_now = false;
-                    match offline(protocol, shutdown, self.connect::<P>()).await {
+                    let path = protocol.path().to_owned();
+                    match offline(protocol, shutdown, self.connect(&path)).await {
                         None => return,
                         Some(Ok(ws)) => ws,
                         Some(Err(err)) => {
@@ -230,8 +231,8 @@ impl Link {
     }
 
     /// One dial, checked for the required subprotocol.
-    async fn connect<P: Protocol>(&self) -> Result<ClientWs, ConnectError> {
-        let (ws, negotiated) = self.dialer.dial(P::PATH).await?;
+    async fn connect(&self, path: &str) -> Result<ClientWs, ConnectError> {
+        let (ws, negotiated) = self.dialer.dial(path).await?;
         match &self.required_subprotocol {
             Some(required) if negotiated.as_deref() != Some(required.as_str()) => {
                 Err(ConnectError::NotAccepted {

@@ -22,7 +22,10 @@ struct Flapping {
 
 impl Protocol for Flapping {
     type Error = &'static str;
-    const PATH: &'static str = "/echo";
+
+    fn path(&self) -> &str {
+        "/echo"
+    }
 
     async fn serve(
         &mut self,
@@ -42,7 +45,10 @@ struct Holding {
 
 impl Protocol for Holding {
     type Error = &'static str;
-    const PATH: &'static str = "/echo";
+
+    fn path(&self) -> &str {
+        "/echo"
+    }
 
     async fn serve(
         &mut self,

@@ -414,7 +414,10 @@ struct Pushing<'a>(&'a mut LinkTask);
 
 impl Protocol for Pushing<'_> {
     type Error = ConnectionError;
-    const PATH: &'static str = PUSH_PATH;
+
+    fn path(&self) -> &str {
+        PUSH_PATH
+    }
 
     async fn serve(
         &mut self,

@@ -69,7 +69,10 @@ struct Consuming<'a> {
 
 impl Protocol for Consuming<'_> {
     type Error = LinkError;
-    const PATH: &'static str = POP_PATH;
+
+    fn path(&self) -> &str {
+        POP_PATH
+    }
 
     /// Consumes until the connection fails; `Ok` only when `shutdown` ended it (the link then closes with 1001
     /// so msgqueue redelivers our unacked deliveries at once).
