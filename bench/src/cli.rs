@@ -107,6 +107,9 @@ pub enum Scenario {
     /// A fault run: msgqueue, publisher and subscriber as separate processes, killed and restarted at random
     /// moments under reliable publishing and consuming, then an accounting of acked-but-lost messages.
     Chaos(ChaosArgs),
+    /// Several subscriber instances (separate processes) holding one topic over many connections, the load
+    /// split over one worker process per instance: does every client of every instance get every message.
+    Scaleout(ScaleoutArgs),
 }
 
 /// Which topic publisher `j` sends its `k`-th message to.
@@ -430,6 +433,88 @@ pub fn parse_duration_range(value: &str) -> Result<DurationRange, DurationRangeE
         return Err(DurationRangeError::Empty(value.to_owned()));
     }
     Ok(DurationRange { min, max })
+}
+
+/// `scaleout` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ScaleoutArgs {
+    /// Base URLs of the subscriber instances (comma-separated); one worker process connects to each.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub instances: Vec<String>,
+
+    /// Subscriber connections per instance, all on one topic (one worker process holds them, so at most the
+    /// open-files limit minus a margin: 19,000 at 20,000).
+    #[arg(long, default_value_t = 19_000)]
+    pub per_instance: usize,
+
+    /// Messages published, back to back, once every connection has subscribed.
+    #[arg(long, short = 'n', default_value_t = 10)]
+    pub messages: u64,
+
+    /// Content size of each message in bytes (at least the 48-byte stamp).
+    #[arg(long, short = 'b', default_value_t = 64)]
+    pub size: usize,
+
+    /// Subscriber protocol.
+    #[arg(long, value_enum, default_value_t = SubscribeMode::Auto)]
+    pub subscribe_mode: SubscribeMode,
+
+    /// In compat mode, how long to wait after subscribing before publishing (no confirmations exist).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub settle: Duration,
+
+    /// How long to wait after the last publish for outstanding deliveries.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Spread each worker's connections over source addresses 127.0.0.1 ..= 127.0.0.K (0: let the OS choose).
+    #[arg(long, default_value_t = 16)]
+    pub source_ips: u8,
+
+    /// A service process whose resident memory is reported before and after connecting, as NAME=PID
+    /// (repeatable), e.g. `--rss subscriber-1=4242`.
+    #[arg(long = "rss", value_parser = parse_named_pid)]
+    pub rss: Vec<NamedPid>,
+
+    /// Internal: run as the worker for instance I (the coordinator starts these).
+    #[arg(long, hide = true)]
+    pub worker: Option<usize>,
+
+    /// Internal: the coordinator's run id, so workers recognise its messages.
+    #[arg(long, hide = true, requires = "worker")]
+    pub run_id: Option<u32>,
+
+    /// Internal: the coordinator's clock origin, so latencies span processes.
+    #[arg(long, hide = true, requires = "worker")]
+    pub clock_origin: Option<u64>,
+}
+
+/// A process to watch, named for the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPid {
+    /// Name in the report.
+    pub name: String,
+    /// Process id.
+    pub pid: u32,
+}
+
+/// `--rss` was not `NAME=PID`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("expected NAME=PID, got {0:?}")]
+pub struct ParseNamedPidError(String);
+
+/// Parses `NAME=PID`.
+pub fn parse_named_pid(value: &str) -> Result<NamedPid, ParseNamedPidError> {
+    value
+        .split_once('=')
+        .filter(|(name, _)| !name.is_empty())
+        .and_then(|(name, pid)| {
+            Some(NamedPid {
+                name: name.to_owned(),
+                pid: pid.parse().ok()?,
+            })
+        })
+        .ok_or_else(|| ParseNamedPidError(value.to_owned()))
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //! A stamp is 48 ASCII hex digits: run id (8), sender id (8), sequence (16) and send time (16, nanoseconds
 //! since the run's shared start [`Clock`]). ASCII keeps it valid inside a JSON string and a WebSocket text
 //! frame; the run id lets receivers ignore messages left over from earlier runs (a durable queue keeps them).
-//! Senders and receivers live in one process, so latency is simply receive time minus send time.
+//! The clock is the system's monotonic clock, which every process on the machine shares, so latency is receive
+//! time minus send time even when senders and receivers are different processes (`scaleout`).
 
-use std::time::Instant;
+use rustix::time::{ClockId, clock_gettime};
 
 /// Length of the encoded stamp; messages are padded with `.` up to their configured size.
 pub const STAMP_LEN: usize = 48;
@@ -15,21 +16,40 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// The shared time origin of one run: every timestamp is nanoseconds since it.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    start: Instant,
+    origin: u64,
 }
 
 impl Clock {
     /// Starts the clock now.
     pub fn start() -> Self {
         Self {
-            start: Instant::now(),
+            origin: monotonic_nanos(),
         }
     }
 
-    /// Nanoseconds since the start (saturating: a run never lasts 584 years).
-    pub fn nanos(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    /// The clock another process of the same run started: its [`Clock::origin`] is passed along.
+    pub fn from_origin(origin: u64) -> Self {
+        Self { origin }
     }
+
+    /// The start as a reading of the machine's monotonic clock, for [`Clock::from_origin`].
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
+
+    /// Nanoseconds since the start (saturating at 0 for a start in another process's future).
+    pub fn nanos(&self) -> u64 {
+        monotonic_nanos().saturating_sub(self.origin)
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock `Instant` reads, but as a number other processes can compare.
+fn monotonic_nanos() -> u64 {
+    let now = clock_gettime(ClockId::Monotonic);
+    u64::try_from(now.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
 }
 
 /// What a message says about itself.
@@ -114,7 +134,7 @@ fn hex(digits: &[u8]) -> Result<u64, StampError> {
 }
 
 /// Loss, duplicate and order counts of one receiver (or, merged, of a whole run).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counts {
     /// Distinct messages received.
     pub unique: u64,

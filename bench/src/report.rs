@@ -63,6 +63,22 @@ impl Latencies {
         all
     }
 
+    /// Every recorded value with its count, for sending a histogram to another process.
+    pub fn recorded(&self) -> Vec<(u64, u64)> {
+        self.merged()
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    }
+
+    /// Adds what another process [recorded](Self::recorded).
+    pub fn record_counts(&self, recorded: &[(u64, u64)]) {
+        let mut shard = self.shards[0].lock();
+        for &(nanos, count) in recorded {
+            shard.saturating_record_n(nanos.max(1), count);
+        }
+    }
+
     /// Percentiles of all samples flushed so far.
     pub fn summary(&self) -> LatencySummary {
         LatencySummary::of(&self.merged())

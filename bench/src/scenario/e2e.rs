@@ -126,7 +126,7 @@ pub async fn run(ctx: &Ctx, args: E2eArgs) -> anyhow::Result<Report> {
     run_flow(ctx, "e2e", plan).await
 }
 
-fn topic_name(t: usize) -> String {
+pub(crate) fn topic_name(t: usize) -> String {
     format!("bench-{t}")
 }
 
@@ -469,15 +469,15 @@ async fn count_slow_closures(slow: Vec<Slow>) -> usize {
 }
 
 /// What one subscriber connection saw.
-struct Received {
-    counts: Counts,
-    last_receive_nanos: u64,
+pub(crate) struct Received {
+    pub(crate) counts: Counts,
+    pub(crate) last_receive_nanos: u64,
     /// The server closed or broke the connection before the run ended.
-    disconnected: bool,
+    pub(crate) disconnected: bool,
 }
 
 /// Reads deliveries until `stop`, classifying each and recording its latency.
-async fn receive(
+pub(crate) async fn receive(
     mut ws: Ws,
     mut tracker: Tracker,
     mut latency: LatencyBuffer,

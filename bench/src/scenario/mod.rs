@@ -6,6 +6,7 @@ pub mod conns;
 pub mod e2e;
 pub mod fanout;
 pub mod queue;
+pub mod scaleout;
 
 use std::future::Future;
 use std::io::IsTerminal as _;
@@ -46,6 +47,7 @@ pub async fn run(cli: crate::cli::Cli) -> anyhow::Result<Report> {
         crate::cli::Scenario::Conns(args) => conns::run(&ctx, args).await,
         crate::cli::Scenario::Queue(args) => queue::run(&ctx, args).await,
         crate::cli::Scenario::Chaos(args) => chaos::run(&ctx, args).await,
+        crate::cli::Scenario::Scaleout(args) => scaleout::run(&ctx, args).await,
     }
 }
 
