@@ -80,6 +80,11 @@ pub struct Common {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Run the scenario this many times in a row (e2e, fanout, queue) and report, besides every run, the worst of
+    /// each latency and the median of each rate: a single run hides the spikes.
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+
     /// Upper bound on every phase (connect, subscribe, run, drain, hold): a stuck server cannot hang the tool.
     #[arg(long, global = true, default_value = "120s", value_parser = parse_duration)]
     pub duration_limit: Duration,
@@ -94,7 +99,7 @@ pub struct Common {
 }
 
 /// The scenarios.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Scenario {
     /// Publishers → subscribers through publisher, msgqueue and subscriber: throughput, loss, order, latency.
     E2e(E2eArgs),
@@ -146,6 +151,11 @@ pub struct FlowArgs {
     /// Publish with `wsmq.v1` and an `Id` per message, and count the publisher's acks.
     #[arg(long)]
     pub acks: bool,
+
+    /// Speak ws-go's protocol on both sides, as ws-go clients and independent tools do: no subprotocol offered
+    /// by publishers or subscribers (`--subscribe-mode compat`, no `--acks`).
+    #[arg(long, conflicts_with_all = ["acks", "subscribe_mode"])]
+    pub compat: bool,
 
     /// With `--acks`: unacked messages a publisher may have outstanding.
     #[arg(long, default_value_t = 4096)]

@@ -1,6 +1,7 @@
 //! Results: latency histograms shared by many connection tasks, percentile summaries, and the report printed as
 //! a human table or as one line of JSON.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -169,7 +170,7 @@ pub fn per_second(events: u64, nanos: u64) -> f64 {
 #[derive(Debug, Clone)]
 pub struct Report {
     scenario: &'static str,
-    rows: Vec<(&'static str, Value)>,
+    rows: Vec<(Cow<'static, str>, Value)>,
 }
 
 impl Report {
@@ -183,13 +184,63 @@ impl Report {
 
     /// Adds one value.
     pub fn add(&mut self, key: &'static str, value: impl Serialize) {
-        self.rows
-            .push((key, serde_json::to_value(value).unwrap_or(Value::Null)));
+        self.rows.push((
+            Cow::Borrowed(key),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        ));
+    }
+
+    /// The report of a `--repeat` run: how many runs, then for every figure that differs between runs its
+    /// value per run and a verdict over them: the worst for latencies (the run with the highest p99), the median
+    /// for rates (keys ending in `_per_s`), the sum for counts of things that went wrong (`lost`,
+    /// `duplicates`, `reordered`), and every run's full report last.
+    pub fn repeated(runs: &[Report]) -> Report {
+        let Some(first) = runs.first() else {
+            return Report::new("repeat");
+        };
+        let mut report = Report::new(first.scenario);
+        report.add("runs", runs.len());
+        for (key, value) in &first.rows {
+            let values: Vec<&Value> = runs.iter().filter_map(|run| run.get(key)).collect();
+            let p99 = |v: &Value| v.get("p99_us").and_then(Value::as_f64);
+            if p99(value).is_some() {
+                let worst = values
+                    .iter()
+                    .copied()
+                    .max_by(|a, b| p99(a).unwrap_or(0.0).total_cmp(&p99(b).unwrap_or(0.0)));
+                report.add_owned(format!("{key}_worst"), worst);
+                let per_run: Vec<Option<f64>> = values.iter().map(|v| p99(v)).collect();
+                report.add_owned(format!("{key}_p99_us_per_run"), per_run);
+            } else if key.ends_with("_per_s") {
+                let mut rates: Vec<f64> = values.iter().filter_map(|v| v.as_f64()).collect();
+                rates.sort_by(f64::total_cmp);
+                report.add_owned(format!("{key}_median"), rates.get(rates.len() / 2));
+                let per_run: Vec<Option<f64>> = values.iter().map(|v| v.as_f64()).collect();
+                report.add_owned(format!("{key}_per_run"), per_run);
+            } else if matches!(key.as_ref(), "lost" | "duplicates" | "reordered") {
+                let total: u64 = values.iter().filter_map(|v| v.as_u64()).sum();
+                report.add_owned(format!("{key}_total"), total);
+            }
+        }
+        let all: Vec<Value> = runs
+            .iter()
+            .map(|run| serde_json::from_str(&run.to_json_line()).unwrap_or(Value::Null))
+            .collect();
+        report.add("run_reports", all);
+        report
+    }
+
+    /// Adds one value under a key made at run time.
+    fn add_owned(&mut self, key: String, value: impl Serialize) {
+        self.rows.push((
+            Cow::Owned(key),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        ));
     }
 
     /// The value stored under `key`, for callers and tests that check a figure.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.rows.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+        self.rows.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     /// One line of JSON: `{"scenario": .., <key>: <value>, ..}`.
@@ -197,7 +248,7 @@ impl Report {
         let mut map = serde_json::Map::new();
         map.insert("scenario".into(), Value::from(self.scenario));
         for (key, value) in &self.rows {
-            map.insert((*key).into(), value.clone());
+            map.insert(key.to_string(), value.clone());
         }
         Value::Object(map).to_string()
     }

@@ -92,3 +92,43 @@ async fn fanout_from_spread_source_addresses_reaches_every_subscriber() {
     assert_complete(&json, 800);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compat_runs_repeated_report_every_run_and_the_worst_latency() {
+    let stack = Stack::start().await;
+    let json = run_against(
+        &stack,
+        &[
+            "--repeat", "3", "e2e", "--compat", "-s", "2", "-n", "300", "--settle", "300ms",
+        ],
+    )
+    .await;
+    assert_eq!(json["runs"], 3, "{json}");
+    let runs = json["run_reports"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{json}");
+    for run in runs {
+        // Compat subscribers get no confirmations; everything else is as complete as with wsmq.v1.
+        assert_eq!(run["compat"], true, "{run}");
+        assert_eq!(run["subscriptions_confirmed"], false, "{run}");
+        assert_eq!(run["delivered"], 600, "{run}");
+    }
+    assert_eq!(json["lost_total"], 0, "{json}");
+    assert_eq!(json["duplicates_total"], 0, "{json}");
+    let p99s: Vec<f64> = json["latency_p99_us_per_run"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let worst = p99s.iter().copied().fold(0.0, f64::max);
+    assert_eq!(
+        json["latency_worst"]["p99_us"].as_f64(),
+        Some(worst),
+        "{json}"
+    );
+    assert_eq!(json["delivered_per_s_per_run"].as_array().unwrap().len(), 3);
+    assert!(
+        json["delivered_per_s_median"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
+}

@@ -131,7 +131,14 @@ pub(crate) fn topic_name(t: usize) -> String {
 }
 
 /// Connects, subscribes, publishes, drains and reports one message-flow run.
-pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyhow::Result<Report> {
+pub async fn run_flow(
+    ctx: &Ctx,
+    scenario: &'static str,
+    mut plan: FlowPlan,
+) -> anyhow::Result<Report> {
+    if plan.flow.compat {
+        plan.flow.subscribe_mode = crate::cli::SubscribeMode::Compat;
+    }
     anyhow::ensure!(
         plan.publishers > 0 && plan.subscribers > 0 && plan.topics > 0,
         "need at least one publisher, subscriber and topic"
@@ -311,6 +318,7 @@ pub async fn run_flow(ctx: &Ctx, scenario: &'static str, plan: FlowPlan) -> anyh
     report.add("topics", plan.topics);
     report.add("message_bytes", plan.flow.size.max(STAMP_LEN));
     report.add("target_rate_per_s", plan.flow.rate);
+    report.add("compat", plan.flow.compat);
     report.add("subscriptions_confirmed", confirmed);
     report.add("subscribe_secs", connect_nanos as f64 / 1e9);
     report.add("published", total_sent);
@@ -727,6 +735,7 @@ mod tests {
                 size: 64,
                 rate: None,
                 acks: false,
+                compat: false,
                 ack_window: 16,
                 subscribe_mode: crate::cli::SubscribeMode::Auto,
                 settle: Duration::ZERO,

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::ServerFrame;
 
-use crate::cli::{Common, SubscribeMode};
+use crate::cli::{Common, Scenario, SubscribeMode};
 use crate::client::{ConnectError, Connector, Target, Ws};
 use crate::report::Report;
 
@@ -34,20 +34,38 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// allows 19,000 connections.
 const FD_MARGIN: u64 = 1_000;
 
-/// Runs one scenario to its report.
+/// Runs one scenario to its report, or `--repeat` times to the report of every run.
 pub async fn run(cli: crate::cli::Cli) -> anyhow::Result<Report> {
     let limit = crate::client::raise_open_files_limit();
     let ctx = Ctx {
         common: cli.common,
         open_files: limit,
     };
-    match cli.scenario {
-        crate::cli::Scenario::E2e(args) => e2e::run(&ctx, args).await,
-        crate::cli::Scenario::Fanout(args) => fanout::run(&ctx, args).await,
-        crate::cli::Scenario::Conns(args) => conns::run(&ctx, args).await,
-        crate::cli::Scenario::Queue(args) => queue::run(&ctx, args).await,
-        crate::cli::Scenario::Chaos(args) => chaos::run(&ctx, args).await,
-        crate::cli::Scenario::Scaleout(args) => scaleout::run(&ctx, args).await,
+    let repeat = ctx.common.repeat;
+    if repeat == 1 {
+        return run_once(&ctx, cli.scenario).await;
+    }
+    if !matches!(
+        cli.scenario,
+        Scenario::E2e(_) | Scenario::Fanout(_) | Scenario::Queue(_)
+    ) {
+        bail!("--repeat applies to e2e, fanout and queue");
+    }
+    let mut runs = Vec::with_capacity(repeat as usize);
+    for _ in 0..repeat {
+        runs.push(run_once(&ctx, cli.scenario.clone()).await?);
+    }
+    Ok(Report::repeated(&runs))
+}
+
+async fn run_once(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<Report> {
+    match scenario {
+        Scenario::E2e(args) => e2e::run(ctx, args).await,
+        Scenario::Fanout(args) => fanout::run(ctx, args).await,
+        Scenario::Conns(args) => conns::run(ctx, args).await,
+        Scenario::Queue(args) => queue::run(ctx, args).await,
+        Scenario::Chaos(args) => chaos::run(ctx, args).await,
+        Scenario::Scaleout(args) => scaleout::run(ctx, args).await,
     }
 }
 
