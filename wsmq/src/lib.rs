@@ -74,12 +74,13 @@ pub enum Error {
     )]
     DevUsersOffLoopback(SocketAddr),
     /// A service's settings could not be read from its environment variables.
-    #[error("configuring {service}")]
+    #[error("configuring {service}: {reason}")]
     Config {
         /// Which service.
         service: &'static str,
-        /// What clap said.
-        source: clap::Error,
+        /// What clap said, without its `error:` prefix and `--help` hint (which name no flag the operator
+        /// gave: the value came from the environment).
+        reason: String,
     },
     /// msgqueue failed to start or stopped with an error.
     #[error("msgqueue failed")]
@@ -122,7 +123,18 @@ fn from_env<C: Args + FromArgMatches>(service: &'static str) -> Result<C, Error>
     command
         .try_get_matches_from(std::iter::empty::<String>())
         .and_then(|matches| C::from_arg_matches(&matches))
-        .map_err(|source| Error::Config { service, source })
+        .map_err(|err| Error::Config {
+            service,
+            reason: clap_reason(&err),
+        })
+}
+
+/// The first line of a clap error, which says what is wrong, e.g. `invalid value 'x' for '--prefetch
+/// <PREFETCH>': invalid digit found in string` (clap's own cause included, so it is not kept as a source too).
+fn clap_reason(err: &clap::Error) -> String {
+    let rendered = err.to_string();
+    let line = rendered.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
 /// Resolves the configuration and binds every selected service. The publisher and subscriber get a random
@@ -363,6 +375,57 @@ mod tests {
         );
         assert_eq!(link.queue_user.as_deref(), Some(LINK_USER));
         assert_eq!(link.queue_url, "wss://localhost:8080");
+    }
+
+    #[test]
+    fn a_bad_environment_value_is_reported_once_naming_the_flag() {
+        let command = wsmq_subscriber::Config::augment_args(
+            clap::Command::new("subscriber").no_binary_name(true),
+        );
+        let err = command
+            .try_get_matches_from(["--prefetch", "x"])
+            .err()
+            .unwrap();
+        assert_eq!(
+            clap_reason(&err),
+            "invalid value 'x' for '--prefetch <PREFETCH>': invalid digit found in string"
+        );
+    }
+
+    /// The default of flag `id` in configuration `C`, as `--help` shows it.
+    fn default_of<C: Args>(id: &str) -> Option<String> {
+        let command = C::augment_args(clap::Command::new("service"));
+        let arg = command.get_arguments().find(|arg| arg.get_id() == id)?;
+        let value = arg.get_default_values().first()?;
+        Some(value.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn every_service_listens_on_its_usual_ports_by_default() {
+        let defaults = [
+            (
+                default_of::<wsmq_msgqueue::Config>("listen"),
+                default_of::<wsmq_msgqueue::Config>("admin_listen"),
+            ),
+            (
+                default_of::<wsmq_publisher::Config>("listen"),
+                default_of::<wsmq_publisher::Config>("admin_listen"),
+            ),
+            (
+                default_of::<wsmq_subscriber::Config>("listen"),
+                default_of::<wsmq_subscriber::Config>("admin_listen"),
+            ),
+        ];
+        let expected =
+            |listen: &str, admin: &str| (Some(listen.to_owned()), Some(admin.to_owned()));
+        assert_eq!(
+            defaults,
+            [
+                expected("0.0.0.0:8080", "127.0.0.1:9080"),
+                expected("0.0.0.0:8081", "127.0.0.1:9081"),
+                expected("0.0.0.0:8082", "127.0.0.1:9082"),
+            ]
+        );
     }
 
     #[test]
