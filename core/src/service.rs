@@ -209,6 +209,9 @@ impl<S: Service> Bound<S> {
     /// with 1001 and waits for them up to the drain timeout, the admin listener stops, and the service's parts
     /// stop. Returns the listener's error or the first failed part, once everything has stopped.
     pub async fn run<E>(self, shutdown: CancellationToken) -> Result<(), Error<E>> {
+        // Logged before the admin listener logs its own address: tools that start a service and read the first
+        // `addr` it logs (tests, scripts) get the client listener's.
+        tracing::info!(addr = %self.local_addr, admin_addr = %self.admin_addr, "{} listening", S::NAME);
         let supervisor = Supervisor::new(&shutdown);
         let admin = supervisor.spawn(
             S::ADMIN_TASK,
@@ -221,7 +224,6 @@ impl<S: Service> Bound<S> {
             ),
         );
         let (context, stop) = self.service.start(&supervisor);
-        tracing::info!(addr = %self.local_addr, admin_addr = %self.admin_addr, "{} listening", S::NAME);
         let served = serve(
             self.listener,
             self.server,
