@@ -118,7 +118,7 @@ impl Credentials {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// The users file could not be read.
-    #[error("cannot read users file {path}: {source}")]
+    #[error("cannot read users file {path}")]
     Read {
         /// The users file.
         path: PathBuf,

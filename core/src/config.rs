@@ -1,9 +1,10 @@
 //! Command-line flags shared by every service, so an operator learns them once.
 //!
-//! Each flag has an environment fallback (`WSMQ_*`). Services `#[command(flatten)]` these structs into their own
-//! arguments and add what differs between them (`--listen`, the admin address). Fields are public so the
+//! Each flag has an environment fallback (`WSMQ_*`). Every service `#[command(flatten)]`s [`ServiceArgs`] into its
+//! configuration (and [`LinkArgs`] if it links to msgqueue) and adds only its own flags. Fields are public so the
 //! all-in-one binary and tests can build them in code. Secret flags hide their environment value in `--help`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,7 +14,31 @@ use crate::Secret;
 use crate::auth::{AuthError, Authenticator, Credentials};
 use crate::backoff::BackoffArgs;
 use crate::dial::{DialError, Dialer};
+use crate::limits::Limits;
 use crate::tls::{self, TlsError};
+
+/// What every service is started with: its two addresses, its listener's state, identity and users, and its
+/// limits. The addresses have no default here because each service has its own usual ports; a service sets them
+/// with `#[command(mut_arg("listen", …), mut_arg("admin_listen", …))]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// Address of the TLS WebSocket listener.
+    #[arg(long, env = "WSMQ_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Address of the plain-HTTP admin listener (`/healthz`, `/readyz`, `/metrics`). Keep it on loopback or a
+    /// private network: it has no authentication.
+    #[arg(long, env = "WSMQ_ADMIN_LISTEN")]
+    pub admin_listen: SocketAddr,
+
+    /// Data directory, TLS identity, users and allowed origins of the listener.
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Message sizes, timeouts and connection caps of the listener.
+    #[command(flatten)]
+    pub limits: Limits,
+}
 
 /// Settings of a service's own listener: where its state lives, its TLS identity and who may connect.
 #[derive(Debug, Clone, clap::Args)]

@@ -43,7 +43,8 @@ const DEV_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Names the development server certificate is valid for.
 const DEV_SERVER_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
-/// Why TLS could not be configured. Messages name the offending file and say what to do.
+/// Why TLS could not be configured. Messages name the offending file and say what to do; the underlying error
+/// is the [`source`](std::error::Error::source), not repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// Only one of certificate and key was configured.
@@ -53,7 +54,7 @@ pub enum TlsError {
         missing: &'static str,
     },
     /// A PEM file could not be read or holds no usable item of the expected kind.
-    #[error("cannot load {what} from {path}: {source}")]
+    #[error("cannot load {what} from {path}")]
     Pem {
         /// What was expected (`certificate`, `private key`).
         what: &'static str,
@@ -69,7 +70,7 @@ pub enum TlsError {
         path: PathBuf,
     },
     /// The certificate and key were read but rustls rejects them, e.g. because they do not belong together.
-    #[error("certificate {cert} and key {key} cannot be used: {source}")]
+    #[error("certificate {cert} and key {key} cannot be used")]
     KeyPair {
         /// The certificate file.
         cert: PathBuf,
@@ -79,7 +80,7 @@ pub enum TlsError {
         source: rustls::Error,
     },
     /// A CA file holds a certificate rustls cannot use as a trust anchor.
-    #[error("CA certificate in {path} is not usable: {source}")]
+    #[error("CA certificate in {path} is not usable")]
     BadCa {
         /// The CA file.
         path: PathBuf,
@@ -90,7 +91,7 @@ pub enum TlsError {
     #[error("no trusted CA certificates found: pass --ca FILE (or --insecure for testing only)")]
     NoTrustAnchors,
     /// Reading or writing the development PKI failed.
-    #[error("development PKI: cannot access {path}: {source}")]
+    #[error("development PKI: cannot access {path}")]
     DevPkiIo {
         /// The file or directory.
         path: PathBuf,
@@ -108,10 +109,10 @@ pub enum TlsError {
         reason: String,
     },
     /// Certificate generation failed.
-    #[error("cannot generate development certificates: {0}")]
+    #[error("cannot generate development certificates")]
     Generate(#[from] rcgen::Error),
     /// rustls rejected a configuration built from valid parts (a bug rather than an operator error).
-    #[error("TLS configuration error: {0}")]
+    #[error("TLS configuration error")]
     Rustls(#[from] rustls::Error),
 }
 

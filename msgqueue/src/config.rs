@@ -1,11 +1,10 @@
 //! msgqueue's configuration: every setting a flag with an environment fallback.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use wsmq_core::config::ServerArgs;
-use wsmq_core::limits::{Limits, parse_duration};
+use wsmq_core::config::ServiceArgs;
+use wsmq_core::limits::parse_duration;
 
 use crate::queue::{Backend, FsyncPolicy, QueueOptions};
 
@@ -103,23 +102,14 @@ impl QueueArgs {
 
 /// Everything `msgqueue` needs to run.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    mut_arg("listen", |arg| arg.default_value("0.0.0.0:8080").required(false)),
+    mut_arg("admin_listen", |arg| arg.default_value("127.0.0.1:9080").required(false))
+)]
 pub struct Config {
-    /// Address of the TLS WebSocket listener (`/pushmsg`, `/popmsg`).
-    #[arg(long, env = "WSMQ_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
-
-    /// Address of the plain-HTTP admin listener (`/healthz`, `/readyz`, `/metrics`). Keep it on loopback or a
-    /// private network: it has no authentication.
-    #[arg(long, env = "WSMQ_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
-    pub admin_listen: SocketAddr,
-
-    /// Data directory, TLS identity and users.
+    /// Listeners (`/pushmsg`, `/popmsg` and the admin one), data directory, TLS identity, users and limits.
     #[command(flatten)]
-    pub server: ServerArgs,
-
-    /// Message sizes, timeouts and connection cap.
-    #[command(flatten)]
-    pub limits: Limits,
+    pub service: ServiceArgs,
 
     /// Storage settings.
     #[command(flatten)]

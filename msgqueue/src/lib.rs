@@ -12,75 +12,50 @@ mod pop;
 mod push;
 pub mod queue;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wsmq_core::admin::{Readiness, serve_admin_with};
-use wsmq_core::auth::AuthError;
-use wsmq_core::limits::QueueLimits;
+use wsmq_core::admin::{AdminRoutes, Condition};
+use wsmq_core::limits::{Limits, QueueLimits};
 use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::{POP_PATH, PUSH_PATH, SUBPROTOCOL_V1};
-use wsmq_core::server::{Accepted, Route, ServeError, ServerConfig, serve};
-use wsmq_core::service::{self, BindError};
-use wsmq_core::supervise::{Supervisor, TaskFailure};
-use wsmq_core::tls::TlsError;
+use wsmq_core::server::{Accepted, Route};
+use wsmq_core::service::{self, Service, Setup};
+use wsmq_core::supervise::Supervisor;
 
 pub use config::Config;
 use queue::{Queue, QueueError, RecoveryReport};
 
-/// Why msgqueue could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Binding the listener or the admin listener failed.
-    #[error(transparent)]
-    Bind(#[from] BindError),
-    /// TLS certificate or key unusable.
-    #[error("TLS setup: {0}")]
-    Tls(#[from] TlsError),
-    /// No usable users configured.
-    #[error("users: {0}")]
-    Auth(#[from] AuthError),
-    /// The queue storage could not be opened or recovered.
-    #[error("queue storage: {0}")]
-    Queue(#[from] QueueError),
-    /// The listener failed.
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-    /// A long-lived part (the log writer, the admin listener) panicked or ended on its own; msgqueue drained
-    /// and stopped so that it can be restarted and recover its log.
-    #[error(transparent)]
-    Task(#[from] TaskFailure),
-}
+/// Why msgqueue could not start or stopped: the reasons every service shares, plus its storage failing to open
+/// or recover.
+pub type Error = service::Error<QueueError>;
 
 /// msgqueue with its listeners bound and its storage recovered, ready to [`Bound::run`]. Splitting `bind` from
 /// `run` lets tests bind port 0 and learn the address before serving.
-pub struct Bound {
-    listener: TcpListener,
-    admin: TcpListener,
-    server: Arc<ServerConfig>,
+pub struct Bound(service::Bound<Msgqueue>);
+
+/// msgqueue's own parts in the service skeleton: the queue engine and what each connection needs of it.
+struct Msgqueue {
     queue: Queue,
-    registry: Arc<Registry>,
-    readiness: Readiness,
     recovery: RecoveryReport,
-    sizes: QueueLimits,
+    context: ConnectionContext,
+    ready: Condition,
 }
 
 /// Opens the queue storage (recovering what is on disk), loads TLS and users, and binds both listeners.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
-    let tls = config.server.tls_config()?;
-    let auth = config.server.authenticator()?;
+    let args = &config.service;
+    let mut setup = Setup::new(Msgqueue::NAME, args)?;
     let (queue, recovery) = Queue::open(
-        config.queue.backend(&config.server.data_dir),
+        config.queue.backend(&args.server.data_dir),
         config.queue.options(),
-    )?;
-    if !recovery.truncated.is_empty() {
-        for cut in &recovery.truncated {
-            tracing::warn!(segment = %cut.segment.display(), position = cut.position, dropped_bytes = cut.dropped_bytes,
-                "truncated a torn or corrupt log tail");
-        }
+    )
+    .map_err(Error::Service)?;
+    for cut in &recovery.truncated {
+        tracing::warn!(segment = %cut.segment.display(), position = cut.position, dropped_bytes = cut.dropped_bytes,
+            "truncated a torn or corrupt log tail");
     }
     tracing::info!(
         messages = recovery.messages,
@@ -88,17 +63,14 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         segments = recovery.segments,
         "queue recovered"
     );
-
-    let mut registry = Registry::with_prefix("wsmq_msgqueue");
-    let listener_metrics = ListenerMetrics::register(&mut registry, "listener");
-    metrics::register(&mut registry, queue.clone());
-    let readiness = Readiness::new();
+    metrics::register(&mut setup.registry, queue.clone());
+    let ready = setup.readiness.condition("listener");
 
     // Reliable frames carry up to one maximal payload plus its record header, so the WebSocket limit allows for
     // the header while payloads themselves (compat or reliable) stay within --max-message-size.
-    let queue_limits = config.limits.queue();
-    let mut limits = config.limits.clone();
-    limits.max_message_size = queue_limits.max_frame;
+    let sizes = args.limits.queue();
+    let mut limits = args.limits.clone();
+    limits.max_message_size = sizes.max_frame;
     limits.max_frame_size = limits.max_frame_size.max(limits.max_message_size);
     let routes = vec![
         Route::WebSocket {
@@ -110,111 +82,83 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             subprotocols: &[SUBPROTOCOL_V1],
         },
     ];
-    let mut server = ServerConfig::new(tls, auth, limits, routes);
-    server.metrics = listener_metrics;
-    server.allowed_origins = config.server.allowed_origins.clone();
-
-    let (listener, _) = service::bind(config.listen).await?;
-    let (admin, _) = service::bind(config.admin_listen).await?;
-    Ok(Bound {
-        listener,
-        admin,
-        server: Arc::new(server),
+    let context = ConnectionContext {
+        queue: queue.clone(),
+        metrics: setup.listener_metrics.clone(),
+        limits: limits.clone(),
+        sizes,
+    };
+    let msgqueue = Msgqueue {
         queue,
-        registry: Arc::new(registry),
-        readiness,
         recovery,
-        sizes: queue_limits,
-    })
+        context,
+        ready,
+    };
+    Ok(Bound(setup.bind(args, limits, routes, msgqueue).await?))
 }
 
 impl Bound {
     /// The WebSocket listener's address (the real port when bound to port 0).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+    pub fn local_addr(&self) -> SocketAddr {
+        self.0.local_addr()
     }
 
     /// The admin listener's address.
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.admin.local_addr()
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.0.admin_addr()
     }
 
     /// What recovery found in the storage at start-up.
     pub fn recovery(&self) -> &RecoveryReport {
-        &self.recovery
+        &self.0.service().recovery
     }
 
     /// The queue engine, for tests and the all-in-one binary's status output.
     pub fn queue(&self) -> &Queue {
-        &self.queue
+        &self.0.service().queue
     }
 
     /// Serves until `shutdown` is cancelled, then drains connections (closing them with 1001), flushes and
     /// fsyncs the log, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let Bound {
-            listener,
-            admin,
-            server,
-            queue,
-            registry,
-            readiness,
-            sizes,
-            ..
-        } = self;
-        if let (Ok(addr), Ok(admin_addr)) = (listener.local_addr(), admin.local_addr()) {
-            tracing::info!(%addr, %admin_addr, "msgqueue listening on /pushmsg and /popmsg");
-        }
-        let supervisor = Supervisor::new(&shutdown);
-        let stop = supervisor.token().clone();
-        let ready = readiness.condition("listener");
-        let routes = deadletters::DeadLetterRoutes::new(queue.clone());
-        let admin_task = supervisor.spawn(
-            "msgqueue admin listener",
-            serve_admin_with(admin, registry, readiness, Some(routes), stop.clone()),
-        );
+        self.0.run(shutdown).await
+    }
+}
+
+impl Service for Msgqueue {
+    const NAME: &'static str = "msgqueue";
+    const ADMIN_TASK: &'static str = "msgqueue admin listener";
+    type Context = ConnectionContext;
+
+    fn admin_routes(&self) -> Option<Arc<dyn AdminRoutes>> {
+        Some(deadletters::DeadLetterRoutes::new(self.queue.clone()))
+    }
+
+    /// Watches the log writer (a thread), and once the listener drained, closes the queue: flushes and fsyncs.
+    fn start(
+        self,
+        supervisor: &Supervisor,
+    ) -> (Self::Context, impl Future<Output = ()> + Send + 'static) {
+        let queue = self.queue;
         supervisor.watch("log writer", {
             let queue = queue.clone();
             async move { queue.writer_died().await }
         });
-        ready.set_ready(true);
+        self.ready.set_ready(true);
+        let ready = self.ready;
+        let stop = async move {
+            ready.set_ready(false);
+            queue.close().await;
+        };
+        (self.context, stop)
+    }
 
-        let handler_queue = queue.clone();
-        let handler_metrics = server.metrics.clone();
-        let handler_limits = server.limits.clone();
-        let result = serve(
-            listener,
-            server,
-            move |accepted: Accepted| {
-                let queue = handler_queue.clone();
-                let metrics = handler_metrics.clone();
-                let limits = handler_limits.clone();
-                async move {
-                    let conn = Connection {
-                        queue,
-                        metrics,
-                        limits,
-                        sizes,
-                    };
-                    if accepted.path == PUSH_PATH {
-                        push::handle(conn, accepted).await;
-                    } else {
-                        pop::handle(conn, accepted).await;
-                    }
-                }
-            },
-            stop,
-        )
-        .await;
-        supervisor.stop();
-        ready.set_ready(false);
-        queue.close().await;
-        if let Ok(Some(Err(err))) = admin_task.await {
-            tracing::warn!(%err, "admin listener failed");
+    async fn handle(context: Self::Context, accepted: Accepted) {
+        if accepted.path == PUSH_PATH {
+            push::handle(context, accepted).await;
+        } else {
+            pop::handle(context, accepted).await;
         }
-        tracing::info!("msgqueue stopped");
-        result?;
-        Ok(supervisor.finish()?)
     }
 }
 
@@ -223,12 +167,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     bind(config).await?.run(shutdown).await
 }
 
-/// What every connection handler needs from the service.
+/// What msgqueue hands each connection.
 #[derive(Clone)]
-struct Connection {
+struct ConnectionContext {
     queue: Queue,
     metrics: ListenerMetrics,
-    limits: wsmq_core::limits::Limits,
+    limits: Limits,
     /// Payload and frame limits of the queue hop, shared with every consumer.
     sizes: QueueLimits,
 }

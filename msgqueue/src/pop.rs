@@ -12,7 +12,7 @@ use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PopRecord, RECORD_OVE
 use wsmq_core::server::Accepted;
 use wsmq_core::ws::{self, Outbox, ReadError};
 
-use crate::Connection;
+use crate::ConnectionContext;
 use crate::push::ConnReader;
 use crate::queue::{ConsumeMode, Consumer, Delivery, QueueError};
 
@@ -23,7 +23,7 @@ const OUTBOX_CAPACITY: usize = 32;
 const BATCH: usize = 256;
 
 /// Serves one `/popmsg` connection until it closes.
-pub(crate) async fn handle(conn: Connection, accepted: Accepted) {
+pub(crate) async fn handle(conn: ConnectionContext, accepted: Accepted) {
     let peer = accepted.peer;
     let shutdown = accepted.shutdown.clone();
     let reliable = accepted.subprotocol.is_some();
@@ -61,7 +61,7 @@ enum PopConnError {
 /// whatever the consumer's window lets the engine hand out. Dropping `consumer` at the end returns unacked leases
 /// to the queue.
 async fn serve_consumer(
-    conn: &Connection,
+    conn: &ConnectionContext,
     mut consumer: Consumer,
     mut reader: ConnReader,
     outbox: &Outbox,
@@ -126,7 +126,7 @@ async fn serve_consumer(
 
 /// Packs deliveries into frames of at most `budget` bytes (a single larger message still goes alone).
 async fn send_reliable(
-    conn: &Connection,
+    conn: &ConnectionContext,
     outbox: &Outbox,
     batch: &mut Vec<Delivery>,
     frame: &mut FrameWriter,
@@ -145,7 +145,7 @@ async fn send_reliable(
 }
 
 async fn send_frame(
-    conn: &Connection,
+    conn: &ConnectionContext,
     outbox: &Outbox,
     frame: bytes::Bytes,
 ) -> Result<(), PopConnError> {
@@ -159,7 +159,7 @@ async fn send_frame(
 /// One text frame per message, as ws-go's subscriber expects. A payload that is not UTF-8 (possible only when a
 /// reliable producer pushed binary data) goes out as a binary frame rather than being mangled.
 async fn send_compat(
-    conn: &Connection,
+    conn: &ConnectionContext,
     outbox: &Outbox,
     batch: &mut Vec<Delivery>,
 ) -> Result<(), PopConnError> {

@@ -13,7 +13,7 @@ use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PushRecord, PushReply
 use wsmq_core::server::Accepted;
 use wsmq_core::ws::{self, Outbox, ReadError, Reader};
 
-use crate::Connection;
+use crate::ConnectionContext;
 use crate::queue::{DurableToken, Producer, PushError, Queue};
 
 /// Frames whose replies may wait for durability at once. Bounds memory per producer: when the disk falls behind,
@@ -25,7 +25,7 @@ const OUTBOX_CAPACITY: usize = 16;
 const REPLY_FRAME_BUDGET: usize = 16 * 1024;
 
 /// Serves one `/pushmsg` connection until it closes.
-pub(crate) async fn handle(conn: Connection, accepted: Accepted) {
+pub(crate) async fn handle(conn: ConnectionContext, accepted: Accepted) {
     let peer = accepted.peer;
     let shutdown = accepted.shutdown.clone();
     let reliable = accepted.subprotocol.is_some();
@@ -64,7 +64,7 @@ pub(crate) type ConnReader = Reader<futures_util::stream::SplitStream<wsmq_core:
 /// ws-go's protocol: every data frame is one message; nothing is sent back. A full queue stops the reading (the
 /// producer's socket fills up) rather than dropping what was read.
 async fn compat_push(
-    conn: &Connection,
+    conn: &ConnectionContext,
     mut reader: ConnReader,
     outbox: Outbox,
 ) -> Result<(), PushConnError> {
@@ -121,7 +121,7 @@ struct Pending {
 
 /// wsmq's reliable protocol: HELLO, then batches of PUSH records; replies in push order once durable.
 async fn reliable_push(
-    conn: &Connection,
+    conn: &ConnectionContext,
     mut reader: ConnReader,
     outbox: Outbox,
 ) -> Result<(), PushConnError> {
@@ -134,7 +134,7 @@ async fn reliable_push(
 }
 
 async fn read_pushes(
-    conn: &Connection,
+    conn: &ConnectionContext,
     reader: &mut ConnReader,
     outbox: &Outbox,
     pending_tx: mpsc::Sender<Pending>,

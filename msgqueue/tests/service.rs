@@ -359,7 +359,7 @@ async fn malformed_reliable_frames_close_with_protocol_error_and_leave_the_queue
 async fn oversize_messages_are_closed_with_1009() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    cfg.limits.max_message_size = 1024;
+    cfg.service.limits.max_message_size = 1024;
     let mq = Running::start(cfg).await;
     let (mut ws, _) = mq.dialer(false).dial(PUSH_PATH).await.unwrap();
     ws.send(Message::text("x".repeat(4096))).await.unwrap();
@@ -441,4 +441,30 @@ async fn raw_https(
     let mut out = Vec::new();
     let _ = within("response", stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `err` and its causes, one per line, as an operator sees them (anyhow's `Caused by:` list).
+fn rendered_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut lines = vec![err.to_string()];
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        lines.push(err.to_string());
+        cause = err.source();
+    }
+    lines.join("\n")
+}
+
+#[tokio::test]
+async fn a_second_msgqueue_on_the_same_data_dir_is_refused_naming_the_directory_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Running::start(config(dir.path())).await;
+    let err = wsmq_msgqueue::bind(config(dir.path()))
+        .await
+        .err()
+        .expect("a second msgqueue on the same data dir is refused");
+    let chain = rendered_chain(&err);
+    let queue_dir = dir.path().join("queue").display().to_string();
+    assert_eq!(chain.matches(&queue_dir).count(), 1, "{chain}");
+    assert!(chain.contains("in use by another queue"), "{chain}");
+    first.stop().await;
 }

@@ -9,49 +9,37 @@ pub mod link;
 pub mod metrics;
 pub mod session;
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wsmq_core::admin::{Readiness, serve_admin};
-use wsmq_core::config::{LinkArgs, ServerArgs};
-use wsmq_core::limits::Limits;
-use wsmq_core::metrics::ListenerMetrics;
+use wsmq_core::admin::Readiness;
+use wsmq_core::config::{LinkArgs, ServiceArgs};
 use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1};
-use wsmq_core::server::{Route, ServerConfig, serve};
-use wsmq_core::service;
+use wsmq_core::server::{Accepted, Route};
+use wsmq_core::service::{self, Service, Setup};
 use wsmq_core::supervise::Supervisor;
 
 use crate::link::{Link, LinkConfig, LinkTask};
 use crate::metrics::PublisherMetrics;
-use crate::session::SessionContext;
+use crate::session::ConnectionContext;
 
 /// The publisher's configuration: every setting a flag with an env fallback. Public fields so the all-in-one
 /// binary and tests can build it in code.
 #[derive(clap::Args, Clone, Debug)]
+#[command(
+    mut_arg("listen", |arg| arg.default_value("0.0.0.0:8081").required(false)),
+    mut_arg("admin_listen", |arg| arg.default_value("127.0.0.1:9081").required(false))
+)]
 pub struct Config {
-    /// Address of the TLS WebSocket listener for publishing clients (ws-go's publisher used port 8081).
-    #[arg(long, env = "WSMQ_LISTEN", default_value = "0.0.0.0:8081")]
-    pub listen: SocketAddr,
-
-    /// Address of the plain-HTTP admin listener (/healthz, /readyz, /metrics); loopback by default so it is
-    /// not exposed.
-    #[arg(long, env = "WSMQ_ADMIN_LISTEN", default_value = "127.0.0.1:9081")]
-    pub admin_listen: SocketAddr,
-
-    /// TLS identity, data directory and client credentials of the listener.
+    /// Listeners (ws-go's publisher used port 8081), TLS identity, data directory, client credentials and limits
+    /// (also pings and idle timeout of the link).
     #[command(flatten)]
-    pub server: ServerArgs,
+    pub service: ServiceArgs,
 
     /// Where msgqueue is and how to authenticate to it.
     #[command(flatten)]
     pub link: LinkArgs,
-
-    /// Message size, timeouts and connection cap of the listener (also pings and idle timeout of the link).
-    #[command(flatten)]
-    pub limits: Limits,
 
     /// Most messages held for msgqueue at once (queued, or pushed and not yet acked). When msgqueue is
     /// unreachable and this fills up, the publisher stops reading from clients until it recovers.
@@ -69,145 +57,123 @@ pub struct Config {
 }
 
 /// Why the publisher could not start or stopped serving.
-pub use wsmq_core::service::StartError as Error;
+pub type Error = service::Error;
 
 /// A publisher whose listeners are bound but not yet serving.
-pub struct Bound {
-    listener: TcpListener,
-    admin: TcpListener,
-    local_addr: SocketAddr,
-    admin_addr: SocketAddr,
-    server: ServerConfig,
-    registry: Registry,
-    readiness: Readiness,
+pub struct Bound(service::Bound<Publisher>);
+
+/// The publisher's own parts in the service skeleton: the link to msgqueue.
+struct Publisher {
     metrics: PublisherMetrics,
-    context: SessionContext,
+    context: ConnectionContext,
     link_task: LinkTask,
 }
 
 /// Loads TLS and credentials, prepares the msgqueue link and binds both listeners. Nothing is served (and
 /// msgqueue is not contacted) until [`Bound::run`].
 pub async fn bind(config: Config) -> Result<Bound, Error> {
-    let tls = config.server.tls_config()?;
-    let auth = config.server.authenticator()?;
+    let args = &config.service;
+    let mut setup = Setup::new(Publisher::NAME, args)?;
     let dialer = config.link.dialer(
-        &config.server.data_dir,
+        &args.server.data_dir,
         Some(SUBPROTOCOL_V1),
-        config.limits.websocket_config(),
+        args.limits.websocket_config(),
     )?;
-    let (listener, local_addr) = service::bind(config.listen).await?;
-    let (admin, admin_addr) = service::bind(config.admin_listen).await?;
-
-    let mut registry = Registry::with_prefix("wsmq_publisher");
-    let listener_metrics = ListenerMetrics::register(&mut registry, "listener");
-    let metrics = PublisherMetrics::register(&mut registry);
-    let readiness = Readiness::new();
+    let metrics = PublisherMetrics::register(&mut setup.registry);
     let link_config = LinkConfig {
         buffer_messages: config.link_buffer,
         buffer_bytes: config.link_buffer_bytes,
         batch_bytes: config.link_batch_bytes,
         backoff: config.link.backoff.clone(),
-        limits: config.limits.clone(),
+        limits: args.limits.clone(),
     };
     let (link, link_task) = Link::new(
         link_config,
         dialer,
         metrics.clone(),
-        readiness.condition("queue link"),
+        setup.readiness.condition("queue link"),
     );
     let routes = vec![Route::WebSocket {
         path: PUBLISH_PATH,
         subprotocols: &[SUBPROTOCOL_V1],
     }];
-    let mut server = ServerConfig::new(tls, auth, config.limits.clone(), routes);
-    server.metrics = listener_metrics.clone();
-    server.allowed_origins = config.server.allowed_origins.clone();
-    let context = SessionContext {
+    let context = ConnectionContext {
         link,
-        limits: config.limits,
+        limits: args.limits.clone(),
         metrics: metrics.clone(),
-        listener: listener_metrics,
+        listener: setup.listener_metrics.clone(),
     };
-    Ok(Bound {
-        listener,
-        admin,
-        local_addr,
-        admin_addr,
-        server,
-        registry,
-        readiness,
+    let publisher = Publisher {
         metrics,
         context,
         link_task,
-    })
+    };
+    let limits = args.limits.clone();
+    Ok(Bound(setup.bind(args, limits, routes, publisher).await?))
 }
 
 impl Bound {
     /// The address clients connect to (the real port when the config asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.0.local_addr()
     }
 
     /// The admin listener's address.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+        self.0.admin_addr()
     }
 
     /// This instance's metrics, for tests and embedding.
     pub fn metrics(&self) -> PublisherMetrics {
-        self.metrics.clone()
+        self.0.service().metrics.clone()
     }
 
     /// This instance's readiness (false while the msgqueue link is down).
     pub fn readiness(&self) -> Readiness {
-        self.readiness.clone()
+        self.0.readiness()
     }
 
     /// Serves clients until `shutdown` is cancelled. Then client connections close with 1001, and the link
     /// gets up to the drain timeout to have msgqueue ack what it still holds before it closes too.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let drain_timeout = self.server.limits.drain_timeout;
-        let supervisor = Supervisor::new(&shutdown);
-        let admin_stop = supervisor.token().child_token();
+        self.0.run(shutdown).await
+    }
+}
+
+impl Service for Publisher {
+    const NAME: &'static str = "publisher";
+    const ADMIN_TASK: &'static str = "publisher admin listener";
+    type Context = ConnectionContext;
+
+    /// Runs the link; at shutdown it is not cancelled but given the drain timeout to have msgqueue ack what it
+    /// holds, and only then cut.
+    fn start(
+        self,
+        supervisor: &Supervisor,
+    ) -> (Self::Context, impl Future<Output = ()> + Send + 'static) {
+        let drain_timeout = self.context.limits.drain_timeout;
         let link_stop = CancellationToken::new();
         let mut link = supervisor.spawn("publisher link", self.link_task.run(link_stop.clone()));
-        let admin = supervisor.spawn(
-            "publisher admin listener",
-            serve_admin(
-                self.admin,
-                Arc::new(self.registry),
-                self.readiness,
-                admin_stop.clone(),
-            ),
-        );
-        tracing::info!(addr = %self.local_addr, "publisher listening");
-        let context = self.context;
-        let served = serve(
-            self.listener,
-            Arc::new(self.server),
-            move |accepted| session::handle(accepted, context.clone()),
-            supervisor.token().clone(),
-        )
-        .await;
-        supervisor.stop();
-        admin_stop.cancel();
-        if tokio::time::timeout(drain_timeout, &mut link)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "msgqueue link did not drain in time; unacked messages are left to the clients to retry"
-            );
-            link_stop.cancel();
-            let _ = link.await;
-        }
-        match admin.await {
-            Ok(Some(Err(err))) => tracing::warn!(%err, "admin listener failed"),
-            Err(err) => tracing::warn!(%err, "admin listener task failed"),
-            Ok(_) => {}
-        }
-        served?;
-        Ok(supervisor.finish()?)
+        let stop = async move {
+            if tokio::time::timeout(drain_timeout, &mut link)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "msgqueue link did not drain in time; unacked messages are left to the clients to retry"
+                );
+                link_stop.cancel();
+                let _ = link.await;
+            }
+        };
+        (self.context, stop)
+    }
+
+    fn handle(
+        context: Self::Context,
+        accepted: Accepted,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        session::handle(accepted, context)
     }
 }
 

@@ -37,7 +37,7 @@ pub const MAX_UNCONFIRMED: usize = 1024;
 
 /// What every session of one publisher shares; cloned into each connection task.
 #[derive(Clone, Debug)]
-pub struct SessionContext {
+pub struct ConnectionContext {
     /// The link to msgqueue.
     pub link: Link,
     /// The listener's limits (message size, pings, idle timeout).
@@ -55,7 +55,7 @@ struct Unconfirmed {
 }
 
 /// Serves one client connection until it closes, fails, or the publisher shuts down.
-pub async fn handle(accepted: Accepted, context: SessionContext) {
+pub async fn handle(accepted: Accepted, context: ConnectionContext) {
     let span = tracing::debug_span!("publish", peer = %accepted.peer, user = %accepted.user);
     async move {
         let reliable = accepted.subprotocol == Some(SUBPROTOCOL_V1);
@@ -88,7 +88,7 @@ pub async fn handle(accepted: Accepted, context: SessionContext) {
 }
 
 struct Session {
-    context: SessionContext,
+    context: ConnectionContext,
     outbox: Outbox,
     /// `Some` in `wsmq.v1` mode: where receipts go to be turned into ack or error frames.
     confirmations: Option<mpsc::Sender<Unconfirmed>>,

@@ -196,8 +196,8 @@ async fn oversize_message_closes_the_connection_with_1009() -> anyhow::Result<()
     let dir = tempfile::tempdir()?;
     let queue = FakeQueue::start(dir.path()).await?;
     let mut config = config(dir.path(), queue.addr());
-    config.limits.max_message_size = 1024;
-    config.limits.max_frame_size = 1024;
+    config.service.limits.max_message_size = 1024;
+    config.service.limits.max_frame_size = 1024;
     let publisher = Publisher::start(config).await?;
     let mut client = publisher.client(dir.path(), true).await?;
 

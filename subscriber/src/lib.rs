@@ -12,27 +12,25 @@ pub mod router;
 mod link;
 mod session;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wsmq_core::admin::{Readiness, serve_admin};
-use wsmq_core::config::{LinkArgs, ServerArgs};
-use wsmq_core::limits::{Limits, parse_duration};
-use wsmq_core::metrics::ListenerMetrics;
+use wsmq_core::admin::Readiness;
+use wsmq_core::config::{LinkArgs, ServiceArgs};
+use wsmq_core::limits::parse_duration;
 use wsmq_core::protocol::{SUBPROTOCOL_V1, SUBSCRIBE_PATH};
-use wsmq_core::server::{Route, ServerConfig, serve};
-use wsmq_core::service;
+use wsmq_core::server::{Accepted, Route};
+use wsmq_core::service::{self, Service, Setup};
 use wsmq_core::supervise::Supervisor;
 
 pub use metrics::SubscriberMetrics;
 pub use router::{Router, SlowClientPolicy};
 
 use link::Link;
-use session::SessionSettings;
+use session::ConnectionContext;
 
 /// The browser client served at `/`: subscribe and publish from a web page. Self-contained (inline JS and CSS, no
 /// build step, no CDN); it authenticates on its WebSockets with a `wsmq.auth.*` subprotocol because browsers cannot
@@ -47,26 +45,19 @@ const LINK_READ_BUFFER: usize = 64 * 1024;
 /// The subscriber's configuration: flags with `WSMQ_*` environment fallbacks. Public fields so the
 /// all-in-one binary and tests can build it in code.
 #[derive(clap::Args, Clone, Debug)]
+#[command(
+    mut_arg("listen", |arg| arg.default_value("0.0.0.0:8082").required(false)),
+    mut_arg("admin_listen", |arg| arg.default_value("127.0.0.1:9082").required(false))
+)]
 pub struct Config {
-    /// Address of the client WebSocket listener (wss, path /subscribe).
-    #[arg(long, env = "WSMQ_LISTEN", default_value = "0.0.0.0:8082")]
-    pub listen: SocketAddr,
-
-    /// Address of the plain-HTTP admin listener (/healthz, /readyz, /metrics); loopback keeps it private.
-    #[arg(long, env = "WSMQ_ADMIN_LISTEN", default_value = "127.0.0.1:9082")]
-    pub admin_listen: SocketAddr,
-
-    /// TLS identity, users and data directory of the listener.
+    /// Listeners (`/subscribe` and the browser page; the admin one), TLS identity, users, data directory and
+    /// limits.
     #[command(flatten)]
-    pub server: ServerArgs,
+    pub service: ServiceArgs,
 
     /// Where msgqueue is and how to authenticate to it.
     #[command(flatten)]
     pub link: LinkArgs,
-
-    /// Message sizes, timeouts and connection caps of the listener.
-    #[command(flatten)]
-    pub limits: Limits,
 
     /// Topics one client connection may subscribe to at once; wsmq.v1 clients get an error beyond it.
     #[arg(long, env = "WSMQ_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
@@ -95,20 +86,17 @@ pub struct Config {
 }
 
 /// Why the subscriber could not start or stopped serving.
-pub use wsmq_core::service::StartError as Error;
+pub type Error = service::Error;
 
 /// A subscriber whose configuration was checked and whose listeners are bound, ready to [`Bound::run`].
 #[derive(Debug)]
-pub struct Bound {
-    listener: TcpListener,
-    admin: TcpListener,
-    local_addr: SocketAddr,
-    admin_addr: SocketAddr,
-    server: Arc<ServerConfig>,
+pub struct Bound(service::Bound<Subscriber>);
+
+/// The subscriber's own parts in the service skeleton: the link that pops from msgqueue into the router.
+#[derive(Debug)]
+struct Subscriber {
     link: Link,
-    settings: Arc<SessionSettings>,
-    registry: Arc<Registry>,
-    readiness: Readiness,
+    context: Arc<ConnectionContext>,
     metrics: SubscriberMetrics,
 }
 
@@ -116,27 +104,21 @@ pub struct Bound {
 ///
 /// Fails on an unusable configuration or an address that cannot be bound, before anything is served.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
-    let tls = config.server.tls_config()?;
-    let auth = config.server.authenticator()?;
-    let mut link_ws = config.limits.websocket_config();
-    let link_frame = config.limits.queue().max_frame.max(LINK_MIN_FRAME);
-    link_ws = link_ws
+    let args = &config.service;
+    let mut setup = Setup::new(Subscriber::NAME, args)?;
+    let link_frame = args.limits.queue().max_frame.max(LINK_MIN_FRAME);
+    let link_ws = args
+        .limits
+        .websocket_config()
         .read_buffer_size(LINK_READ_BUFFER)
         .max_message_size(Some(link_frame))
         .max_frame_size(Some(link_frame));
     let dialer = config
         .link
-        .dialer(&config.server.data_dir, Some(SUBPROTOCOL_V1), link_ws)?;
+        .dialer(&args.server.data_dir, Some(SUBPROTOCOL_V1), link_ws)?;
 
-    let mut registry = Registry::with_prefix("wsmq_subscriber");
-    let listener_metrics = ListenerMetrics::register(&mut registry, "listener");
-    let metrics = SubscriberMetrics::register(&mut registry);
-    let readiness = Readiness::new();
+    let metrics = SubscriberMetrics::register(&mut setup.registry);
     let router = Router::new(config.client_queue, config.slow_client, metrics.clone());
-
-    let (listener, local_addr) = service::bind(config.listen).await?;
-    let (admin, admin_addr) = service::bind(config.admin_listen).await?;
-
     let routes = vec![
         Route::WebSocket {
             path: SUBSCRIBE_PATH,
@@ -148,95 +130,87 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             body: PAGE,
         },
     ];
-    let mut server = ServerConfig::new(tls, auth, config.limits.clone(), routes);
-    server.metrics = listener_metrics;
-    server.allowed_origins = config.server.allowed_origins.clone();
     let link = Link {
         dialer,
         router: router.clone(),
         prefetch: config.prefetch.max(1),
         slow_client_timeout: config.slow_client_timeout,
-        max_payload: config.limits.queue().max_payload,
-        ping_interval: config.limits.ping_interval,
-        idle_timeout: config.limits.idle_timeout,
-        ready: readiness.condition("queue link"),
+        max_payload: args.limits.queue().max_payload,
+        ping_interval: args.limits.ping_interval,
+        idle_timeout: args.limits.idle_timeout,
+        ready: setup.readiness.condition("queue link"),
         backoff: config.link.backoff.clone(),
     };
-    let settings = SessionSettings {
+    let context = ConnectionContext {
         router,
-        limits: config.limits,
+        limits: args.limits.clone(),
         max_subscriptions: config.max_subscriptions,
     };
-    Ok(Bound {
-        listener,
-        admin,
-        local_addr,
-        admin_addr,
-        server: Arc::new(server),
+    let subscriber = Subscriber {
         link,
-        settings: Arc::new(settings),
-        registry: Arc::new(registry),
-        readiness,
+        context: Arc::new(context),
         metrics,
-    })
+    };
+    let limits = args.limits.clone();
+    Ok(Bound(setup.bind(args, limits, routes, subscriber).await?))
 }
 
 impl Bound {
     /// The client listener's address (the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.0.local_addr()
     }
 
     /// The admin listener's address.
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
+        self.0.admin_addr()
     }
 
     /// The subscriber's metrics, for tests and embedding binaries (also exported on `/metrics`).
     pub fn metrics(&self) -> SubscriberMetrics {
-        self.metrics.clone()
+        self.0.service().metrics.clone()
     }
 
     /// Whether the subscriber is ready (the link to msgqueue is up), as `/readyz` reports it.
     pub fn readiness(&self) -> Readiness {
-        self.readiness.clone()
+        self.0.readiness()
     }
 
     /// Serves until `shutdown` is cancelled: clients on `/subscribe`, the link to msgqueue and the admin
     /// endpoints. Open client connections are closed with 1001 and drained within the drain timeout.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let supervisor = Supervisor::new(&shutdown);
-        let background = supervisor.token().child_token();
-        let link = supervisor.spawn("subscriber link", self.link.run(background.clone()));
-        let admin = supervisor.spawn(
-            "subscriber admin listener",
-            serve_admin(
-                self.admin,
-                self.registry,
-                self.readiness,
-                background.clone(),
-            ),
+        self.0.run(shutdown).await
+    }
+}
+
+impl Service for Subscriber {
+    const NAME: &'static str = "subscriber";
+    const ADMIN_TASK: &'static str = "subscriber admin listener";
+    type Context = Arc<ConnectionContext>;
+
+    /// Runs the link until the service stops; it is stopped with the service (what it has not acked,
+    /// msgqueue redelivers).
+    fn start(
+        self,
+        supervisor: &Supervisor,
+    ) -> (Self::Context, impl Future<Output = ()> + Send + 'static) {
+        let link = supervisor.spawn(
+            "subscriber link",
+            self.link.run(supervisor.token().child_token()),
         );
-        let settings = self.settings;
-        let served = serve(
-            self.listener,
-            self.server,
-            move |accepted| session::serve_client(accepted, Arc::clone(&settings)),
-            supervisor.token().clone(),
-        )
-        .await;
-        supervisor.stop();
-        background.cancel();
-        if let Err(err) = link.await {
-            tracing::warn!(%err, "link task failed");
-        }
-        match admin.await {
-            Ok(Some(Err(err))) => tracing::warn!(%err, "admin listener failed"),
-            Err(err) => tracing::warn!(%err, "admin task failed"),
-            Ok(_) => {}
-        }
-        served?;
-        Ok(supervisor.finish()?)
+        let stop = async move {
+            if let Err(err) = link.await {
+                tracing::warn!(%err, "link task failed");
+            }
+        };
+        (self.context, stop)
+    }
+
+    fn handle(
+        context: Self::Context,
+        accepted: Accepted,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        session::serve_client(accepted, context)
     }
 }
 

@@ -25,7 +25,7 @@ use crate::router::{Client, Router};
 
 /// What every session needs besides its connection; shared by all sessions of a listener.
 #[derive(Clone, Debug)]
-pub(crate) struct SessionSettings {
+pub(crate) struct ConnectionContext {
     /// The topic index the session subscribes its client in.
     pub(crate) router: Router,
     /// Ping interval and idle timeout of client connections.
@@ -37,8 +37,8 @@ pub(crate) struct SessionSettings {
 /// Serves one `/subscribe` connection until the client leaves, is cut off or the service shuts down.
 /// Expected disconnects are logged at debug: they are not errors.
 #[instrument(skip_all, fields(peer = %accepted.peer, user = %accepted.user))]
-pub(crate) async fn serve_client(accepted: Accepted, settings: Arc<SessionSettings>) {
-    let router = &settings.router;
+pub(crate) async fn serve_client(accepted: Accepted, context: Arc<ConnectionContext>) {
+    let router = &context.router;
     let _connected = router.metrics().client_connected();
     let v1 = accepted.subprotocol.is_some();
     let (sink, stream) = accepted.ws.split();
@@ -49,11 +49,11 @@ pub(crate) async fn serve_client(accepted: Accepted, settings: Arc<SessionSettin
         sink,
         client.outgoing(),
         closer.clone(),
-        settings.limits.ping_interval,
+        context.limits.ping_interval,
     ));
-    let mut reader = Reader::new(stream, closer, settings.limits.idle_timeout);
+    let mut reader = Reader::new(stream, closer, context.limits.idle_timeout);
     let mut session = Session {
-        settings: &settings,
+        context: &context,
         client: &client,
         v1,
         topics: HashSet::new(),
@@ -76,12 +76,12 @@ pub(crate) async fn serve_client(accepted: Accepted, settings: Arc<SessionSettin
     // The writer flushes what is queued, sends its Close frame and ends; one that a non-reading client holds in
     // a blocked write is aborted after a grace period.
     client.leave();
-    finish_writer(writer, &settings.limits, &shutdown).await;
+    finish_writer(writer, &context.limits, &shutdown).await;
 }
 
 /// The command-handling state of one connection.
 struct Session<'a> {
-    settings: &'a SessionSettings,
+    context: &'a ConnectionContext,
     client: &'a Arc<Client>,
     v1: bool,
     topics: HashSet<Box<str>>,
@@ -102,8 +102,8 @@ impl Session<'_> {
 
     fn subscribe(&mut self, topic: &str) {
         if !self.topics.contains(topic) {
-            if self.topics.len() >= self.settings.max_subscriptions {
-                let limit = self.settings.max_subscriptions;
+            if self.topics.len() >= self.context.max_subscriptions {
+                let limit = self.context.max_subscriptions;
                 tracing::debug!(limit, "subscription refused: too many subscriptions");
                 if self.v1 {
                     self.reply(encode_error(
@@ -113,7 +113,7 @@ impl Session<'_> {
                 }
                 return;
             }
-            self.settings.router.subscribe(topic, self.client);
+            self.context.router.subscribe(topic, self.client);
             self.topics.insert(topic.into());
         }
         if self.v1 {
@@ -123,7 +123,7 @@ impl Session<'_> {
 
     fn unsubscribe(&mut self, topic: &str) {
         if self.topics.remove(topic) {
-            self.settings.router.unsubscribe(topic, self.client);
+            self.context.router.unsubscribe(topic, self.client);
         }
         if self.v1 {
             self.reply(encode_unsubscribed(topic));
@@ -132,7 +132,7 @@ impl Session<'_> {
 
     /// An unusable frame: an error frame for `wsmq.v1`, ignored and counted for compat clients (as ws-go).
     fn refuse(&self, reason: &str) {
-        self.settings.router.metrics().unknown_command();
+        self.context.router.metrics().unknown_command();
         if self.v1 {
             self.reply(encode_error(reason, None));
         } else {
@@ -142,7 +142,7 @@ impl Session<'_> {
 
     fn reply(&self, frame: bytes::Bytes) {
         match Utf8Bytes::try_from(frame) {
-            Ok(frame) => self.client.reply(frame, self.settings.router.metrics()),
+            Ok(frame) => self.client.reply(frame, self.context.router.metrics()),
             Err(err) => tracing::warn!(%err, "reply frame is not UTF-8"),
         }
     }
@@ -150,7 +150,7 @@ impl Session<'_> {
     /// Removes every subscription of the connection from the index.
     fn leave_all(&mut self) {
         for topic in self.topics.drain() {
-            self.settings.router.unsubscribe(&topic, self.client);
+            self.context.router.unsubscribe(&topic, self.client);
         }
     }
 }

@@ -9,7 +9,7 @@ use clap::{Args, FromArgMatches};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::Secret;
-use wsmq_core::config::ServerArgs;
+use wsmq_core::config::{LinkArgs, ServerArgs, ServiceArgs};
 use wsmq_core::supervise::{TaskFailure, catch_panic};
 
 /// Development credentials, as in ws-go. Accepted only while every listener is on loopback.
@@ -61,7 +61,7 @@ pub struct Config {
     pub services: Vec<Service>,
     /// msgqueue to use when it is not run here.
     #[command(flatten)]
-    pub link: wsmq_core::config::LinkArgs,
+    pub link: LinkArgs,
 }
 
 /// Why the stack could not start or failed.
@@ -73,22 +73,23 @@ pub enum Error {
          allowed on loopback. Set --users-file or --users (WSMQ_USERS_FILE / WSMQ_USERS)"
     )]
     DevUsersOffLoopback(SocketAddr),
-    /// A service's settings could not be assembled.
-    #[error("configuring {service}: {source}")]
+    /// A service's settings could not be read from its environment variables.
+    #[error("configuring {service}: {reason}")]
     Config {
         /// Which service.
         service: &'static str,
-        /// What clap said.
-        source: clap::Error,
+        /// What clap said, without its `error:` prefix and `--help` hint (which name no flag the operator
+        /// gave: the value came from the environment).
+        reason: String,
     },
-    /// msgqueue failed.
-    #[error("msgqueue: {0}")]
+    /// msgqueue failed to start or stopped with an error.
+    #[error("msgqueue failed")]
     Msgqueue(#[from] wsmq_msgqueue::Error),
-    /// publisher failed.
-    #[error("publisher: {0}")]
+    /// publisher failed to start or stopped with an error.
+    #[error("publisher failed")]
     Publisher(#[source] wsmq_publisher::Error),
-    /// subscriber failed.
-    #[error("subscriber: {0}")]
+    /// subscriber failed to start or stopped with an error.
+    #[error("subscriber failed")]
     Subscriber(#[source] wsmq_subscriber::Error),
     /// A service panicked outside its supervised parts (e.g. in its accept loop).
     #[error(transparent)]
@@ -115,17 +116,25 @@ pub enum CredentialSource {
     Configured,
 }
 
-/// Builds a service's configuration the way its own binary would: from flags, with the service's environment
-/// variables filling in whatever the all-in-one does not set.
-fn service_config<C: Args + FromArgMatches>(
-    service: &'static str,
-    args: Vec<String>,
-) -> Result<C, Error> {
+/// A service's configuration as its own binary would read it with no flags: defaults, and the service's
+/// environment variables for whatever the all-in-one does not set. The all-in-one then sets its part in code.
+fn from_env<C: Args + FromArgMatches>(service: &'static str) -> Result<C, Error> {
     let command = C::augment_args(clap::Command::new(service).no_binary_name(true));
     command
-        .try_get_matches_from(args)
+        .try_get_matches_from(std::iter::empty::<String>())
         .and_then(|matches| C::from_arg_matches(&matches))
-        .map_err(|source| Error::Config { service, source })
+        .map_err(|err| Error::Config {
+            service,
+            reason: clap_reason(&err),
+        })
+}
+
+/// The first line of a clap error, which says what is wrong, e.g. `invalid value 'x' for '--prefetch
+/// <PREFETCH>': invalid digit found in string` (clap's own cause included, so it is not kept as a source too).
+fn clap_reason(err: &clap::Error) -> String {
+    let rendered = err.to_string();
+    let line = rendered.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
 /// Resolves the configuration and binds every selected service. The publisher and subscriber get a random
@@ -146,108 +155,85 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
         return Err(Error::DevUsersOffLoopback(*addr));
     }
     // Users from --users, or the dev users when nothing at all is configured (a users file alone stands alone).
-    let client_users = match (&config.server.users, configured) {
-        (Some(users), _) => Some(users.expose().to_owned()),
-        (None, false) => Some(DEV_USERS.to_owned()),
-        (None, true) => None,
+    let server = ServerArgs {
+        users: match (&config.server.users, configured) {
+            (Some(users), _) => Some(users.clone()),
+            (None, false) => Some(Secret::new(DEV_USERS)),
+            (None, true) => None,
+        },
+        ..config.server.clone()
     };
-    let link_password = random_password();
-
-    let mut common = vec![
-        "--data-dir".to_owned(),
-        config.server.data_dir.display().to_string(),
-    ];
-    if let (Some(cert), Some(key)) = (&config.server.tls_cert, &config.server.tls_key) {
-        common.extend([
-            "--tls-cert".into(),
-            cert.display().to_string(),
-            "--tls-key".into(),
-            key.display().to_string(),
-        ]);
-    }
-    if let Some(file) = &config.server.users_file {
-        common.extend(["--users-file".into(), file.display().to_string()]);
-    }
-    if !config.server.allowed_origins.is_empty() {
-        common.extend([
-            "--allowed-origins".into(),
-            config.server.allowed_origins.join(","),
-        ]);
-    }
     // Port 0 (tests) means an ephemeral port for each admin listener, not ports 1 and 2.
     let admin = |offset: u16| match config.admin_port {
-        0 => "127.0.0.1:0".to_owned(),
-        base => format!("127.0.0.1:{}", base.saturating_add(offset)),
+        0 => SocketAddr::from(([127, 0, 0, 1], 0)),
+        base => SocketAddr::from(([127, 0, 0, 1], base.saturating_add(offset))),
+    };
+    let service_args =
+        |listen: SocketAddr, admin_listen: SocketAddr, defaults: ServiceArgs| ServiceArgs {
+            listen,
+            admin_listen,
+            server: server.clone(),
+            ..defaults
+        };
+
+    let link_password = random_password();
+    let (msgqueue, local_queue) = if runs(Service::Msgqueue) {
+        let defaults: wsmq_msgqueue::Config = from_env("msgqueue")?;
+        let mut service = service_args(config.msgqueue_listen, admin(0), defaults.service);
+        service.server.users = Some(with_link_user(
+            service.server.users.as_ref(),
+            &link_password,
+        ));
+        let bound = wsmq_msgqueue::bind(wsmq_msgqueue::Config {
+            service,
+            ..defaults
+        })
+        .await?;
+        let port = bound.local_addr().port();
+        (Some(bound), Some(port))
+    } else {
+        (None, None)
+    };
+    // The edges link to the in-process msgqueue with the generated credential, or else to the operator's.
+    let link = |defaults: LinkArgs| match local_queue {
+        Some(port) => local_link(port, &link_password, defaults),
+        None => config.link.clone(),
     };
 
-    let (msgqueue, link) = if runs(Service::Msgqueue) {
-        let mut args = common.clone();
-        args.extend([
-            "--listen".into(),
-            config.msgqueue_listen.to_string(),
-            "--admin-listen".into(),
-            admin(0),
-        ]);
-        let link_user = format!("{LINK_USER}:{}", link_password.expose());
-        let users = client_users
-            .as_ref()
-            .map_or(link_user.clone(), |u| format!("{u},{link_user}"));
-        args.extend(["--users".into(), users]);
-        let bound = wsmq_msgqueue::bind(service_config("msgqueue", args)?).await?;
-        let port = bound
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or(config.msgqueue_listen.port());
-        (Some(bound), link_args(port, &link_password))
-    } else {
-        (None, Vec::new())
-    };
-    let edge_args = |listen: SocketAddr, admin_addr: String| {
-        let mut args = common.clone();
-        args.extend([
-            "--listen".into(),
-            listen.to_string(),
-            "--admin-listen".into(),
-            admin_addr,
-        ]);
-        if let Some(users) = &client_users {
-            args.extend(["--users".into(), users.clone()]);
-        }
-        args.extend(link.iter().cloned());
-        args
-    };
     let subscriber = if runs(Service::Subscriber) {
-        let args = edge_args(config.subscriber_listen, admin(2));
+        let defaults: wsmq_subscriber::Config = from_env("subscriber")?;
+        let subscriber = wsmq_subscriber::Config {
+            service: service_args(config.subscriber_listen, admin(2), defaults.service),
+            link: link(defaults.link),
+            ..defaults
+        };
         Some(
-            wsmq_subscriber::bind(with_link(
-                service_config("subscriber", args)?,
-                &config,
-                &link,
-            ))
-            .await
-            .map_err(Error::Subscriber)?,
+            wsmq_subscriber::bind(subscriber)
+                .await
+                .map_err(Error::Subscriber)?,
         )
     } else {
         None
     };
     let publisher = if runs(Service::Publisher) {
-        let mut args = edge_args(config.publisher_listen, admin(1));
+        let defaults: wsmq_publisher::Config = from_env("publisher")?;
+        let mut service = service_args(config.publisher_listen, admin(1), defaults.service);
         // The browser page is served by the subscriber and publishes here: allow the subscriber's origins.
         if let Some(port) = subscriber.as_ref().map(|s| s.local_addr().port()) {
-            let origins = [
+            service.server.allowed_origins.extend([
                 format!("https://localhost:{port}"),
                 format!("https://127.0.0.1:{port}"),
-            ];
-            args.extend(["--allowed-origins".into(), origins.join(",")]);
+            ]);
         }
+        let publisher = wsmq_publisher::Config {
+            service,
+            link: link(defaults.link),
+            ..defaults
+        };
         Some(
-            wsmq_publisher::bind(with_link(
-                service_config("publisher", args)?,
-                &config,
-                &link,
-            ))
-            .await
-            .map_err(Error::Publisher)?,
+            wsmq_publisher::bind(publisher)
+                .await
+                .map_err(Error::Publisher)?,
         )
     } else {
         None
@@ -270,39 +256,24 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
     })
 }
 
-/// Without a local msgqueue, the edge services use the operator's --queue-* flags.
-fn with_link<C: HasLink>(mut config: C, stack: &Config, local_link: &[String]) -> C {
-    if local_link.is_empty() {
-        *config.link_mut() = stack.link.clone();
+/// msgqueue's users: the clients' `users` (if any) plus the edges' link user with `password`.
+fn with_link_user(users: Option<&Secret>, password: &Secret) -> Secret {
+    let link_user = format!("{LINK_USER}:{}", password.expose());
+    Secret::new(match users {
+        Some(users) => format!("{},{link_user}", users.expose()),
+        None => link_user,
+    })
+}
+
+/// An edge's link to the in-process msgqueue on `port` with the generated `password`; the rest (CA, backoff) as
+/// the edge's own environment says.
+fn local_link(port: u16, password: &Secret, defaults: LinkArgs) -> LinkArgs {
+    LinkArgs {
+        queue_url: format!("wss://localhost:{port}"),
+        queue_user: Some(LINK_USER.to_owned()),
+        queue_password: Some(password.clone()),
+        ..defaults
     }
-    config
-}
-
-/// Access to a service config's msgqueue link settings.
-trait HasLink {
-    fn link_mut(&mut self) -> &mut wsmq_core::config::LinkArgs;
-}
-
-impl HasLink for wsmq_publisher::Config {
-    fn link_mut(&mut self) -> &mut wsmq_core::config::LinkArgs {
-        &mut self.link
-    }
-}
-
-impl HasLink for wsmq_subscriber::Config {
-    fn link_mut(&mut self) -> &mut wsmq_core::config::LinkArgs {
-        &mut self.link
-    }
-}
-
-/// The edges' flags for their link to the in-process msgqueue on `port`. Values go in `--flag=value` form: the
-/// random password is base64url, and one that starts with `-` would otherwise be read as a flag.
-fn link_args(port: u16, password: &Secret) -> Vec<String> {
-    vec![
-        format!("--queue-url=wss://localhost:{port}"),
-        format!("--queue-user={LINK_USER}"),
-        format!("--queue-password={}", password.expose()),
-    ]
 }
 
 /// 24 random bytes, base64url: the link credential lives only in this process's memory.
@@ -315,7 +286,7 @@ fn random_password() -> Secret {
 impl Stack {
     /// msgqueue's bound address, if it runs here.
     pub fn msgqueue_addr(&self) -> Option<SocketAddr> {
-        self.msgqueue.as_ref().and_then(|b| b.local_addr().ok())
+        self.msgqueue.as_ref().map(wsmq_msgqueue::Bound::local_addr)
     }
 
     /// publisher's bound address, if it runs here.
@@ -396,12 +367,73 @@ mod tests {
     #[test]
     fn a_link_password_that_starts_with_a_dash_is_taken_as_the_password() {
         let password = Secret::new("-rXc_Q");
-        let config: wsmq_subscriber::Config =
-            service_config("subscriber", link_args(8080, &password)).unwrap();
+        let defaults: wsmq_subscriber::Config = from_env("subscriber").unwrap();
+        let link = local_link(8080, &password, defaults.link);
         assert_eq!(
-            config.link.queue_password.as_ref().map(Secret::expose),
+            link.queue_password.as_ref().map(Secret::expose),
             Some("-rXc_Q")
         );
-        assert_eq!(config.link.queue_user.as_deref(), Some(LINK_USER));
+        assert_eq!(link.queue_user.as_deref(), Some(LINK_USER));
+        assert_eq!(link.queue_url, "wss://localhost:8080");
+    }
+
+    #[test]
+    fn a_bad_environment_value_is_reported_once_naming_the_flag() {
+        let command = wsmq_subscriber::Config::augment_args(
+            clap::Command::new("subscriber").no_binary_name(true),
+        );
+        let err = command
+            .try_get_matches_from(["--prefetch", "x"])
+            .err()
+            .unwrap();
+        assert_eq!(
+            clap_reason(&err),
+            "invalid value 'x' for '--prefetch <PREFETCH>': invalid digit found in string"
+        );
+    }
+
+    /// The default of flag `id` in configuration `C`, as `--help` shows it.
+    fn default_of<C: Args>(id: &str) -> Option<String> {
+        let command = C::augment_args(clap::Command::new("service"));
+        let arg = command.get_arguments().find(|arg| arg.get_id() == id)?;
+        let value = arg.get_default_values().first()?;
+        Some(value.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn every_service_listens_on_its_usual_ports_by_default() {
+        let defaults = [
+            (
+                default_of::<wsmq_msgqueue::Config>("listen"),
+                default_of::<wsmq_msgqueue::Config>("admin_listen"),
+            ),
+            (
+                default_of::<wsmq_publisher::Config>("listen"),
+                default_of::<wsmq_publisher::Config>("admin_listen"),
+            ),
+            (
+                default_of::<wsmq_subscriber::Config>("listen"),
+                default_of::<wsmq_subscriber::Config>("admin_listen"),
+            ),
+        ];
+        let expected =
+            |listen: &str, admin: &str| (Some(listen.to_owned()), Some(admin.to_owned()));
+        assert_eq!(
+            defaults,
+            [
+                expected("0.0.0.0:8080", "127.0.0.1:9080"),
+                expected("0.0.0.0:8081", "127.0.0.1:9081"),
+                expected("0.0.0.0:8082", "127.0.0.1:9082"),
+            ]
+        );
+    }
+
+    #[test]
+    fn msgqueue_accepts_the_clients_and_the_link_user() {
+        let password = Secret::new("pw");
+        let users = with_link_user(Some(&Secret::new("hello:test")), &password);
+        assert_eq!(users.expose(), format!("hello:test,{LINK_USER}:pw"));
+        let alone = with_link_user(None, &password);
+        assert_eq!(alone.expose(), format!("{LINK_USER}:pw"));
     }
 }

@@ -186,3 +186,27 @@ async fn dev_credentials_are_refused_off_loopback() {
     let err = wsmq::bind(cfg).await.err().expect("refused");
     assert!(matches!(err, wsmq::Error::DevUsersOffLoopback(_)), "{err}");
 }
+
+#[tokio::test]
+async fn a_second_stack_on_the_same_data_dir_is_refused_naming_the_directory_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = wsmq::bind(config(dir.path(), &[Service::Msgqueue]))
+        .await
+        .unwrap();
+    let running = Running::start(first);
+    let err = wsmq::bind(config(dir.path(), ALL))
+        .await
+        .err()
+        .expect("a second stack on the same data dir is refused");
+    let mut chain = vec![err.to_string()];
+    let mut cause = std::error::Error::source(&err);
+    while let Some(err) = cause {
+        chain.push(err.to_string());
+        cause = err.source();
+    }
+    let chain = chain.join("\n");
+    let queue_dir = dir.path().join("queue").display().to_string();
+    assert_eq!(chain.matches(&queue_dir).count(), 1, "{chain}");
+    assert!(chain.starts_with("msgqueue failed"), "{chain}");
+    running.stop().await;
+}

@@ -52,7 +52,7 @@ impl Msgqueue {
         args.extend_from_slice(extra);
         let config = MsgqueueFlags::try_parse_from(args).unwrap().config;
         let bound = wsmq_msgqueue::bind(config).await.unwrap();
-        let port = bound.local_addr().unwrap().port();
+        let port = bound.local_addr().port();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(bound.run(shutdown.clone()));
         Self {

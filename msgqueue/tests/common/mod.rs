@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 use wsmq_core::Secret;
 use wsmq_core::auth::Credentials;
-use wsmq_core::config::ServerArgs;
+use wsmq_core::config::{ServerArgs, ServiceArgs};
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::queue::{Delivery, FrameReader, FrameWriter, PopRecord, PushReply};
@@ -36,17 +36,19 @@ pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
 
 pub fn config(data_dir: &Path) -> Config {
     Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        server: ServerArgs {
-            data_dir: data_dir.to_path_buf(),
-            tls_cert: None,
-            tls_key: None,
-            users_file: None,
-            users: Some(Secret::new(format!("{USER}:{PASSWORD}"))),
-            allowed_origins: Vec::new(),
+        service: ServiceArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            server: ServerArgs {
+                data_dir: data_dir.to_path_buf(),
+                tls_cert: None,
+                tls_key: None,
+                users_file: None,
+                users: Some(Secret::new(format!("{USER}:{PASSWORD}"))),
+                allowed_origins: Vec::new(),
+            },
+            limits: Limits::default(),
         },
-        limits: Limits::default(),
         queue: QueueArgs {
             storage: StorageKind::Disk,
             fsync: FsyncPolicy::Always,
@@ -67,10 +69,10 @@ pub struct Running {
 
 impl Running {
     pub async fn start(config: Config) -> Self {
-        let data_dir = config.server.data_dir.clone();
+        let data_dir = config.service.server.data_dir.clone();
         let bound: Bound = wsmq_msgqueue::bind(config).await.expect("msgqueue binds");
-        let addr = bound.local_addr().unwrap();
-        let admin = bound.admin_addr().unwrap();
+        let addr = bound.local_addr();
+        let admin = bound.admin_addr();
         let queue = bound.queue().clone();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(bound.run(shutdown.clone()));

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use wsmq_core::Secret;
 use wsmq_core::auth::{Authenticator, Credentials};
 use wsmq_core::backoff::BackoffArgs;
-use wsmq_core::config::{LinkArgs, ServerArgs};
+use wsmq_core::config::{LinkArgs, ServerArgs, ServiceArgs};
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PushRecord, PushReply, RejectReason};
@@ -325,15 +325,21 @@ pub(crate) struct Publisher {
 /// A publisher configuration for tests: port 0, dev PKI in `data_dir`, quick reconnects, pointed at `queue`.
 pub(crate) fn config(data_dir: &Path, queue: SocketAddr) -> Config {
     Config {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        server: ServerArgs {
-            data_dir: data_dir.to_path_buf(),
-            tls_cert: None,
-            tls_key: None,
-            users_file: None,
-            users: Some(Secret::new(format!("{CLIENT_USER}:{CLIENT_PASSWORD}"))),
-            allowed_origins: Vec::new(),
+        service: ServiceArgs {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            server: ServerArgs {
+                data_dir: data_dir.to_path_buf(),
+                tls_cert: None,
+                tls_key: None,
+                users_file: None,
+                users: Some(Secret::new(format!("{CLIENT_USER}:{CLIENT_PASSWORD}"))),
+                allowed_origins: Vec::new(),
+            },
+            limits: Limits {
+                drain_timeout: Duration::from_secs(2),
+                ..Limits::default()
+            },
         },
         link: LinkArgs {
             queue_url: format!("wss://127.0.0.1:{}", queue.port()),
@@ -345,10 +351,6 @@ pub(crate) fn config(data_dir: &Path, queue: SocketAddr) -> Config {
                 initial: Duration::from_millis(10),
                 max: Duration::from_millis(100),
             },
-        },
-        limits: Limits {
-            drain_timeout: Duration::from_secs(2),
-            ..Limits::default()
         },
         link_buffer: 10_000,
         link_buffer_bytes: 16 * 1024 * 1024,

@@ -20,7 +20,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::Secret;
 use wsmq_core::auth::{Authenticator, Credentials};
-use wsmq_core::config::{LinkArgs, ServerArgs};
+use wsmq_core::config::{LinkArgs, ServerArgs, ServiceArgs};
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::envelope::Envelope;
@@ -245,15 +245,21 @@ impl Subscriber {
         settings: Settings,
     ) -> TestResult<Self> {
         let config = Config {
-            listen: "127.0.0.1:0".parse()?,
-            admin_listen: "127.0.0.1:0".parse()?,
-            server: ServerArgs {
-                data_dir: dir.to_path_buf(),
-                tls_cert: None,
-                tls_key: None,
-                users_file: None,
-                users: Some(Secret::new(format!("{CLIENT_USER}:{CLIENT_PASSWORD}"))),
-                allowed_origins: Vec::new(),
+            service: ServiceArgs {
+                listen: "127.0.0.1:0".parse()?,
+                admin_listen: "127.0.0.1:0".parse()?,
+                server: ServerArgs {
+                    data_dir: dir.to_path_buf(),
+                    tls_cert: None,
+                    tls_key: None,
+                    users_file: None,
+                    users: Some(Secret::new(format!("{CLIENT_USER}:{CLIENT_PASSWORD}"))),
+                    allowed_origins: Vec::new(),
+                },
+                limits: Limits {
+                    drain_timeout: Duration::from_secs(3),
+                    ..Limits::default()
+                },
             },
             link: LinkArgs {
                 queue_url: format!("wss://localhost:{}", queue.port()),
@@ -262,10 +268,6 @@ impl Subscriber {
                 ca: None,
                 insecure: false,
                 backoff: wsmq_core::backoff::BackoffArgs::default(),
-            },
-            limits: Limits {
-                drain_timeout: Duration::from_secs(3),
-                ..Limits::default()
             },
             max_subscriptions: settings.max_subscriptions,
             client_queue: settings.client_queue,
