@@ -31,11 +31,12 @@
 //! instead and never holds anyone back.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -133,15 +134,9 @@ impl Congestion {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn list(&self) -> MutexGuard<'_, Vec<Arc<Client>>> {
-        self.congested
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// A copy of the congested clients, so no lock is held while they are inspected or cut off.
     fn snapshot(&self) -> Vec<Arc<Client>> {
-        self.list().clone()
+        self.congested.lock().clone()
     }
 
     /// Marks `client` (whose `queue` is locked) congested from `now`.
@@ -149,7 +144,7 @@ impl Congestion {
         if !queue.congested {
             queue.congested = true;
             client.congested_since.store(now, Ordering::Relaxed);
-            self.list().push(Arc::clone(client));
+            self.congested.lock().push(Arc::clone(client));
             self.count.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -159,7 +154,7 @@ impl Congestion {
         if queue.congested {
             queue.congested = false;
             {
-                let mut list = self.list();
+                let mut list = self.congested.lock();
                 if let Some(at) = list.iter().position(|c| c.id == client.id) {
                     list.swap_remove(at);
                 }
@@ -179,7 +174,8 @@ impl Congestion {
             return Some(MAJORITY_RECHECK);
         }
         let stalled_after = u64::try_from(STALLED_AFTER.as_nanos()).unwrap_or(u64::MAX);
-        self.list()
+        self.congested
+            .lock()
             .iter()
             .map(|client| {
                 client
@@ -218,10 +214,6 @@ impl Offered {
 }
 
 impl Client {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The queue length from which a client counts as congested.
     fn high_water(&self) -> usize {
         (self.capacity / 2).max(1)
@@ -233,7 +225,7 @@ impl Client {
     fn offer(self: &Arc<Self>, frames: &[Utf8Bytes]) -> Offered {
         let mut offered = Offered::default();
         {
-            let mut queue = self.lock();
+            let mut queue = self.queue.lock();
             if queue.cut_off {
                 return offered;
             }
@@ -304,7 +296,7 @@ impl Client {
     /// Moves every queued frame into the empty `into` (a swap: no copying), which relieves congestion. `false`
     /// once the client was cut off or left and nothing is left to write.
     fn take_all(&self, into: &mut VecDeque<Utf8Bytes>) -> bool {
-        let mut queue = self.lock();
+        let mut queue = self.queue.lock();
         std::mem::swap(&mut queue.frames, into);
         self.congestion.leave(self, &mut queue);
         !(queue.cut_off && into.is_empty())
@@ -319,7 +311,7 @@ impl Client {
     /// The session ended: nothing more is queued, what is queued is still written, and the client no longer
     /// holds the link back.
     pub fn leave(&self) {
-        let mut queue = self.lock();
+        let mut queue = self.queue.lock();
         self.stop(&mut queue);
         drop(queue);
         self.ready.notify_one();
@@ -545,7 +537,7 @@ impl Router {
     fn cut_where(&self, cut: impl Fn(&Client) -> bool) -> usize {
         let mut count = 0;
         for client in self.inner.congestion.snapshot() {
-            let mut queue = client.lock();
+            let mut queue = client.queue.lock();
             if queue.congested && cut(&client) {
                 client.cut_off(&mut queue);
                 drop(queue);
