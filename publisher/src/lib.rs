@@ -24,7 +24,7 @@ use wsmq_core::server::{Route, ServerConfig, serve};
 use wsmq_core::service;
 use wsmq_core::supervise::Supervisor;
 
-use crate::link::{Link, LinkConfig, LinkTask};
+use crate::link::{LinkConfig, LinkTask, PushLink};
 use crate::metrics::PublisherMetrics;
 use crate::session::SessionContext;
 
@@ -109,7 +109,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         backoff: config.link.backoff.clone(),
         limits: config.limits.clone(),
     };
-    let (link, link_task) = Link::new(
+    let (link, link_task) = PushLink::new(
         link_config,
         dialer,
         metrics.clone(),

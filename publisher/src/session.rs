@@ -1,5 +1,5 @@
 //! One publishing client connection on `/publish`: validates each message at the edge and hands the valid ones
-//! to the msgqueue [`Link`] in the order they arrived.
+//! to the msgqueue [`PushLink`] in the order they arrived.
 //!
 //! Two modes, chosen at the handshake. **Compat** (no subprotocol, ws-go clients): nothing is ever sent back;
 //! invalid input is logged (never its payload) and counted. **`wsmq.v1`**: invalid input gets an error frame
@@ -26,7 +26,7 @@ use wsmq_core::protocol::envelope::{EnvelopeError, Publish};
 use wsmq_core::server::Accepted;
 use wsmq_core::ws::{self, Outbox};
 
-use crate::link::{Link, LinkClosed, Receipt};
+use crate::link::{LinkClosed, PushLink, Receipt};
 use crate::metrics::{InvalidReason, PublisherMetrics};
 
 /// Frames queued towards one client (acks and errors) before the sender waits.
@@ -39,7 +39,7 @@ pub const MAX_UNCONFIRMED: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct SessionContext {
     /// The link to msgqueue.
-    pub link: Link,
+    pub link: PushLink,
     /// The listener's limits (message size, pings, idle timeout).
     pub limits: Limits,
     /// Publisher metrics.

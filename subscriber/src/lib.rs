@@ -31,7 +31,7 @@ use wsmq_core::supervise::Supervisor;
 pub use metrics::SubscriberMetrics;
 pub use router::{Router, SlowClientPolicy};
 
-use link::Link;
+use link::PopLink;
 use session::SessionSettings;
 
 /// The browser client served at `/`: subscribe and publish from a web page. Self-contained (inline JS and CSS, no
@@ -105,7 +105,7 @@ pub struct Bound {
     local_addr: SocketAddr,
     admin_addr: SocketAddr,
     server: Arc<ServerConfig>,
-    link: Link,
+    link: PopLink,
     settings: Arc<SessionSettings>,
     registry: Arc<Registry>,
     readiness: Readiness,
@@ -151,7 +151,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let mut server = ServerConfig::new(tls, auth, config.limits.clone(), routes);
     server.metrics = listener_metrics;
     server.allowed_origins = config.server.allowed_origins.clone();
-    let link = Link {
+    let link = PopLink {
         dialer,
         router: router.clone(),
         prefetch: config.prefetch.max(1),
