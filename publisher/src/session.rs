@@ -54,37 +54,33 @@ struct Unconfirmed {
     receipt: Receipt,
 }
 
-/// Serves one client connection until it closes, fails, or the publisher shuts down.
+/// Serves one client connection until it closes, fails, or the publisher shuts down; logs in the connection's
+/// span (`core::server`: path, peer, user).
 pub async fn handle(accepted: Accepted, context: SessionContext) {
-    let span = tracing::debug_span!("publish", peer = %accepted.peer, user = %accepted.user);
-    async move {
-        let reliable = accepted.subprotocol == Some(SUBPROTOCOL_V1);
-        let (mut reader, outbox, writer) = ws::split(
-            accepted.ws,
-            &context.limits,
-            CLIENT_OUTBOX,
-            &accepted.shutdown,
-        );
-        let mut session = Session {
-            context,
-            outbox,
-            confirmations: None,
-        };
-        let confirmer = reliable.then(|| session.start_confirmer());
-        let reading = session.read_loop(&mut reader, &accepted.shutdown).await;
-        if let Some(confirmer) = confirmer {
-            confirmer.abort();
-        }
-        let limits = session.context.limits.clone();
-        drop(session);
-        if reading == Reading::Stopped {
-            // Nothing read now was acked, so a `wsmq.v1` client knows to send it again.
-            reader.finish_closing().await;
-        }
-        ws::finish_writer(writer, &limits, &accepted.shutdown).await;
+    let reliable = accepted.subprotocol == Some(SUBPROTOCOL_V1);
+    let (mut reader, outbox, writer) = ws::split(
+        accepted.ws,
+        &context.limits,
+        CLIENT_OUTBOX,
+        &accepted.shutdown,
+    );
+    let mut session = Session {
+        context,
+        outbox,
+        confirmations: None,
+    };
+    let confirmer = reliable.then(|| session.start_confirmer());
+    let reading = session.read_loop(&mut reader, &accepted.shutdown).await;
+    if let Some(confirmer) = confirmer {
+        confirmer.abort();
     }
-    .instrument(span)
-    .await;
+    let limits = session.context.limits.clone();
+    drop(session);
+    if reading == Reading::Stopped {
+        // Nothing read now was acked, so a `wsmq.v1` client knows to send it again.
+        reader.finish_closing().await;
+    }
+    ws::finish_writer(writer, &limits, &accepted.shutdown).await;
 }
 
 struct Session {
