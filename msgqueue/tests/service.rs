@@ -12,6 +12,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::protocol::queue::{PushReply, RejectReason};
 use wsmq_core::protocol::{POP_PATH, PUSH_PATH};
+use wsmq_testkit::client::next_data;
 use wsmq_testkit::expect_within;
 
 #[tokio::test]

@@ -19,7 +19,6 @@ use wsmq_core::protocol::{POP_PATH, PUSH_PATH, SUBPROTOCOL_V1};
 use wsmq_msgqueue::config::{QueueArgs, StorageKind};
 use wsmq_msgqueue::queue::FsyncPolicy;
 use wsmq_msgqueue::{Bound, Config};
-pub use wsmq_testkit::client::next_data;
 use wsmq_testkit::config::{credentials, loopback, server_args, users};
 use wsmq_testkit::expect_within;
 
