@@ -7,13 +7,14 @@ use futures_util::SinkExt;
 use tungstenite::Message;
 mod common;
 
-use common::{ALL, Running, client, config, next_frame, start_edges, within};
+use common::{ALL, Running, client, config, next_frame, start_edges};
 use wsmq::Service;
 use wsmq_core::Secret;
 use wsmq_core::auth::Credentials;
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::{PUBLISH_PATH, PUSH_PATH, SUBSCRIBE_PATH};
+use wsmq_testkit::expect_within;
 
 async fn subscribe(ws: &mut ClientWs, topic: &str) {
     ws.send(Message::text(format!("sub {topic}")))
@@ -161,7 +162,7 @@ async fn an_oversize_compat_push_to_msgqueue_does_not_stop_delivery() {
         tls,
     )
     .unwrap();
-    let (mut pusher, _) = within("dial /pushmsg", compat.dial(PUSH_PATH))
+    let (mut pusher, _) = expect_within("dial /pushmsg", compat.dial(PUSH_PATH))
         .await
         .unwrap();
     let oversize = format!(r#"{{"Topic":"news","Content":"{}"}}"#, "x".repeat(65_508));
