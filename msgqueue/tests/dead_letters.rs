@@ -19,26 +19,11 @@ use wsmq_core::limits::Limits;
 use wsmq_core::protocol::PUSH_PATH;
 use wsmq_core::protocol::queue::{NackReason, PopRecord};
 use wsmq_msgqueue::queue::{Backend, ConsumeMode, DeadReason, Queue, QueueOptions};
+use wsmq_testkit::admin::request;
 use wsmq_testkit::expect_within;
 
-/// One plain-HTTP request to the admin listener; returns (status, body).
-async fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    expect_within("admin request", async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request =
-            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, body.to_owned())
-    })
-    .await
-}
-
 async fn dead_letters(mq: &Running) -> Vec<serde_json::Value> {
-    let (status, body) = admin(mq.admin, "GET", "/deadletters").await;
+    let (status, body) = request(mq.admin, "GET", "/deadletters").await.unwrap();
     assert_eq!(status, 200, "{body}");
     serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap()
 }
@@ -145,7 +130,7 @@ async fn a_nacked_delivery_becomes_a_dead_letter_that_is_listed_and_replayed_ove
         "the listing never shows payloads"
     );
     assert_eq!(mq.queue.stats().dead_nacked, 1);
-    let (status, metrics) = admin(mq.admin, "GET", "/metrics").await;
+    let (status, metrics) = request(mq.admin, "GET", "/metrics").await.unwrap();
     assert_eq!(status, 200);
     assert!(
         metrics.contains("wsmq_msgqueue_queue_dead_nacked_total 1"),
@@ -156,9 +141,13 @@ async fn a_nacked_delivery_becomes_a_dead_letter_that_is_listed_and_replayed_ove
         "the dead letter is not redelivered"
     );
 
-    let (status, body) = admin(mq.admin, "POST", "/deadletters/replay?id=99999").await;
+    let (status, body) = request(mq.admin, "POST", "/deadletters/replay?id=99999")
+        .await
+        .unwrap();
     assert_eq!((status, body.as_str()), (200, r#"{"replayed":0}"#));
-    let (status, body) = admin(mq.admin, "POST", "/deadletters/replay").await;
+    let (status, body) = request(mq.admin, "POST", "/deadletters/replay")
+        .await
+        .unwrap();
     assert_eq!((status, body.as_str()), (200, r#"{"replayed":1}"#));
     let replayed = consumer.next().await;
     assert_eq!(replayed.payload, Bytes::from_static(b"poison"));
@@ -168,7 +157,9 @@ async fn a_nacked_delivery_becomes_a_dead_letter_that_is_listed_and_replayed_ove
     );
     consumer.ack(&[replayed.id]).await;
     assert!(dead_letters(&mq).await.is_empty());
-    let (status, _) = admin(mq.admin, "GET", "/deadletters/replay").await;
+    let (status, _) = request(mq.admin, "GET", "/deadletters/replay")
+        .await
+        .unwrap();
     assert_eq!(status, 405);
     mq.stop().await;
 }

@@ -21,11 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 mod common;
 
-use common::{ALL, config};
-use wsmq_core::Secret;
-use wsmq_core::auth::Credentials;
-use wsmq_core::dial::Dialer;
-use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1};
+use common::{ALL, client, config};
+use wsmq_core::protocol::PUBLISH_PATH;
 use wsmq_testkit::expect_within;
 
 /// A chromedriver child and one browser session.
@@ -264,17 +261,7 @@ async fn the_page_receives_published_messages_and_shows_bad_credentials() {
         .await;
 
     // Publish from outside the browser, as an application would.
-    let tls = wsmq_core::tls::client_config(None, Some(dir.path()), false).unwrap();
-    let dialer = Dialer::new(
-        &format!("wss://localhost:{pub_port}"),
-        Credentials::new("hello", Secret::new("test")),
-        tls,
-    )
-    .unwrap()
-    .with_subprotocol(SUBPROTOCOL_V1);
-    let (mut publisher, _) = expect_within("dial publisher", dialer.dial(PUBLISH_PATH))
-        .await
-        .unwrap();
+    let mut publisher = client(dir.path(), pub_port, PUBLISH_PATH).await;
     publisher
         .send(Message::text(
             r#"{"Topic":"news","Content":"hello from the test","Id":1}"#,

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
+use futures_util::SinkExt;
 use tokio_util::sync::CancellationToken;
+use tungstenite::Message;
 use wsmq::{Config, Service, Stack};
 use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::dial::ClientWs;
@@ -88,4 +90,18 @@ pub async fn client(data_dir: &Path, port: u16, path: &str) -> ClientWs {
 pub async fn next_frame(ws: &mut ClientWs) -> ServerFrame {
     let text = next_text(ws).await.unwrap();
     ServerFrame::parse(&text).unwrap_or_else(|| panic!("unknown frame {text}"))
+}
+
+/// `sub <topic>` as a wsmq.v1 client, waiting for the confirmation.
+pub async fn subscribe(ws: &mut ClientWs, topic: &str) {
+    ws.send(Message::text(format!("sub {topic}")))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(ws).await, ServerFrame::Subscribed(topic.into()));
+}
+
+/// Publishes `content` on `topic` as a wsmq.v1 client, with `id` for the ack.
+pub async fn publish(ws: &mut ClientWs, topic: &str, content: &str, id: u64) {
+    let frame = serde_json::json!({ "Topic": topic, "Content": content, "Id": id }).to_string();
+    ws.send(Message::text(frame)).await.unwrap();
 }
