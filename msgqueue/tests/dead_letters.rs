@@ -5,14 +5,12 @@
 mod common;
 mod queue_common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Consumer, Producer, Running, config, payload};
 use futures_util::SinkExt;
 use queue_common::{disk, small_options, take};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::limits::Limits;
