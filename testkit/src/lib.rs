@@ -5,7 +5,8 @@
 //! - [`config`]: test users and the shared server and link flags of a service on loopback port 0.
 //! - [`server`]: a real `wsmq_core::server` listener with a handler of the test's own, to fake a neighbour.
 //! - [`client`]: dialing a service as a test client, and reading the next frame of a kind.
-//! - [`admin`]: the status of an admin route (`/readyz`, `/healthz`).
+//! - [`admin`]: requests to the admin listener (`/readyz`, `/healthz`, msgqueue's `/deadletters`).
+//! - [`service`]: a service running in a task of the test, stopped on demand and checked to end cleanly.
 //!
 //! Helpers return [`anyhow::Result`], which converts into [`TestResult`] with `?`, so tests of either style use
 //! them; [`expect_within`] is for tests that panic instead.
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod server;
+pub mod service;
 pub mod wait;
 
 pub use wait::{STEP, TimedOut, eventually, expect_within, within};

@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
@@ -21,6 +19,7 @@ use wsmq_msgqueue::queue::FsyncPolicy;
 use wsmq_msgqueue::{Bound, Config};
 use wsmq_testkit::config::{credentials, loopback, server_args, users};
 use wsmq_testkit::expect_within;
+use wsmq_testkit::service::ServiceTask;
 
 pub const USER: &str = "tester";
 pub const PASSWORD: &str = "s3cret";
@@ -46,8 +45,7 @@ pub struct Running {
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub queue: wsmq_msgqueue::queue::Queue,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), wsmq_msgqueue::Error>>,
+    service: ServiceTask<wsmq_msgqueue::Error>,
 }
 
 impl Running {
@@ -57,25 +55,18 @@ impl Running {
         let addr = bound.local_addr().unwrap();
         let admin = bound.admin_addr().unwrap();
         let queue = bound.queue().clone();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(bound.run(shutdown.clone()));
         Self {
             addr,
             admin,
             data_dir,
             queue,
-            shutdown,
-            task,
+            service: ServiceTask::spawn(|shutdown| bound.run(shutdown)),
         }
     }
 
     /// Graceful stop: drains connections and fsyncs the log.
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        expect_within("msgqueue shutdown", self.task)
-            .await
-            .unwrap()
-            .unwrap();
+        self.service.stop().await.unwrap();
     }
 
     pub fn url(&self) -> String {

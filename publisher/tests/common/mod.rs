@@ -16,11 +16,9 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_util::sync::CancellationToken;
 use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::dial::ClientWs;
 use wsmq_core::limits::Limits;
@@ -33,6 +31,7 @@ use wsmq_testkit::admin::{await_readyz, http_status};
 use wsmq_testkit::client::{connect, dialer};
 use wsmq_testkit::config::{credentials, link_args, loopback, server_args, users};
 use wsmq_testkit::server::{FakeServer, server_config};
+use wsmq_testkit::service::ServiceTask;
 use wsmq_testkit::within;
 
 /// Content that makes the fake queue answer REJECT (queue full) instead of storing the message.
@@ -295,8 +294,7 @@ pub(crate) struct Publisher {
     pub(crate) admin: SocketAddr,
     /// Its metrics.
     pub(crate) metrics: PublisherMetrics,
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), wsmq_publisher::Error>>,
+    service: ServiceTask<wsmq_publisher::Error>,
 }
 
 /// A publisher configuration for tests: port 0, dev PKI in `data_dir`, quick reconnects, pointed at `queue`.
@@ -329,22 +327,17 @@ impl Publisher {
     pub(crate) async fn start(config: Config) -> anyhow::Result<Self> {
         let bound = wsmq_publisher::bind(config).await?;
         let (addr, admin, metrics) = (bound.local_addr(), bound.admin_addr(), bound.metrics());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(bound.run(stop.clone()));
         Ok(Self {
             addr,
             admin,
             metrics,
-            stop,
-            task,
+            service: ServiceTask::spawn(|shutdown| bound.run(shutdown)),
         })
     }
 
     /// Shuts the publisher down and checks it ended cleanly.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        within("the publisher to stop", self.task).await???;
-        Ok(())
+        self.service.stop().await
     }
 
     /// Waits (bounded) for the publisher to stop without being asked, returning what `run` returned.
@@ -355,7 +348,7 @@ impl Publisher {
     pub(crate) async fn stopped_on_its_own(
         self,
     ) -> anyhow::Result<Result<(), wsmq_publisher::Error>> {
-        Ok(within("the publisher to stop on its own", self.task).await??)
+        self.service.stopped_on_its_own().await
     }
 
     /// Opens a client WebSocket to `/publish`: `wsmq.v1` when `v1`, else compat mode (exactly what a ws-go

@@ -12,8 +12,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::backoff::BackoffArgs;
@@ -29,6 +27,7 @@ use wsmq_testkit::admin::{await_readyz, http_status};
 use wsmq_testkit::client::{close_code, connect, dialer, send_text};
 use wsmq_testkit::config::{credentials, link_args, loopback, server_args, users};
 use wsmq_testkit::server::{FakeServer, server_config};
+use wsmq_testkit::service::ServiceTask;
 use wsmq_testkit::within;
 /// The subscriber's client user.
 const CLIENT_USER: &str = "alice";
@@ -191,8 +190,7 @@ pub struct Subscriber {
     pub admin: SocketAddr,
     /// Its metrics.
     pub metrics: SubscriberMetrics,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), wsmq_subscriber::Error>>,
+    service: ServiceTask<wsmq_subscriber::Error>,
     dir: std::path::PathBuf,
 }
 
@@ -251,14 +249,11 @@ impl Subscriber {
         };
         let bound = wsmq_subscriber::bind(config).await?;
         let (addr, admin, metrics) = (bound.local_addr(), bound.admin_addr(), bound.metrics());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(bound.run(shutdown.clone()));
         Ok(Self {
             addr,
             admin,
             metrics,
-            shutdown,
-            task,
+            service: ServiceTask::spawn(|shutdown| bound.run(shutdown)),
             dir: dir.to_path_buf(),
         })
     }
@@ -293,14 +288,12 @@ impl Subscriber {
 
     /// Waits (bounded) for the subscriber to stop without being asked, returning what `run` returned.
     pub async fn stopped_on_its_own(self) -> TestResult<Result<(), wsmq_subscriber::Error>> {
-        Ok(within("the subscriber to stop on its own", self.task).await??)
+        Ok(self.service.stopped_on_its_own().await?)
     }
 
     /// Shuts the subscriber down and checks it stopped cleanly.
     pub async fn stop(self) -> TestResult {
-        self.shutdown.cancel();
-        within("the subscriber to stop", self.task).await???;
-        Ok(())
+        Ok(self.service.stop().await?)
     }
 }
 

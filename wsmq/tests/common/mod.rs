@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use futures_util::SinkExt;
-use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 use wsmq::{Config, Service, Stack};
 use wsmq_core::backoff::BackoffArgs;
@@ -15,7 +14,7 @@ use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_testkit::client::{connect, dialer, next_text};
 use wsmq_testkit::config::{credentials, link_args, loopback, server_args};
-use wsmq_testkit::expect_within;
+use wsmq_testkit::service::ServiceTask;
 
 /// The development user, which a stack on loopback accepts without configured users.
 const DEV_USER: &str = "hello";
@@ -43,24 +42,15 @@ pub fn config(data_dir: &Path, services: &[Service]) -> Config {
 }
 
 /// A stack serving in a task, stopped (and checked to stop cleanly) by [`Running::stop`].
-pub struct Running {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), wsmq::Error>>,
-}
+pub struct Running(ServiceTask<wsmq::Error>);
 
 impl Running {
     pub fn start(stack: Stack) -> Self {
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(stack.run(shutdown.clone()));
-        Self { shutdown, task }
+        Self(ServiceTask::spawn(|shutdown| stack.run(shutdown)))
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        expect_within("stack shutdown", self.task)
-            .await
-            .unwrap()
-            .unwrap();
+        self.0.stop().await.unwrap();
     }
 }
 
