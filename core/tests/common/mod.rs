@@ -27,6 +27,7 @@ use wsmq_core::server::{Accepted, Route, ServeError, ServerConfig};
 use wsmq_core::{tls, ws};
 use wsmq_testkit::config::{credentials, users};
 use wsmq_testkit::server::{FakeServer, server_config};
+use wsmq_testkit::within;
 pub use wsmq_testkit::{STEP, TestResult};
 
 /// The one user the test server knows.
@@ -165,14 +166,14 @@ impl TestServer {
             IpAddr::V6(_) => TcpSocket::new_v6()?,
         };
         socket.bind(SocketAddr::new(source, 0))?;
-        Ok(tokio::time::timeout(STEP, socket.connect(self.addr)).await??)
+        Ok(within("a TCP connection", socket.connect(self.addr)).await??)
     }
 
     /// TLS over an already connected TCP stream, verifying the certificate for `localhost`.
     pub async fn tls_over(&self, tcp: TcpStream) -> TestResult<TlsStream<TcpStream>> {
         let connector = TlsConnector::from(self.client_tls.clone());
-        let tls = tokio::time::timeout(
-            STEP,
+        let tls = within(
+            "the TLS handshake",
             connector.connect(ServerName::try_from("localhost")?, tcp),
         )
         .await??;
@@ -259,7 +260,7 @@ impl TestServer {
             HeaderValue::from_str(&good_credentials().basic_header())?,
         );
         let connect = tokio_tungstenite::client_async_with_config(request, tls, None);
-        let (mut ws, _) = tokio::time::timeout(STEP, connect).await??;
+        let (mut ws, _) = within("the upgrade", connect).await??;
         let greeting = next_text(&mut ws).await?;
         Ok((ws, greeting))
     }
@@ -275,7 +276,7 @@ impl TestServer {
     /// Cancels the server and waits for `serve` to return.
     pub async fn stop(self) -> TestResult {
         self.shutdown.cancel();
-        tokio::time::timeout(STEP, self.task).await???;
+        within("the server to stop", self.task).await???;
         Ok(())
     }
 }
@@ -289,7 +290,7 @@ pub async fn close_code(ws: &mut ClientWs) -> TestResult<u16> {
 
 /// Sends a text message and reads the echo.
 pub async fn round_trip(ws: &mut ClientWs, text: &str) -> TestResult<String> {
-    tokio::time::timeout(STEP, ws.send(Message::Text(text.into()))).await??;
+    within("a send", ws.send(Message::Text(text.into()))).await??;
     Ok(next_text(ws).await?)
 }
 
