@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use wsmq_core::protocol::envelope::validate_topic;
 
 use crate::cli::Dialers;
-use crate::link::{self, Event, Publication, PublisherProtocol, SubscriberProtocol, Subscription};
+use crate::link::{self, Event, Publication, PublisherClient, SubscriberClient, Subscription};
 
 /// The prompt shown on a terminal.
 const PROMPT: &str = "> ";
@@ -42,8 +42,8 @@ const HELP: &str = "commands: TOPIC MESSAGE (publish) | sub TOPIC | unsub TOPIC 
 /// down is retried in the background and reported.
 pub(crate) async fn run(dialers: &Dialers, data_dir: &Path) -> anyhow::Result<ExitCode> {
     let (first_publisher, first_subscriber) = tokio::join!(
-        link::first_dial::<PublisherProtocol>(&dialers.publisher),
-        link::first_dial::<SubscriberProtocol>(&dialers.subscriber),
+        link::first_dial::<PublisherClient>(&dialers.publisher),
+        link::first_dial::<SubscriberClient>(&dialers.subscriber),
     );
     let first_publisher = first_publisher.context("connecting to the publisher")?;
     let first_subscriber = first_subscriber.context("connecting to the subscriber")?;
@@ -62,7 +62,7 @@ pub(crate) async fn run(dialers: &Dialers, data_dir: &Path) -> anyhow::Result<Ex
     let (subscribe_tx, subscribe_rx) = mpsc::channel(link::COMMAND_QUEUE_CAPACITY);
     let stop = CancellationToken::new();
     let publisher = tokio::spawn(link::run(
-        PublisherProtocol::default(),
+        PublisherClient::default(),
         dialers.publisher.clone(),
         first_publisher,
         publish_rx,
@@ -70,7 +70,7 @@ pub(crate) async fn run(dialers: &Dialers, data_dir: &Path) -> anyhow::Result<Ex
         stop.clone(),
     ));
     let subscriber = tokio::spawn(link::run(
-        SubscriberProtocol::default(),
+        SubscriberClient::default(),
         dialers.subscriber.clone(),
         first_subscriber,
         subscribe_rx,

@@ -166,18 +166,19 @@ pub(crate) fn is_permanent(err: &DialError) -> bool {
 
 /// Dials a link's first connection, so a mistake in the settings ends the program at once instead of being
 /// retried forever: `Err` for a [permanent](is_permanent) failure, `Ok(None)` for one the link should retry.
-pub(crate) async fn first_dial<P: Protocol>(
+pub(crate) async fn first_dial<C: ServiceClient>(
     dialer: &Dialer,
 ) -> Result<Option<ClientWs>, DialError> {
-    match dialer.dial(P::PATH).await {
+    match dialer.dial(C::PATH).await {
         Ok((ws, _)) => Ok(Some(ws)),
         Err(err) if is_permanent(&err) => Err(err),
         Err(_) => Ok(None),
     }
 }
 
-/// What differs between the publisher and the subscriber link: the state a reconnect must replay.
-pub(crate) trait Protocol: Send + Sync + 'static {
+/// The client side of one service (publisher or subscriber): what differs between the two links, mainly the state a
+/// reconnect must replay. Not `core::link::Protocol`, which [`ServiceLink`] implements on top of it.
+pub(crate) trait ServiceClient: Send + Sync + 'static {
     /// What the user asks the link to do.
     type Command: Send + 'static;
     /// The service, for events.
@@ -203,7 +204,7 @@ pub(crate) trait Protocol: Send + Sync + 'static {
 
 /// Publisher side: messages not yet sent and messages awaiting their ack.
 #[derive(Debug, Default)]
-pub(crate) struct PublisherProtocol {
+pub(crate) struct PublisherClient {
     unsent: VecDeque<Publication>,
     pending: VecDeque<String>,
 }
@@ -219,7 +220,7 @@ struct WirePublish<'a> {
     id: &'a str,
 }
 
-impl PublisherProtocol {
+impl PublisherClient {
     fn send(&mut self, publication: &Publication) -> Option<Message> {
         self.pending.push_back(publication.id.clone());
         let wire = WirePublish {
@@ -245,7 +246,7 @@ fn decode_id(raw: &str) -> String {
     serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned())
 }
 
-impl Protocol for PublisherProtocol {
+impl ServiceClient for PublisherClient {
     type Command = Publication;
     const SERVICE: Service = Service::Publisher;
     const PATH: &'static str = PUBLISH_PATH;
@@ -314,11 +315,11 @@ impl Protocol for PublisherProtocol {
 
 /// Subscriber side: the topics to (re)subscribe on every connection.
 #[derive(Debug, Default)]
-pub(crate) struct SubscriberProtocol {
+pub(crate) struct SubscriberClient {
     topics: BTreeSet<String>,
 }
 
-impl SubscriberProtocol {
+impl SubscriberClient {
     /// A subscriber link that subscribes to `topics` as soon as it connects.
     pub(crate) fn new(topics: impl IntoIterator<Item = String>) -> Self {
         Self {
@@ -327,7 +328,7 @@ impl SubscriberProtocol {
     }
 }
 
-impl Protocol for SubscriberProtocol {
+impl ServiceClient for SubscriberClient {
     type Command = Subscription;
     const SERVICE: Service = Service::Subscriber;
     const PATH: &'static str = SUBSCRIBE_PATH;
@@ -398,10 +399,11 @@ enum Ending {
     Lost(String),
 }
 
-/// A running link's state besides its protocol.
-struct Link<P: Protocol> {
-    protocol: P,
-    commands: mpsc::Receiver<P::Command>,
+/// clientdemo's reconnecting link to one service: its [`ServiceClient`] plus the command and event channels, run by
+/// the shared `core::link::Link` as its `Protocol`.
+struct ServiceLink<C: ServiceClient> {
+    client: C,
+    commands: mpsc::Receiver<C::Command>,
     input_open: bool,
     events: mpsc::Sender<Event>,
     stop: CancellationToken,
@@ -414,16 +416,16 @@ struct Link<P: Protocol> {
 /// `first` is a connection the caller already made (it dials first itself, to fail fast on permanent errors);
 /// without one the caller's dial failed and the link redials after a backoff delay. The link returns early if
 /// the event receiver is dropped.
-pub(crate) async fn run<P: Protocol>(
-    protocol: P,
+pub(crate) async fn run<C: ServiceClient>(
+    client: C,
     dialer: Dialer,
     first: Option<ClientWs>,
-    commands: mpsc::Receiver<P::Command>,
+    commands: mpsc::Receiver<C::Command>,
     events: mpsc::Sender<Event>,
     stop: CancellationToken,
 ) {
-    let mut link = Link {
-        protocol,
+    let mut link = ServiceLink {
+        client,
         commands,
         input_open: true,
         events,
@@ -441,7 +443,7 @@ pub(crate) async fn run<P: Protocol>(
     reconnecting::Link::new(dialer, backoff)
         .run(&mut link, start, &stop)
         .await;
-    let abandoned = link.protocol.abandon();
+    let abandoned = link.client.abandon();
     for event in abandoned {
         if !link.emit(event).await {
             break;
@@ -454,11 +456,11 @@ fn flow(listened: bool) -> Flow {
     if listened { Flow::Continue } else { Flow::Stop }
 }
 
-impl<P: Protocol> reconnecting::Protocol for Link<P> {
+impl<C: ServiceClient> reconnecting::Protocol for ServiceLink<C> {
     type Error = String;
 
     fn path(&self) -> &str {
-        P::PATH
+        C::PATH
     }
 
     async fn serve(&mut self, ws: ClientWs, _shutdown: &CancellationToken) -> Result<(), String> {
@@ -469,17 +471,17 @@ impl<P: Protocol> reconnecting::Protocol for Link<P> {
     }
 
     fn is_done(&self) -> bool {
-        !self.input_open && self.protocol.is_idle()
+        !self.input_open && self.client.is_idle()
     }
 
     /// Keeps taking commands while offline; they are recorded and replayed on the next connection.
     async fn offline(&mut self) -> Flow {
-        if !(self.input_open && self.protocol.can_take_command()) {
+        if !(self.input_open && self.client.can_take_command()) {
             return std::future::pending().await;
         }
         match self.commands.recv().await {
             Some(command) => {
-                self.protocol.command(command, false);
+                self.client.command(command, false);
             }
             None => self.input_open = false,
         }
@@ -489,7 +491,7 @@ impl<P: Protocol> reconnecting::Protocol for Link<P> {
     async fn connected(&mut self, url: &str) -> Flow {
         self.last_failure = None;
         let connected = Event::Connected {
-            service: P::SERVICE,
+            service: C::SERVICE,
             url: url.to_owned(),
         };
         flow(self.emit(connected).await)
@@ -502,16 +504,16 @@ impl<P: Protocol> reconnecting::Protocol for Link<P> {
         }
         self.last_failure = Some(reason.clone());
         let event = Event::Unreachable {
-            service: P::SERVICE,
+            service: C::SERVICE,
             reason,
         };
         flow(self.emit(event).await)
     }
 
     async fn lost(&mut self, reason: String) -> Flow {
-        let mut events = self.protocol.disconnected();
+        let mut events = self.client.disconnected();
         events.push(Event::Disconnected {
-            service: P::SERVICE,
+            service: C::SERVICE,
             reason,
         });
         for event in events {
@@ -523,7 +525,7 @@ impl<P: Protocol> reconnecting::Protocol for Link<P> {
     }
 }
 
-impl<P: Protocol> Link<P> {
+impl<C: ServiceClient> ServiceLink<C> {
     /// Serves one connection until it ends; closes it with 1000 when the link is done.
     async fn online(&mut self, ws: ClientWs) -> Ending {
         let limits = Limits::default();
@@ -545,13 +547,13 @@ impl<P: Protocol> Link<P> {
         reader: &mut Reader<SplitStream<ClientWs>>,
         outbox: &Outbox,
     ) -> Ending {
-        for frame in self.protocol.connected() {
+        for frame in self.client.connected() {
             if outbox.send(frame).await.is_err() {
                 return Ending::Lost("connection closed while sending".to_owned());
             }
         }
         loop {
-            if !self.input_open && self.protocol.is_idle() {
+            if !self.input_open && self.client.is_idle() {
                 return Ending::Done;
             }
             tokio::select! {
@@ -559,7 +561,7 @@ impl<P: Protocol> Link<P> {
                 () = self.stop.cancelled() => return Ending::Done,
                 read = reader.next() => match read {
                     Ok(Some(Message::Text(text))) => {
-                        for event in self.protocol.frame(text.as_str()) {
+                        for event in self.client.frame(text.as_str()) {
                             if !self.emit(event).await {
                                 return Ending::Done;
                             }
@@ -569,10 +571,10 @@ impl<P: Protocol> Link<P> {
                     Ok(None) => return Ending::Lost("connection closed by the server".to_owned()),
                     Err(err) => return Ending::Lost(err.to_string()),
                 },
-                command = self.commands.recv(), if self.input_open && self.protocol.can_take_command() => {
+                command = self.commands.recv(), if self.input_open && self.client.can_take_command() => {
                     match command {
                         Some(command) => {
-                            if let Some(frame) = self.protocol.command(command, true)
+                            if let Some(frame) = self.client.command(command, true)
                                 && outbox.send(frame).await.is_err()
                             {
                                 return Ending::Lost("connection closed while sending".to_owned());

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use wsmq_core::protocol::envelope::validate_topic;
 
 use crate::cli::Dialers;
-use crate::link::{self, Event, Publication, PublisherProtocol};
+use crate::link::{self, Event, Publication, PublisherClient};
 
 /// Publishes `words` joined by spaces to `topic`, or each non-empty line of stdin when `words` is empty.
 ///
@@ -31,14 +31,14 @@ pub(crate) async fn run(
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     validate_topic(&topic).with_context(|| format!("invalid topic {topic:?}"))?;
-    let first = link::first_dial::<PublisherProtocol>(&dialers.publisher)
+    let first = link::first_dial::<PublisherClient>(&dialers.publisher)
         .await
         .context("connecting to the publisher")?;
     let (commands_tx, commands_rx) = mpsc::channel(link::COMMAND_QUEUE_CAPACITY);
     let (events_tx, mut events) = mpsc::channel(link::EVENT_QUEUE_CAPACITY);
     let stop = CancellationToken::new();
     let link = tokio::spawn(link::run(
-        PublisherProtocol::default(),
+        PublisherClient::default(),
         dialers.publisher.clone(),
         first,
         commands_rx,

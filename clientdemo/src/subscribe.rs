@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use wsmq_core::protocol::envelope::validate_topic;
 
 use crate::cli::Dialers;
-use crate::link::{self, Event, SubscriberProtocol};
+use crate::link::{self, Event, SubscriberClient};
 
 /// One output line, with ws-go's field names.
 #[derive(Serialize)]
@@ -42,13 +42,13 @@ pub(crate) async fn run(
     if count == Some(0) {
         return Ok(ExitCode::SUCCESS);
     }
-    let first = link::first_dial::<SubscriberProtocol>(&dialers.subscriber)
+    let first = link::first_dial::<SubscriberClient>(&dialers.subscriber)
         .await
         .context("connecting to the subscriber")?;
     let (commands_tx, commands_rx) = mpsc::channel(link::COMMAND_QUEUE_CAPACITY);
     let (events_tx, mut events) = mpsc::channel(link::EVENT_QUEUE_CAPACITY);
     let link = tokio::spawn(link::run(
-        SubscriberProtocol::new(topics),
+        SubscriberClient::new(topics),
         dialers.subscriber.clone(),
         first,
         commands_rx,

@@ -6,11 +6,12 @@
 //! ([`AdminRoutes`], e.g. msgqueue's dead letters).
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::registry::Registry;
 use tokio::io::AsyncWriteExt;
@@ -69,28 +70,23 @@ impl Readiness {
             name,
             ready: Arc::new(AtomicBool::new(false)),
         };
-        self.lock().push(condition.clone());
+        self.conditions.lock().push(condition.clone());
         condition
     }
 
     /// Whether every condition is ready.
     pub fn is_ready(&self) -> bool {
-        self.lock().iter().all(Condition::is_ready)
+        self.conditions.lock().iter().all(Condition::is_ready)
     }
 
     /// Names of the conditions not met yet, for the `/readyz` body and logs.
     pub fn not_ready(&self) -> Vec<&'static str> {
-        self.lock()
+        self.conditions
+            .lock()
             .iter()
             .filter(|c| !c.is_ready())
             .map(|c| c.name)
             .collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Condition>> {
-        self.conditions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -10,8 +10,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::source_key;
@@ -65,7 +66,7 @@ impl HandshakeSlots {
     /// Takes a slot for a handshake from `peer`, or says why there is none.
     pub fn try_acquire(&self, peer: IpAddr) -> Result<HandshakeSlot, NoSlot> {
         let key = source_key(peer);
-        let mut by_address = lock(&self.inner.by_address);
+        let mut by_address = self.inner.by_address.lock();
         let in_flight = by_address.get(&key).copied().unwrap_or(0);
         if in_flight >= self.inner.per_address {
             return Err(NoSlot::PerAddress);
@@ -86,7 +87,9 @@ impl HandshakeSlots {
 
     /// Handshakes in progress from `peer`'s address group.
     pub fn in_flight(&self, peer: IpAddr) -> usize {
-        lock(&self.inner.by_address)
+        self.inner
+            .by_address
+            .lock()
             .get(&source_key(peer))
             .copied()
             .unwrap_or(0)
@@ -95,7 +98,7 @@ impl HandshakeSlots {
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        let mut by_address = lock(&self.inner.by_address);
+        let mut by_address = self.inner.by_address.lock();
         if let Some(count) = by_address.get_mut(&self.key) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -103,11 +106,6 @@ impl Drop for HandshakeSlot {
             }
         }
     }
-}
-
-/// Locks a mutex that guards plain counters: a panic elsewhere cannot leave them in a state worth refusing.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -151,6 +149,6 @@ mod tests {
         );
         assert!(slots.try_acquire(ip("2001:db8:1:3::1")).is_ok());
         drop(first);
-        assert!(lock(&slots.inner.by_address).is_empty());
+        assert!(slots.inner.by_address.lock().is_empty());
     }
 }

@@ -12,12 +12,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
@@ -280,7 +281,7 @@ impl Authenticator {
             }
             Checked::NoMatch => {}
         }
-        let (failures, delay) = lock(&self.inner.failures).record(peer, Instant::now());
+        let (failures, delay) = self.inner.failures.lock().record(peer, Instant::now());
         tracing::debug!(user = %creds.user, %peer, failures, "authentication failed");
         if !delay.is_zero() {
             if failures == FREE_FAILURES + 1 {
@@ -299,7 +300,7 @@ impl Authenticator {
             Some(stored) => (stored.clone(), true),
             None => (self.inner.decoy.clone(), false),
         };
-        let throttled = || lock(&self.inner.failures).throttled(peer, Instant::now());
+        let throttled = || self.inner.failures.lock().throttled(peer, Instant::now());
         let matches = match stored {
             StoredPassword::Plain(digest) => {
                 if let Some(retry_after) = throttled() {
@@ -309,7 +310,7 @@ impl Authenticator {
             }
             StoredPassword::Bcrypt(hash) => {
                 let key = cache_key(&creds.user, &creds.password);
-                if known && lock(&self.inner.verified).is_fresh(&key, Instant::now()) {
+                if known && self.inner.verified.lock().is_fresh(&key, Instant::now()) {
                     return Checked::Match;
                 }
                 let Some(matches) = self.bcrypt(creds.password.clone(), hash, throttled).await
@@ -317,7 +318,7 @@ impl Authenticator {
                     return Checked::Throttled(throttled().unwrap_or(FAILURE_INTERVAL));
                 };
                 if matches && known {
-                    lock(&self.inner.verified).insert(key, Instant::now());
+                    self.inner.verified.lock().insert(key, Instant::now());
                 }
                 matches
             }
@@ -608,11 +609,6 @@ fn cache_key(user: &str, password: &Secret) -> [u8; 32] {
 
 fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
-}
-
-/// Locks a mutex that guards plain bookkeeping: a panic elsewhere cannot leave it in a state worth refusing.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::field::{Empty, display};
 use tracing::instrument;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::Role;
@@ -265,8 +266,10 @@ struct Upgraded {
     permit: OwnedSemaphorePermit,
 }
 
-/// One connection from accept to the end of its handler.
-#[instrument(skip_all, fields(peer = %peer))]
+/// One connection from accept to the end of its handler, in the one per-connection span of every service: `peer`
+/// from the start, `path` and `user` once the connection is authenticated and upgraded, so every log line a
+/// service writes about a connection (its handler runs inside this span) carries the same fields.
+#[instrument(skip_all, fields(path = Empty, peer = %peer, user = Empty))]
 async fn connection<H, F>(
     shared: Arc<Shared<H>>,
     tcp: TcpStream,
@@ -302,7 +305,10 @@ fn hand_over<H, F>(
 where
     H: Fn(Accepted) -> F,
 {
-    tracing::debug!(user = %upgraded.user, path = upgraded.path, subprotocol = ?upgraded.subprotocol, "accepted");
+    let span = tracing::Span::current();
+    span.record("path", display(upgraded.path));
+    span.record("user", display(&upgraded.user));
+    tracing::debug!(subprotocol = ?upgraded.subprotocol, "accepted");
     let handler = (shared.handler)(Accepted {
         ws: upgraded.ws,
         peer,

@@ -13,9 +13,10 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use futures_util::FutureExt as _;
+use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -138,21 +139,13 @@ impl Supervisor {
     /// [`Supervisor::finish`] returns.
     pub fn fail(&self, failure: TaskFailure) {
         tracing::error!(task = failure.task, reason = %failure.reason, "task failed, stopping the service");
-        self.failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_or_insert(failure);
+        self.failure.lock().get_or_insert(failure);
         self.stop.cancel();
     }
 
     /// The first failure, if any part failed: what `run` returns once the service has drained.
     pub fn finish(&self) -> Result<(), TaskFailure> {
-        match self
-            .failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        match self.failure.lock().take() {
             Some(failure) => Err(failure),
             None => Ok(()),
         }
@@ -176,10 +169,7 @@ static ARMED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 /// poll). One-shot. Test builds only (feature `fault-injection`).
 #[cfg(any(test, feature = "fault-injection"))]
 pub fn inject_panic(task: &'static str) {
-    ARMED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(task);
+    ARMED.lock().push(task);
 }
 
 /// A place where a test can make the part named `task` panic (see [`inject_panic`]); parts that are not
@@ -187,7 +177,7 @@ pub fn inject_panic(task: &'static str) {
 #[cfg(any(test, feature = "fault-injection"))]
 pub fn fault_point(task: &'static str) {
     let armed = {
-        let mut armed = ARMED.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut armed = ARMED.lock();
         armed
             .iter()
             .position(|&t| t == task)

@@ -17,13 +17,14 @@
 //! [`CLOSE_TIMEOUT`].
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -99,11 +100,7 @@ impl Closer {
     /// first cause is what the peer sees. Reasons must stay under 123 bytes (a control frame limit).
     pub fn close(&self, code: CloseCode, reason: &'static str) {
         {
-            let mut frame = self
-                .inner
-                .frame
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut frame = self.inner.frame.lock();
             if frame.is_none() && !self.inner.closing.is_cancelled() {
                 *frame = Some(CloseFrame {
                     code,
@@ -141,11 +138,7 @@ impl Closer {
 
     /// The frame to send: the requested one, or 1001 when shutdown came first.
     fn frame(&self) -> CloseFrame {
-        let frame = self
-            .inner
-            .frame
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let frame = self.inner.frame.lock();
         frame.clone().unwrap_or_else(|| CloseFrame {
             code: CloseCode::Away,
             reason: SHUTDOWN_REASON.into(),
@@ -554,13 +547,10 @@ mod tests {
 
     impl RecordingSink {
         fn take(&self) -> Vec<Event> {
-            std::mem::take(&mut *self.events.lock().unwrap_or_else(PoisonError::into_inner))
+            std::mem::take(&mut *self.events.lock())
         }
         fn push(&self, event: Event) {
-            self.events
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(event);
+            self.events.lock().push(event);
         }
     }
 

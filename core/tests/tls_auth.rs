@@ -20,6 +20,7 @@ use wsmq_core::auth::{AuthError, AuthFailure, Authenticator, Credentials, FAILUR
 use wsmq_core::dial::{DialError, Dialer};
 use wsmq_core::protocol::{POP_PATH, PUSH_PATH};
 use wsmq_core::tls::{self, TlsError};
+use wsmq_testkit::config::credentials;
 
 type TestResult = Result<(), Box<dyn Error + Send + Sync>>;
 
@@ -326,8 +327,8 @@ async fn dialer_authenticates_and_reports_the_negotiated_subprotocol() -> TestRe
     let (_ws, protocol) = reliable.dial(PUSH_PATH).await?;
     assert_eq!(protocol.as_deref(), Some("wsmq.v1"));
 
-    let unknown =
-        Dialer::new(&url, creds_with("svc", "wrong"), client.clone())?.with_subprotocol("other.v2");
+    let unknown = Dialer::new(&url, credentials("svc", "wrong"), client.clone())?
+        .with_subprotocol("other.v2");
     let err = unknown
         .dial(PUSH_PATH)
         .await
@@ -341,14 +342,10 @@ async fn dialer_authenticates_and_reports_the_negotiated_subprotocol() -> TestRe
     Ok(())
 }
 
-fn creds_with(user: &str, password: &str) -> Credentials {
-    Credentials::new(user, Secret::new(password))
-}
-
 #[tokio::test]
 async fn dialer_reports_an_untrusted_certificate_as_a_verification_failure() -> TestResult {
     let server_data = tempfile::tempdir()?;
-    let creds = creds_with("svc", "pw");
+    let creds = credentials("svc", "pw");
     let addr = ws_server(
         tls::server_config(None, None, server_data.path())?,
         creds.clone(),
@@ -399,21 +396,21 @@ async fn htpasswd_file_with_bcrypt_and_plaintext_users_verifies_each() -> TestRe
     let auth = Authenticator::load(Some(&file), Some(&extra))?;
     assert_eq!(auth.user_count(), 4);
     assert_eq!(
-        auth.verify(Some(&creds_with("alice", "alice-pw")), PEER)
+        auth.verify(Some(&credentials("alice", "alice-pw")), PEER)
             .await,
         Ok("alice".to_owned())
     );
     assert_eq!(
-        auth.verify(Some(&creds_with("bob", "bob-pw")), PEER).await,
+        auth.verify(Some(&credentials("bob", "bob-pw")), PEER).await,
         Ok("bob".to_owned())
     );
     assert_eq!(
-        auth.verify(Some(&creds_with("dev", "plain:text")), PEER)
+        auth.verify(Some(&credentials("dev", "plain:text")), PEER)
             .await,
         Ok("dev".to_owned())
     );
     assert_eq!(
-        auth.verify(Some(&creds_with("carol", "carol-pw")), PEER)
+        auth.verify(Some(&credentials("carol", "carol-pw")), PEER)
             .await,
         Ok("carol".to_owned())
     );
@@ -422,7 +419,7 @@ async fn htpasswd_file_with_bcrypt_and_plaintext_users_verifies_each() -> TestRe
     let b_auth = Authenticator::load(Some(&b_file), None)?;
     assert_eq!(
         b_auth
-            .verify(Some(&creds_with("alice", "alice-pw")), PEER)
+            .verify(Some(&credentials("alice", "alice-pw")), PEER)
             .await,
         Ok("alice".to_owned())
     );
@@ -466,23 +463,25 @@ async fn verify_distinguishes_missing_from_invalid_and_treats_unknown_users_as_i
 -> TestResult {
     let auth = Authenticator::from_users(&Secret::new("alice:right"))?;
     assert_eq!(
-        auth.verify(Some(&creds_with("alice", "right")), PEER).await,
+        auth.verify(Some(&credentials("alice", "right")), PEER)
+            .await,
         Ok("alice".to_owned())
     );
     assert_eq!(
-        auth.verify(Some(&creds_with("alice", "wrong")), PEER).await,
+        auth.verify(Some(&credentials("alice", "wrong")), PEER)
+            .await,
         Err(AuthFailure::Invalid)
     );
     assert_eq!(
-        auth.verify(Some(&creds_with("alice", "righ")), PEER).await,
+        auth.verify(Some(&credentials("alice", "righ")), PEER).await,
         Err(AuthFailure::Invalid)
     );
     assert_eq!(
-        auth.verify(Some(&creds_with("alice", "")), PEER).await,
+        auth.verify(Some(&credentials("alice", "")), PEER).await,
         Err(AuthFailure::Invalid)
     );
     assert_eq!(
-        auth.verify(Some(&creds_with("mallory", "right")), PEER)
+        auth.verify(Some(&credentials("mallory", "right")), PEER)
             .await,
         Err(AuthFailure::Invalid)
     );
@@ -498,7 +497,7 @@ async fn successful_bcrypt_checks_are_cached_and_failures_are_not() -> TestResul
         Some(&write_users_file(dir.path(), &format!("svc:{hash}\n"))?),
         None,
     )?;
-    let good = creds_with("svc", "pw");
+    let good = credentials("svc", "pw");
 
     assert_eq!(auth.verify(Some(&good), PEER).await, Ok("svc".to_owned()));
     assert_eq!(auth.bcrypt_verifications(), 1);
@@ -517,7 +516,7 @@ async fn successful_bcrypt_checks_are_cached_and_failures_are_not() -> TestResul
     let other_peer = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
     for expected in 2..=3 {
         let wrong = auth
-            .verify(Some(&creds_with("svc", "nope")), other_peer)
+            .verify(Some(&credentials("svc", "nope")), other_peer)
             .await;
         assert_eq!(wrong, Err(AuthFailure::Invalid));
         assert_eq!(
@@ -527,7 +526,7 @@ async fn successful_bcrypt_checks_are_cached_and_failures_are_not() -> TestResul
         );
     }
     let unknown = auth
-        .verify(Some(&creds_with("ghost", "pw")), other_peer)
+        .verify(Some(&credentials("ghost", "pw")), other_peer)
         .await;
     assert_eq!(unknown, Err(AuthFailure::Invalid));
     assert_eq!(
@@ -541,8 +540,8 @@ async fn successful_bcrypt_checks_are_cached_and_failures_are_not() -> TestResul
 #[tokio::test(start_paused = true)]
 async fn repeated_failures_from_one_address_are_throttled_then_slowed_down() -> TestResult {
     let auth = Authenticator::from_users(&Secret::new("alice:right"))?;
-    let wrong = creds_with("alice", "wrong");
-    let right = creds_with("alice", "right");
+    let wrong = credentials("alice", "wrong");
+    let right = credentials("alice", "right");
     let attacker = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
 
     for _ in 0..5 {

@@ -12,6 +12,7 @@ use common::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use wsmq_core::protocol::queue::PushReply;
+use wsmq_testkit::expect_within;
 
 /// Starts the real `msgqueue` binary on port 0 and returns it with the address it logged.
 async fn spawn_msgqueue(data_dir: &Path) -> (Child, String) {
@@ -35,7 +36,7 @@ async fn spawn_msgqueue(data_dir: &Path) -> (Child, String) {
         .spawn()
         .expect("msgqueue binary starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = within("listening line", async {
+    let addr = expect_within("listening line", async {
         while let Some(line) = lines.next_line().await.unwrap() {
             let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
@@ -65,7 +66,7 @@ async fn sigkill_under_load_loses_no_acked_message_and_stores_none_twice() {
     let mut sent = 0u64;
     let mut acked = 0u64;
     // Push in a pipeline (several frames outstanding) so the kill lands while pushes are in flight.
-    let killed_at = within("load", async {
+    let killed_at = expect_within("load", async {
         loop {
             while sent < acked + 5 * BATCH {
                 let items: Vec<_> = (sent + 1..=sent + BATCH)

@@ -5,46 +5,30 @@
 mod common;
 mod queue_common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Consumer, Producer, Running, config, payload, within};
+use common::{Consumer, Producer, Running, config, payload};
 use futures_util::SinkExt;
 use queue_common::{disk, small_options, take};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::PUSH_PATH;
 use wsmq_core::protocol::queue::{NackReason, PopRecord};
 use wsmq_msgqueue::queue::{Backend, ConsumeMode, DeadReason, Queue, QueueOptions};
-
-/// One plain-HTTP request to the admin listener; returns (status, body).
-async fn admin(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    within("admin request", async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request =
-            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, body.to_owned())
-    })
-    .await
-}
+use wsmq_testkit::admin::request;
+use wsmq_testkit::expect_within;
 
 async fn dead_letters(mq: &Running) -> Vec<serde_json::Value> {
-    let (status, body) = admin(mq.admin, "GET", "/deadletters").await;
+    let (status, body) = request(mq.admin, "GET", "/deadletters").await.unwrap();
     assert_eq!(status, 200, "{body}");
     serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap()
 }
 
 /// The listing once it holds at least one dead letter (a NACK may still be on its way when the test asks).
 async fn dead_letters_once_listed(mq: &Running) -> Vec<serde_json::Value> {
-    within("dead letter listed", async {
+    expect_within("dead letter listed", async {
         loop {
             let listed = dead_letters(mq).await;
             if !listed.is_empty() {
@@ -64,14 +48,14 @@ async fn a_compat_push_over_the_message_limit_is_refused_with_1009_and_later_mes
     let limit = Limits::default().queue().max_payload;
 
     // The issue's reproduction: one text frame of 65,537 bytes on compat /pushmsg.
-    let (mut pusher, _) = within("dial", mq.dialer(false).dial(PUSH_PATH))
+    let (mut pusher, _) = expect_within("dial", mq.dialer(false).dial(PUSH_PATH))
         .await
         .unwrap();
     pusher
         .send(Message::Text("x".repeat(limit + 1).into()))
         .await
         .unwrap();
-    let closed = within("close after oversize push", async {
+    let closed = expect_within("close after oversize push", async {
         loop {
             match futures_util::StreamExt::next(&mut pusher).await {
                 Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
@@ -83,7 +67,7 @@ async fn a_compat_push_over_the_message_limit_is_refused_with_1009_and_later_mes
     .await;
     assert_eq!(closed, Some(CloseCode::Size));
 
-    let (mut pusher, _) = within("dial", mq.dialer(false).dial(PUSH_PATH))
+    let (mut pusher, _) = expect_within("dial", mq.dialer(false).dial(PUSH_PATH))
         .await
         .unwrap();
     pusher
@@ -144,7 +128,7 @@ async fn a_nacked_delivery_becomes_a_dead_letter_that_is_listed_and_replayed_ove
         "the listing never shows payloads"
     );
     assert_eq!(mq.queue.stats().dead_nacked, 1);
-    let (status, metrics) = admin(mq.admin, "GET", "/metrics").await;
+    let (status, metrics) = request(mq.admin, "GET", "/metrics").await.unwrap();
     assert_eq!(status, 200);
     assert!(
         metrics.contains("wsmq_msgqueue_queue_dead_nacked_total 1"),
@@ -155,9 +139,13 @@ async fn a_nacked_delivery_becomes_a_dead_letter_that_is_listed_and_replayed_ove
         "the dead letter is not redelivered"
     );
 
-    let (status, body) = admin(mq.admin, "POST", "/deadletters/replay?id=99999").await;
+    let (status, body) = request(mq.admin, "POST", "/deadletters/replay?id=99999")
+        .await
+        .unwrap();
     assert_eq!((status, body.as_str()), (200, r#"{"replayed":0}"#));
-    let (status, body) = admin(mq.admin, "POST", "/deadletters/replay").await;
+    let (status, body) = request(mq.admin, "POST", "/deadletters/replay")
+        .await
+        .unwrap();
     assert_eq!((status, body.as_str()), (200, r#"{"replayed":1}"#));
     let replayed = consumer.next().await;
     assert_eq!(replayed.payload, Bytes::from_static(b"poison"));
@@ -167,7 +155,9 @@ async fn a_nacked_delivery_becomes_a_dead_letter_that_is_listed_and_replayed_ove
     );
     consumer.ack(&[replayed.id]).await;
     assert!(dead_letters(&mq).await.is_empty());
-    let (status, _) = admin(mq.admin, "GET", "/deadletters/replay").await;
+    let (status, _) = request(mq.admin, "GET", "/deadletters/replay")
+        .await
+        .unwrap();
     assert_eq!(status, 405);
     mq.stop().await;
 }
@@ -176,7 +166,7 @@ async fn a_nacked_delivery_becomes_a_dead_letter_that_is_listed_and_replayed_ove
 async fn a_compat_pushed_message_its_consumer_nacks_is_dead_lettered_and_the_next_one_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let mq = Running::start(config(dir.path())).await;
-    let (mut pusher, _) = within("dial", mq.dialer(false).dial(PUSH_PATH))
+    let (mut pusher, _) = expect_within("dial", mq.dialer(false).dial(PUSH_PATH))
         .await
         .unwrap();
     pusher
@@ -361,7 +351,7 @@ async fn healthy_messages_that_shared_a_window_with_a_poison_message_are_not_dea
         consumer.grant(8);
         // Takes what the window allows at once, as a subscriber's link does.
         let mut batch = Vec::new();
-        within("a batch", consumer.next_batch(8, &mut batch))
+        expect_within("a batch", consumer.next_batch(8, &mut batch))
             .await
             .unwrap();
         for delivery in &batch {

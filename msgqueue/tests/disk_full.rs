@@ -12,11 +12,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Consumer, Producer, Running, config, within};
+use common::{Consumer, Producer, Running, config};
 use futures_util::StreamExt;
 use tungstenite::Message;
 use wsmq_core::protocol::queue::{FrameReader, PushReply, RejectReason};
 use wsmq_msgqueue::queue::{Backend, Queue, QueueOptions};
+use wsmq_testkit::expect_within;
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs {
@@ -104,7 +105,7 @@ async fn a_full_disk_refuses_pushes_keeps_what_was_stored_and_recovers_when_spac
 
     // Push until msgqueue refuses: the first pushes are taken into the writer's buffer, whose write then fails.
     let mut seq = 1;
-    within("a push is refused as storage full", async {
+    expect_within("a push is refused as storage full", async {
         while rejected.is_empty() {
             seq += 1;
             producer.push(&[(seq, message(seq))]).await;
@@ -130,7 +131,7 @@ async fn a_full_disk_refuses_pushes_keeps_what_was_stored_and_recovers_when_spac
 
     // Space returns: what was accepted is written and acked, and new pushes are accepted again.
     std::fs::remove_file(filler).unwrap();
-    within("accepted again after space returned", async {
+    expect_within("accepted again after space returned", async {
         loop {
             seq += 1;
             producer.push(&[(seq, message(seq))]).await;

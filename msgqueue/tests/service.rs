@@ -12,6 +12,8 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::protocol::queue::{PushReply, RejectReason};
 use wsmq_core::protocol::{POP_PATH, PUSH_PATH};
+use wsmq_testkit::client::next_data;
+use wsmq_testkit::expect_within;
 
 #[tokio::test]
 async fn many_pushers_and_poppers_keep_per_producer_order_and_lose_nothing() {
@@ -51,11 +53,11 @@ async fn many_pushers_and_poppers_keep_per_producer_order_and_lose_nothing() {
         }));
     }
     for p in producers {
-        within("producer", p).await.unwrap();
+        expect_within("producer", p).await.unwrap();
     }
     let mut all = Vec::new();
     for c in consumers {
-        let got = within("consumer", c).await.unwrap();
+        let got = expect_within("consumer", c).await.unwrap();
         // Each consumer sees each producer's messages in push order.
         let mut last: HashMap<u64, u64> = HashMap::new();
         for &(p, s) in &got {
@@ -108,7 +110,7 @@ async fn unacked_messages_are_redelivered_after_the_popper_disconnects() {
     let _d3 = first.next().await;
     first.ack(&[d1.id]).await;
     // The ack must reach msgqueue before the connection goes; a round trip through the credit path proves it.
-    within("ack applied", async {
+    expect_within("ack applied", async {
         while mq.queue.stats().acked < 1 {
             tokio::task::yield_now().await;
         }
@@ -181,7 +183,7 @@ async fn acked_messages_survive_an_in_process_restart() {
         ids.push(c.next().await.id);
     }
     c.ack(&ids).await;
-    within("acks applied", async {
+    expect_within("acks applied", async {
         while mq.queue.stats().acked < 10 {
             tokio::task::yield_now().await;
         }
@@ -227,7 +229,7 @@ async fn a_full_queue_rejects_reliable_pushes_and_keeps_what_it_stored() {
     let mut c = Consumer::connect(&mq.dialer(true), 10).await;
     let d = c.next().await;
     c.ack(&[d.id]).await;
-    within("space freed", async {
+    expect_within("space freed", async {
         while mq.queue.stats().acked < 1 {
             tokio::task::yield_now().await;
         }
@@ -257,14 +259,14 @@ async fn compat_clients_push_and_pop_raw_text_frames() {
     }
     let (mut popper, _) = mq.dialer(false).dial(POP_PATH).await.unwrap();
     for i in 0..5 {
-        let msg = next_data(&mut popper).await;
+        let msg = next_data(&mut popper).await.unwrap();
         assert_eq!(
             msg,
             Message::text(format!(r#"{{"Topic":"t","Content":"m{i}"}}"#))
         );
     }
     // At-most-once: what was handed out is gone from the queue.
-    within("auto-acked", async {
+    expect_within("auto-acked", async {
         while mq.queue.stats().depth != 0 {
             tokio::task::yield_now().await;
         }
@@ -286,7 +288,7 @@ async fn a_full_queue_stops_reading_compat_pushers_instead_of_dropping() {
             .await
             .unwrap();
     }
-    within("queue filled", async {
+    expect_within("queue filled", async {
         while mq.queue.stats().depth < 3 {
             tokio::task::yield_now().await;
         }
@@ -299,7 +301,7 @@ async fn a_full_queue_stops_reading_compat_pushers_instead_of_dropping() {
     );
     let (mut popper, _) = mq.dialer(false).dial(POP_PATH).await.unwrap();
     for i in 0..6 {
-        let msg = next_data(&mut popper).await;
+        let msg = next_data(&mut popper).await.unwrap();
         assert_eq!(msg, Message::text(format!("message-{i}")));
     }
     mq.stop().await;
@@ -335,7 +337,7 @@ async fn malformed_reliable_frames_close_with_protocol_error_and_leave_the_queue
         let (mut ws, _) = mq.dialer(true).dial(PUSH_PATH).await.unwrap();
         ws.send(frame).await.unwrap();
         let close = loop {
-            match within(what, ws.next()).await {
+            match expect_within(what, ws.next()).await {
                 Some(Ok(Message::Close(frame))) => break frame,
                 Some(Ok(_)) => continue,
                 other => panic!("{what}: expected a close frame, got {other:?}"),
@@ -346,7 +348,7 @@ async fn malformed_reliable_frames_close_with_protocol_error_and_leave_the_queue
     let (mut ws, _) = mq.dialer(true).dial(POP_PATH).await.unwrap();
     ws.send(Message::binary(vec![0x11, 1])).await.unwrap();
     assert!(
-        matches!(within("pop close", ws.next()).await, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::Protocol)
+        matches!(expect_within("pop close", ws.next()).await, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::Protocol)
     );
 
     let mut c = Consumer::connect(&mq.dialer(true), 10).await;
@@ -364,7 +366,7 @@ async fn oversize_messages_are_closed_with_1009() {
     let (mut ws, _) = mq.dialer(false).dial(PUSH_PATH).await.unwrap();
     ws.send(Message::text("x".repeat(4096))).await.unwrap();
     let close = loop {
-        match within("close", ws.next()).await {
+        match expect_within("close", ws.next()).await {
             Some(Ok(Message::Close(frame))) => break frame,
             Some(Ok(_)) => continue,
             other => panic!("expected close, got {other:?}"),
@@ -436,10 +438,12 @@ async fn raw_https(
     let tcp = tokio::net::TcpStream::connect(mq.addr).await.unwrap();
     let connector = tokio_rustls::TlsConnector::from(tls.clone());
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = within("tls", connector.connect(name, tcp)).await.unwrap();
+    let mut stream = expect_within("tls", connector.connect(name, tcp))
+        .await
+        .unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
-    let _ = within("response", stream.read_to_end(&mut out)).await;
+    let _ = expect_within("response", stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
 

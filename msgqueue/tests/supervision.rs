@@ -5,10 +5,11 @@
 mod common;
 
 use bytes::Bytes;
-use common::{config, within};
+use common::config;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::supervise::{TaskFailure, inject_panic};
 use wsmq_msgqueue::Error;
+use wsmq_testkit::expect_within;
 
 #[tokio::test]
 async fn a_panicking_log_writer_stops_msgqueue_with_an_error_and_loses_nothing_stored() {
@@ -18,7 +19,7 @@ async fn a_panicking_log_writer_stops_msgqueue_with_an_error_and_loses_nothing_s
     let run = tokio::spawn(bound.run(CancellationToken::new()));
 
     let stored = queue.push(None, Bytes::from_static(b"stored")).unwrap();
-    within(
+    expect_within(
         "the first push to be durable",
         queue.wait_durable(stored.durable()),
     )
@@ -29,7 +30,10 @@ async fn a_panicking_log_writer_stops_msgqueue_with_an_error_and_loses_nothing_s
     // This push wakes the writer, which writes it and then panics at the top of its next round.
     let _ = queue.push(None, Bytes::from_static(b"wakes the writer"));
 
-    match within("msgqueue to stop on its own", run).await.unwrap() {
+    match expect_within("msgqueue to stop on its own", run)
+        .await
+        .unwrap()
+    {
         Err(Error::Task(TaskFailure { task, reason })) => {
             assert_eq!(task, "log writer");
             assert!(reason.contains("injected fault"), "{reason}");
@@ -38,7 +42,7 @@ async fn a_panicking_log_writer_stops_msgqueue_with_an_error_and_loses_nothing_s
     }
     let refused = queue.push(None, Bytes::from_static(b"after the panic"));
     if let Ok(pushed) = refused {
-        within(
+        expect_within(
             "a push after the panic",
             queue.wait_durable(pushed.durable()),
         )

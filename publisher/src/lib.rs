@@ -20,7 +20,7 @@ use wsmq_core::server::{Accepted, Route};
 use wsmq_core::service::{self, Service, Setup};
 use wsmq_core::supervise::Supervisor;
 
-use crate::link::{Link, LinkConfig, LinkTask};
+use crate::link::{LinkConfig, LinkTask, PushLink};
 use crate::metrics::PublisherMetrics;
 use crate::session::ConnectionContext;
 
@@ -87,7 +87,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         backoff: config.link.backoff.clone(),
         limits: args.limits.clone(),
     };
-    let (link, link_task) = Link::new(
+    let (link, link_task) = PushLink::new(
         link_config,
         dialer,
         metrics.clone(),

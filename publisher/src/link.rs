@@ -1,6 +1,6 @@
 //! The publisher's reliable link to msgqueue `/pushmsg`: one per process, shared by every client connection.
 //!
-//! Client sessions hand messages to [`Link`]; a single [`LinkTask`] owns the WebSocket to msgqueue, gives each
+//! Client sessions hand messages to [`PushLink`]; a single [`LinkTask`] owns the WebSocket to msgqueue, gives each
 //! message the next sequence number and keeps it until msgqueue's cumulative ACKED covers it (or a REJECT names
 //! it). Under load it drains whatever is queued into one frame up to a byte budget; when idle each message
 //! leaves at once (no flush timer). When msgqueue goes away the task reconnects with exponential backoff and
@@ -53,9 +53,10 @@ pub struct LinkConfig {
     pub limits: Limits,
 }
 
-/// Why msgqueue did not store a message.
+/// Why a client's message was not confirmed as published: what the session reports to a `wsmq.v1` client.
+/// (Not msgqueue's own `PushError`, which is why its queue refused a push.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum PushError {
+pub enum PublishError {
     /// msgqueue refused it (full, too large, unavailable); it was not stored and is not retried.
     #[error("msgqueue rejected the message: {}", .0.as_str())]
     Rejected(RejectReason),
@@ -84,18 +85,19 @@ enum ConnectionError {
 
 /// Resolves when msgqueue has acked or rejected one message.
 #[derive(Debug)]
-pub struct Receipt(oneshot::Receiver<Result<(), PushError>>);
+pub struct Receipt(oneshot::Receiver<Result<(), PublishError>>);
 
 impl Receipt {
-    /// Waits for msgqueue's verdict; [`PushError::Stopped`] when the link ended first.
-    pub async fn outcome(self) -> Result<(), PushError> {
-        self.0.await.unwrap_or(Err(PushError::Stopped))
+    /// Waits for msgqueue's verdict; [`PublishError::Stopped`] when the link ended first.
+    pub async fn outcome(self) -> Result<(), PublishError> {
+        self.0.await.unwrap_or(Err(PublishError::Stopped))
     }
 }
 
-/// The sessions' handle to the link: cheap to clone, one per client connection.
+/// The sessions' handle to the publisher's link to msgqueue's `/pushmsg` (the push side, hence the name: the
+/// reconnecting machinery itself is [`wsmq_core::link::Link`]): cheap to clone, one per client connection.
 #[derive(Clone, Debug)]
-pub struct Link {
+pub struct PushLink {
     submissions: mpsc::Sender<Submission>,
     messages: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
@@ -107,7 +109,7 @@ pub struct Link {
 #[derive(Debug)]
 struct Submission {
     payload: Bytes,
-    done: Option<oneshot::Sender<Result<(), PushError>>>,
+    done: Option<oneshot::Sender<Result<(), PublishError>>>,
     slot: Slot,
 }
 
@@ -130,24 +132,24 @@ impl Drop for Slot {
 struct InFlight {
     seq: u64,
     payload: Bytes,
-    done: Option<oneshot::Sender<Result<(), PushError>>>,
+    done: Option<oneshot::Sender<Result<(), PublishError>>>,
     _slot: Slot,
 }
 
-impl Link {
+impl PushLink {
     /// Creates the link handle and the task that must be run (with [`LinkTask::run`]) for messages to move.
     pub fn new(
         config: LinkConfig,
         dialer: Dialer,
         metrics: PublisherMetrics,
         ready: Condition,
-    ) -> (Link, LinkTask) {
+    ) -> (PushLink, LinkTask) {
         let buffer_messages = config.buffer_messages.clamp(1, Semaphore::MAX_PERMITS);
         let max_bytes_permits = config
             .buffer_bytes
             .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let (submissions, receiver) = mpsc::channel(buffer_messages);
-        let link = Link {
+        let link = PushLink {
             submissions,
             messages: Arc::new(Semaphore::new(buffer_messages)),
             bytes: Arc::new(Semaphore::new(max_bytes_permits)),
@@ -187,7 +189,7 @@ impl Link {
     async fn submit(
         &self,
         payload: Bytes,
-        done: Option<oneshot::Sender<Result<(), PushError>>>,
+        done: Option<oneshot::Sender<Result<(), PublishError>>>,
     ) -> Result<(), LinkClosed> {
         let message = self
             .messages
@@ -232,7 +234,7 @@ pub struct LinkTask {
     next_seq: u64,
     unacked: VecDeque<InFlight>,
     frame: FrameWriter,
-    /// Every [`Link`] handle is gone (the service is stopping): push nothing new, finish once all is acked.
+    /// Every [`PushLink`] handle is gone (the service is stopping): push nothing new, finish once all is acked.
     draining: bool,
     metrics: PublisherMetrics,
     ready: Condition,
@@ -240,8 +242,8 @@ pub struct LinkTask {
 
 impl LinkTask {
     /// Connects to msgqueue and keeps the link up, reconnecting with backoff ([`wsmq_core::link`]), until
-    /// `shutdown` is cancelled or every [`Link`] handle has been dropped and everything submitted has been acked
-    /// (a graceful drain). Messages still unacked when it returns get [`PushError::Stopped`].
+    /// `shutdown` is cancelled or every [`PushLink`] handle has been dropped and everything submitted has been acked
+    /// (a graceful drain). Messages still unacked when it returns get [`PublishError::Stopped`].
     pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!(producer = self.producer, "msgqueue link starting");
         let link = link::Link::new(self.dialer.clone(), self.config.backoff.clone())
@@ -306,7 +308,7 @@ impl LinkTask {
                 submission = next_submission(&mut self.carry, &mut self.submissions), if !closing && !self.draining => {
                     match submission {
                         Some(submission) => self.push_batch(submission, outbox).await?,
-                        // Every `Link` handle is gone: the service is stopping. Wait for the last acks.
+                        // Every `PushLink` handle is gone: the service is stopping. Wait for the last acks.
                         None => self.draining = true,
                     }
                 },
@@ -399,7 +401,7 @@ impl LinkTask {
                         );
                         self.metrics.rejected();
                         if let Some(done) = message.done {
-                            let _ = done.send(Err(PushError::Rejected(reason)));
+                            let _ = done.send(Err(PublishError::Rejected(reason)));
                         }
                     }
                 }

@@ -1,5 +1,5 @@
 //! One publishing client connection on `/publish`: validates each message at the edge and hands the valid ones
-//! to the msgqueue [`Link`] in the order they arrived.
+//! to the msgqueue [`PushLink`] in the order they arrived.
 //!
 //! Two modes, chosen at the handshake. **Compat** (no subprotocol, ws-go clients): nothing is ever sent back;
 //! invalid input is logged (never its payload) and counted. **`wsmq.v1`**: invalid input gets an error frame
@@ -26,7 +26,7 @@ use wsmq_core::protocol::envelope::{EnvelopeError, Publish};
 use wsmq_core::server::Accepted;
 use wsmq_core::ws::{self, Outbox};
 
-use crate::link::{Link, LinkClosed, Receipt};
+use crate::link::{LinkClosed, PushLink, Receipt};
 use crate::metrics::{InvalidReason, PublisherMetrics};
 
 /// Frames queued towards one client (acks and errors) before the sender waits.
@@ -39,7 +39,7 @@ pub const MAX_UNCONFIRMED: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct ConnectionContext {
     /// The link to msgqueue.
-    pub link: Link,
+    pub link: PushLink,
     /// The listener's limits (message size, pings, idle timeout).
     pub limits: Limits,
     /// Publisher metrics.
@@ -54,37 +54,33 @@ struct Unconfirmed {
     receipt: Receipt,
 }
 
-/// Serves one client connection until it closes, fails, or the publisher shuts down.
+/// Serves one client connection until it closes, fails, or the publisher shuts down; logs in the connection's
+/// span (`core::server`: path, peer, user).
 pub async fn handle(accepted: Accepted, context: ConnectionContext) {
-    let span = tracing::debug_span!("publish", peer = %accepted.peer, user = %accepted.user);
-    async move {
-        let reliable = accepted.subprotocol == Some(SUBPROTOCOL_V1);
-        let (mut reader, outbox, writer) = ws::split(
-            accepted.ws,
-            &context.limits,
-            CLIENT_OUTBOX,
-            &accepted.shutdown,
-        );
-        let mut session = Session {
-            context,
-            outbox,
-            confirmations: None,
-        };
-        let confirmer = reliable.then(|| session.start_confirmer());
-        let reading = session.read_loop(&mut reader, &accepted.shutdown).await;
-        if let Some(confirmer) = confirmer {
-            confirmer.abort();
-        }
-        let limits = session.context.limits.clone();
-        drop(session);
-        if reading == Reading::Stopped {
-            // Nothing read now was acked, so a `wsmq.v1` client knows to send it again.
-            reader.finish_closing().await;
-        }
-        ws::finish_writer(writer, &limits, &accepted.shutdown).await;
+    let reliable = accepted.subprotocol == Some(SUBPROTOCOL_V1);
+    let (mut reader, outbox, writer) = ws::split(
+        accepted.ws,
+        &context.limits,
+        CLIENT_OUTBOX,
+        &accepted.shutdown,
+    );
+    let mut session = Session {
+        context,
+        outbox,
+        confirmations: None,
+    };
+    let confirmer = reliable.then(|| session.start_confirmer());
+    let reading = session.read_loop(&mut reader, &accepted.shutdown).await;
+    if let Some(confirmer) = confirmer {
+        confirmer.abort();
     }
-    .instrument(span)
-    .await;
+    let limits = session.context.limits.clone();
+    drop(session);
+    if reading == Reading::Stopped {
+        // Nothing read now was acked, so a `wsmq.v1` client knows to send it again.
+        reader.finish_closing().await;
+    }
+    ws::finish_writer(writer, &limits, &accepted.shutdown).await;
 }
 
 struct Session {

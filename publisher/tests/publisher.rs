@@ -5,15 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    FakeQueue, Publisher, REJECT_MARKER, assert_nothing_pending, config, next_text, send_text,
-    within,
-};
+use common::{FakeQueue, Publisher, REJECT_MARKER, assert_nothing_pending, config};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_publisher::metrics::InvalidReason;
+use wsmq_testkit::client::{next_text, send_text};
+use wsmq_testkit::within;
 
 fn ack(id: &str) -> ServerFrame {
     ServerFrame::Ack { id: id.into() }

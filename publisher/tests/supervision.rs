@@ -5,11 +5,13 @@
 #[allow(dead_code)]
 mod common;
 
-use common::{FakeQueue, Publisher, config, send_text, within};
+use common::{FakeQueue, Publisher, config};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use wsmq_core::supervise::{TaskFailure, inject_panic};
 use wsmq_publisher::Error;
+use wsmq_testkit::client::send_text;
+use wsmq_testkit::within;
 
 #[tokio::test]
 async fn a_panicking_link_stops_the_publisher_with_an_error() -> anyhow::Result<()> {

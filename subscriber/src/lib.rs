@@ -29,7 +29,7 @@ use wsmq_core::supervise::Supervisor;
 pub use metrics::SubscriberMetrics;
 pub use router::{Router, SlowClientPolicy};
 
-use link::Link;
+use link::PopLink;
 use session::ConnectionContext;
 
 /// The browser client served at `/`: subscribe and publish from a web page. Self-contained (inline JS and CSS, no
@@ -95,7 +95,7 @@ pub struct Bound(service::Bound<Subscriber>);
 /// The subscriber's own parts in the service skeleton: the link that pops from msgqueue into the router.
 #[derive(Debug)]
 struct Subscriber {
-    link: Link,
+    link: PopLink,
     context: Arc<ConnectionContext>,
     metrics: SubscriberMetrics,
 }
@@ -130,7 +130,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             body: PAGE,
         },
     ];
-    let link = Link {
+    let link = PopLink {
         dialer,
         router: router.clone(),
         prefetch: config.prefetch.max(1),

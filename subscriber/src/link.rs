@@ -37,9 +37,10 @@ const MIN_SWEEP_PERIOD: Duration = Duration::from_millis(10);
 /// Bytes reserved up front for an ack frame: one ACK record (9 bytes) per delivery of a typical frame.
 const ACK_FRAME_CAPACITY: usize = 4 * 1024;
 
-/// Everything the link needs; built once by the service.
+/// The subscriber's link to msgqueue's `/popmsg` (the pop side, hence the name: the reconnecting machinery itself
+/// is [`wsmq_core::link::Link`]): everything it needs, built once by the service.
 #[derive(Debug)]
-pub(crate) struct Link {
+pub(crate) struct PopLink {
     /// Dials msgqueue with the link credentials, offering `wsmq.v1`.
     pub(crate) dialer: Dialer,
     /// Where deliveries go.
@@ -63,7 +64,7 @@ pub(crate) struct Link {
 
 /// The link seen as the [`Protocol`] of a reconnecting link: consume deliveries on each connection.
 struct Consuming<'a> {
-    link: &'a Link,
+    link: &'a PopLink,
     metrics: SubscriberMetrics,
 }
 
@@ -111,7 +112,7 @@ enum LinkError {
     Idle(Duration),
 }
 
-impl Link {
+impl PopLink {
     /// Keeps the link up until `shutdown`: dial, consume, and on any failure redial after a backoff delay
     /// ([`wsmq_core::link`]).
     #[instrument(skip_all, fields(queue = %self.dialer.url()))]

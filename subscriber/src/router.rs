@@ -31,11 +31,12 @@
 //! instead and never holds anyone back.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -78,7 +79,7 @@ const RETAINED_CAPACITY: usize = 64;
 #[derive(Debug)]
 pub struct Client {
     id: u64,
-    queue: Mutex<Queue>,
+    outbound: Mutex<Outbound>,
     ready: Notify,
     capacity: usize,
     policy: SlowClientPolicy,
@@ -91,8 +92,10 @@ pub struct Client {
     congested_since: AtomicU64,
 }
 
+/// One client's outbound frames, with the state that decides whether more may enter. ("Queue" is msgqueue's:
+/// this is only the bounded buffer in front of one client's socket writer.)
 #[derive(Debug, Default)]
-struct Queue {
+struct Outbound {
     frames: VecDeque<Utf8Bytes>,
     /// Set once the client was cut off or left; it then accepts nothing more.
     cut_off: bool,
@@ -133,33 +136,27 @@ impl Congestion {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn list(&self) -> MutexGuard<'_, Vec<Arc<Client>>> {
-        self.congested
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// A copy of the congested clients, so no lock is held while they are inspected or cut off.
     fn snapshot(&self) -> Vec<Arc<Client>> {
-        self.list().clone()
+        self.congested.lock().clone()
     }
 
-    /// Marks `client` (whose `queue` is locked) congested from `now`.
-    fn enter(&self, client: &Arc<Client>, queue: &mut Queue, now: u64) {
-        if !queue.congested {
-            queue.congested = true;
+    /// Marks `client` (whose `outbound` is locked) congested from `now`.
+    fn enter(&self, client: &Arc<Client>, outbound: &mut Outbound, now: u64) {
+        if !outbound.congested {
+            outbound.congested = true;
             client.congested_since.store(now, Ordering::Relaxed);
-            self.list().push(Arc::clone(client));
+            self.congested.lock().push(Arc::clone(client));
             self.count.fetch_add(1, Ordering::AcqRel);
         }
     }
 
-    /// `client` (whose `queue` is locked) is no longer congested.
-    fn leave(&self, client: &Client, queue: &mut Queue) {
-        if queue.congested {
-            queue.congested = false;
+    /// `client` (whose `outbound` is locked) is no longer congested.
+    fn leave(&self, client: &Client, outbound: &mut Outbound) {
+        if outbound.congested {
+            outbound.congested = false;
             {
-                let mut list = self.list();
+                let mut list = self.congested.lock();
                 if let Some(at) = list.iter().position(|c| c.id == client.id) {
                     list.swap_remove(at);
                 }
@@ -179,7 +176,8 @@ impl Congestion {
             return Some(MAJORITY_RECHECK);
         }
         let stalled_after = u64::try_from(STALLED_AFTER.as_nanos()).unwrap_or(u64::MAX);
-        self.list()
+        self.congested
+            .lock()
             .iter()
             .map(|client| {
                 client
@@ -218,10 +216,6 @@ impl Offered {
 }
 
 impl Client {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// The queue length from which a client counts as congested.
     fn high_water(&self) -> usize {
         (self.capacity / 2).max(1)
@@ -233,24 +227,24 @@ impl Client {
     fn offer(self: &Arc<Self>, frames: &[Utf8Bytes]) -> Offered {
         let mut offered = Offered::default();
         {
-            let mut queue = self.lock();
-            if queue.cut_off {
+            let mut outbound = self.outbound.lock();
+            if outbound.cut_off {
                 return offered;
             }
-            if queue.frames.is_empty() && !frames.is_empty() {
+            if outbound.frames.is_empty() && !frames.is_empty() {
                 // The writer has had nothing to write until now: its stall clock starts here.
                 self.progress
                     .store(self.congestion.now(), Ordering::Relaxed);
             }
             for frame in frames {
-                if queue.frames.len() >= self.capacity {
+                if outbound.frames.len() >= self.capacity {
                     match self.policy {
                         SlowClientPolicy::DropOldest => {
-                            queue.frames.pop_front();
+                            outbound.frames.pop_front();
                             offered.dropped += 1;
                         }
                         SlowClientPolicy::Close => {
-                            self.cut_off(&mut queue);
+                            self.cut_off(&mut outbound);
                             offered = Offered {
                                 overflowed: true,
                                 ..Offered::default()
@@ -259,16 +253,16 @@ impl Client {
                         }
                     }
                 }
-                queue.frames.push_back(frame.clone());
+                outbound.frames.push_back(frame.clone());
                 offered.queued += 1;
             }
             if !offered.overflowed
-                && !queue.congested
+                && !outbound.congested
                 && self.policy == SlowClientPolicy::Close
-                && queue.frames.len() >= self.high_water()
+                && outbound.frames.len() >= self.high_water()
             {
                 self.congestion
-                    .enter(self, &mut queue, self.congestion.now());
+                    .enter(self, &mut outbound, self.congestion.now());
             }
         }
         if offered.overflowed {
@@ -280,19 +274,19 @@ impl Client {
     }
 
     /// Stops accepting frames, forgets the queued ones and no longer holds the link back.
-    fn cut_off(&self, queue: &mut Queue) {
-        self.stop(queue);
-        queue.frames = VecDeque::new();
+    fn cut_off(&self, outbound: &mut Outbound) {
+        self.stop(outbound);
+        outbound.frames = VecDeque::new();
         self.ready.notify_one();
     }
 
     /// Accepts nothing more and no longer counts as connected or congested.
-    fn stop(&self, queue: &mut Queue) {
-        if !queue.cut_off {
-            queue.cut_off = true;
+    fn stop(&self, outbound: &mut Outbound) {
+        if !outbound.cut_off {
+            outbound.cut_off = true;
             self.congestion.clients.fetch_sub(1, Ordering::AcqRel);
         }
-        self.congestion.leave(self, queue);
+        self.congestion.leave(self, outbound);
     }
 
     /// Queues a reply to the client's own command (confirmation or error), under the same bound and policy as
@@ -304,10 +298,10 @@ impl Client {
     /// Moves every queued frame into the empty `into` (a swap: no copying), which relieves congestion. `false`
     /// once the client was cut off or left and nothing is left to write.
     fn take_all(&self, into: &mut VecDeque<Utf8Bytes>) -> bool {
-        let mut queue = self.lock();
-        std::mem::swap(&mut queue.frames, into);
-        self.congestion.leave(self, &mut queue);
-        !(queue.cut_off && into.is_empty())
+        let mut outbound = self.outbound.lock();
+        std::mem::swap(&mut outbound.frames, into);
+        self.congestion.leave(self, &mut outbound);
+        !(outbound.cut_off && into.is_empty())
     }
 
     /// The writer is writing: restarts its stall clock.
@@ -319,9 +313,9 @@ impl Client {
     /// The session ended: nothing more is queued, what is queued is still written, and the client no longer
     /// holds the link back.
     pub fn leave(&self) {
-        let mut queue = self.lock();
-        self.stop(&mut queue);
-        drop(queue);
+        let mut outbound = self.outbound.lock();
+        self.stop(&mut outbound);
+        drop(outbound);
         self.ready.notify_one();
     }
 
@@ -433,7 +427,7 @@ impl Router {
         congestion.clients.fetch_add(1, Ordering::AcqRel);
         Arc::new(Client {
             id: self.inner.next_client.fetch_add(1, Ordering::Relaxed),
-            queue: Mutex::new(Queue::default()),
+            outbound: Mutex::new(Outbound::default()),
             ready: Notify::new(),
             capacity: self.inner.client_queue,
             policy: self.inner.policy,
@@ -545,10 +539,10 @@ impl Router {
     fn cut_where(&self, cut: impl Fn(&Client) -> bool) -> usize {
         let mut count = 0;
         for client in self.inner.congestion.snapshot() {
-            let mut queue = client.lock();
-            if queue.congested && cut(&client) {
-                client.cut_off(&mut queue);
-                drop(queue);
+            let mut outbound = client.outbound.lock();
+            if outbound.congested && cut(&client) {
+                client.cut_off(&mut outbound);
+                drop(outbound);
                 client.closer.close(CloseCode::Again, SLOW_CLIENT_REASON);
                 self.inner.metrics.slow_client_disconnected();
                 count += 1;

@@ -14,7 +14,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use tracing::instrument;
 use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::client::{Command, encode_error, encode_subscribed, encode_unsubscribed};
@@ -36,7 +35,6 @@ pub(crate) struct ConnectionContext {
 
 /// Serves one `/subscribe` connection until the client leaves, is cut off or the service shuts down.
 /// Expected disconnects are logged at debug: they are not errors.
-#[instrument(skip_all, fields(peer = %accepted.peer, user = %accepted.user))]
 pub(crate) async fn serve_client(accepted: Accepted, context: Arc<ConnectionContext>) {
     let router = &context.router;
     let _connected = router.metrics().client_connected();

@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{FakeQueue, Settings, Subscriber, TestResult, envelope, eventually};
+use common::{FakeQueue, Settings, Subscriber, TestResult, envelope};
 use tungstenite::protocol::frame::coding::CloseCode;
+use wsmq_testkit::{eventually, within};
 
 /// A fake queue, a subscriber linked to it and the queue's side of the link, with its first credit read.
 async fn setup(
@@ -39,7 +40,10 @@ async fn ws_go_client_subscribes_with_json_and_receives_ws_go_frames() -> TestRe
     let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
     let mut client = subscriber.compat_client().await?;
     client.send(r#"{"Topic":"news","Content":"sub"}"#).await?;
-    eventually(|| async { subscriber.metrics.subscriptions_current() == 1 }).await?;
+    eventually("one subscription", || async {
+        subscriber.metrics.subscriptions_current() == 1
+    })
+    .await?;
 
     link.deliver(&[(7, false, envelope("news", "breaking"))])
         .await?;
@@ -169,7 +173,10 @@ async fn unknown_command_is_an_error_in_v1_and_ignored_in_compat() -> TestResult
     let mut compat = subscriber.compat_client().await?;
     compat.send("what is this").await?;
     compat.send(r#"{"Topic":"t","Content":"sub"}"#).await?;
-    eventually(|| async { subscriber.metrics.subscriptions_current() == 1 }).await?;
+    eventually("one subscription", || async {
+        subscriber.metrics.subscriptions_current() == 1
+    })
+    .await?;
     assert_eq!(subscriber.metrics.unknown_commands_total(), 3);
     link.deliver(&[(1, false, envelope("t", "after"))]).await?;
     assert_eq!(
@@ -252,7 +259,10 @@ async fn unacked_deliveries_are_redelivered_after_the_link_reconnects() -> TestR
         "at-least-once: delivered again"
     );
     assert_eq!(client.recv().await?, r#"{"Topic":"t","Content":"two"}"#);
-    eventually(|| async { subscriber.metrics.link_reconnects_total() == 1 }).await?;
+    eventually("a link reconnect", || async {
+        subscriber.metrics.link_reconnects_total() == 1
+    })
+    .await?;
     subscriber.stop().await
 }
 
@@ -311,10 +321,14 @@ async fn slow_client_is_closed_with_1013_while_others_receive_everything() -> Te
             .map(|id| (id, false, envelope("t", &content)))
             .collect();
         link.deliver(&batch).await?;
-        common::step(received.wait_for(|&count| count >= first + PER_FRAME)).await??;
+        within(
+            "the fast client's frames",
+            received.wait_for(|&count| count >= first + PER_FRAME),
+        )
+        .await??;
     }
     link.await_acks(0..MESSAGES).await?;
-    let mut fast = common::step(reader).await???;
+    let mut fast = within("the reader", reader).await???;
     assert_eq!(subscriber.metrics.slow_client_disconnects_total(), 1);
     assert_eq!(slow.close_code().await?, CloseCode::Again);
     fast.subscribe("still-connected").await?;
@@ -349,7 +363,10 @@ async fn a_client_that_falls_behind_holds_deliveries_back_and_loses_nothing() ->
         }
         TestResult::Ok(link)
     });
-    eventually(|| async { subscriber.metrics.held_back_total() >= 1 }).await?;
+    eventually("a hold", || async {
+        subscriber.metrics.held_back_total() >= 1
+    })
+    .await?;
     assert!(
         !feeder.is_finished(),
         "the link stopped acking while the client was behind"
@@ -361,7 +378,7 @@ async fn a_client_that_falls_behind_holds_deliveries_back_and_loses_nothing() ->
             "every message arrives, in order"
         );
     }
-    common::step(feeder).await???;
+    within("the feeder", feeder).await???;
     assert_eq!(subscriber.metrics.slow_client_disconnects_total(), 0);
     client.subscribe("still-connected").await?;
     subscriber.stop().await
@@ -551,7 +568,12 @@ async fn a_client_that_reads_too_slowly_is_cut_and_holds_back_no_one() -> TestRe
     // It reads a burst of frames per pause until the server closes it; then it reports the close code.
     let reader = tokio::spawn(async move {
         for read in 1.. {
-            match common::step(futures_util::StreamExt::next(&mut slow.ws)).await? {
+            match within(
+                "the slow client's next frame",
+                futures_util::StreamExt::next(&mut slow.ws),
+            )
+            .await?
+            {
                 Some(Ok(tungstenite::Message::Close(frame))) => {
                     return TestResult::Ok(frame.map(|frame| frame.code));
                 }
@@ -591,7 +613,10 @@ async fn a_client_that_reads_too_slowly_is_cut_and_holds_back_no_one() -> TestRe
         held < HEALTHY_LATENCY_BOUND.as_secs_f64(),
         "deliveries were held back {held} s in all for the slow reader"
     );
-    assert_eq!(common::step(reader).await???, Some(CloseCode::Again));
+    assert_eq!(
+        within("the reader", reader).await???,
+        Some(CloseCode::Again)
+    );
     // Delivery goes on after the cut.
     feed_busy_round(&mut link, &mut healthy, rounds * SLOW_READ_ROUND, &content).await?;
     assert_eq!(subscriber.metrics.slow_client_disconnects_total(), 1);
@@ -638,7 +663,7 @@ async fn clients_of_a_busy_topic_that_keep_up_at_max_rate_are_never_cut() -> Tes
     }
     link.await_acks(0..MESSAGES).await?;
     for reader in readers {
-        let mut client = common::step(reader).await???;
+        let mut client = within("the reader", reader).await???;
         client.subscribe("still-connected").await?;
     }
     assert_eq!(subscriber.metrics.slow_client_disconnects_total(), 0);

@@ -21,11 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 mod common;
 
-use common::{ALL, config, within};
-use wsmq_core::Secret;
-use wsmq_core::auth::Credentials;
-use wsmq_core::dial::Dialer;
-use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1};
+use common::{ALL, client, config};
+use wsmq_core::protocol::PUBLISH_PATH;
+use wsmq_testkit::expect_within;
 
 /// A chromedriver child and one browser session.
 struct Browser {
@@ -50,7 +48,7 @@ impl Browser {
             .spawn()
             .expect("chromedriver is missing: run scripts/test, which installs chromium and chromium-driver");
         let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
-        within("chromedriver start", async {
+        expect_within("chromedriver start", async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if line.contains("started successfully") {
                     return;
@@ -152,7 +150,7 @@ impl Browser {
 
     /// Polls the page (the browser updates it asynchronously) until `check` holds, bounded by `within`.
     async fn wait_until(&self, what: &str, css: &str, check: impl Fn(&str) -> bool) -> String {
-        within(what, async {
+        expect_within(what, async {
             loop {
                 let text = self.text(css).await;
                 if check(&text) {
@@ -187,7 +185,7 @@ async fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Option<Valu
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let stream = within("webdriver connect", TcpStream::connect(addr))
+    let stream = expect_within("webdriver connect", TcpStream::connect(addr))
         .await
         .unwrap();
     let mut stream = BufReader::new(stream);
@@ -198,7 +196,7 @@ async fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Option<Valu
         .unwrap();
     // chromedriver may keep the connection open: read the head, then exactly Content-Length bytes.
     let mut length = 0;
-    within("webdriver response", async {
+    expect_within("webdriver response", async {
         loop {
             let mut line = String::new();
             stream.read_line(&mut line).await.unwrap();
@@ -215,7 +213,7 @@ async fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Option<Valu
     })
     .await;
     let mut json_body = vec![0; length];
-    within("webdriver body", stream.read_exact(&mut json_body))
+    expect_within("webdriver body", stream.read_exact(&mut json_body))
         .await
         .unwrap();
     let value: Value = serde_json::from_slice(&json_body)
@@ -248,7 +246,7 @@ async fn the_page_receives_published_messages_and_shows_bad_credentials() {
         .fill("#publisher-url", &format!("wss://localhost:{pub_port}"))
         .await;
     browser.click("#connect").await;
-    within("page connected", async {
+    expect_within("page connected", async {
         while browser.attribute("#status", "data-state").await != "connected" {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -263,24 +261,17 @@ async fn the_page_receives_published_messages_and_shows_bad_credentials() {
         .await;
 
     // Publish from outside the browser, as an application would.
-    let tls = wsmq_core::tls::client_config(None, Some(dir.path()), false).unwrap();
-    let dialer = Dialer::new(
-        &format!("wss://localhost:{pub_port}"),
-        Credentials::new("hello", Secret::new("test")),
-        tls,
-    )
-    .unwrap()
-    .with_subprotocol(SUBPROTOCOL_V1);
-    let (mut publisher, _) = within("dial publisher", dialer.dial(PUBLISH_PATH))
-        .await
-        .unwrap();
+    let mut publisher = client(dir.path(), pub_port, PUBLISH_PATH).await;
     publisher
         .send(Message::text(
             r#"{"Topic":"news","Content":"hello from the test","Id":1}"#,
         ))
         .await
         .unwrap();
-    let ack = within("ack", publisher.next()).await.unwrap().unwrap();
+    let ack = expect_within("ack", publisher.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ack, Message::text(r#"{"ack":1}"#));
     browser
         .wait_until("message shown", "#messages", |t| {
@@ -315,5 +306,8 @@ async fn the_page_receives_published_messages_and_shows_bad_credentials() {
 
     browser.call("DELETE", "", None).await;
     shutdown.cancel();
-    within("stack shutdown", running).await.unwrap().unwrap();
+    expect_within("stack shutdown", running)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -7,25 +7,13 @@ use futures_util::SinkExt;
 use tungstenite::Message;
 mod common;
 
-use common::{ALL, Running, client, config, next_frame, start_edges, within};
+use common::{ALL, Running, client, config, next_frame, publish, start_edges, subscribe};
 use wsmq::Service;
-use wsmq_core::Secret;
-use wsmq_core::auth::Credentials;
-use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::{PUBLISH_PATH, PUSH_PATH, SUBSCRIBE_PATH};
-
-async fn subscribe(ws: &mut ClientWs, topic: &str) {
-    ws.send(Message::text(format!("sub {topic}")))
-        .await
-        .unwrap();
-    assert_eq!(next_frame(ws).await, ServerFrame::Subscribed(topic.into()));
-}
-
-async fn publish(ws: &mut ClientWs, topic: &str, content: &str, id: u64) {
-    let frame = serde_json::json!({ "Topic": topic, "Content": content, "Id": id }).to_string();
-    ws.send(Message::text(frame)).await.unwrap();
-}
+use wsmq_testkit::client::dialer;
+use wsmq_testkit::config::credentials;
+use wsmq_testkit::expect_within;
 
 fn message(topic: &str, content: &str) -> ServerFrame {
     ServerFrame::Message {
@@ -154,14 +142,14 @@ async fn an_oversize_compat_push_to_msgqueue_does_not_stop_delivery() {
     let mut subscriber = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
     subscribe(&mut subscriber, "news").await;
 
-    let tls = wsmq_core::tls::client_config(None, Some(dir.path()), false).unwrap();
-    let compat = Dialer::new(
+    let compat = dialer(
         &format!("wss://localhost:{queue_port}"),
-        Credentials::new("hello", Secret::new("test")),
-        tls,
+        dir.path(),
+        credentials("hello", "test"),
+        None,
     )
     .unwrap();
-    let (mut pusher, _) = within("dial /pushmsg", compat.dial(PUSH_PATH))
+    let (mut pusher, _) = expect_within("dial /pushmsg", compat.dial(PUSH_PATH))
         .await
         .unwrap();
     let oversize = format!(r#"{{"Topic":"news","Content":"{}"}}"#, "x".repeat(65_508));

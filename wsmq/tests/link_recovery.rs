@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tungstenite::Message;
 mod common;
 
-use common::{Running, client, config, next_frame, start_edges};
+use common::{Running, client, config, next_frame, publish, start_edges};
 use wsmq::Service;
 use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::client::ServerFrame;
@@ -21,12 +21,6 @@ const OUTAGE: Duration = Duration::from_secs(3);
 const OUTAGES: u64 = 3;
 /// The issue asks for 0.5 s; this leaves room for a loaded 2-core machine (the old 5 s and 10 s caps miss it).
 const RECOVERY_BOUND: Duration = Duration::from_secs(1);
-
-async fn publish(ws: &mut ClientWs, id: u64) {
-    let frame =
-        serde_json::json!({ "Topic": "t", "Content": format!("m{id}"), "Id": id }).to_string();
-    ws.send(Message::text(frame)).await.unwrap();
-}
 
 /// Waits until message `id` is acked to the publishing client and delivered to the subscribing one.
 async fn acked_and_delivered(publisher: &mut ClientWs, subscriber: &mut ClientWs, id: u64) {
@@ -66,7 +60,7 @@ async fn links_are_back_within_a_second_of_msgqueue_after_a_long_outage() {
         ServerFrame::Subscribed("t".into())
     );
     let mut publisher = client(dir.path(), pub_port, PUBLISH_PATH).await;
-    publish(&mut publisher, 0).await;
+    publish(&mut publisher, "t", "m0", 0).await;
     acked_and_delivered(&mut publisher, &mut subscriber, 0).await;
 
     for id in 1..=OUTAGES {
@@ -74,7 +68,7 @@ async fn links_are_back_within_a_second_of_msgqueue_after_a_long_outage() {
             running.stop().await;
         }
         // Sent while msgqueue is down: the publisher holds it until its link is back.
-        publish(&mut publisher, id).await;
+        publish(&mut publisher, "t", &format!("m{id}"), id).await;
         tokio::time::sleep(OUTAGE).await;
         let mut again = config(dir.path(), &[Service::Msgqueue]);
         again.msgqueue_listen = format!("127.0.0.1:{queue_port}").parse().unwrap();

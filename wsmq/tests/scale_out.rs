@@ -13,15 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{client, next_frame, within};
-use futures_util::SinkExt;
+use common::{client, next_frame, publish, subscribe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tungstenite::Message;
 use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
+use wsmq_testkit::expect_within;
 
 const INSTANCES: usize = 3;
 /// How often readiness is polled while a service starts.
@@ -84,7 +83,7 @@ impl Process {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        within(&format!("{name} ready"), async {
+        expect_within(&format!("{name} ready"), async {
             while !is_ready(admin).await {
                 tokio::time::sleep(POLL).await;
             }
@@ -133,22 +132,11 @@ impl Ports {
     }
 }
 
-async fn subscribe(ws: &mut ClientWs, topic: &str) {
-    ws.send(Message::text(format!("sub {topic}")))
-        .await
-        .unwrap();
-    assert_eq!(next_frame(ws).await, ServerFrame::Subscribed(topic.into()));
-}
-
 /// Publishes `contents` to `news` and waits for every ack (acked = stored in msgqueue).
 async fn publish_all(publisher: &mut ClientWs, contents: impl IntoIterator<Item = String>) {
     let mut ids = Vec::new();
-    for (id, content) in contents.into_iter().enumerate() {
-        let frame = serde_json::json!({ "Topic": "news", "Content": content, "Id": id });
-        publisher
-            .send(Message::text(frame.to_string()))
-            .await
-            .unwrap();
+    for (id, content) in (0u64..).zip(contents) {
+        publish(publisher, "news", &content, id).await;
         ids.push(id);
     }
     for id in ids {
@@ -225,7 +213,7 @@ async fn every_client_of_every_subscriber_instance_gets_every_message_and_a_kill
     subscribe(&mut back, "news").await;
     publish_all(&mut publisher, batch("c", 10)).await;
     let mut seen = Vec::new();
-    within("instance 1's client gets the c batch", async {
+    expect_within("instance 1's client gets the c batch", async {
         while seen.last().map(String::as_str) != Some("c9") {
             match next_frame(&mut back).await {
                 ServerFrame::Message { content, .. } => seen.push(content),

@@ -12,10 +12,11 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 mod common;
 
-use common::{ALL, client, config, within};
+use common::{ALL, client, config};
 use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
+use wsmq_testkit::expect_within;
 
 /// Messages the publishing client sends at most: it stops earlier when the connection closes.
 const MAX_MESSAGES: u64 = 2_000_000;
@@ -88,7 +89,7 @@ async fn subscribed(data_dir: &Path, port: u16, topic: &str) -> ClientWs {
         .await
         .unwrap();
     loop {
-        let frame = within("confirmation", ws.next()).await;
+        let frame = expect_within("confirmation", ws.next()).await;
         if let Some(Ok(Message::Text(text))) = frame
             && ServerFrame::parse(&text) == Some(ServerFrame::Subscribed(topic.into()))
         {
@@ -136,7 +137,7 @@ async fn clients_under_load_are_closed_with_going_away_on_shutdown() {
         senders.push(tokio::spawn(publish_until_closed(sink)));
     }
 
-    within("messages flowing", async {
+    expect_within("messages flowing", async {
         while acked.load(Ordering::Relaxed) < ACKS_BEFORE_SHUTDOWN
             || delivered.load(Ordering::Relaxed) == 0
         {
@@ -152,12 +153,15 @@ async fn clients_under_load_are_closed_with_going_away_on_shutdown() {
         .map(|t| ("publisher", t))
         .chain(subscribers.into_iter().map(|t| ("subscriber", t)))
     {
-        endings.push((kind, within("client closed", task).await.unwrap()));
+        endings.push((kind, expect_within("client closed", task).await.unwrap()));
     }
     for sender in senders {
-        within("sender stopped", sender).await.unwrap();
+        expect_within("sender stopped", sender).await.unwrap();
     }
-    within("stack stopped", running).await.unwrap().unwrap();
+    expect_within("stack stopped", running)
+        .await
+        .unwrap()
+        .unwrap();
     for (kind, ending) in endings {
         assert_eq!(ending, Ending::Closed(CloseCode::Away), "a {kind} client");
     }

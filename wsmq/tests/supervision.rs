@@ -4,10 +4,11 @@
 
 mod common;
 
-use common::{ALL, config, within};
+use common::{ALL, config};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::supervise::{TaskFailure, inject_panic};
+use wsmq_testkit::expect_within;
 
 #[tokio::test]
 async fn a_panic_in_msgqueue_stops_the_whole_stack_with_an_error() {
@@ -22,7 +23,10 @@ async fn a_panic_in_msgqueue_stops_the_whole_stack_with_an_error() {
     // connection wakes its accept loop (which may then be gone, hence no unwrap).
     let _connection = TcpStream::connect(queue).await;
 
-    match within("the stack to stop on its own", run).await.unwrap() {
+    match expect_within("the stack to stop on its own", run)
+        .await
+        .unwrap()
+    {
         Err(wsmq::Error::Panicked(TaskFailure { task, reason })) => {
             assert_eq!(task, "msgqueue");
             assert!(reason.contains("injected fault"), "{reason}");

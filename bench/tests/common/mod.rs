@@ -6,10 +6,9 @@
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use wsmq_testkit::service::ServiceTask;
 
-/// Bound on every wait in these tests, so a bug fails a test instead of hanging it.
+/// Bound on a whole scenario run of the bench (longer than a single step's `wsmq_testkit::STEP`).
 pub(crate) const BOUND: Duration = Duration::from_secs(60);
 /// The only user the test msgqueue knows.
 pub(crate) const USER: &str = "bench";
@@ -28,8 +27,7 @@ pub(crate) struct Msgqueue {
     pub(crate) url: String,
     /// Holds the dev CA the bench trusts through `--data-dir`.
     pub(crate) dir: tempfile::TempDir,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), wsmq_msgqueue::Error>>,
+    service: ServiceTask<wsmq_msgqueue::Error>,
 }
 
 impl Msgqueue {
@@ -53,13 +51,10 @@ impl Msgqueue {
         let config = MsgqueueFlags::try_parse_from(args).unwrap().config;
         let bound = wsmq_msgqueue::bind(config).await.unwrap();
         let port = bound.local_addr().port();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(bound.run(shutdown.clone()));
         Self {
             url: format!("wss://localhost:{port}"),
             dir,
-            shutdown,
-            task,
+            service: ServiceTask::spawn(|shutdown| bound.run(shutdown)),
         }
     }
 
@@ -70,12 +65,7 @@ impl Msgqueue {
 
     /// Graceful stop, bounded.
     pub(crate) async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(BOUND, self.task)
-            .await
-            .expect("msgqueue stops in time")
-            .unwrap()
-            .unwrap();
+        self.service.stop().await.expect("msgqueue stops cleanly");
     }
 }
 
@@ -100,9 +90,8 @@ pub(crate) struct Stack {
     pub(crate) publisher_url: String,
     /// `wss://localhost:<port>` of the subscriber.
     pub(crate) subscriber_url: String,
-    shutdown: CancellationToken,
-    publisher: JoinHandle<Result<(), wsmq_publisher::Error>>,
-    subscriber: JoinHandle<Result<(), wsmq_subscriber::Error>>,
+    publisher: ServiceTask<wsmq_publisher::Error>,
+    subscriber: ServiceTask<wsmq_subscriber::Error>,
 }
 
 impl Stack {
@@ -129,24 +118,22 @@ impl Stack {
                 PASSWORD.into(),
             ]
         };
-        let shutdown = CancellationToken::new();
         let publisher = PublisherFlags::try_parse_from(flags("publisher"))
             .unwrap()
             .config;
         let publisher = wsmq_publisher::bind(publisher).await.unwrap();
         let publisher_url = format!("wss://localhost:{}", publisher.local_addr().port());
-        let publisher = tokio::spawn(publisher.run(shutdown.clone()));
+        let publisher = ServiceTask::spawn(|shutdown| publisher.run(shutdown));
         let subscriber = SubscriberFlags::try_parse_from(flags("subscriber"))
             .unwrap()
             .config;
         let subscriber = wsmq_subscriber::bind(subscriber).await.unwrap();
         let subscriber_url = format!("wss://localhost:{}", subscriber.local_addr().port());
-        let subscriber = tokio::spawn(subscriber.run(shutdown.clone()));
+        let subscriber = ServiceTask::spawn(|shutdown| subscriber.run(shutdown));
         Self {
             queue,
             publisher_url,
             subscriber_url,
-            shutdown,
             publisher,
             subscriber,
         }
@@ -154,17 +141,9 @@ impl Stack {
 
     /// Stops the publisher and subscriber, then msgqueue, each bounded.
     pub(crate) async fn stop(self) {
-        self.shutdown.cancel();
-        let publisher = tokio::time::timeout(BOUND, self.publisher).await;
-        assert!(
-            matches!(publisher, Ok(Ok(Ok(())))),
-            "publisher stops cleanly"
-        );
-        let subscriber = tokio::time::timeout(BOUND, self.subscriber).await;
-        assert!(
-            matches!(subscriber, Ok(Ok(Ok(())))),
-            "subscriber stops cleanly"
-        );
+        let (publisher, subscriber) = tokio::join!(self.publisher.stop(), self.subscriber.stop());
+        publisher.expect("publisher stops cleanly");
+        subscriber.expect("subscriber stops cleanly");
         self.queue.stop().await;
     }
 }

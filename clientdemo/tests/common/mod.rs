@@ -4,6 +4,7 @@
 //! also the client's `--data-dir` so it trusts their CA. The fake publisher acks every message and forwards it
 //! to the fake subscriber, except on topic `reject` (error frame) and `silent` (no answer at all). The fake
 //! subscriber confirms `sub`/`unsub`, reports each subscription to the test and delivers matching messages.
+//! Bounds and the listener under each fake come from `wsmq-testkit`.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -11,37 +12,29 @@ use std::collections::HashSet;
 use std::error::Error;
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
-use wsmq_core::Secret;
-use wsmq_core::auth::Authenticator;
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::client::{
     Command as SubCommand, encode_ack, encode_error, encode_subscribed, encode_unsubscribed,
 };
 use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
-use wsmq_core::server::{Accepted, Route, ServerConfig, serve};
-use wsmq_core::tls;
-
-/// Result type of tests and helpers.
-pub type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+use wsmq_core::server::{Accepted, Route};
+use wsmq_testkit::config::{loopback, users};
+use wsmq_testkit::server::{FakeServer, server_config};
+pub use wsmq_testkit::{STEP, TestResult};
 
 /// The user both fakes accept.
 pub const USER: &str = "tester";
 /// Its password.
 pub const PASSWORD: &str = "s3cret pass";
-/// Bound on every step of a test, so a hung client or fake fails the test instead of hanging it.
-pub const STEP: Duration = Duration::from_secs(15);
 /// Topic the fake publisher refuses with an error frame.
 pub const REJECTED_TOPIC: &str = "reject";
 /// Topic the fake publisher never answers.
@@ -70,12 +63,14 @@ pub struct FakeStack {
     pub subscriptions: mpsc::Receiver<String>,
     /// Sending on it makes the fake subscriber drop every connection, as a restart would.
     pub kick: broadcast::Sender<()>,
-    shutdown: CancellationToken,
+    servers: [FakeServer; 2],
 }
 
 impl Drop for FakeStack {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        for server in &self.servers {
+            server.shutdown.cancel();
+        }
     }
 }
 
@@ -91,67 +86,57 @@ impl FakeStack {
     /// Starts both fakes.
     pub async fn start() -> TestResult<FakeStack> {
         let data_dir = tempfile::tempdir()?;
-        let server_tls = tls::server_config(None, None, data_dir.path())?;
-        let auth = Authenticator::from_users(&Secret::new(format!("{USER}:{PASSWORD}")))?;
+        let users = users(USER, PASSWORD);
         let limits = Limits {
             drain_timeout: Duration::from_secs(2),
             ..Limits::default()
         };
-        let shutdown = CancellationToken::new();
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let (kick, _) = broadcast::channel(1);
         let (reports, subscriptions) = mpsc::channel(REPORT_CAPACITY);
 
-        let publisher_config = ServerConfig::new(
-            server_tls.clone(),
-            auth.clone(),
+        let publisher_config = server_config(
+            data_dir.path(),
+            &users,
             limits.clone(),
             vec![Route::WebSocket {
                 path: PUBLISH_PATH,
                 subprotocols: &["wsmq.v1"],
             }],
-        );
-        let publisher_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let publisher = publisher_listener.local_addr()?;
+        )?;
         let publisher_feed = feed.clone();
-        tokio::spawn(serve(
-            publisher_listener,
-            Arc::new(publisher_config),
-            move |accepted| fake_publisher(accepted, publisher_feed.clone()),
-            shutdown.clone(),
-        ));
+        let publisher = FakeServer::start(loopback(), publisher_config, move |accepted| {
+            fake_publisher(accepted, publisher_feed.clone())
+        })
+        .await?;
 
-        let subscriber_config = ServerConfig::new(
-            server_tls,
-            auth,
+        let subscriber_config = server_config(
+            data_dir.path(),
+            &users,
             limits,
             vec![Route::WebSocket {
                 path: SUBSCRIBE_PATH,
                 subprotocols: &["wsmq.v1"],
             }],
-        );
-        let subscriber_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let subscriber = subscriber_listener.local_addr()?;
+        )?;
         let shared = SubscriberShared {
             feed: feed.clone(),
             reports,
             kick: kick.clone(),
         };
-        tokio::spawn(serve(
-            subscriber_listener,
-            Arc::new(subscriber_config),
-            move |accepted| fake_subscriber(accepted, shared.clone()),
-            shutdown.clone(),
-        ));
+        let subscriber = FakeServer::start(loopback(), subscriber_config, move |accepted| {
+            fake_subscriber(accepted, shared.clone())
+        })
+        .await?;
 
         Ok(FakeStack {
-            publisher,
-            subscriber,
+            publisher: publisher.addr,
+            subscriber: subscriber.addr,
             data_dir,
             feed,
             subscriptions,
             kick,
-            shutdown,
+            servers: [publisher, subscriber],
         })
     }
 

@@ -1,41 +1,39 @@
 //! Test helpers for the listener: a server on 127.0.0.1:0 with a dev PKI in a tempdir and an echo handler, and
-//! clients that speak raw HTTP over TLS or WebSocket with full control over the headers.
+//! clients that speak raw HTTP over TLS or WebSocket with full control over the headers. Shared helpers (bounds,
+//! the fake listener, frame readers) come from `wsmq-testkit`.
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::error::Error;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
-use wsmq_core::Secret;
-use wsmq_core::auth::{Authenticator, Credentials};
+use wsmq_core::auth::Credentials;
+pub use wsmq_core::dial::ClientWs;
 use wsmq_core::limits::Limits;
 use wsmq_core::metrics::ListenerMetrics;
-use wsmq_core::server::{Accepted, Route, ServeError, ServerConfig, serve};
+use wsmq_core::server::{Accepted, Route, ServeError, ServerConfig};
 use wsmq_core::{tls, ws};
-
-/// Result type of tests and helpers.
-pub type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+use wsmq_testkit::config::{credentials, users};
+use wsmq_testkit::server::{FakeServer, server_config};
+use wsmq_testkit::within;
+pub use wsmq_testkit::{STEP, TestResult};
 
 /// The one user the test server knows.
 pub const USER: &str = "alice";
 /// Alice's password.
 pub const PASSWORD: &str = "correct horse";
-/// Bound on every network step in a test, so a hung server fails the test instead of hanging it.
-pub const STEP: Duration = Duration::from_secs(10);
 /// The page the test server serves at `/`.
 pub const PAGE: &[u8] = b"<!doctype html><title>wsmq</title>";
 
@@ -102,17 +100,16 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let dir = tempfile::tempdir()?;
-    let server_tls = tls::server_config(None, None, dir.path())?;
+    let mut config = server_config(dir.path(), &users(USER, PASSWORD), limits, routes())?;
     let pki = tls::ensure_dev_pki(dir.path())?;
     let client_tls = tls::client_config(Some(&pki.ca_cert), None, false)?;
-    let auth = Authenticator::from_users(&Secret::new(format!("{USER}:{PASSWORD}")))?;
-    let mut config = ServerConfig::new(server_tls, auth, limits, routes());
     adjust(&mut config);
     let metrics = config.metrics.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, Arc::new(config), handler, shutdown.clone()));
+    let FakeServer {
+        addr,
+        shutdown,
+        task,
+    } = FakeServer::start(wsmq_testkit::config::loopback(), config, handler).await?;
     Ok(TestServer {
         addr,
         shutdown,
@@ -145,14 +142,14 @@ pub async fn echo(accepted: Accepted) {
     let _ = writer.await;
 }
 
-/// Basic credentials of the test user, or of `user` with a wrong password.
+/// Basic credentials of the test user.
 pub fn good_credentials() -> Credentials {
-    Credentials::new(USER, Secret::new(PASSWORD))
+    credentials(USER, PASSWORD)
 }
 
 /// Credentials with a wrong password.
 pub fn wrong_credentials() -> Credentials {
-    Credentials::new(USER, Secret::new("wrong"))
+    credentials(USER, "wrong")
 }
 
 impl TestServer {
@@ -169,14 +166,14 @@ impl TestServer {
             IpAddr::V6(_) => TcpSocket::new_v6()?,
         };
         socket.bind(SocketAddr::new(source, 0))?;
-        Ok(tokio::time::timeout(STEP, socket.connect(self.addr)).await??)
+        Ok(within("a TCP connection", socket.connect(self.addr)).await??)
     }
 
     /// TLS over an already connected TCP stream, verifying the certificate for `localhost`.
     pub async fn tls_over(&self, tcp: TcpStream) -> TestResult<TlsStream<TcpStream>> {
         let connector = TlsConnector::from(self.client_tls.clone());
-        let tls = tokio::time::timeout(
-            STEP,
+        let tls = within(
+            "the TLS handshake",
             connector.connect(ServerName::try_from("localhost")?, tcp),
         )
         .await??;
@@ -207,7 +204,7 @@ impl TestServer {
                 let switching = response.starts_with(b"HTTP/1.1 101 ")
                     && response.windows(4).any(|w| w == b"\r\n\r\n");
                 if n == 0 || switching {
-                    return Ok::<_, Box<dyn Error + Send + Sync>>(
+                    return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                         String::from_utf8_lossy(&response).into_owned(),
                     );
                 }
@@ -263,7 +260,7 @@ impl TestServer {
             HeaderValue::from_str(&good_credentials().basic_header())?,
         );
         let connect = tokio_tungstenite::client_async_with_config(request, tls, None);
-        let (mut ws, _) = tokio::time::timeout(STEP, connect).await??;
+        let (mut ws, _) = within("the upgrade", connect).await??;
         let greeting = next_text(&mut ws).await?;
         Ok((ws, greeting))
     }
@@ -279,41 +276,22 @@ impl TestServer {
     /// Cancels the server and waits for `serve` to return.
     pub async fn stop(self) -> TestResult {
         self.shutdown.cancel();
-        tokio::time::timeout(STEP, self.task).await???;
+        within("the server to stop", self.task).await???;
         Ok(())
     }
 }
 
-/// A client WebSocket over TLS.
-pub type ClientWs = WebSocketStream<TlsStream<TcpStream>>;
+pub use wsmq_testkit::client::next_text;
 
-/// The next Text message (skipping pings), failing on anything else.
-pub async fn next_text(ws: &mut ClientWs) -> TestResult<String> {
-    loop {
-        match tokio::time::timeout(STEP, ws.next()).await? {
-            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            other => return Err(format!("expected text, got {other:?}").into()),
-        }
-    }
-}
-
-/// Reads until the server's Close frame and returns its code (as u16), skipping data and pings.
+/// Reads until the server's Close frame and returns its code as a number, skipping data and pings.
 pub async fn close_code(ws: &mut ClientWs) -> TestResult<u16> {
-    loop {
-        match tokio::time::timeout(STEP, ws.next()).await? {
-            Some(Ok(Message::Close(Some(frame)))) => return Ok(frame.code.into()),
-            Some(Ok(Message::Close(None))) => return Err("close frame without a code".into()),
-            Some(Ok(_)) => {}
-            other => return Err(format!("expected a close frame, got {other:?}").into()),
-        }
-    }
+    Ok(wsmq_testkit::client::close_code(ws).await?.into())
 }
 
 /// Sends a text message and reads the echo.
 pub async fn round_trip(ws: &mut ClientWs, text: &str) -> TestResult<String> {
-    tokio::time::timeout(STEP, ws.send(Message::Text(text.into()))).await??;
-    next_text(ws).await
+    within("a send", ws.send(Message::Text(text.into()))).await??;
+    Ok(next_text(ws).await?)
 }
 
 /// The status code of a raw HTTP response.

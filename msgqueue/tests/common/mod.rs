@@ -1,5 +1,5 @@
 //! Test harness for msgqueue as a service: start it on port 0 with a dev PKI in a temp dir, and small clients that
-//! speak compat and reliable mode over real TLS WebSockets.
+//! speak compat and reliable mode over real TLS WebSockets. Bounds, flags and dialing come from `wsmq-testkit`.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -9,12 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
-use wsmq_core::Secret;
-use wsmq_core::auth::Credentials;
-use wsmq_core::config::{ServerArgs, ServiceArgs};
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::queue::{Delivery, FrameReader, FrameWriter, PopRecord, PushReply};
@@ -22,33 +17,17 @@ use wsmq_core::protocol::{POP_PATH, PUSH_PATH, SUBPROTOCOL_V1};
 use wsmq_msgqueue::config::{QueueArgs, StorageKind};
 use wsmq_msgqueue::queue::FsyncPolicy;
 use wsmq_msgqueue::{Bound, Config};
+use wsmq_testkit::config::{credentials, service_args, users};
+use wsmq_testkit::expect_within;
+use wsmq_testkit::service::ServiceTask;
 
-/// Bound on every await in these tests, so a bug fails a test instead of hanging CI.
-pub const STEP: Duration = Duration::from_secs(20);
 pub const USER: &str = "tester";
 pub const PASSWORD: &str = "s3cret";
 
-pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
-
+/// msgqueue on loopback port 0 with its log on disk in `data_dir`, fsyncing every write, [`USER`] its only user.
 pub fn config(data_dir: &Path) -> Config {
     Config {
-        service: ServiceArgs {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-            server: ServerArgs {
-                data_dir: data_dir.to_path_buf(),
-                tls_cert: None,
-                tls_key: None,
-                users_file: None,
-                users: Some(Secret::new(format!("{USER}:{PASSWORD}"))),
-                allowed_origins: Vec::new(),
-            },
-            limits: Limits::default(),
-        },
+        service: service_args(data_dir, Some(users(USER, PASSWORD)), Limits::default()),
         queue: QueueArgs {
             storage: StorageKind::Disk,
             fsync: FsyncPolicy::Always,
@@ -63,8 +42,7 @@ pub struct Running {
     pub admin: SocketAddr,
     pub data_dir: PathBuf,
     pub queue: wsmq_msgqueue::queue::Queue,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), wsmq_msgqueue::Error>>,
+    service: ServiceTask<wsmq_msgqueue::Error>,
 }
 
 impl Running {
@@ -74,25 +52,18 @@ impl Running {
         let addr = bound.local_addr();
         let admin = bound.admin_addr();
         let queue = bound.queue().clone();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(bound.run(shutdown.clone()));
         Self {
             addr,
             admin,
             data_dir,
             queue,
-            shutdown,
-            task,
+            service: ServiceTask::spawn(|shutdown| bound.run(shutdown)),
         }
     }
 
     /// Graceful stop: drains connections and fsyncs the log.
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        within("msgqueue shutdown", self.task)
-            .await
-            .unwrap()
-            .unwrap();
+        self.service.stop().await.unwrap();
     }
 
     pub fn url(&self) -> String {
@@ -104,15 +75,11 @@ impl Running {
     }
 }
 
+/// A dialer of msgqueue at `url` as [`USER`], offering `wsmq.v1` when `subprotocol`, else compat (ws-go's pusher
+/// and popper offer nothing).
 pub fn dialer(url: &str, data_dir: &Path, subprotocol: bool) -> Dialer {
-    let tls = wsmq_core::tls::client_config(None, Some(data_dir), false).unwrap();
-    let creds = Credentials::new(USER, Secret::new(PASSWORD));
-    let dialer = Dialer::new(url, creds, tls).unwrap();
-    if subprotocol {
-        dialer.with_subprotocol(SUBPROTOCOL_V1)
-    } else {
-        dialer
-    }
+    let subprotocol = subprotocol.then_some(SUBPROTOCOL_V1);
+    wsmq_testkit::client::dialer(url, data_dir, credentials(USER, PASSWORD), subprotocol).unwrap()
 }
 
 /// Reliable-mode producer: HELLO once, then PUSH frames; reads ACKED/REJECT replies.
@@ -123,7 +90,7 @@ pub struct Producer {
 
 impl Producer {
     pub async fn connect(dialer: &Dialer, id: u64) -> Self {
-        let (ws, proto) = within("dial /pushmsg", dialer.dial(PUSH_PATH))
+        let (ws, proto) = expect_within("dial /pushmsg", dialer.dial(PUSH_PATH))
             .await
             .unwrap();
         assert_eq!(proto.as_deref(), Some(SUBPROTOCOL_V1));
@@ -147,7 +114,7 @@ impl Producer {
     pub async fn until_settled(&mut self, seq: u64) -> Vec<PushReply> {
         let mut seen = Vec::new();
         loop {
-            let msg = within("push reply", self.ws.next())
+            let msg = expect_within("push reply", self.ws.next())
                 .await
                 .expect("connection open")
                 .unwrap();
@@ -175,7 +142,9 @@ pub struct Consumer {
 
 impl Consumer {
     pub async fn connect(dialer: &Dialer, credit: u32) -> Self {
-        let (ws, proto) = within("dial /popmsg", dialer.dial(POP_PATH)).await.unwrap();
+        let (ws, proto) = expect_within("dial /popmsg", dialer.dial(POP_PATH))
+            .await
+            .unwrap();
         assert_eq!(proto.as_deref(), Some(SUBPROTOCOL_V1));
         let mut c = Self {
             ws,
@@ -201,7 +170,7 @@ impl Consumer {
             if let Some(d) = self.pending.pop_front() {
                 return d;
             }
-            let msg = within("delivery", self.ws.next())
+            let msg = expect_within("delivery", self.ws.next())
                 .await
                 .expect("connection open")
                 .unwrap();
@@ -238,15 +207,4 @@ pub fn parse_payload(b: &[u8]) -> (u64, u64) {
     let s = std::str::from_utf8(b).unwrap();
     let (p, s) = s.trim_start_matches('p').split_once("-s").unwrap();
     (p.parse().unwrap(), s.parse().unwrap())
-}
-
-/// The next Text or Binary message, skipping pings and pongs.
-pub async fn next_data(ws: &mut ClientWs) -> Message {
-    loop {
-        match within("data message", ws.next()).await {
-            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return m,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a data message, got {other:?}"),
-        }
-    }
 }

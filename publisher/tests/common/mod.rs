@@ -2,52 +2,46 @@
 //! front of it, and WebSocket clients that speak ws-go's frames or `wsmq.v1`.
 //!
 //! The fake queue keeps its "storage" in [`FakeState`], which survives [`FakeQueue::stop`] and
-//! [`FakeQueue::restart`], like a durable queue restarted on the same port.
+//! [`FakeQueue::restart`], like a durable queue restarted on the same port. Bounds, flags, the listener under the
+//! fake and the client's dialing and frame readers come from `wsmq-testkit`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_util::sync::CancellationToken;
-use wsmq_core::Secret;
-use wsmq_core::auth::{Authenticator, Credentials};
 use wsmq_core::backoff::BackoffArgs;
-use wsmq_core::config::{LinkArgs, ServerArgs, ServiceArgs};
-use wsmq_core::dial::{ClientWs, Dialer};
+use wsmq_core::dial::ClientWs;
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PushRecord, PushReply, RejectReason};
 use wsmq_core::protocol::{PUBLISH_PATH, PUSH_PATH, SUBPROTOCOL_V1};
-use wsmq_core::server::{Accepted, Route, ServerConfig, serve};
+use wsmq_core::server::{Accepted, Route};
 use wsmq_publisher::Config;
 use wsmq_publisher::metrics::PublisherMetrics;
+use wsmq_testkit::admin::{await_readyz, http_status};
+use wsmq_testkit::client::{connect, dialer};
+use wsmq_testkit::config::{credentials, link_args, loopback, service_args, users};
+use wsmq_testkit::server::{FakeServer, server_config};
+use wsmq_testkit::service::ServiceTask;
+use wsmq_testkit::within;
 
-/// Bound on every wait in these tests.
-pub(crate) const WAIT: Duration = Duration::from_secs(10);
 /// Content that makes the fake queue answer REJECT (queue full) instead of storing the message.
 pub(crate) const REJECT_MARKER: &str = "reject-me";
 
-const QUEUE_USERS: &str = "pub:pub-password";
+/// The publisher's account on the fake queue.
+const LINK_USER: &str = "pub";
+const LINK_PASSWORD: &str = "pub-password";
 const CLIENT_USER: &str = "client";
 const CLIENT_PASSWORD: &str = "client-password";
-
-/// Awaits `future` for at most [`WAIT`], naming `what` on timeout.
-pub(crate) async fn within<T>(what: &str, future: impl Future<Output = T>) -> anyhow::Result<T> {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .with_context(|| format!("timed out waiting for {what}"))
-}
 
 /// One PUSH as the fake queue received it.
 #[derive(Clone, Debug)]
@@ -105,7 +99,7 @@ impl FakeState {
 
     /// A snapshot lock of what the queue has seen.
     pub(crate) fn seen(&self) -> MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+        self.seen.lock()
     }
 
     fn update(&self, change: impl FnOnce(&mut Seen)) {
@@ -139,16 +133,14 @@ impl FakeState {
 
 /// A fake msgqueue on a loopback port, serving `/pushmsg` with subprotocol `wsmq.v1`.
 pub(crate) struct FakeQueue {
-    addr: SocketAddr,
+    server: FakeServer,
     state: Arc<FakeState>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
 }
 
 impl FakeQueue {
     /// Starts a fake queue on a fresh port, with TLS from the dev PKI in `data_dir`.
     pub(crate) async fn start(data_dir: &Path) -> anyhow::Result<Self> {
-        Self::start_on("127.0.0.1:0".parse()?, data_dir, FakeState::new()).await
+        Self::start_on(loopback(), data_dir, FakeState::new()).await
     }
 
     /// Starts a fake queue on `addr` (e.g. the port of a stopped one) with existing state.
@@ -157,10 +149,6 @@ impl FakeQueue {
         data_dir: &Path,
         state: Arc<FakeState>,
     ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let tls = wsmq_core::tls::server_config(None, None, data_dir)?;
-        let auth = Authenticator::from_users(&Secret::new(QUEUE_USERS))?;
         let limits = Limits {
             drain_timeout: Duration::from_secs(2),
             ..Limits::default()
@@ -169,27 +157,16 @@ impl FakeQueue {
             path: PUSH_PATH,
             subprotocols: &[SUBPROTOCOL_V1],
         }];
-        let config = Arc::new(ServerConfig::new(tls, auth, limits, routes));
-        let stop = CancellationToken::new();
+        let config = server_config(data_dir, &users(LINK_USER, LINK_PASSWORD), limits, routes)?;
         let handler_state = state.clone();
         let handler = move |accepted: Accepted| serve_producer(accepted, handler_state.clone());
-        let serving = serve(listener, config, handler, stop.clone());
-        let task = tokio::spawn(async move {
-            if let Err(err) = serving.await {
-                tracing::error!(%err, "fake queue failed");
-            }
-        });
-        Ok(Self {
-            addr,
-            state,
-            stop,
-            task,
-        })
+        let server = FakeServer::start(addr, config, handler).await?;
+        Ok(Self { server, state })
     }
 
     /// Where the queue listens.
     pub(crate) fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr
     }
 
     /// The state shared across restarts.
@@ -199,14 +176,13 @@ impl FakeQueue {
 
     /// Stops listening and closes every connection (1001), returning the state for a restart.
     pub(crate) async fn stop(self) -> anyhow::Result<Arc<FakeState>> {
-        self.stop.cancel();
-        within("the fake queue to stop", self.task).await??;
+        self.server.stop().await?;
         Ok(self.state)
     }
 
     /// Stops and starts again on the same port with the same storage.
     pub(crate) async fn restart(self, data_dir: &Path) -> anyhow::Result<Self> {
-        let addr = self.addr;
+        let addr = self.server.addr;
         let state = self.stop().await?;
         Self::start_on(addr, data_dir, state).await
     }
@@ -318,40 +294,29 @@ pub(crate) struct Publisher {
     pub(crate) admin: SocketAddr,
     /// Its metrics.
     pub(crate) metrics: PublisherMetrics,
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), wsmq_publisher::Error>>,
+    service: ServiceTask<wsmq_publisher::Error>,
 }
 
 /// A publisher configuration for tests: port 0, dev PKI in `data_dir`, quick reconnects, pointed at `queue`.
 pub(crate) fn config(data_dir: &Path, queue: SocketAddr) -> Config {
     Config {
-        service: ServiceArgs {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            server: ServerArgs {
-                data_dir: data_dir.to_path_buf(),
-                tls_cert: None,
-                tls_key: None,
-                users_file: None,
-                users: Some(Secret::new(format!("{CLIENT_USER}:{CLIENT_PASSWORD}"))),
-                allowed_origins: Vec::new(),
-            },
-            limits: Limits {
+        service: service_args(
+            data_dir,
+            Some(users(CLIENT_USER, CLIENT_PASSWORD)),
+            Limits {
                 drain_timeout: Duration::from_secs(2),
                 ..Limits::default()
             },
-        },
-        link: LinkArgs {
-            queue_url: format!("wss://127.0.0.1:{}", queue.port()),
-            queue_user: Some("pub".into()),
-            queue_password: Some(Secret::new("pub-password")),
-            ca: None,
-            insecure: false,
-            backoff: BackoffArgs {
+        ),
+        link: link_args(
+            format!("wss://127.0.0.1:{}", queue.port()),
+            LINK_USER,
+            LINK_PASSWORD,
+            BackoffArgs {
                 initial: Duration::from_millis(10),
                 max: Duration::from_millis(100),
             },
-        },
+        ),
         link_buffer: 10_000,
         link_buffer_bytes: 16 * 1024 * 1024,
         link_batch_bytes: 64 * 1024,
@@ -363,22 +328,17 @@ impl Publisher {
     pub(crate) async fn start(config: Config) -> anyhow::Result<Self> {
         let bound = wsmq_publisher::bind(config).await?;
         let (addr, admin, metrics) = (bound.local_addr(), bound.admin_addr(), bound.metrics());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(bound.run(stop.clone()));
         Ok(Self {
             addr,
             admin,
             metrics,
-            stop,
-            task,
+            service: ServiceTask::spawn(|shutdown| bound.run(shutdown)),
         })
     }
 
     /// Shuts the publisher down and checks it ended cleanly.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        within("the publisher to stop", self.task).await???;
-        Ok(())
+        self.service.stop().await
     }
 
     /// Waits (bounded) for the publisher to stop without being asked, returning what `run` returned.
@@ -389,74 +349,32 @@ impl Publisher {
     pub(crate) async fn stopped_on_its_own(
         self,
     ) -> anyhow::Result<Result<(), wsmq_publisher::Error>> {
-        Ok(within("the publisher to stop on its own", self.task).await??)
+        self.service.stopped_on_its_own().await
     }
 
     /// Opens a client WebSocket to `/publish`: `wsmq.v1` when `v1`, else compat mode (exactly what a ws-go
     /// client offers: no subprotocol).
     pub(crate) async fn client(&self, data_dir: &Path, v1: bool) -> anyhow::Result<ClientWs> {
-        let tls = wsmq_core::tls::client_config(None, Some(data_dir), false)?;
-        let credentials = Credentials::new(CLIENT_USER, Secret::new(CLIENT_PASSWORD));
-        let mut dialer = Dialer::new(
-            &format!("wss://127.0.0.1:{}", self.addr.port()),
-            credentials,
-            tls,
+        let url = format!("wss://127.0.0.1:{}", self.addr.port());
+        let subprotocol = v1.then_some(SUBPROTOCOL_V1);
+        let dialer = dialer(
+            &url,
+            data_dir,
+            credentials(CLIENT_USER, CLIENT_PASSWORD),
+            subprotocol,
         )?;
-        if v1 {
-            dialer = dialer.with_subprotocol(SUBPROTOCOL_V1);
-        }
-        let (ws, protocol) = within("the client to connect", dialer.dial(PUBLISH_PATH)).await??;
-        if v1 != (protocol.as_deref() == Some(SUBPROTOCOL_V1)) {
-            bail!("unexpected subprotocol {protocol:?}");
-        }
-        Ok(ws)
+        connect(&dialer, PUBLISH_PATH, subprotocol).await
     }
 
     /// The HTTP status of `GET path` on the admin listener.
     pub(crate) async fn admin_status(&self, path: &str) -> anyhow::Result<u16> {
-        let mut stream = TcpStream::connect(self.admin).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await?;
-        let mut response = Vec::new();
-        within("the admin response", stream.read_to_end(&mut response)).await??;
-        let text = String::from_utf8_lossy(&response);
-        let status = text.split(' ').nth(1).context("no status line")?;
-        Ok(status.parse()?)
+        http_status(self.admin, path).await
     }
 
     /// Waits (bounded, polling the admin listener) until `/readyz` answers `status`.
     pub(crate) async fn wait_readyz(&self, status: u16) -> anyhow::Result<()> {
-        within(&format!("/readyz to answer {status}"), async {
-            loop {
-                if self.admin_status("/readyz").await? == status {
-                    return anyhow::Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await?
+        await_readyz(self.admin, status).await
     }
-}
-
-/// Sends a text frame.
-pub(crate) async fn send_text(ws: &mut ClientWs, text: &str) -> anyhow::Result<()> {
-    within("a send", ws.send(Message::text(text))).await??;
-    Ok(())
-}
-
-/// The next text frame from the publisher, skipping control frames.
-pub(crate) async fn next_text(ws: &mut ClientWs) -> anyhow::Result<String> {
-    within("a text frame", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                other => bail!("expected a text frame, got {other:?}"),
-            }
-        }
-    })
-    .await?
 }
 
 /// Proves nothing but control frames is queued towards the client: sends a Ping and requires the Pong to be

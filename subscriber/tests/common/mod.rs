@@ -1,40 +1,34 @@
 //! Test helpers: a fake msgqueue serving `/popmsg` in `wsmq.v1` (each link connection is handed to the test,
 //! which scripts deliveries and reads acks and credit), a subscriber on 127.0.0.1:0 pointed at it, and
-//! subscriber clients speaking ws-go's frames or `wsmq.v1`.
+//! subscriber clients speaking ws-go's frames or `wsmq.v1`. Bounds, flags, the listener under the fake and the
+//! clients' dialing come from `wsmq-testkit`.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::error::Error;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
-use wsmq_core::Secret;
-use wsmq_core::auth::{Authenticator, Credentials};
-use wsmq_core::config::{LinkArgs, ServerArgs, ServiceArgs};
-use wsmq_core::dial::{ClientWs, Dialer};
+use wsmq_core::backoff::BackoffArgs;
+use wsmq_core::dial::ClientWs;
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::envelope::Envelope;
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, NackReason, PopRecord};
 use wsmq_core::protocol::{POP_PATH, SUBPROTOCOL_V1, SUBSCRIBE_PATH};
-use wsmq_core::server::{Route, ServerConfig, ServerWs, serve};
-use wsmq_core::tls;
+use wsmq_core::server::{Route, ServerWs};
 use wsmq_subscriber::{Config, SlowClientPolicy, SubscriberMetrics};
-
-/// Result type of tests and helpers.
-pub type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
-
-/// Bound on every network step, so a hung peer fails the test instead of hanging it.
-pub const STEP: Duration = Duration::from_secs(10);
+pub use wsmq_testkit::TestResult;
+use wsmq_testkit::admin::{await_readyz, http_status};
+use wsmq_testkit::client::{close_code, connect, dialer, send_text};
+use wsmq_testkit::config::{credentials, link_args, service_args, users};
+use wsmq_testkit::server::{FakeServer, server_config};
+use wsmq_testkit::service::ServiceTask;
+use wsmq_testkit::within;
 /// The subscriber's client user.
 const CLIENT_USER: &str = "alice";
 const CLIENT_PASSWORD: &str = "alice-pw";
@@ -43,11 +37,6 @@ const LINK_USER: &str = "subscriber";
 const LINK_PASSWORD: &str = "link-pw";
 /// Link connections the fake queue holds for the test before it must pick them up.
 const FAKE_QUEUE_BACKLOG: usize = 4;
-
-/// Awaits `future` for at most [`STEP`].
-pub async fn step<F: Future>(future: F) -> TestResult<F::Output> {
-    Ok(tokio::time::timeout(STEP, future).await?)
-}
 
 /// The canonical envelope bytes the publisher would have pushed.
 pub fn envelope(topic: &str, content: &str) -> Bytes {
@@ -63,47 +52,38 @@ pub struct FakeQueue {
     /// Where it listens.
     pub addr: SocketAddr,
     connections: mpsc::Receiver<ServerWs>,
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    server: FakeServer,
 }
 
 impl FakeQueue {
     /// Starts on `addr` (port 0 for a fresh one) with the dev PKI in `dir`.
     pub async fn start(dir: &std::path::Path, addr: SocketAddr) -> TestResult<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let tls = tls::server_config(None, None, dir)?;
-        let auth = Authenticator::from_users(&Secret::new(format!("{LINK_USER}:{LINK_PASSWORD}")))?;
         let routes = vec![Route::WebSocket {
             path: POP_PATH,
             subprotocols: &[SUBPROTOCOL_V1],
         }];
-        let config = ServerConfig::new(tls, auth, Limits::default(), routes);
+        let link_users = users(LINK_USER, LINK_PASSWORD);
+        let config = server_config(dir, &link_users, Limits::default(), routes)?;
         let (sender, connections) = mpsc::channel(FAKE_QUEUE_BACKLOG);
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move {
-            let handler = move |accepted: wsmq_core::server::Accepted| {
-                let sender = sender.clone();
-                async move {
-                    if accepted.subprotocol == Some(SUBPROTOCOL_V1) {
-                        let _ = sender.send(accepted.ws).await;
-                    }
+        let handler = move |accepted: wsmq_core::server::Accepted| {
+            let sender = sender.clone();
+            async move {
+                if accepted.subprotocol == Some(SUBPROTOCOL_V1) {
+                    let _ = sender.send(accepted.ws).await;
                 }
-            };
-            let _ = serve(listener, std::sync::Arc::new(config), handler, token).await;
-        });
+            }
+        };
+        let server = FakeServer::start(addr, config, handler).await?;
         Ok(Self {
-            addr,
+            addr: server.addr,
             connections,
-            shutdown,
-            task,
+            server,
         })
     }
 
     /// The next link connection the subscriber opens.
     pub async fn accept(&mut self) -> TestResult<QueueConn> {
-        let ws = step(self.connections.recv())
+        let ws = within("the next link connection", self.connections.recv())
             .await?
             .ok_or("fake queue stopped")?;
         Ok(QueueConn {
@@ -116,9 +96,7 @@ impl FakeQueue {
 
     /// Stops listening (established connections the test holds stay open) and frees the port.
     pub async fn stop(self) -> TestResult {
-        self.shutdown.cancel();
-        step(self.task).await??;
-        Ok(())
+        Ok(self.server.stop().await?)
     }
 }
 
@@ -138,7 +116,9 @@ impl QueueConn {
     /// Reads one frame of records from the link, updating credit and acks.
     pub async fn read_records(&mut self) -> TestResult<Vec<PopRecord>> {
         loop {
-            let message = step(self.ws.next()).await?.ok_or("link closed")??;
+            let message = within("a frame from the link", self.ws.next())
+                .await?
+                .ok_or("link closed")??;
             let Message::Binary(frame) = message else {
                 continue;
             };
@@ -184,7 +164,11 @@ impl QueueConn {
             frame.deliver(*id, *redelivered, payload);
         }
         self.credit -= count;
-        step(self.ws.send(Message::Binary(frame.take()))).await??;
+        within(
+            "a delivery to be sent",
+            self.ws.send(Message::Binary(frame.take())),
+        )
+        .await??;
         Ok(())
     }
 
@@ -206,8 +190,7 @@ pub struct Subscriber {
     pub admin: SocketAddr,
     /// Its metrics.
     pub metrics: SubscriberMetrics,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), wsmq_subscriber::Error>>,
+    service: ServiceTask<wsmq_subscriber::Error>,
     dir: std::path::PathBuf,
 }
 
@@ -245,30 +228,20 @@ impl Subscriber {
         settings: Settings,
     ) -> TestResult<Self> {
         let config = Config {
-            service: ServiceArgs {
-                listen: "127.0.0.1:0".parse()?,
-                admin_listen: "127.0.0.1:0".parse()?,
-                server: ServerArgs {
-                    data_dir: dir.to_path_buf(),
-                    tls_cert: None,
-                    tls_key: None,
-                    users_file: None,
-                    users: Some(Secret::new(format!("{CLIENT_USER}:{CLIENT_PASSWORD}"))),
-                    allowed_origins: Vec::new(),
-                },
-                limits: Limits {
+            service: service_args(
+                dir,
+                Some(users(CLIENT_USER, CLIENT_PASSWORD)),
+                Limits {
                     drain_timeout: Duration::from_secs(3),
                     ..Limits::default()
                 },
-            },
-            link: LinkArgs {
-                queue_url: format!("wss://localhost:{}", queue.port()),
-                queue_user: Some(LINK_USER.into()),
-                queue_password: Some(Secret::new(LINK_PASSWORD)),
-                ca: None,
-                insecure: false,
-                backoff: wsmq_core::backoff::BackoffArgs::default(),
-            },
+            ),
+            link: link_args(
+                format!("wss://localhost:{}", queue.port()),
+                LINK_USER,
+                LINK_PASSWORD,
+                BackoffArgs::default(),
+            ),
             max_subscriptions: settings.max_subscriptions,
             client_queue: settings.client_queue,
             slow_client: settings.slow_client,
@@ -277,14 +250,11 @@ impl Subscriber {
         };
         let bound = wsmq_subscriber::bind(config).await?;
         let (addr, admin, metrics) = (bound.local_addr(), bound.admin_addr(), bound.metrics());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(bound.run(shutdown.clone()));
         Ok(Self {
             addr,
             admin,
             metrics,
-            shutdown,
-            task,
+            service: ServiceTask::spawn(|shutdown| bound.run(shutdown)),
             dir: dir.to_path_buf(),
         })
     }
@@ -299,70 +269,33 @@ impl Subscriber {
         self.client(None).await
     }
 
-    async fn client(&self, subprotocol: Option<&str>) -> TestResult<Client> {
-        let tls = tls::client_config(None, Some(&self.dir), false)?;
-        let credentials = Credentials::new(CLIENT_USER, Secret::new(CLIENT_PASSWORD));
-        let mut dialer = Dialer::new(
-            &format!("wss://localhost:{}", self.addr.port()),
-            credentials,
-            tls,
-        )?;
-        if let Some(subprotocol) = subprotocol {
-            dialer = dialer.with_subprotocol(subprotocol);
-        }
-        let (ws, negotiated) = dialer.dial(SUBSCRIBE_PATH).await?;
-        assert_eq!(negotiated.as_deref(), subprotocol);
+    async fn client(&self, subprotocol: Option<&'static str>) -> TestResult<Client> {
+        let url = format!("wss://localhost:{}", self.addr.port());
+        let credentials = credentials(CLIENT_USER, CLIENT_PASSWORD);
+        let dialer = dialer(&url, &self.dir, credentials, subprotocol)?;
+        let ws = connect(&dialer, SUBSCRIBE_PATH, subprotocol).await?;
         Ok(Client { ws })
     }
 
     /// HTTP status of `GET path` on the admin listener.
     pub async fn admin_status(&self, path: &str) -> TestResult<u16> {
-        let mut tcp = step(TcpStream::connect(self.admin)).await??;
-        tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await?;
-        let mut response = Vec::new();
-        step(tcp.read_to_end(&mut response)).await??;
-        let text = String::from_utf8_lossy(&response);
-        let status = text.split(' ').nth(1).ok_or("no status line")?;
-        Ok(status.parse()?)
+        Ok(http_status(self.admin, path).await?)
     }
 
     /// Waits (bounded) until `/readyz` answers `status`.
     pub async fn await_readyz(&self, status: u16) -> TestResult {
-        eventually(|| async {
-            self.admin_status("/readyz")
-                .await
-                .is_ok_and(|s| s == status)
-        })
-        .await
+        Ok(await_readyz(self.admin, status).await?)
     }
 
     /// Waits (bounded) for the subscriber to stop without being asked, returning what `run` returned.
     pub async fn stopped_on_its_own(self) -> TestResult<Result<(), wsmq_subscriber::Error>> {
-        Ok(step(self.task).await??)
+        Ok(self.service.stopped_on_its_own().await?)
     }
 
     /// Shuts the subscriber down and checks it stopped cleanly.
     pub async fn stop(self) -> TestResult {
-        self.shutdown.cancel();
-        step(self.task).await???;
-        Ok(())
+        Ok(self.service.stop().await?)
     }
-}
-
-/// Polls `condition` every few milliseconds until it holds, for at most [`STEP`]: for state that has no
-/// signal a test can await (compat clients get no confirmations).
-pub async fn eventually<F, Fut>(mut condition: F) -> TestResult
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    step(async {
-        while !condition().await {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
 }
 
 /// A subscriber client.
@@ -374,14 +307,16 @@ pub struct Client {
 impl Client {
     /// Sends a text frame.
     pub async fn send(&mut self, text: &str) -> TestResult {
-        step(self.ws.send(Message::text(text))).await??;
-        Ok(())
+        Ok(send_text(&mut self.ws, text).await?)
     }
 
     /// The next text frame.
     pub async fn recv(&mut self) -> TestResult<String> {
         loop {
-            match step(self.ws.next()).await?.ok_or("connection ended")?? {
+            match within("a text frame", self.ws.next())
+                .await?
+                .ok_or("connection ended")??
+            {
                 Message::Text(text) => return Ok(text.as_str().to_owned()),
                 Message::Close(frame) => return Err(format!("closed: {frame:?}").into()),
                 _ => {}
@@ -398,15 +333,6 @@ impl Client {
 
     /// Reads frames until a Close frame and returns its code (text frames before it are skipped).
     pub async fn close_code(&mut self) -> TestResult<CloseCode> {
-        loop {
-            match step(self.ws.next())
-                .await?
-                .ok_or("ended without a close frame")??
-            {
-                Message::Close(Some(frame)) => return Ok(frame.code),
-                Message::Close(None) => return Err("close frame without a code".into()),
-                _ => {}
-            }
-        }
+        Ok(close_code(&mut self.ws).await?)
     }
 }

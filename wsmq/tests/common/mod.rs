@@ -1,30 +1,24 @@
-//! Shared by the stack's tests: a configuration on port 0 with a temp data dir, bounded waits, a running stack
-//! that stops on demand, and a wsmq.v1 client.
+//! Shared by the stack's tests: a configuration on port 0 with a temp data dir, a running stack that stops on
+//! demand, and a wsmq.v1 client. Bounds, flags, dialing and frame readers come from `wsmq-testkit`.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::Path;
-use std::time::Duration;
 
-use futures_util::StreamExt;
-use tokio_util::sync::CancellationToken;
+use futures_util::SinkExt;
 use tungstenite::Message;
 use wsmq::{Config, Service, Stack};
-use wsmq_core::Secret;
-use wsmq_core::auth::Credentials;
-use wsmq_core::config::{LinkArgs, ServerArgs};
-use wsmq_core::dial::{ClientWs, Dialer};
+use wsmq_core::backoff::BackoffArgs;
+use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::ServerFrame;
+use wsmq_testkit::client::{connect, dialer, next_text};
+use wsmq_testkit::config::{credentials, link_args, loopback, server_args};
+use wsmq_testkit::service::ServiceTask;
 
-/// Bound on every await, so a bug fails a test instead of hanging CI.
-pub const STEP: Duration = Duration::from_secs(30);
-
-pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+/// The development user, which a stack on loopback accepts without configured users.
+const DEV_USER: &str = "hello";
+const DEV_PASSWORD: &str = "test";
 
 pub const ALL: &[Service] = &[Service::Msgqueue, Service::Publisher, Service::Subscriber];
 
@@ -32,46 +26,31 @@ pub const ALL: &[Service] = &[Service::Msgqueue, Service::Publisher, Service::Su
 /// stacks without it) authenticates as the dev user.
 pub fn config(data_dir: &Path, services: &[Service]) -> Config {
     Config {
-        msgqueue_listen: "127.0.0.1:0".parse().unwrap(),
-        publisher_listen: "127.0.0.1:0".parse().unwrap(),
-        subscriber_listen: "127.0.0.1:0".parse().unwrap(),
+        msgqueue_listen: loopback(),
+        publisher_listen: loopback(),
+        subscriber_listen: loopback(),
         admin_port: 0,
-        server: ServerArgs {
-            data_dir: data_dir.to_path_buf(),
-            tls_cert: None,
-            tls_key: None,
-            users_file: None,
-            users: None,
-            allowed_origins: Vec::new(),
-        },
+        server: server_args(data_dir, None),
         services: services.to_vec(),
-        link: LinkArgs {
-            queue_url: "wss://localhost:8080".into(),
-            queue_user: Some("hello".into()),
-            queue_password: Some(Secret::new("test")),
-            ca: None,
-            insecure: false,
-            backoff: wsmq_core::backoff::BackoffArgs::default(),
-        },
+        link: link_args(
+            "wss://localhost:8080".into(),
+            DEV_USER,
+            DEV_PASSWORD,
+            BackoffArgs::default(),
+        ),
     }
 }
 
 /// A stack serving in a task, stopped (and checked to stop cleanly) by [`Running::stop`].
-pub struct Running {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), wsmq::Error>>,
-}
+pub struct Running(ServiceTask<wsmq::Error>);
 
 impl Running {
     pub fn start(stack: Stack) -> Self {
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(stack.run(shutdown.clone()));
-        Self { shutdown, task }
+        Self(ServiceTask::spawn(|shutdown| stack.run(shutdown)))
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        within("stack shutdown", self.task).await.unwrap().unwrap();
+        self.0.stop().await.unwrap();
     }
 }
 
@@ -90,31 +69,29 @@ pub async fn start_edges(data_dir: &Path, queue_port: u16) -> (Running, u16, u16
 
 /// A wsmq.v1 client of the publisher or subscriber on `port`, as the dev user, trusting the dev CA in `data_dir`.
 pub async fn client(data_dir: &Path, port: u16, path: &str) -> ClientWs {
-    let tls = wsmq_core::tls::client_config(None, Some(data_dir), false).unwrap();
-    let dialer = Dialer::new(
-        &format!("wss://localhost:{port}"),
-        Credentials::new("hello", Secret::new("test")),
-        tls,
-    )
-    .unwrap()
-    .with_subprotocol(SUBPROTOCOL_V1);
-    within("dial", dialer.dial(path)).await.unwrap().0
+    let url = format!("wss://localhost:{port}");
+    let credentials = credentials(DEV_USER, DEV_PASSWORD);
+    let dialer = dialer(&url, data_dir, credentials, Some(SUBPROTOCOL_V1)).unwrap();
+    connect(&dialer, path, Some(SUBPROTOCOL_V1)).await.unwrap()
 }
 
 /// The next frame from publisher or subscriber, decoded; pings skipped. One bound covers the whole wait, so a
 /// frame that never comes fails the test even while the server keeps pinging.
 pub async fn next_frame(ws: &mut ClientWs) -> ServerFrame {
-    within("frame", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) => {
-                    return ServerFrame::parse(&text)
-                        .unwrap_or_else(|| panic!("unknown frame {text}"));
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    })
-    .await
+    let text = next_text(ws).await.unwrap();
+    ServerFrame::parse(&text).unwrap_or_else(|| panic!("unknown frame {text}"))
+}
+
+/// `sub <topic>` as a wsmq.v1 client, waiting for the confirmation.
+pub async fn subscribe(ws: &mut ClientWs, topic: &str) {
+    ws.send(Message::text(format!("sub {topic}")))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(ws).await, ServerFrame::Subscribed(topic.into()));
+}
+
+/// Publishes `content` on `topic` as a wsmq.v1 client, with `id` for the ack.
+pub async fn publish(ws: &mut ClientWs, topic: &str, content: &str, id: u64) {
+    let frame = serde_json::json!({ "Topic": topic, "Content": content, "Id": id }).to_string();
+    ws.send(Message::text(frame)).await.unwrap();
 }
