@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use wsmq_core::admin::Readiness;
 use wsmq_core::config::{LinkArgs, ServiceArgs};
 use wsmq_core::limits::parse_duration;
+use wsmq_core::protocol::group::{GroupName, PopQuery, StartAt};
 use wsmq_core::protocol::{SUBPROTOCOL_V1, SUBSCRIBE_PATH};
 use wsmq_core::server::{Accepted, Route};
 use wsmq_core::service::{self, Service, Setup};
@@ -83,6 +84,21 @@ pub struct Config {
     /// Deliveries msgqueue may send ahead of the subscriber's acks (the credit window).
     #[arg(long, env = "WSMQ_PREFETCH", default_value_t = 1024)]
     pub prefetch: u32,
+
+    /// Consumer group this instance reads msgqueue in. Every group gets every message, so instances in groups of
+    /// their own each route everything to their clients (instances sharing a group would split the stream). The
+    /// default, `<host name>-<listen port>`, differs between instances on one host (ports) and between containers
+    /// (host names) and stays the same across restarts, so a restarted instance resumes after its last ack.
+    /// 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+    #[arg(long, env = "WSMQ_GROUP")]
+    pub group: Option<GroupName>,
+}
+
+/// The group of an instance started without `--group`: `<host name>-<listen port>`, made a valid name.
+pub fn instance_group(listen: SocketAddr) -> GroupName {
+    let host = rustix::system::uname();
+    let host = host.nodename().to_string_lossy();
+    GroupName::sanitized(&format!("{host}-{}", listen.port()))
 }
 
 /// Why the subscriber could not start or stopped serving.
@@ -130,8 +146,18 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
             body: PAGE,
         },
     ];
+    let group = config
+        .group
+        .clone()
+        .unwrap_or_else(|| instance_group(args.listen));
+    tracing::info!(%group, "consuming in consumer group");
+    let pop = PopQuery {
+        group: Some(group),
+        start: StartAt::Tail,
+    };
     let link = PopLink {
         dialer,
+        path: pop.path(),
         router: router.clone(),
         prefetch: config.prefetch.max(1),
         slow_client_timeout: config.slow_client_timeout,

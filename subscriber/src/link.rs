@@ -24,9 +24,9 @@ use wsmq_core::admin::Condition;
 use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::dial::{ClientWs, Dialer};
 use wsmq_core::link::{self, Flow, Protocol, Start};
+use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::envelope::Envelope;
 use wsmq_core::protocol::queue::{FrameError, FrameReader, FrameWriter, NackReason, PopRecord};
-use wsmq_core::protocol::{POP_PATH, SUBPROTOCOL_V1};
 use wsmq_core::ws::CLOSE_TIMEOUT;
 
 use crate::metrics::SubscriberMetrics;
@@ -43,6 +43,8 @@ const ACK_FRAME_CAPACITY: usize = 4 * 1024;
 pub(crate) struct PopLink {
     /// Dials msgqueue with the link credentials, offering `wsmq.v1`.
     pub(crate) dialer: Dialer,
+    /// `/popmsg` with the consumer group's query.
+    pub(crate) path: String,
     /// Where deliveries go.
     pub(crate) router: Router,
     /// Deliveries msgqueue may send ahead of our acks (`--prefetch`).
@@ -72,7 +74,7 @@ impl Protocol for Consuming<'_> {
     type Error = LinkError;
 
     fn path(&self) -> &str {
-        POP_PATH
+        &self.link.path
     }
 
     /// Consumes until the connection fails; `Ok` only when `shutdown` ended it (the link then closes with 1001

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::Secret;
 use wsmq_core::config::{LinkArgs, ServerArgs, ServiceArgs};
+use wsmq_core::protocol::group::GroupName;
 use wsmq_core::supervise::{TaskFailure, catch_panic};
 
 /// Development credentials, as in ws-go. Accepted only while every listener is on loopback.
@@ -205,6 +206,12 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
         let subscriber = wsmq_subscriber::Config {
             service: service_args(config.subscriber_listen, admin(2), defaults.service),
             link: link(defaults.link),
+            // Alone with its msgqueue, the subscriber reads in the default group, which holds what was pushed
+            // before it connected; next to a remote msgqueue it is one instance among others.
+            group: defaults
+                .group
+                .clone()
+                .or_else(|| local_queue.is_some().then(GroupName::default_group)),
             ..defaults
         };
         Some(

@@ -247,6 +247,7 @@ impl Subscriber {
             slow_client: settings.slow_client,
             slow_client_timeout: settings.slow_client_timeout,
             prefetch: settings.prefetch,
+            group: None,
         };
         let bound = wsmq_subscriber::bind(config).await?;
         let (addr, admin, metrics) = (bound.local_addr(), bound.admin_addr(), bound.metrics());
