@@ -23,6 +23,7 @@ pub mod service;
 pub mod shutdown;
 pub mod supervise;
 pub mod tls;
+pub mod topic;
 pub mod ws;
 
 pub use secret::Secret;
