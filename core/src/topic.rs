@@ -206,6 +206,14 @@ impl Pattern {
         })
     }
 
+    /// `>`: every topic.
+    pub fn everything() -> Self {
+        Self {
+            text: REST.into(),
+            exact: false,
+        }
+    }
+
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -623,6 +631,7 @@ mod tests {
         assert!(pattern("@a.b").is_exact());
         assert!(!pattern("news.*").is_exact());
         assert!(!pattern("@*").is_exact());
+        assert_eq!(Pattern::everything(), pattern(">"));
         let bad = [
             ("news.>.x", SyntaxError::RestNotLast),
             ("news.>.>", SyntaxError::RestNotLast),
