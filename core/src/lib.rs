@@ -10,6 +10,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod backoff;
+pub mod callout;
 pub mod config;
 pub mod dial;
 pub mod http;
