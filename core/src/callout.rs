@@ -4,14 +4,16 @@
 //! On each new connection the edge POSTs JSON to the URL:
 //!
 //! ```json
-//! {"user": "alice", "password": "…", "remote_addr": "203.0.113.7:51234", "origin": "https://app.example", "service": "subscriber"}
+//! {"user": "alice", "password": "…", "remote_addr": "203.0.113.7:51234",
+//!  "origin": "https://app.example", "service": "subscriber"}
 //! ```
 //!
 //! (`token` instead of `password` for a bearer token; `origin` is `null` without an `Origin` header) and expects
 //! `200` with
 //!
 //! ```json
-//! {"allow": true, "permissions": {"publish": {"allow": ["chat.{user}.>"]}, "subscribe": {"allow": ["@{user}"]}}, "cache_ttl_secs": 60}
+//! {"allow": true, "cache_ttl_secs": 60,
+//!  "permissions": {"publish": {"allow": ["chat.{user}.>"]}, "subscribe": {"allow": ["@{user}"]}}}
 //! ```
 //!
 //! or `{"allow": false, "reason": "…"}`. `permissions` has the shape of one ACL entry ([`crate::acl`]); without it
@@ -127,7 +129,8 @@ pub enum SetupError {
 /// Why a connection was not let in.
 #[derive(Debug, thiserror::Error)]
 pub enum CalloutError {
-    /// The application refused the credentials, with its reason if it gave one (at most 200 characters).
+    /// The application refused the credentials, with its reason if it gave one (at most 200 characters, control
+    /// characters removed, as it may end up in a log line or a close frame).
     #[error("denied by the auth service: {}", .0.as_deref().unwrap_or("no reason given"))]
     Denied(Option<String>),
     /// No usable answer: the connection cannot be decided now (HTTP 503 at the edge).
@@ -296,9 +299,13 @@ impl AuthCallout {
             .await
             .map_err(|_| Unavailable::Timeout(self.0.timeout))??;
         if !reply.allow {
-            let reason = reply
-                .reason
-                .map(|reason| reason.chars().take(MAX_REASON_CHARS).collect());
+            let reason = reply.reason.map(|reason| {
+                reason
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_REASON_CHARS)
+                    .collect()
+            });
             return Err(CalloutError::Denied(reason));
         }
         let grant = Grant {

@@ -11,10 +11,11 @@
 //! valid pattern, and the one extra wildcard pattern `@*` matches every inbox and nothing else (an ACL can let
 //! everyone publish to every inbox without also allowing `*`).
 //!
-//! The text rules are those of [`validate_topic`](crate::protocol::envelope::validate_topic) (1 to
-//! [`MAX_TOPIC_LEN`](envelope::MAX_TOPIC_LEN) bytes, no whitespace or control characters); on top of them tokens are not empty, and `*`
-//! and `>` appear only as whole tokens, so every topic that can be published is also a valid exact pattern and
-//! can be subscribed to.
+//! The text rules are those of [`validate_topic`](envelope::validate_topic) (1 to
+//! [`MAX_TOPIC_LEN`](envelope::MAX_TOPIC_LEN) bytes, no whitespace or control characters); on top of them tokens
+//! are not empty, and `*` and `>` appear only as whole tokens, so every topic that can be published is also a
+//! valid exact pattern and can be subscribed to. This is stricter than the edges' check today: `a..b`, `news.`,
+//! `ne*ws` and `news.*` were accepted as topics and are not, as in NATS.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -34,8 +35,8 @@ const REST: &str = ">";
 /// What is wrong with a topic or a pattern. Messages name the rule that is broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SyntaxError {
-    /// The text rules shared with the ws-go envelope: empty, over [`MAX_TOPIC_LEN`](envelope::MAX_TOPIC_LEN) bytes, whitespace or control
-    /// characters.
+    /// The text rules shared with the ws-go envelope: empty, over
+    /// [`MAX_TOPIC_LEN`](envelope::MAX_TOPIC_LEN) bytes, whitespace or control characters.
     #[error(transparent)]
     Text(#[from] envelope::TopicError),
     /// Two dots in a row, or a dot at either end.
@@ -339,7 +340,8 @@ fn check(text: &str) -> Result<Shape, SyntaxError> {
 /// only the branches whose prefix matches the topic (the literal child, the `*` child, and the `>` values of
 /// each node on the way), so its cost grows with the topic's tokens and the wildcards along its path, never with
 /// the number of patterns. Its recursion is as deep as the topic has tokens (at most 129, as topics are at most
-/// [`MAX_TOPIC_LEN`](envelope::MAX_TOPIC_LEN) bytes). Nodes left empty by [`PatternTrie::remove`] are freed, so churn does not leak.
+/// [`MAX_TOPIC_LEN`](envelope::MAX_TOPIC_LEN) bytes). Nodes left empty by [`PatternTrie::remove`] are freed, so
+/// churn does not leak.
 pub struct PatternTrie<V> {
     exact: HashMap<Box<str>, HashSet<V>>,
     wild: Node<V>,

@@ -169,14 +169,17 @@ async fn an_allowed_connection_sends_the_contract_and_gets_a_grant() {
 
 #[tokio::test]
 async fn a_denial_carries_the_reason_and_is_not_cached() {
-    let server =
-        AuthServer::answering(r#"{"allow":false,"reason":"account locked","cache_ttl_secs":60}"#)
-            .await;
+    let server = AuthServer::answering(
+        r#"{"allow":false,"reason":"account\u0007 locked","cache_ttl_secs":60}"#,
+    )
+    .await;
     let client = server.client();
     let secret = Secret::new("pw");
     for expected_requests in 1..=2 {
         match client.authorize(&request("alice", &secret)).await {
-            Err(CalloutError::Denied(Some(reason))) => assert_eq!(reason, "account locked"),
+            Err(CalloutError::Denied(Some(reason))) => {
+                assert_eq!(reason, "account locked", "control characters are removed");
+            }
             other => panic!("expected a denial, got {other:?}"),
         }
         assert_eq!(server.requests(), expected_requests);
@@ -186,7 +189,9 @@ async fn a_denial_carries_the_reason_and_is_not_cached() {
 #[tokio::test]
 async fn permissions_in_the_reply_are_resolved_for_the_user() {
     let server = AuthServer::answering(
-        r#"{"allow":true,"permissions":{"publish":{"allow":["chat.{user}.>"],"deny":["chat.{user}.admin"]},"subscribe":{"allow":["@{user}","chat.>"]}}}"#,
+        r#"{"allow":true,"permissions":{
+            "publish":{"allow":["chat.{user}.>"],"deny":["chat.{user}.admin"]},
+            "subscribe":{"allow":["@{user}","chat.>"]}}}"#,
     )
     .await;
     let secret = Secret::new("pw");
