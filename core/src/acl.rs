@@ -23,8 +23,9 @@
 //! ```
 //!
 //! - **Who gets what.** A user's permissions are the union of their `[users.<name>]` entry and the entries of
-//!   every group whose `members` names them. A user with neither gets `[defaults]` (none at all if the file has no
-//!   `[defaults]`).
+//!   every group whose `members` names them (quote names with dots: `[users."bob@example.com"]`). A user with
+//!   neither gets `[defaults]` (none at all if the file has no `[defaults]`); `[defaults]` is not added to named
+//!   users.
 //! - **Allow and deny.** Each entry has `publish` and `subscribe`, each with `allow` and `deny` lists of patterns
 //!   (see [`crate::topic`]: `*` one token, `>` the rest, `@*` any inbox). Deny wins over allow.
 //! - **Publishing** to a topic is allowed when an allow pattern matches it and no deny pattern does.
