@@ -811,6 +811,21 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_file_text_is_parsed_or_refused_without_panicking(
+            source in "(\\[?(defaults|users\\.a|groups\\.g)\\]?\n|(publish|subscribe)\\.(allow|deny) = \\[\"[a-c.*>@{}user]{0,12}\"\\]\n|members = \\[\"a\"\\]\n|\\PC{0,20}){0,6}",
+        ) {
+            if let Ok(acl) = Acl::parse(&source, Path::new("fuzz.toml")) {
+                for user in ["a", "b.c", "*", "@x", ""] {
+                    let permissions = acl.permissions(user);
+                    permissions.can_publish(Topic::parse("a.b").unwrap());
+                    permissions.can_subscribe(&Pattern::parse("a.>").unwrap());
+                }
+            }
+        }
+    }
+
     #[test]
     fn entries_deserialize_from_json_as_the_callout_sends_them() {
         let entry: Entry = serde_json::from_str(

@@ -849,6 +849,21 @@ mod tests {
 
     proptest! {
         #[test]
+        fn any_text_parses_or_is_refused_and_every_topic_is_an_exact_pattern_matching_itself(
+            text in "[a-c.*>@ {}\t]{0,12}|\\PC{0,300}",
+        ) {
+            let as_pattern = Pattern::parse(&text);
+            if let Ok(topic) = Topic::parse(&text) {
+                let pattern = as_pattern.expect("every topic is a pattern");
+                prop_assert!(pattern.is_exact() && pattern.matches(topic));
+                prop_assert!(pattern.covers(&pattern) && pattern.overlaps(&pattern));
+                prop_assert_eq!(Pattern::from(topic), pattern);
+            } else if let Ok(pattern) = as_pattern {
+                prop_assert!(!pattern.is_exact(), "{} is a pattern but not a topic", text);
+            }
+        }
+
+        #[test]
         fn matcher_agrees_with_the_naive_model(p in arb_pattern(), t in arb_topic()) {
             prop_assert_eq!(pattern(&p).matches(topic(&t)), model_matches(&p, &t));
         }
