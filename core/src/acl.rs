@@ -53,6 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -465,6 +466,9 @@ pub struct LiveAcl(Arc<LiveInner>);
 struct LiveInner {
     path: PathBuf,
     current: ArcSwap<Acl>,
+    /// The stamp of the file version last read (taken just before reading it), valid or not: the watcher
+    /// reloads when the file's stamp differs from it.
+    read: Mutex<Option<FileStamp>>,
     generation: watch::Sender<u64>,
     failed_reloads: AtomicU64,
 }
@@ -482,10 +486,12 @@ impl LiveAcl {
     /// Loads the file at start-up; fails if it is unreadable or invalid. Blocking.
     pub fn load(path: impl Into<PathBuf>) -> Result<Self, AclError> {
         let path = path.into();
+        let read = stamp(&path);
         let acl = Acl::load(&path)?;
         Ok(Self(Arc::new(LiveInner {
             path,
             current: ArcSwap::from_pointee(acl),
+            read: Mutex::new(read),
             generation: watch::Sender::new(0),
             failed_reloads: AtomicU64::new(0),
         })))
@@ -521,6 +527,7 @@ impl LiveAcl {
     /// if it is the same; on error the previous ACL stays in force and the failure is counted. Blocking; logs
     /// nothing (the caller does).
     pub fn reload(&self) -> Result<bool, AclError> {
+        *self.0.read.lock() = stamp(&self.0.path);
         let acl = Acl::load(&self.0.path).inspect_err(|_| {
             self.0.failed_reloads.fetch_add(1, Ordering::Relaxed);
         })?;
@@ -546,28 +553,24 @@ impl LiveAcl {
         let mut hangup = signal(SignalKind::hangup())?;
         let live = self.clone();
         Ok(async move {
-            let mut seen = stamp(&live.0.path).await;
-            let mut pending = None;
+            let mut settle = Settle::default();
             let mut ticker = tokio::time::interval(poll_interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     _ = hangup.recv() => {
-                        seen = stamp(&live.0.path).await;
-                        pending = None;
+                        settle = Settle::default();
                         live.reload_logged("SIGHUP").await;
                     }
                     _ = ticker.tick() => {
-                        let now = stamp(&live.0.path).await;
-                        if now == seen {
-                            pending = None;
-                        } else if pending == Some(now) {
-                            seen = now;
-                            pending = None;
+                        let path = live.0.path.clone();
+                        let Ok(now) = tokio::task::spawn_blocking(move || stamp(&path)).await else {
+                            continue;
+                        };
+                        let read = *live.0.read.lock();
+                        if settle.observe(now, read) {
                             live.reload_logged("file changed").await;
-                        } else {
-                            pending = Some(now);
                         }
                     }
                 }
@@ -592,9 +595,27 @@ impl LiveAcl {
     }
 }
 
-async fn stamp(path: &Path) -> Option<FileStamp> {
+/// Decides when a changed file is loaded: once its stamp differs from the version last read and has stayed the
+/// same for one poll, so a file caught half-written (truncated, then written) is not loaded.
+#[derive(Debug, Default)]
+struct Settle {
+    /// A changed stamp seen at the previous poll, waiting to be seen again.
+    pending: Option<Option<FileStamp>>,
+}
+
+impl Settle {
+    /// Takes the stamp seen now and the one of the version last read; true when the file should be loaded.
+    fn observe(&mut self, now: Option<FileStamp>, read: Option<FileStamp>) -> bool {
+        let settled = now != read && self.pending == Some(now);
+        self.pending = (now != read && !settled).then_some(now);
+        settled
+    }
+}
+
+/// The file's stamp, `None` if it cannot be read. Blocking (one `stat`).
+fn stamp(path: &Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt as _;
-    let metadata = tokio::fs::metadata(path).await.ok()?;
+    let metadata = std::fs::metadata(path).ok()?;
     Some(FileStamp {
         modified: metadata.modified().ok(),
         len: metadata.len(),
@@ -824,6 +845,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_changed_file_is_loaded_once_its_stamp_has_settled() {
+        let stamp = |len| {
+            Some(FileStamp {
+                modified: None,
+                len,
+                inode: 1,
+            })
+        };
+        let (loaded, half_written, complete) = (stamp(10), stamp(3), stamp(20));
+        let mut settle = Settle::default();
+        assert!(!settle.observe(loaded, loaded), "unchanged");
+        assert!(
+            !settle.observe(half_written, loaded),
+            "changed: wait one poll"
+        );
+        assert!(
+            !settle.observe(complete, loaded),
+            "changed again: wait again"
+        );
+        assert!(
+            settle.observe(complete, loaded),
+            "the same for one poll: load"
+        );
+        assert!(!settle.observe(complete, complete), "loaded");
+        assert!(
+            !settle.observe(None, complete),
+            "the file vanished: wait one poll"
+        );
+        assert!(
+            settle.observe(None, complete),
+            "still gone: try it (and fail, keeping the ACL)"
+        );
+        assert!(!settle.observe(None, None), "tried");
     }
 
     #[test]
