@@ -5,10 +5,12 @@
 //! configuration flags, graceful shutdown and telemetry, so that all services behave alike and an operator
 //! learns one set of flags.
 
+pub mod acl;
 pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod backoff;
+pub mod callout;
 pub mod config;
 pub mod dial;
 pub mod http;
@@ -23,6 +25,7 @@ pub mod service;
 pub mod shutdown;
 pub mod supervise;
 pub mod tls;
+pub mod topic;
 pub mod ws;
 
 pub use secret::Secret;
