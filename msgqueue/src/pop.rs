@@ -94,7 +94,7 @@ async fn serve_consumer(
                         Ok(Some(PopRecord::Credit { n })) => consumer.grant(n),
                         Ok(Some(PopRecord::Ack { id })) => acks.push(id),
                         Ok(Some(PopRecord::Nack { id, reason })) => {
-                            conn.queue.nack(id, reason);
+                            consumer.nack(id, reason);
                         }
                         Err(err) => {
                             tracing::debug!(%err, "malformed pop frame");
