@@ -72,10 +72,14 @@ pub struct Bound {
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let tls = config.server.tls_config()?;
     let auth = config.server.authenticator()?;
-    let (queue, recovery) = Queue::open(
+    let (backend, options) = (
         config.queue.backend(&config.server.data_dir),
         config.queue.options(),
-    )?;
+    );
+    // Recovery reads the whole log: off the async workers.
+    let (queue, recovery) = tokio::task::spawn_blocking(move || Queue::open(backend, options))
+        .await
+        .map_err(|_| QueueError::Closed)??;
     if !recovery.truncated.is_empty() {
         for cut in &recovery.truncated {
             tracing::warn!(segment = %cut.segment.display(), position = cut.position, dropped_bytes = cut.dropped_bytes,
@@ -113,6 +117,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let mut server = ServerConfig::new(tls, auth, limits, routes);
     server.metrics = listener_metrics;
     server.allowed_origins = config.server.allowed_origins.clone();
+    server.query_check = Some(pop::check_query);
 
     let (listener, _) = service::bind(config.listen).await?;
     let (admin, _) = service::bind(config.admin_listen).await?;
