@@ -161,6 +161,7 @@ async fn a_message_one_group_nacks_is_a_dead_letter_there_and_still_delivered_to
     let letters = queue.dead_letters();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].id, got[0].id);
+    assert_eq!(letters[0].group, "picky", "a dead letter records its group");
     assert_eq!(seqs(&take(&mut other, 2).await), vec![0, 1]);
     let stats = queue.stats();
     let lag = |name: &str| stats.groups.iter().find(|g| g.name == name).map(|g| g.lag);

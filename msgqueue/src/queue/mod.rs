@@ -404,6 +404,7 @@ impl Unlogged {
         for letter in &self.letters {
             tracing::warn!(
                 id = letter.id,
+                group = %letter.group,
                 bytes = letter.size,
                 deliveries = letter.deliveries,
                 reason = letter.reason.as_str(),
@@ -645,8 +646,9 @@ impl State {
         deliveries: u32,
         reason: DeadReason,
     ) {
-        let letter = DeadLetter::now(offset, reason, deliveries, payload.len());
-        self.unlogged.letters.push(letter);
+        let name = self.group(group).map_or(DEFAULT_GROUP, |g| &*g.name);
+        let letter = DeadLetter::now(offset, reason, deliveries, payload.len(), name);
+        self.unlogged.letters.push(letter.clone());
         match reason {
             DeadReason::Nacked(_) => self.stats.dead_nacked += 1,
             DeadReason::MaxDeliveries => self.stats.dead_max_deliveries += 1,

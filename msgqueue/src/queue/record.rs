@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::Producer;
+use super::{DEFAULT_GROUP, Producer};
 
 /// Bytes before a record's kind: length and checksum.
 pub(crate) const HEADER_LEN: usize = 8;
@@ -42,6 +42,8 @@ const KIND_GROUP: u8 = 7;
 const KIND_GROUP_DROPPED: u8 = 8;
 /// Every live group with its ack floor, written after the snapshot at the head of each segment.
 const KIND_GROUPS: u8 = 9;
+/// A dead letter of a group other than `default` (whose dead letters keep the original [`KIND_DEAD`] form).
+const KIND_DEAD_IN_GROUP: u8 = 10;
 /// The id of the group named `default`, which exists from the first open (a log written before groups existed
 /// holds only its acks).
 pub(crate) const DEFAULT_GROUP_ID: u32 = 0;
@@ -77,7 +79,7 @@ pub(crate) enum Record<'a> {
 }
 
 /// What a dead-letter record says about its message, besides the payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DeadHeader {
     /// The message's offset when it died.
     pub(crate) id: u64,
@@ -87,18 +89,30 @@ pub(crate) struct DeadHeader {
     pub(crate) deliveries: u32,
     /// When it died, in milliseconds since the Unix epoch.
     pub(crate) time_ms: u64,
+    /// The consumer group that gave up on it.
+    pub(crate) group: String,
 }
 
 /// Encodes a dead-letter record.
 pub(crate) fn encode_dead(buf: &mut Vec<u8>, header: &DeadHeader, payload: &[u8]) {
     let start = buf.len();
-    buf.reserve(HEADER_LEN + 1 + DEAD_FIXED + payload.len());
+    buf.reserve(HEADER_LEN + 2 + DEAD_FIXED + header.group.len() + payload.len());
     buf.extend_from_slice(&[0; HEADER_LEN]);
-    buf.push(KIND_DEAD);
+    let in_group = header.group != DEFAULT_GROUP;
+    buf.push(if in_group {
+        KIND_DEAD_IN_GROUP
+    } else {
+        KIND_DEAD
+    });
     buf.extend_from_slice(&header.id.to_le_bytes());
     buf.push(header.reason);
     buf.extend_from_slice(&header.deliveries.to_le_bytes());
     buf.extend_from_slice(&header.time_ms.to_le_bytes());
+    if in_group {
+        let name = &header.group.as_bytes()[..header.group.len().min(MAX_GROUP_NAME)];
+        buf.push(name.len() as u8);
+        buf.extend_from_slice(name);
+    }
     buf.extend_from_slice(payload);
     finish(buf, start);
 }
@@ -346,12 +360,21 @@ fn decode(bytes: &[u8]) -> Option<Record<'_>> {
                 groups: None,
             }))
         }
-        KIND_DEAD => {
+        kind @ (KIND_DEAD | KIND_DEAD_IN_GROUP) => {
+            let (id, reason, deliveries, time_ms) =
+                (body.u64()?, body.u8()?, body.u32()?, body.u64()?);
+            let group = if kind == KIND_DEAD {
+                DEFAULT_GROUP.to_owned()
+            } else {
+                let len = usize::from(body.u8()?);
+                std::str::from_utf8(body.take(len)?).ok()?.to_owned()
+            };
             let header = DeadHeader {
-                id: body.u64()?,
-                reason: body.u8()?,
-                deliveries: body.u32()?,
-                time_ms: body.u64()?,
+                id,
+                reason,
+                deliveries,
+                time_ms,
+                group,
             };
             Some(Record::Dead(header, body.0))
         }
@@ -532,9 +555,15 @@ mod tests {
             reason: 16,
             deliveries: 5,
             time_ms: 1_700_000_000_000,
+            group: DEFAULT_GROUP.to_owned(),
+        };
+        let in_group = DeadHeader {
+            group: "audit".to_owned(),
+            ..header.clone()
         };
         let mut buf = Vec::new();
         encode_dead(&mut buf, &header, b"poison");
+        encode_dead(&mut buf, &in_group, b"other");
         encode_dead_removed(&mut buf, &[42, 7]);
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&buf).unwrap();
@@ -545,6 +574,11 @@ mod tests {
             panic!("expected a dead letter");
         };
         assert_eq!((read, payload), (header, &b"poison"[..]));
+        let Step::Record(Record::Dead(read, payload), pos) = reader.next(pos, limit).unwrap()
+        else {
+            panic!("expected a dead letter of a group");
+        };
+        assert_eq!((read, payload), (in_group, &b"other"[..]));
         let Step::Record(Record::DeadRemoved(ids), _) = reader.next(pos, limit).unwrap() else {
             panic!("expected a removal");
         };
