@@ -305,10 +305,15 @@ async fn a_group_idle_beyond_the_ttl_is_dropped_and_counted_and_comes_back_at_th
     );
     assert_eq!(stats.depth, 0, "nothing pins the log any more");
     let metrics = reqwest_metrics(&mq).await;
-    assert!(
-        metrics.contains("wsmq_msgqueue_queue_groups_dropped_total 2"),
-        "{metrics}"
-    );
+    for line in [
+        "wsmq_msgqueue_queue_groups_dropped_total 2",
+        "wsmq_msgqueue_queue_group_consumers{group=\"keeper\"} 1",
+        "wsmq_msgqueue_queue_group_lag{group=\"keeper\"} 0",
+        "wsmq_msgqueue_queue_group_lag_bytes{group=\"keeper\"} 0",
+        "wsmq_msgqueue_queue_group_redelivered_total{group=\"keeper\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     let mut idler = Consumer::connect_to(&mq.dialer(true), &group_path("idler"), 64).await;
     push_acked(&mq, 1, 11, 12).await;
     assert_eq!(

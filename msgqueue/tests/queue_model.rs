@@ -1,7 +1,8 @@
 //! Property test of the log and its consumer groups against a plain in-memory model, on the disk backend with tiny
 //! segments and memory budget (so segments roll, get deleted and the backlog is read back), with crash-and-reopen
-//! (the queue dropped without `close`) at random points: no durably acked push is lost, and no group ever sees a
-//! gap or a reorder; a message may come again only if its group had not durably acked it.
+//! at random points: the queue is dropped without `close`, and whatever its last segment got after the last
+//! durable push (lazily written acks) is cut at a random byte, as a crash can leave it. No durably acked push is
+//! lost, and no group ever sees a gap or a reorder; a message comes again only if its ack may have been lost.
 
 mod queue_common;
 
@@ -23,8 +24,9 @@ enum Op {
     Push(u8),
     /// Attach a consumer to group `group`, take up to `take` deliveries, ack them if `ack`, detach.
     Consume { group: usize, take: u8, ack: bool },
-    /// Drop the queue without closing it and open the directory again.
-    Crash,
+    /// Drop the queue without closing it, cut what was written after the last durable push at this fraction
+    /// (of 256) and open the directory again.
+    Crash(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -32,7 +34,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (1u8..40).prop_map(Op::Push),
         4 => (0..GROUPS.len(), 1u8..50, prop::bool::weighted(0.7))
             .prop_map(|(group, take, ack)| Op::Consume { group, take, ack }),
-        1 => Just(Op::Crash),
+        1 => any::<u8>().prop_map(Op::Crash),
     ]
 }
 
@@ -129,6 +131,39 @@ async fn collect(
     out
 }
 
+/// The last segment file and its length: everything in it up to there is durable once recorded after a
+/// `wait_durable`.
+fn durable_point(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
+    let last = queue_common::segment_files(dir)
+        .pop()
+        .expect("a segment exists");
+    let len = std::fs::metadata(&last).expect("stat").len();
+    (last, len)
+}
+
+/// Waits until the dropped queue's writer released the directory, then cuts the last segment between its durable
+/// point and its end.
+fn tear(dir: &std::path::Path, durable: &(std::path::PathBuf, u64), fraction: u8) {
+    let lock = std::fs::File::open(dir.join("LOCK")).expect("lock file");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lock.try_lock().is_err() {
+        assert!(std::time::Instant::now() < deadline, "writer never let go");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(lock);
+    let (path, durable_len) = durable;
+    if queue_common::segment_files(dir).last() != Some(path) {
+        return;
+    }
+    let len = std::fs::metadata(path).expect("stat").len();
+    let cut = durable_len + (len.saturating_sub(*durable_len)) * u64::from(fraction) / 256;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(cut))
+        .expect("cut the segment");
+}
+
 async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut queue = reopen(dir.path());
@@ -147,6 +182,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 .expect("join"),
         );
     }
+    let mut durable = durable_point(dir.path());
     for op in ops {
         match op {
             Op::Push(count) => {
@@ -164,6 +200,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 if let Some(token) = last {
                     queue.wait_durable(token).await.expect("durable");
+                    durable = durable_point(dir.path());
                     // Acks appended before this push are durable with it.
                     for acks in &mut model.fresh_acks {
                         acks.clear();
@@ -252,9 +289,11 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 drop(consumer);
             }
-            Op::Crash => {
+            Op::Crash(fraction) => {
                 drop(queue);
+                tear(dir.path(), &durable, fraction);
                 queue = reopen(dir.path());
+                durable = durable_point(dir.path());
                 // Delivery counts live in memory.
                 for group in &mut model.groups {
                     for entry in group.values_mut() {
