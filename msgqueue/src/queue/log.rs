@@ -1315,6 +1315,41 @@ mod tests {
     }
 
     #[test]
+    fn a_log_written_before_groups_existed_recovers_its_unacked_messages_in_the_default_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Vec::new();
+        record::encode_snapshot(&mut first, &Snapshot::default());
+        for offset in 0..4 {
+            record::encode_message(&mut first, offset, None, b"m");
+        }
+        record::encode_acks(&mut first, DEFAULT_GROUP_ID, &mut [0, 2]);
+        fs::write(segment_path(dir.path(), 0), &first).unwrap();
+        let mut second = Vec::new();
+        let head = Snapshot {
+            next_offset: 4,
+            floor: 1,
+            producers: vec![(9, 3)],
+            groups: None,
+        };
+        record::encode_snapshot(&mut second, &head);
+        record::encode_message(&mut second, 4, None, b"m");
+        fs::write(segment_path(dir.path(), 4), &second).unwrap();
+
+        let mut segments = list_segments(dir.path()).unwrap();
+        let recovered = recover(&mut segments).unwrap();
+        assert_eq!(recovered.groups.len(), 1);
+        let group = &recovered.groups[0];
+        assert_eq!(
+            (group.id, group.name.as_str()),
+            (DEFAULT_GROUP_ID, DEFAULT_GROUP)
+        );
+        assert_eq!((group.messages, group.first_unacked), (3, 1), "1, 3 and 4");
+        assert!(group.acked.contains(2));
+        assert_eq!(recovered.next_group_id, DEFAULT_GROUP_ID + 1);
+        assert_eq!(recovered.producers, vec![(9, 3)]);
+    }
+
+    #[test]
     fn an_ack_of_an_offset_not_yet_assigned_does_not_swallow_the_next_message() {
         let dir = tempfile::tempdir().unwrap();
         let mut buf = Vec::new();
