@@ -91,7 +91,13 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Where connection counts and rejections are recorded.
     pub metrics: ListenerMetrics,
+    /// Checks the query string of a WebSocket handshake (`path`, query without `?`) before the upgrade: an
+    /// `Err` is answered `400` with its text as the body. `None` ignores queries.
+    pub query_check: Option<QueryCheck>,
 }
+
+/// A service's validation of handshake query strings; see [`ServerConfig::query_check`].
+pub type QueryCheck = fn(path: &str, query: &str) -> Result<(), String>;
 
 impl ServerConfig {
     /// A configuration with the default origin allow-list and unregistered metrics; set the public fields to
@@ -109,6 +115,7 @@ impl ServerConfig {
             routes,
             allowed_origins: Vec::new(),
             metrics: ListenerMetrics::default(),
+            query_check: None,
         }
     }
 }
@@ -125,6 +132,9 @@ pub struct Accepted {
     pub user: String,
     /// The negotiated subprotocol, e.g. `Some("wsmq.v1")`; `None` is compat mode (plain frames, as ws-go).
     pub subprotocol: Option<&'static str>,
+    /// The handshake's query string without `?` (empty when none), already accepted by
+    /// [`ServerConfig::query_check`].
+    pub query: String,
     /// Cancelled when the listener shuts down; the handler then closes the WebSocket with 1001 and returns.
     pub shutdown: CancellationToken,
 }
@@ -261,6 +271,7 @@ impl Rejection {
 struct Upgraded {
     ws: ServerWs,
     path: &'static str,
+    query: String,
     user: String,
     subprotocol: Option<&'static str>,
     permit: OwnedSemaphorePermit,
@@ -315,6 +326,7 @@ where
         path: upgraded.path,
         user: upgraded.user,
         subprotocol: upgraded.subprotocol,
+        query: upgraded.query,
         shutdown,
     });
     (handler, upgraded.permit)
@@ -463,6 +475,12 @@ async fn handshake<H>(
             return Err(refuse(&mut tls, response, RejectReason::Auth, failure).await);
         }
     };
+    if let Some(check) = shared.config.query_check
+        && let Err(problem) = check(path, &head.query)
+    {
+        let response = Response::text(400, format!("{problem}\n"));
+        return Err(refuse(&mut tls, response, RejectReason::BadRequest, problem).await);
+    }
     let subprotocol = offered_subprotocols(&head)
         .filter(|offered| !offered.starts_with(AUTH_SUBPROTOCOL_PREFIX))
         .find_map(|offered| {
@@ -489,6 +507,7 @@ async fn handshake<H>(
     Ok(Some(Upgraded {
         ws,
         path,
+        query: head.query,
         user,
         subprotocol,
         permit,

@@ -22,7 +22,7 @@ use crate::auth::{AuthError, Authenticator};
 use crate::config::{LinkConfigError, ServiceArgs};
 use crate::limits::Limits;
 use crate::metrics::ListenerMetrics;
-use crate::server::{Accepted, Route, ServeError, ServerConfig, serve};
+use crate::server::{Accepted, QueryCheck, Route, ServeError, ServerConfig, serve};
 use crate::supervise::{Supervisor, TaskFailure};
 use crate::tls::TlsError;
 
@@ -91,6 +91,9 @@ pub trait Service: Send + 'static {
     const ADMIN_TASK: &'static str;
     /// What the service hands each connection: shared, cheap to clone.
     type Context: Clone + Send + Sync + 'static;
+    /// Validates handshake query strings before the upgrade (msgqueue: the consumer group on `/popmsg`); `None`
+    /// ignores them.
+    const QUERY_CHECK: Option<QueryCheck> = None;
 
     /// Endpoints the service adds to its admin listener (msgqueue: the dead letters).
     fn admin_routes(&self) -> Option<Arc<dyn AdminRoutes>> {
@@ -157,6 +160,7 @@ impl Setup {
         let mut server = ServerConfig::new(self.tls, self.auth, limits, routes);
         server.metrics = self.listener_metrics;
         server.allowed_origins = args.server.allowed_origins.clone();
+        server.query_check = S::QUERY_CHECK;
         Ok(Bound {
             listener,
             admin,

@@ -30,8 +30,9 @@ pub struct QueueArgs {
     #[arg(long, env = "WSMQ_FSYNC", default_value = "always")]
     pub fsync: FsyncPolicy,
 
-    /// Capacity: unacked message bytes the queue holds. When full, reliable pushes are rejected with "queue
-    /// full" and compat pushers are not read until there is room; nothing stored is ever dropped.
+    /// Capacity: message bytes the log holds for the slowest consumer group (what it has not acked). When full,
+    /// reliable pushes are rejected with "queue full" and compat pushers are not read until there is room;
+    /// nothing stored is ever dropped.
     #[arg(long, env = "WSMQ_MAX_QUEUE_BYTES", default_value_t = 1 << 30)]
     pub max_queue_bytes: u64,
 
@@ -56,6 +57,11 @@ pub struct QueueArgs {
     /// Dead letters kept (see `GET /deadletters` on the admin listener); beyond it the oldest is dropped.
     #[arg(long, env = "WSMQ_MAX_DEAD_LETTERS", default_value_t = 10_000)]
     pub max_dead_letters: usize,
+
+    /// How long a consumer group (`/popmsg?group=…`, `default` included) may have no consumer before it is
+    /// dropped, so an abandoned group cannot pin the log forever; if it comes back it starts at the tail.
+    #[arg(long, env = "WSMQ_GROUP_IDLE_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub group_idle_ttl: Duration,
 }
 
 impl Default for QueueArgs {
@@ -70,6 +76,7 @@ impl Default for QueueArgs {
             segment_size: defaults.segment_size,
             max_deliveries: defaults.max_deliveries,
             max_dead_letters: defaults.max_dead_letters,
+            group_idle_ttl: defaults.group_idle_ttl,
         }
     }
 }
@@ -95,6 +102,7 @@ impl QueueArgs {
             segment_size: self.segment_size,
             max_deliveries: self.max_deliveries,
             max_dead_letters: self.max_dead_letters,
+            group_idle_ttl: self.group_idle_ttl,
             ..QueueOptions::default()
         }
     }

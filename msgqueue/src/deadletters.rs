@@ -72,6 +72,7 @@ fn list(queue: &Queue) -> Response {
                 "deliveries": d.deliveries,
                 "size": d.size,
                 "time_ms": d.time_ms,
+                "group": d.group,
             })
         })
         .collect();

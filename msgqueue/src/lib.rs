@@ -21,7 +21,7 @@ use wsmq_core::admin::{AdminRoutes, Condition};
 use wsmq_core::limits::{Limits, QueueLimits};
 use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::{POP_PATH, PUSH_PATH, SUBPROTOCOL_V1};
-use wsmq_core::server::{Accepted, Route};
+use wsmq_core::server::{Accepted, QueryCheck, Route};
 use wsmq_core::service::{self, Service, Setup};
 use wsmq_core::supervise::Supervisor;
 
@@ -48,11 +48,15 @@ struct Msgqueue {
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let args = &config.service;
     let mut setup = Setup::new(Msgqueue::NAME, args)?;
-    let (queue, recovery) = Queue::open(
+    let (backend, options) = (
         config.queue.backend(&args.server.data_dir),
         config.queue.options(),
-    )
-    .map_err(Error::Service)?;
+    );
+    // Recovery reads the whole log: off the async workers.
+    let (queue, recovery) = tokio::task::spawn_blocking(move || Queue::open(backend, options))
+        .await
+        .map_err(|_| Error::Service(QueueError::Closed))?
+        .map_err(Error::Service)?;
     for cut in &recovery.truncated {
         tracing::warn!(segment = %cut.segment.display(), position = cut.position, dropped_bytes = cut.dropped_bytes,
             "truncated a torn or corrupt log tail");
@@ -129,6 +133,7 @@ impl Service for Msgqueue {
     const NAME: &'static str = "msgqueue";
     const ADMIN_TASK: &'static str = "msgqueue admin listener";
     type Context = ConnectionContext;
+    const QUERY_CHECK: Option<QueryCheck> = Some(pop::check_query);
 
     fn admin_routes(&self) -> Option<Arc<dyn AdminRoutes>> {
         Some(deadletters::DeadLetterRoutes::new(self.queue.clone()))

@@ -2,15 +2,17 @@
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::queue::Queue;
+use crate::queue::{GroupStats, Queue, QueueStats};
 
 /// Registers the queue's gauges (depth, bytes, in-flight leases, consumers, dead letters) and counters (pushed,
 /// duplicates, delivered, acked, redelivered, lease expiries, full and no-space rejections, dead-lettered,
-/// evicted and replayed dead letters) under `queue_`.
+/// evicted and replayed dead letters, dropped groups) under `queue_`, and per consumer group (label `group`) its
+/// lag in messages and bytes, consumers and redeliveries under `queue_group_`.
 pub(crate) fn register(registry: &mut Registry, queue: Queue) {
     registry.register_collector(Box::new(QueueCollector { queue }));
 }
@@ -39,6 +41,38 @@ fn counter(
 ) -> std::fmt::Result {
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// One metric family with a sample per consumer group.
+fn per_group(
+    encoder: &mut DescriptorEncoder<'_>,
+    stats: &QueueStats,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    counter: bool,
+    value: impl Fn(&GroupStats) -> u64,
+) -> std::fmt::Result {
+    if stats.groups.is_empty() {
+        return Ok(());
+    }
+    let kind = if counter {
+        MetricType::Counter
+    } else {
+        MetricType::Gauge
+    };
+    let mut family = encoder.encode_descriptor(name, help, unit, kind)?;
+    for group in &stats.groups {
+        let labels = [("group", group.name.as_str())];
+        let sample = family.encode_family(&labels)?;
+        let v = value(group);
+        if counter {
+            ConstCounter::new(v).encode(sample)?;
+        } else {
+            ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(sample)?;
+        }
+    }
+    Ok(())
 }
 
 impl Collector for QueueCollector {
@@ -141,6 +175,48 @@ impl Collector for QueueCollector {
             "queue_dead_replayed",
             "Dead letters pushed back into the queue",
             s.dead_replayed,
+        )?;
+        counter(
+            e,
+            "queue_groups_dropped",
+            "Consumer groups dropped after --group-idle-ttl without a consumer",
+            s.groups_dropped,
+        )?;
+        per_group(
+            e,
+            &s,
+            "queue_group_lag",
+            "Messages the group has not acked",
+            None,
+            false,
+            |g| g.lag,
+        )?;
+        per_group(
+            e,
+            &s,
+            "queue_group_lag",
+            "Payload bytes of the messages the group has not acked",
+            Some(&Unit::Bytes),
+            false,
+            |g| g.lag_bytes,
+        )?;
+        per_group(
+            e,
+            &s,
+            "queue_group_consumers",
+            "Consumers attached to the group",
+            None,
+            false,
+            |g| g.consumers as u64,
+        )?;
+        per_group(
+            e,
+            &s,
+            "queue_group_redelivered",
+            "Deliveries in the group of messages whose earlier delivery was not acked",
+            None,
+            true,
+            |g| g.redelivered,
         )?;
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! `/popmsg`: consumers take messages from the queue.
+//! `/popmsg`: consumers take messages from the queue, each in a consumer group named on the handshake URL
+//! (`/popmsg?group=<name>&start=oldest|tail`; no `group` is the `default` group, as every ws-go popper).
 //!
 //! Compat mode hands each message out as one text frame and counts it delivered at that moment (at-most-once, as
 //! ws-go). Reliable mode leases deliveries within the consumer's credit window, packs as many as are ready into
@@ -14,7 +15,7 @@ use wsmq_core::ws::{self, Outbox, ReadError};
 
 use crate::ConnectionContext;
 use crate::push::ConnReader;
-use crate::queue::{ConsumeMode, Consumer, Delivery, QueueError};
+use crate::queue::{ConsumeMode, Consumer, Delivery, GroupName, QueueError, StartAt};
 
 /// Outbound frames queued per connection. Reliable deliveries are bounded by the credit window anyway; in compat
 /// mode this is how many messages can be lost with a dying connection (at-most-once).
@@ -38,12 +39,68 @@ pub(crate) async fn handle(conn: ConnectionContext, accepted: Accepted) {
     } else {
         ConsumeMode::AutoAck
     };
-    let consumer = conn.queue.consumer(mode);
-    if let Err(err) = serve_consumer(&conn, consumer, reader, &outbox, reliable).await {
-        tracing::debug!(%peer, %err, "pop connection ended");
+    // The listener checked the query before the upgrade (`check_query`).
+    let (group, start) = parse_query(&accepted.query)
+        .unwrap_or_else(|_| (GroupName::default_group(), StartAt::Tail));
+    let joined = tokio::select! {
+        joined = conn.queue.join(&group, start, mode) => joined,
+        () = outbox.closer().closing() => return,
+    };
+    let result = match joined {
+        Ok(consumer) => serve_consumer(&conn, consumer, reader, &outbox, reliable).await,
+        Err(err) => {
+            outbox.close(CloseCode::Away, "queue closed");
+            Err(err.into())
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, %group, %err, "pop connection ended");
     }
     drop(outbox);
     ws::finish_writer(writer, &conn.limits, &shutdown).await;
+}
+
+/// Validates the query of a `/popmsg` handshake before the upgrade (a `core::server::QueryCheck`): a bad group
+/// name, an unknown parameter or value is answered `400` with the reason. Other paths take no parameters and
+/// ignore them, as they always did.
+pub(crate) fn check_query(path: &str, query: &str) -> Result<(), String> {
+    if path == wsmq_core::protocol::POP_PATH {
+        parse_query(query).map(|_| ())
+    } else {
+        Ok(())
+    }
+}
+
+/// `group=<name>&start=oldest|tail` → the group and where it starts if new; both optional, each at most once.
+fn parse_query(query: &str) -> Result<(GroupName, StartAt), String> {
+    let mut group = None;
+    let mut start = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "group" if group.is_none() => {
+                group = Some(value.parse::<GroupName>().map_err(|err| err.to_string())?);
+            }
+            "start" if start.is_none() => {
+                start = Some(match value {
+                    "tail" => StartAt::Tail,
+                    "oldest" => StartAt::Oldest,
+                    _ => return Err(format!("invalid start {value:?}: expected oldest or tail")),
+                });
+            }
+            "group" | "start" => return Err(format!("parameter {key:?} given twice")),
+            _ => {
+                return Err(format!(
+                    "unknown parameter {:?}: /popmsg takes group=<name> and start=oldest|tail",
+                    key.chars().take(64).collect::<String>()
+                ));
+            }
+        }
+    }
+    Ok((
+        group.unwrap_or_else(GroupName::default_group),
+        start.unwrap_or_default(),
+    ))
 }
 
 /// Why a pop connection ended early. Only logged; the peer learns through the close code.
@@ -94,7 +151,7 @@ async fn serve_consumer(
                         Ok(Some(PopRecord::Credit { n })) => consumer.grant(n),
                         Ok(Some(PopRecord::Ack { id })) => acks.push(id),
                         Ok(Some(PopRecord::Nack { id, reason })) => {
-                            conn.queue.nack(id, reason);
+                            consumer.nack(id, reason);
                         }
                         Err(err) => {
                             tracing::debug!(%err, "malformed pop frame");
@@ -175,4 +232,33 @@ async fn send_compat(
             .map_err(|_| PopConnError::Protocol("connection closed"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pop_query_names_a_group_and_where_a_new_one_starts() {
+        let (group, start) = parse_query("").unwrap();
+        assert_eq!((group.as_str(), start), ("default", StartAt::Tail));
+        let (group, start) = parse_query("group=sub-1.a_b&start=oldest").unwrap();
+        assert_eq!((group.as_str(), start), ("sub-1.a_b", StartAt::Oldest));
+        let (group, start) = parse_query("start=tail&group=x").unwrap();
+        assert_eq!((group.as_str(), start), ("x", StartAt::Tail));
+        for bad in [
+            "group=",
+            "group=a%20b",
+            "group=a/b",
+            "start=newest",
+            "start",
+            "groups=x",
+            "group=a&group=b",
+            &format!("group={}", "x".repeat(65)),
+        ] {
+            assert!(parse_query(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(check_query("/pushmsg", "anything=1").is_ok());
+        assert!(check_query("/popmsg", "group=").is_err());
+    }
 }

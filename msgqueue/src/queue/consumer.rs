@@ -1,4 +1,7 @@
-//! Consumers: credit-limited, cancel-safe batch dispatch from the queue, and lease return when a consumer goes.
+//! Consumers (the dispatcher side): credit-limited, cancel-safe batch dispatch from a consumer group, lease
+//! return when a consumer goes, and the blocking-pool reads that keep a group's read-ahead filled. Nothing here
+//! calls the log while holding the engine's lock: reads run on the blocking pool and install their result under
+//! the lock afterwards.
 
 use std::sync::Arc;
 
@@ -7,7 +10,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::storage::{Progress, StorageError};
-use super::{Fill, Queue, QueueError};
+use super::{Fill, Inner, Queue, QueueError, ReadRequest};
 
 /// How deliveries to a consumer are settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,11 +32,13 @@ pub struct Delivery {
     pub redelivered: bool,
 }
 
-/// A consumer attached to a [`Queue`]. Dropping it returns its unacked leases to the front of the queue.
+/// A consumer attached to a consumer group of a [`Queue`]. Dropping it returns its unacked leases to the front of
+/// its group.
 #[derive(Debug)]
 pub struct Consumer {
     queue: Queue,
     id: u64,
+    group: u32,
     mode: ConsumeMode,
     notify: Arc<Notify>,
     progress: Option<watch::Receiver<Progress>>,
@@ -53,8 +58,12 @@ impl Drop for WaitGuard<'_> {
             return;
         }
         let mut state = self.queue.inner.state.lock();
-        if !state.unregister(self.id) && state.has_messages() {
-            state.wake_waiters(1);
+        let next = state.next_offset;
+        if !state.unregister(self.id)
+            && let Some(group) = state.consumers.get(&self.id).map(|slot| slot.group)
+            && state.group(group).is_some_and(|g| g.has_messages(next))
+        {
+            state.wake_group(group, 1);
         }
     }
 }
@@ -68,11 +77,18 @@ enum Wait {
 }
 
 impl Consumer {
-    pub(super) fn new(queue: Queue, id: u64, mode: ConsumeMode, notify: Arc<Notify>) -> Self {
+    pub(super) fn new(
+        queue: Queue,
+        id: u64,
+        group: u32,
+        mode: ConsumeMode,
+        notify: Arc<Notify>,
+    ) -> Self {
         let progress = queue.inner.storage.progress();
         Self {
             queue,
             id,
+            group,
             mode,
             notify,
             progress,
@@ -107,21 +123,26 @@ impl Consumer {
         let Self {
             queue,
             id,
+            group,
             mode,
             notify,
             progress,
         } = self;
-        let inner = &*queue.inner;
+        let inner = &queue.inner;
         let mut guard = WaitGuard {
             queue,
             id: *id,
             armed: false,
         };
         loop {
-            if let Some(progress) = progress.as_mut() {
-                progress.mark_unchanged();
-            }
-            let (wait, unlogged) = {
+            let written = match progress.as_mut() {
+                Some(progress) => {
+                    progress.mark_unchanged();
+                    progress.borrow().written
+                }
+                None => 0,
+            };
+            let (wait, read, unlogged) = {
                 let mut state = inner.state.lock();
                 if state.closed {
                     guard.armed = false;
@@ -129,53 +150,65 @@ impl Consumer {
                 }
                 state.unregister(*id);
                 state.expire(Instant::now());
-                let filled = state.fill(&*inner.storage, &inner.options, *id, max, out);
+                let filled = state.fill(&*inner.storage, &inner.options, *id, max, written, out);
                 let unlogged = std::mem::take(&mut state.unlogged);
                 let cap = inner.options.max_dead_letters;
-                let wait = match filled {
+                let (filled, read) = match filled {
                     Err(err) => {
                         guard.armed = false;
                         drop(state);
                         unlogged.log(cap);
                         return Err(err.into());
                     }
-                    Ok(Fill::Delivered) => {
+                    Ok(filled) => filled,
+                };
+                let wait = match filled {
+                    Fill::Delivered => {
                         guard.armed = false;
-                        if state.has_messages() {
-                            state.wake_waiters(1);
+                        let next = state.next_offset;
+                        if state.group(*group).is_some_and(|g| g.has_messages(next)) {
+                            state.wake_group(*group, 1);
                         }
                         // AutoAck deliveries free capacity at once: let refused pushers retry.
                         let freed =
                             *mode == ConsumeMode::AutoAck && std::mem::take(&mut state.full);
                         drop(state);
                         unlogged.log(cap);
+                        if let Some(read) = read {
+                            spawn_read(inner, read, written);
+                        }
                         if freed {
                             inner.space.notify_waiters();
                         }
                         return Ok(());
                     }
-                    Ok(Fill::NoCredit) => {
+                    Fill::NoCredit => {
                         if let Some(slot) = state.consumers.get_mut(id) {
                             slot.wants_credit = true;
                         }
-                        Wait::Notified(state.deadlines.front().map(|&(deadline, _)| deadline))
+                        Wait::Notified(state.next_deadline(*group))
                     }
-                    Ok(Fill::Empty) => {
+                    Fill::Empty => {
                         if let Some(slot) = state.consumers.get_mut(id)
                             && !slot.waiting
                         {
                             slot.waiting = true;
-                            state.waiters.push_back(*id);
+                            if let Some(g) = state.group_mut(*group) {
+                                g.waiters.push_back(*id);
+                            }
                         }
                         guard.armed = true;
-                        Wait::Notified(state.deadlines.front().map(|&(deadline, _)| deadline))
+                        Wait::Notified(state.next_deadline(*group))
                     }
-                    Ok(Fill::AwaitWrite) => Wait::Written,
+                    Fill::AwaitWrite => Wait::Written,
                 };
-                (wait, unlogged)
+                (wait, read, unlogged)
             };
             // Logged here, with the state lock released.
             unlogged.log(inner.options.max_dead_letters);
+            if let Some(read) = read {
+                spawn_read(inner, read, written);
+            }
             match wait {
                 Wait::Notified(Some(deadline)) => {
                     let _ = tokio::time::timeout_at(deadline, notify.notified()).await;
@@ -194,12 +227,52 @@ impl Consumer {
         }
     }
 
-    /// Acks delivery ids; see [`Queue::ack`]. Returns how many messages this removed.
+    /// Acks delivery ids of this consumer's group (from any of its consumers). Returns how many messages this
+    /// settled. Idempotent: unknown or already acked ids are ignored; an id whose lease expired is still settled
+    /// (at-least-once).
     pub fn ack(&self, ids: &[u64]) -> usize {
-        self.queue.ack(ids)
+        self.queue.ack_in(self.group, ids)
+    }
+
+    /// Refuses delivery `id` of this consumer's group for good (NACK): the message becomes a dead letter with
+    /// `reason` and is settled for the group like an acked one; other groups are not affected. Returns false for
+    /// an unknown or already settled id.
+    pub fn nack(&self, id: u64, reason: wsmq_core::protocol::queue::NackReason) -> bool {
+        self.queue.nack_in(self.group, id, reason)
     }
 }
 
+/// Reads what `read` asks for from the log on the blocking pool and installs it in the group's read-ahead, then
+/// wakes the group's consumers. The read owns everything it needs, so a consumer that stops waiting loses nothing.
+fn spawn_read(inner: &Arc<Inner>, read: ReadRequest, written: u64) {
+    let inner = Arc::clone(inner);
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let result =
+            inner
+                .storage
+                .read_messages(read.group, read.from, read.to, read.max_bytes, &mut out);
+        let mut state = inner.state.lock();
+        let Some(group) = state.group_mut(read.group) else {
+            return;
+        };
+        let woken = match result {
+            Ok(next) => {
+                let added = group.install(read.from, next, &mut out);
+                if added == 0 && group.next == read.from {
+                    group.stalled_at = Some(written);
+                }
+                added.max(1)
+            }
+            Err(err) => {
+                group.reading = false;
+                group.read_error = Some(err);
+                group.waiters.len()
+            }
+        };
+        state.wake_group(read.group, woken);
+    });
+}
 impl Drop for Consumer {
     fn drop(&mut self) {
         let mut state = self.queue.inner.state.lock();
@@ -207,22 +280,21 @@ impl Drop for Consumer {
             return;
         };
         let id = self.id;
+        let now = Instant::now();
+        let next = state.next_offset;
+        let Some(group) = state.group_mut(slot.group) else {
+            return;
+        };
         if slot.waiting {
-            state.waiters.retain(|&w| w != id);
+            group.waiters.retain(|&w| w != id);
         }
-        let owned: Vec<u64> = state
-            .leases
-            .iter()
-            .filter(|(_, lease)| lease.owner == id)
-            .map(|(&offset, _)| offset)
-            .collect();
-        for offset in &owned {
-            if let Some(lease) = state.leases.remove(offset) {
-                state.redeliver.insert(*offset, lease.into());
-            }
+        group.consumers = group.consumers.saturating_sub(1);
+        if group.consumers == 0 {
+            group.idle_since = Some(now);
         }
-        if state.has_messages() {
-            state.wake_waiters(owned.len().max(1));
+        let returned = group.release(id);
+        if group.has_messages(next) {
+            state.wake_group(slot.group, returned.max(1));
         }
     }
 }

@@ -49,7 +49,7 @@ impl DeadReason {
 }
 
 /// What the queue knows about one dead letter (the payload stays in storage).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     /// The message's offset (its delivery id) when it died; replay gives it a new one.
     pub id: u64,
@@ -61,11 +61,19 @@ pub struct DeadLetter {
     pub size: u64,
     /// When it died, in milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// The consumer group that gave up on it (other groups may still have delivered it).
+    pub group: String,
 }
 
 impl DeadLetter {
     /// A dead letter dying now.
-    pub(crate) fn now(id: u64, reason: DeadReason, deliveries: u32, size: usize) -> Self {
+    pub(crate) fn now(
+        id: u64,
+        reason: DeadReason,
+        deliveries: u32,
+        size: usize,
+        group: &str,
+    ) -> Self {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -76,6 +84,7 @@ impl DeadLetter {
             deliveries,
             size: size as u64,
             time_ms,
+            group: group.to_owned(),
         }
     }
 
@@ -85,6 +94,7 @@ impl DeadLetter {
             reason: self.reason.code(),
             deliveries: self.deliveries,
             time_ms: self.time_ms,
+            group: self.group.clone(),
         }
     }
 
@@ -95,6 +105,7 @@ impl DeadLetter {
             deliveries: header.deliveries,
             size: size as u64,
             time_ms: header.time_ms,
+            group: header.group.clone(),
         }
     }
 }
@@ -126,7 +137,7 @@ impl DeadIndex {
     }
 
     pub(crate) fn list(&self) -> Vec<DeadLetter> {
-        self.letters.values().copied().collect()
+        self.letters.values().cloned().collect()
     }
 
     pub(crate) fn contains(&self, id: u64) -> bool {

@@ -15,8 +15,7 @@
 //! ([`Storage::no_space`]) and retries the same write with a backoff until it succeeds: nothing accepted is
 //! dropped, and pushes are accepted again as soon as space returns. Other I/O errors still stop the writer.
 
-use std::collections::HashMap;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::panic::AssertUnwindSafe;
@@ -31,9 +30,9 @@ use tokio::sync::{Notify, watch};
 
 use super::dead::DeadLetter;
 use super::rangeset::RangeSet;
-use super::record::{self, Record, SegmentReader, Snapshot, Step};
+use super::record::{self, DEFAULT_GROUP_ID, GroupMark, Record, SegmentReader, Snapshot, Step};
 use super::storage::{Progress, Storage, StorageError, is_no_space};
-use super::{DurableToken, FsyncPolicy, Producer, Truncation};
+use super::{DEFAULT_GROUP, DurableToken, FsyncPolicy, Producer, Truncation};
 use wsmq_core::supervise::{TaskFailure, fault_point};
 
 /// Buffered-but-unwritten bytes beyond which pushes are refused until the writer catches up (the capacity of the
@@ -132,9 +131,13 @@ struct ReadCursor {
     reader: SegmentReader,
 }
 
-/// What recovery found in the log.
+/// What recovery found about one consumer group.
 #[derive(Debug)]
-pub(crate) struct Recovered {
+pub(crate) struct RecoveredGroup {
+    pub(crate) id: u32,
+    pub(crate) name: String,
+    /// Every offset below it is acked by the group.
+    pub(crate) floor: u64,
     /// Unacked messages.
     pub(crate) messages: u64,
     /// Their payload bytes.
@@ -144,9 +147,18 @@ pub(crate) struct Recovered {
     /// One past the highest unacked offset (== `first_unacked` when nothing is unacked): offsets lost to a
     /// truncation at the very end must not look like messages still to be read back.
     pub(crate) unacked_end: u64,
-    pub(crate) next_offset: u64,
     /// Acked offsets at or above `first_unacked`, to skip when reading the backlog back.
     pub(crate) acked: RangeSet,
+}
+
+/// What recovery found in the log.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub(crate) next_offset: u64,
+    /// The live consumer groups.
+    pub(crate) groups: Vec<RecoveredGroup>,
+    /// The id the next new group gets (ids are never reused).
+    pub(crate) next_group_id: u32,
     pub(crate) producers: Vec<(u64, u64)>,
     pub(crate) truncations: Vec<Truncation>,
     pub(crate) segments: usize,
@@ -159,7 +171,8 @@ pub(crate) struct Recovered {
 pub(crate) struct DiskLog {
     shared: Arc<Shared>,
     segment_size: u64,
-    cursor: Mutex<ReadCursor>,
+    /// Each reader's position (one per consumer group), so each group's read-back is a sequential scan.
+    cursors: Mutex<HashMap<u32, ReadCursor>>,
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -219,16 +232,32 @@ fn open_segment(path: &Path) -> Result<File, StorageError> {
     File::open(path).map_err(|e| StorageError::io("cannot open", path, e))
 }
 
+/// A group's acks as recovery collects them.
+#[derive(Debug)]
+struct GroupScan {
+    name: String,
+    floor: u64,
+    runs: Vec<(u64, u64)>,
+}
+
 /// Scans every segment, truncating each at its first torn or corrupt record, and rebuilds the queue's state.
 fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
     let mut reader = SegmentReader::default();
     let mut next_offset = 0;
-    let mut floor = 0;
-    let mut acked = RangeSet::default();
     let mut producers: HashMap<u64, u64> = HashMap::new();
     let mut truncations = Vec::new();
     let bases: Vec<u64> = segments.iter().map(|s| s.base).collect();
-    let mut ack_runs = Vec::new();
+    // A log written before groups existed holds only the default group's acks; it exists from the first open.
+    let mut groups: BTreeMap<u32, GroupScan> = BTreeMap::new();
+    groups.insert(
+        DEFAULT_GROUP_ID,
+        GroupScan {
+            name: DEFAULT_GROUP.to_owned(),
+            floor: 0,
+            runs: Vec::new(),
+        },
+    );
+    let mut next_group_id = DEFAULT_GROUP_ID + 1;
     for (index, segment) in segments.iter_mut().enumerate() {
         let next_base = bases.get(index + 1).copied().unwrap_or(u64::MAX);
         reader.open(open_segment(&segment.path)?);
@@ -249,18 +278,48 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
                                 *mark = (*mark).max(p.seq);
                             }
                         }
-                        Record::Acks(runs) => {
-                            ack_runs.extend(runs.into_iter().map(|(start, count)| {
-                                (start, start.saturating_add(u64::from(count)))
-                            }));
+                        Record::Acks(id, runs) => {
+                            if let Some(group) = groups.get_mut(&id) {
+                                group.runs.extend(runs.into_iter().map(|(start, count)| {
+                                    (start, start.saturating_add(u64::from(count)))
+                                }));
+                            }
                         }
                         Record::Snapshot(snapshot) => {
                             next_offset = next_offset.max(snapshot.next_offset);
-                            floor = floor.max(snapshot.floor);
+                            if let Some(group) = groups.get_mut(&DEFAULT_GROUP_ID) {
+                                group.floor = group.floor.max(snapshot.floor);
+                            }
                             for (id, seq) in snapshot.producers {
                                 let mark = producers.entry(id).or_insert(seq);
                                 *mark = (*mark).max(seq);
                             }
+                        }
+                        Record::Groups(live) => {
+                            // The list at a segment's head is authoritative: groups dropped in a deleted segment
+                            // are absent from it.
+                            groups.retain(|id, _| live.iter().any(|g| g.id == *id));
+                            for mark in live {
+                                next_group_id = next_group_id.max(mark.id.saturating_add(1));
+                                let group = groups.entry(mark.id).or_insert(GroupScan {
+                                    name: mark.name,
+                                    floor: 0,
+                                    runs: Vec::new(),
+                                });
+                                group.floor = group.floor.max(mark.floor);
+                            }
+                        }
+                        Record::Group(mark) => {
+                            next_group_id = next_group_id.max(mark.id.saturating_add(1));
+                            groups.entry(mark.id).or_insert(GroupScan {
+                                name: mark.name,
+                                floor: mark.floor,
+                                runs: Vec::new(),
+                            });
+                        }
+                        Record::GroupDropped(id) => {
+                            next_group_id = next_group_id.max(id.saturating_add(1));
+                            groups.remove(&id);
                         }
                         // Dead letters live in their own file.
                         Record::Dead(..) | Record::DeadRemoved(_) => {}
@@ -286,21 +345,37 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
     // A segment is named by the next offset when it was started, so the queue got at least that far even if the
     // segment's head snapshot was torn.
     next_offset = next_offset.max(segments.last().map_or(0, |s| s.base));
-    // An ack of an offset not yet assigned was not written by this log; kept, it would swallow the message that
-    // gets that offset next.
-    for (start, end) in ack_runs {
-        if start < next_offset {
-            acked.insert(start, end.min(next_offset));
-        }
-    }
-    acked.remove_below(floor);
-    delete_below(segments, floor)?;
+    // Messages below the first segment were deleted because every group had acked them.
+    let oldest = segments.first().map_or(0, |s| s.base);
+    let mut found: Vec<RecoveredGroup> = groups
+        .into_iter()
+        .map(|(id, scan)| {
+            let floor = scan.floor.clamp(oldest.min(next_offset), next_offset);
+            let mut acked = RangeSet::default();
+            // An ack of an offset not yet assigned was not written by this log; kept, it would swallow the
+            // message that gets that offset next.
+            for (start, end) in scan.runs {
+                if start < next_offset {
+                    acked.insert(start, end.min(next_offset));
+                }
+            }
+            acked.remove_below(floor);
+            RecoveredGroup {
+                id,
+                name: scan.name,
+                floor,
+                first_unacked: next_offset,
+                unacked_end: floor,
+                acked,
+                messages: 0,
+                bytes: 0,
+            }
+        })
+        .collect();
+    let global_floor = found.iter().map(|g| g.floor).min().unwrap_or(next_offset);
+    delete_below(segments, global_floor)?;
 
-    let mut messages = 0;
-    let mut bytes = 0;
-    let mut first_unacked = next_offset;
-    let mut unacked_end = 0;
-    // Read-back (`scan`) delivers only offsets above the last one it passed; count the same way, or a damaged log
+    // Read-back delivers only offsets above the last one it passed; count the same way, or a damaged log
     // holding an offset twice or out of order would report messages no consumer can ever receive.
     let mut above = 0;
     for segment in segments.iter() {
@@ -316,24 +391,27 @@ fn recover(segments: &mut Vec<Segment>) -> Result<Recovered, StorageError> {
                 && offset >= above
             {
                 above = offset + 1;
-                if offset >= floor && !acked.contains(offset) {
-                    messages += 1;
-                    bytes += payload.len() as u64;
-                    first_unacked = first_unacked.min(offset);
-                    unacked_end = unacked_end.max(offset + 1);
+                for group in &mut found {
+                    if offset >= group.floor && !group.acked.contains(offset) {
+                        group.messages += 1;
+                        group.bytes += payload.len() as u64;
+                        group.first_unacked = group.first_unacked.min(offset);
+                        group.unacked_end = group.unacked_end.max(offset + 1);
+                    }
                 }
             }
             pos = after;
         }
     }
-    acked.remove_below(first_unacked);
+    for group in &mut found {
+        group.first_unacked = group.first_unacked.max(group.floor);
+        group.unacked_end = group.unacked_end.max(group.first_unacked);
+        group.acked.remove_below(group.first_unacked);
+    }
     Ok(Recovered {
-        messages,
-        bytes,
-        first_unacked,
-        unacked_end: unacked_end.max(first_unacked),
         next_offset,
-        acked,
+        groups: found,
+        next_group_id,
         producers: producers.into_iter().collect(),
         truncations,
         segments: segments.len(),
@@ -487,7 +565,12 @@ fn fits(record: &Record<'_>, base: u64, next_base: u64) -> bool {
         Record::Message { offset, .. } => (base..next_base).contains(offset),
         Record::Snapshot(snapshot) => (base..=next_base).contains(&snapshot.next_offset),
         // Dead-letter records belong in the dead-letter file; recovery of a segment ignores them.
-        Record::Acks(_) | Record::Dead(..) | Record::DeadRemoved(_) => true,
+        Record::Acks(..)
+        | Record::Group(_)
+        | Record::GroupDropped(_)
+        | Record::Groups(_)
+        | Record::Dead(..)
+        | Record::DeadRemoved(_) => true,
     }
 }
 
@@ -514,14 +597,13 @@ fn delete_below(segments: &mut Vec<Segment>, floor: u64) -> Result<(), StorageEr
     Ok(())
 }
 
-/// Reads messages in `[from, to)` not in `skip` from `segments` (starting at the cursor, which is in the first
-/// of them), until about `max_bytes` of payload or the end of what is written; returns the offset to continue from.
+/// Reads messages in `[from, to)` from `segments` (starting at the cursor, which is in the first of them), until
+/// about `max_bytes` of payload or the end of what is written; returns the offset to continue from.
 fn scan(
     cursor: &mut ReadCursor,
     segments: &[Segment],
     from: u64,
     to: u64,
-    skip: &RangeSet,
     max_bytes: usize,
     out: &mut Vec<(u64, Bytes)>,
 ) -> Result<u64, StorageError> {
@@ -556,12 +638,10 @@ fn scan(
                         continue;
                     }
                     next = offset + 1;
-                    if !skip.contains(offset) {
-                        bytes += payload.len();
-                        out.push((offset, Bytes::copy_from_slice(payload)));
-                        if bytes >= max_bytes {
-                            return Ok(next);
-                        }
+                    bytes += payload.len();
+                    out.push((offset, Bytes::copy_from_slice(payload)));
+                    if bytes >= max_bytes {
+                        return Ok(next);
                     }
                 }
                 Step::Record(_, after) => cursor.pos = after,
@@ -631,7 +711,12 @@ impl DiskLog {
             pending: Mutex::new(Pending {
                 segment_bytes: active.len,
                 active_base: active.base,
-                floor: recovered.first_unacked,
+                floor: recovered
+                    .groups
+                    .iter()
+                    .map(|g| g.floor)
+                    .min()
+                    .unwrap_or(recovered.next_offset),
                 ..Pending::default()
             }),
             wake: Condvar::new(),
@@ -668,7 +753,7 @@ impl DiskLog {
         let log = Self {
             shared,
             segment_size,
-            cursor: Mutex::new(ReadCursor::default()),
+            cursors: Mutex::new(HashMap::new()),
         };
         Ok((log, recovered))
     }
@@ -716,13 +801,46 @@ impl Storage for DiskLog {
         Ok(DurableToken(pending.position))
     }
 
-    fn append_acks(&self, offsets: &mut [u64]) {
+    fn create_group(&self, group: &GroupMark) -> DurableToken {
+        let mut pending = self.shared.pending.lock();
+        if pending.failed.is_none() && !pending.closing {
+            let before = pending.buf.len();
+            record::encode_group(&mut pending.buf, group);
+            let added = (pending.buf.len() - before) as u64;
+            pending.position += added;
+            pending.segment_bytes += added;
+            if !pending.urgent {
+                pending.urgent = true;
+                self.shared.wake.notify_one();
+            }
+        }
+        DurableToken(pending.position)
+    }
+
+    fn drop_group(&self, id: u32) {
+        self.cursors.lock().remove(&id);
         let mut pending = self.shared.pending.lock();
         if pending.failed.is_some() || pending.closing {
             return;
         }
         let before = pending.buf.len();
-        record::encode_acks(&mut pending.buf, offsets);
+        record::encode_group_dropped(&mut pending.buf, id);
+        let added = (pending.buf.len() - before) as u64;
+        pending.position += added;
+        pending.segment_bytes += added;
+        if !pending.urgent {
+            pending.urgent = true;
+            self.shared.wake.notify_one();
+        }
+    }
+
+    fn append_acks(&self, group: u32, offsets: &mut [u64]) {
+        let mut pending = self.shared.pending.lock();
+        if pending.failed.is_some() || pending.closing {
+            return;
+        }
+        let before = pending.buf.len();
+        record::encode_acks(&mut pending.buf, group, offsets);
         let added = (pending.buf.len() - before) as u64;
         pending.position += added;
         pending.segment_bytes += added;
@@ -803,9 +921,9 @@ impl Storage for DiskLog {
 
     fn read_messages(
         &self,
+        reader: u32,
         from: u64,
         to: u64,
-        skip: &RangeSet,
         max_bytes: usize,
         out: &mut Vec<(u64, Bytes)>,
     ) -> Result<u64, StorageError> {
@@ -817,7 +935,9 @@ impl Storage for DiskLog {
         else {
             return Ok(from);
         };
-        let mut cursor = self.cursor.lock();
+        // The cursor is taken out of the map for the read, so readers of different groups never wait for
+        // each other.
+        let mut cursor = self.cursors.lock().remove(&reader).unwrap_or_default();
         let current = segments.iter().position(|s| s.base == cursor.base);
         // Continue the sequential scan when `from` is ahead of the cursor in the same segment (offsets delivered
         // from memory in between are skipped); otherwise rescan the segment that holds `from`.
@@ -827,19 +947,12 @@ impl Storage for DiskLog {
             cursor.pos = 0;
             cursor.reader.close();
         }
-        let result = scan(
-            &mut cursor,
-            &segments[target..],
-            from,
-            to,
-            skip,
-            max_bytes,
-            out,
-        );
+        let result = scan(&mut cursor, &segments[target..], from, to, max_bytes, out);
         match result {
             Ok(next) => cursor.next = next,
             Err(_) => cursor.reader.close(),
         }
+        self.cursors.lock().insert(reader, cursor);
         result
     }
 
@@ -1190,15 +1303,50 @@ mod tests {
         fs::write(&path, &buf).unwrap();
         let mut segments = list_segments(dir.path()).unwrap();
         let recovered = recover(&mut segments).unwrap();
-        assert_eq!((recovered.messages, recovered.bytes), (2, 2));
-        assert_eq!((recovered.first_unacked, recovered.unacked_end), (0, 5));
+        let group = &recovered.groups[0];
+        assert_eq!((group.messages, group.bytes), (2, 2));
+        assert_eq!((group.first_unacked, group.unacked_end), (0, 5));
 
         let mut cursor = ReadCursor::default();
         let mut out = Vec::new();
-        let skip = RangeSet::default();
-        scan(&mut cursor, &segments, 0, 5, &skip, usize::MAX, &mut out).unwrap();
+        scan(&mut cursor, &segments, 0, 5, usize::MAX, &mut out).unwrap();
         let offsets: Vec<u64> = out.iter().map(|(offset, _)| *offset).collect();
         assert_eq!(offsets, [0, 4], "read-back delivers what recovery counted");
+    }
+
+    #[test]
+    fn a_log_written_before_groups_existed_recovers_its_unacked_messages_in_the_default_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Vec::new();
+        record::encode_snapshot(&mut first, &Snapshot::default());
+        for offset in 0..4 {
+            record::encode_message(&mut first, offset, None, b"m");
+        }
+        record::encode_acks(&mut first, DEFAULT_GROUP_ID, &mut [0, 2]);
+        fs::write(segment_path(dir.path(), 0), &first).unwrap();
+        let mut second = Vec::new();
+        let head = Snapshot {
+            next_offset: 4,
+            floor: 1,
+            producers: vec![(9, 3)],
+            groups: None,
+        };
+        record::encode_snapshot(&mut second, &head);
+        record::encode_message(&mut second, 4, None, b"m");
+        fs::write(segment_path(dir.path(), 4), &second).unwrap();
+
+        let mut segments = list_segments(dir.path()).unwrap();
+        let recovered = recover(&mut segments).unwrap();
+        assert_eq!(recovered.groups.len(), 1);
+        let group = &recovered.groups[0];
+        assert_eq!(
+            (group.id, group.name.as_str()),
+            (DEFAULT_GROUP_ID, DEFAULT_GROUP)
+        );
+        assert_eq!((group.messages, group.first_unacked), (3, 1), "1, 3 and 4");
+        assert!(group.acked.contains(2));
+        assert_eq!(recovered.next_group_id, DEFAULT_GROUP_ID + 1);
+        assert_eq!(recovered.producers, vec![(9, 3)]);
     }
 
     #[test]
@@ -1207,13 +1355,16 @@ mod tests {
         let mut buf = Vec::new();
         record::encode_snapshot(&mut buf, &Snapshot::default());
         record::encode_message(&mut buf, 0, None, b"a");
-        record::encode_acks(&mut buf, &mut [1, 2, 3]);
+        record::encode_acks(&mut buf, DEFAULT_GROUP_ID, &mut [1, 2, 3]);
         fs::write(segment_path(dir.path(), 0), &buf).unwrap();
         let mut segments = list_segments(dir.path()).unwrap();
         let recovered = recover(&mut segments).unwrap();
-        assert_eq!((recovered.next_offset, recovered.messages), (1, 1));
+        assert_eq!(
+            (recovered.next_offset, recovered.groups[0].messages),
+            (1, 1)
+        );
         assert!(
-            !recovered.acked.contains(1),
+            !recovered.groups[0].acked.contains(1),
             "the next push would count as acked"
         );
     }
@@ -1234,7 +1385,10 @@ mod tests {
         let recovered = recover(&mut segments).unwrap();
         assert_eq!(recovered.truncations.len(), 1);
         assert_eq!(recovered.truncations[0].position, valid);
-        assert_eq!((recovered.next_offset, recovered.messages), (7, 0));
+        assert_eq!(
+            (recovered.next_offset, recovered.groups[0].messages),
+            (7, 0)
+        );
     }
 
     #[test]
@@ -1251,6 +1405,7 @@ mod tests {
             next_offset: 2,
             floor: 1,
             producers: Vec::new(),
+            groups: None,
         };
         record::encode_snapshot(&mut second, &head);
         record::encode_message(&mut second, 2, None, b"b");
@@ -1260,10 +1415,13 @@ mod tests {
         let recovered = recover(&mut segments).unwrap();
         assert_eq!(recovered.truncations.len(), 1);
         assert_eq!(recovered.truncations[0].position, valid);
-        assert_eq!((recovered.next_offset, recovered.messages), (3, 1));
+        assert_eq!(
+            (recovered.next_offset, recovered.groups[0].messages),
+            (3, 1)
+        );
         let mut segments = list_segments(dir.path()).unwrap();
         let again = recover(&mut segments).unwrap();
         assert!(again.truncations.is_empty());
-        assert_eq!((again.next_offset, again.messages), (3, 1));
+        assert_eq!((again.next_offset, again.groups[0].messages), (3, 1));
     }
 }

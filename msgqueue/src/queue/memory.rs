@@ -10,8 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::dead::DeadLetter;
-use super::rangeset::RangeSet;
-use super::record::Snapshot;
+use super::record::{GroupMark, Snapshot};
 use super::storage::{Progress, Storage, StorageError};
 use super::{DurableToken, Producer};
 
@@ -32,7 +31,13 @@ impl Storage for MemoryStore {
         Ok(DurableToken(0))
     }
 
-    fn append_acks(&self, _: &mut [u64]) {}
+    fn append_acks(&self, _: u32, _: &mut [u64]) {}
+
+    fn create_group(&self, _: &GroupMark) -> DurableToken {
+        DurableToken(0)
+    }
+
+    fn drop_group(&self, _: u32) {}
 
     fn position(&self) -> DurableToken {
         DurableToken(0)
@@ -76,9 +81,9 @@ impl Storage for MemoryStore {
 
     fn read_messages(
         &self,
+        _: u32,
         _: u64,
         to: u64,
-        _: &RangeSet,
         _: usize,
         _: &mut Vec<(u64, Bytes)>,
     ) -> Result<u64, StorageError> {

@@ -13,13 +13,14 @@
 
 mod consumer;
 mod dead;
+mod group;
 mod log;
 mod memory;
 mod rangeset;
 mod record;
 mod storage;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -33,16 +34,18 @@ use tokio::time::Instant;
 
 pub use consumer::{ConsumeMode, Consumer, Delivery};
 pub use dead::{DeadLetter, DeadReason};
+pub use group::{DEFAULT_GROUP, GroupName, InvalidGroupName, StartAt};
 pub use storage::StorageError;
 
 use dead::DeadIndex;
-
-use rangeset::RangeSet;
-use record::Snapshot;
+use group::{Group, Lease};
+use record::{GroupMark, Snapshot};
 use storage::Storage;
 
-/// Largest payload refill reads back from disk per step while holding the state lock.
-const REFILL_CHUNK: u64 = 1024 * 1024;
+/// Largest payload one read of the log brings back into a group's read-ahead.
+const READ_CHUNK: u64 = 1024 * 1024;
+/// How often pushes look for groups idle beyond `--group-idle-ttl`.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Unacked deliveries after which a message is a suspect: it is delivered alone, to a consumer holding nothing
 /// else, so a consumer that keeps failing on it does not use up the delivery counts of the healthy messages that
 /// happened to share its window.
@@ -127,6 +130,8 @@ pub struct QueueOptions {
     pub max_deliveries: u32,
     /// Dead letters kept; beyond it the oldest is dropped (and counted).
     pub max_dead_letters: usize,
+    /// How long a consumer group may have no consumer before it is dropped, so it stops pinning the log.
+    pub group_idle_ttl: Duration,
 }
 
 impl Default for QueueOptions {
@@ -140,6 +145,7 @@ impl Default for QueueOptions {
             max_producers: 10_000,
             max_deliveries: 5,
             max_dead_letters: 10_000,
+            group_idle_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -266,12 +272,14 @@ pub struct RecoveryReport {
     pub segments: usize,
     /// Torn or corrupt tails that were truncated (empty after a clean shutdown).
     pub truncated: Vec<Truncation>,
+    /// The consumer groups recovered.
+    pub groups: Vec<String>,
 }
 
 /// A point-in-time view for metrics and readiness.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueStats {
-    /// Unacked messages (waiting or leased).
+    /// Messages the slowest consumer group has not acked (waiting or leased).
     pub depth: u64,
     /// Their payload bytes (what `max_bytes` limits).
     pub bytes: u64,
@@ -308,45 +316,600 @@ pub struct QueueStats {
     pub dead_evicted: u64,
     /// Total dead letters replayed into the queue.
     pub dead_replayed: u64,
+    /// Total consumer groups dropped after `group_idle_ttl` without a consumer.
+    pub groups_dropped: u64,
+    /// Each consumer group.
+    pub groups: Vec<GroupStats>,
 }
 
-/// A leased delivery: the payload is kept for redelivery (leases are bounded by consumer credit).
-#[derive(Debug)]
-struct Lease {
-    owner: u64,
-    payload: Bytes,
-    deadline: Instant,
-    /// Deliveries of this message so far, this one included.
-    deliveries: u32,
-}
-
-/// A returned lease waiting for redelivery.
-#[derive(Debug)]
-struct Returned {
-    payload: Bytes,
-    deliveries: u32,
-}
-
-impl From<Lease> for Returned {
-    fn from(lease: Lease) -> Self {
-        Self {
-            payload: lease.payload,
-            deliveries: lease.deliveries,
-        }
-    }
+/// A point-in-time view of one consumer group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// The group's name.
+    pub name: String,
+    /// Messages of the log the group has not acked (waiting, read ahead or leased).
+    pub lag: u64,
+    /// Their payload bytes.
+    pub lag_bytes: u64,
+    /// Attached consumers.
+    pub consumers: usize,
+    /// Deliveries leased to its consumers and not yet acked.
+    pub in_flight: u64,
+    /// Total deliveries, redeliveries included.
+    pub delivered: u64,
+    /// Total redeliveries.
+    pub redelivered: u64,
+    /// Total messages acked (AutoAck deliveries included).
+    pub acked: u64,
 }
 
 /// A consumer's dispatch state.
 #[derive(Debug)]
 struct Slot {
     mode: ConsumeMode,
+    /// The id of the consumer's group.
+    group: u32,
     window: u64,
     in_flight: u64,
     notify: Arc<Notify>,
-    /// Queued in `State::waiters`.
+    /// Queued in its group's waiters.
     waiting: bool,
     /// Blocked on its window; wake it when a lease of its own goes away.
     wants_credit: bool,
+}
+
+/// Everything mutable, behind one lock.
+#[derive(Debug)]
+struct State {
+    closed: bool,
+    next_offset: u64,
+    /// The newest messages in RAM: exactly the offsets `[tail_start, next_offset)`. Groups take from here; a group
+    /// behind `tail_start` reads the log back instead.
+    tail: VecDeque<(u64, Bytes)>,
+    tail_bytes: u64,
+    tail_start: u64,
+    /// Messages and payload bytes appended to the log, counted from an arbitrary base; a group's lag is these
+    /// minus what it settled.
+    log_messages: u64,
+    log_bytes: u64,
+    groups: Vec<Group>,
+    next_group_id: u32,
+    consumers: HashMap<u64, Slot>,
+    next_consumer: u64,
+    producers: Producers,
+    floor_reported: u64,
+    /// A push was refused for lack of space, so frees must notify space waiters.
+    full: bool,
+    /// When idle groups are looked for next.
+    next_sweep: Instant,
+    dead: DeadIndex,
+    /// Dead letters made and groups dropped under the lock, logged by the caller once it has let go of it.
+    unlogged: Unlogged,
+    stats: QueueStats,
+}
+
+/// Dead-lettering and dropped groups to log once the state lock is released (logging writes to stderr: never
+/// under the lock).
+#[derive(Debug, Default)]
+#[must_use = "log it once the state lock is released"]
+struct Unlogged {
+    letters: Vec<DeadLetter>,
+    evicted: usize,
+    dropped: Vec<Arc<str>>,
+}
+
+impl Unlogged {
+    /// Logs each new dead letter once, without its payload, and each dropped group.
+    fn log(self, cap: usize) {
+        for letter in &self.letters {
+            tracing::warn!(
+                id = letter.id,
+                group = %letter.group,
+                bytes = letter.size,
+                deliveries = letter.deliveries,
+                reason = letter.reason.as_str(),
+                "message moved to the dead letters"
+            );
+        }
+        if self.evicted > 0 {
+            tracing::warn!(
+                count = self.evicted,
+                cap,
+                "dropped the oldest dead letters to stay within --max-dead-letters"
+            );
+        }
+        for group in &self.dropped {
+            tracing::warn!(
+                group = %group,
+                "dropped a consumer group that had no consumer for --group-idle-ttl; it starts at the tail if it comes back"
+            );
+        }
+    }
+}
+
+/// What one dispatch attempt achieved.
+#[derive(Debug, PartialEq, Eq)]
+enum Fill {
+    Delivered,
+    NoCredit,
+    Empty,
+    /// Messages exist but are not written to the log yet, so they cannot be read back.
+    AwaitWrite,
+}
+
+/// A read of the log that a group needs, to run on the blocking pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReadRequest {
+    group: u32,
+    from: u64,
+    to: u64,
+    max_bytes: usize,
+}
+
+impl State {
+    fn group(&self, id: u32) -> Option<&Group> {
+        self.groups.iter().find(|g| g.id == id)
+    }
+
+    fn group_mut(&mut self, id: u32) -> Option<&mut Group> {
+        self.groups.iter_mut().find(|g| g.id == id)
+    }
+
+    fn group_named(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| &*g.name == name)
+    }
+
+    /// Messages of the slowest group not yet acked, and their bytes: what `max_bytes` bounds.
+    fn backlog(&self) -> (u64, u64) {
+        self.groups
+            .iter()
+            .map(|g| {
+                (
+                    self.log_messages.saturating_sub(g.settled),
+                    self.log_bytes.saturating_sub(g.settled_bytes),
+                )
+            })
+            .fold((0, 0), |(m, b), (gm, gb)| (m.max(gm), b.max(gb)))
+    }
+
+    /// The lowest offset some group may not have acked: everything below it can be forgotten by the log.
+    fn floor(&self) -> u64 {
+        self.groups
+            .iter()
+            .map(Group::floor)
+            .min()
+            .unwrap_or(self.next_offset)
+    }
+
+    fn report_floor(&mut self, storage: &dyn Storage) {
+        let floor = self.floor();
+        if floor > self.floor_reported {
+            self.floor_reported = floor;
+            storage.advance_floor(floor);
+        }
+    }
+
+    /// Drops tail messages no group needs from RAM, and (when the log can read them back) the oldest beyond half
+    /// the memory budget; the other half is for the groups' read-ahead.
+    fn trim_tail(&mut self, reads_back: bool, budget: u64) {
+        let needed = self
+            .groups
+            .iter()
+            .map(|g| g.next)
+            .min()
+            .unwrap_or(self.next_offset);
+        while let Some((offset, payload)) = self.tail.front() {
+            if *offset >= needed && !(reads_back && self.tail_bytes > budget / 2) {
+                break;
+            }
+            self.tail_bytes -= payload.len() as u64;
+            self.tail_start = offset + 1;
+            self.tail.pop_front();
+        }
+    }
+
+    fn wake_group(&mut self, group: u32, mut count: usize) {
+        while count > 0 {
+            let Some(id) = self.group_mut(group).and_then(|g| g.waiters.pop_front()) else {
+                return;
+            };
+            if let Some(slot) = self.consumers.get_mut(&id)
+                && slot.waiting
+            {
+                slot.waiting = false;
+                slot.notify.notify_one();
+                count -= 1;
+            }
+        }
+    }
+
+    /// Wakes up to `count` waiting consumers in every group (new messages are for all of them).
+    fn wake_waiters(&mut self, count: usize) {
+        if count == 0 {
+            return;
+        }
+        for index in 0..self.groups.len() {
+            let id = self.groups[index].id;
+            if !self.groups[index].waiters.is_empty() {
+                self.wake_group(id, count);
+            }
+        }
+    }
+
+    /// Takes consumer `id` off its group's waiter list (it is about to dispatch, or gone), so wake-ups go to
+    /// consumers that are really waiting.
+    fn unregister(&mut self, id: u64) -> bool {
+        let Some(slot) = self.consumers.get_mut(&id) else {
+            return false;
+        };
+        let was_waiting = std::mem::take(&mut slot.waiting);
+        let group = slot.group;
+        if was_waiting && let Some(g) = self.group_mut(group) {
+            g.waiters.retain(|&w| w != id);
+        }
+        was_waiting
+    }
+
+    /// One lease of `owner` went away: free its credit and wake it if it was blocked on credit.
+    fn release_credit(&mut self, owner: u64) {
+        if let Some(slot) = self.consumers.get_mut(&owner) {
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+            if slot.wants_credit {
+                slot.wants_credit = false;
+                slot.notify.notify_one();
+            }
+        }
+    }
+
+    /// Returns expired leases of every group to redelivery and wakes as many waiters.
+    fn expire(&mut self, now: Instant) {
+        for index in 0..self.groups.len() {
+            let mut expired = Vec::new();
+            let group = &mut self.groups[index];
+            while let Some(&(deadline, offset)) = group.deadlines.front() {
+                if deadline > now {
+                    break;
+                }
+                group.deadlines.pop_front();
+                if group
+                    .leases
+                    .get(&offset)
+                    .is_some_and(|l| l.deadline == deadline)
+                    && let Some(lease) = group.leases.remove(&offset)
+                {
+                    expired.push(lease.owner);
+                    group.redeliver.insert(offset, lease.into());
+                }
+            }
+            if group.deadlines.len() > 2 * group.leases.len() + 1024 {
+                let leases = &group.leases;
+                group.deadlines.retain(|(deadline, offset)| {
+                    leases.get(offset).is_some_and(|l| l.deadline == *deadline)
+                });
+            }
+            let id = group.id;
+            self.stats.lease_expired += expired.len() as u64;
+            let count = expired.len();
+            for owner in expired {
+                self.release_credit(owner);
+            }
+            self.wake_group(id, count);
+        }
+    }
+
+    /// The earliest lease deadline of `group`.
+    fn next_deadline(&self, group: u32) -> Option<Instant> {
+        self.group(group)
+            .and_then(|g| g.deadlines.front().map(|&(deadline, _)| deadline))
+    }
+
+    /// Settles a message of `group` (acked, NACKed or dead): it no longer counts against the group's lag.
+    fn settle(&mut self, group: u32, len: usize) {
+        if let Some(g) = self.group_mut(group) {
+            g.settled += 1;
+            g.settled_bytes += len as u64;
+        }
+    }
+
+    /// Removes a message acked by `group`; returns whether it was unacked.
+    fn remove_acked(&mut self, group: u32, offset: u64) -> bool {
+        let Some((payload, _)) = self.take_unacked(group, offset) else {
+            return false;
+        };
+        self.stats.acked += 1;
+        if let Some(g) = self.group_mut(group) {
+            g.counters.acked += 1;
+        }
+        self.settle(group, payload.len());
+        true
+    }
+
+    /// Takes a leased or returned message out of `group`; returns its payload and delivery count.
+    fn take_unacked(&mut self, group: u32, offset: u64) -> Option<(Bytes, u32)> {
+        let (returned, owner) = self.group_mut(group)?.take_unacked(offset)?;
+        if let Some(owner) = owner {
+            self.release_credit(owner);
+        }
+        Some((returned.payload, returned.deliveries))
+    }
+
+    /// Turns a message already taken out of `group` into a dead letter: stores it (durably before the ack that
+    /// follows) and queues it for logging in `unlogged`.
+    #[allow(clippy::too_many_arguments)]
+    fn bury(
+        &mut self,
+        storage: &dyn Storage,
+        options: &QueueOptions,
+        group: u32,
+        offset: u64,
+        payload: &[u8],
+        deliveries: u32,
+        reason: DeadReason,
+    ) {
+        let name = self.group(group).map_or(DEFAULT_GROUP, |g| &*g.name);
+        let letter = DeadLetter::now(offset, reason, deliveries, payload.len(), name);
+        self.unlogged.letters.push(letter.clone());
+        match reason {
+            DeadReason::Nacked(_) => self.stats.dead_nacked += 1,
+            DeadReason::MaxDeliveries => self.stats.dead_max_deliveries += 1,
+        }
+        storage.append_dead(&letter, payload);
+        storage.append_acks(group, &mut [offset]);
+        self.settle(group, payload.len());
+        let evicted = self.dead.insert(letter, options.max_dead_letters);
+        if !evicted.is_empty() {
+            self.unlogged.evicted += evicted.len();
+            self.stats.dead_evicted += evicted.len() as u64;
+            storage.remove_dead(&evicted);
+        }
+    }
+
+    /// The read-ahead size per read: a quarter of the memory budget shared by the groups reading back.
+    fn read_chunk(&self, budget: u64) -> usize {
+        let groups = self.groups.len().max(1) as u64;
+        usize::try_from((budget / 4 / groups).clamp(1, READ_CHUNK)).unwrap_or(usize::MAX)
+    }
+
+    /// The next message of `group` from its read-ahead or the tail; `Err` says why there is none.
+    fn fetch(&mut self, index: usize) -> Result<(u64, Bytes), Fill> {
+        let group = &mut self.groups[index];
+        if let Some((offset, payload)) = group.ahead.pop_front() {
+            group.ahead_bytes -= payload.len() as u64;
+            return Ok((offset, payload));
+        }
+        if group.next >= self.next_offset {
+            return Err(Fill::Empty);
+        }
+        if group.next >= self.tail_start {
+            let at = usize::try_from(group.next - self.tail_start).unwrap_or(usize::MAX);
+            let Some((offset, payload)) = self.tail.get(at) else {
+                return Err(Fill::Empty);
+            };
+            group.next = offset + 1;
+            return Ok((*offset, payload.clone()));
+        }
+        // Behind the tail: the blocking pool reads it back.
+        Err(Fill::AwaitWrite)
+    }
+
+    /// The read the group at `index` needs to keep its read-ahead filled, if any, and marks it as running.
+    fn want_read(&mut self, index: usize, budget: u64, written: u64) -> Option<ReadRequest> {
+        let max_bytes = self.read_chunk(budget);
+        let tail_start = self.tail_start;
+        let group = &mut self.groups[index];
+        let needed = group.next < tail_start
+            && !group.reading
+            && group.read_error.is_none()
+            && group.ahead_bytes < max_bytes as u64 / 2
+            && group.stalled_at != Some(written);
+        if !needed {
+            return None;
+        }
+        group.reading = true;
+        group.stalled_at = None;
+        Some(ReadRequest {
+            group: group.id,
+            from: group.next,
+            to: tail_start,
+            max_bytes,
+        })
+    }
+
+    /// Hands up to `max` messages (and what credit allows) to consumer `id` from its group, in offset order.
+    /// Returns what it achieved and a read of the log to start for the group's read-ahead.
+    fn fill(
+        &mut self,
+        storage: &dyn Storage,
+        options: &QueueOptions,
+        id: u64,
+        max: usize,
+        written: u64,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(Fill, Option<ReadRequest>), StorageError> {
+        let Some(slot) = self.consumers.get(&id) else {
+            return Ok((Fill::Empty, None));
+        };
+        let mode = slot.mode;
+        let group_id = slot.group;
+        let Some(index) = self.groups.iter().position(|g| g.id == group_id) else {
+            return Ok((Fill::Empty, None));
+        };
+        if let Some(err) = self.groups[index].read_error.take() {
+            return Err(err);
+        }
+        let limit = match mode {
+            ConsumeMode::Acked => {
+                let credit = slot.window.saturating_sub(slot.in_flight);
+                if credit == 0 {
+                    return Ok((Fill::NoCredit, None));
+                }
+                max.min(usize::try_from(credit).unwrap_or(usize::MAX))
+            }
+            ConsumeMode::AutoAck => max,
+        };
+        let deadline = Instant::now() + options.lease_timeout;
+        let mut delivered = 0;
+        let mut auto_acked = Vec::new();
+        let mut outcome = Fill::Empty;
+        let mut buried = false;
+        let mut alone = false;
+        let in_flight = slot.in_flight;
+        while delivered < limit {
+            let group = &mut self.groups[index];
+            let (offset, payload, deliveries) =
+                if let Some((offset, returned)) = group.redeliver.pop_first() {
+                    if mode == ConsumeMode::Acked
+                        && returned.deliveries >= options.max_deliveries.max(1)
+                    {
+                        let reason = DeadReason::MaxDeliveries;
+                        let (payload, count) = (returned.payload, returned.deliveries);
+                        self.bury(storage, options, group_id, offset, &payload, count, reason);
+                        buried = true;
+                        continue;
+                    }
+                    if mode == ConsumeMode::Acked && returned.deliveries >= SUSPECT_AFTER {
+                        if delivered > 0 || in_flight > 0 {
+                            // It goes out alone: after this batch, or once this consumer's leases are settled.
+                            group.redeliver.insert(offset, returned);
+                            if delivered == 0 {
+                                outcome = Fill::NoCredit;
+                            }
+                            break;
+                        }
+                        alone = true;
+                    }
+                    (offset, returned.payload, returned.deliveries)
+                } else {
+                    match self.fetch(index) {
+                        Ok((offset, payload)) => (offset, payload, 0),
+                        Err(Fill::AwaitWrite) => {
+                            let group = &self.groups[index];
+                            if !group.reading && group.stalled_at == Some(written) {
+                                outcome = Fill::AwaitWrite;
+                            }
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                };
+            let redelivered = deliveries > 0;
+            let group = &mut self.groups[index];
+            match mode {
+                ConsumeMode::Acked => {
+                    group.leases.insert(
+                        offset,
+                        Lease {
+                            owner: id,
+                            payload: payload.clone(),
+                            deadline,
+                            deliveries: deliveries.saturating_add(1),
+                        },
+                    );
+                    group.deadlines.push_back((deadline, offset));
+                }
+                ConsumeMode::AutoAck => {
+                    group.settled += 1;
+                    group.settled_bytes += payload.len() as u64;
+                    group.counters.acked += 1;
+                    self.stats.acked += 1;
+                    auto_acked.push(offset);
+                }
+            }
+            let group = &mut self.groups[index];
+            group.counters.delivered += 1;
+            group.counters.redelivered += u64::from(redelivered);
+            self.stats.delivered += 1;
+            self.stats.redelivered += u64::from(redelivered);
+            out.push(Delivery {
+                id: offset,
+                payload,
+                redelivered,
+            });
+            delivered += 1;
+            if alone {
+                break;
+            }
+        }
+        let read = self.want_read(index, options.memory_budget, written);
+        if buried {
+            self.report_floor(storage);
+        }
+        if delivered == 0 {
+            return Ok((outcome, read));
+        }
+        if let Some(slot) = self.consumers.get_mut(&id)
+            && mode == ConsumeMode::Acked
+        {
+            slot.in_flight += delivered as u64;
+        }
+        if !auto_acked.is_empty() {
+            storage.append_acks(group_id, &mut auto_acked);
+        }
+        self.trim_tail(storage.reads_back(), options.memory_budget);
+        self.report_floor(storage);
+        Ok((Fill::Delivered, read))
+    }
+
+    /// Creates group `name` (it must not exist) starting at `start`; returns its id and the token of its creation
+    /// record.
+    fn create_group(
+        &mut self,
+        storage: &dyn Storage,
+        name: Arc<str>,
+        start: StartAt,
+        now: Instant,
+    ) -> (u32, DurableToken) {
+        let id = self.next_group_id;
+        self.next_group_id += 1;
+        let at = match start {
+            StartAt::Tail => self.next_offset,
+            StartAt::Oldest if storage.reads_back() => self.floor().min(self.floor_reported),
+            StartAt::Oldest => self.tail_start,
+        };
+        let mut group = Group::new(id, name, at, now);
+        // Its lag: everything from `at` on. Exact for the memory backend (the tail holds it all); for the disk
+        // log, the backlog of the slowest group, which starts at the same place.
+        let (messages, bytes) = if at == self.next_offset {
+            (0, 0)
+        } else if storage.reads_back() {
+            self.backlog()
+        } else {
+            (self.tail.len() as u64, self.tail_bytes)
+        };
+        group.settled = self.log_messages.saturating_sub(messages);
+        group.settled_bytes = self.log_bytes.saturating_sub(bytes);
+        let token = storage.create_group(&GroupMark {
+            id,
+            floor: at,
+            name: group.name.to_string(),
+        });
+        self.groups.push(group);
+        (id, token)
+    }
+
+    /// Drops every group without consumers for `ttl` (none while the queue closes).
+    fn sweep(&mut self, storage: &dyn Storage, ttl: Duration, now: Instant) {
+        self.next_sweep = now + SWEEP_EVERY.min(ttl);
+        let before = self.groups.len();
+        let mut dropped = Vec::new();
+        self.groups.retain(|g| {
+            let idle = g.consumers == 0 && g.idle_since.is_some_and(|since| now >= since + ttl);
+            if idle {
+                dropped.push((g.id, Arc::clone(&g.name)));
+            }
+            !idle
+        });
+        if self.groups.len() == before {
+            return;
+        }
+        for (id, name) in dropped {
+            storage.drop_group(id);
+            self.stats.groups_dropped += 1;
+            self.unlogged.dropped.push(name);
+        }
+        self.trim_tail(storage.reads_back(), u64::MAX);
+        self.report_floor(storage);
+    }
 }
 
 /// A producer's dedup mark and when it was last seen (for LRU eviction).
@@ -408,375 +971,6 @@ impl Producers {
     }
 }
 
-/// Everything mutable, behind one lock.
-#[derive(Debug)]
-struct State {
-    closed: bool,
-    next_offset: u64,
-    /// Undelivered messages held in RAM, in offset order, all before the cold range.
-    hot: VecDeque<(u64, Bytes)>,
-    hot_bytes: u64,
-    /// Undelivered messages only on disk: offsets `[cold_from, cold_to)` minus `cold_skip`; empty when equal.
-    cold_from: u64,
-    cold_to: u64,
-    cold_skip: RangeSet,
-    /// Returned leases waiting for redelivery, dispatched before anything else.
-    redeliver: BTreeMap<u64, Returned>,
-    leases: BTreeMap<u64, Lease>,
-    /// Lease deadlines in dispatch order (so also in deadline order); stale entries are skipped.
-    deadlines: VecDeque<(Instant, u64)>,
-    consumers: HashMap<u64, Slot>,
-    /// Consumers with credit waiting for messages, woken one per message.
-    waiters: VecDeque<u64>,
-    next_consumer: u64,
-    producers: Producers,
-    depth: u64,
-    bytes: u64,
-    floor_reported: u64,
-    /// A push was refused for lack of space, so frees must notify space waiters.
-    full: bool,
-    refill: Vec<(u64, Bytes)>,
-    dead: DeadIndex,
-    /// Dead letters made under the lock, logged by the caller once it has let go of it.
-    unlogged: Unlogged,
-    stats: QueueStats,
-}
-
-/// Dead-lettering to log once the state lock is released (logging writes to stderr: never under the lock).
-#[derive(Debug, Default)]
-#[must_use = "log it once the state lock is released"]
-struct Unlogged {
-    letters: Vec<DeadLetter>,
-    evicted: usize,
-}
-
-impl Unlogged {
-    /// Logs each new dead letter once, without its payload.
-    fn log(self, cap: usize) {
-        for letter in &self.letters {
-            tracing::warn!(
-                id = letter.id,
-                bytes = letter.size,
-                deliveries = letter.deliveries,
-                reason = letter.reason.as_str(),
-                "message moved to the dead letters"
-            );
-        }
-        if self.evicted > 0 {
-            tracing::warn!(
-                count = self.evicted,
-                cap,
-                "dropped the oldest dead letters to stay within --max-dead-letters"
-            );
-        }
-    }
-}
-
-/// What one dispatch attempt achieved.
-#[derive(Debug, PartialEq, Eq)]
-enum Fill {
-    Delivered,
-    NoCredit,
-    Empty,
-    /// Messages exist but are not written to the log yet, so they cannot be read back.
-    AwaitWrite,
-}
-
-impl State {
-    fn cold(&self) -> bool {
-        self.cold_from < self.cold_to
-    }
-
-    fn has_messages(&self) -> bool {
-        !self.redeliver.is_empty() || !self.hot.is_empty() || self.cold()
-    }
-
-    /// The lowest offset that may be unacked: everything below it can be forgotten by storage.
-    fn floor(&self) -> u64 {
-        [
-            self.redeliver.keys().next().copied(),
-            self.leases.keys().next().copied(),
-            self.hot.front().map(|&(offset, _)| offset),
-            self.cold().then_some(self.cold_from),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(self.next_offset)
-    }
-
-    fn report_floor(&mut self, storage: &dyn Storage) {
-        let floor = self.floor();
-        if floor > self.floor_reported {
-            self.floor_reported = floor;
-            storage.advance_floor(floor);
-        }
-    }
-
-    fn wake_waiters(&mut self, mut count: usize) {
-        while count > 0 {
-            let Some(id) = self.waiters.pop_front() else {
-                return;
-            };
-            if let Some(slot) = self.consumers.get_mut(&id)
-                && slot.waiting
-            {
-                slot.waiting = false;
-                slot.notify.notify_one();
-                count -= 1;
-            }
-        }
-    }
-
-    /// Takes consumer `id` off the waiter list (it is about to dispatch, or gone), so wake-ups go to consumers
-    /// that are really waiting.
-    fn unregister(&mut self, id: u64) -> bool {
-        let was_waiting = self.consumers.get_mut(&id).is_some_and(|slot| {
-            let waiting = slot.waiting;
-            slot.waiting = false;
-            waiting
-        });
-        if was_waiting {
-            self.waiters.retain(|&w| w != id);
-        }
-        was_waiting
-    }
-
-    /// One lease of `owner` went away: free its credit and wake it if it was blocked on credit.
-    fn release_credit(&mut self, owner: u64) {
-        if let Some(slot) = self.consumers.get_mut(&owner) {
-            slot.in_flight = slot.in_flight.saturating_sub(1);
-            if slot.wants_credit {
-                slot.wants_credit = false;
-                slot.notify.notify_one();
-            }
-        }
-    }
-
-    /// Returns expired leases to the redelivery set and wakes as many waiters.
-    fn expire(&mut self, now: Instant) {
-        let mut expired = 0;
-        while let Some(&(deadline, offset)) = self.deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop_front();
-            if self
-                .leases
-                .get(&offset)
-                .is_some_and(|l| l.deadline == deadline)
-                && let Some(lease) = self.leases.remove(&offset)
-            {
-                self.release_credit(lease.owner);
-                self.redeliver.insert(offset, lease.into());
-                expired += 1;
-            }
-        }
-        if self.deadlines.len() > 2 * self.leases.len() + 1024 {
-            let leases = &self.leases;
-            self.deadlines.retain(|(deadline, offset)| {
-                leases.get(offset).is_some_and(|l| l.deadline == *deadline)
-            });
-        }
-        self.stats.lease_expired += expired as u64;
-        self.wake_waiters(expired);
-    }
-
-    /// Removes an acked message; returns its payload size if it was unacked.
-    fn remove_acked(&mut self, offset: u64) -> Option<u64> {
-        let (payload, _) = self.take_unacked(offset)?;
-        self.stats.acked += 1;
-        Some(payload.len() as u64)
-    }
-
-    /// Takes a leased or returned message out of the queue; returns its payload and delivery count.
-    fn take_unacked(&mut self, offset: u64) -> Option<(Bytes, u32)> {
-        let returned: Returned = if let Some(lease) = self.leases.remove(&offset) {
-            self.release_credit(lease.owner);
-            lease.into()
-        } else {
-            self.redeliver.remove(&offset)?
-        };
-        self.depth -= 1;
-        self.bytes -= returned.payload.len() as u64;
-        Some((returned.payload, returned.deliveries))
-    }
-
-    /// Turns a message already taken out of the queue into a dead letter: stores it (durably before the ack
-    /// that follows) and queues it for logging in `unlogged`.
-    fn bury(
-        &mut self,
-        storage: &dyn Storage,
-        options: &QueueOptions,
-        offset: u64,
-        payload: &[u8],
-        deliveries: u32,
-        reason: DeadReason,
-    ) {
-        let letter = DeadLetter::now(offset, reason, deliveries, payload.len());
-        self.unlogged.letters.push(letter);
-        match reason {
-            DeadReason::Nacked(_) => self.stats.dead_nacked += 1,
-            DeadReason::MaxDeliveries => self.stats.dead_max_deliveries += 1,
-        }
-        storage.append_dead(&letter, payload);
-        storage.append_acks(&mut [offset]);
-        let evicted = self.dead.insert(letter, options.max_dead_letters);
-        if !evicted.is_empty() {
-            self.unlogged.evicted += evicted.len();
-            self.stats.dead_evicted += evicted.len() as u64;
-            storage.remove_dead(&evicted);
-        }
-    }
-
-    /// Moves a chunk of the cold range into `hot` by reading it back from storage.
-    fn refill(&mut self, storage: &dyn Storage, budget: u64) -> Result<(), StorageError> {
-        let max = usize::try_from((budget / 2).clamp(1, REFILL_CHUNK)).unwrap_or(usize::MAX);
-        let mut chunk = std::mem::take(&mut self.refill);
-        let next = storage.read_messages(
-            self.cold_from,
-            self.cold_to,
-            &self.cold_skip,
-            max,
-            &mut chunk,
-        );
-        for (offset, payload) in chunk.drain(..) {
-            self.hot_bytes += payload.len() as u64;
-            self.hot.push_back((offset, payload));
-        }
-        self.refill = chunk;
-        self.cold_from = next?.min(self.cold_to);
-        if self.cold() {
-            self.cold_skip.remove_below(self.cold_from);
-        } else {
-            self.cold_skip = RangeSet::default();
-        }
-        Ok(())
-    }
-
-    /// Hands up to `max` messages (and what credit allows) to consumer `id`, in offset order.
-    fn fill(
-        &mut self,
-        storage: &dyn Storage,
-        options: &QueueOptions,
-        id: u64,
-        max: usize,
-        out: &mut Vec<Delivery>,
-    ) -> Result<Fill, StorageError> {
-        let Some(slot) = self.consumers.get(&id) else {
-            return Ok(Fill::Empty);
-        };
-        let mode = slot.mode;
-        let limit = match mode {
-            ConsumeMode::Acked => {
-                let credit = slot.window.saturating_sub(slot.in_flight);
-                if credit == 0 {
-                    return Ok(Fill::NoCredit);
-                }
-                max.min(usize::try_from(credit).unwrap_or(usize::MAX))
-            }
-            ConsumeMode::AutoAck => max,
-        };
-        let deadline = Instant::now() + options.lease_timeout;
-        let mut delivered = 0;
-        let mut auto_acked = Vec::new();
-        let mut outcome = Fill::Empty;
-        let mut buried = false;
-        let mut alone = false;
-        let in_flight = slot.in_flight;
-        while delivered < limit {
-            let (offset, payload, deliveries) =
-                if let Some((offset, returned)) = self.redeliver.pop_first() {
-                    if mode == ConsumeMode::Acked
-                        && returned.deliveries >= options.max_deliveries.max(1)
-                    {
-                        self.depth -= 1;
-                        self.bytes -= returned.payload.len() as u64;
-                        let reason = DeadReason::MaxDeliveries;
-                        let (payload, count) = (returned.payload, returned.deliveries);
-                        self.bury(storage, options, offset, &payload, count, reason);
-                        buried = true;
-                        continue;
-                    }
-                    if mode == ConsumeMode::Acked && returned.deliveries >= SUSPECT_AFTER {
-                        if delivered > 0 || in_flight > 0 {
-                            // It goes out alone: after this batch, or once this consumer's leases are settled.
-                            self.redeliver.insert(offset, returned);
-                            if delivered == 0 {
-                                outcome = Fill::NoCredit;
-                            }
-                            break;
-                        }
-                        alone = true;
-                    }
-                    (offset, returned.payload, returned.deliveries)
-                } else if let Some((offset, payload)) = self.hot.pop_front() {
-                    self.hot_bytes -= payload.len() as u64;
-                    (offset, payload, 0)
-                } else if self.cold() {
-                    self.refill(storage, options.memory_budget)?;
-                    if self.hot.is_empty() {
-                        if self.cold() {
-                            outcome = Fill::AwaitWrite;
-                        }
-                        break;
-                    }
-                    continue;
-                } else {
-                    break;
-                };
-            let redelivered = deliveries > 0;
-            match mode {
-                ConsumeMode::Acked => {
-                    self.leases.insert(
-                        offset,
-                        Lease {
-                            owner: id,
-                            payload: payload.clone(),
-                            deadline,
-                            deliveries: deliveries.saturating_add(1),
-                        },
-                    );
-                    self.deadlines.push_back((deadline, offset));
-                }
-                ConsumeMode::AutoAck => {
-                    self.depth -= 1;
-                    self.bytes -= payload.len() as u64;
-                    self.stats.acked += 1;
-                    auto_acked.push(offset);
-                }
-            }
-            self.stats.delivered += 1;
-            self.stats.redelivered += u64::from(redelivered);
-            out.push(Delivery {
-                id: offset,
-                payload,
-                redelivered,
-            });
-            delivered += 1;
-            if alone {
-                break;
-            }
-        }
-        if buried {
-            self.report_floor(storage);
-        }
-        if delivered == 0 {
-            return Ok(outcome);
-        }
-        if let Some(slot) = self.consumers.get_mut(&id)
-            && mode == ConsumeMode::Acked
-        {
-            slot.in_flight += delivered as u64;
-        }
-        if !auto_acked.is_empty() {
-            storage.append_acks(&mut auto_acked);
-            self.report_floor(storage);
-        }
-        Ok(Fill::Delivered)
-    }
-}
-
 /// The shared inside of a [`Queue`] handle.
 struct Inner {
     state: Mutex<State>,
@@ -804,7 +998,8 @@ impl fmt::Debug for Queue {
 
 impl Queue {
     /// Opens a queue on `backend`, recovering a disk log (a torn or corrupt tail is truncated and reported, never
-    /// a panic). Fails only if the directory or its files cannot be used.
+    /// a panic). Fails only if the directory or its files cannot be used. Blocking (recovery reads the whole
+    /// log): async callers run it on the blocking pool.
     pub fn open(
         backend: Backend,
         options: QueueOptions,
@@ -822,47 +1017,73 @@ impl Queue {
                 (Box::new(log), Some(recovered))
             }
         };
+        let now = Instant::now();
         let mut report = RecoveryReport::default();
         let mut state = State {
             closed: false,
             next_offset: 0,
-            hot: VecDeque::new(),
-            hot_bytes: 0,
-            cold_from: 0,
-            cold_to: 0,
-            cold_skip: RangeSet::default(),
-            redeliver: BTreeMap::new(),
-            leases: BTreeMap::new(),
-            deadlines: VecDeque::new(),
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            tail_start: 0,
+            log_messages: 0,
+            log_bytes: 0,
+            groups: vec![Group::new(
+                record::DEFAULT_GROUP_ID,
+                Arc::from(DEFAULT_GROUP),
+                0,
+                now,
+            )],
+            next_group_id: record::DEFAULT_GROUP_ID + 1,
             consumers: HashMap::new(),
-            waiters: VecDeque::new(),
             next_consumer: 0,
             producers: Producers::new(options.max_producers, Vec::new()),
-            depth: 0,
-            bytes: 0,
             floor_reported: 0,
             full: false,
-            refill: Vec::new(),
+            next_sweep: now + SWEEP_EVERY.min(options.group_idle_ttl),
             dead: DeadIndex::default(),
             unlogged: Unlogged::default(),
             stats: QueueStats::default(),
         };
         if let Some(recovered) = recovered {
-            state.next_offset = recovered.next_offset;
-            state.cold_from = recovered.first_unacked;
-            state.cold_to = recovered.unacked_end;
-            state.cold_skip = recovered.acked;
-            state.depth = recovered.messages;
-            state.bytes = recovered.bytes;
-            state.floor_reported = recovered.first_unacked;
+            let next = recovered.next_offset;
+            state.next_offset = next;
+            state.tail_start = next;
+            state.next_group_id = recovered.next_group_id;
+            // Lag is counted from a base at least as large as any group's backlog.
+            state.log_messages = recovered
+                .groups
+                .iter()
+                .map(|g| g.messages)
+                .max()
+                .unwrap_or(0);
+            state.log_bytes = recovered.groups.iter().map(|g| g.bytes).max().unwrap_or(0);
+            state.groups = recovered
+                .groups
+                .into_iter()
+                .map(|found| {
+                    let mut group =
+                        Group::new(found.id, Arc::from(found.name), found.first_unacked, now);
+                    group.skip = found.acked;
+                    group.settled = state.log_messages - found.messages;
+                    group.settled_bytes = state.log_bytes - found.bytes;
+                    if found.unacked_end < next {
+                        // Offsets lost to a truncation at the very end are not messages to read back.
+                        group.skip.insert(found.unacked_end, next);
+                    }
+                    group
+                })
+                .collect();
+            state.floor_reported = state.floor();
             state.producers = Producers::new(options.max_producers, recovered.producers);
             state.dead = DeadIndex::new(recovered.dead);
+            let (messages, bytes) = state.backlog();
             report = RecoveryReport {
-                messages: recovered.messages,
-                bytes: recovered.bytes,
-                next_offset: recovered.next_offset,
+                messages,
+                bytes,
+                next_offset: next,
                 segments: recovered.segments,
                 truncated: recovered.truncations,
+                groups: state.groups.iter().map(|g| g.name.to_string()).collect(),
             };
         }
         let inner = Inner {
@@ -896,12 +1117,17 @@ impl Queue {
     {
         let inner = &*self.inner;
         let mut state = inner.state.lock();
+        let now = Instant::now();
+        if now >= state.next_sweep && !state.closed {
+            state.sweep(&*inner.storage, inner.options.group_idle_ttl, now);
+        }
+        let mut used = state.backlog().1;
         let mut stored = 0;
         let mut failure: Option<PushError> = None;
         for (producer, payload) in items {
             let result = match &failure {
                 Some(err) => Err(err.clone()),
-                None => push_one(inner, &mut state, producer, payload),
+                None => push_one(inner, &mut state, &mut used, producer, payload),
             };
             match &result {
                 Ok(Pushed::Stored { .. }) => stored += 1,
@@ -910,7 +1136,13 @@ impl Queue {
             }
             out.push(result);
         }
-        state.wake_waiters(stored);
+        if stored > 0 {
+            state.trim_tail(inner.storage.reads_back(), inner.options.memory_budget);
+            state.wake_waiters(stored);
+        }
+        let unlogged = std::mem::take(&mut state.unlogged);
+        drop(state);
+        unlogged.log(inner.options.max_dead_letters);
     }
 
     /// Resolves once the record behind `token` is durable per the fsync policy: after its group's fsync
@@ -957,8 +1189,8 @@ impl Queue {
             notified.as_mut().enable();
             {
                 let mut state = self.inner.state.lock();
-                let fits = state.bytes.saturating_add(len as u64) <= self.inner.options.max_bytes
-                    || len as u64 > self.inner.options.max_bytes;
+                let max = self.inner.options.max_bytes;
+                let fits = state.backlog().1.saturating_add(len as u64) <= max || len as u64 > max;
                 let storage = &self.inner.storage;
                 if state.closed || (fits && !storage.backlogged() && !storage.no_space()) {
                     return;
@@ -969,9 +1201,50 @@ impl Queue {
         }
     }
 
-    /// Attaches a consumer. In [`ConsumeMode::Acked`] it starts with no credit: call [`Consumer::grant`].
+    /// Attaches a consumer to the `default` group (created at the tail if it was dropped). In
+    /// [`ConsumeMode::Acked`] it starts with no credit: call [`Consumer::grant`].
     pub fn consumer(&self, mode: ConsumeMode) -> Consumer {
-        let mut state = self.inner.state.lock();
+        self.attach(&GroupName::default_group(), StartAt::Tail, mode)
+            .0
+    }
+
+    /// Attaches a consumer to group `name`, creating the group at `start` if it does not exist (`start` is
+    /// ignored for an existing group: it resumes after its last ack). Resolves once a new group's creation is
+    /// durable, so a crash cannot forget a group that already took messages.
+    pub async fn join(
+        &self,
+        name: &GroupName,
+        start: StartAt,
+        mode: ConsumeMode,
+    ) -> Result<Consumer, QueueError> {
+        let (consumer, created) = self.attach(name, start, mode);
+        if let Some(token) = created {
+            self.wait_durable(token).await?;
+        }
+        Ok(consumer)
+    }
+
+    fn attach(
+        &self,
+        name: &GroupName,
+        start: StartAt,
+        mode: ConsumeMode,
+    ) -> (Consumer, Option<DurableToken>) {
+        let inner = &*self.inner;
+        let mut state = inner.state.lock();
+        let now = Instant::now();
+        state.sweep(&*inner.storage, inner.options.group_idle_ttl, now);
+        let (group, created) = match state.group_named(name.as_str()) {
+            Some(group) => (group.id, None),
+            None => {
+                let (id, token) = state.create_group(&*inner.storage, name.shared(), start, now);
+                (id, Some(token))
+            }
+        };
+        if let Some(g) = state.group_mut(group) {
+            g.consumers += 1;
+            g.idle_since = None;
+        }
         let id = state.next_consumer;
         state.next_consumer += 1;
         let notify = Arc::new(Notify::new());
@@ -979,6 +1252,7 @@ impl Queue {
             id,
             Slot {
                 mode,
+                group,
                 window: 0,
                 in_flight: 0,
                 notify: Arc::clone(&notify),
@@ -986,25 +1260,36 @@ impl Queue {
                 wants_credit: false,
             },
         );
-        Consumer::new(self.clone(), id, mode, notify)
+        let unlogged = std::mem::take(&mut state.unlogged);
+        drop(state);
+        unlogged.log(inner.options.max_dead_letters);
+        (
+            Consumer::new(self.clone(), id, group, mode, notify),
+            created,
+        )
     }
 
-    /// Acks delivery ids from any consumer; returns how many messages this removed. Idempotent: unknown or
-    /// already acked ids are ignored; an id whose lease expired is still removed (at-least-once).
+    /// Acks delivery ids of the `default` group; see [`Consumer::ack`].
     pub fn ack(&self, ids: &[u64]) -> usize {
+        self.ack_in(record::DEFAULT_GROUP_ID, ids)
+    }
+
+    /// Acks delivery ids of group `group`; returns how many messages this settled. Idempotent: unknown or
+    /// already acked ids are ignored; an id whose lease expired is still settled (at-least-once).
+    fn ack_in(&self, group: u32, ids: &[u64]) -> usize {
         let inner = &*self.inner;
         let mut acked = Vec::with_capacity(ids.len());
         let notify_space = {
             let mut state = inner.state.lock();
             for &id in ids {
-                if state.remove_acked(id).is_some() {
+                if state.remove_acked(group, id) {
                     acked.push(id);
                 }
             }
             if acked.is_empty() {
                 return 0;
             }
-            inner.storage.append_acks(&mut acked);
+            inner.storage.append_acks(group, &mut acked);
             state.report_floor(&*inner.storage);
             std::mem::take(&mut state.full)
         };
@@ -1014,21 +1299,36 @@ impl Queue {
         acked.len()
     }
 
-    /// Refuses delivery `id` for good on behalf of a consumer (NACK): the message becomes a dead letter with
-    /// `reason` and leaves the queue like an acked one. Returns false for an unknown or already settled id.
+    /// Refuses delivery `id` of the `default` group for good; see [`Consumer::nack`].
     pub fn nack(&self, id: u64, reason: wsmq_core::protocol::queue::NackReason) -> bool {
+        self.nack_in(record::DEFAULT_GROUP_ID, id, reason)
+    }
+
+    /// Refuses delivery `id` of group `group` for good on behalf of a consumer (NACK): the message becomes a dead
+    /// letter with `reason` and is settled for the group like an acked one. Returns false for an unknown or
+    /// already settled id.
+    fn nack_in(&self, group: u32, id: u64, reason: wsmq_core::protocol::queue::NackReason) -> bool {
         let inner = &*self.inner;
         let (notify_space, unlogged) = {
             let mut state = inner.state.lock();
-            let Some((payload, deliveries)) = state.take_unacked(id) else {
+            let Some((payload, deliveries)) = state.take_unacked(group, id) else {
                 return false;
             };
             let storage = &*inner.storage;
             let reason = DeadReason::Nacked(reason);
-            state.bury(storage, &inner.options, id, &payload, deliveries, reason);
+            state.bury(
+                storage,
+                &inner.options,
+                group,
+                id,
+                &payload,
+                deliveries,
+                reason,
+            );
             state.report_floor(storage);
-            if state.has_messages() {
-                state.wake_waiters(1);
+            let next = state.next_offset;
+            if state.group(group).is_some_and(|g| g.has_messages(next)) {
+                state.wake_group(group, 1);
             }
             let unlogged = std::mem::take(&mut state.unlogged);
             (std::mem::take(&mut state.full), unlogged)
@@ -1045,10 +1345,11 @@ impl Queue {
         self.inner.state.lock().dead.list()
     }
 
-    /// Pushes dead letters back into the queue as new messages (new offsets, at the back), then forgets them:
-    /// those in `ids`, or all when `ids` is `None`. Unknown ids are ignored. A letter leaves the dead letters only
-    /// once its new copy is durable, so a crash in between can duplicate it but never lose it. Stops at the first
-    /// refused push (queue full, disk full) and reports it; what was replayed before stays replayed.
+    /// Pushes dead letters back into the queue as new messages (new offsets, at the back, so every group gets
+    /// them), then forgets them: those in `ids`, or all when `ids` is `None`. Unknown ids are ignored. A letter
+    /// leaves the dead letters only once its new copy is durable, so a crash in between can duplicate it but never
+    /// lose it. Stops at the first refused push (queue full, disk full) and reports it; what was replayed before
+    /// stays replayed.
     pub async fn replay(&self, ids: Option<&[u64]>) -> Result<usize, ReplayError> {
         let inner = Arc::clone(&self.inner);
         let _one_at_a_time = inner.replaying.lock().await;
@@ -1128,19 +1429,45 @@ impl Queue {
         }
     }
 
-    /// Counters and gauges for metrics and readiness.
+    /// Counters and gauges for metrics and readiness; also drops groups idle beyond `--group-idle-ttl`.
     pub fn stats(&self) -> QueueStats {
-        let mut state = self.inner.state.lock();
-        state.expire(Instant::now());
-        QueueStats {
-            depth: state.depth,
-            bytes: state.bytes,
-            in_flight: state.leases.len() as u64,
-            memory_bytes: state.hot_bytes,
+        let inner = &*self.inner;
+        let mut state = inner.state.lock();
+        let now = Instant::now();
+        state.expire(now);
+        if !state.closed {
+            state.sweep(&*inner.storage, inner.options.group_idle_ttl, now);
+        }
+        let (depth, bytes) = state.backlog();
+        let groups = state
+            .groups
+            .iter()
+            .map(|g| GroupStats {
+                name: g.name.to_string(),
+                lag: state.log_messages.saturating_sub(g.settled),
+                lag_bytes: state.log_bytes.saturating_sub(g.settled_bytes),
+                consumers: g.consumers,
+                in_flight: g.leases.len() as u64,
+                delivered: g.counters.delivered,
+                redelivered: g.counters.redelivered,
+                acked: g.counters.acked,
+            })
+            .collect();
+        let stats = QueueStats {
+            depth,
+            bytes,
+            in_flight: state.groups.iter().map(|g| g.leases.len() as u64).sum(),
+            memory_bytes: state.tail_bytes
+                + state.groups.iter().map(|g| g.ahead_bytes).sum::<u64>(),
             consumers: state.consumers.len(),
             dead_letters: state.dead.len() as u64,
+            groups,
             ..state.stats.clone()
-        }
+        };
+        let unlogged = std::mem::take(&mut state.unlogged);
+        drop(state);
+        unlogged.log(inner.options.max_dead_letters);
+        stats
     }
 
     /// Stops the queue: pushes and waiting consumers get `Closed`, and the log flushes and fsyncs everything
@@ -1161,10 +1488,11 @@ impl Queue {
     }
 }
 
-/// Stores one message with the state lock held.
+/// Stores one message with the state lock held; `used` is the slowest group's backlog in bytes so far.
 fn push_one(
     inner: &Inner,
     state: &mut State,
+    used: &mut u64,
     producer: Option<Producer>,
     payload: Bytes,
 ) -> Result<Pushed, PushError> {
@@ -1192,7 +1520,7 @@ fn push_one(
         state.full = true;
         return Err(PushError::NoSpace);
     }
-    if state.bytes + len as u64 > options.max_bytes || inner.storage.backlogged() {
+    if *used + len as u64 > options.max_bytes || inner.storage.backlogged() {
         state.stats.rejected_full += 1;
         state.full = true;
         return Err(PushError::Full);
@@ -1201,28 +1529,36 @@ fn push_one(
     let offset = state.next_offset;
     let snapshot = || Snapshot {
         next_offset: offset,
-        floor: state.floor(),
+        floor: state
+            .group(record::DEFAULT_GROUP_ID)
+            .map_or(offset, Group::floor),
         producers: state.producers.snapshot(),
+        groups: Some(
+            state
+                .groups
+                .iter()
+                .map(|g| GroupMark {
+                    id: g.id,
+                    floor: g.floor(),
+                    name: g.name.to_string(),
+                })
+                .collect(),
+        ),
     };
     let durable = storage.append_message(offset, producer, &payload, &snapshot)?;
     state.next_offset += 1;
     if let Some(p) = producer {
         state.producers.record(p);
     }
-    state.depth += 1;
-    state.bytes += len as u64;
+    *used += len as u64;
+    state.log_messages += 1;
+    state.log_bytes += len as u64;
     state.stats.pushed += 1;
-    if state.cold()
-        || (storage.reads_back() && state.hot_bytes + len as u64 > options.memory_budget)
-    {
-        if !state.cold() {
-            state.cold_from = offset;
-        }
-        state.cold_to = offset + 1;
-    } else {
-        state.hot_bytes += len as u64;
-        state.hot.push_back((offset, payload));
+    if state.tail.is_empty() {
+        state.tail_start = offset;
     }
+    state.tail_bytes += len as u64;
+    state.tail.push_back((offset, payload));
     Ok(Pushed::Stored { offset, durable })
 }
 

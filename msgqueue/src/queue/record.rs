@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::Producer;
+use super::{DEFAULT_GROUP, Producer};
 
 /// Bytes before a record's kind: length and checksum.
 pub(crate) const HEADER_LEN: usize = 8;
@@ -33,6 +33,22 @@ const KIND_ACKS: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_DEAD: u8 = 4;
 const KIND_DEAD_REMOVED: u8 = 5;
+/// Acks of a consumer group other than `default` (whose acks keep the original [`KIND_ACKS`] form, so a data
+/// directory stays readable both ways).
+const KIND_GROUP_ACKS: u8 = 6;
+/// A consumer group was created.
+const KIND_GROUP: u8 = 7;
+/// A consumer group was dropped (idle too long).
+const KIND_GROUP_DROPPED: u8 = 8;
+/// Every live group with its ack floor, written after the snapshot at the head of each segment.
+const KIND_GROUPS: u8 = 9;
+/// A dead letter of a group other than `default` (whose dead letters keep the original [`KIND_DEAD`] form).
+const KIND_DEAD_IN_GROUP: u8 = 10;
+/// The id of the group named `default`, which exists from the first open (a log written before groups existed
+/// holds only its acks).
+pub(crate) const DEFAULT_GROUP_ID: u32 = 0;
+/// Longest group name (the wire format allows 64 bytes).
+pub(crate) const MAX_GROUP_NAME: usize = 64;
 /// Fixed part of a dead-letter body: id, reason, deliveries, time.
 const DEAD_FIXED: usize = 8 + 1 + 4 + 8;
 const FLAG_PRODUCER: u8 = 1;
@@ -46,8 +62,14 @@ pub(crate) enum Record<'a> {
         producer: Option<Producer>,
         payload: &'a [u8],
     },
-    /// Acked offsets as `(start, count)` runs.
-    Acks(Vec<(u64, u32)>),
+    /// Acked offsets of a group as `(start, count)` runs.
+    Acks(u32, Vec<(u64, u32)>),
+    /// A group was created, starting at offset `start`.
+    Group(GroupMark),
+    /// A group was dropped.
+    GroupDropped(u32),
+    /// Every live group at the head of a segment.
+    Groups(Vec<GroupMark>),
     /// State written at the head of every segment so deleting older segments loses nothing.
     Snapshot(Snapshot),
     /// A dead letter (only in the dead-letter file).
@@ -57,7 +79,7 @@ pub(crate) enum Record<'a> {
 }
 
 /// What a dead-letter record says about its message, besides the payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DeadHeader {
     /// The message's offset when it died.
     pub(crate) id: u64,
@@ -67,18 +89,30 @@ pub(crate) struct DeadHeader {
     pub(crate) deliveries: u32,
     /// When it died, in milliseconds since the Unix epoch.
     pub(crate) time_ms: u64,
+    /// The consumer group that gave up on it.
+    pub(crate) group: String,
 }
 
 /// Encodes a dead-letter record.
 pub(crate) fn encode_dead(buf: &mut Vec<u8>, header: &DeadHeader, payload: &[u8]) {
     let start = buf.len();
-    buf.reserve(HEADER_LEN + 1 + DEAD_FIXED + payload.len());
+    buf.reserve(HEADER_LEN + 2 + DEAD_FIXED + header.group.len() + payload.len());
     buf.extend_from_slice(&[0; HEADER_LEN]);
-    buf.push(KIND_DEAD);
+    let in_group = header.group != DEFAULT_GROUP;
+    buf.push(if in_group {
+        KIND_DEAD_IN_GROUP
+    } else {
+        KIND_DEAD
+    });
     buf.extend_from_slice(&header.id.to_le_bytes());
     buf.push(header.reason);
     buf.extend_from_slice(&header.deliveries.to_le_bytes());
     buf.extend_from_slice(&header.time_ms.to_le_bytes());
+    if in_group {
+        let name = &header.group.as_bytes()[..header.group.len().min(MAX_GROUP_NAME)];
+        buf.push(name.len() as u8);
+        buf.extend_from_slice(name);
+    }
     buf.extend_from_slice(payload);
     finish(buf, start);
 }
@@ -101,10 +135,57 @@ pub(crate) fn encode_dead_removed(buf: &mut Vec<u8>, ids: &[u64]) {
 pub(crate) struct Snapshot {
     /// The offset the next message will get.
     pub(crate) next_offset: u64,
-    /// Every offset below this is acked.
+    /// Every offset below this is acked by the `default` group.
     pub(crate) floor: u64,
     /// Highest stored seq per producer id.
     pub(crate) producers: Vec<(u64, u64)>,
+    /// Every live group with its floor, written as its own record after the snapshot; `None` in a log written
+    /// before groups existed (only the `default` group, whose floor is `floor`).
+    pub(crate) groups: Option<Vec<GroupMark>>,
+}
+
+/// A consumer group as the log remembers it: its id (unique over the log's life, so a dropped and recreated
+/// group never inherits the acks of its predecessor), its name and its ack floor (for a creation record: where it
+/// started).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupMark {
+    pub(crate) id: u32,
+    pub(crate) floor: u64,
+    pub(crate) name: String,
+}
+
+fn put_group(buf: &mut Vec<u8>, group: &GroupMark) {
+    let name = &group.name.as_bytes()[..group.name.len().min(MAX_GROUP_NAME)];
+    buf.extend_from_slice(&group.id.to_le_bytes());
+    buf.extend_from_slice(&group.floor.to_le_bytes());
+    buf.push(name.len() as u8);
+    buf.extend_from_slice(name);
+}
+
+fn take_group(body: &mut Body<'_>) -> Option<GroupMark> {
+    let id = body.u32()?;
+    let floor = body.u64().filter(|&o| o < OFFSET_LIMIT)?;
+    let len = usize::from(body.u8()?);
+    let name = std::str::from_utf8(body.take(len)?).ok()?.to_owned();
+    Some(GroupMark { id, floor, name })
+}
+
+/// Encodes the creation of a group starting at `group.floor`.
+pub(crate) fn encode_group(buf: &mut Vec<u8>, group: &GroupMark) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    buf.push(KIND_GROUP);
+    put_group(buf, group);
+    finish(buf, start);
+}
+
+/// Encodes the removal of group `id`.
+pub(crate) fn encode_group_dropped(buf: &mut Vec<u8>, id: u32) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER_LEN]);
+    buf.push(KIND_GROUP_DROPPED);
+    buf.extend_from_slice(&id.to_le_bytes());
+    finish(buf, start);
 }
 
 /// Appends a record's header for a `kind + body` of `len` bytes already written at `buf[start + HEADER_LEN..]`.
@@ -141,7 +222,7 @@ pub(crate) fn encode_message(
 
 /// Encodes acked offsets (any order) as runs, so the common case of contiguous acks costs a few bytes. Very
 /// scattered acks are split over several records so none comes near [`MAX_RECORD_LEN`].
-pub(crate) fn encode_acks(buf: &mut Vec<u8>, offsets: &mut [u64]) {
+pub(crate) fn encode_acks(buf: &mut Vec<u8>, group: u32, offsets: &mut [u64]) {
     offsets.sort_unstable();
     let mut runs: Vec<(u64, u32)> = Vec::new();
     for &offset in offsets.iter() {
@@ -156,7 +237,12 @@ pub(crate) fn encode_acks(buf: &mut Vec<u8>, offsets: &mut [u64]) {
     for chunk in runs.chunks(MAX_ACK_RUNS) {
         let start = buf.len();
         buf.extend_from_slice(&[0; HEADER_LEN]);
-        buf.push(KIND_ACKS);
+        if group == DEFAULT_GROUP_ID {
+            buf.push(KIND_ACKS);
+        } else {
+            buf.push(KIND_GROUP_ACKS);
+            buf.extend_from_slice(&group.to_le_bytes());
+        }
         for &(first, count) in chunk {
             buf.extend_from_slice(&first.to_le_bytes());
             buf.extend_from_slice(&count.to_le_bytes());
@@ -179,6 +265,15 @@ pub(crate) fn encode_snapshot(buf: &mut Vec<u8>, snapshot: &Snapshot) {
         buf.extend_from_slice(&seq.to_le_bytes());
     }
     finish(buf, start);
+    if let Some(groups) = &snapshot.groups {
+        let start = buf.len();
+        buf.extend_from_slice(&[0; HEADER_LEN]);
+        buf.push(KIND_GROUPS);
+        for group in groups {
+            put_group(buf, group);
+        }
+        finish(buf, start);
+    }
 }
 
 /// Little-endian cursor over a record body; `None` means the body is too short, i.e. corrupt.
@@ -220,12 +315,32 @@ fn decode(bytes: &[u8]) -> Option<Record<'_>> {
                 payload: body.0,
             })
         }
-        KIND_ACKS => {
+        kind @ (KIND_ACKS | KIND_GROUP_ACKS) => {
+            let group = if kind == KIND_ACKS {
+                DEFAULT_GROUP_ID
+            } else {
+                body.u32()?
+            };
             let mut runs = Vec::with_capacity(body.0.len() / 12);
             while !body.0.is_empty() {
                 runs.push((body.u64()?, body.u32()?));
             }
-            Some(Record::Acks(runs))
+            Some(Record::Acks(group, runs))
+        }
+        KIND_GROUP => {
+            let group = take_group(&mut body)?;
+            body.0.is_empty().then_some(Record::Group(group))
+        }
+        KIND_GROUP_DROPPED => {
+            let id = body.u32()?;
+            body.0.is_empty().then_some(Record::GroupDropped(id))
+        }
+        KIND_GROUPS => {
+            let mut groups = Vec::new();
+            while !body.0.is_empty() {
+                groups.push(take_group(&mut body)?);
+            }
+            Some(Record::Groups(groups))
         }
         KIND_SNAPSHOT => {
             let next_offset = body.u64().filter(|&o| o < OFFSET_LIMIT)?;
@@ -242,14 +357,24 @@ fn decode(bytes: &[u8]) -> Option<Record<'_>> {
                 next_offset,
                 floor,
                 producers,
+                groups: None,
             }))
         }
-        KIND_DEAD => {
+        kind @ (KIND_DEAD | KIND_DEAD_IN_GROUP) => {
+            let (id, reason, deliveries, time_ms) =
+                (body.u64()?, body.u8()?, body.u32()?, body.u64()?);
+            let group = if kind == KIND_DEAD {
+                DEFAULT_GROUP.to_owned()
+            } else {
+                let len = usize::from(body.u8()?);
+                std::str::from_utf8(body.take(len)?).ok()?.to_owned()
+            };
             let header = DeadHeader {
-                id: body.u64()?,
-                reason: body.u8()?,
-                deliveries: body.u32()?,
-                time_ms: body.u64()?,
+                id,
+                reason,
+                deliveries,
+                time_ms,
+                group,
             };
             Some(Record::Dead(header, body.0))
         }
@@ -379,11 +504,13 @@ mod tests {
     fn records_round_trip_through_a_file() {
         let mut buf = Vec::new();
         encode_message(&mut buf, 7, Some(Producer { id: 3, seq: 9 }), b"hello");
-        encode_acks(&mut buf, &mut [5, 3, 4, 9]);
+        encode_acks(&mut buf, DEFAULT_GROUP_ID, &mut [5, 3, 4, 9]);
+        encode_acks(&mut buf, 4, &mut [8]);
         let snapshot = Snapshot {
             next_offset: 10,
             floor: 3,
             producers: vec![(3, 9)],
+            groups: None,
         };
         encode_snapshot(&mut buf, &snapshot);
         let mut file = tempfile::tempfile().unwrap();
@@ -406,10 +533,14 @@ mod tests {
             (offset, producer, payload),
             (7, Some(Producer { id: 3, seq: 9 }), &b"hello"[..])
         );
-        let Step::Record(Record::Acks(runs), pos) = reader.next(pos, limit).unwrap() else {
+        let Step::Record(Record::Acks(group, runs), pos) = reader.next(pos, limit).unwrap() else {
             panic!("expected acks");
         };
-        assert_eq!(runs, vec![(3, 3), (9, 1)]);
+        assert_eq!((group, runs), (DEFAULT_GROUP_ID, vec![(3, 3), (9, 1)]));
+        let Step::Record(Record::Acks(group, runs), pos) = reader.next(pos, limit).unwrap() else {
+            panic!("expected group acks");
+        };
+        assert_eq!((group, runs), (4, vec![(8, 1)]));
         let Step::Record(Record::Snapshot(read), pos) = reader.next(pos, limit).unwrap() else {
             panic!("expected a snapshot");
         };
@@ -424,9 +555,15 @@ mod tests {
             reason: 16,
             deliveries: 5,
             time_ms: 1_700_000_000_000,
+            group: DEFAULT_GROUP.to_owned(),
+        };
+        let in_group = DeadHeader {
+            group: "audit".to_owned(),
+            ..header.clone()
         };
         let mut buf = Vec::new();
         encode_dead(&mut buf, &header, b"poison");
+        encode_dead(&mut buf, &in_group, b"other");
         encode_dead_removed(&mut buf, &[42, 7]);
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&buf).unwrap();
@@ -437,6 +574,11 @@ mod tests {
             panic!("expected a dead letter");
         };
         assert_eq!((read, payload), (header, &b"poison"[..]));
+        let Step::Record(Record::Dead(read, payload), pos) = reader.next(pos, limit).unwrap()
+        else {
+            panic!("expected a dead letter of a group");
+        };
+        assert_eq!((read, payload), (in_group, &b"other"[..]));
         let Step::Record(Record::DeadRemoved(ids), _) = reader.next(pos, limit).unwrap() else {
             panic!("expected a removal");
         };
@@ -490,6 +632,7 @@ mod tests {
                     next_offset,
                     floor,
                     producers,
+                    groups: None,
                 },
             );
             buf

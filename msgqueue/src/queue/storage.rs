@@ -1,9 +1,15 @@
 //! The storage seam under the queue engine: what a backend (memory, the disk log, later a distributed engine)
 //! must do, and the types the two sides exchange.
 //!
-//! The engine calls these methods while holding its state lock, in offset order, so they must only buffer work
-//! (the disk log hands it to its writer thread) and never wait on I/O, except [`Storage::read_messages`], which
-//! reads back a bounded chunk of the backlog.
+//! The log assigns nothing the engine has not decided, but owns everything about files: records, segments, the
+//! snapshot at each segment's head, recovery. Consumer groups appear here only as ids with acked offsets and a
+//! creation or removal, which maps onto a distributed log as well (Redis Streams: XADD for `append_message`,
+//! XGROUP CREATE/DESTROY for groups, XACK for `append_acks`, XRANGE for `read_messages`, XTRIM MINID for
+//! `advance_floor`).
+//!
+//! The engine calls the append methods while holding its state lock, in offset order, so they must only buffer
+//! work (the disk log hands it to its writer thread) and never wait on I/O. [`Storage::read_messages`] and
+//! [`Storage::read_dead`] block on I/O: the engine calls them on the blocking pool, never under its lock.
 
 use std::io;
 use std::path::PathBuf;
@@ -13,8 +19,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::dead::DeadLetter;
-use super::rangeset::RangeSet;
-use super::record::Snapshot;
+use super::record::{GroupMark, Snapshot};
 use super::{DurableToken, Producer};
 
 /// Why storage failed. Cloneable so one failure can be reported to every push of a batch.
@@ -97,14 +102,21 @@ pub(crate) trait Storage: Send + Sync {
         snapshot: &dyn Fn() -> Snapshot,
     ) -> Result<DurableToken, StorageError>;
 
-    /// Buffers an ack record for `offsets` (any order; sorted in place). Lazy: it is written with the next group
-    /// and never waited for, since a lost ack only causes a redelivery.
-    fn append_acks(&self, offsets: &mut [u64]);
+    /// Buffers an ack record of consumer group `group` for `offsets` (any order; sorted in place). Lazy: it is
+    /// written with the next write and never waited for, since a lost ack only causes a redelivery.
+    fn append_acks(&self, group: u32, offsets: &mut [u64]);
+
+    /// Records a new consumer group starting at `group.floor`; the token becomes durable once the group is (a
+    /// consumer joins only then, so a crash cannot forget a group that already took messages).
+    fn create_group(&self, group: &GroupMark) -> DurableToken;
+
+    /// Records that group `id` is gone (its acks no longer hold anything back) and forgets its read position.
+    fn drop_group(&self, id: u32);
 
     /// A token covering everything appended so far, for acking a duplicate push only once its original is durable.
     fn position(&self) -> DurableToken;
 
-    /// Every offset below `floor` is acked: storage may delete what holds only those.
+    /// Every offset below `floor` is acked by every group: storage may delete what holds only those.
     fn advance_floor(&self, floor: u64);
 
     /// Whether so much is buffered but not yet written that pushes should be refused for now.
@@ -127,14 +139,15 @@ pub(crate) trait Storage: Send + Sync {
     /// Whether payloads can be read back, so the engine may drop them from memory beyond its budget.
     fn reads_back(&self) -> bool;
 
-    /// Appends to `out` the stored messages with offsets in `[from, to)` that are not in `skip`, in offset order,
-    /// stopping after about `max_bytes` of payload (at least one message) or at what is written so far. Returns the
-    /// offset to continue from.
+    /// Appends to `out` the stored messages with offsets in `[from, to)`, in offset order, stopping after about
+    /// `max_bytes` of payload (at least one message) or at what is written so far. Returns the offset to continue
+    /// from. `reader` (a group id) keeps its own position, so consecutive reads of one group scan sequentially.
+    /// Blocking: call it off the async workers and without the engine's lock.
     fn read_messages(
         &self,
+        reader: u32,
         from: u64,
         to: u64,
-        skip: &RangeSet,
         max_bytes: usize,
         out: &mut Vec<(u64, Bytes)>,
     ) -> Result<u64, StorageError>;

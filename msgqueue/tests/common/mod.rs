@@ -142,7 +142,12 @@ pub struct Consumer {
 
 impl Consumer {
     pub async fn connect(dialer: &Dialer, credit: u32) -> Self {
-        let (ws, proto) = expect_within("dial /popmsg", dialer.dial(POP_PATH))
+        Self::connect_to(dialer, POP_PATH, credit).await
+    }
+
+    /// Like [`Consumer::connect`] on `path`, e.g. `/popmsg?group=a` for a consumer group.
+    pub async fn connect_to(dialer: &Dialer, path: &str, credit: u32) -> Self {
+        let (ws, proto) = expect_within("dial /popmsg", dialer.dial(path))
             .await
             .unwrap();
         assert_eq!(proto.as_deref(), Some(SUBPROTOCOL_V1));

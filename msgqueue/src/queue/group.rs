@@ -1,0 +1,257 @@
+//! Consumer groups: each group reads the whole log at its own position and shares its messages among its
+//! consumers (Redis Streams' vocabulary: a group has a cursor, a pending list of leased entries and an ack floor).
+//!
+//! A group takes the messages after its cursor from the engine's in-memory tail of the log, or, when it is so far
+//! behind that the tail no longer holds them, from its read-ahead window, which the blocking pool fills from the
+//! log. Leases, redelivery, delivery counts and dead letters are per group: a message redelivered in one group is
+//! not redelivered in another.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::rangeset::RangeSet;
+use super::record::MAX_GROUP_NAME;
+use super::storage::StorageError;
+
+/// The group of every consumer that names none (ws-go's poppers, older wsmq subscribers). It exists from the first
+/// open, so messages pushed before any consumer connected wait for it.
+pub const DEFAULT_GROUP: &str = "default";
+
+/// A valid consumer group name: 1 to 64 bytes of `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupName(Arc<str>);
+
+/// A group name that is empty, longer than 64 bytes or holds a byte outside `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid group name {0:?}: expected 1 to 64 characters of A-Z a-z 0-9 . _ -")]
+pub struct InvalidGroupName(String);
+
+impl GroupName {
+    /// The `default` group.
+    pub fn default_group() -> Self {
+        Self(Arc::from(DEFAULT_GROUP))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn shared(&self) -> Arc<str> {
+        Arc::clone(&self.0)
+    }
+}
+
+impl FromStr for GroupName {
+    type Err = InvalidGroupName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid = !s.is_empty()
+            && s.len() <= MAX_GROUP_NAME
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if valid {
+            Ok(Self(Arc::from(s)))
+        } else {
+            Err(InvalidGroupName(s.chars().take(80).collect()))
+        }
+    }
+}
+
+impl fmt::Display for GroupName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a group that does not exist yet starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// After the newest message: it gets what is pushed from now on.
+    #[default]
+    Tail,
+    /// At the oldest message the log still holds (what the slowest group has not acked).
+    Oldest,
+}
+
+/// A leased delivery: the payload is kept for redelivery (leases are bounded by consumer credit).
+#[derive(Debug)]
+pub(super) struct Lease {
+    pub(super) owner: u64,
+    pub(super) payload: Bytes,
+    pub(super) deadline: Instant,
+    /// Deliveries of this message in this group so far, this one included.
+    pub(super) deliveries: u32,
+}
+
+/// A returned lease waiting for redelivery.
+#[derive(Debug)]
+pub(super) struct Returned {
+    pub(super) payload: Bytes,
+    pub(super) deliveries: u32,
+}
+
+impl From<Lease> for Returned {
+    fn from(lease: Lease) -> Self {
+        Self {
+            payload: lease.payload,
+            deliveries: lease.deliveries,
+        }
+    }
+}
+
+/// Counters of one group, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct GroupCounters {
+    pub(super) delivered: u64,
+    pub(super) redelivered: u64,
+    pub(super) acked: u64,
+}
+
+/// One consumer group's state.
+#[derive(Debug)]
+pub(super) struct Group {
+    /// Unique over the log's life: a dropped group that comes back is a new group.
+    pub(super) id: u32,
+    pub(super) name: Arc<str>,
+    /// The next offset to fetch from the log: everything below is leased, returned, acked, skipped or waiting in
+    /// `ahead`.
+    pub(super) next: u64,
+    /// Offsets at or above `next` acked before a restart, skipped when read back.
+    pub(super) skip: RangeSet,
+    /// Messages read back from the log ahead of dispatch, in offset order, all below `next`.
+    pub(super) ahead: VecDeque<(u64, Bytes)>,
+    pub(super) ahead_bytes: u64,
+    /// A read of the log for this group is running on the blocking pool.
+    pub(super) reading: bool,
+    /// The writer's position when a read found nothing yet: read again only once the writer moved on.
+    pub(super) stalled_at: Option<u64>,
+    /// The last read failed; consumers of the group get the error.
+    pub(super) read_error: Option<StorageError>,
+    /// Returned leases waiting for redelivery, dispatched before anything else.
+    pub(super) redeliver: BTreeMap<u64, Returned>,
+    pub(super) leases: BTreeMap<u64, Lease>,
+    /// Lease deadlines in dispatch order (so also in deadline order); stale entries are skipped.
+    pub(super) deadlines: VecDeque<(Instant, u64)>,
+    /// Consumers with credit waiting for messages, woken one per message.
+    pub(super) waiters: VecDeque<u64>,
+    pub(super) consumers: usize,
+    /// Since when the group has had no consumer.
+    pub(super) idle_since: Option<Instant>,
+    /// Messages and payload bytes of the log (counted as [`super::State::log_messages`] and `log_bytes`) that
+    /// this group has settled (acked, dead-lettered, or pushed before it started): its lag is the difference.
+    pub(super) settled: u64,
+    pub(super) settled_bytes: u64,
+    pub(super) counters: GroupCounters,
+}
+
+impl Group {
+    pub(super) fn new(id: u32, name: Arc<str>, next: u64, now: Instant) -> Self {
+        Self {
+            id,
+            name,
+            next,
+            skip: RangeSet::default(),
+            ahead: VecDeque::new(),
+            ahead_bytes: 0,
+            reading: false,
+            stalled_at: None,
+            read_error: None,
+            redeliver: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            deadlines: VecDeque::new(),
+            waiters: VecDeque::new(),
+            consumers: 0,
+            idle_since: Some(now),
+            settled: 0,
+            settled_bytes: 0,
+            counters: GroupCounters::default(),
+        }
+    }
+
+    /// The lowest offset the group may not have acked: the log may drop everything below it.
+    pub(super) fn floor(&self) -> u64 {
+        [
+            self.redeliver.keys().next().copied(),
+            self.leases.keys().next().copied(),
+            self.ahead.front().map(|&(offset, _)| offset),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.next)
+        .min(self.next)
+    }
+
+    /// Whether anything is (or will be, once read back) dispatchable, given the log's end.
+    pub(super) fn has_messages(&self, log_end: u64) -> bool {
+        !self.redeliver.is_empty() || !self.ahead.is_empty() || self.next < log_end
+    }
+
+    /// Takes a leased or returned message out of the group; returns its payload and delivery count, and the
+    /// owner of the lease, if it was leased.
+    pub(super) fn take_unacked(&mut self, offset: u64) -> Option<(Returned, Option<u64>)> {
+        if let Some(lease) = self.leases.remove(&offset) {
+            let owner = lease.owner;
+            return Some((lease.into(), Some(owner)));
+        }
+        self.redeliver.remove(&offset).map(|r| (r, None))
+    }
+
+    /// Returns every lease of consumer `owner` to the redelivery set; returns how many.
+    pub(super) fn release(&mut self, owner: u64) -> usize {
+        let owned: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.owner == owner)
+            .map(|(&offset, _)| offset)
+            .collect();
+        for offset in &owned {
+            if let Some(lease) = self.leases.remove(offset) {
+                self.redeliver.insert(*offset, lease.into());
+            }
+        }
+        owned.len()
+    }
+
+    /// Takes in what a read of the log for `[from, ..)` returned, unless the group moved on meanwhile.
+    pub(super) fn install(&mut self, from: u64, next: u64, read: &mut Vec<(u64, Bytes)>) -> usize {
+        self.reading = false;
+        if from != self.next {
+            read.clear();
+            return 0;
+        }
+        let mut added = 0;
+        for (offset, payload) in read.drain(..) {
+            if offset < self.next || self.skip.contains(offset) {
+                continue;
+            }
+            self.ahead_bytes += payload.len() as u64;
+            self.ahead.push_back((offset, payload));
+            added += 1;
+        }
+        self.next = self.next.max(next);
+        self.skip.remove_below(self.next);
+        added
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names_are_short_and_plain() {
+        for good in ["default", "a", "sub-1.host_2", &"x".repeat(64)] {
+            assert!(good.parse::<GroupName>().is_ok(), "{good:?}");
+        }
+        for bad in ["", "a b", "ü", "a/b", "a%20", &"x".repeat(65)] {
+            assert!(bad.parse::<GroupName>().is_err(), "{bad:?}");
+        }
+    }
+}
