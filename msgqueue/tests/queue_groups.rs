@@ -255,3 +255,41 @@ async fn an_idle_group_is_dropped_and_no_longer_pins_the_log() {
     eventually("the first segment is deleted", || !first.exists()).await;
     queue.close().await;
 }
+
+#[tokio::test]
+async fn a_group_starting_at_the_oldest_reads_a_backlog_beyond_the_memory_budget_back_from_disk_in_order()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = QueueOptions {
+        memory_budget: 1024,
+        segment_size: 4096,
+        ..small_options()
+    };
+    let (queue, _) = open(dir.path(), options.clone());
+    push_durably(&queue, 0, 500).await;
+    let mut history = queue
+        .join(&group("history"), StartAt::Oldest, ConsumeMode::Acked)
+        .await
+        .expect("join");
+    let mut live = queue
+        .join(&group("live"), StartAt::Tail, ConsumeMode::Acked)
+        .await
+        .expect("join");
+    push_durably(&queue, 500, 20).await;
+    history.grant(16);
+    let mut next = 0;
+    while next < 520 {
+        let got = take(&mut history, 1).await;
+        assert_eq!(seqs(&got), vec![next]);
+        next += 1;
+        assert!(queue.stats().memory_bytes <= options.memory_budget);
+        history.ack(&ids(&got));
+    }
+    assert!(stays_empty(&mut history).await);
+    live.grant(100);
+    assert_eq!(
+        seqs(&take(&mut live, 20).await),
+        (500..520).collect::<Vec<_>>()
+    );
+    queue.close().await;
+}
