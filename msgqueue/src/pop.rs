@@ -9,13 +9,14 @@
 use tokio::select;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
+use wsmq_core::protocol::group::PopQuery;
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PopRecord, RECORD_OVERHEAD};
 use wsmq_core::server::Accepted;
 use wsmq_core::ws::{self, Outbox, ReadError};
 
 use crate::ConnectionContext;
 use crate::push::ConnReader;
-use crate::queue::{ConsumeMode, Consumer, Delivery, GroupName, QueueError, StartAt};
+use crate::queue::{ConsumeMode, Consumer, Delivery, QueueError};
 
 /// Outbound frames queued per connection. Reliable deliveries are bounded by the credit window anyway; in compat
 /// mode this is how many messages can be lost with a dying connection (at-most-once).
@@ -40,8 +41,8 @@ pub(crate) async fn handle(conn: ConnectionContext, accepted: Accepted) {
         ConsumeMode::AutoAck
     };
     // The listener checked the query before the upgrade (`check_query`).
-    let (group, start) = parse_query(&accepted.query)
-        .unwrap_or_else(|_| (GroupName::default_group(), StartAt::Tail));
+    let pop = PopQuery::parse(&accepted.query).unwrap_or_default();
+    let (group, start) = (pop.group(), pop.start);
     let joined = tokio::select! {
         joined = conn.queue.join(&group, start, mode) => joined,
         () = outbox.closer().closing() => return,
@@ -65,42 +66,12 @@ pub(crate) async fn handle(conn: ConnectionContext, accepted: Accepted) {
 /// ignore them, as they always did.
 pub(crate) fn check_query(path: &str, query: &str) -> Result<(), String> {
     if path == wsmq_core::protocol::POP_PATH {
-        parse_query(query).map(|_| ())
+        PopQuery::parse(query)
+            .map(|_| ())
+            .map_err(|err| err.to_string())
     } else {
         Ok(())
     }
-}
-
-/// `group=<name>&start=oldest|tail` → the group and where it starts if new; both optional, each at most once.
-fn parse_query(query: &str) -> Result<(GroupName, StartAt), String> {
-    let mut group = None;
-    let mut start = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "group" if group.is_none() => {
-                group = Some(value.parse::<GroupName>().map_err(|err| err.to_string())?);
-            }
-            "start" if start.is_none() => {
-                start = Some(match value {
-                    "tail" => StartAt::Tail,
-                    "oldest" => StartAt::Oldest,
-                    _ => return Err(format!("invalid start {value:?}: expected oldest or tail")),
-                });
-            }
-            "group" | "start" => return Err(format!("parameter {key:?} given twice")),
-            _ => {
-                return Err(format!(
-                    "unknown parameter {:?}: /popmsg takes group=<name> and start=oldest|tail",
-                    key.chars().take(64).collect::<String>()
-                ));
-            }
-        }
-    }
-    Ok((
-        group.unwrap_or_else(GroupName::default_group),
-        start.unwrap_or_default(),
-    ))
 }
 
 /// Why a pop connection ended early. Only logged; the peer learns through the close code.
@@ -239,25 +210,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pop_query_names_a_group_and_where_a_new_one_starts() {
-        let (group, start) = parse_query("").unwrap();
-        assert_eq!((group.as_str(), start), ("default", StartAt::Tail));
-        let (group, start) = parse_query("group=sub-1.a_b&start=oldest").unwrap();
-        assert_eq!((group.as_str(), start), ("sub-1.a_b", StartAt::Oldest));
-        let (group, start) = parse_query("start=tail&group=x").unwrap();
-        assert_eq!((group.as_str(), start), ("x", StartAt::Tail));
-        for bad in [
-            "group=",
-            "group=a%20b",
-            "group=a/b",
-            "start=newest",
-            "start",
-            "groups=x",
-            "group=a&group=b",
-            &format!("group={}", "x".repeat(65)),
-        ] {
-            assert!(parse_query(bad).is_err(), "{bad:?} should be refused");
-        }
+    fn only_the_pop_path_checks_its_query() {
         assert!(check_query("/pushmsg", "anything=1").is_ok());
         assert!(check_query("/popmsg", "group=").is_err());
     }

@@ -159,6 +159,8 @@ async fn a_group_resumes_after_its_last_ack_across_a_restart_and_misses_nothing_
 async fn a_new_group_starts_at_the_tail_unless_it_asks_for_the_oldest() {
     let dir = tempfile::tempdir().unwrap();
     let mq = Running::start(config(dir.path())).await;
+    // A group reading from the start holds everything (it acks nothing here).
+    let _first = Consumer::connect_to(&mq.dialer(true), &group_path("first"), 64).await;
     push_acked(&mq, 1, 1, 20).await;
     let mut late = Consumer::connect_to(&mq.dialer(true), &group_path("late"), 64).await;
     let mut oldest = Consumer::connect_to(
@@ -175,7 +177,7 @@ async fn a_new_group_starts_at_the_tail_unless_it_asks_for_the_oldest() {
     assert_eq!(
         expect_within("oldest", take_acked(&mut oldest, 30)).await,
         (1..=30).collect::<Vec<_>>(),
-        "the default group has acked nothing, so everything is retained"
+        "the first group has acked nothing, so everything is retained"
     );
     mq.stop().await;
 }
@@ -184,13 +186,24 @@ async fn a_new_group_starts_at_the_tail_unless_it_asks_for_the_oldest() {
 async fn a_compat_popper_and_a_reliable_popper_without_a_group_share_the_default_group() {
     let dir = tempfile::tempdir().unwrap();
     let mq = Running::start(config(dir.path())).await;
-    // Pushed before any consumer: the default group exists from the first open, so they wait for it.
-    push_acked(&mq, 1, 1, 5).await;
-    let mut other = Consumer::connect_to(&mq.dialer(true), &group_path("other"), 64).await;
     let (mut compat, proto) = expect_within("dial compat", mq.dialer(false).dial(POP_PATH))
         .await
         .unwrap();
     assert_eq!(proto, None);
+    expect_within("the compat popper joined the default group", async {
+        while !mq
+            .queue
+            .stats()
+            .groups
+            .iter()
+            .any(|g| g.name == "default" && g.consumers == 1)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    push_acked(&mq, 1, 1, 5).await;
+    let mut other = Consumer::connect_to(&mq.dialer(true), &group_path("other"), 64).await;
     let mut seqs = Vec::new();
     while seqs.len() < 5 {
         if let Message::Text(text) = next_data(&mut compat).await.unwrap() {
@@ -310,13 +323,13 @@ async fn a_group_idle_beyond_the_ttl_is_dropped_and_counted_and_comes_back_at_th
     })
     .await;
     assert_eq!(
-        stats.groups_dropped, 2,
-        "idler and the unused default group"
+        stats.groups_dropped, 1,
+        "idler (the never-read default group was handed over to keeper, not dropped idle)"
     );
     assert_eq!(stats.depth, 0, "nothing pins the log any more");
     let metrics = reqwest_metrics(&mq).await;
     for line in [
-        "wsmq_msgqueue_queue_groups_dropped_total 2",
+        "wsmq_msgqueue_queue_groups_dropped_total 1",
         "wsmq_msgqueue_queue_group_consumers{group=\"keeper\"} 1",
         "wsmq_msgqueue_queue_group_lag{group=\"keeper\"} 0",
         "wsmq_msgqueue_queue_group_lag_bytes{group=\"keeper\"} 0",
@@ -355,7 +368,8 @@ async fn max_queue_bytes_with_a_stalled_group_refuses_pushes_and_loses_nothing()
     cfg.queue.max_queue_bytes = 2_000;
     let mq = Running::start(cfg).await;
     let mut fast = Consumer::connect_to(&mq.dialer(true), &group_path("fast"), 1024).await;
-    // The default group has no consumer: it is the stalled one.
+    // A group whose consumer went away without acking: it is the stalled one.
+    drop(Consumer::connect_to(&mq.dialer(true), &group_path("stalled"), 1024).await);
     let mut producer = Producer::connect(&mq.dialer(true), 1).await;
     let mut accepted = Vec::new();
     let mut refused = false;
@@ -381,7 +395,7 @@ async fn max_queue_bytes_with_a_stalled_group_refuses_pushes_and_loses_nothing()
     assert!(accepted.len() > 10, "{} accepted", accepted.len());
     assert!(mq.queue.stats().rejected_full >= 1);
 
-    let mut stalled = Consumer::connect(&mq.dialer(true), 1024).await;
+    let mut stalled = Consumer::connect_to(&mq.dialer(true), &group_path("stalled"), 1024).await;
     assert_eq!(
         expect_within(
             "stalled group catches up",
@@ -398,6 +412,33 @@ async fn max_queue_bytes_with_a_stalled_group_refuses_pushes_and_loses_nothing()
     assert!(
         matches!(replies.last(), Some(PushReply::Acked { upto }) if *upto == next),
         "room again once the slowest group acked: {replies:?}"
+    );
+    mq.stop().await;
+}
+
+#[tokio::test]
+async fn what_was_pushed_before_any_consumer_goes_to_the_first_group_and_the_default_group_is_gone()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let mq = Running::start(config(dir.path())).await;
+    push_acked(&mq, 1, 1, 5).await;
+    let mut first = Consumer::connect_to(&mq.dialer(true), &group_path("first"), 64).await;
+    assert_eq!(
+        expect_within("first group", take_acked(&mut first, 5)).await,
+        (1..=5).collect::<Vec<_>>(),
+        "the first group takes over what waited for a consumer"
+    );
+    let stats = mq.queue.stats();
+    let names: Vec<_> = stats.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["first"], "the default group no longer pins the log");
+    assert_eq!(stats.groups_dropped, 0, "a hand-over is not an idle drop");
+
+    // A popper without a group later starts the default group again, at the tail.
+    let mut default = Consumer::connect(&mq.dialer(true), 64).await;
+    push_acked(&mq, 1, 6, 7).await;
+    assert_eq!(
+        expect_within("default group again", take_acked(&mut default, 2)).await,
+        vec![6, 7]
     );
     mq.stop().await;
 }

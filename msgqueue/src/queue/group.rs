@@ -7,77 +7,13 @@
 //! not redelivered in another.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::rangeset::RangeSet;
-use super::record::MAX_GROUP_NAME;
 use super::storage::StorageError;
-
-/// The group of every consumer that names none (ws-go's poppers, older wsmq subscribers). It exists from the first
-/// open, so messages pushed before any consumer connected wait for it.
-pub const DEFAULT_GROUP: &str = "default";
-
-/// A valid consumer group name: 1 to 64 bytes of `[A-Za-z0-9._-]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupName(Arc<str>);
-
-/// A group name that is empty, longer than 64 bytes or holds a byte outside `[A-Za-z0-9._-]`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("invalid group name {0:?}: expected 1 to 64 characters of A-Z a-z 0-9 . _ -")]
-pub struct InvalidGroupName(String);
-
-impl GroupName {
-    /// The `default` group.
-    pub fn default_group() -> Self {
-        Self(Arc::from(DEFAULT_GROUP))
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub(crate) fn shared(&self) -> Arc<str> {
-        Arc::clone(&self.0)
-    }
-}
-
-impl FromStr for GroupName {
-    type Err = InvalidGroupName;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let valid = !s.is_empty()
-            && s.len() <= MAX_GROUP_NAME
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if valid {
-            Ok(Self(Arc::from(s)))
-        } else {
-            Err(InvalidGroupName(s.chars().take(80).collect()))
-        }
-    }
-}
-
-impl fmt::Display for GroupName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Where a group that does not exist yet starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StartAt {
-    /// After the newest message: it gets what is pushed from now on.
-    #[default]
-    Tail,
-    /// At the oldest message the log still holds (what the slowest group has not acked).
-    Oldest,
-}
 
 /// A leased delivery: the payload is kept for redelivery (leases are bounded by consumer credit).
 #[derive(Debug)]
@@ -143,6 +79,8 @@ pub(super) struct Group {
     pub(super) consumers: usize,
     /// Since when the group has had no consumer.
     pub(super) idle_since: Option<Instant>,
+    /// A consumer joined the group since the queue was opened.
+    pub(super) joined: bool,
     /// Messages and payload bytes of the log (counted as [`super::State::log_messages`] and `log_bytes`) that
     /// this group has settled (acked, dead-lettered, or pushed before it started): its lag is the difference.
     pub(super) settled: u64,
@@ -168,6 +106,7 @@ impl Group {
             waiters: VecDeque::new(),
             consumers: 0,
             idle_since: Some(now),
+            joined: false,
             settled: 0,
             settled_bytes: 0,
             counters: GroupCounters::default(),
@@ -238,20 +177,5 @@ impl Group {
         self.next = self.next.max(next);
         self.skip.remove_below(self.next);
         added
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_names_are_short_and_plain() {
-        for good in ["default", "a", "sub-1.host_2", &"x".repeat(64)] {
-            assert!(good.parse::<GroupName>().is_ok(), "{good:?}");
-        }
-        for bad in ["", "a b", "ü", "a/b", "a%20", &"x".repeat(65)] {
-            assert!(bad.parse::<GroupName>().is_err(), "{bad:?}");
-        }
     }
 }

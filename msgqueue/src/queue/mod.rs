@@ -34,8 +34,8 @@ use tokio::time::Instant;
 
 pub use consumer::{ConsumeMode, Consumer, Delivery};
 pub use dead::{DeadLetter, DeadReason};
-pub use group::{DEFAULT_GROUP, GroupName, InvalidGroupName, StartAt};
 pub use storage::StorageError;
+pub use wsmq_core::protocol::group::{DEFAULT_GROUP, GroupName, InvalidGroupName, StartAt};
 
 use dead::DeadIndex;
 use group::{Group, Lease};
@@ -396,6 +396,8 @@ struct Unlogged {
     letters: Vec<DeadLetter>,
     evicted: usize,
     dropped: Vec<Arc<str>>,
+    /// A group that took over the never-read default group's messages.
+    took_over_default: Option<Arc<str>>,
 }
 
 impl Unlogged {
@@ -416,6 +418,12 @@ impl Unlogged {
                 count = self.evicted,
                 cap,
                 "dropped the oldest dead letters to stay within --max-dead-letters"
+            );
+        }
+        if let Some(group) = &self.took_over_default {
+            tracing::info!(
+                group = %group,
+                "the first consumer group takes over what the default group held, which nobody had read; the default group is gone"
             );
         }
         for group in &self.dropped {
@@ -910,6 +918,32 @@ impl State {
         self.trim_tail(storage.reads_back(), u64::MAX);
         self.report_floor(storage);
     }
+
+    /// Whether the default group has never been read: it exists only because the queue was opened, holding
+    /// what is pushed until the first consumer comes. (No consumer joined it since the queue opened and it never
+    /// moved past offset 0; after a restart, a default group that had consumers but never acked anything counts as
+    /// never read.) Then the first group created, whatever its name, takes
+    /// that over (see [`Queue::join`]) instead of the default group pinning the log until it idles out.
+    fn default_never_read(&self) -> bool {
+        self.groups.iter().any(|g| {
+            g.id == record::DEFAULT_GROUP_ID
+                && !g.joined
+                && g.next == 0
+                && g.skip.is_empty()
+                && g.ahead.is_empty()
+                && g.leases.is_empty()
+                && g.redeliver.is_empty()
+        })
+    }
+
+    /// Removes the never-read default group once `taker` holds everything it held.
+    fn hand_over_default(&mut self, storage: &dyn Storage, taker: Arc<str>) {
+        self.groups.retain(|g| g.id != record::DEFAULT_GROUP_ID);
+        storage.drop_group(record::DEFAULT_GROUP_ID);
+        self.unlogged.took_over_default = Some(taker);
+        self.trim_tail(storage.reads_back(), u64::MAX);
+        self.report_floor(storage);
+    }
 }
 
 /// A producer's dedup mark and when it was last seen (for LRU eviction).
@@ -1236,12 +1270,19 @@ impl Queue {
         state.sweep(&*inner.storage, inner.options.group_idle_ttl, now);
         let (group, created) = match state.group_named(name.as_str()) {
             Some(group) => (group.id, None),
+            None if state.default_never_read() => {
+                let storage = &*inner.storage;
+                let (id, token) = state.create_group(storage, name.shared(), StartAt::Oldest, now);
+                state.hand_over_default(storage, name.shared());
+                (id, Some(token))
+            }
             None => {
                 let (id, token) = state.create_group(&*inner.storage, name.shared(), start, now);
                 (id, Some(token))
             }
         };
         if let Some(g) = state.group_mut(group) {
+            g.joined = true;
             g.consumers += 1;
             g.idle_since = None;
         }

@@ -12,6 +12,11 @@ pub(crate) struct RangeSet {
 }
 
 impl RangeSet {
+    /// Whether no offset is in the set.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
     /// Adds `[start, end)`, merging with overlapping or adjacent ranges.
     pub(crate) fn insert(&mut self, mut start: u64, mut end: u64) {
         if start >= end {

@@ -8,6 +8,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
+use wsmq_core::protocol::group::MAX_GROUP_NAME;
+
 use super::{DEFAULT_GROUP, Producer};
 
 /// Bytes before a record's kind: length and checksum.
@@ -47,8 +49,6 @@ const KIND_DEAD_IN_GROUP: u8 = 10;
 /// The id of the group named `default`, which exists from the first open (a log written before groups existed
 /// holds only its acks).
 pub(crate) const DEFAULT_GROUP_ID: u32 = 0;
-/// Longest group name (the wire format allows 64 bytes).
-pub(crate) const MAX_GROUP_NAME: usize = 64;
 /// Fixed part of a dead-letter body: id, reason, deliveries, time.
 const DEAD_FIXED: usize = 8 + 1 + 4 + 8;
 const FLAG_PRODUCER: u8 = 1;
