@@ -244,3 +244,22 @@ impl Service for Subscriber {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     bind(config).await?.run(shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_without_a_group_are_named_after_the_host_and_the_listen_port() {
+        let a = instance_group("0.0.0.0:8082".parse().unwrap());
+        let b = instance_group("0.0.0.0:8083".parse().unwrap());
+        assert!(a.as_str().ends_with("-8082"), "{a}");
+        assert_ne!(a, b, "instances on one host differ by port");
+        assert_eq!(
+            a,
+            instance_group("127.0.0.1:8082".parse().unwrap()),
+            "stable: the same port gives the same name whatever the address"
+        );
+        assert!(a.as_str().parse::<GroupName>().is_ok());
+    }
+}
