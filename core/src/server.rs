@@ -3,6 +3,9 @@
 //! (in total and per client address, see [`crate::admission`]) for connections still in their handshake, and the
 //! connection limit for upgraded ones, so half-open connections cannot lock real clients out.
 //!
+//! A connection whose first request is for a [`Route::Http`] is not upgraded but served as HTTP/1.1 by hyper
+//! ([`crate::http_api`]) under the same slots and permit.
+//!
 //! The service only supplies a handler that receives an authenticated, upgraded [`Accepted`] connection. Like
 //! mini-redis and axum: [`serve`] takes an already-bound listener (tests bind port 0), accept errors never end
 //! it, each upgraded connection holds an owned semaphore permit, and shutdown is cancel → notify connections →

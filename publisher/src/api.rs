@@ -45,7 +45,7 @@ pub struct PublishApi {
     pub link: PushLink,
     /// Whether the link is up: with a full buffer, the difference between waiting and answering 503.
     pub queue_link: Condition,
-    /// `--max-message-size` bounds each message and the bodies.
+    /// `--max-message-size` bounds each message and the bodies; a body must arrive within `--idle-timeout`.
     pub limits: Limits,
     /// Most messages in one batch (`--http-max-batch`).
     pub max_batch: usize,
@@ -139,7 +139,14 @@ impl PublishApi {
         };
         let path = request.uri().path().to_owned();
         let limit = self.body_limit(batch);
-        let body = match Limited::new(request.into_body(), limit).collect().await {
+        let reading = Limited::new(request.into_body(), limit).collect();
+        let Ok(read) = tokio::time::timeout(self.limits.idle_timeout, reading).await else {
+            return Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time",
+            ));
+        };
+        let body = match read {
             Ok(body) => body.to_bytes(),
             Err(err) if err.is::<http_body_util::LengthLimitError>() => {
                 self.metrics.invalid(InvalidReason::TooLarge);

@@ -519,3 +519,70 @@ async fn websocket_publishing_keeps_working_on_the_api_port() -> anyhow::Result<
 fn basic(user: &str, password: &str) -> String {
     wsmq_testkit::config::credentials(user, password).basic_header()
 }
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_within_the_idle_timeout_gets_408() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir()?;
+    let queue = FakeQueue::start(dir.path()).await?;
+    let mut config = config(dir.path(), queue.addr());
+    config.service.limits.idle_timeout = Duration::from_millis(300);
+    let publisher = Publisher::start(config).await?;
+    let url = format!("wss://127.0.0.1:{}", publisher.addr.port());
+    let dialer = wsmq_testkit::client::dialer(
+        &url,
+        dir.path(),
+        wsmq_testkit::config::credentials(CLIENT_USER, CLIENT_PASSWORD),
+        None,
+    )?;
+    let mut tls = within("a TLS connection", dialer.connect_tls()).await??;
+    let head = format!(
+        "POST {PUBLISH_API_PATH} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"topic\":",
+        basic(CLIENT_USER, CLIENT_PASSWORD)
+    );
+    tls.write_all(head.as_bytes()).await?;
+    let mut answer = Vec::new();
+    within("the answer", tls.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"error":"the body did not arrive in time"}"#),
+        "{answer}"
+    );
+    publisher.stop().await?;
+    queue.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_api_connection_counts_against_the_connection_limit() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let queue = FakeQueue::start(dir.path()).await?;
+    let mut config = config(dir.path(), queue.addr());
+    config.service.limits.max_connections = 1;
+    let publisher = Publisher::start(config).await?;
+    let mut api = publisher.api(dir.path()).await?;
+    let reply = post(&mut api, PUBLISH_API_PATH, r#"{"topic":"t","content":"c"}"#).await?;
+    assert_eq!(reply.status, StatusCode::OK);
+
+    let refused = publisher.client(dir.path(), true).await;
+    let err = refused
+        .err()
+        .map(|err| format!("{err:#}"))
+        .unwrap_or_default();
+    assert!(
+        err.contains("503"),
+        "a second connection is refused: {err:?}"
+    );
+    let mut second = publisher.api(dir.path()).await?;
+    let reply = within("an answer", second.post_json(PUBLISH_API_PATH, &[], "{}")).await??;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(reply.headers["retry-after"], "1");
+
+    drop(api);
+    publisher.stop().await?;
+    queue.stop().await?;
+    Ok(())
+}
