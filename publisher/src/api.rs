@@ -100,9 +100,12 @@ struct BatchBody {
 impl ApiHandler for PublishApi {
     fn handle(self: Arc<Self>, request: ApiRequest) -> BoxFuture<'static, ApiResponse> {
         Box::pin(async move {
-            self.serve(request)
+            let response = self
+                .serve(request)
                 .await
-                .unwrap_or_else(Refusal::into_response)
+                .unwrap_or_else(Refusal::into_response);
+            self.metrics.http_request(response.status().as_u16());
+            response
         })
     }
 }
@@ -175,7 +178,10 @@ impl PublishApi {
                 request.extend_from_slice(&body);
                 match self.idempotency.claim(&user, &key, &request) {
                     Claim::New(pending) => Some(pending),
-                    Claim::Replay(answer) => return Ok(replay(answer)),
+                    Claim::Replay(answer) => {
+                        self.metrics.idempotent_replay();
+                        return Ok(replay(answer));
+                    }
                     Claim::InProgress => {
                         return Err(Refusal::new(
                             StatusCode::CONFLICT,

@@ -45,6 +45,10 @@ pub enum IdempotencyError {
     /// The writer thread has stopped (the publisher is stopping), so the answer is not persisted.
     #[error("the idempotency key writer has stopped")]
     WriterStopped,
+    /// The writer could not append the answer to the file (logged there with the OS's reason); the key is
+    /// remembered until the publisher restarts.
+    #[error("the idempotency key could not be written to disk")]
+    NotPersisted,
 }
 
 /// Why an `Idempotency-Key` header is unusable.
@@ -333,7 +337,7 @@ impl Writer {
                 self.table.insert(record);
                 let _ = done.send(match &written {
                     Ok(()) => Ok(()),
-                    Err(_) => Err(IdempotencyError::WriterStopped),
+                    Err(_) => Err(IdempotencyError::NotPersisted),
                 });
             }
             if self.lines > 2 * self.table.order.len() + 1024 {

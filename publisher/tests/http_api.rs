@@ -249,6 +249,9 @@ async fn bad_requests_get_their_status_and_a_json_error_and_store_nothing() -> a
     assert!(!api.is_closed(), "errors keep the connection alive");
 
     assert!(queue.state().seen().stored.is_empty());
+    assert_eq!(publisher.metrics.http_request_count(400), 12);
+    assert_eq!(publisher.metrics.http_request_count(405), 1);
+    assert_eq!(publisher.metrics.http_request_count(200), 0);
     publisher.stop().await?;
     queue.stop().await?;
     Ok(())
@@ -399,6 +402,7 @@ async fn a_retry_with_the_same_idempotency_key_gets_the_first_answer_and_stores_
     assert_eq!(first_batch.status, StatusCode::OK);
     assert_eq!(retried_batch.json(), first_batch.json());
     assert_eq!(queue.state().seen().stored.len(), 4);
+    assert_eq!(publisher.metrics.idempotent_replay_count(), 2);
     publisher.stop().await?;
     queue.stop().await?;
     Ok(())
