@@ -590,3 +590,40 @@ async fn an_api_connection_counts_against_the_connection_limit() -> anyhow::Resu
     queue.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn repeated_failed_logins_over_the_api_are_throttled_with_429() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let queue = FakeQueue::start(dir.path()).await?;
+    let publisher = Publisher::start(config(dir.path(), queue.addr())).await?;
+    let mut wrong = publisher
+        .api_as(dir.path(), CLIENT_USER, "wrong-password")
+        .await?;
+
+    let throttled = within("a 429", async {
+        for _ in 0..10 {
+            let reply = wrong
+                .post_json(PUBLISH_API_PATH, &[], r#"{"topic":"t","content":"c"}"#)
+                .await?;
+            match reply.status {
+                StatusCode::UNAUTHORIZED => continue,
+                StatusCode::TOO_MANY_REQUESTS => return anyhow::Ok(reply),
+                other => anyhow::bail!("unexpected {other}: {reply:?}"),
+            }
+        }
+        anyhow::bail!("never throttled")
+    })
+    .await??;
+    assert!(
+        throttled.headers.contains_key("retry-after"),
+        "{throttled:?}"
+    );
+    assert_eq!(
+        throttled.json(),
+        json!({ "error": "too many failed logins, try again later" })
+    );
+    assert!(queue.state().seen().stored.is_empty());
+    publisher.stop().await?;
+    queue.stop().await?;
+    Ok(())
+}
