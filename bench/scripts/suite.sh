@@ -46,6 +46,8 @@ run e2e-rate-2k      e2e "${urls[@]}" -n 20000 --rate 2000
 run e2e-rate-40k     e2e "${urls[@]}" -n 400000 --rate 40000
 run fanout-10k       fanout "${urls[@]}" -s 10000 -n 100
 run fanout-10k-paced fanout "${urls[@]}" -s 10000 -n 100 --rate 200
+run http-16x200      http "${urls[@]}" -c 16 --batch 200 -n 1000000
+run http-256x1       http "${urls[@]}" -c 256 --batch 1 -n 200000
 stop_wsmq
 
 # A fresh process: memory freed by earlier runs stays resident and would hide the connections' cost.

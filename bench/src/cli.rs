@@ -115,6 +115,49 @@ pub enum Scenario {
     /// Several subscriber instances (separate processes) holding one topic over many connections, the load
     /// split over one worker process per instance: does every client of every instance get every message.
     Scaleout(ScaleoutArgs),
+    /// The publisher's HTTP API: keep-alive HTTP/1.1 connections publishing as fast as they are answered,
+    /// deliveries counted by subscribers as in e2e.
+    Http(HttpArgs),
+}
+
+/// `http` flags.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Keep-alive HTTP/1.1 connections to the publisher's API, each with one request in flight at a time.
+    #[arg(long, short = 'c', default_value_t = 8)]
+    pub connections: usize,
+
+    /// Messages per request: 1 posts each to `/v1/publish`, more posts them to `/v1/publish/batch`.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+
+    /// Messages published in total (split evenly across connections).
+    #[arg(long, short = 'n', default_value_t = 100_000)]
+    pub messages: u64,
+
+    /// Subscriber connections (subscriber `i` subscribes topic `i % T`; a multiple of the topics).
+    #[arg(long, short = 's', default_value_t = 1)]
+    pub subscribers: usize,
+
+    /// Topics (message `k` of a connection goes to topic `k % T`).
+    #[arg(long, short = 't', default_value_t = 1)]
+    pub topics: usize,
+
+    /// Content size of each message in bytes (at least the 48-byte stamp).
+    #[arg(long, short = 'b', default_value_t = 64)]
+    pub size: usize,
+
+    /// Subscriber protocol.
+    #[arg(long, value_enum, default_value_t = SubscribeMode::Auto)]
+    pub subscribe_mode: SubscribeMode,
+
+    /// In compat mode, how long to wait after subscribing before publishing (no confirmations exist).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub settle: Duration,
+
+    /// How long to wait after the last answer for outstanding deliveries.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 /// Which topic publisher `j` sends its `k`-th message to.

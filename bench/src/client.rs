@@ -36,6 +36,11 @@ impl Target {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// The dialer of the target's server (resolved once), for connections that are not WebSockets.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
 }
 
 /// Credentials, trust and limits shared by every connection of a run.

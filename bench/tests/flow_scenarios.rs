@@ -1,4 +1,4 @@
-//! `e2e` and `fanout` against msgqueue, publisher and subscriber running in this process: every published
+//! `e2e`, `fanout` and `http` against msgqueue, publisher and subscriber running in this process: every published
 //! message reaches every subscriber of its topic once, and the report says so.
 
 mod common;
@@ -131,4 +131,37 @@ async fn compat_runs_repeated_report_every_run_and_the_worst_latency() {
         json["delivered_per_s_median"].as_f64().unwrap() > 0.0,
         "{json}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_publishes_over_keep_alive_connections_and_every_message_is_delivered() {
+    let stack = Stack::start().await;
+    // 3 connections, batches of 7 (the last one shorter); 4 subscribers, 2 per topic: every message reaches 2.
+    let json = run_against(
+        &stack,
+        &[
+            "http", "-c", "3", "--batch", "7", "-n", "300", "-s", "4", "-t", "2",
+        ],
+    )
+    .await;
+    for (key, want) in [
+        ("published", 300),
+        ("refused", 0),
+        ("requests", 45),
+        ("expected", 600),
+        ("delivered", 600),
+        ("lost", 0),
+        ("duplicates", 0),
+        ("reordered", 0),
+        ("foreign", 0),
+    ] {
+        assert_eq!(json[key], want, "{key} in {json}");
+    }
+    assert_eq!(json["request_latency"]["count"], 45, "{json}");
+    assert!(json["published_per_s"].as_f64().unwrap() > 0.0, "{json}");
+
+    let single = run_against(&stack, &["http", "-c", "2", "--batch", "1", "-n", "20"]).await;
+    assert_eq!(single["published"], 20, "{single}");
+    assert_eq!(single["delivered"], 20, "{single}");
+    stack.stop().await;
 }

@@ -282,6 +282,43 @@ impl Dialer {
         }
     }
 
+    /// Opens a TLS connection to the server with nothing on it yet, under the connect timeout: for HTTP API
+    /// clients ([`crate::api_client`]), which speak HTTP/1.1 on it themselves.
+    pub async fn connect_tls(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, DialError> {
+        let target = self.base.clone();
+        let connect = async {
+            let io_error = |source| DialError::Io {
+                target: target.clone(),
+                source,
+            };
+            let tcp = self.tcp_connect(None).await.map_err(io_error)?;
+            tcp.set_nodelay(true).map_err(io_error)?;
+            self.connector
+                .connect(self.server_name.clone(), tcp)
+                .await
+                .map_err(|err| classify_tls_error(&target, err))
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(DialError::Timeout {
+                target: target.clone(),
+                timeout: self.connect_timeout,
+            }),
+        }
+    }
+
+    /// The credentials this dialer presents.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The `host[:port]` of the URL, as a `Host` header names it.
+    pub fn authority(&self) -> &str {
+        self.base.strip_prefix("wss://").unwrap_or(&self.base)
+    }
+
     async fn connect(
         &self,
         target: &str,

@@ -116,6 +116,20 @@ pub async fn read_request_head<R>(reader: &mut R) -> Result<(RequestHead, Vec<u8
 where
     R: AsyncRead + Unpin,
 {
+    let (head, mut buf, consumed) = read_request_head_raw(reader).await?;
+    let leftover = buf.split_off(consumed);
+    Ok((head, leftover))
+}
+
+/// Reads one request head like [`read_request_head`] but keeps every byte read: returns the head, all the bytes
+/// read (the head's own bytes, then whatever followed) and the head's length. For routes served by a full HTTP
+/// implementation (`crate::http_api`), which must parse the request again from its first byte.
+pub async fn read_request_head_raw<R>(
+    reader: &mut R,
+) -> Result<(RequestHead, Vec<u8>, usize), HttpError>
+where
+    R: AsyncRead + Unpin,
+{
     let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         let start = buf.len();
@@ -126,8 +140,7 @@ where
             return Err(HttpError::Closed);
         }
         if let Some((head, consumed)) = parse_head(&buf)? {
-            let leftover = buf.split_off(consumed);
-            return Ok((head, leftover));
+            return Ok((head, buf, consumed));
         }
         if buf.len() >= MAX_HEAD_SIZE {
             return Err(HttpError::TooLarge);

@@ -8,12 +8,14 @@
 pub mod acl;
 pub mod admin;
 pub mod admission;
+pub mod api_client;
 pub mod auth;
 pub mod backoff;
 pub mod callout;
 pub mod config;
 pub mod dial;
 pub mod http;
+pub mod http_api;
 pub mod limits;
 pub mod link;
 pub mod logging;

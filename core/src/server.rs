@@ -3,6 +3,9 @@
 //! (in total and per client address, see [`crate::admission`]) for connections still in their handshake, and the
 //! connection limit for upgraded ones, so half-open connections cannot lock real clients out.
 //!
+//! A connection whose first request is for a [`Route::Http`] is not upgraded but served as HTTP/1.1 by hyper
+//! ([`crate::http_api`]) under the same slots and permit.
+//!
 //! The service only supplies a handler that receives an authenticated, upgraded [`Accepted`] connection. Like
 //! mini-redis and axum: [`serve`] takes an already-bound listener (tests bind port 0), accept errors never end
 //! it, each upgraded connection holds an owned semaphore permit, and shutdown is cancel → notify connections →
@@ -29,7 +32,8 @@ use tungstenite::protocol::Role;
 
 use crate::admission::{HandshakeSlot, HandshakeSlots};
 use crate::auth::{AUTH_SUBPROTOCOL_PREFIX, AuthFailure, Authenticator, Credentials};
-use crate::http::{HttpError, RequestHead, Response, read_request_head};
+use crate::http::{HttpError, RequestHead, Response, read_request_head_raw};
+use crate::http_api::{ApiConnection, ApiHandler};
 use crate::limits::Limits;
 use crate::metrics::{ListenerMetrics, RejectReason};
 
@@ -64,12 +68,24 @@ pub enum Route {
         /// The page.
         body: &'static [u8],
     },
+    /// An HTTP API (e.g. the publisher's `/v1/publish`): a connection whose first request is under `path_prefix`
+    /// is served by hyper with keep-alive, each request authenticated (see [`crate::http_api`]).
+    Http {
+        /// The path itself and every path below it (`/v1` serves `/v1/publish`), never `/v1x`.
+        path_prefix: &'static str,
+        /// Answers the authenticated requests.
+        handler: Arc<dyn ApiHandler>,
+    },
 }
 
 impl Route {
-    fn path(&self) -> &'static str {
+    /// Whether a request for `path` is served by this route.
+    fn matches(&self, path: &str) -> bool {
         match self {
-            Route::WebSocket { path, .. } | Route::Page { path, .. } => path,
+            Route::WebSocket { path: own, .. } | Route::Page { path: own, .. } => *own == path,
+            Route::Http { path_prefix, .. } => path
+                .strip_prefix(path_prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
         }
     }
 }
@@ -267,6 +283,21 @@ impl Rejection {
     }
 }
 
+/// What a handshake admitted: a WebSocket for the service's handler, or an API connection served here.
+enum Admitted {
+    WebSocket(Upgraded),
+    Http(HttpConnection),
+}
+
+/// A connection whose first request is for an API route, with everything read from it so far.
+struct HttpConnection {
+    api: ApiConnection,
+    path: &'static str,
+    tls: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    read: Vec<u8>,
+    permit: OwnedSemaphorePermit,
+}
+
 /// A completed upgrade, ready for the handler, with its slot under the connection limit.
 struct Upgraded {
     ws: ServerWs,
@@ -294,13 +325,21 @@ async fn connection<H, F>(
     // The task's future is allocated for the connection's whole life, so it must hold little besides the
     // handler's future: the handshake (TLS state, timers, request head) is boxed and freed once it is over, and
     // `hand_over` is a plain function so the upgraded parts do not also stay in this state machine (688 bytes).
-    let upgraded = Box::pin(admit(&shared, tcp, peer, &shutdown)).await;
+    let admitted = Box::pin(admit(&shared, tcp, peer, &shutdown)).await;
     drop(slot);
-    let Some((handler, permit)) =
-        upgraded.map(|upgraded| hand_over(&shared, upgraded, peer, shutdown))
-    else {
-        return;
+    let upgraded = match admitted {
+        Some(Admitted::WebSocket(upgraded)) => upgraded,
+        Some(Admitted::Http(http)) => {
+            tracing::Span::current().record("path", display(http.path));
+            let _open = shared.config.metrics.open_connection();
+            let limits = &shared.config.limits;
+            Box::pin(http.api.serve(http.tls, http.read, limits, shutdown)).await;
+            drop(http.permit);
+            return;
+        }
+        None => return,
     };
+    let (handler, permit) = hand_over(&shared, upgraded, peer, shutdown);
     let _open = shared.config.metrics.open_connection();
     handler.await;
     drop(permit);
@@ -339,7 +378,7 @@ async fn admit<H>(
     tcp: TcpStream,
     peer: SocketAddr,
     shutdown: &CancellationToken,
-) -> Option<Upgraded> {
+) -> Option<Admitted> {
     let metrics = &shared.config.metrics;
     let handshake = tokio::time::timeout(
         shared.config.limits.handshake_timeout,
@@ -369,13 +408,13 @@ async fn handshake<H>(
     shared: &Shared<H>,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Result<Option<Upgraded>, Rejection> {
+) -> Result<Option<Admitted>, Rejection> {
     let mut tls = shared
         .acceptor
         .accept(tcp)
         .await
         .map_err(|err| Rejection::new(RejectReason::Tls, err))?;
-    let (head, leftover) = match read_request_head(&mut tls).await {
+    let (head, mut read, head_len) = match read_request_head_raw(&mut tls).await {
         Ok(read) => read,
         Err(err @ (HttpError::Malformed(_) | HttpError::TooLarge)) => {
             return Err(refuse(
@@ -399,7 +438,7 @@ async fn handshake<H>(
         )
         .await);
     };
-    let Some(route) = shared.config.routes.iter().find(|r| r.path() == head.path) else {
+    let Some(route) = shared.config.routes.iter().find(|r| r.matches(&head.path)) else {
         return Err(refuse(
             &mut tls,
             Response::text(404, "not found\n"),
@@ -431,7 +470,26 @@ async fn handshake<H>(
             }
             return Ok(None);
         }
+        Route::Http {
+            path_prefix,
+            handler,
+        } => {
+            let api = ApiConnection {
+                handler: handler.clone(),
+                auth: shared.config.auth.clone(),
+                metrics: shared.config.metrics.clone(),
+                peer,
+            };
+            return Ok(Some(Admitted::Http(HttpConnection {
+                api,
+                path: path_prefix,
+                tls: Box::new(tls),
+                read,
+                permit,
+            })));
+        }
     };
+    let leftover = read.split_off(head_len);
     let Some(key) = upgrade_key(&head) else {
         let response = Response::text(400, "expected a WebSocket upgrade\n")
             .header("Sec-WebSocket-Version", "13");
@@ -504,14 +562,14 @@ async fn handshake<H>(
     let ws =
         WebSocketStream::from_partially_read(Box::new(tls), leftover, Role::Server, Some(config))
             .await;
-    Ok(Some(Upgraded {
+    Ok(Some(Admitted::WebSocket(Upgraded {
         ws,
         path,
         query: head.query,
         user,
         subprotocol,
         permit,
-    }))
+    })))
 }
 
 /// Answers with an error response, closes the connection and returns the rejection to record.

@@ -5,21 +5,28 @@
 //! the shutdown token is cancelled; [`run`] does both. Each instance owns its metrics and state, so several
 //! services can run in one process.
 
+pub mod api;
+pub mod idempotency;
 pub mod link;
 pub mod metrics;
 pub mod session;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use wsmq_core::admin::Readiness;
 use wsmq_core::config::{LinkArgs, ServiceArgs};
-use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1};
+use wsmq_core::limits::parse_duration;
+use wsmq_core::protocol::{API_PREFIX, PUBLISH_PATH, SUBPROTOCOL_V1};
 use wsmq_core::server::{Accepted, Route};
 use wsmq_core::service::{self, Service, Setup};
 use wsmq_core::supervise::Supervisor;
 
+use crate::api::PublishApi;
+use crate::idempotency::{IdempotencyError, IdempotencyLimits, IdempotencyStore};
 use crate::link::{LinkConfig, LinkTask, PushLink};
 use crate::metrics::PublisherMetrics;
 use crate::session::ConnectionContext;
@@ -54,10 +61,46 @@ pub struct Config {
     /// size. msgqueue's message size limit must allow it.
     #[arg(long, env = "WSMQ_LINK_BATCH_BYTES", default_value_t = 64 * 1024)]
     pub link_batch_bytes: usize,
+
+    /// The HTTP publish API (`POST /v1/publish`, `/v1/publish/batch`).
+    #[command(flatten)]
+    pub http: HttpApiArgs,
 }
 
-/// Why the publisher could not start or stopped serving.
-pub type Error = service::Error;
+/// Settings of the HTTP publish API.
+#[derive(clap::Args, Clone, Debug)]
+pub struct HttpApiArgs {
+    /// How long an `Idempotency-Key` is remembered: a retry with the same key (per user) within it gets the
+    /// first answer and stores nothing (e.g. "5m"). Keys are kept in `<data-dir>/publisher/` across restarts.
+    #[arg(long, env = "WSMQ_IDEMPOTENCY_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub idempotency_ttl: Duration,
+
+    /// Most `Idempotency-Key`s remembered; beyond it the oldest is forgotten before its TTL.
+    #[arg(long, env = "WSMQ_IDEMPOTENCY_KEYS", default_value_t = 100_000)]
+    pub idempotency_keys: usize,
+
+    /// Most bytes of remembered answers (in memory and on disk); beyond it the oldest key is forgotten.
+    #[arg(long, env = "WSMQ_IDEMPOTENCY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub idempotency_bytes: usize,
+
+    /// Most messages in one `POST /v1/publish/batch`.
+    #[arg(long, env = "WSMQ_HTTP_MAX_BATCH", default_value_t = 1000)]
+    pub http_max_batch: usize,
+}
+
+impl Default for HttpApiArgs {
+    fn default() -> Self {
+        Self {
+            idempotency_ttl: Duration::from_secs(300),
+            idempotency_keys: 100_000,
+            idempotency_bytes: 64 * 1024 * 1024,
+            http_max_batch: 1000,
+        }
+    }
+}
+
+/// Why the publisher could not start or stopped serving: the idempotency key file is its own failure.
+pub type Error = service::Error<IdempotencyError>;
 
 /// A publisher whose listeners are bound but not yet serving.
 pub struct Bound(service::Bound<Publisher>);
@@ -87,16 +130,41 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         backoff: config.link.backoff.clone(),
         limits: args.limits.clone(),
     };
-    let (link, link_task) = PushLink::new(
-        link_config,
-        dialer,
-        metrics.clone(),
-        setup.readiness.condition("queue link"),
-    );
-    let routes = vec![Route::WebSocket {
-        path: PUBLISH_PATH,
-        subprotocols: &[SUBPROTOCOL_V1],
-    }];
+    let queue_link = setup.readiness.condition("queue link");
+    let (link, link_task) = PushLink::new(link_config, dialer, metrics.clone(), queue_link.clone());
+    let limits = IdempotencyLimits {
+        ttl: config.http.idempotency_ttl,
+        max_keys: config.http.idempotency_keys,
+        max_bytes: config.http.idempotency_bytes,
+    };
+    let data_dir = args.server.data_dir.clone();
+    let idempotency =
+        tokio::task::spawn_blocking(move || IdempotencyStore::open(&data_dir, limits))
+            .await
+            .map_err(|err| IdempotencyError::Io {
+                path: args.server.data_dir.clone(),
+                source: std::io::Error::other(err),
+            })
+            .and_then(|opened| opened)
+            .map_err(service::Error::Service)?;
+    let api = PublishApi {
+        link: link.clone(),
+        queue_link,
+        limits: args.limits.clone(),
+        max_batch: config.http.http_max_batch.max(1),
+        metrics: metrics.clone(),
+        idempotency,
+    };
+    let routes = vec![
+        Route::WebSocket {
+            path: PUBLISH_PATH,
+            subprotocols: &[SUBPROTOCOL_V1],
+        },
+        Route::Http {
+            path_prefix: API_PREFIX,
+            handler: Arc::new(api),
+        },
+    ];
     let context = ConnectionContext {
         link,
         limits: args.limits.clone(),

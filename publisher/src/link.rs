@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +65,33 @@ pub enum PublishError {
     Stopped,
 }
 
+/// What identifies a message msgqueue stored: the publisher's producer id (random per process) and the
+/// message's sequence number under it, the pair msgqueue deduplicates on. Shown as `<producer hex>-<seq>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    /// The link's producer id.
+    pub producer: u64,
+    /// The message's sequence number.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}-{}", self.producer, self.seq)
+    }
+}
+
+/// Why [`PushLink::try_push`] did not take a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum TryPushError {
+    /// The buffer is full (msgqueue is slow or unreachable); [`PushLink::push`] would wait.
+    #[error("the publisher's buffer towards msgqueue is full")]
+    Full,
+    /// The link has stopped.
+    #[error(transparent)]
+    Closed(#[from] LinkClosed),
+}
+
 /// The link task has ended (the publisher is shutting down), so no message can enter it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("the msgqueue link has stopped")]
@@ -85,11 +112,11 @@ enum ConnectionError {
 
 /// Resolves when msgqueue has acked or rejected one message.
 #[derive(Debug)]
-pub struct Receipt(oneshot::Receiver<Result<(), PublishError>>);
+pub struct Receipt(oneshot::Receiver<Result<MessageId, PublishError>>);
 
 impl Receipt {
     /// Waits for msgqueue's verdict; [`PublishError::Stopped`] when the link ended first.
-    pub async fn outcome(self) -> Result<(), PublishError> {
+    pub async fn outcome(self) -> Result<MessageId, PublishError> {
         self.0.await.unwrap_or(Err(PublishError::Stopped))
     }
 }
@@ -109,7 +136,7 @@ pub struct PushLink {
 #[derive(Debug)]
 struct Submission {
     payload: Bytes,
-    done: Option<oneshot::Sender<Result<(), PublishError>>>,
+    done: Option<oneshot::Sender<Result<MessageId, PublishError>>>,
     slot: Slot,
 }
 
@@ -132,7 +159,7 @@ impl Drop for Slot {
 struct InFlight {
     seq: u64,
     payload: Bytes,
-    done: Option<oneshot::Sender<Result<(), PublishError>>>,
+    done: Option<oneshot::Sender<Result<MessageId, PublishError>>>,
     _slot: Slot,
 }
 
@@ -186,10 +213,37 @@ impl PushLink {
         self.submit(payload, None).await
     }
 
+    /// Hands a message to the link if its buffer has room now, without waiting: for callers that answer "try
+    /// again later" rather than hold a client (the HTTP API while msgqueue is unreachable).
+    pub fn try_push(&self, payload: Bytes) -> Result<Receipt, TryPushError> {
+        let refused = |err| match err {
+            TryAcquireError::Closed => TryPushError::Closed(LinkClosed),
+            TryAcquireError::NoPermits => TryPushError::Full,
+        };
+        let message = self.messages.clone().try_acquire_owned().map_err(refused)?;
+        let bytes = self
+            .bytes
+            .clone()
+            .try_acquire_many_owned(self.cost(&payload))
+            .map_err(refused)?;
+        let (done, receipt) = oneshot::channel();
+        let submission = Submission {
+            payload,
+            done: Some(done),
+            slot: self.slot(message, bytes),
+        };
+        // A message permit is held for every queued submission and the queue holds as many as there are
+        // permits, so it has room unless the link has stopped.
+        self.submissions
+            .try_send(submission)
+            .map_err(|_| TryPushError::Closed(LinkClosed))?;
+        Ok(Receipt(receipt))
+    }
+
     async fn submit(
         &self,
         payload: Bytes,
-        done: Option<oneshot::Sender<Result<(), PublishError>>>,
+        done: Option<oneshot::Sender<Result<MessageId, PublishError>>>,
     ) -> Result<(), LinkClosed> {
         let message = self
             .messages
@@ -197,20 +251,13 @@ impl PushLink {
             .acquire_owned()
             .await
             .map_err(|_| LinkClosed)?;
-        let cost =
-            u32::try_from(payload.len().clamp(1, self.max_bytes_permits)).unwrap_or(u32::MAX);
         let bytes = self
             .bytes
             .clone()
-            .acquire_many_owned(cost)
+            .acquire_many_owned(self.cost(&payload))
             .await
             .map_err(|_| LinkClosed)?;
-        self.buffered.inc();
-        let slot = Slot {
-            _message: message,
-            _bytes: bytes,
-            buffered: self.buffered.clone(),
-        };
+        let slot = self.slot(message, bytes);
         self.submissions
             .send(Submission {
                 payload,
@@ -219,6 +266,21 @@ impl PushLink {
             })
             .await
             .map_err(|_| LinkClosed)
+    }
+
+    /// The byte permits a payload takes.
+    fn cost(&self, payload: &Bytes) -> u32 {
+        u32::try_from(payload.len().clamp(1, self.max_bytes_permits)).unwrap_or(u32::MAX)
+    }
+
+    /// The buffer space of one message, counted in the gauge while it exists.
+    fn slot(&self, message: OwnedSemaphorePermit, bytes: OwnedSemaphorePermit) -> Slot {
+        self.buffered.inc();
+        Slot {
+            _message: message,
+            _bytes: bytes,
+            buffered: self.buffered.clone(),
+        }
     }
 }
 
@@ -385,7 +447,10 @@ impl LinkTask {
                     let mut acked = 0;
                     while let Some(message) = self.unacked.pop_front_if(|m| m.seq <= upto) {
                         if let Some(done) = message.done {
-                            let _ = done.send(Ok(()));
+                            let _ = done.send(Ok(MessageId {
+                                producer: self.producer,
+                                seq: message.seq,
+                            }));
                         }
                         acked += 1;
                     }

@@ -46,6 +46,11 @@ struct InvalidLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: u16,
+}
+
 /// The publisher's own metrics. Cheap to clone (each metric is an `Arc` inside); the link and every client
 /// session hold a clone. [`PublisherMetrics::default`] gives unregistered metrics for tests.
 #[derive(Clone, Debug, Default)]
@@ -57,6 +62,8 @@ pub struct PublisherMetrics {
     link_up: Gauge,
     link_reconnects: Counter,
     buffered: Gauge,
+    http_requests: Family<StatusLabels, Counter>,
+    idempotent_replays: Counter,
 }
 
 impl PublisherMetrics {
@@ -98,7 +105,41 @@ impl PublisherMetrics {
             "Messages held by the link: queued or pushed but not yet acked",
             metrics.buffered.clone(),
         );
+        registry.register(
+            "http_requests",
+            "HTTP API requests answered after authentication, by status (401/429 are the listener's rejections)",
+            metrics.http_requests.clone(),
+        );
+        registry.register(
+            "http_idempotent_replays",
+            "HTTP API requests answered with the stored answer of an earlier request with the same Idempotency-Key",
+            metrics.idempotent_replays.clone(),
+        );
         metrics
+    }
+
+    /// Counts an HTTP API answer with `status`.
+    pub fn http_request(&self, status: u16) {
+        self.http_requests
+            .get_or_create(&StatusLabels { status })
+            .inc();
+    }
+
+    /// HTTP API answers with `status` so far.
+    pub fn http_request_count(&self, status: u16) -> u64 {
+        self.http_requests
+            .get_or_create(&StatusLabels { status })
+            .get()
+    }
+
+    /// Counts an answer replayed for a repeated `Idempotency-Key`.
+    pub fn idempotent_replay(&self) {
+        self.idempotent_replays.inc();
+    }
+
+    /// Answers replayed for repeated `Idempotency-Key`s so far.
+    pub fn idempotent_replay_count(&self) -> u64 {
+        self.idempotent_replays.get()
     }
 
     /// Counts a valid message handed to the link.
@@ -177,6 +218,7 @@ mod tests {
         metrics.invalid(InvalidReason::Binary);
         metrics.acked(3);
         metrics.set_link_up(true);
+        metrics.http_request(413);
         let mut text = String::new();
         encode(&mut text, &registry)?;
         assert!(
@@ -188,6 +230,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("wsmq_publisher_link_up 1"), "{text}");
+        assert!(
+            text.contains("wsmq_publisher_http_requests_total{status=\"413\"} 1"),
+            "{text}"
+        );
         assert_eq!(metrics.invalid_count(InvalidReason::Binary), 1);
         Ok(())
     }

@@ -221,8 +221,8 @@ async fn confirm(
 ) {
     while let Some(Unconfirmed { id, receipt }) = receiver.recv().await {
         let frame = match (receipt.outcome().await, &id) {
-            (Ok(()), Some(id)) => encode_ack(id),
-            (Ok(()), None) => continue,
+            (Ok(_), Some(id)) => encode_ack(id),
+            (Ok(_), None) => continue,
             (Err(err), id) => encode_error(&err.to_string(), id.as_deref()),
         };
         if !send_text(&outbox, &listener, frame).await {

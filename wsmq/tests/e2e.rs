@@ -7,10 +7,12 @@ use futures_util::SinkExt;
 use tungstenite::Message;
 mod common;
 
-use common::{ALL, Running, client, config, next_frame, publish, start_edges, subscribe};
+use common::{ALL, Running, api, client, config, next_frame, publish, start_edges, subscribe};
 use wsmq::Service;
 use wsmq_core::protocol::client::ServerFrame;
-use wsmq_core::protocol::{PUBLISH_PATH, PUSH_PATH, SUBSCRIBE_PATH};
+use wsmq_core::protocol::{
+    PUBLISH_API_PATH, PUBLISH_BATCH_API_PATH, PUBLISH_PATH, PUSH_PATH, SUBSCRIBE_PATH,
+};
 use wsmq_testkit::client::dialer;
 use wsmq_testkit::config::credentials;
 use wsmq_testkit::expect_within;
@@ -72,6 +74,40 @@ async fn published_messages_reach_subscribers_in_order_and_unsub_stops_them() {
     // Delivery is in order, so the marker arriving first proves the unsubscribed message never came.
     assert_eq!(next_frame(&mut news).await, message("other", "marker"));
 
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn messages_published_over_http_reach_subscribers_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
+    let (pub_port, sub_port) = (
+        stack.publisher_addr().unwrap().port(),
+        stack.subscriber_addr().unwrap().port(),
+    );
+    let running = Running::start(stack);
+    let mut news = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
+    subscribe(&mut news, "news").await;
+
+    let mut api = api(dir.path(), pub_port).await;
+    let reply = api
+        .post_json(PUBLISH_API_PATH, &[], r#"{"topic":"news","content":"one"}"#)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.json()["id"].is_string(), "{reply:?}");
+    let batch =
+        r#"{"messages":[{"topic":"news","content":"two"},{"topic":"news","content":"three"}]}"#;
+    let reply = api
+        .post_json(PUBLISH_BATCH_API_PATH, &[], batch)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json()["results"].as_array().map(Vec::len), Some(2));
+
+    for content in ["one", "two", "three"] {
+        assert_eq!(next_frame(&mut news).await, message("news", content));
+    }
     running.stop().await;
 }
 

@@ -5,6 +5,7 @@ pub mod chaos;
 pub mod conns;
 pub mod e2e;
 pub mod fanout;
+pub mod http;
 pub mod queue;
 pub mod scaleout;
 
@@ -66,6 +67,7 @@ async fn run_once(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::Queue(args) => queue::run(ctx, args).await,
         Scenario::Chaos(args) => chaos::run(ctx, args).await,
         Scenario::Scaleout(args) => scaleout::run(ctx, args).await,
+        Scenario::Http(args) => http::run(ctx, args).await,
     }
 }
 

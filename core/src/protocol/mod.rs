@@ -28,5 +28,14 @@ pub const POP_PATH: &str = "/popmsg";
 /// The publisher's client endpoint: clients send `{"Topic", "Content"}` envelopes here (ws-go's path).
 pub const PUBLISH_PATH: &str = "/publish";
 
+/// The publisher's HTTP API (same port as [`PUBLISH_PATH`]): every path under it is served by hyper.
+pub const API_PREFIX: &str = "/v1";
+
+/// HTTP API: `POST` one message as `{"topic", "content"}`, answered once msgqueue stored it.
+pub const PUBLISH_API_PATH: &str = "/v1/publish";
+
+/// HTTP API: `POST` several messages as `{"messages": [...]}`, one result per message.
+pub const PUBLISH_BATCH_API_PATH: &str = "/v1/publish/batch";
+
 /// The subscriber's client endpoint: clients register topics and receive messages here (ws-go's path).
 pub const SUBSCRIBE_PATH: &str = "/subscribe";

@@ -19,14 +19,15 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use wsmq_core::api_client::ApiClient;
 use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::dial::ClientWs;
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PushRecord, PushReply, RejectReason};
 use wsmq_core::protocol::{PUBLISH_PATH, PUSH_PATH, SUBPROTOCOL_V1};
 use wsmq_core::server::{Accepted, Route};
-use wsmq_publisher::Config;
 use wsmq_publisher::metrics::PublisherMetrics;
+use wsmq_publisher::{Config, HttpApiArgs};
 use wsmq_testkit::admin::{await_readyz, http_status};
 use wsmq_testkit::client::{connect, dialer};
 use wsmq_testkit::config::{credentials, link_args, loopback, service_args, users};
@@ -40,8 +41,9 @@ pub(crate) const REJECT_MARKER: &str = "reject-me";
 /// The publisher's account on the fake queue.
 const LINK_USER: &str = "pub";
 const LINK_PASSWORD: &str = "pub-password";
-const CLIENT_USER: &str = "client";
-const CLIENT_PASSWORD: &str = "client-password";
+/// The clients' account on the publisher.
+pub(crate) const CLIENT_USER: &str = "client";
+pub(crate) const CLIENT_PASSWORD: &str = "client-password";
 
 /// One PUSH as the fake queue received it.
 #[derive(Clone, Debug)]
@@ -320,6 +322,7 @@ pub(crate) fn config(data_dir: &Path, queue: SocketAddr) -> Config {
         link_buffer: 10_000,
         link_buffer_bytes: 16 * 1024 * 1024,
         link_batch_bytes: 64 * 1024,
+        http: HttpApiArgs::default(),
     }
 }
 
@@ -364,6 +367,25 @@ impl Publisher {
             subprotocol,
         )?;
         connect(&dialer, PUBLISH_PATH, subprotocol).await
+    }
+
+    /// Opens a keep-alive connection to the HTTP API as the test client user.
+    #[allow(dead_code, reason = "only tests/http_api.rs uses the HTTP API")]
+    pub(crate) async fn api(&self, data_dir: &Path) -> anyhow::Result<ApiClient> {
+        self.api_as(data_dir, CLIENT_USER, CLIENT_PASSWORD).await
+    }
+
+    /// Opens a keep-alive connection to the HTTP API presenting `user` and `password`.
+    #[allow(dead_code, reason = "only tests/http_api.rs uses the HTTP API")]
+    pub(crate) async fn api_as(
+        &self,
+        data_dir: &Path,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<ApiClient> {
+        let url = format!("wss://127.0.0.1:{}", self.addr.port());
+        let dialer = dialer(&url, data_dir, credentials(user, password), None)?;
+        Ok(within("an API connection", ApiClient::connect(&dialer)).await??)
     }
 
     /// The HTTP status of `GET path` on the admin listener.

@@ -8,6 +8,7 @@ use std::path::Path;
 use futures_util::SinkExt;
 use tungstenite::Message;
 use wsmq::{Config, Service, Stack};
+use wsmq_core::api_client::ApiClient;
 use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
@@ -15,6 +16,7 @@ use wsmq_core::protocol::client::ServerFrame;
 use wsmq_testkit::client::{connect, dialer, next_text};
 use wsmq_testkit::config::{credentials, link_args, loopback, server_args};
 use wsmq_testkit::service::ServiceTask;
+use wsmq_testkit::within;
 
 /// The development user, which a stack on loopback accepts without configured users.
 const DEV_USER: &str = "hello";
@@ -73,6 +75,16 @@ pub async fn client(data_dir: &Path, port: u16, path: &str) -> ClientWs {
     let credentials = credentials(DEV_USER, DEV_PASSWORD);
     let dialer = dialer(&url, data_dir, credentials, Some(SUBPROTOCOL_V1)).unwrap();
     connect(&dialer, path, Some(SUBPROTOCOL_V1)).await.unwrap()
+}
+
+/// A keep-alive connection to the publisher's HTTP API on `port`, with the development credentials.
+pub async fn api(data_dir: &Path, port: u16) -> ApiClient {
+    let url = format!("wss://localhost:{port}");
+    let dialer = dialer(&url, data_dir, credentials(DEV_USER, DEV_PASSWORD), None).unwrap();
+    within("an API connection", ApiClient::connect(&dialer))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// The next frame from publisher or subscriber, decoded; pings skipped. One bound covers the whole wait, so a
