@@ -281,7 +281,7 @@ async fn browser_client(
         match handshake(subscriber.addr.port(), dir, SUBSCRIBE_PATH, &headers).await? {
             Handshake::Upgraded(ws, chosen) => {
                 assert_eq!(chosen.as_deref(), Some("wsmq.v1"));
-                Ok(common::Client { ws })
+                Ok(common::Client { ws: *ws })
             }
             Handshake::Refused(status) => Err(status),
         },

@@ -112,8 +112,8 @@ where
 /// What a handshake with hand-picked headers got: the WebSocket and the subprotocol the server chose, or the
 /// HTTP status it refused with.
 pub enum Handshake {
-    /// Upgraded.
-    Upgraded(ClientWs, Option<String>),
+    /// Upgraded (boxed: a TLS WebSocket is large).
+    Upgraded(Box<ClientWs>, Option<String>),
     /// Refused with this status before the upgrade.
     Refused(u16),
 }
@@ -144,7 +144,7 @@ pub async fn handshake(
                     .get("sec-websocket-protocol")
                     .and_then(|value| value.to_str().ok())
                     .map(str::to_owned);
-                Handshake::Upgraded(ws, chosen)
+                Handshake::Upgraded(Box::new(ws), chosen)
             }
             Err(tungstenite::Error::Http(response)) => {
                 Handshake::Refused(response.status().as_u16())
