@@ -862,6 +862,37 @@ mod tests {
     }
 
     #[test]
+    fn bearer_tokens_come_from_the_header_or_the_subprotocol() {
+        let token = |presented: Option<Presented>| match presented {
+            Some(Presented::Bearer(token)) => Some(token.expose().to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            token(Presented::from_authorization("Bearer abc.def-1")).as_deref(),
+            Some("abc.def-1")
+        );
+        assert_eq!(
+            token(Presented::from_authorization("bearer  xyz ")).as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(token(Presented::from_authorization("Bearer ")), None);
+        assert_eq!(
+            token(Presented::from_subprotocol("wsmq.bearer.tok_1")).as_deref(),
+            Some("tok_1")
+        );
+        assert_eq!(token(Presented::from_subprotocol("wsmq.bearer.")), None);
+        assert!(matches!(
+            Presented::from_authorization(&creds("a", "b").basic_header()),
+            Some(Presented::Basic(_))
+        ));
+        assert!(Presented::is_credential_subprotocol("wsmq.bearer.x"));
+        assert!(Presented::is_credential_subprotocol("wsmq.auth.x"));
+        assert!(!Presented::is_credential_subprotocol("wsmq.v1"));
+        let shown = format!("{:?}", Presented::from_subprotocol("wsmq.bearer.s3cr3t"));
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
     fn debug_output_never_contains_the_password() {
         let shown = format!("{:?}", creds("alice", "hunter2"));
         assert!(shown.contains("alice"));

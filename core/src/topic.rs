@@ -614,6 +614,39 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn published_topics_refuse_wildcard_syntax_and_keep_legacy_ws_go_topics() {
+        for refused in ["news.*", "news.>", "@*", "a.>.b", "@alice.>", "", "a b"] {
+            assert!(published(refused).is_err(), "{refused:?}");
+        }
+        assert!(matches!(published("news.sport"), Ok(Compat::Strict(_))));
+        for legacy in ["a..b", "news.", "ne*ws", "@"] {
+            assert!(
+                matches!(published(legacy), Ok(Compat::Legacy(_))),
+                "{legacy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn subscriptions_are_patterns_misplaced_wildcards_are_refused_and_legacy_topics_kept() {
+        for pattern in ["news.*", "news.>", "@*", "news.sport", ">"] {
+            assert!(
+                matches!(subscribed(pattern), Ok(Compat::Strict(_))),
+                "{pattern:?}"
+            );
+        }
+        for refused in ["a.>.b", "@alice.>", "a b"] {
+            assert!(subscribed(refused).is_err(), "{refused:?}");
+        }
+        for legacy in ["a..b", "ne*ws"] {
+            assert!(
+                matches!(subscribed(legacy), Ok(Compat::Legacy(_))),
+                "{legacy:?}"
+            );
+        }
+    }
+
     fn topic(text: &str) -> Topic<'_> {
         Topic::parse(text).unwrap()
     }

@@ -694,6 +694,33 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_exact_and_wildcard_subscriptions_deliver_once() {
+        let shutdown = CancellationToken::new();
+        let r = router(8, SlowClientPolicy::Close);
+        let (a, b) = (
+            r.register(Closer::new(&shutdown)),
+            r.register(Closer::new(&shutdown)),
+        );
+        let pattern = |text| Pattern::parse(text).unwrap();
+        r.subscribe("news.sport", &a);
+        r.subscribe_pattern(&pattern("news.*"), &a);
+        r.subscribe_pattern(&pattern("news.>"), &a);
+        r.subscribe_pattern(&pattern("*.sport"), &b);
+        assert_eq!(r.route("news.sport", &Utf8Bytes::from_static("s")), 2);
+        assert_eq!(r.route("news.sport.live", &Utf8Bytes::from_static("l")), 1);
+        assert_eq!(r.route("a..b", &Utf8Bytes::from_static("legacy")), 0);
+        assert_eq!(drain(&a), ["s", "l"]);
+        assert_eq!(drain(&b), ["s"]);
+        assert_eq!(r.metrics().subscriptions_current(), 4);
+        r.unsubscribe_pattern(&pattern("news.>"), &a);
+        r.unsubscribe_pattern(&pattern("news.*"), &a);
+        r.unsubscribe_pattern(&pattern("*.sport"), &b);
+        assert_eq!(r.inner.wildcards.load(Ordering::Acquire), 0);
+        assert_eq!(r.route("news.other", &Utf8Bytes::from_static("x")), 0);
+        assert_eq!(r.metrics().subscriptions_current(), 1);
+    }
+
+    #[test]
     fn unsubscribe_stops_routing_and_forgets_empty_topics() {
         let shutdown = CancellationToken::new();
         let r = router(8, SlowClientPolicy::Close);
