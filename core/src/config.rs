@@ -260,6 +260,8 @@ mod tests {
         server: ServerArgs,
         #[command(flatten)]
         link: LinkArgs,
+        #[command(flatten)]
+        access: AccessArgs,
     }
 
     #[test]
@@ -282,6 +284,8 @@ mod tests {
             Some("alice:hunter2")
         );
         assert_eq!(cli.link.queue_url, "wss://localhost:8080");
+        assert_eq!(cli.access.auth_timeout, crate::callout::DEFAULT_TIMEOUT);
+        assert!(cli.access.callout().is_none() && cli.access.acl_file.is_none());
         assert!(cli.link.insecure);
         let shown = format!("{cli:?}");
         assert!(
@@ -307,6 +311,10 @@ mod tests {
             "WSMQ_INSECURE",
             "WSMQ_LINK_BACKOFF_INITIAL",
             "WSMQ_LINK_BACKOFF_MAX",
+            "WSMQ_ACL_FILE",
+            "WSMQ_AUTH_URL",
+            "WSMQ_AUTH_CA",
+            "WSMQ_AUTH_TIMEOUT",
         ] {
             assert!(help.contains(var), "--help does not mention {var}");
         }
