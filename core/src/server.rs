@@ -1,4 +1,5 @@
-//! The TLS WebSocket listener every wsmq service runs: accept, TLS, HTTP head, routing, origin check, Basic auth,
+//! The TLS WebSocket listener every wsmq service runs: accept, TLS, HTTP head, routing, origin check,
+//! authentication (Basic against the users, or Basic and Bearer through the auth callout, see [`crate::auth`]),
 //! subprotocol negotiation and the upgrade, under one handshake timeout and two separate limits: handshake slots
 //! (in total and per client address, see [`crate::admission`]) for connections still in their handshake, and the
 //! connection limit for upgraded ones, so half-open connections cannot lock real clients out.

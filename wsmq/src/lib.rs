@@ -119,6 +119,8 @@ pub enum CredentialSource {
     DevUsers,
     /// Configured users (file and/or list).
     Configured,
+    /// The application's auth endpoint (`--auth-url`) decides on the edges' clients.
+    AuthCallout,
 }
 
 /// A service's configuration as its own binary would read it with no flags: defaults, and the service's
@@ -260,7 +262,11 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
         msgqueue,
         publisher,
         subscriber,
-        credentials: if configured {
+        credentials: if config.access.auth_url.is_some()
+            && (runs(Service::Publisher) || runs(Service::Subscriber))
+        {
+            CredentialSource::AuthCallout
+        } else if configured {
             CredentialSource::Configured
         } else {
             CredentialSource::DevUsers
