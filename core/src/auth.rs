@@ -7,10 +7,16 @@
 //! failures are limited per source address across all its connections: after a small burst, an address (IPv6: a
 //! /64) gets one more password check per [`FAILURE_INTERVAL`], however many connections it opens in parallel;
 //! further attempts are refused with `429` without checking anything. Passwords are never logged.
+//!
+//! With an auth callout ([`Authenticator::with_callout`], `--auth-url`) the application's server decides instead
+//! of the users: Basic credentials and bearer tokens (`Authorization: Bearer …`, or a `wsmq.bearer.<token>`
+//! subprotocol for browsers) are sent to it, its denials count in the same per-address throttle, and its grant
+//! may carry the connection's permissions. Without a callout a bearer token is refused: there is nothing to check
+//! it against. Tokens are never logged either.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +31,16 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::Secret;
+use crate::acl::Permissions;
+use crate::callout::{AuthCallout, CalloutError, CalloutRequest, Credential, Unavailable};
 
 /// Prefix of the WebSocket subprotocol that carries credentials for browsers, which cannot set an
 /// `Authorization` header on a WebSocket: `wsmq.auth.<base64url-no-pad(user:password)>`.
 pub const AUTH_SUBPROTOCOL_PREFIX: &str = "wsmq.auth.";
+
+/// Prefix of the WebSocket subprotocol that carries a bearer token for browsers: `wsmq.bearer.<token>` (the
+/// token must be made of characters allowed in a subprotocol name, as URL-safe base64 and JWTs are).
+pub const BEARER_SUBPROTOCOL_PREFIX: &str = "wsmq.bearer.";
 
 /// How long a successful bcrypt check is remembered, so reconnecting clients skip the expensive hash.
 const VERIFIED_CACHE_TTL: Duration = Duration::from_secs(5 * 60);
@@ -115,6 +127,84 @@ impl Credentials {
     }
 }
 
+/// What a client presented at the handshake: a user name and password, or a bearer token. `Debug` shows no
+/// secret.
+#[derive(Clone, Debug)]
+pub enum Presented {
+    /// HTTP Basic credentials (or the `wsmq.auth.…` subprotocol).
+    Basic(Credentials),
+    /// A bearer token (`Authorization: Bearer …` or the `wsmq.bearer.…` subprotocol).
+    Bearer(Secret),
+}
+
+impl Presented {
+    /// Parses an `Authorization` header value, `Basic …` or `Bearer <token>`; `None` for anything else.
+    pub fn from_authorization(value: &str) -> Option<Presented> {
+        if let Some(basic) = Credentials::from_basic_header(value) {
+            return Some(Self::Basic(basic));
+        }
+        let (scheme, token) = value.trim().split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty())
+            .then(|| Self::Bearer(Secret::new(token)))
+    }
+
+    /// Parses a credential-carrying subprotocol offer: `wsmq.auth.<base64url(user:password)>` or
+    /// `wsmq.bearer.<token>`; `None` for any other subprotocol.
+    pub fn from_subprotocol(offered: &str) -> Option<Presented> {
+        if let Some(basic) = Credentials::from_subprotocol_token(offered) {
+            return Some(Self::Basic(basic));
+        }
+        let token = offered.trim().strip_prefix(BEARER_SUBPROTOCOL_PREFIX)?;
+        (!token.is_empty()).then(|| Self::Bearer(Secret::new(token)))
+    }
+
+    /// Whether a subprotocol offer carries credentials (and must never be echoed or negotiated).
+    pub fn is_credential_subprotocol(offered: &str) -> bool {
+        offered.starts_with(AUTH_SUBPROTOCOL_PREFIX)
+            || offered.starts_with(BEARER_SUBPROTOCOL_PREFIX)
+    }
+}
+
+/// Who an authenticated connection is, and the permissions the auth callout gave it, if any (they replace the
+/// ACL file's for this connection).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The user name (not secret; it appears in logs).
+    pub user: String,
+    /// Permissions from the auth callout's grant; `None`: the ACL file applies (or everything, without one).
+    pub permissions: Option<Permissions>,
+}
+
+/// Why a handshake was refused at the authentication step, and so which answer it gets.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// Missing or invalid credentials (401) or a throttled address (429).
+    #[error(transparent)]
+    Auth(#[from] AuthFailure),
+    /// A bearer token reached a listener without an auth callout (401): nothing could check it.
+    #[error("bearer tokens are only accepted with an auth callout (--auth-url)")]
+    BearerWithoutCallout,
+    /// The auth callout said no (401), with the application's reason if it gave one.
+    #[error("denied by the auth service: {}", .0.as_deref().unwrap_or("no reason given"))]
+    Denied(Option<String>),
+    /// The auth callout gave no usable answer (503); connections already open are not affected.
+    #[error("auth service unavailable: {0}")]
+    Unavailable(#[source] Unavailable),
+    /// The auth callout allowed a bearer token without naming its user (503: the application's reply is not
+    /// usable).
+    #[error("the auth service allowed a bearer token without naming its `user`")]
+    NoUserForToken,
+}
+
+/// The auth callout as one listener uses it.
+#[derive(Clone, Debug)]
+struct Callout {
+    client: AuthCallout,
+    /// `publisher` or `subscriber`, sent with each request.
+    service: &'static str,
+}
+
 /// Why the configured users could not be loaded. Messages name the file and line but never contain a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -178,6 +268,8 @@ pub enum AuthFailure {
 #[derive(Clone)]
 pub struct Authenticator {
     inner: Arc<Inner>,
+    /// With `--auth-url`: the application decides instead of the users.
+    callout: Option<Callout>,
 }
 
 struct Inner {
@@ -202,6 +294,7 @@ impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator")
             .field("users", &self.inner.users.len())
+            .field("callout", &self.callout)
             .finish_non_exhaustive()
     }
 }
@@ -246,6 +339,89 @@ impl Authenticator {
         table.build()
     }
 
+    /// An authenticator that asks the application's auth endpoint about every connection (`--auth-url`) instead
+    /// of checking configured users; `service` (`publisher` or `subscriber`) is sent with each request. Denials
+    /// count in the per-address login throttle as wrong passwords do.
+    pub fn with_callout(callout: AuthCallout, service: &'static str) -> Authenticator {
+        Authenticator {
+            inner: Arc::new(Inner::new(HashMap::new(), StoredPassword::Plain([0; 32]))),
+            callout: Some(Callout {
+                client: callout,
+                service,
+            }),
+        }
+    }
+
+    /// Whether connections are decided by the auth callout (for its metrics).
+    pub fn uses_callout(&self) -> bool {
+        self.callout.is_some()
+    }
+
+    /// Authenticates what a client presented at the handshake: against the configured users, or with the auth
+    /// callout when there is one. `origin` is the handshake's `Origin` header, sent to the callout.
+    pub async fn authenticate(
+        &self,
+        presented: Option<&Presented>,
+        peer: SocketAddr,
+        origin: Option<&str>,
+    ) -> Result<Identity, Refused> {
+        let Some(callout) = &self.callout else {
+            let credentials = match presented {
+                None => None,
+                Some(Presented::Basic(credentials)) => Some(credentials),
+                Some(Presented::Bearer(_)) => return Err(Refused::BearerWithoutCallout),
+            };
+            let user = self.verify(credentials, peer.ip()).await?;
+            return Ok(Identity {
+                user,
+                permissions: None,
+            });
+        };
+        let Some(presented) = presented else {
+            return Err(AuthFailure::Missing.into());
+        };
+        if let Some(retry_after) = self
+            .inner
+            .failures
+            .lock()
+            .throttled(peer.ip(), Instant::now())
+        {
+            return Err(AuthFailure::Throttled { retry_after }.into());
+        }
+        let (user, credential) = match presented {
+            Presented::Basic(credentials) => (
+                credentials.user.as_str(),
+                Credential::Password(&credentials.password),
+            ),
+            Presented::Bearer(token) => ("", Credential::Token(token)),
+        };
+        let request = CalloutRequest {
+            user,
+            credential,
+            remote_addr: peer,
+            origin,
+            service: callout.service,
+        };
+        match callout.client.authorize(&request).await {
+            Ok(grant) => {
+                let user = match (grant.user, presented) {
+                    (Some(user), _) => user,
+                    (None, Presented::Basic(credentials)) => credentials.user.clone(),
+                    (None, Presented::Bearer(_)) => return Err(Refused::NoUserForToken),
+                };
+                Ok(Identity {
+                    user,
+                    permissions: grant.permissions,
+                })
+            }
+            Err(CalloutError::Denied(reason)) => {
+                self.failed(peer.ip(), user).await;
+                Err(Refused::Denied(reason))
+            }
+            Err(CalloutError::Unavailable(why)) => Err(Refused::Unavailable(why)),
+        }
+    }
+
     /// How many users are configured (for the startup log line).
     pub fn user_count(&self) -> usize {
         self.inner.users.len()
@@ -281,15 +457,20 @@ impl Authenticator {
             }
             Checked::NoMatch => {}
         }
+        self.failed(peer, &creds.user).await;
+        Err(AuthFailure::Invalid)
+    }
+
+    /// Counts a failed login from `peer` in the throttle and waits the delay it earns.
+    async fn failed(&self, peer: IpAddr, user: &str) {
         let (failures, delay) = self.inner.failures.lock().record(peer, Instant::now());
-        tracing::debug!(user = %creds.user, %peer, failures, "authentication failed");
+        tracing::debug!(user, %peer, failures, "authentication failed");
         if !delay.is_zero() {
             if failures == FREE_FAILURES + 1 {
                 tracing::warn!(%peer, "repeated authentication failures, slowing down answers to this address");
             }
             tokio::time::sleep(delay).await;
         }
-        Err(AuthFailure::Invalid)
     }
 
     /// Checks `creds` unless `peer` is throttled. The throttle is consulted right before the comparison (for
@@ -462,17 +643,24 @@ impl UserTable {
             .map_or(StoredPassword::Plain([0; 32]), |hash| {
                 StoredPassword::Bcrypt(hash.clone())
             });
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Authenticator {
-            inner: Arc::new(Inner {
-                users: self.users,
-                decoy,
-                bcrypt_slots: Semaphore::new(cpus),
-                bcrypt_runs: AtomicU64::new(0),
-                verified: Mutex::new(VerifiedCache::default()),
-                failures: Mutex::new(FailureTracker::default()),
-            }),
+            inner: Arc::new(Inner::new(self.users, decoy)),
+            callout: None,
         })
+    }
+}
+
+impl Inner {
+    fn new(users: HashMap<String, StoredPassword>, decoy: StoredPassword) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            users,
+            decoy,
+            bcrypt_slots: Semaphore::new(cpus),
+            bcrypt_runs: AtomicU64::new(0),
+            verified: Mutex::new(VerifiedCache::default()),
+            failures: Mutex::new(FailureTracker::default()),
+        }
     }
 }
 
@@ -671,6 +859,37 @@ mod tests {
                 .is_none()
         );
         assert!(Credentials::from_subprotocol_token("wsmq.auth.%%%").is_none());
+    }
+
+    #[test]
+    fn bearer_tokens_come_from_the_header_or_the_subprotocol() {
+        let token = |presented: Option<Presented>| match presented {
+            Some(Presented::Bearer(token)) => Some(token.expose().to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            token(Presented::from_authorization("Bearer abc.def-1")).as_deref(),
+            Some("abc.def-1")
+        );
+        assert_eq!(
+            token(Presented::from_authorization("bearer  xyz ")).as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(token(Presented::from_authorization("Bearer ")), None);
+        assert_eq!(
+            token(Presented::from_subprotocol("wsmq.bearer.tok_1")).as_deref(),
+            Some("tok_1")
+        );
+        assert_eq!(token(Presented::from_subprotocol("wsmq.bearer.")), None);
+        assert!(matches!(
+            Presented::from_authorization(&creds("a", "b").basic_header()),
+            Some(Presented::Basic(_))
+        ));
+        assert!(Presented::is_credential_subprotocol("wsmq.bearer.x"));
+        assert!(Presented::is_credential_subprotocol("wsmq.auth.x"));
+        assert!(!Presented::is_credential_subprotocol("wsmq.v1"));
+        let shown = format!("{:?}", Presented::from_subprotocol("wsmq.bearer.s3cr3t"));
+        assert!(!shown.contains("s3cr3t"), "{shown}");
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //!  "permissions": {"publish": {"allow": ["chat.{user}.>"]}, "subscribe": {"allow": ["@{user}"]}}}
 //! ```
 //!
-//! or `{"allow": false, "reason": "…"}`. `permissions` has the shape of one ACL entry ([`crate::acl`]); without it
+//! or `{"allow": false, "reason": "…"}`. A reply may name the `user` the connection acts as (a bearer token has no
+//! user name of its own: the request's `user` is then empty and the reply must name one). `permissions` has the shape of one ACL entry ([`crate::acl`]); without it
 //! the connection gets what the ACL file (or its absence) gives the user.
 //!
 //! Why it is built this way:
@@ -75,6 +76,8 @@ pub const DEFAULT_MAX_CACHE_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_REPLY_BYTES: usize = 64 * 1024;
 /// Longest `reason` kept from a denial, in characters, so an application cannot flood logs or clients.
 const MAX_REASON_CHARS: usize = 200;
+/// Longest user name a reply may set.
+const MAX_USER_BYTES: usize = 256;
 /// Idle pooled connections to the application's server are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -159,6 +162,11 @@ pub enum Unavailable {
     /// Reading the reply body failed.
     #[error("reading the reply failed: {0}")]
     Body(String),
+    /// The reply's `user` is empty, longer than 256 bytes or holds whitespace or control characters.
+    #[error(
+        "invalid reply: `user` must be 1 to 256 bytes without whitespace or control characters"
+    )]
+    BadUser,
     /// The reply is not the contract's JSON (including an invalid permission pattern).
     #[error("invalid reply: {0}")]
     BadReply(#[source] serde_json::Error),
@@ -176,7 +184,7 @@ pub enum Credential<'a> {
 /// What the edge knows about a new connection. `Debug` shows no secret.
 #[derive(Debug, Clone, Copy)]
 pub struct CalloutRequest<'a> {
-    /// The user name the client presented.
+    /// The user name the client presented; empty for a bearer token.
     pub user: &'a str,
     /// Its password or token.
     pub credential: Credential<'a>,
@@ -191,6 +199,9 @@ pub struct CalloutRequest<'a> {
 /// A connection let in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
+    /// The user the connection acts as when the reply named one (`user`); a bearer token has no user of its own,
+    /// so its reply must name it.
+    pub user: Option<String>,
     /// The permissions the application sent, `{user}` filled in; `None` when it sent none, so the edge applies
     /// its ACL file (or allows everything without one).
     pub permissions: Option<Permissions>,
@@ -245,6 +256,8 @@ struct WireReply {
     cache_ttl_secs: Option<u64>,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
 }
 
 impl AuthCallout {
@@ -308,8 +321,17 @@ impl AuthCallout {
             });
             return Err(CalloutError::Denied(reason));
         }
+        if let Some(user) = &reply.user
+            && (user.is_empty()
+                || user.len() > MAX_USER_BYTES
+                || user.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            return Err(Unavailable::BadUser.into());
+        }
+        let user = reply.user.as_deref().unwrap_or(request.user);
         let grant = Grant {
-            permissions: reply.permissions.map(|entry| entry.resolve(request.user)),
+            permissions: reply.permissions.map(|entry| entry.resolve(user)),
+            user: reply.user,
         };
         if let Some(ttl) = reply.cache_ttl_secs.filter(|ttl| *ttl > 0) {
             self.remember(key, Duration::from_secs(ttl), &grant);

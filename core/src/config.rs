@@ -7,14 +7,16 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::Secret;
 use crate::auth::{AuthError, Authenticator, Credentials};
 use crate::backoff::BackoffArgs;
+use crate::callout;
 use crate::dial::{DialError, Dialer};
-use crate::limits::Limits;
+use crate::limits::{Limits, parse_duration};
 use crate::tls::{self, TlsError};
 
 /// What every service is started with: its two addresses, its listener's state, identity and users, and its
@@ -97,6 +99,56 @@ impl ServerArgs {
     /// The listener's authenticator, from --users-file and/or --users; fails if neither defines a user.
     pub fn authenticator(&self) -> Result<Authenticator, AuthError> {
         Authenticator::load(self.users_file.as_deref(), self.users.as_ref())
+    }
+}
+
+/// Who may do what on the client-facing edges (publisher and subscriber): topic permissions and the auth callout.
+/// One struct flattened into both, so the all-in-one passes one value to both edges.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccessArgs {
+    /// TOML file of publish and subscribe permissions per user and group (docs/ACL.md). Reloaded on SIGHUP and
+    /// when the file changes; an invalid file at start-up is an error, later it leaves the previous one in
+    /// force. Without it every authenticated client may publish and subscribe to everything.
+    #[arg(long, env = "WSMQ_ACL_FILE", value_name = "FILE")]
+    pub acl_file: Option<PathBuf>,
+
+    /// The application's auth endpoint (`https://…`): every new client connection's credentials (Basic or
+    /// Bearer) are POSTed to it instead of being checked against --users/--users-file, and its answer may carry
+    /// the connection's permissions (they replace the ACL file's). Needed for bearer tokens.
+    #[arg(long, env = "WSMQ_AUTH_URL", value_name = "URL")]
+    pub auth_url: Option<String>,
+
+    /// PEM CA certificate(s) the auth endpoint's certificate must chain to. Default: the system roots.
+    #[arg(long, env = "WSMQ_AUTH_CA", value_name = "FILE")]
+    pub auth_ca: Option<PathBuf>,
+
+    /// Time allowed for one auth callout, connect to last byte; without an answer in time the connection gets
+    /// 503.
+    #[arg(long, env = "WSMQ_AUTH_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+}
+
+impl Default for AccessArgs {
+    /// No ACL file and no callout (everything allowed to authenticated users, as before), with the default
+    /// callout timeout.
+    fn default() -> Self {
+        Self {
+            acl_file: None,
+            auth_url: None,
+            auth_ca: None,
+            auth_timeout: callout::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl AccessArgs {
+    /// The auth callout's settings, if --auth-url is set.
+    pub fn callout(&self) -> Option<callout::CalloutConfig> {
+        self.auth_url.as_ref().map(|url| callout::CalloutConfig {
+            ca: self.auth_ca.clone(),
+            timeout: self.auth_timeout,
+            ..callout::CalloutConfig::new(url)
+        })
     }
 }
 
@@ -208,6 +260,8 @@ mod tests {
         server: ServerArgs,
         #[command(flatten)]
         link: LinkArgs,
+        #[command(flatten)]
+        access: AccessArgs,
     }
 
     #[test]
@@ -230,6 +284,8 @@ mod tests {
             Some("alice:hunter2")
         );
         assert_eq!(cli.link.queue_url, "wss://localhost:8080");
+        assert_eq!(cli.access.auth_timeout, crate::callout::DEFAULT_TIMEOUT);
+        assert!(cli.access.callout().is_none() && cli.access.acl_file.is_none());
         assert!(cli.link.insecure);
         let shown = format!("{cli:?}");
         assert!(
@@ -255,6 +311,10 @@ mod tests {
             "WSMQ_INSECURE",
             "WSMQ_LINK_BACKOFF_INITIAL",
             "WSMQ_LINK_BACKOFF_MAX",
+            "WSMQ_ACL_FILE",
+            "WSMQ_AUTH_URL",
+            "WSMQ_AUTH_CA",
+            "WSMQ_AUTH_TIMEOUT",
         ] {
             assert!(help.contains(var), "--help does not mention {var}");
         }

@@ -5,6 +5,7 @@
 //! configuration flags, graceful shutdown and telemetry, so that all services behave alike and an operator
 //! learns one set of flags.
 
+pub mod access;
 pub mod acl;
 pub mod admin;
 pub mod admission;

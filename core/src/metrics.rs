@@ -15,6 +15,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 /// Why the listener refused a connection before handing it to the service; the `reason` label of
@@ -40,6 +41,8 @@ pub enum RejectReason {
     /// The client's address failed to log in too often recently; answered `429` without checking (see
     /// `crate::auth`).
     Throttled,
+    /// The auth callout gave no usable answer (503).
+    AuthUnavailable,
 }
 
 impl RejectReason {
@@ -55,6 +58,7 @@ impl RejectReason {
             Self::Tls => "tls",
             Self::HandshakeLimit => "handshake_limit",
             Self::Throttled => "throttled",
+            Self::AuthUnavailable => "auth_unavailable",
         }
     }
 }
@@ -70,6 +74,49 @@ struct RejectLabels {
     reason: RejectReason,
 }
 
+/// What one auth callout answered; the `outcome` label of `auth_callouts_total` (cached answers included).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CalloutOutcome {
+    /// The connection was let in.
+    Allowed,
+    /// The application refused it.
+    Denied,
+    /// No usable answer (server down, timeout, bad reply, too many in flight).
+    Unavailable,
+}
+
+impl CalloutOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl EncodeLabelValue for CalloutOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CalloutLabels {
+    outcome: CalloutOutcome,
+}
+
+/// How long auth callouts take, 1 ms to about 4 s.
+#[derive(Clone, Debug)]
+struct CalloutLatency(Histogram);
+
+impl Default for CalloutLatency {
+    fn default() -> Self {
+        Self(Histogram::new(exponential_buckets(0.001, 2.0, 13)))
+    }
+}
+
 /// Metrics of one listener: cheap to clone (every field is an `Arc` inside), shared by the accept loop and all
 /// connection handlers. [`ListenerMetrics::default`] gives unregistered metrics, for tests or callers that do
 /// not export them.
@@ -82,6 +129,8 @@ pub struct ListenerMetrics {
     messages_sent: Counter,
     bytes_received: Counter,
     bytes_sent: Counter,
+    callouts: Family<CalloutLabels, Counter>,
+    callout_latency: CalloutLatency,
 }
 
 impl ListenerMetrics {
@@ -127,7 +176,33 @@ impl ListenerMetrics {
             Unit::Bytes,
             metrics.bytes_sent.clone(),
         );
+        registry.register(
+            "auth_callouts",
+            "Auth callouts by outcome (answers from the callout's cache included)",
+            metrics.callouts.clone(),
+        );
+        registry.register_with_unit(
+            "auth_callout_duration",
+            "Time the auth step took for connections decided by the auth callout",
+            Unit::Seconds,
+            metrics.callout_latency.0.clone(),
+        );
         metrics
+    }
+
+    /// Records one auth callout's outcome and how long it took.
+    pub fn callout(&self, outcome: CalloutOutcome, took: std::time::Duration) {
+        self.callouts
+            .get_or_create(&CalloutLabels { outcome })
+            .inc();
+        self.callout_latency.0.observe(took.as_secs_f64());
+    }
+
+    /// How many auth callouts had `outcome` so far.
+    pub fn callouts(&self, outcome: CalloutOutcome) -> u64 {
+        self.callouts
+            .get_or_create(&CalloutLabels { outcome })
+            .get()
     }
 
     /// Counts a connection refused before the upgrade.

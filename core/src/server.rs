@@ -1,4 +1,5 @@
-//! The TLS WebSocket listener every wsmq service runs: accept, TLS, HTTP head, routing, origin check, Basic auth,
+//! The TLS WebSocket listener every wsmq service runs: accept, TLS, HTTP head, routing, origin check,
+//! authentication (Basic against the users, or Basic and Bearer through the auth callout, see [`crate::auth`]),
 //! subprotocol negotiation and the upgrade, under one handshake timeout and two separate limits: handshake slots
 //! (in total and per client address, see [`crate::admission`]) for connections still in their handshake, and the
 //! connection limit for upgraded ones, so half-open connections cannot lock real clients out.
@@ -30,12 +31,13 @@ use tracing::instrument;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::Role;
 
+use crate::acl::Permissions;
 use crate::admission::{HandshakeSlot, HandshakeSlots};
-use crate::auth::{AUTH_SUBPROTOCOL_PREFIX, AuthFailure, Authenticator, Credentials};
+use crate::auth::{AuthFailure, Authenticator, Identity, Presented, Refused};
 use crate::http::{HttpError, RequestHead, Response, read_request_head_raw};
 use crate::http_api::{ApiConnection, ApiHandler};
 use crate::limits::Limits;
-use crate::metrics::{ListenerMetrics, RejectReason};
+use crate::metrics::{CalloutOutcome, ListenerMetrics, RejectReason};
 
 /// An upgraded server-side connection: WebSocket over TLS over TCP. The TLS stream is boxed because its
 /// rustls state (over 1 KiB) would otherwise be copied into every future that holds the connection, including
@@ -146,6 +148,9 @@ pub struct Accepted {
     pub path: &'static str,
     /// The authenticated user name.
     pub user: String,
+    /// Permissions the auth callout granted this connection; they replace the ACL file's. `None`: the ACL file
+    /// applies (or everything is allowed without one).
+    pub permissions: Option<Permissions>,
     /// The negotiated subprotocol, e.g. `Some("wsmq.v1")`; `None` is compat mode (plain frames, as ws-go).
     pub subprotocol: Option<&'static str>,
     /// The handshake's query string without `?` (empty when none), already accepted by
@@ -303,7 +308,7 @@ struct Upgraded {
     ws: ServerWs,
     path: &'static str,
     query: String,
-    user: String,
+    identity: Identity,
     subprotocol: Option<&'static str>,
     permit: OwnedSemaphorePermit,
 }
@@ -357,13 +362,14 @@ where
 {
     let span = tracing::Span::current();
     span.record("path", display(upgraded.path));
-    span.record("user", display(&upgraded.user));
+    span.record("user", display(&upgraded.identity.user));
     tracing::debug!(subprotocol = ?upgraded.subprotocol, "accepted");
     let handler = (shared.handler)(Accepted {
         ws: upgraded.ws,
         peer,
         path: upgraded.path,
-        user: upgraded.user,
+        user: upgraded.identity.user,
+        permissions: upgraded.identity.permissions,
         subprotocol: upgraded.subprotocol,
         query: upgraded.query,
         shutdown,
@@ -513,24 +519,11 @@ async fn handshake<H>(
         )
         .await);
     }
-    let credentials = credentials(&head);
-    let user = match shared
-        .config
-        .auth
-        .verify(credentials.as_ref(), peer.ip())
-        .await
-    {
-        Ok(user) => user,
-        Err(failure @ AuthFailure::Throttled { retry_after }) => {
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            let response = Response::text(429, "too many failed logins, try again later\n")
-                .header("Retry-After", seconds.max(1).to_string());
-            return Err(refuse(&mut tls, response, RejectReason::Throttled, failure).await);
-        }
-        Err(failure) => {
-            let response =
-                Response::text(401, "unauthorized\n").header("WWW-Authenticate", WWW_AUTHENTICATE);
-            return Err(refuse(&mut tls, response, RejectReason::Auth, failure).await);
+    let identity = match authenticate(shared, &head, peer).await {
+        Ok(identity) => identity,
+        Err(refused) => {
+            let (response, reason) = refusal(&refused);
+            return Err(refuse(&mut tls, response, reason, refused).await);
         }
     };
     if let Some(check) = shared.config.query_check
@@ -540,7 +533,7 @@ async fn handshake<H>(
         return Err(refuse(&mut tls, response, RejectReason::BadRequest, problem).await);
     }
     let subprotocol = offered_subprotocols(&head)
-        .filter(|offered| !offered.starts_with(AUTH_SUBPROTOCOL_PREFIX))
+        .filter(|offered| !Presented::is_credential_subprotocol(offered))
         .find_map(|offered| {
             subprotocols
                 .iter()
@@ -566,7 +559,7 @@ async fn handshake<H>(
         ws,
         path,
         query: head.query,
-        user,
+        identity,
         subprotocol,
         permit,
     })))
@@ -615,12 +608,68 @@ fn offered_subprotocols(head: &RequestHead) -> impl Iterator<Item = &str> {
         .filter(|p| !p.is_empty())
 }
 
-/// Credentials from `Authorization: Basic`, or else from a `wsmq.auth.*` subprotocol (browsers cannot set
-/// headers on a WebSocket).
-fn credentials(head: &RequestHead) -> Option<Credentials> {
+/// Credentials from the `Authorization` header (Basic or Bearer), or else from a `wsmq.auth.*` or
+/// `wsmq.bearer.*` subprotocol (browsers cannot set headers on a WebSocket).
+fn presented(head: &RequestHead) -> Option<Presented> {
     head.header("authorization")
-        .and_then(Credentials::from_basic_header)
-        .or_else(|| offered_subprotocols(head).find_map(Credentials::from_subprotocol_token))
+        .and_then(Presented::from_authorization)
+        .or_else(|| offered_subprotocols(head).find_map(Presented::from_subprotocol))
+}
+
+/// The authentication step: the users, or the auth callout (timed and counted by outcome).
+async fn authenticate<H>(
+    shared: &Shared<H>,
+    head: &RequestHead,
+    peer: SocketAddr,
+) -> Result<Identity, Refused> {
+    let auth = &shared.config.auth;
+    let presented = presented(head);
+    let started = tokio::time::Instant::now();
+    let outcome = auth
+        .authenticate(presented.as_ref(), peer, head.header("origin"))
+        .await;
+    if auth.uses_callout() {
+        let counted = match &outcome {
+            Ok(_) => Some(CalloutOutcome::Allowed),
+            Err(Refused::Denied(_)) => Some(CalloutOutcome::Denied),
+            Err(Refused::Unavailable(_) | Refused::NoUserForToken) => {
+                Some(CalloutOutcome::Unavailable)
+            }
+            Err(Refused::Auth(_) | Refused::BearerWithoutCallout) => None,
+        };
+        if let Some(counted) = counted {
+            shared.config.metrics.callout(counted, started.elapsed());
+        }
+    }
+    outcome
+}
+
+/// The answer to a refused authentication: 401 (with the reason when it is not about a password), 429 with
+/// `Retry-After`, or 503 when the auth callout could not decide.
+fn refusal(refused: &Refused) -> (Response, RejectReason) {
+    let unauthorized = |text: String| {
+        (
+            Response::text(401, &text).header("WWW-Authenticate", WWW_AUTHENTICATE),
+            RejectReason::Auth,
+        )
+    };
+    match refused {
+        Refused::Auth(AuthFailure::Throttled { retry_after }) => {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let response = Response::text(429, "too many failed logins, try again later\n")
+                .header("Retry-After", seconds.max(1).to_string());
+            (response, RejectReason::Throttled)
+        }
+        Refused::Auth(_) => unauthorized("unauthorized\n".to_owned()),
+        Refused::BearerWithoutCallout | Refused::Denied(_) => {
+            unauthorized(format!("unauthorized: {refused}\n"))
+        }
+        Refused::Unavailable(_) | Refused::NoUserForToken => (
+            Response::text(503, "authentication service unavailable, try again later\n")
+                .header("Retry-After", "1"),
+            RejectReason::AuthUnavailable,
+        ),
+    }
 }
 
 /// The origins a browser shows for pages served by this listener itself.

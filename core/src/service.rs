@@ -17,9 +17,11 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{Access, AccessError, AclWatcher};
 use crate::admin::{AdminRoutes, Readiness, serve_admin_with};
 use crate::auth::{AuthError, Authenticator};
-use crate::config::{LinkConfigError, ServiceArgs};
+use crate::callout::{self, AuthCallout};
+use crate::config::{AccessArgs, LinkConfigError, ServiceArgs};
 use crate::limits::Limits;
 use crate::metrics::ListenerMetrics;
 use crate::server::{Accepted, QueryCheck, Route, ServeError, ServerConfig, serve};
@@ -66,6 +68,12 @@ pub enum Error<E = Infallible> {
     /// No users, or an unreadable users file.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The ACL file could not be put in force.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// The auth callout is misconfigured (not an https URL, unreadable --auth-ca).
+    #[error(transparent)]
+    Callout(#[from] callout::SetupError),
     /// The link to msgqueue is misconfigured (missing credentials, bad URL or CA).
     #[error(transparent)]
     Link(#[from] LinkConfigError),
@@ -135,15 +143,44 @@ impl Setup {
     pub fn new<E>(name: &'static str, args: &ServiceArgs) -> Result<Self, Error<E>> {
         let tls = args.server.tls_config()?;
         let auth = args.server.authenticator()?;
+        Ok(Self::with_auth(name, tls, auth))
+    }
+
+    /// [`Setup::new`] for a client-facing edge: with `--auth-url` the auth callout decides on every connection
+    /// instead of the users (which may then be absent; if set, they are not used for clients), and the ACL file,
+    /// if any, is loaded. Returns the edge's [`Access`] for its connections and the ACL's reload task, to run
+    /// under the service's supervisor ([`AclWatcher::spawn`]).
+    pub fn edge<E>(
+        name: &'static str,
+        args: &ServiceArgs,
+        access: &AccessArgs,
+    ) -> Result<(Self, Access, Option<AclWatcher>), Error<E>> {
+        let tls = args.server.tls_config()?;
+        let auth = match access.callout() {
+            Some(config) => {
+                if args.server.users.is_some() || args.server.users_file.is_some() {
+                    tracing::info!(
+                        "--auth-url is set: client credentials are checked by the auth callout, not by --users/--users-file"
+                    );
+                }
+                Authenticator::with_callout(AuthCallout::new(&config)?, name)
+            }
+            None => args.server.authenticator()?,
+        };
+        let (acl, watcher) = Access::load(access.acl_file.as_deref())?;
+        Ok((Self::with_auth(name, tls, auth), acl, watcher))
+    }
+
+    fn with_auth(name: &'static str, tls: Arc<rustls::ServerConfig>, auth: Authenticator) -> Self {
         let mut registry = Registry::with_prefix(format!("wsmq_{name}"));
         let listener_metrics = ListenerMetrics::register(&mut registry, "listener");
-        Ok(Self {
+        Self {
             tls,
             auth,
             registry,
             listener_metrics,
             readiness: Readiness::new(),
-        })
+        }
     }
 
     /// Binds the client listener (serving `routes` under `limits`) and the admin listener of `args`, ready to

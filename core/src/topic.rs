@@ -333,6 +333,46 @@ fn check(text: &str) -> Result<Shape, SyntaxError> {
     Ok(shape)
 }
 
+/// A topic or subscription as the edges take it from a client: under the rules above, or a ws-go topic that
+/// breaks only the token rules (`a..b`, `news.`, `ne*ws`, `@`), which compat clients used and which keeps working
+/// as one exact topic (matched by no wildcard, and refused when an ACL is in force: patterns cannot speak about
+/// it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compat<T> {
+    /// Valid under the topic and pattern rules.
+    Strict(T),
+    /// A legacy ws-go topic, with the rule it breaks.
+    Legacy(SyntaxError),
+}
+
+/// Reads a topic a client publishes to. Refused: what breaks ws-go's text rules, and every use of wildcard
+/// syntax (`news.*`, `news.>`, `@*`, `a.>.b`, `@alice.>`), since such a message could not be told from a
+/// pattern; other token-rule breaks are [`Compat::Legacy`].
+pub fn published(text: &str) -> Result<Compat<Topic<'_>>, SyntaxError> {
+    match Topic::parse(text) {
+        Ok(topic) => Ok(Compat::Strict(topic)),
+        Err(
+            err @ (SyntaxError::Text(_)
+            | SyntaxError::WildcardInTopic
+            | SyntaxError::WildcardInInbox
+            | SyntaxError::RestNotLast),
+        ) => Err(err),
+        Err(err) => Ok(Compat::Legacy(err)),
+    }
+}
+
+/// Reads what a client subscribes to: a pattern, or a legacy exact topic. Refused: what breaks the text rules,
+/// and misplaced wildcards (`a.>.b`, `@alice.>`), which are mistakes rather than ws-go topics.
+pub fn subscribed(text: &str) -> Result<Compat<Pattern>, SyntaxError> {
+    match Pattern::parse(text) {
+        Ok(pattern) => Ok(Compat::Strict(pattern)),
+        Err(
+            err @ (SyntaxError::Text(_) | SyntaxError::WildcardInInbox | SyntaxError::RestNotLast),
+        ) => Err(err),
+        Err(err) => Ok(Compat::Legacy(err)),
+    }
+}
+
 /// Values (subscribers, ACL rules...) stored under patterns, found by topic.
 ///
 /// Exact patterns live in one hash map, so a topic nobody subscribes to by wildcard costs one hash lookup, as
@@ -573,6 +613,39 @@ impl<V: Eq + Hash> PatternTrie<V> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn published_topics_refuse_wildcard_syntax_and_keep_legacy_ws_go_topics() {
+        for refused in ["news.*", "news.>", "@*", "a.>.b", "@alice.>", "", "a b"] {
+            assert!(published(refused).is_err(), "{refused:?}");
+        }
+        assert!(matches!(published("news.sport"), Ok(Compat::Strict(_))));
+        for legacy in ["a..b", "news.", "ne*ws", "@"] {
+            assert!(
+                matches!(published(legacy), Ok(Compat::Legacy(_))),
+                "{legacy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn subscriptions_are_patterns_misplaced_wildcards_are_refused_and_legacy_topics_kept() {
+        for pattern in ["news.*", "news.>", "@*", "news.sport", ">"] {
+            assert!(
+                matches!(subscribed(pattern), Ok(Compat::Strict(_))),
+                "{pattern:?}"
+            );
+        }
+        for refused in ["a.>.b", "@alice.>", "a b"] {
+            assert!(subscribed(refused).is_err(), "{refused:?}");
+        }
+        for legacy in ["a..b", "ne*ws"] {
+            assert!(
+                matches!(subscribed(legacy), Ok(Compat::Legacy(_))),
+                "{legacy:?}"
+            );
+        }
+    }
 
     fn topic(text: &str) -> Topic<'_> {
         Topic::parse(text).unwrap()

@@ -394,3 +394,33 @@ async fn replies_outside_the_contract_are_unavailable() {
         assert!(ok, "{status} {:.60}: {result:?}", body);
     }
 }
+
+#[tokio::test]
+async fn a_reply_may_name_the_user_whose_permissions_it_sends_and_a_bad_name_is_unavailable() {
+    let server = AuthServer::answering(
+        r#"{"allow":true,"user":"carol","permissions":{"subscribe":{"allow":["@{user}"]}}}"#,
+    )
+    .await;
+    let token = Secret::new("tok");
+    let bearer = CalloutRequest {
+        credential: Credential::Token(&token),
+        ..request("", &token)
+    };
+    let grant = server.client().authorize(&bearer).await.unwrap();
+    assert_eq!(grant.user.as_deref(), Some("carol"));
+    let permissions = grant.permissions.unwrap();
+    assert!(permissions.can_subscribe(&Pattern::parse("@carol").unwrap()));
+    assert!(!permissions.can_subscribe(&Pattern::parse("@alice").unwrap()));
+
+    for bad in [r#""""#, r#""two words""#, r#""bell\u0007""#] {
+        let server = AuthServer::answering(&format!(r#"{{"allow":true,"user":{bad}}}"#)).await;
+        let outcome = server.client().authorize(&bearer).await;
+        assert!(
+            matches!(
+                outcome,
+                Err(CalloutError::Unavailable(Unavailable::BadUser))
+            ),
+            "{bad}: {outcome:?}"
+        );
+    }
+}

@@ -1,5 +1,5 @@
-//! No password reaches the logs at any level: real dials with Basic credentials (right and wrong) and a browser-style
-//! subprotocol token against a real listener, logged through the subscriber the binaries install, at trace level
+//! No password or token reaches the logs at any level: real dials with Basic credentials (right and wrong), a
+//! browser-style subprotocol token and bearer tokens (header and subprotocol) against a real listener, logged through the subscriber the binaries install, at trace level
 //! for every target, into a buffer that is then searched for the passwords in every encoding they travel in.
 //!
 //! Its own test binary: it installs the process-wide subscriber (the `log` records of dependencies can only be
@@ -22,6 +22,8 @@ use wsmq_core::logging::{self, LogFormat};
 
 /// A wrong password that is as distinctive as the right one, so a leak of either is found.
 const WRONG_PASSWORD: &str = "battery staple guess";
+/// A bearer token, refused without an auth callout; it must not be logged either.
+const BEARER_TOKEN: &str = "bearer-token-that-must-never-be-logged";
 
 /// Everything logged, shared by every writer the subscriber makes.
 #[derive(Clone, Default)]
@@ -80,12 +82,29 @@ async fn passwords_never_reach_the_logs_even_at_trace_level() -> TestResult {
         .await?;
     assert_eq!(next_text(&mut browser).await?, "alice /echo wsmq.v1");
     drop(browser);
+
+    for header in [
+        ("Authorization", format!("Bearer {BEARER_TOKEN}")),
+        (
+            "Sec-WebSocket-Protocol",
+            format!("wsmq.v1, wsmq.bearer.{BEARER_TOKEN}"),
+        ),
+    ] {
+        let response = server
+            .raw_request(&server.upgrade_request("/echo", &[header]))
+            .await?;
+        assert_eq!(status(&response), Some(401), "{response}");
+    }
     server.stop().await?;
 
     let logs = captured.text();
     assert!(
         logs.contains("trace level is on"),
         "trace logging was not active:\n{logs}"
+    );
+    assert!(
+        !logs.contains(BEARER_TOKEN),
+        "the logs contain the bearer token:\n{logs}"
     );
     for password in [PASSWORD, WRONG_PASSWORD] {
         let joined = format!("{USER}:{password}");

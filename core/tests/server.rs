@@ -395,3 +395,75 @@ async fn shutdown_gives_up_on_handlers_that_ignore_it_after_the_drain_timeout() 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_bearer_token_without_an_auth_callout_gets_401_saying_why() -> TestResult {
+    let server = start(test_limits()).await?;
+    for header in [
+        ("Authorization", "Bearer some-token".to_owned()),
+        (
+            "Sec-WebSocket-Protocol",
+            "wsmq.v1, wsmq.bearer.some-token".to_owned(),
+        ),
+    ] {
+        let response = server
+            .raw_request(&server.upgrade_request("/echo", &[header]))
+            .await?;
+        assert_eq!(status(&response), Some(401), "{response}");
+        assert!(
+            response.contains("bearer tokens are only accepted with an auth callout (--auth-url)"),
+            "{response}"
+        );
+    }
+    server.stop().await
+}
+
+#[tokio::test]
+async fn denied_callouts_count_in_the_login_throttle_and_are_measured() -> TestResult {
+    use wsmq_core::auth::Authenticator;
+    use wsmq_core::callout::{AuthCallout, CalloutConfig};
+    use wsmq_core::metrics::CalloutOutcome;
+
+    let auth_dir = tempfile::tempdir()?;
+    let endpoint = wsmq_testkit::auth_server::AuthServer::start(auth_dir.path(), |_| {
+        (
+            200,
+            r#"{"allow":false,"reason":"no such token"}"#.to_owned(),
+        )
+    })
+    .await?;
+    let callout = AuthCallout::new(&CalloutConfig {
+        ca: Some(endpoint.ca.clone()),
+        ..CalloutConfig::new(&endpoint.url)
+    })?;
+    let server = start_with(test_limits(), |config| {
+        config.auth = Authenticator::with_callout(callout, "subscriber");
+    })
+    .await?;
+    let bearer = || ("Authorization", "Bearer guessed-token".to_owned());
+    for attempt in 1..=5 {
+        let response = server
+            .raw_request(&server.upgrade_request("/echo", &[bearer()]))
+            .await?;
+        assert_eq!(
+            status(&response),
+            Some(401),
+            "attempt {attempt}: {response}"
+        );
+        assert!(response.contains("no such token"), "{response}");
+    }
+    let response = server
+        .raw_request(&server.upgrade_request("/echo", &[bearer()]))
+        .await?;
+    assert_eq!(status(&response), Some(429), "{response}");
+    assert_eq!(
+        endpoint.request_count(),
+        5,
+        "a throttled attempt is not sent"
+    );
+    let metrics = server.metrics.clone();
+    server.stop().await?;
+    assert_eq!(metrics.callouts(CalloutOutcome::Denied), 5);
+    assert_eq!(metrics.rejected(RejectReason::Throttled), 1);
+    Ok(())
+}

@@ -6,7 +6,8 @@
 //! `core/tests/fuzz_corpus.rs` replays the committed corpus through the same functions on stable.
 
 use bytes::Bytes;
-use wsmq_core::auth::Credentials;
+use wsmq_core::Secret;
+use wsmq_core::auth::{Credentials, Presented};
 use wsmq_core::http::{self, HttpError, MAX_HEAD_SIZE};
 use wsmq_core::protocol::client::{self, Command, ServerFrame};
 use wsmq_core::protocol::envelope::{Envelope, Publish, validate_topic};
@@ -188,12 +189,21 @@ pub fn http_head(data: &[u8]) {
             {
                 check_credentials(&creds);
             }
+            if let Some(presented) = head
+                .header("authorization")
+                .and_then(Presented::from_authorization)
+            {
+                check_presented(&presented);
+            }
             for offered in head
                 .headers("sec-websocket-protocol")
                 .flat_map(|v| v.split(','))
             {
                 if let Some(creds) = Credentials::from_subprotocol_token(offered) {
                     check_credentials(&creds);
+                }
+                if let Some(presented) = Presented::from_subprotocol(offered) {
+                    check_presented(&presented);
                 }
             }
         }
@@ -207,6 +217,19 @@ pub fn http_head(data: &[u8]) {
         }
         if let Some(creds) = Credentials::from_subprotocol_token(value) {
             check_credentials(&creds);
+        }
+    }
+}
+
+/// A parsed Basic credential is checked as such; a bearer token is never empty and never shown by `Debug`.
+fn check_presented(presented: &Presented) {
+    match presented {
+        Presented::Basic(creds) => check_credentials(creds),
+        Presented::Bearer(token) => {
+            assert!(!token.expose().is_empty(), "accepted an empty bearer token");
+            let shown = format!("{presented:?}");
+            let placeholder = format!("{:?}", Presented::Bearer(Secret::new("x")));
+            assert_eq!(shown, placeholder, "Debug shows something of the token");
         }
     }
 }

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use wsmq_core::access::AclWatcher;
 use wsmq_core::admin::Readiness;
-use wsmq_core::config::{LinkArgs, ServiceArgs};
+use wsmq_core::config::{AccessArgs, LinkArgs, ServiceArgs};
 use wsmq_core::limits::parse_duration;
 use wsmq_core::protocol::{API_PREFIX, PUBLISH_PATH, SUBPROTOCOL_V1};
 use wsmq_core::server::{Accepted, Route};
@@ -47,6 +48,10 @@ pub struct Config {
     /// Where msgqueue is and how to authenticate to it.
     #[command(flatten)]
     pub link: LinkArgs,
+
+    /// Topic permissions (--acl-file) and the auth callout (--auth-url).
+    #[command(flatten)]
+    pub access: AccessArgs,
 
     /// Most messages held for msgqueue at once (queued, or pushed and not yet acked). When msgqueue is
     /// unreachable and this fills up, the publisher stops reading from clients until it recovers.
@@ -110,13 +115,14 @@ struct Publisher {
     metrics: PublisherMetrics,
     context: ConnectionContext,
     link_task: LinkTask,
+    acl_watcher: Option<AclWatcher>,
 }
 
 /// Loads TLS and credentials, prepares the msgqueue link and binds both listeners. Nothing is served (and
 /// msgqueue is not contacted) until [`Bound::run`].
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let args = &config.service;
-    let mut setup = Setup::new(Publisher::NAME, args)?;
+    let (mut setup, access, acl_watcher) = Setup::edge(Publisher::NAME, args, &config.access)?;
     let dialer = config.link.dialer(
         &args.server.data_dir,
         Some(SUBPROTOCOL_V1),
@@ -170,11 +176,13 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         limits: args.limits.clone(),
         metrics: metrics.clone(),
         listener: setup.listener_metrics.clone(),
+        access,
     };
     let publisher = Publisher {
         metrics,
         context,
         link_task,
+        acl_watcher,
     };
     let limits = args.limits.clone();
     Ok(Bound(setup.bind(args, limits, routes, publisher).await?))
@@ -219,6 +227,9 @@ impl Service for Publisher {
         self,
         supervisor: &Supervisor,
     ) -> (Self::Context, impl Future<Output = ()> + Send + 'static) {
+        if let Some(watcher) = self.acl_watcher {
+            watcher.spawn(supervisor);
+        }
         let drain_timeout = self.context.limits.drain_timeout;
         let link_stop = CancellationToken::new();
         let mut link = supervisor.spawn("publisher link", self.link_task.run(link_stop.clone()));

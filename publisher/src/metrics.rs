@@ -57,6 +57,7 @@ struct StatusLabels {
 pub struct PublisherMetrics {
     accepted: Counter,
     invalid: Family<InvalidLabels, Counter>,
+    forbidden: Counter,
     acked: Counter,
     rejected: Counter,
     link_up: Gauge,
@@ -79,6 +80,11 @@ impl PublisherMetrics {
             "messages_invalid",
             "Client messages refused at the edge, by reason; they never reach msgqueue",
             metrics.invalid.clone(),
+        );
+        registry.register(
+            "messages_forbidden",
+            "Client messages to topics the client may not publish to (ACL or auth callout); dropped at the edge",
+            metrics.forbidden.clone(),
         );
         registry.register(
             "messages_acked",
@@ -150,6 +156,16 @@ impl PublisherMetrics {
     /// Valid messages handed to the link so far (including one still waiting for buffer space).
     pub fn accepted_count(&self) -> u64 {
         self.accepted.get()
+    }
+
+    /// Counts a message dropped because its topic is not permitted to its client.
+    pub fn forbidden(&self) {
+        self.forbidden.inc();
+    }
+
+    /// Messages dropped as forbidden so far.
+    pub fn forbidden_count(&self) -> u64 {
+        self.forbidden.get()
     }
 
     /// Counts a message refused at the edge.

@@ -18,17 +18,21 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use wsmq_core::access::{Access, ConnectionAccess};
 use wsmq_core::limits::Limits;
 use wsmq_core::metrics::ListenerMetrics;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::{encode_ack, encode_error};
 use wsmq_core::protocol::envelope::{EnvelopeError, Publish};
 use wsmq_core::server::Accepted;
+use wsmq_core::topic::{self, Compat};
 use wsmq_core::ws::{self, Outbox};
 
 use crate::link::{LinkClosed, PushLink, Receipt};
 use crate::metrics::{InvalidReason, PublisherMetrics};
 
+/// The error a `wsmq.v1` client gets for a message to a topic it may not publish to.
+pub const FORBIDDEN: &str = "forbidden";
 /// Frames queued towards one client (acks and errors) before the sender waits.
 pub const CLIENT_OUTBOX: usize = 256;
 /// Messages of one `wsmq.v1` client awaiting msgqueue's verdict; beyond it the session stops reading the client
@@ -46,6 +50,8 @@ pub struct ConnectionContext {
     pub metrics: PublisherMetrics,
     /// Listener metrics (messages and bytes in and out).
     pub listener: ListenerMetrics,
+    /// Who may publish to what (the ACL file, if any).
+    pub access: Access,
 }
 
 /// A message waiting for msgqueue, with the `Id` (raw JSON) to echo when it is confirmed.
@@ -64,10 +70,14 @@ pub async fn handle(accepted: Accepted, context: ConnectionContext) {
         CLIENT_OUTBOX,
         &accepted.shutdown,
     );
+    let access = context
+        .access
+        .connection(&accepted.user, accepted.permissions);
     let mut session = Session {
         context,
         outbox,
         confirmations: None,
+        access,
     };
     let confirmer = reliable.then(|| session.start_confirmer());
     let reading = session.read_loop(&mut reader, &accepted.shutdown).await;
@@ -88,6 +98,8 @@ struct Session {
     outbox: Outbox,
     /// `Some` in `wsmq.v1` mode: where receipts go to be turned into ack or error frames.
     confirmations: Option<mpsc::Sender<Unconfirmed>>,
+    /// What this client may publish to.
+    access: ConnectionAccess,
 }
 
 impl Session {
@@ -159,6 +171,18 @@ impl Session {
                 return Ok(());
             }
         };
+        match self.permitted(&envelope.topic) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.forbid(publish.id).await;
+                return Ok(());
+            }
+            Err(problem) => {
+                self.refuse(InvalidReason::Topic, &problem, publish.id)
+                    .await;
+                return Ok(());
+            }
+        }
         let payload = envelope.encode();
         if payload.len() > self.context.limits.max_message_size {
             let reason = format!(
@@ -182,6 +206,37 @@ impl Session {
                 Ok(())
             }
             None => self.context.link.push_untracked(payload).await,
+        }
+    }
+
+    /// Whether this client may publish to `topic`; `Err` names what is wrong with a topic that is refused
+    /// whatever the permissions (wildcard syntax), or that cannot be checked against an ACL (a legacy ws-go
+    /// topic outside the token rules, see `wsmq_core::topic::Compat`).
+    fn permitted(&mut self, topic: &str) -> Result<bool, String> {
+        let invalid = |err| format!("invalid topic: {err}");
+        match topic::published(topic).map_err(invalid)? {
+            Compat::Strict(topic) => Ok(self.access.current().can_publish(topic)),
+            Compat::Legacy(_) if self.access.is_unrestricted() => Ok(true),
+            Compat::Legacy(err) => Err(format!(
+                "{} (required with topic permissions)",
+                invalid(err)
+            )),
+        }
+    }
+
+    /// Counts a message the client may not publish and, in `wsmq.v1` mode, tells it so (`forbidden`, with the
+    /// message's `Id`); a compat client's is dropped, logged at debug only.
+    async fn forbid(&self, id: Option<&RawValue>) {
+        self.context.metrics.forbidden();
+        if self.confirmations.is_some() {
+            send_text(
+                &self.outbox,
+                &self.context.listener,
+                encode_error(FORBIDDEN, id),
+            )
+            .await;
+        } else {
+            tracing::debug!("forbidden message from compat client dropped");
         }
     }
 

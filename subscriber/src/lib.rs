@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use wsmq_core::access::AclWatcher;
 use wsmq_core::admin::Readiness;
-use wsmq_core::config::{LinkArgs, ServiceArgs};
+use wsmq_core::config::{AccessArgs, LinkArgs, ServiceArgs};
 use wsmq_core::limits::parse_duration;
 use wsmq_core::protocol::group::{GroupName, PopQuery, StartAt};
 use wsmq_core::protocol::{SUBPROTOCOL_V1, SUBSCRIBE_PATH};
@@ -59,6 +60,10 @@ pub struct Config {
     /// Where msgqueue is and how to authenticate to it.
     #[command(flatten)]
     pub link: LinkArgs,
+
+    /// Topic permissions (--acl-file) and the auth callout (--auth-url).
+    #[command(flatten)]
+    pub access: AccessArgs,
 
     /// Topics one client connection may subscribe to at once; wsmq.v1 clients get an error beyond it.
     #[arg(long, env = "WSMQ_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
@@ -114,6 +119,7 @@ struct Subscriber {
     link: PopLink,
     context: Arc<ConnectionContext>,
     metrics: SubscriberMetrics,
+    acl_watcher: Option<AclWatcher>,
 }
 
 /// Checks `config` (TLS, users, link credentials) and binds the client and admin listeners.
@@ -121,7 +127,7 @@ struct Subscriber {
 /// Fails on an unusable configuration or an address that cannot be bound, before anything is served.
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let args = &config.service;
-    let mut setup = Setup::new(Subscriber::NAME, args)?;
+    let (mut setup, access, acl_watcher) = Setup::edge(Subscriber::NAME, args, &config.access)?;
     let link_frame = args.limits.queue().max_frame.max(LINK_MIN_FRAME);
     let link_ws = args
         .limits
@@ -171,11 +177,13 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         router,
         limits: args.limits.clone(),
         max_subscriptions: config.max_subscriptions,
+        access,
     };
     let subscriber = Subscriber {
         link,
         context: Arc::new(context),
         metrics,
+        acl_watcher,
     };
     let limits = args.limits.clone();
     Ok(Bound(setup.bind(args, limits, routes, subscriber).await?))
@@ -220,6 +228,9 @@ impl Service for Subscriber {
         self,
         supervisor: &Supervisor,
     ) -> (Self::Context, impl Future<Output = ()> + Send + 'static) {
+        if let Some(watcher) = self.acl_watcher {
+            watcher.spawn(supervisor);
+        }
         let link = supervisor.spawn(
             "subscriber link",
             self.link.run(supervisor.token().child_token()),

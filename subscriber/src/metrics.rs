@@ -24,6 +24,8 @@ pub struct SubscriberMetrics {
     dropped_oldest: Counter,
     invalid_payloads: Counter,
     unknown_commands: Counter,
+    subscribe_forbidden: Counter,
+    subscriptions_revoked: Counter,
     link_up: Gauge,
     link_reconnects: Counter,
 }
@@ -72,6 +74,16 @@ impl SubscriberMetrics {
             "invalid_payloads",
             "Messages from msgqueue that were not a valid envelope (acked and skipped)",
             m.invalid_payloads.clone(),
+        );
+        registry.register(
+            "subscribe_forbidden",
+            "Subscriptions refused because the client may not subscribe to the pattern (ACL or auth callout)",
+            m.subscribe_forbidden.clone(),
+        );
+        registry.register(
+            "subscriptions_revoked",
+            "Live subscriptions ended because a reloaded ACL no longer allows them",
+            m.subscriptions_revoked.clone(),
         );
         registry.register(
             "unknown_commands",
@@ -132,6 +144,24 @@ impl SubscriberMetrics {
 
     pub(crate) fn invalid_payload(&self) {
         self.invalid_payloads.inc();
+    }
+
+    pub(crate) fn subscribe_forbidden(&self) {
+        self.subscribe_forbidden.inc();
+    }
+
+    pub(crate) fn subscription_revoked(&self) {
+        self.subscriptions_revoked.inc();
+    }
+
+    /// Subscriptions refused as forbidden so far.
+    pub fn subscribe_forbidden_total(&self) -> u64 {
+        self.subscribe_forbidden.get()
+    }
+
+    /// Live subscriptions ended by an ACL reload so far.
+    pub fn subscriptions_revoked_total(&self) -> u64 {
+        self.subscriptions_revoked.get()
     }
 
     pub(crate) fn unknown_command(&self) {

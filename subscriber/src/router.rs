@@ -36,11 +36,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, Utf8Bytes};
+use wsmq_core::topic::{Pattern, PatternTrie, Topic};
 use wsmq_core::ws::{Closer, Outgoing};
 
 use crate::metrics::SubscriberMetrics;
@@ -396,9 +397,32 @@ pub struct Router {
     inner: Arc<RouterInner>,
 }
 
+/// A client stored under a wildcard pattern: compared by its id.
+#[derive(Debug, Clone)]
+struct Member(Arc<Client>);
+
+impl PartialEq for Member {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Member {}
+
+impl std::hash::Hash for Member {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
 #[derive(Debug)]
 struct RouterInner {
+    /// Exact subscriptions: one hash lookup per routed topic, as before wildcards.
     topics: DashMap<Box<str>, Subscribers>,
+    /// Wildcard subscriptions (`news.*`, `news.>`), consulted only while `wildcards` is not zero.
+    patterns: RwLock<PatternTrie<Member>>,
+    /// Entries in `patterns`, readable without its lock.
+    wildcards: AtomicUsize,
     congestion: Arc<Congestion>,
     next_client: AtomicU64,
     client_queue: usize,
@@ -412,6 +436,8 @@ impl Router {
         Self {
             inner: Arc::new(RouterInner {
                 topics: DashMap::new(),
+                patterns: RwLock::new(PatternTrie::new()),
+                wildcards: AtomicUsize::new(0),
                 congestion: Arc::default(),
                 next_client: AtomicU64::new(0),
                 client_queue: client_queue.max(1),
@@ -468,6 +494,52 @@ impl Router {
         self.inner.metrics.subscriptions_removed(1);
     }
 
+    /// Adds `client` under the wildcard `pattern` (an exact pattern goes through [`Router::subscribe`]).
+    pub fn subscribe_pattern(&self, pattern: &Pattern, client: &Arc<Client>) {
+        if self
+            .inner
+            .patterns
+            .write()
+            .insert(pattern, Member(Arc::clone(client)))
+        {
+            self.inner.wildcards.fetch_add(1, Ordering::AcqRel);
+            self.inner.metrics.subscription_added();
+        }
+    }
+
+    /// Removes `client` from under the wildcard `pattern`.
+    pub fn unsubscribe_pattern(&self, pattern: &Pattern, client: &Arc<Client>) {
+        if self
+            .inner
+            .patterns
+            .write()
+            .remove(pattern, &Member(Arc::clone(client)))
+        {
+            self.inner.wildcards.fetch_sub(1, Ordering::AcqRel);
+            self.inner.metrics.subscriptions_removed(1);
+        }
+    }
+
+    /// The clients whose wildcard patterns match `topic`, each once, ordered by id; empty (without a lock or an
+    /// allocation) while nobody holds a wildcard subscription. A legacy topic outside the token rules matches
+    /// no pattern.
+    fn wildcard_recipients(&self, topic: &str) -> Vec<Arc<Client>> {
+        if self.inner.wildcards.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let Ok(topic) = Topic::parse(topic) else {
+            return Vec::new();
+        };
+        let mut recipients = Vec::new();
+        self.inner
+            .patterns
+            .read()
+            .for_each_match(topic, |member| recipients.push(Arc::clone(&member.0)));
+        recipients.sort_unstable_by_key(|client| client.id);
+        recipients.dedup_by_key(|client| client.id);
+        recipients
+    }
+
     /// Offers `frame` to every current subscriber of `topic` and returns how many queues took it (0: nobody
     /// subscribes). Never waits and never holds an index lock while offering.
     pub fn route(&self, topic: &str, frame: &Utf8Bytes) -> usize {
@@ -476,21 +548,38 @@ impl Router {
 
     /// Offers a run of frames of one `topic`, in order, to every current subscriber: each client is locked and
     /// woken once for the whole run. Returns how many clients took them (0: nobody subscribes).
+    ///
+    /// A client subscribed both exactly and by wildcard, or by several matching wildcards, gets the frames once.
     pub fn route_all(&self, topic: &str, frames: &[Utf8Bytes]) -> usize {
-        let Some(recipients) = self
+        let exact = self
             .inner
             .topics
             .get_mut(topic)
-            .map(|mut subscribers| subscribers.snapshot())
-        else {
+            .map(|mut subscribers| subscribers.snapshot());
+        let wildcard = self.wildcard_recipients(topic);
+        if exact.is_none() && wildcard.is_empty() {
             return 0;
-        };
+        }
+        let mut reached = vec![false; wildcard.len()];
         let metrics = &self.inner.metrics;
         let (mut delivered, mut took) = (0, 0);
-        for client in recipients.iter() {
+        let mut offer = |client: &Arc<Client>| {
             let offered = client.offer(frames);
             delivered += offered.queued;
             took += usize::from(offered.count(metrics));
+        };
+        for client in exact.iter().flat_map(|recipients| recipients.iter()) {
+            if !wildcard.is_empty()
+                && let Ok(at) = wildcard.binary_search_by_key(&client.id, |c| c.id)
+            {
+                reached[at] = true;
+            }
+            offer(client);
+        }
+        for (client, reached) in wildcard.iter().zip(reached) {
+            if !reached {
+                offer(client);
+            }
         }
         metrics.delivered(delivered);
         took
@@ -602,6 +691,33 @@ mod tests {
         assert_eq!(drain(&a), ["n1"]);
         assert_eq!(drain(&b), ["n1"]);
         assert!(drain(&c).is_empty());
+    }
+
+    #[test]
+    fn overlapping_exact_and_wildcard_subscriptions_deliver_once() {
+        let shutdown = CancellationToken::new();
+        let r = router(8, SlowClientPolicy::Close);
+        let (a, b) = (
+            r.register(Closer::new(&shutdown)),
+            r.register(Closer::new(&shutdown)),
+        );
+        let pattern = |text| Pattern::parse(text).unwrap();
+        r.subscribe("news.sport", &a);
+        r.subscribe_pattern(&pattern("news.*"), &a);
+        r.subscribe_pattern(&pattern("news.>"), &a);
+        r.subscribe_pattern(&pattern("*.sport"), &b);
+        assert_eq!(r.route("news.sport", &Utf8Bytes::from_static("s")), 2);
+        assert_eq!(r.route("news.sport.live", &Utf8Bytes::from_static("l")), 1);
+        assert_eq!(r.route("a..b", &Utf8Bytes::from_static("legacy")), 0);
+        assert_eq!(drain(&a), ["s", "l"]);
+        assert_eq!(drain(&b), ["s"]);
+        assert_eq!(r.metrics().subscriptions_current(), 4);
+        r.unsubscribe_pattern(&pattern("news.>"), &a);
+        r.unsubscribe_pattern(&pattern("news.*"), &a);
+        r.unsubscribe_pattern(&pattern("*.sport"), &b);
+        assert_eq!(r.inner.wildcards.load(Ordering::Acquire), 0);
+        assert_eq!(r.route("news.other", &Utf8Bytes::from_static("x")), 0);
+        assert_eq!(r.metrics().subscriptions_current(), 1);
     }
 
     #[test]

@@ -5,19 +5,28 @@
 //! confirmations and `{"error":..}` frames; compat clients (ws-go, no subprotocol) get only messages, and their
 //! unknown commands are ignored and counted, as ws-go did.
 //!
+//! A subscription is an exact topic or a wildcard pattern (`news.*`, `news.>`, see `wsmq_core::topic`), checked
+//! against the connection's permissions (`wsmq_core::access`). When the ACL file is reloaded the session
+//! resolves its permissions again and ends every live subscription they no longer allow (`wsmq.v1` clients are
+//! told with `{"unsubscribed":..,"reason":"forbidden"}`); the connection stays open.
+//!
 //! The session task reads the socket and handles commands; the writer task (`wsmq_core::ws::run_writer`) drains
 //! the client's queue in the router directly, a whole batch per lock and one flush per batch, and pings and
 //! closes. When the writer stalls on a client that does not read, its queue fills and the slow-client policy of
 //! [`crate::router`] applies, while this task keeps reading commands.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 use tungstenite::{Message, Utf8Bytes};
+use wsmq_core::access::{Access, ConnectionAccess};
 use wsmq_core::limits::Limits;
-use wsmq_core::protocol::client::{Command, encode_error, encode_subscribed, encode_unsubscribed};
+use wsmq_core::protocol::client::{
+    Command, encode_error, encode_forbidden, encode_revoked, encode_subscribed, encode_unsubscribed,
+};
 use wsmq_core::server::Accepted;
+use wsmq_core::topic::{self, Compat, Pattern};
 use wsmq_core::ws::{Closer, ReadError, Reader, finish_writer, run_writer};
 
 use crate::router::{Client, Router};
@@ -31,6 +40,8 @@ pub(crate) struct ConnectionContext {
     pub(crate) limits: Limits,
     /// Topics one connection may hold at once (`--max-subscriptions`).
     pub(crate) max_subscriptions: usize,
+    /// Who may subscribe to what (the ACL file, if any).
+    pub(crate) access: Access,
 }
 
 /// Serves one `/subscribe` connection until the client leaves, is cut off or the service shuts down.
@@ -54,14 +65,20 @@ pub(crate) async fn serve_client(accepted: Accepted, context: Arc<ConnectionCont
         context: &context,
         client: &client,
         v1,
-        topics: HashSet::new(),
+        subscriptions: HashMap::new(),
+        access: context
+            .access
+            .connection(&accepted.user, accepted.permissions),
     };
 
     let ended = loop {
-        match reader.next().await {
-            Ok(Some(message)) => session.handle(message),
-            Ok(None) => break Ok(()),
-            Err(err) => break Err(err),
+        tokio::select! {
+            read = reader.next() => match read {
+                Ok(Some(message)) => session.handle(message),
+                Ok(None) => break Ok(()),
+                Err(err) => break Err(err),
+            },
+            () = session.access.changed() => session.revoke_forbidden(),
         }
     };
     session.leave_all();
@@ -82,7 +99,11 @@ struct Session<'a> {
     context: &'a ConnectionContext,
     client: &'a Arc<Client>,
     v1: bool,
-    topics: HashSet<Box<str>>,
+    /// What the client subscribed to, as it wrote it: a pattern, or `None` for a legacy ws-go topic outside the
+    /// token rules (matched exactly).
+    subscriptions: HashMap<Box<str>, Option<Pattern>>,
+    /// What the client may subscribe to.
+    access: ConnectionAccess,
 }
 
 impl Session<'_> {
@@ -98,9 +119,32 @@ impl Session<'_> {
         }
     }
 
-    fn subscribe(&mut self, topic: &str) {
-        if !self.topics.contains(topic) {
-            if self.topics.len() >= self.context.max_subscriptions {
+    fn subscribe(&mut self, text: &str) {
+        if !self.subscriptions.contains_key(text) {
+            let pattern = match topic::subscribed(text) {
+                Ok(Compat::Strict(pattern)) => Some(pattern),
+                Ok(Compat::Legacy(_)) if self.access.is_unrestricted() => None,
+                Ok(Compat::Legacy(err)) => {
+                    self.refuse(&format!(
+                        "invalid pattern `{text}`: {err} (required with topic permissions)"
+                    ));
+                    return;
+                }
+                Err(err) => {
+                    self.refuse(&format!("invalid pattern `{text}`: {err}"));
+                    return;
+                }
+            };
+            if !self.allows(pattern.as_ref()) {
+                self.context.router.metrics().subscribe_forbidden();
+                if self.v1 {
+                    self.reply(encode_forbidden(text));
+                } else {
+                    tracing::debug!("forbidden subscription of a compat client ignored");
+                }
+                return;
+            }
+            if self.subscriptions.len() >= self.context.max_subscriptions {
                 let limit = self.context.max_subscriptions;
                 tracing::debug!(limit, "subscription refused: too many subscriptions");
                 if self.v1 {
@@ -111,20 +155,68 @@ impl Session<'_> {
                 }
                 return;
             }
-            self.context.router.subscribe(topic, self.client);
-            self.topics.insert(topic.into());
+            match &pattern {
+                Some(pattern) if !pattern.is_exact() => {
+                    self.context.router.subscribe_pattern(pattern, self.client);
+                }
+                _ => self.context.router.subscribe(text, self.client),
+            }
+            self.subscriptions.insert(text.into(), pattern);
         }
         if self.v1 {
-            self.reply(encode_subscribed(topic));
+            self.reply(encode_subscribed(text));
         }
     }
 
-    fn unsubscribe(&mut self, topic: &str) {
-        if self.topics.remove(topic) {
-            self.context.router.unsubscribe(topic, self.client);
+    fn unsubscribe(&mut self, text: &str) {
+        if let Some(pattern) = self.subscriptions.remove(text) {
+            self.leave(text, pattern.as_ref());
         }
         if self.v1 {
-            self.reply(encode_unsubscribed(topic));
+            self.reply(encode_unsubscribed(text));
+        }
+    }
+
+    /// The permissions changed (ACL reload): ends every subscription they no longer allow, telling `wsmq.v1`
+    /// clients why; the connection stays open.
+    fn revoke_forbidden(&mut self) {
+        let revoked: Vec<Box<str>> = self
+            .subscriptions
+            .iter()
+            .filter(|(_, pattern)| !self.allows(pattern.as_ref()))
+            .map(|(text, _)| text.clone())
+            .collect();
+        for text in revoked {
+            if let Some(pattern) = self.subscriptions.remove(&text) {
+                self.leave(&text, pattern.as_ref());
+                self.context.router.metrics().subscription_revoked();
+                tracing::debug!(subscription = %text, "subscription revoked by an ACL reload");
+                if self.v1 {
+                    self.reply(encode_revoked(&text));
+                }
+            }
+        }
+    }
+
+    /// Whether the connection's permissions allow subscribing to `pattern` (`None`: a legacy topic, allowed only
+    /// without restrictions). The permissions are those the session last resolved: a reload is taken in by
+    /// [`Session::revoke_forbidden`], which then ends what this allowed under the old ones.
+    fn allows(&self, pattern: Option<&Pattern>) -> bool {
+        match pattern {
+            Some(pattern) => self.access.permissions().can_subscribe(pattern),
+            None => self.access.is_unrestricted(),
+        }
+    }
+
+    /// Removes one subscription from the index.
+    fn leave(&self, text: &str, pattern: Option<&Pattern>) {
+        match pattern {
+            Some(pattern) if !pattern.is_exact() => {
+                self.context
+                    .router
+                    .unsubscribe_pattern(pattern, self.client);
+            }
+            _ => self.context.router.unsubscribe(text, self.client),
         }
     }
 
@@ -147,8 +239,8 @@ impl Session<'_> {
 
     /// Removes every subscription of the connection from the index.
     fn leave_all(&mut self) {
-        for topic in self.topics.drain() {
-            self.context.router.unsubscribe(&topic, self.client);
+        for (text, pattern) in std::mem::take(&mut self.subscriptions) {
+            self.leave(&text, pattern.as_ref());
         }
     }
 }

@@ -108,3 +108,49 @@ where
     })
     .await?
 }
+
+/// What a handshake with hand-picked headers got: the WebSocket and the subprotocol the server chose, or the
+/// HTTP status it refused with.
+pub enum Handshake {
+    /// Upgraded (boxed: a TLS WebSocket is large).
+    Upgraded(Box<ClientWs>, Option<String>),
+    /// Refused with this status before the upgrade.
+    Refused(u16),
+}
+
+/// Opens a WebSocket to `path` on `localhost:port` with exactly `headers` (no credentials unless given: e.g.
+/// `Authorization: Bearer …`, or `Sec-WebSocket-Protocol: wsmq.v1, wsmq.bearer.…` as a browser sends), trusting
+/// the development CA in `data_dir`, within the bound.
+pub async fn handshake(
+    port: u16,
+    data_dir: &Path,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> anyhow::Result<Handshake> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = format!("wss://localhost:{port}{path}").into_client_request()?;
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse()?);
+    }
+    let connector = tokio_rustls::TlsConnector::from(client_tls(data_dir)?);
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost")?;
+        let tls = connector.connect(name, tcp).await?;
+        anyhow::Ok(match tokio_tungstenite::client_async(request, tls).await {
+            Ok((ws, response)) => {
+                let chosen = response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned);
+                Handshake::Upgraded(Box::new(ws), chosen)
+            }
+            Err(tungstenite::Error::Http(response)) => {
+                Handshake::Refused(response.status().as_u16())
+            }
+            Err(other) => return Err(other.into()),
+        })
+    };
+    within(&format!("a handshake on {path}"), attempt).await?
+}

@@ -6,12 +6,14 @@
 //! - [`server`]: a real `wsmq_core::server` listener with a handler of the test's own, to fake a neighbour.
 //! - [`client`]: dialing a service as a test client, and reading the next frame of a kind.
 //! - [`admin`]: requests to the admin listener (`/readyz`, `/healthz`, msgqueue's `/deadletters`).
+//! - [`auth_server`]: a real HTTPS auth-callout endpoint answering as the test decides.
 //! - [`service`]: a service running in a task of the test, stopped on demand and checked to end cleanly.
 //!
 //! Helpers return [`anyhow::Result`], which converts into [`TestResult`] with `?`, so tests of either style use
 //! them; [`expect_within`] is for tests that panic instead.
 
 pub mod admin;
+pub mod auth_server;
 pub mod client;
 pub mod config;
 pub mod server;

@@ -42,6 +42,9 @@ pub(crate) fn print(stack: &Stack) {
             println!("  credentials hello:test (development users, loopback only)")
         }
         CredentialSource::Configured => println!("  credentials from --users / --users-file"),
+        CredentialSource::AuthCallout => {
+            println!("  credentials checked by the auth callout (--auth-url)")
+        }
     }
     println!("  try it      cargo run --release --bin clientdemo   (then: sub news / news hello)");
     println!("  stop        Ctrl-C (graceful: nothing acked is lost)");

@@ -9,7 +9,7 @@ use clap::{Args, FromArgMatches};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::Secret;
-use wsmq_core::config::{LinkArgs, ServerArgs, ServiceArgs};
+use wsmq_core::config::{AccessArgs, LinkArgs, ServerArgs, ServiceArgs};
 use wsmq_core::protocol::group::GroupName;
 use wsmq_core::supervise::{TaskFailure, catch_panic};
 
@@ -63,6 +63,10 @@ pub struct Config {
     /// msgqueue to use when it is not run here.
     #[command(flatten)]
     pub link: LinkArgs,
+    /// Topic permissions (--acl-file) and the auth callout (--auth-url) of both edges (publisher and
+    /// subscriber); msgqueue is reached only by the edges and keeps its own users.
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 /// Why the stack could not start or failed.
@@ -115,6 +119,8 @@ pub enum CredentialSource {
     DevUsers,
     /// Configured users (file and/or list).
     Configured,
+    /// The application's auth endpoint (`--auth-url`) decides on the edges' clients.
+    AuthCallout,
 }
 
 /// A service's configuration as its own binary would read it with no flags: defaults, and the service's
@@ -206,6 +212,7 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
         let subscriber = wsmq_subscriber::Config {
             service: service_args(config.subscriber_listen, admin(2), defaults.service),
             link: link(defaults.link),
+            access: config.access.clone(),
             // Alone with its msgqueue, the subscriber reads in the default group, which holds what was pushed
             // before it connected; next to a remote msgqueue it is one instance among others.
             group: defaults
@@ -235,6 +242,7 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
         let publisher = wsmq_publisher::Config {
             service,
             link: link(defaults.link),
+            access: config.access.clone(),
             ..defaults
         };
         Some(
@@ -254,7 +262,11 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
         msgqueue,
         publisher,
         subscriber,
-        credentials: if configured {
+        credentials: if config.access.auth_url.is_some()
+            && (runs(Service::Publisher) || runs(Service::Subscriber))
+        {
+            CredentialSource::AuthCallout
+        } else if configured {
             CredentialSource::Configured
         } else {
             CredentialSource::DevUsers

@@ -311,3 +311,149 @@ async fn the_page_receives_published_messages_and_shows_bad_credentials() {
         .unwrap()
         .unwrap();
 }
+
+/// Connects the page of the subscriber on `sub_port` with `fill` (field, value) pairs and waits until both links
+/// are up.
+async fn connect_page(browser: &Browser, sub_port: u16, pub_port: u16, fill: &[(&str, &str)]) {
+    browser
+        .goto(&format!("https://localhost:{sub_port}/"))
+        .await;
+    for (css, value) in fill {
+        browser.fill(css, value).await;
+    }
+    browser
+        .fill("#publisher-url", &format!("wss://localhost:{pub_port}"))
+        .await;
+    browser.click("#connect").await;
+    expect_within("page connected", async {
+        while browser.attribute("#status", "data-state").await != "connected" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_page_shows_a_denied_topic_and_receives_by_wildcard_what_it_may() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[users.hello]\npublish.allow = [\"news.>\"]\nsubscribe.allow = [\"news.>\"]\n",
+    )
+    .unwrap();
+    let mut config = config(dir.path(), ALL);
+    config.access.acl_file = Some(acl);
+    let stack = wsmq::bind(config).await.unwrap();
+    let (pub_port, sub_port) = (
+        stack.publisher_addr().unwrap().port(),
+        stack.subscriber_addr().unwrap().port(),
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(stack.run(shutdown.clone()));
+
+    let browser = Browser::start(&dir.path().join("chromium")).await;
+    connect_page(
+        &browser,
+        sub_port,
+        pub_port,
+        &[("#user", "hello"), ("#password", "test")],
+    )
+    .await;
+    browser.fill("#topic", "secret").await;
+    browser.click("#subscribe").await;
+    browser
+        .wait_until("denied subscription shown", "#messages", |t| {
+            t.contains("not allowed to subscribe to secret")
+        })
+        .await;
+    browser.fill("#pub-topic", "secret").await;
+    browser.fill("#pub-content", "nope").await;
+    browser.click("#publish").await;
+    browser
+        .wait_until("denied publish shown", "#messages", |t| {
+            t.contains("not allowed to publish to secret")
+        })
+        .await;
+
+    browser.fill("#topic", "news.*").await;
+    browser.click("#subscribe").await;
+    browser
+        .wait_until("wildcard subscription shown", "#subscriptions", |t| {
+            t.contains("news.*")
+        })
+        .await;
+    browser.fill("#pub-topic", "news.today").await;
+    browser.fill("#pub-content", "by wildcard").await;
+    browser.click("#publish").await;
+    browser
+        .wait_until("message shown", "#messages", |t| {
+            t.contains("[news.today] by wildcard")
+        })
+        .await;
+    assert!(!browser.text("#subscriptions").await.contains("secret"));
+
+    browser.call("DELETE", "", None).await;
+    shutdown.cancel();
+    expect_within("stack shutdown", running)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_page_connects_with_a_bearer_token_checked_by_the_auth_callout() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = wsmq_testkit::auth_server::AuthServer::start(dir.path(), |request| {
+        if request["token"] == "page-token" {
+            let reply = r#"{"allow":true,"user":"carol","permissions":{
+                "publish":{"allow":["@*"]},"subscribe":{"allow":["@{user}"]}}}"#;
+            (200, reply.to_owned())
+        } else {
+            (200, r#"{"allow":false}"#.to_owned())
+        }
+    })
+    .await
+    .unwrap();
+    let mut config = config(dir.path(), ALL);
+    config.access.auth_url = Some(endpoint.url.clone());
+    config.access.auth_ca = Some(endpoint.ca.clone());
+    let stack = wsmq::bind(config).await.unwrap();
+    let (pub_port, sub_port) = (
+        stack.publisher_addr().unwrap().port(),
+        stack.subscriber_addr().unwrap().port(),
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(stack.run(shutdown.clone()));
+
+    let browser = Browser::start(&dir.path().join("chromium")).await;
+    connect_page(&browser, sub_port, pub_port, &[("#token", "page-token")]).await;
+    browser.fill("#topic", "@carol").await;
+    browser.click("#subscribe").await;
+    browser
+        .wait_until("own inbox subscribed", "#subscriptions", |t| {
+            t.contains("@carol")
+        })
+        .await;
+    browser.fill("#pub-topic", "@carol").await;
+    browser.fill("#pub-content", "note to self").await;
+    browser.click("#publish").await;
+    browser
+        .wait_until("message shown", "#messages", |t| {
+            t.contains("[@carol] note to self")
+        })
+        .await;
+    let requests = endpoint.requests.lock().clone();
+    assert!(
+        requests.iter().any(|r| r["service"] == "subscriber")
+            && requests.iter().any(|r| r["service"] == "publisher"),
+        "{requests:?}"
+    );
+
+    browser.call("DELETE", "", None).await;
+    shutdown.cancel();
+    expect_within("stack shutdown", running)
+        .await
+        .unwrap()
+        .unwrap();
+}

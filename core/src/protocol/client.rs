@@ -94,6 +94,21 @@ pub fn encode_unsubscribed(topic: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "unsubscribed": topic }).to_string())
 }
 
+/// `{"error":"forbidden","topic":"<topic>"}`: the subscriber's answer to a `sub` the client's permissions do not
+/// allow.
+pub fn encode_forbidden(topic: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "error": "forbidden", "topic": topic }).to_string())
+}
+
+/// `{"unsubscribed":"<topic>","reason":"forbidden"}`: a live subscription ended by the subscriber because
+/// reloaded permissions no longer allow it (the connection stays open).
+pub fn encode_revoked(topic: &str) -> Bytes {
+    let topic = serde_json::Value::from(topic).to_string();
+    Bytes::from(format!(
+        r#"{{"unsubscribed":{topic},"reason":"forbidden"}}"#
+    ))
+}
+
 /// A text frame a client receives from the publisher or subscriber, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame {

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::api_client::ApiClient;
 use wsmq_core::backoff::BackoffArgs;
+use wsmq_core::config::AccessArgs;
 use wsmq_core::dial::ClientWs;
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PushRecord, PushReply, RejectReason};
@@ -323,6 +324,7 @@ pub(crate) fn config(data_dir: &Path, queue: SocketAddr) -> Config {
         link_buffer_bytes: 16 * 1024 * 1024,
         link_batch_bytes: 64 * 1024,
         http: HttpApiArgs::default(),
+        access: AccessArgs::default(),
     }
 }
 

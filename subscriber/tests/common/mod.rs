@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::backoff::BackoffArgs;
+use wsmq_core::config::AccessArgs;
 use wsmq_core::dial::ClientWs;
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::envelope::Envelope;
@@ -206,6 +207,8 @@ pub struct Settings {
     pub slow_client_timeout: Duration,
     /// `--max-subscriptions`.
     pub max_subscriptions: usize,
+    /// `--acl-file`, `--auth-url` and co.
+    pub access: AccessArgs,
 }
 
 impl Default for Settings {
@@ -216,6 +219,7 @@ impl Default for Settings {
             slow_client: SlowClientPolicy::Close,
             slow_client_timeout: Duration::from_secs(2),
             max_subscriptions: 1024,
+            access: AccessArgs::default(),
         }
     }
 }
@@ -248,6 +252,7 @@ impl Subscriber {
             slow_client_timeout: settings.slow_client_timeout,
             prefetch: settings.prefetch,
             group: None,
+            access: settings.access,
         };
         let bound = wsmq_subscriber::bind(config).await?;
         let (addr, admin, metrics) = (bound.local_addr(), bound.admin_addr(), bound.metrics());

@@ -10,6 +10,7 @@ use tungstenite::Message;
 use wsmq::{Config, Service, Stack};
 use wsmq_core::api_client::ApiClient;
 use wsmq_core::backoff::BackoffArgs;
+use wsmq_core::config::AccessArgs;
 use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::ServerFrame;
@@ -40,6 +41,7 @@ pub fn config(data_dir: &Path, services: &[Service]) -> Config {
             DEV_PASSWORD,
             BackoffArgs::default(),
         ),
+        access: AccessArgs::default(),
     }
 }
 
