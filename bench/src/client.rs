@@ -36,6 +36,16 @@ impl Target {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// The dialer for the resolved address, for a reconnecting `core::link::Link`.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
+    /// The path the scenario connects to.
+    pub fn path(&self) -> &'static str {
+        self.path
+    }
 }
 
 /// Credentials, trust and limits shared by every connection of a run.
