@@ -722,12 +722,8 @@ impl Protocol for Publishing {
         self.stop_new.is_cancelled() && self.out.unacked().next().is_none()
     }
 
-    async fn connected(&mut self, url: &str) -> Flow {
-        tracing::debug!(
-            url,
-            sender = self.client.sender,
-            "publishing client connected"
-        );
+    async fn connected(&mut self, _url: &str) -> Flow {
+        tracing::debug!(sender = self.client.sender, "publishing client connected");
         if self.connected_once {
             self.out.reconnects += 1;
         }
@@ -832,12 +828,8 @@ impl Protocol for Fence {
         Ok(())
     }
 
-    fn is_done(&self) -> bool {
-        self.acked
-    }
-
-    async fn connected(&mut self, url: &str) -> Flow {
-        tracing::debug!(url, "publishing the fence");
+    async fn connected(&mut self, _url: &str) -> Flow {
+        tracing::debug!("publishing the fence");
         Flow::Continue
     }
 
@@ -960,8 +952,8 @@ impl Protocol for Checking {
         Ok(())
     }
 
-    async fn connected(&mut self, url: &str) -> Flow {
-        tracing::debug!(url, "checker connected");
+    async fn connected(&mut self, _url: &str) -> Flow {
+        tracing::debug!("checker connected");
         Flow::Continue
     }
 
