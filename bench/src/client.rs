@@ -37,9 +37,15 @@ impl Target {
         &self.url
     }
 
-    /// The dialer of the target's server (resolved once), for connections that are not WebSockets.
+    /// The dialer of the target's server (resolved once): for connections that are not WebSockets, and for a
+    /// reconnecting `core::link::Link`.
     pub fn dialer(&self) -> &Dialer {
         &self.dialer
+    }
+
+    /// The path the scenario connects to.
+    pub fn path(&self) -> &'static str {
+        self.path
     }
 }
 

@@ -7,6 +7,8 @@
 //! keeps it until it is acked; when its connection drops it reconnects and sends every unacked message again
 //! (an `{"error":..}` reply also makes it send the message again). An acked message is one the system promised
 //! to keep. One checking subscriber (`wsmq.v1`) subscribes to the topic and reconnects whenever it is cut off.
+//! Every client (and the fence below) is a `wsmq_core::link::Link` with a short jittered backoff, like every
+//! other reconnecting client in wsmq; failed dials while a service is down are logged at debug.
 //!
 //! **What must arrive.** A subscriber's client misses, by design, what is routed while it is not connected (there
 //! is no history), and a subscriber killed with messages in a client's queue loses them for that client (msgqueue
@@ -26,7 +28,7 @@
 //! connection; resends after a publisher restart can cause them), and the faults per service and signal. The
 //! run is bounded by `--duration`, `--max-kills` and `--settle`; every process listens on 127.0.0.1 only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -44,8 +46,11 @@ use rand::{RngExt as _, SeedableRng as _};
 use serde::Serialize;
 use tokio::process::{Child, Command};
 use tokio::time::MissedTickBehavior;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
+use wsmq_core::backoff::BackoffArgs;
+use wsmq_core::dial::DialError;
+use wsmq_core::link::{self, ConnectError, Flow, Link, Protocol, Start};
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::envelope::Envelope;
 use wsmq_core::protocol::{PUBLISH_PATH, SUBPROTOCOL_V1, SUBSCRIBE_PATH};
@@ -65,8 +70,12 @@ const LINK_USER: &str = "chaos-link";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on a SIGTERMed service draining and exiting before it is SIGKILLed.
 const TERM_GRACE: Duration = Duration::from_secs(20);
-/// Pause between a client's reconnection attempts (the services restart within a second or so).
-const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+/// How the clients pace their redials: the services restart within a second or so, so a short jittered delay
+/// (about 50 ms on average) notices them soon without spinning.
+const RECONNECT_BACKOFF: BackoffArgs = BackoffArgs {
+    initial: Duration::from_millis(50),
+    max: Duration::from_millis(100),
+};
 /// How often publishing clients send what is due.
 const SEND_TICK: Duration = Duration::from_millis(2);
 /// How often readiness is polled.
@@ -136,8 +145,7 @@ pub async fn run(ctx: &Ctx, args: ChaosArgs) -> anyhow::Result<Report> {
     let stop_checking = CancellationToken::new();
     let checker = Arc::new(Checker::new(fence_sender));
     let checking = tokio::spawn(check(
-        connector.clone(),
-        sub_target.clone(),
+        sub_target,
         clock,
         run_id,
         Arc::clone(&checker),
@@ -162,7 +170,6 @@ pub async fn run(ctx: &Ctx, args: ChaosArgs) -> anyhow::Result<Report> {
             rate: args.rate / args.publishers as f64,
             window: args.window.max(1),
             clock,
-            connector: connector.clone(),
             target: pub_target.clone(),
         };
         publishers.spawn(client.run(stop_new.clone(), give_up.clone()));
@@ -193,7 +200,7 @@ pub async fn run(ctx: &Ctx, args: ChaosArgs) -> anyhow::Result<Report> {
         }
     };
     // The fence: sent after every ack above, so its arrival covers every message the checker was there for.
-    let fence = publish_fence(&connector, &pub_target, run_id, fence_sender, clock, &args).await;
+    let fence = publish_fence(&pub_target, run_id, fence_sender, clock, &args).await;
     let fence_seen = match &fence {
         Ok(()) => tokio::time::timeout(args.settle, async {
             while !checker.fence_seen.load(Ordering::Relaxed) {
@@ -536,7 +543,6 @@ struct PublishingClient {
     rate: f64,
     window: usize,
     clock: Clock,
-    connector: Connector,
     target: Target,
 }
 
@@ -570,62 +576,32 @@ impl PublishingClient {
     /// Publishes at its rate until `stop_new`, then until everything it sent is acked (or `give_up`),
     /// reconnecting and resending whenever the publisher goes away.
     async fn run(self, stop_new: CancellationToken, give_up: CancellationToken) -> PublishOutcome {
-        let mut out = PublishOutcome {
-            sender: self.sender,
-            ..PublishOutcome::default()
+        let link = chaos_link(&self.target);
+        let mut publishing = Publishing {
+            out: PublishOutcome {
+                sender: self.sender,
+                ..PublishOutcome::default()
+            },
+            start: self.clock.nanos(),
+            client: self,
+            stop_new,
+            connected_once: false,
         };
-        let start = self.clock.nanos();
-        let mut connected_once = false;
-        loop {
-            let done = stop_new.is_cancelled() && out.unacked().next().is_none();
-            if done || give_up.is_cancelled() {
-                break;
-            }
-            let ws = tokio::select! {
-                () = give_up.cancelled() => break,
-                ws = self.connector.connect(&self.target, Some(SUBPROTOCOL_V1), None) => ws,
-            };
-            let ws = match ws {
-                Ok((ws, Some(protocol))) if protocol == SUBPROTOCOL_V1 => ws,
-                Ok(_) => {
-                    tracing::warn!("the publisher did not select {SUBPROTOCOL_V1}");
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                    continue;
-                }
-                Err(err) => {
-                    tracing::debug!(%err, "publisher unreachable");
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                    continue;
-                }
-            };
-            if connected_once {
-                out.reconnects += 1;
-            }
-            connected_once = true;
-            let retry: Vec<u64> = out.unacked().collect();
-            out.resent += retry.len() as u64;
-            if let Err(err) = self
-                .connection(ws, retry, start, &mut out, &stop_new, &give_up)
-                .await
-            {
-                tracing::debug!(%err, "publisher connection ended");
-            }
-        }
-        out
+        link.run(&mut publishing, Start::Dial, &give_up).await;
+        publishing.out
     }
 
     /// One connection: sends `retry` first, then new messages as they fall due, while counting acks.
     async fn connection(
         &self,
         ws: Ws,
-        retry: Vec<u64>,
+        mut retry: VecDeque<u64>,
         start: u64,
         out: &mut PublishOutcome,
         stop_new: &CancellationToken,
         give_up: &CancellationToken,
     ) -> anyhow::Result<()> {
         let (mut sink, mut stream) = ws.split();
-        let mut retry: std::collections::VecDeque<u64> = retry.into();
         let mut outstanding = out.unacked().count();
         let mut tick = tokio::time::interval(SEND_TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -709,40 +685,163 @@ fn encode_message(
     encode_publish(out, TOPIC, &stamp, size.max(STAMP_LEN), Some(seq));
 }
 
-/// Publishes the fence (sequence 0 of an extra sender) on a fresh connection and waits for its ack.
+/// One publishing client on its link, with what it did so far.
+struct Publishing {
+    client: PublishingClient,
+    out: PublishOutcome,
+    /// [`Clock`] time the client started: messages fall due at its rate from here.
+    start: u64,
+    stop_new: CancellationToken,
+    connected_once: bool,
+}
+
+impl Protocol for Publishing {
+    type Error = anyhow::Error;
+
+    fn path(&self) -> &str {
+        self.client.target.path()
+    }
+
+    /// Sends every unacked message again, then new ones as they fall due.
+    async fn serve(&mut self, ws: Ws, give_up: &CancellationToken) -> anyhow::Result<()> {
+        let retry: VecDeque<u64> = self.out.unacked().collect();
+        self.out.resent += retry.len() as u64;
+        self.client
+            .connection(
+                ws,
+                retry,
+                self.start,
+                &mut self.out,
+                &self.stop_new,
+                give_up,
+            )
+            .await
+    }
+
+    fn is_done(&self) -> bool {
+        self.stop_new.is_cancelled() && self.out.unacked().next().is_none()
+    }
+
+    async fn connected(&mut self, _url: &str) -> Flow {
+        tracing::debug!(sender = self.client.sender, "publishing client connected");
+        if self.connected_once {
+            self.out.reconnects += 1;
+        }
+        self.connected_once = true;
+        Flow::Continue
+    }
+
+    async fn unreachable(&mut self, err: &ConnectError, attempts: u32) -> Flow {
+        log_unreachable(err, attempts);
+        Flow::Continue
+    }
+
+    async fn lost(&mut self, err: anyhow::Error) -> Flow {
+        tracing::debug!(%err, "publisher connection ended");
+        Flow::Continue
+    }
+}
+
+/// The link every chaos client uses: it offers `wsmq.v1` and counts a server that does not select it as a
+/// failed dial.
+fn chaos_link(target: &Target) -> Link {
+    let dialer = target.dialer().clone().with_subprotocol(SUBPROTOCOL_V1);
+    Link::new(dialer, RECONNECT_BACKOFF).require_subprotocol(SUBPROTOCOL_V1)
+}
+
+/// Logs a failed dial at debug: the run kills services on purpose, so they are often unreachable. A server
+/// that does not speak `wsmq.v1` is a mistake in the setup and is logged as core's links do (at warn, thinned
+/// out).
+fn log_unreachable(err: &ConnectError, attempts: u32) {
+    match err {
+        ConnectError::NotAccepted { .. }
+        | ConnectError::Dial(DialError::SubprotocolRejected { .. }) => {
+            link::log_unreachable(err, attempts);
+        }
+        ConnectError::Dial(_) => tracing::debug!(%err, attempts, "cannot connect"),
+    }
+}
+
+/// The next text frame; `None` once `stop` is cancelled, an error when the connection ends.
+async fn next_text(ws: &mut Ws, stop: &CancellationToken) -> anyhow::Result<Option<Utf8Bytes>> {
+    loop {
+        let frame = tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            frame = ws.next() => frame,
+        };
+        match frame {
+            Some(Ok(Message::Text(text))) => return Ok(Some(text)),
+            Some(Ok(_)) => {}
+            Some(Err(err)) => return Err(err.into()),
+            None => bail!("the connection closed"),
+        }
+    }
+}
+
+/// Publishes the fence (sequence 0 of an extra sender) and waits for its ack, reconnecting within --settle.
 async fn publish_fence(
-    connector: &Connector,
     target: &Target,
     run: u32,
     sender: u32,
     clock: Clock,
     args: &ChaosArgs,
 ) -> anyhow::Result<()> {
-    tokio::time::timeout(args.settle, async {
-        loop {
-            let (mut ws, _) = match connector.connect(target, Some(SUBPROTOCOL_V1), None).await {
-                Ok(connected) => connected,
-                Err(err) => {
-                    tracing::debug!(%err, "publisher unreachable for the fence");
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                    continue;
-                }
-            };
-            let mut frame = Vec::new();
-            encode_message(&mut frame, run, sender, 0, clock.nanos(), args.size);
-            ws.send(Message::text(String::from_utf8(frame)?)).await?;
-            while let Some(received) = ws.next().await {
-                if let Message::Text(text) = received?
-                    && let Some(ServerFrame::Ack { .. }) = ServerFrame::parse(text.as_str())
-                {
-                    let _ = ws.close(None).await;
-                    return Ok(());
-                }
+    let mut frame = Vec::new();
+    encode_message(&mut frame, run, sender, 0, clock.nanos(), args.size);
+    let mut fence = Fence {
+        path: target.path(),
+        message: String::from_utf8(frame)?,
+        acked: false,
+    };
+    let link = chaos_link(target);
+    let never = CancellationToken::new();
+    // Timing out drops the link, and with it its connection.
+    let _ = tokio::time::timeout(args.settle, link.run(&mut fence, Start::Dial, &never)).await;
+    anyhow::ensure!(fence.acked, "no ack for the fence within --settle");
+    Ok(())
+}
+
+/// The fence on its link: sent on every connection until it is acked.
+struct Fence {
+    path: &'static str,
+    /// The encoded publish frame.
+    message: String,
+    acked: bool,
+}
+
+impl Protocol for Fence {
+    type Error = anyhow::Error;
+
+    fn path(&self) -> &str {
+        self.path
+    }
+
+    async fn serve(&mut self, mut ws: Ws, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        ws.send(Message::text(self.message.clone())).await?;
+        while let Some(text) = next_text(&mut ws, shutdown).await? {
+            if let Some(ServerFrame::Ack { .. }) = ServerFrame::parse(text.as_str()) {
+                self.acked = true;
+                let _ = ws.close(None).await;
+                break;
             }
         }
-    })
-    .await
-    .map_err(|_| anyhow!("no ack for the fence within --settle"))?
+        Ok(())
+    }
+
+    async fn connected(&mut self, _url: &str) -> Flow {
+        tracing::debug!("publishing the fence");
+        Flow::Continue
+    }
+
+    async fn unreachable(&mut self, err: &ConnectError, attempts: u32) -> Flow {
+        log_unreachable(err, attempts);
+        Flow::Continue
+    }
+
+    async fn lost(&mut self, err: anyhow::Error) -> Flow {
+        tracing::debug!(%err, "fence connection ended before its ack");
+        Flow::Continue
+    }
 }
 
 /// What the checking subscriber saw, shared with the scenario.
@@ -764,6 +863,33 @@ impl Checker {
             fence_seen: AtomicBool::new(false),
         }
     }
+
+    /// Records a newly subscribed connection and returns its index.
+    fn subscribed(&self, at: u64) -> usize {
+        let mut connections = self.connections.lock();
+        connections.push(CheckerConnection {
+            subscribed_at: at,
+            received: Vec::new(),
+        });
+        connections.len() - 1
+    }
+
+    /// Records a message received on connection `index` (only those of this run).
+    fn receive(&self, index: usize, run: u32, text: &str) {
+        let Some(stamp) = Envelope::parse_json(text.as_bytes())
+            .ok()
+            .and_then(|env| Stamp::decode(env.content.as_bytes()).ok())
+            .filter(|stamp| stamp.run == run)
+        else {
+            return;
+        };
+        self.connections.lock()[index]
+            .received
+            .push((stamp.sender, stamp.seq, stamp.sent_nanos));
+        if stamp.sender == self.fence_sender {
+            self.fence_seen.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One checker connection: when it was subscribed and what it received.
@@ -776,81 +902,69 @@ struct CheckerConnection {
 
 /// Subscribes to the topic and records every message, reconnecting until `stop`.
 async fn check(
-    connector: Connector,
     target: Target,
     clock: Clock,
     run: u32,
     checker: Arc<Checker>,
     stop: CancellationToken,
 ) {
-    while !stop.is_cancelled() {
-        let connected = tokio::select! {
-            () = stop.cancelled() => return,
-            connected = connector.connect(&target, Some(SUBPROTOCOL_V1), None) => connected,
-        };
-        let mut ws = match connected {
-            Ok((ws, _)) => ws,
-            Err(err) => {
-                tracing::debug!(%err, "subscriber unreachable");
-                tokio::time::sleep(RECONNECT_PAUSE).await;
-                continue;
-            }
-        };
-        if ws
-            .send(Message::text(format!("sub {TOPIC}")))
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        let index = loop {
-            let frame = tokio::select! {
-                () = stop.cancelled() => return,
-                frame = ws.next() => frame,
-            };
-            match frame {
-                Some(Ok(Message::Text(text)))
-                    if ServerFrame::parse(text.as_str())
-                        == Some(ServerFrame::Subscribed(TOPIC.into())) =>
-                {
-                    let mut connections = checker.connections.lock();
-                    connections.push(CheckerConnection {
-                        subscribed_at: clock.nanos(),
-                        received: Vec::new(),
-                    });
-                    break Some(connections.len() - 1);
-                }
-                Some(Ok(_)) => continue,
-                _ => break None,
-            }
-        };
-        let Some(index) = index else { continue };
+    let mut checking = Checking {
+        path: target.path(),
+        clock,
+        run,
+        checker,
+    };
+    chaos_link(&target)
+        .run(&mut checking, Start::Dial, &stop)
+        .await;
+}
+
+/// The checking subscriber on its link: every connection subscribes and records what it receives.
+struct Checking {
+    path: &'static str,
+    clock: Clock,
+    run: u32,
+    checker: Arc<Checker>,
+}
+
+impl Protocol for Checking {
+    type Error = anyhow::Error;
+
+    fn path(&self) -> &str {
+        self.path
+    }
+
+    async fn serve(&mut self, mut ws: Ws, stop: &CancellationToken) -> anyhow::Result<()> {
+        ws.send(Message::text(format!("sub {TOPIC}"))).await?;
+        let subscribed = ServerFrame::Subscribed(TOPIC.into());
         loop {
-            let frame = tokio::select! {
-                () = stop.cancelled() => return,
-                frame = ws.next() => frame,
+            let Some(text) = next_text(&mut ws, stop).await? else {
+                return Ok(());
             };
-            let text = match frame {
-                Some(Ok(Message::Text(text))) => text,
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => break,
-            };
-            let Some(stamp) = Envelope::parse_json(text.as_bytes())
-                .ok()
-                .and_then(|env| Stamp::decode(env.content.as_bytes()).ok())
-                .filter(|stamp| stamp.run == run)
-            else {
-                continue;
-            };
-            checker.connections.lock()[index].received.push((
-                stamp.sender,
-                stamp.seq,
-                stamp.sent_nanos,
-            ));
-            if stamp.sender == checker.fence_sender {
-                checker.fence_seen.store(true, Ordering::Relaxed);
+            if ServerFrame::parse(text.as_str()).as_ref() == Some(&subscribed) {
+                break;
             }
         }
+        let index = self.checker.subscribed(self.clock.nanos());
+        while let Some(text) = next_text(&mut ws, stop).await? {
+            self.checker.receive(index, self.run, text.as_str());
+        }
+        Ok(())
+    }
+
+    async fn connected(&mut self, _url: &str) -> Flow {
+        tracing::debug!("checker connected");
+        Flow::Continue
+    }
+
+    async fn unreachable(&mut self, err: &ConnectError, attempts: u32) -> Flow {
+        log_unreachable(err, attempts);
+        Flow::Continue
+    }
+
+    async fn lost(&mut self, err: anyhow::Error) -> Flow {
+        tracing::debug!(%err, "checker connection ended, resubscribing");
+        Flow::Continue
     }
 }
 
