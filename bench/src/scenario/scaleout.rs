@@ -134,10 +134,11 @@ async fn work(ctx: &Ctx, args: &ScaleoutArgs, index: usize) -> anyhow::Result<Re
     Ok(report)
 }
 
-/// A started worker: its stdin (to say stop) and its stdout lines.
+/// A started worker: its stdin (to say stop; closed once its report is in, which ends the worker's pending read
+/// of it so the process can exit) and its stdout lines.
 struct Worker {
     child: Child,
-    stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
@@ -211,8 +212,10 @@ async fn coordinate(ctx: &Ctx, args: &ScaleoutArgs) -> anyhow::Result<Report> {
         }
         Err(_) => {
             for worker in &mut workers[reports.len()..] {
-                worker.stdin.write_all(b"stop\n").await?;
-                worker.stdin.flush().await?;
+                if let Some(stdin) = worker.stdin.as_mut() {
+                    stdin.write_all(b"stop\n").await?;
+                    stdin.flush().await?;
+                }
             }
             let rest = reports.len();
             ctx.phase("collect worker reports", async {
@@ -227,6 +230,7 @@ async fn coordinate(ctx: &Ctx, args: &ScaleoutArgs) -> anyhow::Result<Report> {
     };
     let _ = publisher.close(None).await;
     for worker in &mut workers {
+        drop(worker.stdin.take());
         worker.child.wait().await?;
     }
 
@@ -299,7 +303,7 @@ fn start_worker(ctx: &Ctx, index: usize, run_id: u32, clock: Clock) -> anyhow::R
     };
     Ok(Worker {
         child,
-        stdin,
+        stdin: Some(stdin),
         lines: BufReader::new(stdout).lines(),
     })
 }
