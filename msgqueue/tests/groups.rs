@@ -280,24 +280,6 @@ async fn a_bad_group_or_unknown_parameter_is_refused_with_400_before_the_upgrade
     mq.stop().await;
 }
 
-async fn raw_https(
-    mq: &Running,
-    tls: &std::sync::Arc<rustls::ClientConfig>,
-    request: &str,
-) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(mq.addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(tls.clone());
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = expect_within("tls", connector.connect(name, tcp))
-        .await
-        .unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = expect_within("response", stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 async fn a_group_idle_beyond_the_ttl_is_dropped_and_counted_and_comes_back_at_the_tail() {
     let dir = tempfile::tempdir().unwrap();

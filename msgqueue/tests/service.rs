@@ -429,24 +429,6 @@ fn base64_credentials() -> String {
     header.trim_start_matches("Basic ").to_owned()
 }
 
-async fn raw_https(
-    mq: &Running,
-    tls: &std::sync::Arc<rustls::ClientConfig>,
-    request: &str,
-) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let tcp = tokio::net::TcpStream::connect(mq.addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(tls.clone());
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = expect_within("tls", connector.connect(name, tcp))
-        .await
-        .unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = expect_within("response", stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// `err` and its causes, one per line, as an operator sees them (anyhow's `Caused by:` list).
 fn rendered_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut lines = vec![err.to_string()];

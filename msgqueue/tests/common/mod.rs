@@ -213,3 +213,23 @@ pub fn parse_payload(b: &[u8]) -> (u64, u64) {
     let (p, s) = s.trim_start_matches('p').split_once("-s").unwrap();
     (p.parse().unwrap(), s.parse().unwrap())
 }
+
+/// Sends `request` as raw bytes over TLS to `mq` and returns everything it answers before closing: for requests a
+/// WebSocket client would never send (bad queries, missing headers).
+pub async fn raw_https(
+    mq: &Running,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+    request: &str,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(mq.addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = expect_within("tls", connector.connect(name, tcp))
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = expect_within("response", stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
