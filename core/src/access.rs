@@ -135,6 +135,22 @@ impl ConnectionAccess {
         &self.permissions
     }
 
+    /// Whether this connection may publish to `topic`; `Err` names what is wrong with a topic that is refused
+    /// whatever the permissions (wildcard syntax), or that cannot be checked against an ACL (a legacy ws-go
+    /// topic outside the token rules, see [`crate::topic::Compat`]). Every way of publishing (WebSocket, HTTP
+    /// API) asks this.
+    pub fn may_publish(&mut self, topic: &str) -> Result<bool, String> {
+        let invalid = |err| format!("invalid topic: {err}");
+        match crate::topic::published(topic).map_err(invalid)? {
+            crate::topic::Compat::Strict(topic) => Ok(self.current().can_publish(topic)),
+            crate::topic::Compat::Legacy(_) if self.is_unrestricted() => Ok(true),
+            crate::topic::Compat::Legacy(err) => Err(format!(
+                "{} (required with topic permissions)",
+                invalid(err)
+            )),
+        }
+    }
+
     /// Whether everything is allowed (no ACL file and no permissions from the callout).
     pub fn is_unrestricted(&self) -> bool {
         self.permissions == Permissions::allow_all()

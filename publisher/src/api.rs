@@ -17,6 +17,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
+use wsmq_core::access::{Access, ConnectionAccess};
 use wsmq_core::admin::Condition;
 use wsmq_core::http_api::{ApiHandler, ApiRequest, ApiResponse, error_response, json_response};
 use wsmq_core::limits::Limits;
@@ -27,6 +28,7 @@ use wsmq_core::protocol::{PUBLISH_API_PATH, PUBLISH_BATCH_API_PATH};
 use crate::idempotency::{Answer, Claim, IdempotencyStore, validate_key};
 use crate::link::{LinkClosed, PublishError, PushLink, Receipt, TryPushError};
 use crate::metrics::{InvalidReason, PublisherMetrics};
+use crate::session::FORBIDDEN;
 
 /// The request header naming a retryable request.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -53,6 +55,8 @@ pub struct PublishApi {
     pub metrics: PublisherMetrics,
     /// The remembered `Idempotency-Key`s.
     pub idempotency: IdempotencyStore,
+    /// Topic permissions (`--acl-file`), applied per request's user as on `/publish`.
+    pub access: Access,
 }
 
 /// A refused request: its status and JSON error.
@@ -165,10 +169,11 @@ impl PublishApi {
                 ));
             }
         };
+        let mut access = self.access.connection(&user, None);
         let payloads = if batch {
-            self.batch_payloads(&body)?
+            self.batch_payloads(&body, &mut access)?
         } else {
-            vec![self.payload(&body)?]
+            vec![self.payload(&body, &mut access)?]
         };
         let pending = match key {
             None => None,
@@ -227,15 +232,19 @@ impl PublishApi {
         }
     }
 
-    fn payload(&self, body: &[u8]) -> Result<Bytes, Refusal> {
+    fn payload(&self, body: &[u8], access: &mut ConnectionAccess) -> Result<Bytes, Refusal> {
         let message: MessageBody = serde_json::from_slice(body).map_err(|err| {
             self.metrics.invalid(InvalidReason::Malformed);
             Refusal::new(StatusCode::BAD_REQUEST, format!("invalid JSON: {err}"))
         })?;
-        self.validate(message)
+        self.validate(message, access)
     }
 
-    fn batch_payloads(&self, body: &[u8]) -> Result<Vec<Bytes>, Refusal> {
+    fn batch_payloads(
+        &self,
+        body: &[u8],
+        access: &mut ConnectionAccess,
+    ) -> Result<Vec<Bytes>, Refusal> {
         let batch: BatchBody = serde_json::from_slice(body).map_err(|err| {
             self.metrics.invalid(InvalidReason::Malformed);
             Refusal::new(StatusCode::BAD_REQUEST, format!("invalid JSON: {err}"))
@@ -258,7 +267,7 @@ impl PublishApi {
             .into_iter()
             .enumerate()
             .map(|(index, message)| {
-                self.validate(message).map_err(|refusal| {
+                self.validate(message, access).map_err(|refusal| {
                     let details = refusal.details.clone().unwrap_or_else(|| json!({}));
                     let details = merge(details, json!({ "index": index }));
                     refusal.with(details)
@@ -268,7 +277,11 @@ impl PublishApi {
     }
 
     /// Checks one message as `/publish` does and encodes the canonical envelope.
-    fn validate(&self, message: MessageBody) -> Result<Bytes, Refusal> {
+    fn validate(
+        &self,
+        message: MessageBody,
+        access: &mut ConnectionAccess,
+    ) -> Result<Bytes, Refusal> {
         if message.delay.as_ref().is_some_and(|d| !d.is_null()) {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
@@ -281,6 +294,18 @@ impl PublishApi {
                 StatusCode::BAD_REQUEST,
                 format!("invalid topic: {err}"),
             ));
+        }
+        match access.may_publish(&message.topic) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.metrics.forbidden();
+                return Err(Refusal::new(StatusCode::FORBIDDEN, FORBIDDEN)
+                    .with(json!({ "topic": message.topic })));
+            }
+            Err(err) => {
+                self.metrics.invalid(InvalidReason::Topic);
+                return Err(Refusal::new(StatusCode::BAD_REQUEST, err));
+            }
         }
         let payload = Envelope {
             topic: message.topic.into(),

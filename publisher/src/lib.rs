@@ -160,6 +160,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         max_batch: config.http.http_max_batch.max(1),
         metrics: metrics.clone(),
         idempotency,
+        access: access.clone(),
     };
     let routes = vec![
         Route::WebSocket {

@@ -25,7 +25,6 @@ use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::{encode_ack, encode_error};
 use wsmq_core::protocol::envelope::{EnvelopeError, Publish};
 use wsmq_core::server::Accepted;
-use wsmq_core::topic::{self, Compat};
 use wsmq_core::ws::{self, Outbox};
 
 use crate::link::{LinkClosed, PushLink, Receipt};
@@ -171,7 +170,7 @@ impl Session {
                 return Ok(());
             }
         };
-        match self.permitted(&envelope.topic) {
+        match self.access.may_publish(&envelope.topic) {
             Ok(true) => {}
             Ok(false) => {
                 self.forbid(publish.id).await;
@@ -206,21 +205,6 @@ impl Session {
                 Ok(())
             }
             None => self.context.link.push_untracked(payload).await,
-        }
-    }
-
-    /// Whether this client may publish to `topic`; `Err` names what is wrong with a topic that is refused
-    /// whatever the permissions (wildcard syntax), or that cannot be checked against an ACL (a legacy ws-go
-    /// topic outside the token rules, see `wsmq_core::topic::Compat`).
-    fn permitted(&mut self, topic: &str) -> Result<bool, String> {
-        let invalid = |err| format!("invalid topic: {err}");
-        match topic::published(topic).map_err(invalid)? {
-            Compat::Strict(topic) => Ok(self.access.current().can_publish(topic)),
-            Compat::Legacy(_) if self.access.is_unrestricted() => Ok(true),
-            Compat::Legacy(err) => Err(format!(
-                "{} (required with topic permissions)",
-                invalid(err)
-            )),
         }
     }
 

@@ -235,3 +235,58 @@ async fn a_bearer_token_is_decided_by_the_auth_callout_whose_permissions_apply()
     queue.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_http_api_applies_the_acl_per_request_user() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = write_acl(
+        dir.path(),
+        r#"
+[users.client]
+publish.allow = ["chat.>"]
+"#,
+    )?;
+    let queue = FakeQueue::start(dir.path()).await?;
+    let publisher = publisher(dir.path(), &queue, acl(path)).await?;
+    let mut api = publisher.api(dir.path()).await?;
+    let json = [("Content-Type", "application/json")];
+
+    let denied = api
+        .post_json("/v1/publish", &json, r#"{"topic":"news","content":"x"}"#)
+        .await?;
+    assert_eq!(denied.status, 403, "{:?}", denied.json());
+    assert_eq!(denied.json()["error"], "forbidden");
+    assert_eq!(denied.json()["topic"], "news");
+    // A batch with one forbidden message is refused as a whole, naming it.
+    let batch = api
+        .post_json(
+            "/v1/publish/batch",
+            &json,
+            r#"{"messages":[{"topic":"chat.a","content":"1"},{"topic":"news","content":"2"}]}"#,
+        )
+        .await?;
+    assert_eq!(batch.status, 403, "{:?}", batch.json());
+    assert_eq!(batch.json()["index"], 1);
+
+    let allowed = api
+        .post_json(
+            "/v1/publish",
+            &json,
+            r#"{"topic":"chat.room","content":"ok"}"#,
+        )
+        .await?;
+    assert_eq!(allowed.status, 200, "{:?}", allowed.json());
+    let state = queue.state();
+    state
+        .wait_for("the allowed message", |seen| !seen.stored.is_empty())
+        .await?;
+    assert_eq!(
+        state.seen().stored_texts(),
+        [r#"{"Topic":"chat.room","Content":"ok"}"#]
+    );
+    assert_eq!(publisher.metrics.forbidden_count(), 2);
+    drop(api);
+    publisher.stop().await?;
+    queue.stop().await?;
+    Ok(())
+}
