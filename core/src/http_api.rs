@@ -29,7 +29,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{AuthFailure, Authenticator, Credentials};
+use crate::acl::Permissions;
+use crate::auth::{AuthFailure, Authenticator, Presented, Refused};
 use crate::limits::Limits;
 use crate::metrics::{ListenerMetrics, RejectReason};
 
@@ -49,6 +50,8 @@ pub struct ApiRequest {
     pub request: Request<Incoming>,
     /// The authenticated user name.
     pub user: String,
+    /// Permissions the auth callout granted this request's credentials (`None`: the ACL file, or everything).
+    pub permissions: Option<Permissions>,
     /// The client's address.
     pub peer: SocketAddr,
 }
@@ -86,13 +89,13 @@ pub fn error_response(
     json_response(status, &body)
 }
 
-/// The credentials of an API request: `Authorization: Basic …`. This is the one place a new scheme (a bearer
-/// token checked by the auth callout) plugs into the API.
-fn request_credentials(headers: &HeaderMap) -> Option<Credentials> {
+/// The credentials of an API request: `Authorization: Basic …` or `Bearer …` (the latter only meaningful with
+/// the auth callout), checked as a WebSocket handshake's are.
+fn presented(headers: &HeaderMap) -> Option<Presented> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(Credentials::from_basic_header)
+        .and_then(Presented::from_authorization)
 }
 
 /// Everything a served API connection needs from its listener.
@@ -148,19 +151,40 @@ impl ApiConnection {
 
     /// Authenticates one request and hands it to the handler.
     async fn dispatch(&self, request: Request<Incoming>) -> ApiResponse {
-        let credentials = request_credentials(request.headers());
-        match self.auth.verify(credentials.as_ref(), self.peer.ip()).await {
-            Ok(user) => {
+        let presented = presented(request.headers());
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|value| value.to_str().ok());
+        let outcome = self
+            .auth
+            .authenticate(presented.as_ref(), self.peer, origin)
+            .await;
+        match outcome {
+            Ok(identity) => {
                 self.handler
                     .clone()
                     .handle(ApiRequest {
                         request,
-                        user,
+                        user: identity.user,
+                        permissions: identity.permissions,
                         peer: self.peer,
                     })
                     .await
             }
-            Err(AuthFailure::Throttled { retry_after }) => {
+            Err(Refused::Unavailable(_) | Refused::NoUserForToken) => {
+                self.metrics.reject(RejectReason::AuthUnavailable);
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "authentication service unavailable, try again later",
+                    None,
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+                response
+            }
+            Err(Refused::Auth(AuthFailure::Throttled { retry_after })) => {
                 self.metrics.reject(RejectReason::Throttled);
                 let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 let mut response = error_response(
@@ -173,10 +197,14 @@ impl ApiConnection {
                     .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
                 response
             }
-            Err(failure) => {
+            Err(refused) => {
                 self.metrics.reject(RejectReason::Auth);
-                tracing::debug!(%failure, "API request not authenticated");
-                let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", None);
+                tracing::debug!(%refused, "API request not authenticated");
+                let message = match refused {
+                    Refused::Auth(_) => "unauthorized".to_owned(),
+                    other => format!("unauthorized: {other}"),
+                };
+                let mut response = error_response(StatusCode::UNAUTHORIZED, &message, None);
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(WWW_AUTHENTICATE),

@@ -116,7 +116,12 @@ impl ApiHandler for PublishApi {
 
 impl PublishApi {
     async fn serve(&self, request: ApiRequest) -> Result<ApiResponse, Refusal> {
-        let ApiRequest { request, user, .. } = request;
+        let ApiRequest {
+            request,
+            user,
+            permissions,
+            ..
+        } = request;
         let batch = match request.uri().path() {
             PUBLISH_API_PATH => false,
             PUBLISH_BATCH_API_PATH => true,
@@ -169,7 +174,7 @@ impl PublishApi {
                 ));
             }
         };
-        let mut access = self.access.connection(&user, None);
+        let mut access = self.access.connection(&user, permissions);
         let payloads = if batch {
             self.batch_payloads(&body, &mut access)?
         } else {

@@ -290,3 +290,57 @@ publish.allow = ["chat.>"]
     queue.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn the_http_api_takes_a_bearer_token_decided_by_the_auth_callout() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = AuthServer::start(dir.path(), |request| {
+        if request["token"] == "tok-app" {
+            let reply = r#"{"allow":true,"user":"app","permissions":{"publish":{"allow":["@*"]}}}"#;
+            (200, reply.to_owned())
+        } else {
+            (
+                200,
+                r#"{"allow":false,"reason":"unknown token"}"#.to_owned(),
+            )
+        }
+    })
+    .await?;
+    let queue = FakeQueue::start(dir.path()).await?;
+    let access = AccessArgs {
+        auth_url: Some(server.url.clone()),
+        auth_ca: Some(server.ca.clone()),
+        ..AccessArgs::default()
+    };
+    let publisher = publisher(dir.path(), &queue, access).await?;
+    let mut api = publisher.api(dir.path()).await?;
+    let publish = |token: &'static str, topic: &'static str| {
+        hyper::Request::builder()
+            .method("POST")
+            .uri("/v1/publish")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(format!(
+                r#"{{"topic":"{topic}","content":"hi"}}"#
+            ))))
+    };
+
+    let denied = api.send(publish("nope", "@bob")?).await?;
+    assert_eq!(denied.status, 401, "{:?}", denied.json());
+    assert!(
+        denied.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown token")),
+        "{:?}",
+        denied.json()
+    );
+    let allowed = api.send(publish("tok-app", "@bob")?).await?;
+    assert_eq!(allowed.status, 200, "{:?}", allowed.json());
+    let forbidden = api.send(publish("tok-app", "chat")?).await?;
+    assert_eq!(forbidden.status, 403, "the callout's permissions apply");
+    server.stop().await;
+    drop(api);
+    publisher.stop().await?;
+    queue.stop().await?;
+    Ok(())
+}
