@@ -9,32 +9,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use queue_common::{PATIENCE, disk, parse, payload, producer, segment_files, small_options, take};
-use wsmq_msgqueue::queue::{
-    ConsumeMode, FsyncPolicy, Pushed, Queue, QueueError, QueueOptions, RecoveryReport, StorageError,
+use queue_common::{
+    PATIENCE, disk, open, parse, payload, producer, push_durably, segment_files, seqs,
+    small_options, take,
 };
-
-fn open(dir: &Path, options: QueueOptions) -> (Queue, RecoveryReport) {
-    Queue::open(disk(dir), options).expect("open disk queue")
-}
-
-/// Pushes `count` compat messages numbered from `first` and waits until they are durable.
-async fn push_durably(queue: &Queue, first: u64, count: u64) {
-    let mut last = None;
-    for seq in first..first + count {
-        last = Some(queue.push(None, payload(0, seq)).expect("push").durable());
-    }
-    if let Some(token) = last {
-        tokio::time::timeout(PATIENCE, queue.wait_durable(token))
-            .await
-            .expect("durable in time")
-            .expect("durable");
-    }
-}
-
-fn seqs(deliveries: &[wsmq_msgqueue::queue::Delivery]) -> Vec<u64> {
-    deliveries.iter().map(|d| parse(&d.payload).1).collect()
-}
+use wsmq_msgqueue::queue::{
+    ConsumeMode, FsyncPolicy, Pushed, Queue, QueueError, QueueOptions, StorageError,
+};
 
 #[tokio::test]
 async fn reopening_recovers_exactly_the_unacked_messages_in_order() {

@@ -6,35 +6,13 @@ mod queue_common;
 use std::time::Duration;
 
 use queue_common::{
-    PATIENCE, disk, parse, payload, segment_files, small_options, stays_empty, take,
+    PATIENCE, open, push_durably, segment_files, seqs, small_options, stays_empty, take,
 };
 use wsmq_core::protocol::queue::NackReason;
-use wsmq_msgqueue::queue::{ConsumeMode, GroupName, Queue, QueueOptions, RecoveryReport, StartAt};
-
-fn open(dir: &std::path::Path, options: QueueOptions) -> (Queue, RecoveryReport) {
-    Queue::open(disk(dir), options).expect("open disk queue")
-}
+use wsmq_msgqueue::queue::{ConsumeMode, GroupName, Queue, QueueOptions, StartAt};
 
 fn group(name: &str) -> GroupName {
     name.parse().expect("valid group name")
-}
-
-/// Pushes compat messages `first..first + count` and waits until they are durable.
-async fn push_durably(queue: &Queue, first: u64, count: u64) {
-    let mut last = None;
-    for seq in first..first + count {
-        last = Some(queue.push(None, payload(0, seq)).expect("push").durable());
-    }
-    if let Some(token) = last {
-        tokio::time::timeout(PATIENCE, queue.wait_durable(token))
-            .await
-            .expect("durable in time")
-            .expect("durable");
-    }
-}
-
-fn seqs(deliveries: &[wsmq_msgqueue::queue::Delivery]) -> Vec<u64> {
-    deliveries.iter().map(|d| parse(&d.payload).1).collect()
 }
 
 fn ids(deliveries: &[wsmq_msgqueue::queue::Delivery]) -> Vec<u64> {

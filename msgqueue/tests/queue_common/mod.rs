@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use wsmq_msgqueue::queue::{Backend, Consumer, Delivery, Producer, QueueOptions};
+use wsmq_msgqueue::queue::{
+    Backend, Consumer, Delivery, Producer, Queue, QueueOptions, RecoveryReport,
+};
 
 /// Upper bound for anything a test waits on, so a bug fails the test instead of hanging it.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -89,4 +91,28 @@ pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// Opens the disk queue in `dir` (created if missing).
+pub fn open(dir: &Path, options: QueueOptions) -> (Queue, RecoveryReport) {
+    Queue::open(disk(dir), options).expect("open disk queue")
+}
+
+/// Pushes compat messages `first..first + count` and waits until they are durable.
+pub async fn push_durably(queue: &Queue, first: u64, count: u64) {
+    let mut last = None;
+    for seq in first..first + count {
+        last = Some(queue.push(None, payload(0, seq)).expect("push").durable());
+    }
+    if let Some(token) = last {
+        tokio::time::timeout(PATIENCE, queue.wait_durable(token))
+            .await
+            .expect("durable in time")
+            .expect("durable");
+    }
+}
+
+/// The sequence numbers of `deliveries`, in order.
+pub fn seqs(deliveries: &[Delivery]) -> Vec<u64> {
+    deliveries.iter().map(|d| parse(&d.payload).1).collect()
 }
