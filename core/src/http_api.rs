@@ -33,6 +33,7 @@ use crate::acl::Permissions;
 use crate::auth::{AuthFailure, Authenticator, Presented, Refused};
 use crate::limits::Limits;
 use crate::metrics::{ListenerMetrics, RejectReason};
+use crate::server::authenticate;
 
 /// What an API handler answers: a complete, small body.
 pub type ApiResponse = Response<Full<Bytes>>;
@@ -156,10 +157,14 @@ impl ApiConnection {
             .headers()
             .get(header::ORIGIN)
             .and_then(|value| value.to_str().ok());
-        let outcome = self
-            .auth
-            .authenticate(presented.as_ref(), self.peer, origin)
-            .await;
+        let outcome = authenticate(
+            &self.auth,
+            &self.metrics,
+            presented.as_ref(),
+            self.peer,
+            origin,
+        )
+        .await;
         match outcome {
             Ok(identity) => {
                 self.handler

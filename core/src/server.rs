@@ -519,7 +519,16 @@ async fn handshake<H>(
         )
         .await);
     }
-    let identity = match authenticate(shared, &head, peer).await {
+    let presented = presented(&head);
+    let config = &shared.config;
+    let authenticated = authenticate(
+        &config.auth,
+        &config.metrics,
+        presented.as_ref(),
+        peer,
+        head.header("origin"),
+    );
+    let identity = match authenticated.await {
         Ok(identity) => identity,
         Err(refused) => {
             let (response, reason) = refusal(&refused);
@@ -616,18 +625,17 @@ fn presented(head: &RequestHead) -> Option<Presented> {
         .or_else(|| offered_subprotocols(head).find_map(Presented::from_subprotocol))
 }
 
-/// The authentication step: the users, or the auth callout (timed and counted by outcome).
-async fn authenticate<H>(
-    shared: &Shared<H>,
-    head: &RequestHead,
+/// The authentication step of everything the listener serves (WebSocket handshakes and HTTP API requests): the
+/// users, or the auth callout, timed and counted by outcome.
+pub(crate) async fn authenticate(
+    auth: &Authenticator,
+    metrics: &ListenerMetrics,
+    presented: Option<&Presented>,
     peer: SocketAddr,
+    origin: Option<&str>,
 ) -> Result<Identity, Refused> {
-    let auth = &shared.config.auth;
-    let presented = presented(head);
     let started = tokio::time::Instant::now();
-    let outcome = auth
-        .authenticate(presented.as_ref(), peer, head.header("origin"))
-        .await;
+    let outcome = auth.authenticate(presented, peer, origin).await;
     if auth.uses_callout() {
         let counted = match &outcome {
             Ok(_) => Some(CalloutOutcome::Allowed),
@@ -638,7 +646,7 @@ async fn authenticate<H>(
             Err(Refused::Auth(_) | Refused::BearerWithoutCallout) => None,
         };
         if let Some(counted) = counted {
-            shared.config.metrics.callout(counted, started.elapsed());
+            metrics.callout(counted, started.elapsed());
         }
     }
     outcome

@@ -338,6 +338,14 @@ async fn the_http_api_takes_a_bearer_token_decided_by_the_auth_callout() -> anyh
     assert_eq!(allowed.status, 200, "{:?}", allowed.json());
     let forbidden = api.send(publish("tok-app", "chat")?).await?;
     assert_eq!(forbidden.status, 403, "the callout's permissions apply");
+    // API requests are counted with the handshakes' callouts.
+    let (_, metrics) = wsmq_testkit::admin::request(publisher.admin, "GET", "/metrics").await?;
+    for line in [
+        r#"wsmq_publisher_listener_auth_callouts_total{outcome="denied"} 1"#,
+        r#"wsmq_publisher_listener_auth_callouts_total{outcome="allowed"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     server.stop().await;
     drop(api);
     publisher.stop().await?;
