@@ -5,29 +5,10 @@
 
 mod common;
 
-use std::io;
-use std::sync::Arc;
-
 use common::*;
-use parking_lot::Mutex;
 use tracing_subscriber::util::SubscriberInitExt;
 use wsmq_core::logging::{self, LogFormat};
 use wsmq_core::server::Accepted;
-
-/// Everything logged, shared by every writer the subscriber makes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn a_handlers_logs_carry_the_path_peer_and_user_of_its_connection() -> TestResult {
@@ -52,7 +33,7 @@ async fn a_handlers_logs_carry_the_path_peer_and_user_of_its_connection() -> Tes
     drop(ws);
     server.stop().await?;
 
-    let logs = String::from_utf8_lossy(&captured.0.lock()).into_owned();
+    let logs = captured.text();
     let line = logs
         .lines()
         .find(|line| line.contains("handler says hello"))

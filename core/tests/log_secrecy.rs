@@ -7,13 +7,9 @@
 
 mod common;
 
-use std::io;
-use std::sync::Arc;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::*;
-use parking_lot::Mutex;
 use tracing_subscriber::util::SubscriberInitExt;
 use wsmq_core::Secret;
 use wsmq_core::auth::Credentials;
@@ -24,27 +20,6 @@ use wsmq_core::logging::{self, LogFormat};
 const WRONG_PASSWORD: &str = "battery staple guess";
 /// A bearer token, refused without an auth callout; it must not be logged either.
 const BEARER_TOKEN: &str = "bearer-token-that-must-never-be-logged";
-
-/// Everything logged, shared by every writer the subscriber makes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock()).into_owned()
-    }
-}
 
 #[tokio::test]
 async fn passwords_never_reach_the_logs_even_at_trace_level() -> TestResult {

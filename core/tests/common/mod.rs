@@ -298,3 +298,25 @@ pub async fn round_trip(ws: &mut ClientWs, text: &str) -> TestResult<String> {
 pub fn status(response: &str) -> Option<u16> {
     response.split(' ').nth(1)?.parse().ok()
 }
+
+/// Everything logged, shared by every writer the tracing subscriber makes: for tests that read their own logs.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// What was logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
+    }
+}
