@@ -107,7 +107,7 @@ impl Fixture {
         while done < count {
             let producer = self.next_producer();
             match self.queue.push(producer, payload.clone()) {
-                Ok(Pushed::Stored { .. }) => done += 1,
+                Ok(Pushed::Stored { .. } | Pushed::Submitted { .. }) => done += 1,
                 Err(PushError::Full) => {
                     elapsed += start.elapsed();
                     self.next_seq -= 1;

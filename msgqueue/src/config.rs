@@ -6,7 +6,7 @@ use std::time::Duration;
 use wsmq_core::config::ServiceArgs;
 use wsmq_core::limits::parse_duration;
 
-use crate::queue::{Backend, FsyncPolicy, QueueOptions};
+use crate::queue::{Backend, FsyncPolicy, QueueOptions, RedisConfig};
 
 /// Where msgqueue keeps its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,6 +15,8 @@ pub enum StorageKind {
     Disk,
     /// RAM only, lost on restart: for tests and benchmarks.
     Memory,
+    /// A stream in a shared Redis (`--redis-url`): msgqueue keeps no state, so several instances serve one queue.
+    Redis,
 }
 
 /// How the queue stores messages. Flattened into [`Config`].
@@ -23,6 +25,28 @@ pub struct QueueArgs {
     /// Storage backend.
     #[arg(long, env = "WSMQ_STORAGE", value_enum, default_value_t = StorageKind::Disk)]
     pub storage: StorageKind,
+
+    /// Redis to keep the queue in (`--storage redis`): `redis://[user:password@]host:port[/db]`, or `rediss://`
+    /// for TLS. Prefer the environment variable when it carries a password. Durability is Redis's: configure it
+    /// with `appendonly yes` and `appendfsync always` for an ack to mean fsynced there.
+    #[arg(
+        long,
+        env = "WSMQ_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        required_if_eq("storage", "redis")
+    )]
+    pub redis_url: Option<String>,
+
+    /// Names the queue's Redis keys (`{PREFIX}:log`, …; the braces are a Redis Cluster hash tag). msgqueue
+    /// instances with the same URL and prefix serve the same queue.
+    #[arg(
+        long,
+        env = "WSMQ_REDIS_PREFIX",
+        value_name = "PREFIX",
+        default_value = "wsmq"
+    )]
+    pub redis_prefix: String,
 
     /// When a pushed message counts as durable, and so when its producer is acked: `always` (fsync before the
     /// ack, group-committed so throughput stays high), `interval=MS` (fsync at most every MS milliseconds,
@@ -69,6 +93,8 @@ impl Default for QueueArgs {
         let defaults = QueueOptions::default();
         Self {
             storage: StorageKind::Disk,
+            redis_url: None,
+            redis_prefix: "wsmq".to_owned(),
             fsync: defaults.fsync,
             max_queue_bytes: defaults.max_bytes,
             memory_budget: defaults.memory_budget,
@@ -82,13 +108,17 @@ impl Default for QueueArgs {
 }
 
 impl QueueArgs {
-    /// The backend, with disk segments in `<data_dir>/queue`.
+    /// The backend, with disk segments in `<data_dir>/queue` (clap makes sure `--redis-url` is set for Redis).
     pub fn backend(&self, data_dir: &Path) -> Backend {
         match self.storage {
             StorageKind::Disk => Backend::Disk {
                 dir: data_dir.join("queue"),
             },
             StorageKind::Memory => Backend::Memory,
+            StorageKind::Redis => Backend::Redis(RedisConfig {
+                url: self.redis_url.clone().unwrap_or_default(),
+                prefix: self.redis_prefix.clone(),
+            }),
         }
     }
 

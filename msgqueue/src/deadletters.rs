@@ -36,7 +36,7 @@ impl DeadLetterRoutes {
 impl AdminRoutes for DeadLetterRoutes {
     fn respond(&self, head: &RequestHead) -> Option<BoxFuture<'static, Response>> {
         let response = match (head.path.as_str(), head.method.as_str()) {
-            (LIST_PATH, "GET") => ready(list(&self.queue)),
+            (LIST_PATH, "GET") => list(self.queue.clone()).boxed(),
             (REPLAY_PATH, "POST") => match parse_ids(&head.query) {
                 Ok(ids) => replay(self.queue.clone(), ids).boxed(),
                 Err(reason) => ready(Response::text(400, format!("{reason}\n"))),
@@ -61,9 +61,15 @@ fn json(status: u16, value: &serde_json::Value) -> Response {
     Response::new(status).body(JSON, value.to_string().into_bytes())
 }
 
-fn list(queue: &Queue) -> Response {
-    let letters: Vec<serde_json::Value> = queue
-        .dead_letters()
+async fn list(queue: Queue) -> Response {
+    let letters = match queue.dead_letters().await {
+        Ok(letters) => letters,
+        Err(err) => {
+            tracing::warn!(%err, "listing dead letters failed");
+            return json(503, &serde_json::json!({ "error": err.to_string() }));
+        }
+    };
+    let letters: Vec<serde_json::Value> = letters
         .iter()
         .map(|d| {
             serde_json::json!({

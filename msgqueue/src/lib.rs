@@ -26,7 +26,8 @@ use wsmq_core::service::{self, Service, Setup};
 use wsmq_core::supervise::Supervisor;
 
 pub use config::Config;
-use queue::{Queue, QueueError, RecoveryReport};
+use queue::{Backend, Queue, QueueError, RecoveryReport};
+use tokio::sync::watch;
 
 /// Why msgqueue could not start or stopped: the reasons every service shares, plus its storage failing to open
 /// or recover.
@@ -42,6 +43,8 @@ struct Msgqueue {
     recovery: RecoveryReport,
     context: ConnectionContext,
     ready: Condition,
+    /// For a backend that can be away (Redis): whether it answers, and the readiness condition following it.
+    storage_ready: Option<(watch::Receiver<bool>, Condition)>,
 }
 
 /// Opens the queue storage (recovering what is on disk), loads TLS and users, and binds both listeners.
@@ -52,11 +55,15 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         config.queue.backend(&args.server.data_dir),
         config.queue.options(),
     );
-    // Recovery reads the whole log: off the async workers.
+    // Recovery reads the whole log: off the async workers (the blocking pool is inside the runtime, which the
+    // Redis engine needs for its tasks).
     let (queue, recovery) = tokio::task::spawn_blocking(move || Queue::open(backend, options))
         .await
         .map_err(|_| Error::Service(QueueError::Closed))?
         .map_err(Error::Service)?;
+    if let Backend::Redis(redis) = &config.queue.backend(&args.server.data_dir) {
+        tracing::info!(?redis, "queue kept in Redis");
+    }
     for cut in &recovery.truncated {
         tracing::warn!(segment = %cut.segment.display(), position = cut.position, dropped_bytes = cut.dropped_bytes,
             "truncated a torn or corrupt log tail");
@@ -68,7 +75,11 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         "queue recovered"
     );
     metrics::register(&mut setup.registry, queue.clone());
+    queue.register_metrics(&mut setup.registry);
     let ready = setup.readiness.condition("listener");
+    let storage_ready = queue
+        .ready()
+        .map(|watch| (watch, setup.readiness.condition("storage")));
 
     // Reliable frames carry up to one maximal payload plus its record header, so the WebSocket limit allows for
     // the header while payloads themselves (compat or reliable) stay within --max-message-size.
@@ -97,6 +108,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         recovery,
         context,
         ready,
+        storage_ready,
     };
     Ok(Bound(setup.bind(args, limits, routes, msgqueue).await?))
 }
@@ -149,6 +161,16 @@ impl Service for Msgqueue {
             let queue = queue.clone();
             async move { queue.writer_died().await }
         });
+        if let Some((mut answers, condition)) = self.storage_ready {
+            supervisor.spawn("storage readiness", async move {
+                loop {
+                    condition.set_ready(*answers.borrow_and_update());
+                    if answers.changed().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
         self.ready.set_ready(true);
         let ready = self.ready;
         let stop = async move {

@@ -260,7 +260,7 @@ async fn dead_letters_survive_a_restart_of_the_disk_backend_and_replay_delivers_
     drop(queue);
 
     let queue = open(dir.path(), small_options());
-    let dead = queue.dead_letters();
+    let dead = queue.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(
         (dead[0].id, dead[0].reason, dead[0].deliveries, dead[0].size),
@@ -279,14 +279,14 @@ async fn dead_letters_survive_a_restart_of_the_disk_backend_and_replay_delivers_
     let replayed = take(&mut consumer, 1).await.remove(0);
     assert_eq!(replayed.payload, Bytes::from_static(b"poison"));
     consumer.ack(&[replayed.id]);
-    assert!(queue.dead_letters().is_empty());
+    assert!(queue.dead_letters().await.unwrap().is_empty());
     drop(consumer);
     queue.close().await;
     drop(queue);
 
     // The replay is durable too: nothing dead and nothing left to deliver after another restart.
     let (queue, report) = Queue::open(disk(dir.path()), small_options()).unwrap();
-    assert!(queue.dead_letters().is_empty());
+    assert!(queue.dead_letters().await.unwrap().is_empty());
     assert_eq!(report.messages, 0);
     queue.close().await;
 }
@@ -309,7 +309,13 @@ async fn beyond_max_dead_letters_the_oldest_is_dropped_and_counted() {
         let delivery = take(&mut consumer, 1).await.remove(0);
         assert!(queue.nack(delivery.id, NackReason::Failed));
     }
-    let ids: Vec<u64> = queue.dead_letters().iter().map(|d| d.id).collect();
+    let ids: Vec<u64> = queue
+        .dead_letters()
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
     assert_eq!(ids, vec![1, 2]);
     assert_eq!(queue.stats().dead_evicted, 1);
     assert_eq!(queue.replay(None).await.unwrap(), 2);
@@ -328,7 +334,7 @@ async fn a_nack_for_an_unknown_or_settled_delivery_changes_nothing() {
     assert!(!queue.nack(delivery.id + 1, NackReason::Failed));
     assert_eq!(consumer.ack(&[delivery.id]), 1);
     assert!(!queue.nack(delivery.id, NackReason::Failed));
-    assert!(queue.dead_letters().is_empty());
+    assert!(queue.dead_letters().await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -366,7 +372,7 @@ async fn healthy_messages_that_shared_a_window_with_a_poison_message_are_not_dea
         delivered_ok,
         vec![Bytes::from_static(b"b"), Bytes::from_static(b"c")]
     );
-    let dead = queue.dead_letters();
+    let dead = queue.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1, "only the poison message is dead: {dead:?}");
     assert_eq!((dead[0].id, dead[0].deliveries), (0, 5));
 }

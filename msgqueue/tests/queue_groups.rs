@@ -136,7 +136,7 @@ async fn a_message_one_group_nacks_is_a_dead_letter_there_and_still_delivered_to
     let got = take(&mut picky, 2).await;
     assert!(picky.nack(got[0].id, NackReason::TooLarge));
     assert_eq!(picky.ack(&[got[1].id]), 1);
-    let letters = queue.dead_letters();
+    let letters = queue.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].id, got[0].id);
     assert_eq!(letters[0].group, "picky", "a dead letter records its group");

@@ -7,6 +7,7 @@
 //! - [`client`]: dialing a service as a test client, and reading the next frame of a kind.
 //! - [`admin`]: requests to the admin listener (`/readyz`, `/healthz`, msgqueue's `/deadletters`).
 //! - [`auth_server`]: a real HTTPS auth-callout endpoint answering as the test decides.
+//! - [`redis`]: a real `redis-server` on its own port and directory, killed and restarted on demand.
 //! - [`service`]: a service running in a task of the test, stopped on demand and checked to end cleanly.
 //!
 //! Helpers return [`anyhow::Result`], which converts into [`TestResult`] with `?`, so tests of either style use
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod auth_server;
 pub mod client;
 pub mod config;
+pub mod redis;
 pub mod server;
 pub mod service;
 pub mod wait;

@@ -10,7 +10,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::storage::{Progress, StorageError};
-use super::{Fill, Inner, Queue, QueueError, ReadRequest};
+use super::{Fill, Inner, LocalQueue, QueueError, ReadRequest};
 
 /// How deliveries to a consumer are settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,11 +32,11 @@ pub struct Delivery {
     pub redelivered: bool,
 }
 
-/// A consumer attached to a consumer group of a [`Queue`]. Dropping it returns its unacked leases to the front of
+/// A consumer of the local engine, attached to a consumer group of a [`LocalQueue`]. Dropping it returns its unacked leases to the front of
 /// its group.
 #[derive(Debug)]
-pub struct Consumer {
-    queue: Queue,
+pub(crate) struct LocalConsumer {
+    queue: LocalQueue,
     id: u64,
     group: u32,
     mode: ConsumeMode,
@@ -47,7 +47,7 @@ pub struct Consumer {
 /// Deregisters a waiting consumer if `next_batch` is dropped mid-wait, and passes on a wake-up it may have
 /// swallowed so no message sits while another consumer waits.
 struct WaitGuard<'a> {
-    queue: &'a Queue,
+    queue: &'a LocalQueue,
     id: u64,
     armed: bool,
 }
@@ -76,9 +76,9 @@ enum Wait {
     Written,
 }
 
-impl Consumer {
+impl LocalConsumer {
     pub(super) fn new(
-        queue: Queue,
+        queue: LocalQueue,
         id: u64,
         group: u32,
         mode: ConsumeMode,
@@ -96,13 +96,13 @@ impl Consumer {
     }
 
     /// The settlement mode this consumer was created with.
-    pub fn mode(&self) -> ConsumeMode {
+    pub(crate) fn mode(&self) -> ConsumeMode {
         self.mode
     }
 
     /// Widens the consumer's window by `n`: in Acked mode it may hold that many more deliveries unacked (a
     /// prefetch window; acks free slots again). Ignored in AutoAck mode, where `next_batch`'s `max` bounds a batch.
-    pub fn grant(&mut self, n: u32) {
+    pub(crate) fn grant(&mut self, n: u32) {
         let mut state = self.queue.inner.state.lock();
         if let Some(slot) = state.consumers.get_mut(&self.id) {
             slot.window = slot.window.saturating_add(u64::from(n));
@@ -112,7 +112,7 @@ impl Consumer {
     /// Waits until at least one message is available and the window allows, then appends up to `max` deliveries
     /// to `out` in offset order (returned leases first). Cancel-safe: if the future is dropped, nothing is lost.
     /// Fails with `Closed` once the queue is closed, or with a storage error if the backlog cannot be read back.
-    pub async fn next_batch(
+    pub(crate) async fn next_batch(
         &mut self,
         max: usize,
         out: &mut Vec<Delivery>,
@@ -230,14 +230,14 @@ impl Consumer {
     /// Acks delivery ids of this consumer's group (from any of its consumers). Returns how many messages this
     /// settled. Idempotent: unknown or already acked ids are ignored; an id whose lease expired is still settled
     /// (at-least-once).
-    pub fn ack(&self, ids: &[u64]) -> usize {
+    pub(crate) fn ack(&self, ids: &[u64]) -> usize {
         self.queue.ack_in(self.group, ids)
     }
 
     /// Refuses delivery `id` of this consumer's group for good (NACK): the message becomes a dead letter with
     /// `reason` and is settled for the group like an acked one; other groups are not affected. Returns false for
     /// an unknown or already settled id.
-    pub fn nack(&self, id: u64, reason: wsmq_core::protocol::queue::NackReason) -> bool {
+    pub(crate) fn nack(&self, id: u64, reason: wsmq_core::protocol::queue::NackReason) -> bool {
         self.queue.nack_in(self.group, id, reason)
     }
 }
@@ -273,7 +273,7 @@ fn spawn_read(inner: &Arc<Inner>, read: ReadRequest, written: u64) {
         state.wake_group(read.group, woken);
     });
 }
-impl Drop for Consumer {
+impl Drop for LocalConsumer {
     fn drop(&mut self) {
         let mut state = self.queue.inner.state.lock();
         let Some(slot) = state.consumers.remove(&self.id) else {

@@ -14,10 +14,12 @@
 mod consumer;
 mod dead;
 mod group;
+mod handle;
 mod log;
 mod memory;
 mod rangeset;
 mod record;
+mod redis;
 mod storage;
 
 use std::collections::{HashMap, VecDeque};
@@ -32,8 +34,12 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use consumer::{ConsumeMode, Consumer, Delivery};
+pub use consumer::{ConsumeMode, Delivery};
+pub use handle::{Consumer, Queue};
+
+use consumer::LocalConsumer;
 pub use dead::{DeadLetter, DeadReason};
+pub use redis::{RedisConfig, RedisError};
 pub use storage::StorageError;
 pub use wsmq_core::protocol::group::{DEFAULT_GROUP, GroupName, InvalidGroupName, StartAt};
 
@@ -61,6 +67,9 @@ pub enum Backend {
         /// Directory holding the segment files; one queue per directory.
         dir: PathBuf,
     },
+    /// A stream in a shared Redis (or a Redis-compatible server): msgqueue keeps no state of its own, so several
+    /// msgqueue processes can serve one queue.
+    Redis(RedisConfig),
 }
 
 /// When the disk log fsyncs, i.e. what a producer's ack promises (the `--fsync` flag).
@@ -183,13 +192,21 @@ pub enum Pushed {
         /// Covers the original too, so the retry is acked only once the original is durable.
         durable: DurableToken,
     },
+    /// Handed to a log that assigns offsets and recognises duplicates itself when it applies the batch (the Redis
+    /// backend, shared by several msgqueue processes): the offset is not known yet.
+    Submitted {
+        /// Await with [`Queue::wait_durable`] before acking the producer.
+        durable: DurableToken,
+    },
 }
 
 impl Pushed {
     /// The token to wait on before acking the producer, whichever the outcome.
     pub fn durable(&self) -> DurableToken {
         match *self {
-            Self::Stored { durable, .. } | Self::Duplicate { durable } => durable,
+            Self::Stored { durable, .. }
+            | Self::Duplicate { durable }
+            | Self::Submitted { durable } => durable,
         }
     }
 }
@@ -246,6 +263,9 @@ pub enum QueueError {
     /// The backend failed (opening, recovering, writing or reading back).
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The Redis backend failed.
+    #[error(transparent)]
+    Redis(#[from] RedisError),
 }
 
 /// Where recovery cut a segment short.
@@ -1005,7 +1025,7 @@ impl Producers {
     }
 }
 
-/// The shared inside of a [`Queue`] handle.
+/// The shared inside of a [`LocalQueue`] handle.
 struct Inner {
     state: Mutex<State>,
     storage: Box<dyn Storage>,
@@ -1016,32 +1036,33 @@ struct Inner {
     replaying: tokio::sync::Mutex<()>,
 }
 
-/// A handle to the queue; cheap to clone, all clones share one queue.
+/// The engine of the memory and disk backends: one process owns the log; cheap to clone, all clones share one
+/// queue.
 #[derive(Clone)]
-pub struct Queue {
+pub(crate) struct LocalQueue {
     inner: Arc<Inner>,
 }
 
-impl fmt::Debug for Queue {
+impl fmt::Debug for LocalQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Queue")
+        f.debug_struct("LocalQueue")
             .field("options", &self.inner.options)
             .finish_non_exhaustive()
     }
 }
 
-impl Queue {
-    /// Opens a queue on `backend`, recovering a disk log (a torn or corrupt tail is truncated and reported, never
+impl LocalQueue {
+    /// Opens a queue in RAM (`dir` is `None`) or on the segment log in `dir`, recovering a disk log (a torn or corrupt tail is truncated and reported, never
     /// a panic). Fails only if the directory or its files cannot be used. Blocking (recovery reads the whole
     /// log): async callers run it on the blocking pool.
-    pub fn open(
-        backend: Backend,
+    pub(crate) fn open(
+        dir: Option<PathBuf>,
         options: QueueOptions,
     ) -> Result<(Self, RecoveryReport), QueueError> {
         let space = Arc::new(Notify::new());
-        let (storage, recovered): (Box<dyn Storage>, Option<log::Recovered>) = match backend {
-            Backend::Memory => (Box::new(memory::MemoryStore::default()), None),
-            Backend::Disk { dir } => {
+        let (storage, recovered): (Box<dyn Storage>, Option<log::Recovered>) = match dir {
+            None => (Box::new(memory::MemoryStore::default()), None),
+            Some(dir) => {
                 let (log, recovered) = log::DiskLog::open(
                     &dir,
                     options.fsync,
@@ -1136,7 +1157,11 @@ impl Queue {
     }
 
     /// Stores one message. `producer` is `None` for compat (at-most-once) pushers, which skip dedup.
-    pub fn push(&self, producer: Option<Producer>, payload: Bytes) -> Result<Pushed, PushError> {
+    pub(crate) fn push(
+        &self,
+        producer: Option<Producer>,
+        payload: Bytes,
+    ) -> Result<Pushed, PushError> {
         let mut out = Vec::with_capacity(1);
         self.push_batch([(producer, payload)], &mut out);
         out.pop().unwrap_or(Err(PushError::Closed))
@@ -1145,7 +1170,7 @@ impl Queue {
     /// Stores a batch (e.g. one WebSocket frame's worth) under one lock acquisition, appending one result per item
     /// to `out`. After a `Full`, `Closed` or storage error the remaining items fail the same way, so a producer's
     /// messages are never stored out of order; `TooLarge` fails only its own item.
-    pub fn push_batch<I>(&self, items: I, out: &mut Vec<Result<Pushed, PushError>>)
+    pub(crate) fn push_batch<I>(&self, items: I, out: &mut Vec<Result<Pushed, PushError>>)
     where
         I: IntoIterator<Item = (Option<Producer>, Bytes)>,
     {
@@ -1165,7 +1190,8 @@ impl Queue {
             };
             match &result {
                 Ok(Pushed::Stored { .. }) => stored += 1,
-                Ok(Pushed::Duplicate { .. }) | Err(PushError::TooLarge { .. }) => {}
+                Ok(Pushed::Duplicate { .. } | Pushed::Submitted { .. })
+                | Err(PushError::TooLarge { .. }) => {}
                 Err(err) => failure = Some(err.clone()),
             }
             out.push(result);
@@ -1182,7 +1208,7 @@ impl Queue {
     /// Resolves once the record behind `token` is durable per the fsync policy: after its group's fsync
     /// (`always`), after its write (`interval`), at once (`never`, memory backend). Fails if the log writer failed
     /// or the queue closed before getting there.
-    pub async fn wait_durable(&self, token: DurableToken) -> Result<(), QueueError> {
+    pub(crate) async fn wait_durable(&self, token: DurableToken) -> Result<(), QueueError> {
         if self.inner.options.fsync == FsyncPolicy::Never {
             return Ok(());
         }
@@ -1205,7 +1231,7 @@ impl Queue {
     /// Resolves with the reason once the log's writer thread has died (panicked): nothing more can be made
     /// durable, so msgqueue stops with an error and is restarted, recovering its log. Never resolves while the
     /// writer lives, after a clean close, or for the memory backend, which has no writer.
-    pub async fn writer_died(&self) -> String {
+    pub(crate) async fn writer_died(&self) -> String {
         if let Some(mut progress) = self.inner.storage.progress()
             && let Ok(progress) = progress.wait_for(|p| p.panicked).await
         {
@@ -1216,7 +1242,7 @@ impl Queue {
 
     /// Resolves when a payload of `len` bytes would fit (or the queue closed), for compat pushers that must stop
     /// reading rather than drop a message. A push may still find the queue full if others took the space; loop.
-    pub async fn wait_for_space(&self, len: usize) {
+    pub(crate) async fn wait_for_space(&self, len: usize) {
         loop {
             let notified = self.inner.space.notified();
             tokio::pin!(notified);
@@ -1237,7 +1263,7 @@ impl Queue {
 
     /// Attaches a consumer to the `default` group (created at the tail if it was dropped). In
     /// [`ConsumeMode::Acked`] it starts with no credit: call [`Consumer::grant`].
-    pub fn consumer(&self, mode: ConsumeMode) -> Consumer {
+    pub(crate) fn consumer(&self, mode: ConsumeMode) -> LocalConsumer {
         self.attach(&GroupName::default_group(), StartAt::Tail, mode)
             .0
     }
@@ -1245,12 +1271,12 @@ impl Queue {
     /// Attaches a consumer to group `name`, creating the group at `start` if it does not exist (`start` is
     /// ignored for an existing group: it resumes after its last ack). Resolves once a new group's creation is
     /// durable, so a crash cannot forget a group that already took messages.
-    pub async fn join(
+    pub(crate) async fn join(
         &self,
         name: &GroupName,
         start: StartAt,
         mode: ConsumeMode,
-    ) -> Result<Consumer, QueueError> {
+    ) -> Result<LocalConsumer, QueueError> {
         let (consumer, created) = self.attach(name, start, mode);
         if let Some(token) = created {
             self.wait_durable(token).await?;
@@ -1263,7 +1289,7 @@ impl Queue {
         name: &GroupName,
         start: StartAt,
         mode: ConsumeMode,
-    ) -> (Consumer, Option<DurableToken>) {
+    ) -> (LocalConsumer, Option<DurableToken>) {
         let inner = &*self.inner;
         let mut state = inner.state.lock();
         let now = Instant::now();
@@ -1305,13 +1331,13 @@ impl Queue {
         drop(state);
         unlogged.log(inner.options.max_dead_letters);
         (
-            Consumer::new(self.clone(), id, group, mode, notify),
+            LocalConsumer::new(self.clone(), id, group, mode, notify),
             created,
         )
     }
 
     /// Acks delivery ids of the `default` group; see [`Consumer::ack`].
-    pub fn ack(&self, ids: &[u64]) -> usize {
+    pub(crate) fn ack(&self, ids: &[u64]) -> usize {
         self.ack_in(record::DEFAULT_GROUP_ID, ids)
     }
 
@@ -1341,7 +1367,7 @@ impl Queue {
     }
 
     /// Refuses delivery `id` of the `default` group for good; see [`Consumer::nack`].
-    pub fn nack(&self, id: u64, reason: wsmq_core::protocol::queue::NackReason) -> bool {
+    pub(crate) fn nack(&self, id: u64, reason: wsmq_core::protocol::queue::NackReason) -> bool {
         self.nack_in(record::DEFAULT_GROUP_ID, id, reason)
     }
 
@@ -1382,7 +1408,7 @@ impl Queue {
     }
 
     /// The dead letters kept, oldest first (at most `max_dead_letters`).
-    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+    pub(crate) fn dead_letters(&self) -> Vec<DeadLetter> {
         self.inner.state.lock().dead.list()
     }
 
@@ -1391,7 +1417,7 @@ impl Queue {
     /// leaves the dead letters only once its new copy is durable, so a crash in between can duplicate it but never
     /// lose it. Stops at the first refused push (queue full, disk full) and reports it; what was replayed before
     /// stays replayed.
-    pub async fn replay(&self, ids: Option<&[u64]>) -> Result<usize, ReplayError> {
+    pub(crate) async fn replay(&self, ids: Option<&[u64]>) -> Result<usize, ReplayError> {
         let inner = Arc::clone(&self.inner);
         let _one_at_a_time = inner.replaying.lock().await;
         let wanted: Vec<u64> = {
@@ -1471,7 +1497,7 @@ impl Queue {
     }
 
     /// Counters and gauges for metrics and readiness; also drops groups idle beyond `--group-idle-ttl`.
-    pub fn stats(&self) -> QueueStats {
+    pub(crate) fn stats(&self) -> QueueStats {
         let inner = &*self.inner;
         let mut state = inner.state.lock();
         let now = Instant::now();
@@ -1513,7 +1539,7 @@ impl Queue {
 
     /// Stops the queue: pushes and waiting consumers get `Closed`, and the log flushes and fsyncs everything
     /// written, then its writer thread exits. Idempotent.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         {
             let mut state = self.inner.state.lock();
             state.closed = true;

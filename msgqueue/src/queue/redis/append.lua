@@ -1,0 +1,36 @@
+-- Appends a batch of pushes to the log, deduplicating reliable producers' retries.
+-- KEYS[1]: the log stream; KEYS[2]: the prefix of the per-producer high-water-mark keys.
+-- ARGV[1]: seconds a producer's mark is remembered after its last push; then triples of
+--   producer id ('' for compat pushes, which skip dedup), seq, payload.
+-- Returns {stored, duplicates}. Entry ids are 0-<offset>, so offsets increase by one and survive trimming.
+local log, marks, ttl = KEYS[1], KEYS[2], ARGV[1]
+local high, dirty = {}, {}
+local stored, duplicates = 0, 0
+for i = 2, #ARGV, 3 do
+  local producer, seq, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local fresh = true
+  if producer ~= '' then
+    local mark = high[producer]
+    if mark == nil then
+      mark = tonumber(redis.call('GET', marks .. producer) or '0')
+    end
+    local n = tonumber(seq)
+    if n <= mark then
+      fresh = false
+    else
+      mark = n
+      dirty[producer] = true
+    end
+    high[producer] = mark
+  end
+  if fresh then
+    redis.call('XADD', log, '0-*', 'p', payload)
+    stored = stored + 1
+  else
+    duplicates = duplicates + 1
+  end
+end
+for producer in pairs(dirty) do
+  redis.call('SET', marks .. producer, string.format('%d', high[producer]), 'EX', ttl)
+end
+return {stored, duplicates}

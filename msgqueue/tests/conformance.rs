@@ -1,0 +1,346 @@
+//! The queue's promises, checked the same way on every storage backend: memory, the disk log, and Redis (a real
+//! `redis-server` started by the test, durable as in production). Each case is written once, against
+//! [`Queue`]; the `conformance!` macro runs it on each backend. Cases that restart the queue run on the durable
+//! backends only (the memory backend promises nothing across a restart).
+
+mod queue_common;
+
+use std::time::Duration;
+
+use queue_common::{PATIENCE, parse, payload, producer, seqs, small_options, stays_empty, take};
+use tempfile::TempDir;
+use wsmq_msgqueue::queue::{
+    Backend, ConsumeMode, Consumer, DeadReason, Delivery, GroupName, Queue, QueueOptions,
+    RedisConfig, StartAt,
+};
+use wsmq_testkit::TestResult;
+use wsmq_testkit::redis::RedisServer;
+
+/// Where a case's queue lives; opening it again reaches the same messages and groups.
+enum Store {
+    Memory,
+    Disk(TempDir),
+    Redis(RedisServer),
+}
+
+impl Store {
+    fn memory() -> Self {
+        Self::Memory
+    }
+
+    fn disk() -> Self {
+        Self::Disk(TempDir::new().expect("temp dir"))
+    }
+
+    async fn redis() -> Self {
+        Self::Redis(RedisServer::start().await.expect("redis-server starts"))
+    }
+
+    fn open(&self, options: QueueOptions) -> Queue {
+        let backend = match self {
+            Self::Memory => Backend::Memory,
+            Self::Disk(dir) => Backend::Disk {
+                dir: dir.path().to_path_buf(),
+            },
+            Self::Redis(server) => Backend::Redis(RedisConfig::new(server.url())),
+        };
+        Queue::open(backend, options).expect("open queue").0
+    }
+}
+
+fn group(name: &str) -> GroupName {
+    name.parse().expect("valid group name")
+}
+
+fn options() -> QueueOptions {
+    QueueOptions {
+        lease_timeout: Duration::from_secs(30),
+        ..small_options()
+    }
+}
+
+/// Pushes reliable messages `first..first + count` of producer `id` in one batch and waits until durable.
+async fn push(queue: &Queue, id: u64, first: u64, count: u64) {
+    let mut results = Vec::new();
+    queue.push_batch(
+        (first..first + count).map(|seq| (producer(id, seq), payload(id, seq))),
+        &mut results,
+    );
+    let token = results
+        .iter()
+        .map(|r| r.as_ref().expect("push accepted").durable())
+        .max()
+        .expect("something pushed");
+    tokio::time::timeout(PATIENCE, queue.wait_durable(token))
+        .await
+        .expect("durable in time")
+        .expect("durable");
+}
+
+async fn consumer(queue: &Queue, name: &str, start: StartAt, credit: u32) -> Consumer {
+    let mut consumer = tokio::time::timeout(
+        PATIENCE,
+        queue.join(&group(name), start, ConsumeMode::Acked),
+    )
+    .await
+    .expect("joined in time")
+    .expect("joined");
+    consumer.grant(credit);
+    consumer
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<u64> {
+    deliveries.iter().map(|d| d.id).collect()
+}
+
+async fn messages_are_delivered_in_push_order_and_an_acked_message_is_not_delivered_again(
+    store: Store,
+) {
+    let queue = store.open(options());
+    let mut first = consumer(&queue, "g", StartAt::Oldest, 1000).await;
+    push(&queue, 1, 1, 50).await;
+    let got = take(&mut first, 50).await;
+    assert_eq!(seqs(&got), (1..=50).collect::<Vec<_>>());
+    assert!(got.iter().all(|d| !d.redelivered));
+    first.ack(&ids(&got));
+    drop(first);
+    let mut second = consumer(&queue, "g", StartAt::Oldest, 1000).await;
+    assert!(stays_empty(&mut second).await, "acked messages came back");
+    queue.close().await;
+}
+
+async fn the_unacked_deliveries_of_a_consumer_that_goes_away_go_to_another(store: Store) {
+    let queue = store.open(options());
+    let mut first = consumer(&queue, "g", StartAt::Oldest, 1000).await;
+    let mut second = consumer(&queue, "g", StartAt::Oldest, 0).await;
+    push(&queue, 1, 1, 10).await;
+    let got = take(&mut first, 10).await;
+    first.ack(&ids(&got[..4]));
+    drop(first);
+    second.grant(100);
+    let again = take(&mut second, 6).await;
+    assert_eq!(seqs(&again), (5..=10).collect::<Vec<_>>());
+    assert!(again.iter().all(|d| d.redelivered));
+    queue.close().await;
+}
+
+async fn a_delivery_whose_lease_runs_out_is_delivered_again(store: Store) {
+    let queue = store.open(QueueOptions {
+        lease_timeout: Duration::from_millis(300),
+        ..options()
+    });
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 10).await;
+    push(&queue, 1, 1, 1).await;
+    let got = take(&mut only, 1).await;
+    assert!(!got[0].redelivered);
+    let again = take(&mut only, 1).await;
+    assert_eq!(again[0].id, got[0].id);
+    assert!(again[0].redelivered);
+    only.ack(&ids(&again));
+    assert!(stays_empty(&mut only).await);
+    queue.close().await;
+}
+
+async fn a_producer_retry_is_stored_once(store: Store) {
+    let queue = store.open(options());
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 1000).await;
+    push(&queue, 7, 1, 10).await;
+    // The producer lost its acks and resends everything, plus two new messages.
+    push(&queue, 7, 1, 12).await;
+    let got = take(&mut only, 12).await;
+    assert_eq!(seqs(&got), (1..=12).collect::<Vec<_>>());
+    assert!(stays_empty(&mut only).await, "a retry was stored twice");
+    queue.close().await;
+}
+
+async fn every_group_gets_every_message_and_the_consumers_of_a_group_share_them(store: Store) {
+    let queue = store.open(options());
+    let mut shared_a = consumer(&queue, "shared", StartAt::Oldest, 1000).await;
+    let mut shared_b = consumer(&queue, "shared", StartAt::Oldest, 1000).await;
+    let mut alone = consumer(&queue, "alone", StartAt::Oldest, 1000).await;
+    push(&queue, 1, 1, 60).await;
+    let everything = take(&mut alone, 60).await;
+    assert_eq!(seqs(&everything), (1..=60).collect::<Vec<_>>());
+    let mut split = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+        while split.len() < 60 {
+            tokio::select! {
+                r = shared_a.next_batch(64, &mut from_a) => r.expect("next_batch"),
+                r = shared_b.next_batch(64, &mut from_b) => r.expect("next_batch"),
+            }
+            split.append(&mut from_a);
+            split.append(&mut from_b);
+        }
+    })
+    .await
+    .expect("the group's consumers get everything between them");
+    let mut got = seqs(&split);
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (1..=60).collect::<Vec<_>>(),
+        "each message once in the group"
+    );
+    queue.close().await;
+}
+
+async fn a_new_group_starts_at_the_tail_unless_it_asks_for_the_oldest(store: Store) {
+    let queue = store.open(options());
+    let _keeper = consumer(&queue, "keeper", StartAt::Oldest, 0).await;
+    push(&queue, 1, 1, 5).await;
+    let mut tail = consumer(&queue, "tail", StartAt::Tail, 100).await;
+    let mut oldest = consumer(&queue, "oldest", StartAt::Oldest, 100).await;
+    push(&queue, 1, 6, 5).await;
+    assert_eq!(
+        seqs(&take(&mut tail, 5).await),
+        (6..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&take(&mut oldest, 10).await),
+        (1..=10).collect::<Vec<_>>()
+    );
+    queue.close().await;
+}
+
+async fn a_nacked_delivery_becomes_a_dead_letter_and_can_be_replayed(store: Store) {
+    let queue = store.open(options());
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 10).await;
+    push(&queue, 1, 1, 2).await;
+    let got = take(&mut only, 2).await;
+    assert!(only.nack(got[0].id, wsmq_core::protocol::queue::NackReason::Invalid));
+    only.ack(&ids(&got[1..]));
+    wsmq_testkit::eventually("the dead letter", || async {
+        queue
+            .dead_letters()
+            .await
+            .is_ok_and(|letters| letters.len() == 1)
+    })
+    .await
+    .expect("a dead letter in time");
+    let dead = queue.dead_letters().await.expect("dead letters");
+    assert_eq!(dead[0].id, got[0].id);
+    assert!(matches!(dead[0].reason, DeadReason::Nacked(_)));
+    assert_eq!(queue.replay(None).await.expect("replay"), 1);
+    let replayed = take(&mut only, 1).await;
+    assert_eq!(parse(&replayed[0].payload), (1, 1));
+    queue.close().await;
+}
+
+async fn a_group_resumes_after_its_last_ack_when_the_queue_restarts(store: Store) {
+    let queue = store.open(options());
+    let mut first = consumer(&queue, "g", StartAt::Oldest, 1000).await;
+    push(&queue, 1, 1, 20).await;
+    let got = take(&mut first, 20).await;
+    first.ack(&ids(&got[..10]));
+    drop(first);
+    queue.close().await;
+
+    let queue = store.open(options());
+    let mut again = consumer(&queue, "g", StartAt::Tail, 1000).await;
+    push(&queue, 1, 21, 5).await;
+    let rest = take(&mut again, 15).await;
+    let mut got = seqs(&rest);
+    got.sort_unstable();
+    assert_eq!(got, (11..=25).collect::<Vec<_>>());
+    assert!(stays_empty(&mut again).await);
+    queue.close().await;
+}
+
+async fn dedup_marks_survive_a_restart(store: Store) {
+    let queue = store.open(options());
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 1000).await;
+    push(&queue, 9, 1, 5).await;
+    let got = take(&mut only, 5).await;
+    only.ack(&ids(&got));
+    drop(only);
+    queue.close().await;
+
+    let queue = store.open(options());
+    push(&queue, 9, 1, 6).await;
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 1000).await;
+    assert_eq!(seqs(&take(&mut only, 1).await), vec![6]);
+    assert!(stays_empty(&mut only).await);
+    queue.close().await;
+}
+
+macro_rules! conformance {
+    (all: [$($case:ident),* $(,)?], durable: [$($durable:ident),* $(,)?] $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() -> wsmq_testkit::TestResult {
+                    super::$case(super::Store::memory()).await;
+                    Ok(())
+                }
+            )*
+        }
+        mod disk {
+            $(
+                #[tokio::test]
+                async fn $case() -> wsmq_testkit::TestResult {
+                    super::$case(super::Store::disk()).await;
+                    Ok(())
+                }
+            )*
+            $(
+                #[tokio::test]
+                async fn $durable() -> wsmq_testkit::TestResult {
+                    super::$durable(super::Store::disk()).await;
+                    Ok(())
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $case() -> wsmq_testkit::TestResult {
+                    super::$case(super::Store::redis().await).await;
+                    Ok(())
+                }
+            )*
+            $(
+                #[tokio::test]
+                async fn $durable() -> wsmq_testkit::TestResult {
+                    super::$durable(super::Store::redis().await).await;
+                    Ok(())
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    all: [
+        messages_are_delivered_in_push_order_and_an_acked_message_is_not_delivered_again,
+        the_unacked_deliveries_of_a_consumer_that_goes_away_go_to_another,
+        a_delivery_whose_lease_runs_out_is_delivered_again,
+        a_producer_retry_is_stored_once,
+        every_group_gets_every_message_and_the_consumers_of_a_group_share_them,
+        a_new_group_starts_at_the_tail_unless_it_asks_for_the_oldest,
+        a_nacked_delivery_becomes_a_dead_letter_and_can_be_replayed,
+    ],
+    durable: [
+        a_group_resumes_after_its_last_ack_when_the_queue_restarts,
+        dedup_marks_survive_a_restart,
+    ],
+}
+
+/// Redis itself killed (SIGKILL) and restarted: what it acked is still there, and the queue carries on.
+#[tokio::test]
+async fn acked_pushes_survive_a_redis_crash_and_the_queue_recovers() -> TestResult {
+    let mut server = RedisServer::start().await?;
+    let queue = Queue::open(Backend::Redis(RedisConfig::new(server.url())), options())?.0;
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 1000).await;
+    push(&queue, 1, 1, 30).await;
+    server.kill().await?;
+    server.restart().await?;
+    push(&queue, 1, 31, 10).await;
+    let got = take(&mut only, 40).await;
+    let mut seen = seqs(&got);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, (1..=40).collect::<Vec<_>>());
+    queue.close().await;
+    Ok(())
+}

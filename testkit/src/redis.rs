@@ -1,0 +1,113 @@
+//! A real `redis-server` for the tests of the Redis backend: its own port on loopback and its own directory,
+//! durable as production should run it (`appendonly yes`, `appendfsync always`), killed when dropped. It can be
+//! killed and started again on the same port and data, to test what survives a Redis restart.
+//!
+//! `scripts/test` installs the Debian package `redis-server` when it is missing; a test that cannot find the
+//! program fails with that hint rather than skipping.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::wait::within;
+
+/// A running `redis-server`; stopped (SIGKILL) when dropped, its directory removed.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a fresh server on a free loopback port and waits until it accepts connections.
+    pub async fn start() -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = std::env::temp_dir().join(format!("wsmq-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL: no shutdown save, as in a crash) and waits for it to exit.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.context("killing redis-server")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server (again) on the same port and directory, so it reloads its append-only file, and waits
+    /// until it accepts connections.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await?;
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "no",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context(
+                "starting redis-server (Debian package redis-server; scripts/test installs it)",
+            )?;
+        let stdout = child.stdout.take().context("redis-server stdout")?;
+        self.child = Some(child);
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = within("redis-server to accept connections", async {
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("Ready to accept connections") {
+                    return Ok(true);
+                }
+            }
+            Ok::<_, std::io::Error>(false)
+        })
+        .await??;
+        if !ready {
+            bail!(
+                "redis-server on port {} exited before accepting connections",
+                self.port
+            );
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
