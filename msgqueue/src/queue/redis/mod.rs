@@ -553,22 +553,22 @@ impl RedisQueue {
     pub(crate) fn register_metrics(&self, registry: &mut Registry) {
         let m = &self.shared.metrics;
         registry.register(
-            "msgqueue_redis_round_trip_seconds",
+            "redis_round_trip_seconds",
             "Time from sending a command or script to Redis until its reply",
             m.round_trip.clone(),
         );
         registry.register(
-            "msgqueue_redis_errors",
+            "redis_errors",
             "Redis commands that failed (unreachable, timed out, or an error reply)",
             m.errors.clone(),
         );
         registry.register(
-            "msgqueue_redis_reconnects",
+            "redis_reconnects",
             "Times Redis answered again after a failure",
             m.reconnects.clone(),
         );
         registry.register(
-            "msgqueue_redis_unsettled_dropped",
+            "redis_unsettled_dropped",
             "Acks or NACKs dropped because too many were waiting for Redis (the messages are redelivered)",
             CounterView(Arc::clone(&self.shared)),
         );
