@@ -203,6 +203,31 @@ async fn a_new_group_starts_at_the_tail_unless_it_asks_for_the_oldest(store: Sto
     queue.close().await;
 }
 
+async fn messages_pushed_before_any_consumer_joined_wait_for_the_default_group(store: Store) {
+    let queue = store.open(options());
+    push(&queue, 1, 1, 5).await;
+    let mut default = queue.consumer(ConsumeMode::Acked);
+    default.grant(100);
+    assert_eq!(
+        seqs(&take(&mut default, 5).await),
+        (1..=5).collect::<Vec<_>>()
+    );
+    queue.close().await;
+}
+
+async fn the_first_named_group_takes_over_what_waited_for_a_default_group_nobody_read(
+    store: Store,
+) {
+    let queue = store.open(options());
+    push(&queue, 1, 1, 5).await;
+    let mut first = consumer(&queue, "first", StartAt::Tail, 100).await;
+    assert_eq!(
+        seqs(&take(&mut first, 5).await),
+        (1..=5).collect::<Vec<_>>()
+    );
+    queue.close().await;
+}
+
 async fn a_nacked_delivery_becomes_a_dead_letter_and_can_be_replayed(store: Store) {
     let queue = store.open(options());
     let mut only = consumer(&queue, "g", StartAt::Oldest, 10).await;
@@ -319,6 +344,8 @@ conformance! {
         every_group_gets_every_message_and_the_consumers_of_a_group_share_them,
         a_new_group_starts_at_the_tail_unless_it_asks_for_the_oldest,
         a_nacked_delivery_becomes_a_dead_letter_and_can_be_replayed,
+        messages_pushed_before_any_consumer_joined_wait_for_the_default_group,
+        the_first_named_group_takes_over_what_waited_for_a_default_group_nobody_read,
     ],
     durable: [
         a_group_resumes_after_its_last_ack_when_the_queue_restarts,

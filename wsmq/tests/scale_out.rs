@@ -8,95 +8,16 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::Path;
 
+use common::process::{Process, free_ports};
 use common::{client, next_frame, publish, subscribe};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use wsmq_core::dial::ClientWs;
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
 use wsmq_testkit::expect_within;
 
 const INSTANCES: usize = 3;
-/// How often readiness is polled while a service starts.
-const POLL: Duration = Duration::from_millis(50);
-
-fn bin(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_wsmq"))
-        .parent()
-        .unwrap()
-        .join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --bins` first",
-        path.display()
-    );
-    path
-}
-
-/// `N` distinct free loopback ports (bound together, then released for the services to take).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
-}
-
-/// Whether `GET /readyz` on the admin port answers 200.
-async fn is_ready(admin: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", admin)).await else {
-        return false;
-    };
-    if stream
-        .write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await.is_ok() && head.ends_with(b" 200")
-}
-
-/// One service process, killed when dropped.
-struct Process {
-    child: Child,
-}
-
-impl Process {
-    /// Starts `name` with `args` and the shared data dir and users, and waits until its `/readyz` says ready.
-    async fn start(name: &str, data_dir: &Path, admin: u16, args: &[String]) -> Self {
-        let child = Command::new(bin(name))
-            .args(args)
-            .arg(format!("--admin-listen=127.0.0.1:{admin}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("WSMQ_USERS", "hello:test")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        expect_within(&format!("{name} ready"), async {
-            while !is_ready(admin).await {
-                tokio::time::sleep(POLL).await;
-            }
-        })
-        .await;
-        Self { child }
-    }
-
-    async fn kill(mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-    }
-}
 
 /// The fleet's ports: msgqueue, publisher and the subscriber instances, each with its admin port.
 struct Ports {

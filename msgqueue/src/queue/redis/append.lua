@@ -1,12 +1,19 @@
 -- Appends a batch of pushes to the log, deduplicating reliable producers' retries.
--- KEYS[1]: the log stream; KEYS[2]: the prefix of the per-producer high-water-mark keys.
--- ARGV[1]: seconds a producer's mark is remembered after its last push; then triples of
---   producer id ('' for compat pushes, which skip dedup), seq, payload.
+-- KEYS[1]: the log stream; KEYS[2]: the prefix of the per-producer high-water-mark keys; KEYS[3]: the hash of
+-- groups' last-seen times.
+-- ARGV[1]: seconds a producer's mark is remembered after its last push; ARGV[2]: now (ms); ARGV[3]: the default
+--   group's name; then triples of producer id ('' for compat pushes, which skip dedup), seq, payload.
 -- Returns {stored, duplicates}. Entry ids are 0-<offset>, so offsets increase by one and survive trimming.
+-- A new queue starts with the default group at its oldest entry, so what is pushed before any consumer joined
+-- waits for one (as on disk).
 local log, marks, ttl = KEYS[1], KEYS[2], ARGV[1]
+if redis.call('EXISTS', log) == 0 then
+  redis.call('XGROUP', 'CREATE', log, ARGV[3], '0', 'MKSTREAM')
+  redis.call('HSET', KEYS[3], ARGV[3], ARGV[2])
+end
 local high, dirty = {}, {}
 local stored, duplicates = 0, 0
-for i = 2, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local producer, seq, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local fresh = true
   if producer ~= '' then

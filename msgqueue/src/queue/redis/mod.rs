@@ -822,7 +822,10 @@ async fn run_appender(shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>) {
             invocation
                 .key(&shared.keys.log)
                 .key(&shared.keys.marks)
-                .arg(DEDUP_TTL.as_secs());
+                .key(&shared.keys.seen)
+                .arg(DEDUP_TTL.as_secs())
+                .arg(now_ms())
+                .arg(super::DEFAULT_GROUP);
             let (mut count, mut bytes) = (0, 0);
             while count < MAX_APPEND
                 && bytes < MAX_APPEND_BYTES
