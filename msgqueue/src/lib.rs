@@ -61,19 +61,20 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         .await
         .map_err(|_| Error::Service(QueueError::Closed))?
         .map_err(Error::Service)?;
-    if let Backend::Redis(redis) = &config.queue.backend(&args.server.data_dir) {
-        tracing::info!(?redis, "queue kept in Redis");
+    if let Backend::Redis(redis) = config.queue.backend(&args.server.data_dir) {
+        tracing::info!(?redis, "queue kept in Redis; connecting in the background");
+    } else {
+        for cut in &recovery.truncated {
+            tracing::warn!(segment = %cut.segment.display(), position = cut.position, dropped_bytes = cut.dropped_bytes,
+                "truncated a torn or corrupt log tail");
+        }
+        tracing::info!(
+            messages = recovery.messages,
+            bytes = recovery.bytes,
+            segments = recovery.segments,
+            "queue recovered"
+        );
     }
-    for cut in &recovery.truncated {
-        tracing::warn!(segment = %cut.segment.display(), position = cut.position, dropped_bytes = cut.dropped_bytes,
-            "truncated a torn or corrupt log tail");
-    }
-    tracing::info!(
-        messages = recovery.messages,
-        bytes = recovery.bytes,
-        segments = recovery.segments,
-        "queue recovered"
-    );
     metrics::register(&mut setup.registry, queue.clone());
     queue.register_metrics(&mut setup.registry);
     let ready = setup.readiness.condition("listener");

@@ -19,8 +19,12 @@ use wsmq_core::protocol::queue::NackReason;
 use super::{RELEASED, RETRY_MIN, RedisError, Shared, back_off, now_ms, parse_offset, split_entry};
 use crate::queue::{ConsumeMode, DEFAULT_GROUP, Delivery, GroupName, QueueError, StartAt};
 
-/// Most entries asked for per read.
-const BATCH: usize = 256;
+/// Most entries asked for per read in acked mode. A read is a write in Redis (it adds to the group's pending list),
+/// so under `appendfsync always` it waits for an fsync: large reads amortise it.
+const BATCH: usize = 2048;
+/// Most entries read ahead in compat (auto-ack) mode, where what is read is settled at once: what sits in the
+/// channel when the consumer goes is lost (at-most-once), so little is read ahead.
+const AUTOACK_BATCH: usize = 256;
 /// How long one blocking read waits for new entries before the task looks for expired or released leases again.
 const BLOCK: Duration = Duration::from_millis(250);
 /// Idle time given to released deliveries: beyond any lease, so the next claim takes them.
@@ -75,7 +79,7 @@ impl RedisConsumer {
         );
         let capacity = match mode {
             ConsumeMode::Acked => 2 * BATCH,
-            ConsumeMode::AutoAck => BATCH,
+            ConsumeMode::AutoAck => AUTOACK_BATCH,
         };
         let (tx, rx) = mpsc::channel(capacity);
         let credit = Arc::new((Mutex::new(Credit::default()), Notify::new()));

@@ -1004,3 +1004,33 @@ impl Shared {
         *self.snapshot.lock() = snapshot;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_of_a_redis_url_never_reaches_logs_or_errors() {
+        let config = RedisConfig::new("rediss://wsmq:hunter2@redis.example:6380/0");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("rediss://***@redis.example:6380/0"),
+            "{shown}"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        let err = RedisQueue::open(
+            RedisConfig::new("http://user:hunter2@host"),
+            QueueOptions::default(),
+        )
+        .expect_err("not a redis URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn stream_ids_carry_the_offset() {
+        assert_eq!(entry_id(42), "0-42");
+        assert_eq!(parse_offset(b"0-42"), Some(42));
+        assert_eq!(parse_offset(b"garbage"), None);
+    }
+}
