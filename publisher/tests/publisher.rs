@@ -399,17 +399,18 @@ async fn unacked_messages_move_to_the_next_queue_when_the_connected_one_goes_awa
     for i in 0..COUNT {
         assert_eq!(parse(&next_text(&mut client).await?)?, ack(&i.to_string()));
     }
-    let seen = second_state.seen();
-    assert!(seen.violations.is_empty(), "{:?}", seen.violations);
-    let want: Vec<String> = (0..COUNT)
-        .map(|i| format!(r#"{{"Topic":"fo","Content":"{i}"}}"#))
-        .collect();
-    assert_eq!(
-        seen.stored_texts(),
-        want,
-        "the next queue got every unacked message, in order"
-    );
-    drop(seen);
+    {
+        let seen = second_state.seen();
+        assert!(seen.violations.is_empty(), "{:?}", seen.violations);
+        let want: Vec<String> = (0..COUNT)
+            .map(|i| format!(r#"{{"Topic":"fo","Content":"{i}"}}"#))
+            .collect();
+        assert_eq!(
+            seen.stored_texts(),
+            want,
+            "the next queue got every unacked message, in order"
+        );
+    }
     drop(client);
     publisher.stop().await?;
     second.stop().await?;
