@@ -222,9 +222,9 @@ pub enum LinkConfigError {
     /// The client TLS configuration failed (unreadable --ca, nothing trusted).
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// A URL of the list is not usable; the error names it.
+    /// A URL of the list is not usable; the error names it. (Not a `source`: the message holds it already.)
     #[error("--queue-url (WSMQ_QUEUE_URL): {0}")]
-    Url(#[from] DialError),
+    Url(DialError),
 }
 
 impl LinkArgs {
@@ -257,7 +257,8 @@ impl LinkArgs {
         let credentials = Credentials::new(user, password);
         let tls = tls::client_config(self.ca.as_deref(), Some(data_dir), self.insecure)?;
         let dialer = |url: &String| -> Result<Dialer, LinkConfigError> {
-            let dialer = Dialer::new(url.trim(), credentials.clone(), tls.clone())?
+            let dialer = Dialer::new(url.trim(), credentials.clone(), tls.clone())
+                .map_err(LinkConfigError::Url)?
                 .with_ws_config(ws_config);
             Ok(match subprotocol {
                 Some(subprotocol) => dialer.with_subprotocol(subprotocol),
