@@ -112,7 +112,8 @@ pub trait Protocol: Send {
     /// The link went up or down (for a link-state gauge).
     fn link_state(&self, _up: bool) {}
 
-    /// A backoff delay ended and the link is about to redial (for a reconnect counter).
+    /// The link is about to dial again after a failure: after a backoff delay, or at once to the next server (for
+    /// a reconnect counter). Not called before the first dial of a [`Start::Dial`] link.
     fn redialing(&self) {}
 }
 
@@ -184,6 +185,7 @@ impl Link {
         let mut backoff = self.backoff.backoff();
         let mut round = Round::new(self.dialers.count());
         let mut failed_dials = 0u32;
+        let mut first_dial = matches!(start, Start::Dial);
         let mut first = match start {
             Start::Connected(ws) => Some(*ws),
             Start::Dial => None,
@@ -205,8 +207,12 @@ impl Link {
                         {
                             return;
                         }
-                        protocol.redialing();
                         round.restart();
+                    }
+                    if first_dial {
+                        first_dial = false;
+                    } else {
+                        protocol.redialing();
                     }
                     let path = protocol.path().to_owned();
                     match offline(protocol, shutdown, self.connect(dialer, &path)).await {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{TestResult, TestServer, good_credentials, start, test_limits};
@@ -71,10 +72,11 @@ impl Protocol for Holding {
 }
 
 /// A protocol that reports the URL of each connection and serves it until the server ends it (a lost link) or
-/// shutdown.
+/// shutdown, counting redials.
 struct Following {
     url: String,
     up: mpsc::Sender<String>,
+    redials: AtomicUsize,
 }
 
 impl Protocol for Following {
@@ -82,6 +84,10 @@ impl Protocol for Following {
 
     fn path(&self) -> &str {
         "/echo"
+    }
+
+    fn redialing(&self) {
+        self.redials.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn connected(&mut self, url: &str) -> wsmq_core::link::Flow {
@@ -116,19 +122,22 @@ fn dialer_for(server: &TestServer) -> TestResult<Dialer> {
     )?)
 }
 
-/// Runs `link` with [`Following`] in a task until `shutdown`; returns the URLs of its connections as they come.
+/// Runs `link` with [`Following`] in a task until `shutdown`; returns the URLs of its connections as they come,
+/// and the task, which ends with the number of redials.
 fn follow(
     link: Link,
     shutdown: &CancellationToken,
-) -> (mpsc::Receiver<String>, tokio::task::JoinHandle<()>) {
+) -> (mpsc::Receiver<String>, tokio::task::JoinHandle<usize>) {
     let (up, connections) = mpsc::channel(4);
     let shutdown = shutdown.clone();
     let running = tokio::spawn(async move {
         let mut following = Following {
             url: String::new(),
             up,
+            redials: AtomicUsize::new(0),
         };
         link.run(&mut following, Start::Dial, &shutdown).await;
+        following.redials.into_inner()
     });
     (connections, running)
 }
@@ -158,7 +167,11 @@ async fn a_link_given_two_urls_connects_to_the_second_when_the_first_refuses_con
         "no backoff delay first"
     );
     shutdown.cancel();
-    tokio::time::timeout(common::STEP, running).await??;
+    let redials = tokio::time::timeout(common::STEP, running).await??;
+    assert_eq!(
+        redials, 1,
+        "the dial of the second URL counts as a reconnect"
+    );
     server.stop().await
 }
 
@@ -189,7 +202,11 @@ async fn a_link_whose_server_goes_away_moves_to_the_next_at_once() -> TestResult
         "no backoff delay first"
     );
     shutdown.cancel();
-    tokio::time::timeout(common::STEP, running).await??;
+    let redials = tokio::time::timeout(common::STEP, running).await??;
+    assert_eq!(
+        redials, 1,
+        "moving to the second server counts as a reconnect"
+    );
     second.stop().await
 }
 
