@@ -244,15 +244,15 @@ impl Link {
                 round.restart();
             }
             round.failed();
+            if protocol.lost(err).await == Flow::Stop {
+                return;
+            }
             if self.dialers.count() > 1 {
                 tracing::info!(
                     from = dialer.url(),
                     to = self.dialers.get(round.current).url(),
-                    "connection lost, moving to the next server"
+                    "moving to the next server"
                 );
-            }
-            if protocol.lost(err).await == Flow::Stop {
-                return;
             }
         }
     }

@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{TestResult, TestServer, good_credentials, start, test_limits};
+use common::{Captured, TestResult, TestServer, good_credentials, start, test_limits};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,7 @@ use wsmq_core::admin::Readiness;
 use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::dial::{ClientWs, Dialer, Dialers};
 use wsmq_core::link::{Link, Protocol, Start};
+use wsmq_core::logging::{self, LogFormat};
 
 /// How long the flapping tests watch the link redial.
 const WINDOW: Duration = Duration::from_secs(2);
@@ -176,7 +177,12 @@ async fn a_link_given_two_urls_connects_to_the_second_when_the_first_refuses_con
 }
 
 #[tokio::test]
-async fn a_link_whose_server_goes_away_moves_to_the_next_at_once() -> TestResult {
+async fn a_link_whose_server_goes_away_moves_to_the_next_at_once_and_logs_where() -> TestResult {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let (dispatch, _) = logging::dispatch(LogFormat::Json, Some("info"), move || writer.clone());
+    // This test's thread only: the runtime of a `#[tokio::test]` runs every task of the test on it.
+    let _logging = tracing::dispatcher::set_default(&dispatch);
     let first = start(test_limits()).await?;
     let second = start(test_limits()).await?;
     let (first_dialer, second_dialer) = (dialer_for(&first)?, dialer_for(&second)?);
@@ -207,6 +213,15 @@ async fn a_link_whose_server_goes_away_moves_to_the_next_at_once() -> TestResult
         redials, 1,
         "moving to the second server counts as a reconnect"
     );
+    let logs = captured.text();
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("moving to the next server")
+                && line.contains(&format!(r#""from":"{first_url}""#))
+                && line.contains(&format!(r#""to":"{second_url}""#))),
+        "{logs}"
+    );
+    assert!(!logs.contains(common::PASSWORD), "{logs}");
     second.stop().await
 }
 
