@@ -1,6 +1,7 @@
 #!/usr/bin/env sh
-# Creates a private CA and one server certificate valid for the compose service names and localhost, for running
-# msgqueue, publisher and subscriber as separate containers (or processes) that verify each other.
+# Creates a private CA and one server certificate valid for the compose service names (compose.yaml and
+# compose.redis.yaml) and localhost, for running msgqueue, publisher and subscriber as separate containers (or
+# processes) that verify each other.
 # Usage: docker/gen-certs.sh OUT_DIR    (needs openssl; existing files are kept)
 set -eu
 out=${1:?usage: gen-certs.sh OUT_DIR}
@@ -19,7 +20,7 @@ cat > server.ext <<EXT
 basicConstraints=CA:FALSE
 keyUsage=digitalSignature
 extendedKeyUsage=serverAuth
-subjectAltName=DNS:msgqueue,DNS:publisher,DNS:subscriber,DNS:localhost,IP:127.0.0.1,IP:::1
+subjectAltName=DNS:msgqueue,DNS:msgqueue-1,DNS:msgqueue-2,DNS:publisher,DNS:subscriber,DNS:localhost,IP:127.0.0.1,IP:::1
 EXT
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 397 -sha256 \
   -extfile server.ext -out server.pem

@@ -15,7 +15,7 @@ use crate::Secret;
 use crate::auth::{AuthError, Authenticator, Credentials};
 use crate::backoff::BackoffArgs;
 use crate::callout;
-use crate::dial::{DialError, Dialer};
+use crate::dial::{DialError, Dialer, Dialers};
 use crate::limits::{Limits, parse_duration};
 use crate::tls::{self, TlsError};
 
@@ -155,14 +155,17 @@ impl AccessArgs {
 /// Settings of a service's link to msgqueue: where it is and how to authenticate and verify it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LinkArgs {
-    /// msgqueue URL (wss:// only).
+    /// msgqueue URL (wss:// only). Several msgqueue instances sharing one Redis: list them all, comma-separated
+    /// or by repeating the flag; the link moves to the next URL when one fails and waits a backoff delay only
+    /// once all of them failed.
     #[arg(
         long,
         env = "WSMQ_QUEUE_URL",
-        value_name = "URL",
+        value_name = "URL,...",
+        value_delimiter = ',',
         default_value = "wss://localhost:8080"
     )]
-    pub queue_url: String,
+    pub queue_url: Vec<String>,
 
     /// User name presented to msgqueue.
     #[arg(long, env = "WSMQ_QUEUE_USER", value_name = "USER")]
@@ -199,53 +202,77 @@ pub enum LinkConfigError {
     /// No user name to present.
     #[error("--queue-user (WSMQ_QUEUE_USER) is required to connect to {url}")]
     MissingUser {
-        /// The msgqueue URL.
+        /// The msgqueue URLs, comma-separated.
         url: String,
     },
     /// No password to present.
     #[error("--queue-password (WSMQ_QUEUE_PASSWORD) is required to connect to {url}")]
     MissingPassword {
-        /// The msgqueue URL.
+        /// The msgqueue URLs, comma-separated.
         url: String,
+    },
+    /// No URL at all, or an empty entry in the list (`a,,b`, a trailing comma).
+    #[error(
+        "--queue-url (WSMQ_QUEUE_URL) has an empty entry in {list:?}; separate URLs with single commas"
+    )]
+    EmptyUrl {
+        /// The list as given, comma-separated.
+        list: String,
     },
     /// The client TLS configuration failed (unreadable --ca, nothing trusted).
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The URL is not usable.
-    #[error(transparent)]
-    Url(#[from] DialError),
+    /// A URL of the list is not usable; the error names it. (Not a `source`: the message holds it already.)
+    #[error("--queue-url (WSMQ_QUEUE_URL): {0}")]
+    Url(DialError),
 }
 
 impl LinkArgs {
-    /// A [`Dialer`] for msgqueue: credentials from --queue-user/--queue-password, trust from --ca or the system
-    /// roots plus the development CA in `data_dir`, offering `subprotocol` if given, with `ws_config` limits.
+    /// A [`Dialer`] per msgqueue URL, in the order given: credentials from --queue-user/--queue-password, trust
+    /// from --ca or the system roots plus the development CA in `data_dir`, offering `subprotocol` if given, with
+    /// `ws_config` limits. Every URL is checked here, so a bad one fails at start, named in the error.
     ///
     /// Call it after [`ServerArgs::tls_config`]: in development mode that creates the CA in `data_dir` first, so
     /// a service started before msgqueue (sharing the directory) already trusts the CA msgqueue will use.
-    pub fn dialer(
+    pub fn dialers(
         &self,
         data_dir: &Path,
         subprotocol: Option<&str>,
         ws_config: WebSocketConfig,
-    ) -> Result<Dialer, LinkConfigError> {
-        let url = || self.queue_url.clone();
+    ) -> Result<Dialers, LinkConfigError> {
+        let list = || self.queue_url.join(",");
+        if self.queue_url.iter().any(|url| url.trim().is_empty()) {
+            return Err(LinkConfigError::EmptyUrl { list: list() });
+        }
         let user = self
             .queue_user
             .clone()
             .filter(|user| !user.is_empty())
-            .ok_or_else(|| LinkConfigError::MissingUser { url: url() })?;
+            .ok_or_else(|| LinkConfigError::MissingUser { url: list() })?;
         let password = self
             .queue_password
             .clone()
             .filter(|password| !password.expose().is_empty())
-            .ok_or_else(|| LinkConfigError::MissingPassword { url: url() })?;
+            .ok_or_else(|| LinkConfigError::MissingPassword { url: list() })?;
+        let credentials = Credentials::new(user, password);
         let tls = tls::client_config(self.ca.as_deref(), Some(data_dir), self.insecure)?;
-        let dialer = Dialer::new(&self.queue_url, Credentials::new(user, password), tls)?
-            .with_ws_config(ws_config);
-        Ok(match subprotocol {
-            Some(subprotocol) => dialer.with_subprotocol(subprotocol),
-            None => dialer,
-        })
+        let dialer = |url: &String| -> Result<Dialer, LinkConfigError> {
+            let dialer = Dialer::new(url.trim(), credentials.clone(), tls.clone())
+                .map_err(LinkConfigError::Url)?
+                .with_ws_config(ws_config);
+            Ok(match subprotocol {
+                Some(subprotocol) => dialer.with_subprotocol(subprotocol),
+                None => dialer,
+            })
+        };
+        let mut urls = self.queue_url.iter();
+        let first = urls
+            .next()
+            .ok_or_else(|| LinkConfigError::EmptyUrl { list: list() })?;
+        Ok(Dialers::new(
+            dialer(first)?,
+            urls.map(dialer).collect::<Result<Vec<_>, _>>()?,
+        ))
     }
 }
 
@@ -283,7 +310,7 @@ mod tests {
             cli.server.users.as_ref().map(Secret::expose),
             Some("alice:hunter2")
         );
-        assert_eq!(cli.link.queue_url, "wss://localhost:8080");
+        assert_eq!(cli.link.queue_url, ["wss://localhost:8080"]);
         assert_eq!(cli.access.auth_timeout, crate::callout::DEFAULT_TIMEOUT);
         assert!(cli.access.callout().is_none() && cli.access.acl_file.is_none());
         assert!(cli.link.insecure);
@@ -323,7 +350,7 @@ mod tests {
     #[test]
     fn dialer_requires_user_and_password() {
         let mut link = LinkArgs {
-            queue_url: "wss://localhost:8080".to_owned(),
+            queue_url: vec!["wss://localhost:8080".to_owned()],
             queue_user: None,
             queue_password: Some(Secret::new("pw")),
             ca: None,
@@ -331,14 +358,14 @@ mod tests {
             backoff: BackoffArgs::default(),
         };
         let data_dir = Path::new("unused");
-        let missing_user = link.dialer(data_dir, None, WebSocketConfig::default());
+        let missing_user = link.dialers(data_dir, None, WebSocketConfig::default());
         assert!(
             matches!(missing_user, Err(LinkConfigError::MissingUser { .. })),
             "{missing_user:?}"
         );
         link.queue_user = Some("svc".to_owned());
         link.queue_password = None;
-        let missing_password = link.dialer(data_dir, None, WebSocketConfig::default());
+        let missing_password = link.dialers(data_dir, None, WebSocketConfig::default());
         assert!(
             matches!(
                 missing_password,
@@ -347,13 +374,13 @@ mod tests {
             "{missing_password:?}"
         );
         link.queue_password = Some(Secret::new("pw"));
-        let dialer = link.dialer(data_dir, Some("wsmq.v1"), WebSocketConfig::default());
+        let dialers = link.dialers(data_dir, Some("wsmq.v1"), WebSocketConfig::default());
         assert_eq!(
-            dialer.map(|d| d.url().to_owned()).ok().as_deref(),
+            dialers.map(|d| d.to_string()).ok().as_deref(),
             Some("wss://localhost:8080")
         );
-        link.queue_url = "ws://localhost:8080".to_owned();
-        let plain = link.dialer(data_dir, None, WebSocketConfig::default());
+        link.queue_url = vec!["ws://localhost:8080".to_owned()];
+        let plain = link.dialers(data_dir, None, WebSocketConfig::default());
         assert!(
             matches!(
                 plain,
@@ -361,5 +388,58 @@ mod tests {
             ),
             "{plain:?}"
         );
+    }
+
+    fn link_flags(args: &[&str]) -> Result<LinkArgs, clap::Error> {
+        let argv = ["svc", "--queue-user", "svc", "--queue-password", "pw"];
+        Cli::try_parse_from(argv.iter().chain(args)).map(|cli| cli.link)
+    }
+
+    #[test]
+    fn queue_urls_are_taken_comma_separated_and_from_repeated_flags() -> Result<(), clap::Error> {
+        let listed = link_flags(&["--queue-url", "wss://mq-1:8080,wss://mq-2:8080"])?;
+        assert_eq!(listed.queue_url, ["wss://mq-1:8080", "wss://mq-2:8080"]);
+        let repeated = link_flags(&[
+            "--queue-url",
+            "wss://mq-1:8080",
+            "--queue-url",
+            "wss://mq-2:8080,wss://mq-3:8080",
+        ])?;
+        assert_eq!(
+            repeated.queue_url,
+            ["wss://mq-1:8080", "wss://mq-2:8080", "wss://mq-3:8080"]
+        );
+        let dialers = repeated.dialers(Path::new("unused"), None, WebSocketConfig::default());
+        assert_eq!(
+            dialers.map(|d| d.to_string()).ok().as_deref(),
+            Some("wss://mq-1:8080,wss://mq-2:8080,wss://mq-3:8080"),
+            "every URL becomes a dialer, in the order given"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_url_in_the_list_fails_naming_it() -> Result<(), clap::Error> {
+        let mut link = link_flags(&["--queue-url", "wss://mq-1:8080,ws://mq-2:8080"])?;
+        link.insecure = true;
+        let bad = link.dialers(Path::new("unused"), None, WebSocketConfig::default());
+        let message = bad.as_ref().map(|_| ()).map_err(ToString::to_string);
+        assert!(
+            matches!(bad, Err(LinkConfigError::Url(DialError::InvalidUrl { ref url, .. })) if url == "ws://mq-2:8080"),
+            "{message:?}"
+        );
+        let message = message.err().unwrap_or_default();
+        assert!(
+            message.contains("--queue-url") && message.contains("\"ws://mq-2:8080\""),
+            "{message}"
+        );
+
+        let gap = link_flags(&["--queue-url", "wss://mq-1:8080,,wss://mq-2:8080"])?;
+        let empty = gap.dialers(Path::new("unused"), None, WebSocketConfig::default());
+        assert!(
+            matches!(empty, Err(LinkConfigError::EmptyUrl { .. })),
+            "{empty:?}"
+        );
+        Ok(())
     }
 }

@@ -436,6 +436,58 @@ impl Dialer {
     }
 }
 
+/// The servers a reconnecting link may use, in the order it tries them: one [`Dialer`] per URL, never empty.
+///
+/// Several URLs name interchangeable instances of one service (msgqueue instances sharing a Redis): when one
+/// fails, a [`crate::link::Link`] moves on to the next. A single dialer converts into a list of one.
+#[derive(Debug, Clone)]
+pub struct Dialers {
+    dialers: Vec<Dialer>,
+}
+
+impl Dialers {
+    /// `first`, then `rest`, in that order.
+    pub fn new(first: Dialer, rest: impl IntoIterator<Item = Dialer>) -> Self {
+        let mut dialers = vec![first];
+        dialers.extend(rest);
+        Self { dialers }
+    }
+
+    /// How many servers there are (at least one).
+    pub fn count(&self) -> usize {
+        self.dialers.len()
+    }
+
+    /// The server at `index` in the list, counting round it: index [`Dialers::count`] is the first again.
+    pub fn get(&self, index: usize) -> &Dialer {
+        &self.dialers[index % self.dialers.len()]
+    }
+
+    /// The servers in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Dialer> {
+        self.dialers.iter()
+    }
+}
+
+impl From<Dialer> for Dialers {
+    fn from(dialer: Dialer) -> Self {
+        Self::new(dialer, [])
+    }
+}
+
+impl fmt::Display for Dialers {
+    /// The base URLs, comma-separated (as `--queue-url` takes them); they never hold credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, dialer) in self.dialers.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(dialer.url())?;
+        }
+        Ok(())
+    }
+}
+
 /// Separates "the certificate is not trusted" (fix the CA) from other TLS failures.
 fn classify_tls_error(target: &str, err: io::Error) -> DialError {
     let target = target.to_owned();

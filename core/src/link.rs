@@ -9,6 +9,9 @@
 //! - the backoff starts over only after a connection proved healthy, i.e. lasted [`HEALTHY_AFTER`]: a peer
 //!   that accepts and at once drops the link is redialled ever more slowly, not hammered at the initial delay;
 //! - readiness (an optional [`Condition`]) is true exactly while a connection is up;
+//! - given several servers ([`Dialers`], e.g. `--queue-url` listing two msgqueue instances), the link moves to
+//!   the next one whenever a dial fails or a connection is lost, and waits a backoff delay only once a whole
+//!   round over the list failed: failover to a live instance is immediate, a list of one behaves as before;
 //! - failed dials are logged at warn on the 1st, 2nd, 4th, 8th… consecutive failure and at debug otherwise,
 //!   because attempts come every few hundred ms while the peer is down.
 
@@ -22,7 +25,7 @@ use tracing::instrument;
 
 use crate::admin::Condition;
 use crate::backoff::BackoffArgs;
-use crate::dial::{ClientWs, DialError, Dialer};
+use crate::dial::{ClientWs, DialError, Dialer, Dialers};
 
 /// A connection that lasted this long counts as healthy: the next failure starts the backoff over, even if the
 /// connection never carried a message.
@@ -109,7 +112,8 @@ pub trait Protocol: Send {
     /// The link went up or down (for a link-state gauge).
     fn link_state(&self, _up: bool) {}
 
-    /// A backoff delay ended and the link is about to redial (for a reconnect counter).
+    /// The link is about to dial again after a failure: after a backoff delay, or at once to the next server (for
+    /// a reconnect counter). Not called before the first dial of a [`Start::Dial`] link.
     fn redialing(&self) {}
 }
 
@@ -127,26 +131,29 @@ pub fn log_unreachable(err: &ConnectError, attempts: u32) {
 pub enum Start {
     /// Dial at once (a service starting).
     Dial,
-    /// The caller already connected (it dialed first itself to fail fast on settings that will never work).
+    /// The caller already connected to the first server (it dialed first itself to fail fast on settings that
+    /// will never work).
     Connected(Box<ClientWs>),
-    /// The caller's own first dial failed with an error worth retrying: wait a backoff delay, then dial.
+    /// The caller's own first dial, to the first server, failed with an error worth retrying: go on with the next
+    /// server, or with a backoff delay if there is no other.
     Retry,
 }
 
 /// How a link connects and paces its reconnections; run it with [`Link::run`].
 #[derive(Debug, Clone)]
 pub struct Link {
-    dialer: Dialer,
+    dialers: Dialers,
     backoff: BackoffArgs,
     required_subprotocol: Option<String>,
     ready: Option<Condition>,
 }
 
 impl Link {
-    /// A link dialing with `dialer` and pacing redials with `backoff`.
-    pub fn new(dialer: Dialer, backoff: BackoffArgs) -> Self {
+    /// A link dialing the servers of `dialers` (a single [`Dialer`] or several) and pacing redials with
+    /// `backoff`.
+    pub fn new(dialers: impl Into<Dialers>, backoff: BackoffArgs) -> Self {
         Self {
-            dialer,
+            dialers: dialers.into(),
             backoff,
             required_subprotocol: None,
             ready: None,
@@ -167,8 +174,8 @@ impl Link {
     }
 
     /// Connects and serves connections until `protocol` says it is done, a hook returns [`Flow::Stop`], or
-    /// `shutdown` is cancelled. Connection-wise it begins as `start` says.
-    #[instrument(skip_all, fields(url = %self.dialer.url(), path = protocol.path()))]
+    /// `shutdown` is cancelled. Connection-wise it begins as `start` says, with the first server.
+    #[instrument(skip_all, fields(urls = %self.dialers, path = protocol.path()))]
     pub async fn run<P: Protocol>(
         &self,
         protocol: &mut P,
@@ -176,17 +183,23 @@ impl Link {
         shutdown: &CancellationToken,
     ) {
         let mut backoff = self.backoff.backoff();
+        let mut round = Round::new(self.dialers.count());
         let mut failed_dials = 0u32;
-        let mut dial_now = matches!(start, Start::Dial);
+        let mut first_dial = matches!(start, Start::Dial);
         let mut first = match start {
             Start::Connected(ws) => Some(*ws),
-            Start::Dial | Start::Retry => None,
+            Start::Dial => None,
+            Start::Retry => {
+                round.failed();
+                None
+            }
         };
         loop {
+            let dialer = self.dialers.get(round.current);
             let ws = match first.take() {
                 Some(ws) => ws,
                 None => {
-                    if !dial_now {
+                    if round.is_over() {
                         let delay = backoff.next_delay();
                         if offline(protocol, shutdown, tokio::time::sleep(delay))
                             .await
@@ -194,15 +207,20 @@ impl Link {
                         {
                             return;
                         }
+                        round.restart();
+                    }
+                    if first_dial {
+                        first_dial = false;
+                    } else {
                         protocol.redialing();
                     }
-                    dial_now = false;
                     let path = protocol.path().to_owned();
-                    match offline(protocol, shutdown, self.connect(&path)).await {
+                    match offline(protocol, shutdown, self.connect(dialer, &path)).await {
                         None => return,
                         Some(Ok(ws)) => ws,
                         Some(Err(err)) => {
                             failed_dials = failed_dials.saturating_add(1);
+                            round.failed();
                             if protocol.unreachable(&err, failed_dials).await == Flow::Stop {
                                 return;
                             }
@@ -213,7 +231,7 @@ impl Link {
             };
             failed_dials = 0;
             self.set_up(protocol, true);
-            if protocol.connected(self.dialer.url()).await == Flow::Stop {
+            if protocol.connected(dialer.url()).await == Flow::Stop {
                 self.set_up(protocol, false);
                 return;
             }
@@ -223,20 +241,29 @@ impl Link {
             let Err(err) = served else { return };
             if since.elapsed() >= HEALTHY_AFTER {
                 backoff.reset();
+                round.restart();
             }
+            round.failed();
             if protocol.lost(err).await == Flow::Stop {
                 return;
+            }
+            if self.dialers.count() > 1 {
+                tracing::info!(
+                    from = dialer.url(),
+                    to = self.dialers.get(round.current).url(),
+                    "moving to the next server"
+                );
             }
         }
     }
 
-    /// One dial, checked for the required subprotocol.
-    async fn connect(&self, path: &str) -> Result<ClientWs, ConnectError> {
-        let (ws, negotiated) = self.dialer.dial(path).await?;
+    /// One dial of `dialer`, checked for the required subprotocol.
+    async fn connect(&self, dialer: &Dialer, path: &str) -> Result<ClientWs, ConnectError> {
+        let (ws, negotiated) = dialer.dial(path).await?;
         match &self.required_subprotocol {
             Some(required) if negotiated.as_deref() != Some(required.as_str()) => {
                 Err(ConnectError::NotAccepted {
-                    url: self.dialer.url().to_owned(),
+                    url: dialer.url().to_owned(),
                     offered: required.clone(),
                 })
             }
@@ -249,6 +276,47 @@ impl Link {
             ready.set_ready(up);
         }
         protocol.link_state(up);
+    }
+}
+
+/// Where a link stands in its list of servers: which one is next, and how many are left to try before a backoff
+/// delay is due.
+///
+/// A failed dial and a lost connection both count as that server failing; a connection that proved healthy
+/// ([`HEALTHY_AFTER`]) starts a new round. So with one server every failure is followed by a delay, as it always
+/// was, and a list of servers that all accept and at once drop the link is still redialled ever more slowly.
+#[derive(Debug)]
+struct Round {
+    /// Index (into [`Dialers`]) of the server to use next.
+    current: usize,
+    /// Servers not yet failed in this round; at 0 the round is over.
+    untried: usize,
+    servers: usize,
+}
+
+impl Round {
+    fn new(servers: usize) -> Self {
+        Self {
+            current: 0,
+            untried: servers,
+            servers,
+        }
+    }
+
+    /// The current server failed: move on to the next.
+    fn failed(&mut self) {
+        self.untried = self.untried.saturating_sub(1);
+        self.current = (self.current + 1) % self.servers;
+    }
+
+    /// Every server failed since the round began: wait a backoff delay before the next dial.
+    fn is_over(&self) -> bool {
+        self.untried == 0
+    }
+
+    /// A new round: every server may be tried once more before the next delay.
+    fn restart(&mut self) {
+        self.untried = self.servers;
     }
 }
 

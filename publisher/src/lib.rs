@@ -123,7 +123,7 @@ struct Publisher {
 pub async fn bind(config: Config) -> Result<Bound, Error> {
     let args = &config.service;
     let (mut setup, access, acl_watcher) = Setup::edge(Publisher::NAME, args, &config.access)?;
-    let dialer = config.link.dialer(
+    let dialers = config.link.dialers(
         &args.server.data_dir,
         Some(SUBPROTOCOL_V1),
         args.limits.websocket_config(),
@@ -137,7 +137,8 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         limits: args.limits.clone(),
     };
     let queue_link = setup.readiness.condition("queue link");
-    let (link, link_task) = PushLink::new(link_config, dialer, metrics.clone(), queue_link.clone());
+    let (link, link_task) =
+        PushLink::new(link_config, dialers, metrics.clone(), queue_link.clone());
     let limits = IdempotencyLimits {
         ttl: config.http.idempotency_ttl,
         max_keys: config.http.idempotency_keys,

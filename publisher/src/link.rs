@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::admin::Condition;
 use wsmq_core::backoff::BackoffArgs;
-use wsmq_core::dial::{ClientWs, Dialer};
+use wsmq_core::dial::{ClientWs, Dialers};
 use wsmq_core::limits::Limits;
 use wsmq_core::link::{self, Flow, Protocol, Start};
 use wsmq_core::protocol::queue::{
@@ -167,7 +167,7 @@ impl PushLink {
     /// Creates the link handle and the task that must be run (with [`LinkTask::run`]) for messages to move.
     pub fn new(
         config: LinkConfig,
-        dialer: Dialer,
+        dialers: Dialers,
         metrics: PublisherMetrics,
         ready: Condition,
     ) -> (PushLink, LinkTask) {
@@ -186,7 +186,7 @@ impl PushLink {
         let task = LinkTask {
             submissions: receiver,
             carry: None,
-            dialer,
+            dialers,
             config,
             producer: rand::random(),
             next_seq: 1,
@@ -290,7 +290,8 @@ pub struct LinkTask {
     submissions: mpsc::Receiver<Submission>,
     /// A submission taken from the queue that did not fit the previous frame; it starts the next one.
     carry: Option<Submission>,
-    dialer: Dialer,
+    /// The msgqueue instances (`--queue-url`), tried in turn.
+    dialers: Dialers,
     config: LinkConfig,
     producer: u64,
     next_seq: u64,
@@ -303,12 +304,13 @@ pub struct LinkTask {
 }
 
 impl LinkTask {
-    /// Connects to msgqueue and keeps the link up, reconnecting with backoff ([`wsmq_core::link`]), until
+    /// Connects to msgqueue and keeps the link up, moving on to the next msgqueue URL when one fails and
+    /// reconnecting with backoff once every URL failed ([`wsmq_core::link`]), until
     /// `shutdown` is cancelled or every [`PushLink`] handle has been dropped and everything submitted has been acked
     /// (a graceful drain). Messages still unacked when it returns get [`PublishError::Stopped`].
     pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!(producer = self.producer, "msgqueue link starting");
-        let link = link::Link::new(self.dialer.clone(), self.config.backoff.clone())
+        let link = link::Link::new(self.dialers.clone(), self.config.backoff.clone())
             .require_subprotocol(SUBPROTOCOL_V1)
             .with_readiness(self.ready.clone());
         link.run(&mut Pushing(&mut self), Start::Dial, &shutdown)
@@ -498,8 +500,12 @@ impl Protocol for Pushing<'_> {
         self.0.is_drained()
     }
 
-    async fn connected(&mut self, _url: &str) -> Flow {
-        tracing::info!(unacked = self.0.unacked.len(), "msgqueue link connected");
+    async fn connected(&mut self, url: &str) -> Flow {
+        tracing::info!(
+            url,
+            unacked = self.0.unacked.len(),
+            "msgqueue link connected"
+        );
         Flow::Continue
     }
 

@@ -1,5 +1,6 @@
 //! The publisher against a fake msgqueue: both client modes, validation at the edge, acks that wait for the
-//! queue, and a link that survives the queue going away, buffers within bounds and applies backpressure.
+//! queue, and a link that survives the queue going away (or moves to the next one), buffers within bounds and
+//! applies backpressure.
 
 mod common;
 
@@ -9,6 +10,7 @@ use common::{FakeQueue, Publisher, REJECT_MARKER, assert_nothing_pending, config
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_publisher::metrics::InvalidReason;
 use wsmq_testkit::client::{next_text, send_text};
@@ -355,6 +357,63 @@ async fn queue_restart_mid_stream_loses_nothing_and_keeps_order() -> anyhow::Res
     drop((_sink, stream));
     publisher.stop().await?;
     queue.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn unacked_messages_move_to_the_next_queue_when_the_connected_one_goes_away()
+-> anyhow::Result<()> {
+    const COUNT: usize = 50;
+    let dir = tempfile::tempdir()?;
+    let first = FakeQueue::start(dir.path()).await?;
+    let second = FakeQueue::start(dir.path()).await?;
+    let (first_state, second_state) = (first.state(), second.state());
+    let mut config = config(dir.path(), first.addr());
+    config.link.queue_url = [first.addr(), second.addr()]
+        .map(|addr| format!("wss://127.0.0.1:{}", addr.port()))
+        .to_vec();
+    // Only an immediate failover reaches the second queue within the test's bounds.
+    config.link.backoff = BackoffArgs {
+        initial: Duration::from_secs(3600),
+        max: Duration::from_secs(3600),
+    };
+    first_state.hold_acks(true);
+    let publisher = Publisher::start(config).await?;
+    let mut client = publisher.client(dir.path(), true).await?;
+
+    for i in 0..COUNT {
+        send_text(
+            &mut client,
+            &format!(r#"{{"Topic":"fo","Content":"{i}","Id":{i}}}"#),
+        )
+        .await?;
+    }
+    first_state
+        .wait_for("every message on the first queue", |seen| {
+            seen.stored.len() == COUNT
+        })
+        .await?;
+    // The instance the link uses goes away with every message stored there but none acked.
+    first.stop().await?;
+
+    for i in 0..COUNT {
+        assert_eq!(parse(&next_text(&mut client).await?)?, ack(&i.to_string()));
+    }
+    {
+        let seen = second_state.seen();
+        assert!(seen.violations.is_empty(), "{:?}", seen.violations);
+        let want: Vec<String> = (0..COUNT)
+            .map(|i| format!(r#"{{"Topic":"fo","Content":"{i}"}}"#))
+            .collect();
+        assert_eq!(
+            seen.stored_texts(),
+            want,
+            "the next queue got every unacked message, in order"
+        );
+    }
+    drop(client);
+    publisher.stop().await?;
+    second.stop().await?;
     Ok(())
 }
 

@@ -135,9 +135,9 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         .read_buffer_size(LINK_READ_BUFFER)
         .max_message_size(Some(link_frame))
         .max_frame_size(Some(link_frame));
-    let dialer = config
+    let dialers = config
         .link
-        .dialer(&args.server.data_dir, Some(SUBPROTOCOL_V1), link_ws)?;
+        .dialers(&args.server.data_dir, Some(SUBPROTOCOL_V1), link_ws)?;
 
     let metrics = SubscriberMetrics::register(&mut setup.registry);
     let router = Router::new(config.client_queue, config.slow_client, metrics.clone());
@@ -162,7 +162,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         start: StartAt::Tail,
     };
     let link = PopLink {
-        dialer,
+        dialers,
         path: pop.path(),
         router: router.clone(),
         prefetch: config.prefetch.max(1),

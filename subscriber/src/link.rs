@@ -22,7 +22,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::admin::Condition;
 use wsmq_core::backoff::BackoffArgs;
-use wsmq_core::dial::{ClientWs, Dialer};
+use wsmq_core::dial::{ClientWs, Dialers};
 use wsmq_core::link::{self, Flow, Protocol, Start};
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::envelope::Envelope;
@@ -41,8 +41,8 @@ const ACK_FRAME_CAPACITY: usize = 4 * 1024;
 /// is [`wsmq_core::link::Link`]): everything it needs, built once by the service.
 #[derive(Debug)]
 pub(crate) struct PopLink {
-    /// Dials msgqueue with the link credentials, offering `wsmq.v1`.
-    pub(crate) dialer: Dialer,
+    /// Dial the msgqueue instances (`--queue-url`, tried in turn) with the link credentials, offering `wsmq.v1`.
+    pub(crate) dialers: Dialers,
     /// `/popmsg` with the consumer group's query.
     pub(crate) path: String,
     /// Where deliveries go.
@@ -83,8 +83,8 @@ impl Protocol for Consuming<'_> {
         self.link.consume(ws, shutdown).await
     }
 
-    async fn connected(&mut self, _url: &str) -> Flow {
-        tracing::info!("link to msgqueue up");
+    async fn connected(&mut self, url: &str) -> Flow {
+        tracing::info!(url, "link to msgqueue up");
         Flow::Continue
     }
 
@@ -115,11 +115,11 @@ enum LinkError {
 }
 
 impl PopLink {
-    /// Keeps the link up until `shutdown`: dial, consume, and on any failure redial after a backoff delay
-    /// ([`wsmq_core::link`]).
-    #[instrument(skip_all, fields(queue = %self.dialer.url()))]
+    /// Keeps the link up until `shutdown`: dial, consume, and on any failure move on to the next msgqueue URL,
+    /// redialling after a backoff delay once every URL failed ([`wsmq_core::link`]).
+    #[instrument(skip_all, fields(queue = %self.dialers))]
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let link = link::Link::new(self.dialer.clone(), self.backoff.clone())
+        let link = link::Link::new(self.dialers.clone(), self.backoff.clone())
             .require_subprotocol(SUBPROTOCOL_V1)
             .with_readiness(self.ready.clone());
         let metrics = self.router.metrics().clone();

@@ -1,10 +1,13 @@
 //! The subscriber against a fake msgqueue: subscription commands in both modes, delivery, acks and credit,
-//! redelivery after a lost link, bad input and slow clients.
+//! redelivery after a lost link, failover to the next queue URL, bad input and slow clients.
 
 mod common;
 
+use std::time::Duration;
+
 use common::{FakeQueue, Settings, Subscriber, TestResult, envelope};
 use tungstenite::protocol::frame::coding::CloseCode;
+use wsmq_core::backoff::BackoffArgs;
 use wsmq_testkit::{eventually, within};
 
 /// A fake queue, a subscriber linked to it and the queue's side of the link, with its first credit read.
@@ -263,6 +266,52 @@ async fn unacked_deliveries_are_redelivered_after_the_link_reconnects() -> TestR
         subscriber.metrics.link_reconnects_total() == 1
     })
     .await?;
+    subscriber.stop().await
+}
+
+#[tokio::test]
+async fn the_link_resumes_on_the_next_queue_when_the_connected_one_goes_away() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut first = FakeQueue::start(dir.path(), "127.0.0.1:0".parse()?).await?;
+    let mut second = FakeQueue::start(dir.path(), "127.0.0.1:0".parse()?).await?;
+    let settings = Settings {
+        // Only an immediate failover reaches the second queue within the test's bounds.
+        backoff: BackoffArgs {
+            initial: Duration::from_secs(3600),
+            max: Duration::from_secs(3600),
+        },
+        ..Settings::default()
+    };
+    let subscriber =
+        Subscriber::start_linked(dir.path(), &[first.addr, second.addr], settings).await?;
+    let mut link = first.accept().await?;
+    link.await_credit(64).await?;
+    let mut client = subscriber.v1_client().await?;
+    client.subscribe("t").await?;
+    link.deliver(&[(1, false, envelope("t", "one"))]).await?;
+    assert_eq!(client.recv().await?, r#"{"Topic":"t","Content":"one"}"#);
+    link.await_acks([1]).await?;
+    link.deliver(&[(2, false, envelope("t", "two"))]).await?;
+    assert_eq!(client.recv().await?, r#"{"Topic":"t","Content":"two"}"#);
+
+    // The instance the link uses goes away; delivery 2 may not have been acked to it.
+    drop(link);
+    first.stop().await?;
+    let mut link = second.accept().await?;
+    link.await_credit(64).await?;
+    link.deliver(&[
+        (2, true, envelope("t", "two")),
+        (3, false, envelope("t", "three")),
+    ])
+    .await?;
+    link.await_acks([2, 3]).await?;
+    assert_eq!(
+        client.recv().await?,
+        r#"{"Topic":"t","Content":"two"}"#,
+        "at-least-once: delivered again"
+    );
+    assert_eq!(client.recv().await?, r#"{"Topic":"t","Content":"three"}"#);
+    subscriber.await_readyz(200).await?;
     subscriber.stop().await
 }
 

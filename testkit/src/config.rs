@@ -39,10 +39,11 @@ pub fn server_args(data_dir: &Path, users: Option<Secret>) -> ServerArgs {
 }
 
 /// Link flags for a test: msgqueue at `queue_url` as `user`, trusting the development CA of the service's data
-/// dir (no `--ca`, never `--insecure`), reconnecting with `backoff`.
+/// dir (no `--ca`, never `--insecure`), reconnecting with `backoff`. A test of failover sets `queue_url` to its
+/// list afterwards.
 pub fn link_args(queue_url: String, user: &str, password: &str, backoff: BackoffArgs) -> LinkArgs {
     LinkArgs {
-        queue_url,
+        queue_url: vec![queue_url],
         queue_user: Some(user.to_owned()),
         queue_password: Some(Secret::new(password)),
         ca: None,

@@ -288,7 +288,7 @@ fn with_link_user(users: Option<&Secret>, password: &Secret) -> Secret {
 /// the edge's own environment says.
 fn local_link(port: u16, password: &Secret, defaults: LinkArgs) -> LinkArgs {
     LinkArgs {
-        queue_url: format!("wss://localhost:{port}"),
+        queue_url: vec![format!("wss://localhost:{port}")],
         queue_user: Some(LINK_USER.to_owned()),
         queue_password: Some(password.clone()),
         ..defaults
@@ -393,7 +393,7 @@ mod tests {
             Some("-rXc_Q")
         );
         assert_eq!(link.queue_user.as_deref(), Some(LINK_USER));
-        assert_eq!(link.queue_url, "wss://localhost:8080");
+        assert_eq!(link.queue_url, ["wss://localhost:8080"]);
     }
 
     #[test]

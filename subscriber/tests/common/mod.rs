@@ -209,6 +209,8 @@ pub struct Settings {
     pub max_subscriptions: usize,
     /// `--acl-file`, `--auth-url` and co.
     pub access: AccessArgs,
+    /// `--link-backoff-initial` and `--link-backoff-max`.
+    pub backoff: BackoffArgs,
 }
 
 impl Default for Settings {
@@ -220,6 +222,7 @@ impl Default for Settings {
             slow_client_timeout: Duration::from_secs(2),
             max_subscriptions: 1024,
             access: AccessArgs::default(),
+            backoff: BackoffArgs::default(),
         }
     }
 }
@@ -231,7 +234,16 @@ impl Subscriber {
         queue: SocketAddr,
         settings: Settings,
     ) -> TestResult<Self> {
-        let config = Config {
+        Self::start_linked(dir, &[queue], settings).await
+    }
+
+    /// Like [`Subscriber::start`], with `--queue-url` listing every queue of `queues`, in order.
+    pub async fn start_linked(
+        dir: &std::path::Path,
+        queues: &[SocketAddr],
+        settings: Settings,
+    ) -> TestResult<Self> {
+        let mut config = Config {
             service: service_args(
                 dir,
                 Some(users(CLIENT_USER, CLIENT_PASSWORD)),
@@ -240,12 +252,7 @@ impl Subscriber {
                     ..Limits::default()
                 },
             ),
-            link: link_args(
-                format!("wss://localhost:{}", queue.port()),
-                LINK_USER,
-                LINK_PASSWORD,
-                BackoffArgs::default(),
-            ),
+            link: link_args(String::new(), LINK_USER, LINK_PASSWORD, settings.backoff),
             max_subscriptions: settings.max_subscriptions,
             client_queue: settings.client_queue,
             slow_client: settings.slow_client,
@@ -254,6 +261,10 @@ impl Subscriber {
             group: None,
             access: settings.access,
         };
+        config.link.queue_url = queues
+            .iter()
+            .map(|queue| format!("wss://localhost:{}", queue.port()))
+            .collect();
         let bound = wsmq_subscriber::bind(config).await?;
         let (addr, admin, metrics) = (bound.local_addr(), bound.admin_addr(), bound.metrics());
         Ok(Self {

@@ -64,7 +64,7 @@ impl Running {
 /// publisher and subscriber ports.
 pub async fn start_edges(data_dir: &Path, queue_port: u16) -> (Running, u16, u16) {
     let mut edges_config = config(data_dir, &[Service::Publisher, Service::Subscriber]);
-    edges_config.link.queue_url = format!("wss://localhost:{queue_port}");
+    edges_config.link.queue_url = vec![format!("wss://localhost:{queue_port}")];
     let edges = wsmq::bind(edges_config).await.unwrap();
     let (pub_port, sub_port) = (
         edges.publisher_addr().unwrap().port(),
