@@ -462,11 +462,6 @@ impl Dialers {
     pub fn get(&self, index: usize) -> &Dialer {
         &self.dialers[index % self.dialers.len()]
     }
-
-    /// The servers in order.
-    pub fn iter(&self) -> impl Iterator<Item = &Dialer> {
-        self.dialers.iter()
-    }
 }
 
 impl From<Dialer> for Dialers {
