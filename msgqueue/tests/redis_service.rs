@@ -153,3 +153,25 @@ async fn msgqueue_starts_while_redis_is_unreachable_and_becomes_ready_once_it_an
     queue.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn msgqueue_authenticates_to_redis_with_the_password_in_the_url_and_never_shows_it()
+-> TestResult {
+    let redis = RedisServer::with_password("s3cr3t-redis").await?;
+    let dir = tempfile::tempdir()?;
+    let mut wrong = redis_config(dir.path(), &redis);
+    wrong.queue.redis_url = Some(redis.url().replace("s3cr3t-redis", "not-it"));
+    let refused = Running::start(wrong).await;
+    await_readyz(refused.admin, 503).await?;
+    let (_, metrics) = request(refused.admin, "GET", "/metrics").await?;
+    assert!(!metrics.contains("not-it"), "{metrics}");
+    refused.stop().await;
+
+    let queue = Running::start(redis_config(dir.path(), &redis)).await;
+    await_readyz(queue.admin, 200).await?;
+    let mut producer = Producer::connect(&queue.dialer(true), 3).await;
+    producer.push(&items(1, 3)).await;
+    assert_eq!(acked_upto(&producer.until_settled(3).await), Some(3));
+    queue.stop().await;
+    Ok(())
+}

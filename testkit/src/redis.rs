@@ -20,27 +20,41 @@ use crate::wait::within;
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
+    password: Option<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts a fresh server on a free loopback port and waits until it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`RedisServer::start`], requiring `password` from clients (`requirepass`).
+    pub async fn with_password(password: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some(password.to_owned())).await
+    }
+
+    async fn start_with(password: Option<String>) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = std::env::temp_dir().join(format!("wsmq-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut server = Self {
             port,
             dir,
+            password,
             child: None,
         };
         server.restart().await?;
         Ok(server)
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, with the password if the server requires one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Kills the server at once (SIGKILL: no shutdown save, as in a crash) and waits for it to exit.
@@ -55,7 +69,11 @@ impl RedisServer {
     /// until it accepts connections.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await?;
-        let mut child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(password) = &self.password {
+            command.arg("--requirepass").arg(password);
+        }
+        let mut child = command
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .arg("--dir")

@@ -945,6 +945,9 @@ async fn run_sweeper(shared: Arc<Shared>) {
                 shared.install_sweep(value);
             }
             Err(err) => {
+                // The sweep is the heartbeat: whatever made it fail (unreachable, refused credentials, out of
+                // memory), the queue is not ready.
+                shared.ready.send_replace(false);
                 if !warned {
                     warned = true;
                     tracing::warn!(%err, "Redis housekeeping failed; retrying");
