@@ -20,7 +20,7 @@ use wsmq_testkit::redis::RedisServer;
 enum Store {
     Memory,
     Disk(TempDir),
-    Redis(RedisServer),
+    Redis(Box<RedisServer>),
 }
 
 impl Store {
@@ -33,7 +33,9 @@ impl Store {
     }
 
     async fn redis() -> Self {
-        Self::Redis(RedisServer::start().await.expect("redis-server starts"))
+        Self::Redis(Box::new(
+            RedisServer::start().await.expect("redis-server starts"),
+        ))
     }
 
     fn open(&self, options: QueueOptions) -> Queue {
