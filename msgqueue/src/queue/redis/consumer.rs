@@ -244,6 +244,9 @@ impl Fetch {
         let mut conn: Option<MultiplexedConnection> = None;
         let mut delay = RETRY_MIN;
         let mut next_claim = Instant::now();
+        // After a failed read, Redis may have handed this consumer entries whose reply never arrived: they are in its
+        // pending list, not in `held`. Read that list again (from this id on) before anything new.
+        let mut own_pending: Option<String> = None;
         loop {
             let room = self.room().await;
             if conn.is_none() {
@@ -268,15 +271,20 @@ impl Fetch {
             }
             let Some(c) = conn.as_mut() else { continue };
             let now = Instant::now();
-            let result = if self.mode == ConsumeMode::Acked && now >= next_claim {
+            let result = if let Some(from) = &own_pending {
+                self.read(c, room, Some(from)).await
+            } else if self.mode == ConsumeMode::Acked && now >= next_claim {
                 next_claim = now + BLOCK;
                 self.claim(c, room).await
             } else {
-                self.read(c, room).await
+                self.read(c, room, None).await
             };
             match result {
-                Ok(deliveries) => {
+                Ok((deliveries, last)) => {
                     delay = RETRY_MIN;
+                    if own_pending.is_some() {
+                        own_pending = last;
+                    }
                     for delivery in deliveries {
                         if self.tx.send(Ok(delivery)).await.is_err() {
                             return;
@@ -285,6 +293,9 @@ impl Fetch {
                 }
                 Err(err) => {
                     conn = None;
+                    if self.mode == ConsumeMode::Acked {
+                        own_pending = Some("0".to_owned());
+                    }
                     tracing::debug!(group = %self.group, %err, "consumer read failed");
                     if !back_off(&shared.closed, &mut delay).await {
                         return;
@@ -329,30 +340,36 @@ impl Fetch {
         }
     }
 
-    /// New entries for the group (blocking up to [`BLOCK`]).
+    /// New entries for the group (blocking up to [`BLOCK`]), or with `from` this consumer's own pending entries
+    /// after that id (not blocking; those it holds already are skipped). Also returns the last entry id read.
     async fn read(
         &self,
         conn: &mut MultiplexedConnection,
         count: usize,
-    ) -> Result<Vec<Delivery>, RedisError> {
+        from: Option<&str>,
+    ) -> Result<(Vec<Delivery>, Option<String>), RedisError> {
         let shared = &*self.shared;
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&*self.group)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(250));
+            .arg(count);
+        if from.is_none() {
+            cmd.arg("BLOCK")
+                .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(250));
+        }
         if self.mode == ConsumeMode::AutoAck {
             cmd.arg("NOACK");
         }
-        cmd.arg("STREAMS").arg(&shared.keys.log).arg(">");
+        cmd.arg("STREAMS")
+            .arg(&shared.keys.log)
+            .arg(from.unwrap_or(">"));
         let started = Instant::now();
         let result = cmd.query_async::<Value>(conn).await;
         let value = shared.observe(started, result, "XREADGROUP")?;
         let entries = match value {
-            Value::Nil => return Ok(Vec::new()),
+            Value::Nil => return Ok((Vec::new(), None)),
             Value::Array(mut streams) => match streams.pop() {
                 Some(Value::Array(mut stream)) if stream.len() == 2 => match stream.pop() {
                     Some(Value::Array(entries)) => entries,
@@ -362,7 +379,14 @@ impl Fetch {
             },
             _ => Vec::new(),
         };
-        Ok(self.deliveries(entries, false))
+        let last = entries.last().and_then(|entry| match entry {
+            Value::Array(parts) => match parts.first() {
+                Some(Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
+                _ => None,
+            },
+            _ => None,
+        });
+        Ok((self.deliveries(entries, from.is_some()), last))
     }
 
     /// Entries of the group whose lease ran out or whose consumer went away (burying those delivered too often).
@@ -370,7 +394,7 @@ impl Fetch {
         &self,
         conn: &mut MultiplexedConnection,
         count: usize,
-    ) -> Result<Vec<Delivery>, RedisError> {
+    ) -> Result<(Vec<Delivery>, Option<String>), RedisError> {
         let shared = &*self.shared;
         let options = &shared.options;
         let mut invocation = shared.scripts.claim.prepare_invoke();
@@ -415,10 +439,11 @@ impl Fetch {
             .counters
             .redelivered
             .fetch_add(deliveries.len() as u64, Ordering::Relaxed);
-        Ok(deliveries)
+        Ok((deliveries, None))
     }
 
-    /// Turns stream entries into deliveries, recording them as held (acked mode).
+    /// Turns stream entries into deliveries, recording them as held (acked mode). A redelivered entry this
+    /// consumer holds already is skipped.
     fn deliveries(&self, entries: Vec<Value>, redelivered: bool) -> Vec<Delivery> {
         let now = Instant::now();
         let mut credit = self.credit.0.lock();
@@ -434,8 +459,12 @@ impl Fetch {
             let Some(Value::BulkString(payload)) = fields.pop() else {
                 continue;
             };
-            if self.mode == ConsumeMode::Acked {
-                credit.held.insert(offset, now);
+            if self.mode == ConsumeMode::Acked
+                && credit.held.insert(offset, now).is_some()
+                && redelivered
+            {
+                // Re-read from its own pending list, but already handed out: not twice.
+                continue;
             }
             out.push(Delivery {
                 id: offset,

@@ -16,6 +16,7 @@
 //! All keys share the hash tag `{<prefix>}`, so a Redis Cluster keeps one queue on one shard (and several queues,
 //! with different prefixes, spread over the shards).
 
+mod append;
 mod consumer;
 
 use std::collections::HashMap;
@@ -45,12 +46,6 @@ use super::{
 
 /// Frames of pushes waiting for the appender; beyond it pushes are refused as full (backpressure).
 const MAX_SUBMISSIONS: usize = 8192;
-/// Pushes per script call: large enough that one round trip (and one fsync in Redis) carries many messages.
-const MAX_APPEND: usize = 2048;
-/// Payload bytes per script call.
-const MAX_APPEND_BYTES: usize = 4 << 20;
-/// How long a producer's dedup mark is kept after its last push: a retry later than this is stored again.
-const DEDUP_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How often each process runs the housekeeping script and refreshes the stats it reports.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Retry delays after a failed Redis command.
@@ -140,6 +135,8 @@ struct Keys {
     dead: String,
     marks: String,
     seen: String,
+    /// Prefix of each process's batch counter (see `append`).
+    appenders: String,
 }
 
 impl Keys {
@@ -150,6 +147,7 @@ impl Keys {
             dead: format!("{tag}:dead"),
             marks: format!("{tag}:producer:"),
             seen: format!("{tag}:seen"),
+            appenders: format!("{tag}:appender:"),
         }
     }
 }
@@ -343,7 +341,7 @@ impl RedisQueue {
             },
             tasks: tokio_util::task::TaskTracker::new(),
         });
-        shared.tasks.spawn(run_appender(Arc::clone(&shared), rx));
+        shared.tasks.spawn(append::run(Arc::clone(&shared), rx));
         shared.tasks.spawn(run_settler(Arc::clone(&shared)));
         shared.tasks.spawn(run_sweeper(Arc::clone(&shared)));
         shared.tasks.close();
@@ -796,86 +794,6 @@ async fn back_off(closed: &CancellationToken, delay: &mut Duration) -> bool {
         () = tokio::time::sleep(wait) => true,
         () = closed.cancelled() => false,
     }
-}
-
-/// Applies submitted pushes in order, many per script call, retrying while Redis is away (pushes wait meanwhile,
-/// and the bounded submission queue refuses new ones). On close it applies what was submitted while Redis answers.
-async fn run_appender(shared: Arc<Shared>, mut rx: mpsc::Receiver<Submission>) {
-    let mut submissions = Vec::new();
-    let mut warned = false;
-    loop {
-        let received = tokio::select! {
-            n = rx.recv_many(&mut submissions, MAX_SUBMISSIONS) => n,
-            () = shared.closed.cancelled() => {
-                rx.close();
-                rx.recv_many(&mut submissions, MAX_SUBMISSIONS).await
-            }
-        };
-        if received == 0 {
-            break;
-        }
-        let upto = submissions.last().map_or(0, |s| s.token);
-        let mut items = submissions.drain(..).flat_map(|s| s.items).peekable();
-        let mut applied_all = true;
-        while items.peek().is_some() {
-            let mut invocation = shared.scripts.append.prepare_invoke();
-            invocation
-                .key(&shared.keys.log)
-                .key(&shared.keys.marks)
-                .key(&shared.keys.seen)
-                .arg(DEDUP_TTL.as_secs())
-                .arg(now_ms())
-                .arg(super::DEFAULT_GROUP);
-            let (mut count, mut bytes) = (0, 0);
-            while count < MAX_APPEND
-                && bytes < MAX_APPEND_BYTES
-                && let Some((producer, payload)) = items.next()
-            {
-                match producer {
-                    Some(p) => invocation.arg(p.id).arg(p.seq),
-                    None => invocation.arg("").arg(0),
-                };
-                invocation.arg(&payload[..]);
-                count += 1;
-                bytes += payload.len();
-            }
-            let mut delay = RETRY_MIN;
-            loop {
-                match shared.invoke::<(u64, u64)>(&invocation, "append").await {
-                    Ok((stored, duplicates)) => {
-                        let c = &shared.counters;
-                        c.pushed.fetch_add(stored, Ordering::Relaxed);
-                        c.duplicates.fetch_add(duplicates, Ordering::Relaxed);
-                        if warned {
-                            warned = false;
-                            tracing::info!(url = %shared.url, "pushes reach Redis again");
-                        }
-                        break;
-                    }
-                    Err(err) => {
-                        if !warned {
-                            warned = true;
-                            tracing::warn!(%err, "cannot store pushes in Redis; holding them back and retrying");
-                        }
-                        if !back_off(&shared.closed, &mut delay).await {
-                            applied_all = false;
-                            break;
-                        }
-                    }
-                }
-            }
-            if !applied_all {
-                break;
-            }
-        }
-        if !applied_all {
-            break;
-        }
-        shared.applied.send_modify(|a| a.upto = upto);
-        shared.space.notify_waiters();
-    }
-    shared.applied.send_modify(|a| a.closed = true);
-    shared.space.notify_waiters();
 }
 
 /// Sends acks and NACKs to Redis in batches: one `XACK` per group, one script call per NACK.
