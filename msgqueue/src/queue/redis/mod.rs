@@ -857,9 +857,7 @@ async fn run_sweeper(shared: Arc<Shared>) {
         }
         match shared.invoke::<Value>(&invocation, "sweep").await {
             Ok(value) => {
-                if warned {
-                    warned = false;
-                }
+                warned = false;
                 shared.install_sweep(value);
             }
             Err(err) => {
@@ -868,7 +866,7 @@ async fn run_sweeper(shared: Arc<Shared>) {
                 shared.ready.send_replace(false);
                 if !warned {
                     warned = true;
-                    tracing::warn!(%err, "Redis housekeeping failed; retrying");
+                    tracing::warn!(%err, "Redis does not answer; not ready, retrying every second");
                 }
             }
         }
