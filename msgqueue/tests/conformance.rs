@@ -254,6 +254,55 @@ async fn a_nacked_delivery_becomes_a_dead_letter_and_can_be_replayed(store: Stor
     queue.close().await;
 }
 
+async fn a_message_delivered_max_deliveries_times_without_an_ack_becomes_a_dead_letter(
+    store: Store,
+) {
+    let queue = store.open(QueueOptions {
+        lease_timeout: Duration::from_millis(300),
+        max_deliveries: 2,
+        ..options()
+    });
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 10).await;
+    push(&queue, 1, 1, 2).await;
+    // The consumer keeps failing on the first message (never acks it) but acks the second.
+    let mut poison = None;
+    let mut seen = 0;
+    while seen < 2 {
+        for delivery in take(&mut only, 1).await {
+            if parse(&delivery.payload) == (1, 1) {
+                poison = Some(delivery.id);
+                seen += 1;
+            } else {
+                only.ack(&[delivery.id]);
+            }
+        }
+    }
+    // The consumer keeps waiting for deliveries meanwhile (as a pop connection does); the poison message must
+    // not come a third time.
+    let dead = tokio::time::timeout(PATIENCE, async {
+        loop {
+            assert!(
+                stays_empty(&mut only).await,
+                "delivered more than max_deliveries times"
+            );
+            let letters = queue.dead_letters().await.expect("dead letters");
+            if !letters.is_empty() {
+                return letters;
+            }
+        }
+    })
+    .await
+    .expect("a dead letter in time");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(Some(dead[0].id), poison);
+    assert_eq!(dead[0].reason, DeadReason::MaxDeliveries);
+    assert!(
+        stays_empty(&mut only).await,
+        "the dead letter was delivered again"
+    );
+    queue.close().await;
+}
+
 async fn a_group_resumes_after_its_last_ack_when_the_queue_restarts(store: Store) {
     let queue = store.open(options());
     let mut first = consumer(&queue, "g", StartAt::Oldest, 1000).await;
@@ -348,6 +397,7 @@ conformance! {
         a_nacked_delivery_becomes_a_dead_letter_and_can_be_replayed,
         messages_pushed_before_any_consumer_joined_wait_for_the_default_group,
         the_first_named_group_takes_over_what_waited_for_a_default_group_nobody_read,
+        a_message_delivered_max_deliveries_times_without_an_ack_becomes_a_dead_letter,
     ],
     durable: [
         a_group_resumes_after_its_last_ack_when_the_queue_restarts,
