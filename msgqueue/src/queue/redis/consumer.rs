@@ -386,7 +386,8 @@ impl Fetch {
             },
             _ => None,
         });
-        Ok((self.deliveries(entries, from.is_some()), last))
+        let recovering = from.is_some();
+        Ok((self.deliveries(entries, recovering, recovering), last))
     }
 
     /// Entries of the group whose lease ran out or whose consumer went away (burying those delivered too often).
@@ -434,7 +435,7 @@ impl Fetch {
             Some(Value::Array(entries)) => entries,
             _ => return Err(bad()),
         };
-        let deliveries = self.deliveries(entries, true);
+        let deliveries = self.deliveries(entries, true, false);
         shared
             .counters
             .redelivered
@@ -442,9 +443,10 @@ impl Fetch {
         Ok((deliveries, None))
     }
 
-    /// Turns stream entries into deliveries, recording them as held (acked mode). A redelivered entry this
-    /// consumer holds already is skipped.
-    fn deliveries(&self, entries: Vec<Value>, redelivered: bool) -> Vec<Delivery> {
+    /// Turns stream entries into deliveries, recording them as held (acked mode). With `skip_held` (re-reading its
+    /// own pending list), an entry this consumer holds already is skipped: it was handed out. A claimed entry is
+    /// delivered even if held: its lease ran out, so it goes out again.
+    fn deliveries(&self, entries: Vec<Value>, redelivered: bool, skip_held: bool) -> Vec<Delivery> {
         let now = Instant::now();
         let mut credit = self.credit.0.lock();
         let mut out = Vec::with_capacity(entries.len());
@@ -461,9 +463,8 @@ impl Fetch {
             };
             if self.mode == ConsumeMode::Acked
                 && credit.held.insert(offset, now).is_some()
-                && redelivered
+                && skip_held
             {
-                // Re-read from its own pending list, but already handed out: not twice.
                 continue;
             }
             out.push(Delivery {
