@@ -68,6 +68,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         "queue recovered"
     );
     metrics::register(&mut setup.registry, queue.clone());
+    let latency = metrics::HopLatency::register(&mut setup.registry);
     let ready = setup.readiness.condition("listener");
 
     // Reliable frames carry up to one maximal payload plus its record header, so the WebSocket limit allows for
@@ -89,6 +90,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let context = ConnectionContext {
         queue: queue.clone(),
         metrics: setup.listener_metrics.clone(),
+        latency,
         limits: limits.clone(),
         sizes,
     };
@@ -177,6 +179,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 struct ConnectionContext {
     queue: Queue,
     metrics: ListenerMetrics,
+    /// The per-hop latency histograms the handlers record.
+    latency: metrics::HopLatency,
     limits: Limits,
     /// Payload and frame limits of the queue hop, shared with every consumer.
     sizes: QueueLimits,

@@ -322,6 +322,21 @@ impl Stack {
             .map(wsmq_subscriber::Bound::local_addr)
     }
 
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`) of `service`, if it runs here.
+    pub fn admin_addr(&self, service: Service) -> Option<SocketAddr> {
+        match service {
+            Service::Msgqueue => self.msgqueue.as_ref().map(wsmq_msgqueue::Bound::admin_addr),
+            Service::Publisher => self
+                .publisher
+                .as_ref()
+                .map(wsmq_publisher::Bound::admin_addr),
+            Service::Subscriber => self
+                .subscriber
+                .as_ref()
+                .map(wsmq_subscriber::Bound::admin_addr),
+        }
+    }
+
     /// Runs every service until `shutdown` is cancelled. The edges stop first (their clients are closed with
     /// 1001 and their links finish), then msgqueue drains and fsyncs, so nothing acked is lost on Ctrl-C. If one
     /// service fails, the others are shut down too and the first error is returned.
