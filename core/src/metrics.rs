@@ -455,7 +455,7 @@ mod tests {
         let sum: f64 = text
             .lines()
             .find_map(|line| line.strip_prefix("wsmq_test_hop_duration_seconds_sum "))
-            .ok_or_else(|| std::fmt::Error)?
+            .ok_or(std::fmt::Error)?
             .parse()
             .map_err(|_| std::fmt::Error)?;
         assert!((sum - 60.002041).abs() < 1e-9, "{sum}");
