@@ -271,10 +271,10 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
             && (runs(Service::Publisher) || runs(Service::Subscriber))
         {
             CredentialSource::AuthCallout
-        } else if configured {
-            CredentialSource::Configured
-        } else {
+        } else if dev_users {
             CredentialSource::DevUsers
+        } else {
+            CredentialSource::Configured
         },
         ca_file,
     })

@@ -270,3 +270,18 @@ async fn with_the_auth_callout_the_dev_users_are_not_created() {
     assert_eq!(asked[0]["user"], "hello");
     running.stop().await;
 }
+
+#[tokio::test]
+async fn msgqueue_alone_with_the_auth_callout_neither_creates_nor_announces_the_dev_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &[Service::Msgqueue]);
+    cfg.access.auth_url = Some("https://127.0.0.1:9/auth".into());
+    let stack = wsmq::bind(cfg).await.unwrap();
+    assert_ne!(stack.credentials, wsmq::CredentialSource::DevUsers);
+    let port = stack.msgqueue_addr().unwrap().port();
+    let running = Running::start(stack);
+    let dev = [("authorization", "Basic aGVsbG86dGVzdA==")]; // hello:test
+    let answer = handshake(port, dir.path(), PUSH_PATH, &dev).await.unwrap();
+    assert!(matches!(answer, Handshake::Refused(401)));
+    running.stop().await;
+}
