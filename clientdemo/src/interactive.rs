@@ -159,6 +159,12 @@ fn describe(event: &Event) -> String {
         } => format!("error from the {service}: {message}"),
         Event::Subscribed(topic) => format!("subscribed {topic}"),
         Event::Unsubscribed(topic) => format!("unsubscribed {topic}"),
+        Event::SubscriptionRefused { topic, reason } => {
+            format!("error: sub {topic} refused: {reason}")
+        }
+        Event::SubscriptionEnded { topic, reason } => {
+            format!("unsubscribed {topic} by the subscriber: {reason}")
+        }
         Event::Lost { id } => format!(
             "error: {id}: connection lost before the ack (the message may or may not be stored)"
         ),
@@ -316,5 +322,21 @@ mod tests {
             message: "queue full".into(),
         };
         assert_eq!(describe(&refused), "error: m-4: queue full");
+        let refused = Event::SubscriptionRefused {
+            topic: "news.secret".into(),
+            reason: "forbidden".into(),
+        };
+        assert_eq!(
+            describe(&refused),
+            "error: sub news.secret refused: forbidden"
+        );
+        let ended = Event::SubscriptionEnded {
+            topic: "news.*".into(),
+            reason: "forbidden".into(),
+        };
+        assert_eq!(
+            describe(&ended),
+            "unsubscribed news.* by the subscriber: forbidden"
+        );
     }
 }

@@ -108,6 +108,20 @@ pub(crate) enum Event {
     Subscribed(String),
     /// The subscriber confirmed an unsubscription.
     Unsubscribed(String),
+    /// The subscriber refused a subscription (e.g. `forbidden` by the client's permissions); it is not retried.
+    SubscriptionRefused {
+        /// The topic or pattern of the refused `sub`.
+        topic: String,
+        /// The subscriber's reason.
+        reason: String,
+    },
+    /// The subscriber ended a subscription on its own (permissions reloaded); it is not resubscribed.
+    SubscriptionEnded {
+        /// The topic or pattern no longer subscribed.
+        topic: String,
+        /// The subscriber's reason.
+        reason: String,
+    },
     /// The connection ended after this message was sent but before its ack: it may or may not be stored.
     Lost {
         /// The message id.
@@ -361,6 +375,15 @@ impl ServiceClient for SubscriberClient {
             Some(ServerFrame::Message { topic, content }) => Event::Message { topic, content },
             Some(ServerFrame::Subscribed(topic)) => Event::Subscribed(topic),
             Some(ServerFrame::Unsubscribed(topic)) => Event::Unsubscribed(topic),
+            Some(ServerFrame::SubscriptionRefused { topic, reason }) => {
+                // Subscribing again after a reconnect would only be refused again.
+                self.topics.remove(&topic);
+                Event::SubscriptionRefused { topic, reason }
+            }
+            Some(ServerFrame::SubscriptionEnded { topic, reason }) => {
+                self.topics.remove(&topic);
+                Event::SubscriptionEnded { topic, reason }
+            }
             Some(ServerFrame::Error { message, id }) => Event::Refused {
                 service: Self::SERVICE,
                 id: id.map(|id| decode_id(&id)),

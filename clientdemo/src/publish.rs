@@ -216,7 +216,9 @@ impl Tally {
             Event::Connected { .. }
             | Event::Message { .. }
             | Event::Subscribed(_)
-            | Event::Unsubscribed(_) => false,
+            | Event::Unsubscribed(_)
+            | Event::SubscriptionRefused { .. }
+            | Event::SubscriptionEnded { .. } => false,
         }
     }
 }

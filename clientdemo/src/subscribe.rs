@@ -100,6 +100,12 @@ fn report(event: Event) {
     match event {
         Event::Subscribed(topic) => eprintln!("subscribed {topic}"),
         Event::Unsubscribed(topic) => eprintln!("unsubscribed {topic}"),
+        Event::SubscriptionRefused { topic, reason } => {
+            eprintln!("error: sub {topic} refused: {reason}");
+        }
+        Event::SubscriptionEnded { topic, reason } => {
+            eprintln!("unsubscribed {topic} by the subscriber: {reason}");
+        }
         Event::Connected { service, url } => eprintln!("connected to the {service} at {url}"),
         Event::Disconnected { service, reason } => {
             eprintln!("{service} disconnected ({reason}); reconnecting");

@@ -10,8 +10,8 @@ use tokio::process::ChildStdin;
 use tokio::sync::broadcast;
 
 use common::{
-    FakeStack, Output, PASSWORD, Published, REJECTED_TOPIC, REJECTION, SILENT_TOPIC, STEP,
-    TestResult, finish,
+    FORBIDDEN_TOPIC, FakeStack, Output, PASSWORD, Published, REJECTED_TOPIC, REJECTION,
+    SILENT_TOPIC, STEP, TestResult, finish,
 };
 
 /// Receives what the fake publisher accepted, within [`STEP`].
@@ -162,6 +162,54 @@ async fn interactive_mode_publishes_subscribes_and_shows_acks_and_errors() -> Te
     type_line(&mut stdin, "exit").await?;
     let (status, _, stderr) = finish(child).await?;
     assert!(status.success(), "{status}: {stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn interactive_mode_shows_wildcard_topics_refused_and_ended_subscriptions_plainly()
+-> TestResult {
+    let mut stack = FakeStack::start().await?;
+    let mut child = stack.client().stdin(Stdio::piped()).spawn()?;
+    let mut stdin = child.stdin.take().ok_or("stdin is not piped")?;
+    let mut out = Output::of(&mut child)?;
+    type_line(&mut stdin, "sub news.*").await?;
+    out.expect("subscribed news.*").await?;
+    stack.subscribed("news.*").await?;
+    stack
+        .feed
+        .send(("news.sport".to_owned(), "goal".to_owned()))?;
+    out.expect("<[news.sport] goal").await?;
+
+    type_line(&mut stdin, &format!("sub {FORBIDDEN_TOPIC}")).await?;
+    out.expect(&format!("error: sub {FORBIDDEN_TOPIC} refused: forbidden"))
+        .await?;
+    stack.revoke.send("news.*".to_owned())?;
+    out.expect("unsubscribed news.* by the subscriber: forbidden")
+        .await?;
+
+    drop(stdin);
+    let (status, _, stderr) = finish(child).await?;
+    assert!(status.success(), "{status}: {stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn subscribe_reports_a_refused_subscription_with_its_topic_on_stderr() -> TestResult {
+    let mut stack = FakeStack::start().await?;
+    let child = stack
+        .client()
+        .args(["subscribe", "news", FORBIDDEN_TOPIC, "--count", "1"])
+        .spawn()?;
+    stack.subscribed("news").await?;
+    stack.subscribed(FORBIDDEN_TOPIC).await?;
+    stack.feed.send(("news".to_owned(), "only".to_owned()))?;
+    let (status, stdout, stderr) = finish(child).await?;
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stdout.trim(), r#"{"Topic":"news","Content":"only"}"#);
+    assert!(
+        stderr.contains(&format!("error: sub {FORBIDDEN_TOPIC} refused: forbidden")),
+        "{stderr}"
+    );
     Ok(())
 }
 

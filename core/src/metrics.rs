@@ -7,15 +7,20 @@
 //! unprefixed names so standard dashboards and `wsmq-bench conns --metrics-url` find them.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    MetricEncoder, NoLabelSet,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 /// Why the listener refused a connection before handing it to the service; the `reason` label of
@@ -259,6 +264,90 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Upper bound of the first latency bucket: 10 µs, about the cost of one hop inside a process.
+const LATENCY_FIRST_BOUND_NANOS: u64 = 10_000;
+/// Latency buckets: 10 µs doubling up to 10.5 s (10 µs × 2^20), then `+Inf`.
+const LATENCY_BUCKETS: usize = 21;
+
+/// A per-hop latency histogram (seconds, buckets from 10 µs doubling to 10.5 s): how long messages take from one
+/// point of a service to another, so operators and the bench can see where the time goes.
+///
+/// prometheus-client's [`Histogram`] takes a mutex per observation and records one value at a time; this one is a
+/// few relaxed atomic adds, and records the messages of a frame that share one latency (acked by one fsync,
+/// written by one flush) with one update ([`LatencyHistogram::observe_n`]), so the hot path pays almost nothing.
+/// Cheap to clone (an `Arc` inside); [`LatencyHistogram::default`] is unregistered, for tests.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram(Arc<LatencyCounts>);
+
+/// The counts behind a [`LatencyHistogram`]: per bucket (not cumulative; the encoder sums them) and the sum.
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    /// `buckets[i]` counts latencies in (bound(i-1), bound(i)]; the last one everything above 10.5 s.
+    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records `n` messages that each took `took`.
+    pub fn observe_n(&self, took: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let above_first = nanos.saturating_sub(1) / LATENCY_FIRST_BOUND_NANOS;
+        let index = usize::try_from(u64::BITS - above_first.leading_zeros())
+            .map_or(LATENCY_BUCKETS, |i| i.min(LATENCY_BUCKETS));
+        self.0.buckets[index].fetch_add(n, Ordering::Relaxed);
+        self.0
+            .sum_nanos
+            .fetch_add(nanos.saturating_mul(n), Ordering::Relaxed);
+    }
+
+    /// Records `n` messages that each took from `since` until now.
+    pub fn observe_since(&self, since: Instant, n: u64) {
+        self.observe_n(since.elapsed(), n);
+    }
+
+    /// Messages recorded so far (the histogram's `_count`).
+    pub fn count(&self) -> u64 {
+        self.0
+            .buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Registers the histogram under `name` (with the unit `seconds` appended, as Prometheus names durations).
+    pub fn register(&self, registry: &mut Registry, name: &str, help: &str) {
+        registry.register_with_unit(name, help, Unit::Seconds, self.clone());
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut bound = LATENCY_FIRST_BOUND_NANOS as f64 / 1e9;
+        let mut buckets = [(0.0, 0); LATENCY_BUCKETS + 1];
+        let mut count = 0;
+        for (slot, counted) in buckets.iter_mut().zip(&self.0.buckets) {
+            let n = counted.load(Ordering::Relaxed);
+            count += n;
+            *slot = (bound, n);
+            bound *= 2.0;
+        }
+        buckets[LATENCY_BUCKETS].0 = f64::INFINITY;
+        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 /// An unprefixed registry with the process's own metrics, read at each scrape: today
 /// `process_resident_memory_bytes`, the name the Prometheus client libraries use, so per-connection memory can be
 /// watched (and measured by `wsmq-bench conns`) without access to the host. Empty where it cannot be read.
@@ -330,6 +419,46 @@ mod tests {
         drop(guard);
         assert_eq!(metrics.open(), 0);
         assert_eq!(metrics.rejected(RejectReason::HandshakeTimeout), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn latency_histogram_buckets_from_10_microseconds_to_10_seconds() -> Result<(), std::fmt::Error>
+    {
+        let mut registry = Registry::with_prefix("wsmq_test");
+        let latency = LatencyHistogram::default();
+        latency.register(&mut registry, "hop_duration", "test hop");
+        latency.observe_n(Duration::from_micros(10), 3);
+        latency.observe_n(Duration::from_micros(11), 1);
+        latency.observe_n(Duration::from_millis(1), 2);
+        latency.observe_n(Duration::from_secs(60), 1);
+        latency.observe_n(Duration::from_secs(60), 0);
+        assert_eq!(latency.count(), 7);
+        let mut text = String::new();
+        encode(&mut text, &registry)?;
+        assert!(
+            text.contains("# TYPE wsmq_test_hop_duration_seconds histogram"),
+            "{text}"
+        );
+        for sample in [
+            "wsmq_test_hop_duration_seconds_bucket{le=\"0.00001\"} 3",
+            "wsmq_test_hop_duration_seconds_bucket{le=\"0.00002\"} 4",
+            // 1 ms falls into (640 µs, 1.28 ms].
+            "wsmq_test_hop_duration_seconds_bucket{le=\"0.00064\"} 4",
+            "wsmq_test_hop_duration_seconds_bucket{le=\"0.00128\"} 6",
+            "wsmq_test_hop_duration_seconds_bucket{le=\"10.48576\"} 6",
+            "wsmq_test_hop_duration_seconds_bucket{le=\"+Inf\"} 7",
+            "wsmq_test_hop_duration_seconds_count 7",
+        ] {
+            assert!(text.contains(sample), "{sample} not in {text}");
+        }
+        let sum: f64 = text
+            .lines()
+            .find_map(|line| line.strip_prefix("wsmq_test_hop_duration_seconds_sum "))
+            .ok_or(std::fmt::Error)?
+            .parse()
+            .map_err(|_| std::fmt::Error)?;
+        assert!((sum - 60.002041).abs() < 1e-9, "{sum}");
         Ok(())
     }
 

@@ -36,6 +36,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::limits::Limits;
+use crate::metrics::LatencyHistogram;
 
 /// Most messages the writer feeds before it flushes, so one flood of sends cannot delay the flush (and the
 /// peer's first bytes) indefinitely.
@@ -157,11 +158,72 @@ pub struct Outbox {
 /// A message boxed for the outbox queue: tokio's channel allocates its slots 32 at a time up front, and 32 boxes
 /// cost 256 bytes per idle connection where 32 `Message`s cost 1.8 KiB.
 #[derive(Debug)]
-struct Queued(Box<Message>);
+struct Queued(Box<Entry>);
+
+/// What a [`Queued`] box holds: the message and, if its sender measures it, what to record once it is written.
+#[derive(Debug)]
+struct Entry {
+    message: Message,
+    written: Option<Written>,
+}
 
 impl From<Queued> for Message {
     fn from(queued: Queued) -> Message {
-        *queued.0
+        queued.0.message
+    }
+}
+
+/// A latency to record once a message reached the socket: `messages` messages (a frame may carry many) handed
+/// out at `since`, recorded into `latency` after the flush that wrote them ([`Outbox::send_timed`]).
+#[derive(Debug)]
+pub struct Written {
+    /// When the messages were handed to this connection.
+    pub since: std::time::Instant,
+    /// How many messages the frame carries.
+    pub messages: u64,
+    /// Where their latency is recorded.
+    pub latency: LatencyHistogram,
+}
+
+/// The writer's side of an [`Outbox`]: yields its messages, and once they are flushed records the latency of
+/// those sent with [`Outbox::send_timed`].
+#[derive(Debug)]
+struct OutboxQueue {
+    receiver: mpsc::Receiver<Queued>,
+    /// Timed messages yielded but not yet flushed; empty (unallocated) on connections nobody measures.
+    unflushed: Vec<Written>,
+}
+
+impl OutboxQueue {
+    fn take(&mut self, queued: Queued) -> Message {
+        let Entry { message, written } = *queued.0;
+        self.unflushed.extend(written);
+        message
+    }
+}
+
+impl Outgoing for OutboxQueue {
+    async fn next(&mut self) -> Option<Message> {
+        let queued = self.receiver.recv().await?;
+        Some(self.take(queued))
+    }
+
+    fn ready(&mut self) -> Option<Message> {
+        let queued = self.receiver.try_recv().ok()?;
+        Some(self.take(queued))
+    }
+
+    fn flushed(&mut self) {
+        if self.unflushed.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        for written in self.unflushed.drain(..) {
+            written.latency.observe_n(
+                now.saturating_duration_since(written.since),
+                written.messages,
+            );
+        }
     }
 }
 
@@ -180,8 +242,18 @@ impl Outbox {
     /// Queues a message, waiting while the queue is full (backpressure towards the producer).
     /// Fails only when the connection is gone.
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
+        self.queue(message, None).await
+    }
+
+    /// Queues a message like [`Outbox::send`], and once the writer has flushed it to the socket records its
+    /// latency as `written` says: how services measure "handed to this connection → written to its socket".
+    pub async fn send_timed(&self, message: Message, written: Written) -> Result<(), SendError> {
+        self.queue(message, Some(written)).await
+    }
+
+    async fn queue(&self, message: Message, written: Option<Written>) -> Result<(), SendError> {
         self.sender
-            .send(Queued(Box::new(message)))
+            .send(Queued(Box::new(Entry { message, written })))
             .await
             .map_err(|err| SendError::Closed(err.0.into()))
     }
@@ -189,7 +261,10 @@ impl Outbox {
     /// Queues a message without waiting, for callers whose overflow policy is to drop or disconnect a slow peer.
     pub fn try_send(&self, message: Message) -> Result<(), SendError> {
         self.sender
-            .try_send(Queued(Box::new(message)))
+            .try_send(Queued(Box::new(Entry {
+                message,
+                written: None,
+            })))
             .map_err(|err| match err {
                 mpsc::error::TrySendError::Full(m) => SendError::Full(m.into()),
                 mpsc::error::TrySendError::Closed(m) => SendError::Closed(m.into()),
@@ -218,6 +293,10 @@ pub trait Outgoing: Send {
 
     /// The next message if one is ready without waiting: the writer feeds these before flushing once.
     fn ready(&mut self) -> Option<Message>;
+
+    /// Everything yielded so far has been written and flushed to the socket: a source that measures when its
+    /// messages reach the peer (the per-hop latency metrics) records it here.
+    fn flushed(&mut self) {}
 }
 
 impl<M: Into<Message> + Send> Outgoing for mpsc::Receiver<M> {
@@ -284,6 +363,7 @@ where
             return Err(err);
         }
         replies.flushed.fetch_max(owed, Ordering::AcqRel);
+        outbox.flushed();
     }
     let frame = closer.frame();
     let goodbye = async {
@@ -495,9 +575,13 @@ where
     let (sink, stream) = ws.split();
     let closer = Closer::new(shutdown);
     let (sender, receiver) = mpsc::channel(outbox_capacity);
+    let queue = OutboxQueue {
+        receiver,
+        unflushed: Vec::new(),
+    };
     let writer = tokio::spawn(run_writer(
         sink,
-        receiver,
+        queue,
         closer.clone(),
         limits.ping_interval,
     ));
@@ -610,6 +694,46 @@ mod tests {
             Event::Flushed,
         ];
         assert_eq!(sink.take(), expected);
+    }
+
+    #[tokio::test]
+    async fn timed_messages_are_recorded_after_the_flush_that_wrote_them() {
+        let sink = RecordingSink::default();
+        let (sender, receiver) = mpsc::channel(8);
+        let closer = Closer::new(&CancellationToken::new());
+        let outbox = Outbox {
+            sender,
+            closer: closer.clone(),
+        };
+        let latency = LatencyHistogram::default();
+        for messages in [3, 2] {
+            let written = Written {
+                since: std::time::Instant::now(),
+                messages,
+                latency: latency.clone(),
+            };
+            assert!(outbox.send_timed(text("frame"), written).await.is_ok());
+        }
+        assert!(outbox.send(text("untimed")).await.is_ok());
+        drop(outbox);
+        let queue = OutboxQueue {
+            receiver,
+            unflushed: Vec::new(),
+        };
+        assert_eq!(
+            latency.count(),
+            0,
+            "nothing is recorded before the writer ran"
+        );
+        let writer = run_writer(sink.clone(), queue, closer, Duration::from_secs(20));
+        assert!(matches!(writer.await, Ok(())));
+        assert_eq!(
+            latency.count(),
+            5,
+            "each frame counts the messages it carries"
+        );
+        let events = sink.take();
+        assert_eq!(events.get(3), Some(&Event::Flushed), "{events:?}");
     }
 
     #[tokio::test(start_paused = true)]

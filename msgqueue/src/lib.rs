@@ -77,6 +77,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     }
     metrics::register(&mut setup.registry, queue.clone());
     queue.register_metrics(&mut setup.registry);
+    let latency = metrics::HopLatency::register(&mut setup.registry);
     let ready = setup.readiness.condition("listener");
     let storage_ready = queue
         .ready()
@@ -101,6 +102,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
     let context = ConnectionContext {
         queue: queue.clone(),
         metrics: setup.listener_metrics.clone(),
+        latency,
         limits: limits.clone(),
         sizes,
     };
@@ -200,6 +202,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 struct ConnectionContext {
     queue: Queue,
     metrics: ListenerMetrics,
+    /// The per-hop latency histograms the handlers record.
+    latency: metrics::HopLatency,
     limits: Limits,
     /// Payload and frame limits of the queue hop, shared with every consumer.
     sizes: QueueLimits,

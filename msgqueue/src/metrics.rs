@@ -1,4 +1,5 @@
-//! msgqueue's own metrics, read from the engine's counters at scrape time so the hot path pays nothing.
+//! msgqueue's own metrics: the engine's counters, read at scrape time so the hot path pays nothing, and the
+//! per-hop latency histograms the connection handlers record ([`HopLatency`]).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -6,6 +7,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
+use wsmq_core::metrics::LatencyHistogram;
 
 use crate::queue::{GroupStats, Queue, QueueStats};
 
@@ -15,6 +17,34 @@ use crate::queue::{GroupStats, Queue, QueueStats};
 /// lag in messages and bytes, consumers and redeliveries under `queue_group_`.
 pub(crate) fn register(registry: &mut Registry, queue: Queue) {
     registry.register_collector(Box::new(QueueCollector { queue }));
+}
+
+/// Where time goes inside msgqueue, per message: how long a reliable push waits to be acked as durable, and how
+/// long a delivery takes from being handed to a consumer's connection to being written to its socket.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HopLatency {
+    /// Push frame read → its messages acked to the producer as durable (`push_duration_seconds`).
+    pub(crate) push: LatencyHistogram,
+    /// Delivery handed to a consumer's connection → written to its socket (`delivery_duration_seconds`).
+    pub(crate) delivery: LatencyHistogram,
+}
+
+impl HopLatency {
+    /// Creates the histograms and registers them in `registry` (prefixed `wsmq_msgqueue_`).
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let latency = Self::default();
+        latency.push.register(
+            registry,
+            "push_duration",
+            "Time from reading a reliable push frame to acking its messages as durable, per message stored",
+        );
+        latency.delivery.register(
+            registry,
+            "delivery_duration",
+            "Time from handing deliveries to a consumer's connection to writing them to its socket, per delivery",
+        );
+        latency
+    }
 }
 
 #[derive(Debug)]

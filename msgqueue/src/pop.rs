@@ -6,13 +6,15 @@
 //! one frame, and removes a message only when the consumer acks it; the engine redelivers leases of a consumer
 //! that goes away.
 
+use std::time::Instant;
+
 use tokio::select;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use wsmq_core::protocol::group::PopQuery;
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PopRecord, RECORD_OVERHEAD};
 use wsmq_core::server::Accepted;
-use wsmq_core::ws::{self, Outbox, ReadError};
+use wsmq_core::ws::{self, Outbox, ReadError, Written};
 
 use crate::ConnectionContext;
 use crate::push::ConnReader;
@@ -141,10 +143,12 @@ async fn serve_consumer(
                     outbox.close(CloseCode::Away, "queue closed");
                     return Err(err.into());
                 }
+                // `delivery_duration_seconds` runs from here to the flush that writes each delivery.
+                let handed = Instant::now();
                 if reliable {
-                    send_reliable(conn, outbox, &mut batch, &mut frame, frame_budget).await?;
+                    send_reliable(conn, outbox, &mut batch, &mut frame, frame_budget, handed).await?;
                 } else {
-                    send_compat(conn, outbox, &mut batch).await?;
+                    send_compat(conn, outbox, &mut batch, handed).await?;
                 }
             }
             () = outbox.closer().closing() => return Ok(()),
@@ -159,27 +163,42 @@ async fn send_reliable(
     batch: &mut Vec<Delivery>,
     frame: &mut FrameWriter,
     budget: usize,
+    handed: Instant,
 ) -> Result<(), PopConnError> {
+    let mut in_frame = 0;
     for delivery in batch.drain(..) {
         if !frame.is_empty() && frame.len() + RECORD_OVERHEAD + delivery.payload.len() > budget {
-            send_frame(conn, outbox, frame.take()).await?;
+            let message = Message::Binary(frame.take());
+            send_timed(conn, outbox, message, handed, in_frame).await?;
+            in_frame = 0;
         }
         frame.deliver(delivery.id, delivery.redelivered, &delivery.payload);
+        in_frame += 1;
     }
     if !frame.is_empty() {
-        send_frame(conn, outbox, frame.take()).await?;
+        let message = Message::Binary(frame.take());
+        send_timed(conn, outbox, message, handed, in_frame).await?;
     }
     Ok(())
 }
 
-async fn send_frame(
+/// Queues one frame of `deliveries` deliveries handed out at `handed`; the writer records their
+/// `delivery_duration_seconds` once it flushed the frame.
+async fn send_timed(
     conn: &ConnectionContext,
     outbox: &Outbox,
-    frame: bytes::Bytes,
+    message: Message,
+    handed: Instant,
+    deliveries: u64,
 ) -> Result<(), PopConnError> {
-    conn.metrics.sent(frame.len());
+    conn.metrics.sent(message.len());
+    let written = Written {
+        since: handed,
+        messages: deliveries,
+        latency: conn.latency.delivery.clone(),
+    };
     outbox
-        .send(Message::Binary(frame))
+        .send_timed(message, written)
         .await
         .map_err(|_| PopConnError::Protocol("connection closed"))
 }
@@ -190,17 +209,14 @@ async fn send_compat(
     conn: &ConnectionContext,
     outbox: &Outbox,
     batch: &mut Vec<Delivery>,
+    handed: Instant,
 ) -> Result<(), PopConnError> {
     for delivery in batch.drain(..) {
-        conn.metrics.sent(delivery.payload.len());
         let message = match tungstenite::Utf8Bytes::try_from(delivery.payload.clone()) {
             Ok(text) => Message::Text(text),
             Err(_) => Message::Binary(delivery.payload),
         };
-        outbox
-            .send(message)
-            .await
-            .map_err(|_| PopConnError::Protocol("connection closed"))?;
+        send_timed(conn, outbox, message, handed, 1).await?;
     }
     Ok(())
 }

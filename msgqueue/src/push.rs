@@ -5,10 +5,13 @@
 //! ACKED/REJECT in push order once the storage says the messages are durable, so that the reader keeps reading
 //! while earlier frames wait for their group commit.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
+use wsmq_core::metrics::LatencyHistogram;
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PushRecord, PushReply, RejectReason};
 use wsmq_core::server::Accepted;
 use wsmq_core::ws::{self, Outbox, ReadError, Reader};
@@ -111,6 +114,10 @@ async fn compat_push(
 
 /// One frame's worth of outcomes, waiting for durability before its replies go out.
 struct Pending {
+    /// When the frame was read: its messages' `push_duration_seconds` runs from here to their ACKED.
+    received: Instant,
+    /// Messages of the frame that were stored or recognised as duplicates: those the ACKED covers.
+    acked: u64,
     /// Wait for this before replying (the highest token of the frame's accepted pushes).
     durable: Option<DurableToken>,
     /// Highest sequence number of the frame that was stored or recognised as a duplicate.
@@ -126,7 +133,12 @@ async fn reliable_push(
     outbox: Outbox,
 ) -> Result<(), PushConnError> {
     let (pending_tx, pending_rx) = mpsc::channel(PENDING_FRAMES);
-    let acker = tokio::spawn(run_acker(conn.queue.clone(), pending_rx, outbox.clone()));
+    let acker = tokio::spawn(run_acker(
+        conn.queue.clone(),
+        pending_rx,
+        outbox.clone(),
+        conn.latency.push.clone(),
+    ));
     let result = read_pushes(conn, &mut reader, &outbox, pending_tx).await;
     // The acker ends once every pending frame is answered (the sender was dropped above).
     let _ = acker.await;
@@ -152,6 +164,7 @@ async fn read_pushes(
             ));
         };
         conn.metrics.received(frame.len());
+        let received = Instant::now();
         let mut records = FrameReader::new(frame, conn.sizes.max_payload);
         loop {
             match records.next_push() {
@@ -184,6 +197,8 @@ async fn read_pushes(
         results.clear();
         conn.queue.push_batch(items.drain(..), &mut results);
         let mut pending = Pending {
+            received,
+            acked: 0,
             durable: None,
             acked_upto: None,
             rejects: Vec::new(),
@@ -193,6 +208,7 @@ async fn read_pushes(
                 Ok(pushed) => {
                     pending.durable = pending.durable.max(Some(pushed.durable()));
                     pending.acked_upto = Some(seq);
+                    pending.acked += 1;
                 }
                 Err(err) => pending.rejects.push((seq, reject_reason(err))),
             }
@@ -232,7 +248,12 @@ fn protocol_error(outbox: &Outbox, code: CloseCode, reason: &'static str) -> Pus
 
 /// Answers pending frames in order. Everything already queued is answered together after one durability wait,
 /// which is what makes group commit pay off: one fsync, one reply frame for many pushes.
-async fn run_acker(queue: Queue, mut pending_rx: mpsc::Receiver<Pending>, outbox: Outbox) {
+async fn run_acker(
+    queue: Queue,
+    mut pending_rx: mpsc::Receiver<Pending>,
+    outbox: Outbox,
+    latency: LatencyHistogram,
+) {
     let mut batch = Vec::new();
     let mut replies = FrameWriter::with_capacity(256);
     while pending_rx.recv_many(&mut batch, PENDING_FRAMES).await > 0 {
@@ -246,7 +267,13 @@ async fn run_acker(queue: Queue, mut pending_rx: mpsc::Receiver<Pending>, outbox
             outbox.close(CloseCode::Error, "queue storage failed");
             return;
         }
+        // Durable now: the ACKED below is queued at once (written by the connection's writer right after).
+        let durable_at = Instant::now();
         for pending in batch.drain(..) {
+            latency.observe_n(
+                durable_at.saturating_duration_since(pending.received),
+                pending.acked,
+            );
             for &(seq, reason) in &pending.rejects {
                 replies.push_reply(PushReply::Reject { seq, reason });
             }

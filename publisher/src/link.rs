@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
@@ -143,6 +144,8 @@ struct Submission {
 /// Buffer space held by one message until msgqueue acks or rejects it; dropping it frees the space.
 #[derive(Debug)]
 struct Slot {
+    /// When the message was handed to the link: its `publish_duration_seconds` runs from here to the ack.
+    handed: Instant,
     _message: OwnedSemaphorePermit,
     _bytes: OwnedSemaphorePermit,
     buffered: Gauge,
@@ -160,7 +163,7 @@ struct InFlight {
     seq: u64,
     payload: Bytes,
     done: Option<oneshot::Sender<Result<MessageId, PublishError>>>,
-    _slot: Slot,
+    slot: Slot,
 }
 
 impl PushLink {
@@ -216,6 +219,7 @@ impl PushLink {
     /// Hands a message to the link if its buffer has room now, without waiting: for callers that answer "try
     /// again later" rather than hold a client (the HTTP API while msgqueue is unreachable).
     pub fn try_push(&self, payload: Bytes) -> Result<Receipt, TryPushError> {
+        let handed = Instant::now();
         let refused = |err| match err {
             TryAcquireError::Closed => TryPushError::Closed(LinkClosed),
             TryAcquireError::NoPermits => TryPushError::Full,
@@ -230,7 +234,7 @@ impl PushLink {
         let submission = Submission {
             payload,
             done: Some(done),
-            slot: self.slot(message, bytes),
+            slot: self.slot(message, bytes, handed),
         };
         // A message permit is held for every queued submission and the queue holds as many as there are
         // permits, so it has room unless the link has stopped.
@@ -245,6 +249,8 @@ impl PushLink {
         payload: Bytes,
         done: Option<oneshot::Sender<Result<MessageId, PublishError>>>,
     ) -> Result<(), LinkClosed> {
+        // Waiting for buffer space (backpressure) counts towards the publish latency.
+        let handed = Instant::now();
         let message = self
             .messages
             .clone()
@@ -257,7 +263,7 @@ impl PushLink {
             .acquire_many_owned(self.cost(&payload))
             .await
             .map_err(|_| LinkClosed)?;
-        let slot = self.slot(message, bytes);
+        let slot = self.slot(message, bytes, handed);
         self.submissions
             .send(Submission {
                 payload,
@@ -274,9 +280,15 @@ impl PushLink {
     }
 
     /// The buffer space of one message, counted in the gauge while it exists.
-    fn slot(&self, message: OwnedSemaphorePermit, bytes: OwnedSemaphorePermit) -> Slot {
+    fn slot(
+        &self,
+        message: OwnedSemaphorePermit,
+        bytes: OwnedSemaphorePermit,
+        handed: Instant,
+    ) -> Slot {
         self.buffered.inc();
         Slot {
+            handed,
             _message: message,
             _bytes: bytes,
             buffered: self.buffered.clone(),
@@ -426,7 +438,7 @@ impl LinkTask {
                 seq,
                 payload: submission.payload,
                 done: submission.done,
-                _slot: submission.slot,
+                slot: submission.slot,
             });
             next = self.submissions.try_recv().ok();
         }
@@ -447,7 +459,10 @@ impl LinkTask {
             match reply {
                 PushReply::Acked { upto } => {
                     let mut acked = 0;
+                    let now = Instant::now();
                     while let Some(message) = self.unacked.pop_front_if(|m| m.seq <= upto) {
+                        self.metrics
+                            .stored_after(now.saturating_duration_since(message.slot.handed));
                         if let Some(done) = message.done {
                             let _ = done.send(Ok(MessageId {
                                 producer: self.producer,

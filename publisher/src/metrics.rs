@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use wsmq_core::metrics::LatencyHistogram;
 
 /// Why a client message was refused at the edge; the `reason` label of `messages_invalid_total`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -65,6 +66,7 @@ pub struct PublisherMetrics {
     buffered: Gauge,
     http_requests: Family<StatusLabels, Counter>,
     idempotent_replays: Counter,
+    publish_duration: LatencyHistogram,
 }
 
 impl PublisherMetrics {
@@ -121,7 +123,17 @@ impl PublisherMetrics {
             "HTTP API requests answered with the stored answer of an earlier request with the same Idempotency-Key",
             metrics.idempotent_replays.clone(),
         );
+        metrics.publish_duration.register(
+            registry,
+            "publish_duration",
+            "Time from a client's publish handed to the link (WebSocket frame or HTTP API) to msgqueue's ack that it is stored durably, per message",
+        );
         metrics
+    }
+
+    /// Records a message acked by msgqueue `took` after it was handed to the link.
+    pub(crate) fn stored_after(&self, took: std::time::Duration) {
+        self.publish_duration.observe_n(took, 1);
     }
 
     /// Counts an HTTP API answer with `status`.

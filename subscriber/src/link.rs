@@ -263,6 +263,7 @@ impl PopLink {
         // The frame itself is bounded by the link's WebSocket limit; an oversize payload in it is refused below,
         // not treated as a broken frame (which would drop the link and have it redelivered forever).
         let mut reader = FrameReader::new(frame, usize::MAX);
+        run.popped = std::time::Instant::now();
         while let Some(delivery) = reader.next_delivery()? {
             if delivery.payload.len() > self.max_payload {
                 metrics.invalid_payload();
@@ -304,7 +305,11 @@ impl PopLink {
         if run.frames.is_empty() {
             return;
         }
-        if self.router.route_all(&run.topic, &run.frames) == 0 {
+        if self
+            .router
+            .route_all(&run.topic, &run.frames, Some(run.popped))
+            == 0
+        {
             self.router.metrics().unrouted(run.frames.len());
         }
         run.frames.clear();
@@ -313,10 +318,22 @@ impl PopLink {
 
 /// Consecutive deliveries of one topic, collected from a frame so they are routed together. Reused across
 /// frames so routing allocates nothing per delivery.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Run {
     topic: String,
     frames: Vec<Utf8Bytes>,
+    /// When the frame the run comes from was read from msgqueue.
+    popped: std::time::Instant,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Self {
+            topic: String::new(),
+            frames: Vec::new(),
+            popped: std::time::Instant::now(),
+        }
+    }
 }
 
 /// The topic and text of one payload, or why it is not a message (the reason never echoes the payload).

@@ -9,6 +9,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use wsmq_core::metrics::LatencyHistogram;
 
 /// The subscriber's own metrics. Cheap to clone (every field is an `Arc` inside); shared by the router, the
 /// client sessions and the link. [`SubscriberMetrics::default`] gives unregistered metrics, for tests.
@@ -28,6 +29,7 @@ pub struct SubscriberMetrics {
     subscriptions_revoked: Counter,
     link_up: Gauge,
     link_reconnects: Counter,
+    delivery_duration: LatencyHistogram,
 }
 
 impl SubscriberMetrics {
@@ -100,7 +102,17 @@ impl SubscriberMetrics {
             "Times the link to msgqueue was lost and redialled",
             m.link_reconnects.clone(),
         );
+        m.delivery_duration.register(
+            registry,
+            "delivery_duration",
+            "Time from a message popped from msgqueue to its delivery written to a client's socket, per delivery (a message sent to 3 clients counts 3 times)",
+        );
         m
+    }
+
+    /// The histogram every client's writer records its deliveries' latency in.
+    pub(crate) fn delivery_latency(&self) -> &LatencyHistogram {
+        &self.delivery_duration
     }
 
     /// Tracks a connected client until the returned guard is dropped, however its session ends.

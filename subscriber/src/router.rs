@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, Utf8Bytes};
+use wsmq_core::metrics::LatencyHistogram;
 use wsmq_core::topic::{Pattern, PatternTrie, Topic};
 use wsmq_core::ws::{Closer, Outgoing};
 
@@ -91,6 +92,8 @@ pub struct Client {
     progress: AtomicU64,
     /// When the current congestion began (meaningful while congested).
     congested_since: AtomicU64,
+    /// `delivery_duration_seconds`: popped from msgqueue → written to this client's socket.
+    latency: LatencyHistogram,
 }
 
 /// One client's outbound frames, with the state that decides whether more may enter. ("Queue" is msgqueue's:
@@ -98,6 +101,9 @@ pub struct Client {
 #[derive(Debug, Default)]
 struct Outbound {
     frames: VecDeque<Utf8Bytes>,
+    /// When the deliveries among `frames` were popped from msgqueue, a stamp per routed run, oldest first
+    /// (replies carry none).
+    stamps: VecDeque<Popped>,
     /// Set once the client was cut off or left; it then accepts nothing more.
     cut_off: bool,
     /// Whether this client is in [`Congestion::congested`].
@@ -192,6 +198,14 @@ impl Congestion {
     }
 }
 
+/// `messages` deliveries of one run, popped from msgqueue at `at`: what a client's writer records in
+/// `delivery_duration_seconds` once it has written them.
+#[derive(Debug, Clone, Copy)]
+struct Popped {
+    at: Instant,
+    messages: u64,
+}
+
 /// What offering a run of frames to one client did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Offered {
@@ -225,7 +239,10 @@ impl Client {
     /// Queues `frames` in order without waiting, applying the slow-client policy when the queue is full: one lock
     /// and at most one wake-up of the writer for the whole run, so a frame of many deliveries for one topic costs
     /// each subscriber one flush rather than one per message.
-    fn offer(self: &Arc<Self>, frames: &[Utf8Bytes]) -> Offered {
+    ///
+    /// `popped` (when the run left msgqueue) stamps the run for the client's delivery latency; replies and
+    /// callers that measure nothing pass `None`.
+    fn offer(self: &Arc<Self>, frames: &[Utf8Bytes], popped: Option<Instant>) -> Offered {
         let mut offered = Offered::default();
         {
             let mut outbound = self.outbound.lock();
@@ -243,6 +260,14 @@ impl Client {
                         SlowClientPolicy::DropOldest => {
                             outbound.frames.pop_front();
                             offered.dropped += 1;
+                            // The dropped frame is taken to be the oldest stamped delivery (a dropped reply
+                            // would leave one delivery uncounted; replies are rare on a full queue).
+                            if let Some(oldest) = outbound.stamps.front_mut() {
+                                oldest.messages -= 1;
+                                if oldest.messages == 0 {
+                                    outbound.stamps.pop_front();
+                                }
+                            }
                         }
                         SlowClientPolicy::Close => {
                             self.cut_off(&mut outbound);
@@ -256,6 +281,15 @@ impl Client {
                 }
                 outbound.frames.push_back(frame.clone());
                 offered.queued += 1;
+            }
+            if let Some(at) = popped
+                && !offered.overflowed
+                && offered.queued > 0
+            {
+                outbound.stamps.push_back(Popped {
+                    at,
+                    messages: offered.queued as u64,
+                });
             }
             if !offered.overflowed
                 && !outbound.congested
@@ -278,6 +312,7 @@ impl Client {
     fn cut_off(&self, outbound: &mut Outbound) {
         self.stop(outbound);
         outbound.frames = VecDeque::new();
+        outbound.stamps = VecDeque::new();
         self.ready.notify_one();
     }
 
@@ -293,14 +328,16 @@ impl Client {
     /// Queues a reply to the client's own command (confirmation or error), under the same bound and policy as
     /// messages so a client that sends commands without reading cannot grow memory.
     pub(crate) fn reply(self: &Arc<Self>, frame: Utf8Bytes, metrics: &SubscriberMetrics) {
-        self.offer(std::slice::from_ref(&frame)).count(metrics);
+        self.offer(std::slice::from_ref(&frame), None)
+            .count(metrics);
     }
 
-    /// Moves every queued frame into the empty `into` (a swap: no copying), which relieves congestion. `false`
-    /// once the client was cut off or left and nothing is left to write.
-    fn take_all(&self, into: &mut VecDeque<Utf8Bytes>) -> bool {
+    /// Moves every queued frame into the empty `into` (a swap: no copying) and their stamps to `stamps`, which
+    /// relieves congestion. `false` once the client was cut off or left and nothing is left to write.
+    fn take_all(&self, into: &mut VecDeque<Utf8Bytes>, stamps: &mut Vec<Popped>) -> bool {
         let mut outbound = self.outbound.lock();
         std::mem::swap(&mut outbound.frames, into);
+        stamps.extend(outbound.stamps.drain(..));
         self.congestion.leave(self, &mut outbound);
         !(outbound.cut_off && into.is_empty())
     }
@@ -325,6 +362,7 @@ impl Client {
         ClientOutgoing {
             client: Arc::clone(self),
             batch: VecDeque::new(),
+            unwritten: Vec::new(),
         }
     }
 }
@@ -335,6 +373,8 @@ impl Client {
 pub struct ClientOutgoing {
     client: Arc<Client>,
     batch: VecDeque<Utf8Bytes>,
+    /// Stamps of the deliveries taken into `batch` since the last flush that left it empty.
+    unwritten: Vec<Popped>,
 }
 
 impl ClientOutgoing {
@@ -347,7 +387,7 @@ impl ClientOutgoing {
         if self.batch.capacity() > RETAINED_CAPACITY {
             self.batch = VecDeque::new();
         }
-        self.client.take_all(&mut self.batch)
+        self.client.take_all(&mut self.batch, &mut self.unwritten)
     }
 }
 
@@ -368,6 +408,20 @@ impl Outgoing for ClientOutgoing {
     fn ready(&mut self) -> Option<Message> {
         self.refill();
         self.batch.pop_front().map(Message::Text)
+    }
+
+    /// Records the deliveries taken so far once all of them are written: a batch larger than one write step
+    /// counts at the flush that finishes it, so the latency errs long, never short.
+    fn flushed(&mut self) {
+        if !self.batch.is_empty() || self.unwritten.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for popped in self.unwritten.drain(..) {
+            self.client
+                .latency
+                .observe_n(now.saturating_duration_since(popped.at), popped.messages);
+        }
     }
 }
 
@@ -461,6 +515,7 @@ impl Router {
             progress: AtomicU64::new(congestion.now()),
             congested_since: AtomicU64::new(0),
             congestion: Arc::clone(congestion),
+            latency: self.inner.metrics.delivery_latency().clone(),
         })
     }
 
@@ -542,15 +597,18 @@ impl Router {
 
     /// Offers `frame` to every current subscriber of `topic` and returns how many queues took it (0: nobody
     /// subscribes). Never waits and never holds an index lock while offering.
+    /// Unstamped: nothing is recorded in `delivery_duration_seconds` (for tests and benchmarks).
     pub fn route(&self, topic: &str, frame: &Utf8Bytes) -> usize {
-        self.route_all(topic, std::slice::from_ref(frame))
+        self.route_all(topic, std::slice::from_ref(frame), None)
     }
 
     /// Offers a run of frames of one `topic`, in order, to every current subscriber: each client is locked and
     /// woken once for the whole run. Returns how many clients took them (0: nobody subscribes).
     ///
     /// A client subscribed both exactly and by wildcard, or by several matching wildcards, gets the frames once.
-    pub fn route_all(&self, topic: &str, frames: &[Utf8Bytes]) -> usize {
+    /// `popped` is when the frames came from msgqueue: each client's writer records the time from then until it
+    /// wrote them (`delivery_duration_seconds`, once per delivery); `None` records nothing.
+    pub fn route_all(&self, topic: &str, frames: &[Utf8Bytes], popped: Option<Instant>) -> usize {
         let exact = self
             .inner
             .topics
@@ -564,7 +622,7 @@ impl Router {
         let metrics = &self.inner.metrics;
         let (mut delivered, mut took) = (0, 0);
         let mut offer = |client: &Arc<Client>| {
-            let offered = client.offer(frames);
+            let offered = client.offer(frames, popped);
             delivered += offered.queued;
             took += usize::from(offered.count(metrics));
         };
@@ -670,7 +728,7 @@ mod tests {
 
     fn drain(client: &Client) -> Vec<String> {
         let mut frames = VecDeque::new();
-        client.take_all(&mut frames);
+        client.take_all(&mut frames, &mut Vec::new());
         frames.iter().map(|f| f.as_str().to_owned()).collect()
     }
 
@@ -875,6 +933,40 @@ mod tests {
         assert_eq!(writer.next().await, None);
     }
     #[test]
+    fn written_deliveries_count_in_the_latency_once_their_whole_batch_is_flushed() {
+        let shutdown = CancellationToken::new();
+        let r = router(2, SlowClientPolicy::DropOldest);
+        let latency = r.metrics().delivery_latency().clone();
+        let (a, b) = (
+            r.register(Closer::new(&shutdown)),
+            r.register(Closer::new(&shutdown)),
+        );
+        r.subscribe("t", &a);
+        r.subscribe("t", &b);
+        let popped = Some(Instant::now());
+        let run = ["m1", "m2"].map(Utf8Bytes::from_static);
+        assert_eq!(r.route_all("t", &run, popped), 2);
+        a.reply(Utf8Bytes::from_static("reply"), r.metrics());
+        let (mut a_out, mut b_out) = (a.outgoing(), b.outgoing());
+        // a's queue of 2 dropped m1 for the reply: only m2 is a delivery to record there.
+        assert_eq!(a_out.ready(), Some(Message::text("m2")));
+        a_out.flushed();
+        assert_eq!(latency.count(), 0, "half of a's batch is not written yet");
+        assert_eq!(a_out.ready(), Some(Message::text("reply")));
+        a_out.flushed();
+        assert_eq!(latency.count(), 1);
+        assert_eq!(b_out.ready(), Some(Message::text("m1")));
+        assert_eq!(b_out.ready(), Some(Message::text("m2")));
+        b_out.flushed();
+        assert_eq!(latency.count(), 3, "one per delivery to each client");
+        assert_eq!(r.route("t", &run[0]), 2);
+        drain(&a);
+        b_out.ready();
+        b_out.flushed();
+        assert_eq!(latency.count(), 3, "unstamped routing records nothing");
+    }
+
+    #[test]
     fn a_run_reaches_every_subscriber_in_order() {
         let shutdown = CancellationToken::new();
         let r = router(8, SlowClientPolicy::Close);
@@ -885,8 +977,8 @@ mod tests {
         r.subscribe("t", &a);
         r.subscribe("t", &b);
         let run = ["m1", "m2", "m3"].map(Utf8Bytes::from_static);
-        assert_eq!(r.route_all("t", &run), 2);
-        assert_eq!(r.route_all("nobody", &run), 0);
+        assert_eq!(r.route_all("t", &run, None), 2);
+        assert_eq!(r.route_all("nobody", &run, None), 0);
         assert_eq!(drain(&a), ["m1", "m2", "m3"]);
         assert_eq!(drain(&b), ["m1", "m2", "m3"]);
         assert_eq!(r.metrics().delivered_total(), 6);
@@ -900,7 +992,7 @@ mod tests {
         let a = r.register(closer.clone());
         r.subscribe("t", &a);
         let run = ["m1", "m2", "m3"].map(Utf8Bytes::from_static);
-        assert_eq!(r.route_all("t", &run), 0);
+        assert_eq!(r.route_all("t", &run, None), 0);
         assert!(closer.is_closing());
         assert!(drain(&a).is_empty());
         assert_eq!(congested(&r), 0);
@@ -914,7 +1006,7 @@ mod tests {
         let a = r.register(Closer::new(&shutdown));
         r.subscribe("t", &a);
         let run = ["m1", "m2", "m3", "m4"].map(Utf8Bytes::from_static);
-        assert_eq!(r.route_all("t", &run), 1);
+        assert_eq!(r.route_all("t", &run, None), 1);
         assert_eq!(drain(&a), ["m3", "m4"]);
     }
 

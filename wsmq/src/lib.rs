@@ -64,7 +64,8 @@ pub struct Config {
     #[command(flatten)]
     pub link: LinkArgs,
     /// Topic permissions (--acl-file) and the auth callout (--auth-url) of both edges (publisher and
-    /// subscriber); msgqueue is reached only by the edges and keeps its own users.
+    /// subscriber); msgqueue is reached only by the edges and keeps its own users. With --auth-url the
+    /// development users are not created.
     #[command(flatten)]
     pub access: AccessArgs,
 }
@@ -154,19 +155,23 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
         (Service::Subscriber, config.subscriber_listen),
     ];
     let configured = config.server.users.is_some() || config.server.users_file.is_some();
-    if !configured
+    // With the auth callout the application decides who connects: a known development password next to it
+    // would be a second, unasked-for way in (to msgqueue, which the callout does not cover).
+    let dev_users = !configured && config.access.auth_url.is_none();
+    if dev_users
         && let Some((_, addr)) = listeners
             .iter()
             .find(|(s, addr)| runs(*s) && !addr.ip().is_loopback())
     {
         return Err(Error::DevUsersOffLoopback(*addr));
     }
-    // Users from --users, or the dev users when nothing at all is configured (a users file alone stands alone).
+    // Users from --users, or the dev users when nothing at all is configured (a users file alone stands alone,
+    // and so does the auth callout).
     let server = ServerArgs {
-        users: match (&config.server.users, configured) {
+        users: match (&config.server.users, dev_users) {
             (Some(users), _) => Some(users.clone()),
-            (None, false) => Some(Secret::new(DEV_USERS)),
-            (None, true) => None,
+            (None, true) => Some(Secret::new(DEV_USERS)),
+            (None, false) => None,
         },
         ..config.server.clone()
     };
@@ -266,10 +271,10 @@ pub async fn bind(config: Config) -> Result<Stack, Error> {
             && (runs(Service::Publisher) || runs(Service::Subscriber))
         {
             CredentialSource::AuthCallout
-        } else if configured {
-            CredentialSource::Configured
-        } else {
+        } else if dev_users {
             CredentialSource::DevUsers
+        } else {
+            CredentialSource::Configured
         },
         ca_file,
     })
@@ -320,6 +325,21 @@ impl Stack {
         self.subscriber
             .as_ref()
             .map(wsmq_subscriber::Bound::local_addr)
+    }
+
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`) of `service`, if it runs here.
+    pub fn admin_addr(&self, service: Service) -> Option<SocketAddr> {
+        match service {
+            Service::Msgqueue => self.msgqueue.as_ref().map(wsmq_msgqueue::Bound::admin_addr),
+            Service::Publisher => self
+                .publisher
+                .as_ref()
+                .map(wsmq_publisher::Bound::admin_addr),
+            Service::Subscriber => self
+                .subscriber
+                .as_ref()
+                .map(wsmq_subscriber::Bound::admin_addr),
+        }
     }
 
     /// Runs every service until `shutdown` is cancelled. The edges stop first (their clients are closed with

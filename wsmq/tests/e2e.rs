@@ -13,7 +13,7 @@ use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::{
     PUBLISH_API_PATH, PUBLISH_BATCH_API_PATH, PUBLISH_PATH, PUSH_PATH, SUBSCRIBE_PATH,
 };
-use wsmq_testkit::client::dialer;
+use wsmq_testkit::client::{Handshake, dialer, handshake};
 use wsmq_testkit::config::credentials;
 use wsmq_testkit::expect_within;
 
@@ -232,5 +232,56 @@ async fn a_second_stack_on_the_same_data_dir_is_refused_naming_the_directory_onc
     let queue_dir = dir.path().join("queue").display().to_string();
     assert_eq!(chain.matches(&queue_dir).count(), 1, "{chain}");
     assert!(chain.starts_with("msgqueue failed"), "{chain}");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_auth_callout_the_dev_users_are_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = wsmq_testkit::auth_server::AuthServer::start(dir.path(), |_| {
+        (200, r#"{"allow":false,"reason":"not today"}"#.to_owned())
+    })
+    .await
+    .unwrap();
+    let mut cfg = config(dir.path(), ALL);
+    cfg.access.auth_url = Some(endpoint.url.clone());
+    cfg.access.auth_ca = Some(endpoint.ca.clone());
+    let stack = wsmq::bind(cfg).await.unwrap();
+    assert_eq!(stack.credentials, wsmq::CredentialSource::AuthCallout);
+    let ports = [
+        stack.msgqueue_addr().unwrap().port(),
+        stack.publisher_addr().unwrap().port(),
+    ];
+    let running = Running::start(stack);
+    let dev = [("authorization", "Basic aGVsbG86dGVzdA==")]; // hello:test
+    for (port, path) in ports.into_iter().zip([PUSH_PATH, PUBLISH_PATH]) {
+        let answer = handshake(port, dir.path(), path, &dev).await.unwrap();
+        assert!(
+            matches!(answer, Handshake::Refused(401)),
+            "hello:test must not open {path}"
+        );
+    }
+    let asked = endpoint.requests.lock().clone();
+    assert_eq!(
+        asked.len(),
+        1,
+        "only the publisher asks the callout: {asked:?}"
+    );
+    assert_eq!(asked[0]["user"], "hello");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn msgqueue_alone_with_the_auth_callout_neither_creates_nor_announces_the_dev_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &[Service::Msgqueue]);
+    cfg.access.auth_url = Some("https://127.0.0.1:9/auth".into());
+    let stack = wsmq::bind(cfg).await.unwrap();
+    assert_ne!(stack.credentials, wsmq::CredentialSource::DevUsers);
+    let port = stack.msgqueue_addr().unwrap().port();
+    let running = Running::start(stack);
+    let dev = [("authorization", "Basic aGVsbG86dGVzdA==")]; // hello:test
+    let answer = handshake(port, dir.path(), PUSH_PATH, &dev).await.unwrap();
+    assert!(matches!(answer, Handshake::Refused(401)));
     running.stop().await;
 }

@@ -248,6 +248,9 @@ pub async fn subscribe(
                 Some(ServerFrame::Error { message, .. }) => {
                     bail!("subscribing to {topic} failed: {message}")
                 }
+                Some(ServerFrame::SubscriptionRefused { topic, reason }) => {
+                    bail!("subscribing to {topic} was refused: {reason}")
+                }
                 _ => continue,
             }
         }

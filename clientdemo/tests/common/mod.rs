@@ -3,7 +3,8 @@
 //! Both fakes are `wsmq_core::server::serve` listeners on 127.0.0.1:0 sharing a dev PKI in a tempdir, which is
 //! also the client's `--data-dir` so it trusts their CA. The fake publisher acks every message and forwards it
 //! to the fake subscriber, except on topic `reject` (error frame) and `silent` (no answer at all). The fake
-//! subscriber confirms `sub`/`unsub`, reports each subscription to the test and delivers matching messages.
+//! subscriber confirms `sub`/`unsub` (refusing `secret` as forbidden), reports each subscription to the test,
+//! delivers matching messages (wildcard patterns included) and ends a subscription when the test revokes it.
 //! Bounds and the listener under each fake come from `wsmq-testkit`.
 
 #![allow(dead_code, unreachable_pub)]
@@ -23,10 +24,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::client::{
-    Command as SubCommand, encode_ack, encode_error, encode_subscribed, encode_unsubscribed,
+    Command as SubCommand, encode_ack, encode_error, encode_forbidden, encode_revoked,
+    encode_subscribed, encode_unsubscribed,
 };
 use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
 use wsmq_core::server::{Accepted, Route};
+use wsmq_core::topic::{Pattern, Topic};
 use wsmq_testkit::config::{loopback, users};
 use wsmq_testkit::server::{FakeServer, server_config};
 pub use wsmq_testkit::{STEP, TestResult};
@@ -39,6 +42,8 @@ pub const PASSWORD: &str = "s3cret pass";
 pub const REJECTED_TOPIC: &str = "reject";
 /// Topic the fake publisher never answers.
 pub const SILENT_TOPIC: &str = "silent";
+/// Topic the fake subscriber refuses as forbidden.
+pub const FORBIDDEN_TOPIC: &str = "secret";
 /// The error the fake publisher sends for [`REJECTED_TOPIC`].
 pub const REJECTION: &str = "rejected by the fake publisher";
 /// Capacity of the feed between the fakes; tests publish a handful of messages.
@@ -59,10 +64,12 @@ pub struct FakeStack {
     pub data_dir: tempfile::TempDir,
     /// Every message the fake publisher accepted; tests may also send here to make the subscriber deliver.
     pub feed: broadcast::Sender<Published>,
-    /// Each topic the fake subscriber confirmed, in order.
+    /// Each topic the fake subscriber confirmed or refused, in order.
     pub subscriptions: mpsc::Receiver<String>,
     /// Sending on it makes the fake subscriber drop every connection, as a restart would.
     pub kick: broadcast::Sender<()>,
+    /// Sending a topic on it makes the fake subscriber end that subscription, as an ACL reload would.
+    pub revoke: broadcast::Sender<String>,
     servers: [FakeServer; 2],
 }
 
@@ -80,6 +87,7 @@ struct SubscriberShared {
     feed: broadcast::Sender<Published>,
     reports: mpsc::Sender<String>,
     kick: broadcast::Sender<()>,
+    revoke: broadcast::Sender<String>,
 }
 
 impl FakeStack {
@@ -93,6 +101,7 @@ impl FakeStack {
         };
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let (kick, _) = broadcast::channel(1);
+        let (revoke, _) = broadcast::channel(REPORT_CAPACITY);
         let (reports, subscriptions) = mpsc::channel(REPORT_CAPACITY);
 
         let publisher_config = server_config(
@@ -123,6 +132,7 @@ impl FakeStack {
             feed: feed.clone(),
             reports,
             kick: kick.clone(),
+            revoke: revoke.clone(),
         };
         let subscriber = FakeServer::start(loopback(), subscriber_config, move |accepted| {
             fake_subscriber(accepted, shared.clone())
@@ -136,6 +146,7 @@ impl FakeStack {
             feed,
             subscriptions,
             kick,
+            revoke,
             servers: [publisher, subscriber],
         })
     }
@@ -158,7 +169,7 @@ impl FakeStack {
         command
     }
 
-    /// Waits until the fake subscriber confirmed a subscription to `topic`.
+    /// Waits until the fake subscriber answered a subscription to `topic` (confirmed, or refused as forbidden).
     pub async fn subscribed(&mut self, topic: &str) -> TestResult {
         let wait = async {
             while let Some(subscribed) = self.subscriptions.recv().await {
@@ -225,13 +236,19 @@ async fn fake_subscriber(accepted: Accepted, shared: SubscriberShared) {
     } = accepted;
     let mut feed = shared.feed.subscribe();
     let mut kick = shared.kick.subscribe();
-    let mut topics = HashSet::new();
+    let mut revoke = shared.revoke.subscribe();
+    let mut topics: HashSet<String> = HashSet::new();
     loop {
         let reply = tokio::select! {
             () = shutdown.cancelled() => break,
             _ = kick.recv() => return,
+            revoked = revoke.recv() => match revoked {
+                Ok(topic) if topics.remove(&topic) => text_frame(&encode_revoked(&topic)),
+                Ok(_) => continue,
+                Err(_) => break,
+            },
             published = feed.recv() => match published {
-                Ok((topic, content)) if topics.contains(&topic) => {
+                Ok((topic, content)) if topics.iter().any(|p| matches(p, &topic)) => {
                     Message::text(serde_json::json!({ "Topic": topic, "Content": content }).to_string())
                 }
                 Ok(_) => continue,
@@ -242,6 +259,10 @@ async fn fake_subscriber(accepted: Accepted, shared: SubscriberShared) {
                     break;
                 };
                 let reply = match SubCommand::parse(text.as_str()) {
+                    Ok(SubCommand::Subscribe(topic)) if topic == FORBIDDEN_TOPIC => {
+                        let _ = shared.reports.try_send(topic.to_string());
+                        encode_forbidden(&topic)
+                    }
                     Ok(SubCommand::Subscribe(topic)) => {
                         topics.insert(topic.to_string());
                         let _ = shared.reports.try_send(topic.to_string());
@@ -261,6 +282,14 @@ async fn fake_subscriber(accepted: Accepted, shared: SubscriberShared) {
         }
     }
     let _ = ws.close(None).await;
+}
+
+/// Whether the subscription `pattern` (exact or wildcard) covers the published `topic`.
+fn matches(pattern: &str, topic: &str) -> bool {
+    match (Pattern::parse(pattern), Topic::parse(topic)) {
+        (Ok(pattern), Ok(topic)) => pattern.matches(topic),
+        _ => pattern == topic,
+    }
 }
 
 /// A text frame holding an encoded server frame.

@@ -135,6 +135,22 @@ pub enum ServerFrame {
     Subscribed(String),
     /// The subscriber confirmed an unsubscription.
     Unsubscribed(String),
+    /// The subscriber refused a `sub` for `topic` (`{"error":"forbidden","topic":…}`): the client learns which of
+    /// its subscriptions failed, and why.
+    SubscriptionRefused {
+        /// The topic or pattern of the refused `sub`.
+        topic: String,
+        /// The error, e.g. `forbidden`.
+        reason: String,
+    },
+    /// The subscriber ended a live subscription on its own (`{"unsubscribed":…,"reason":"forbidden"}` after an ACL
+    /// reload took the permission away): unlike [`ServerFrame::Unsubscribed`], nobody asked for it.
+    SubscriptionEnded {
+        /// The topic or pattern that is no longer subscribed.
+        topic: String,
+        /// Why, e.g. `forbidden`.
+        reason: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -149,6 +165,10 @@ struct WireFrame<'a> {
     subscribed: Option<String>,
     #[serde(default)]
     unsubscribed: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 impl ServerFrame {
@@ -167,6 +187,12 @@ impl ServerFrame {
             });
         }
         if let Some(message) = wire.error {
+            if let (None, Some(topic)) = (wire.id, wire.topic) {
+                return Some(Self::SubscriptionRefused {
+                    topic,
+                    reason: message,
+                });
+            }
             return Some(Self::Error {
                 message,
                 id: wire.id.map(|id| id.get().to_owned()),
@@ -175,7 +201,11 @@ impl ServerFrame {
         if let Some(topic) = wire.subscribed {
             return Some(Self::Subscribed(topic));
         }
-        wire.unsubscribed.map(Self::Unsubscribed)
+        let topic = wire.unsubscribed?;
+        Some(match wire.reason {
+            Some(reason) => Self::SubscriptionEnded { topic, reason },
+            None => Self::Unsubscribed(topic),
+        })
     }
 }
 
@@ -264,5 +294,23 @@ mod tests {
             })
         );
         assert_eq!(ServerFrame::parse("plain text"), None);
+    }
+
+    #[test]
+    fn refused_and_ended_subscriptions_keep_their_topic_and_reason() {
+        assert_eq!(
+            ServerFrame::parse(std::str::from_utf8(&encode_forbidden("news.*")).unwrap()),
+            Some(ServerFrame::SubscriptionRefused {
+                topic: "news.*".into(),
+                reason: "forbidden".into()
+            })
+        );
+        assert_eq!(
+            ServerFrame::parse(std::str::from_utf8(&encode_revoked("@alice")).unwrap()),
+            Some(ServerFrame::SubscriptionEnded {
+                topic: "@alice".into(),
+                reason: "forbidden".into()
+            })
+        );
     }
 }
