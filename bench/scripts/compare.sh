@@ -9,24 +9,16 @@
 set -euo pipefail
 before=$1 after=$2 rounds=${3:-2}
 data=$(mktemp -d /tmp/wsmq-compare.XXXXXX)
-trap 'kill "${pid:-}" 2> /dev/null || true; rm -rf "$data"' EXIT
+trap 'kill "${stack_pid:-}" 2> /dev/null || true; rm -rf "$data"' EXIT
 export WSMQ_PASSWORD=test
-pid=
+source "$(dirname "$0")/stack.sh"
 
 start() { # bin_dir, extra flags
     local dir=$1; shift
     rm -rf "$data/queue"
-    "$dir/wsmq" --msgqueue-listen 127.0.0.1:18080 --publisher-listen 127.0.0.1:18081 \
-        --subscriber-listen 127.0.0.1:18082 --admin-port 19080 --data-dir "$data" "$@" > "$data/wsmq.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 200); do
-        curl -fs http://127.0.0.1:19080/readyz > /dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "wsmq did not become ready; see $data/wsmq.log" >&2
-    exit 1
+    stack_start "$dir/wsmq" "$data" "$@" || exit 1
 }
-stop() { kill -INT "$pid" && wait "$pid" || true; }
+stop() { stack_stop; }
 urls=(--publisher-url wss://localhost:18081 --subscriber-url wss://localhost:18082 --data-dir "$data" --json)
 
 for round in $(seq "$rounds"); do

@@ -10,9 +10,10 @@
 set -euo pipefail
 bin=$1 rounds=${2:-2} messages=${3:-1000000}
 data=$(mktemp -d /tmp/wsmq-redis-bench.XXXXXX)
-trap 'kill "${pid:-}" "${redis_pid:-}" 2> /dev/null || true; rm -rf "$data"' EXIT
+trap 'kill "${stack_pid:-}" "${redis_pid:-}" 2> /dev/null || true; rm -rf "$data"' EXIT
 export WSMQ_PASSWORD=test
-pid= redis_pid=
+source "$(dirname "$0")/stack.sh"
+redis_pid=
 
 start_redis() {
     kill "${redis_pid:-}" 2> /dev/null && wait "$redis_pid" 2> /dev/null || true
@@ -37,17 +38,9 @@ start() { # backend, extra wsmq flags
         export WSMQ_STORAGE=disk
         unset WSMQ_REDIS_URL
     fi
-    "$bin/wsmq" --msgqueue-listen 127.0.0.1:18080 --publisher-listen 127.0.0.1:18081 \
-        --subscriber-listen 127.0.0.1:18082 --admin-port 19080 --data-dir "$data" "$@" > "$data/wsmq.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 200); do
-        curl -fs http://127.0.0.1:19080/readyz > /dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "wsmq did not become ready; see $data/wsmq.log" >&2
-    exit 1
+    stack_start "$bin/wsmq" "$data" "$@" || exit 1
 }
-stop() { kill -INT "$pid" && wait "$pid" || true; }
+stop() { stack_stop; }
 urls=(--publisher-url wss://localhost:18081 --subscriber-url wss://localhost:18082 --data-dir "$data" --json)
 
 for round in $(seq "$rounds"); do

@@ -17,10 +17,8 @@ redis_pid=$!
 WSMQ_STORAGE=redis WSMQ_REDIS_URL=redis://127.0.0.1:16400 "$bin/wsmq" --services msgqueue \
     --msgqueue-listen 127.0.0.1:18090 --admin-port 19090 --data-dir "$data" > "$data/wsmq.log" 2>&1 &
 queue_pid=$!
-for _ in $(seq 100); do
-    curl -fs http://127.0.0.1:19090/readyz > /dev/null 2>&1 && break
-    sleep 0.1
-done
+source "$(dirname "$0")/stack.sh"
+await_ready 19090 "$data/wsmq.log"
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 redis0=$(cpu "$redis_pid") queue0=$(cpu "$queue_pid") start=$(date +%s%N)
 "$bin/wsmq-bench" queue --queue-url wss://localhost:18090 --data-dir "$data" --json -n "$messages" \

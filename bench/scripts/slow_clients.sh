@@ -14,28 +14,20 @@ wsmq=${1:-target/release/wsmq}
 out=${2:-target/bench-slow-clients.jsonl}
 bench=target/release/wsmq-bench
 export WSMQ_PASSWORD=test
+source bench/scripts/stack.sh
 
 run() { # label, then wsmq-bench e2e flags
     local label=$1; shift
     local data
     data=$(mktemp -d /tmp/wsmq-slow.XXXXXX)
-    "$wsmq" --msgqueue-listen 127.0.0.1:18080 --publisher-listen 127.0.0.1:18081 \
-        --subscriber-listen 127.0.0.1:18082 --admin-port 19080 --data-dir "$data" > "$data/wsmq.log" 2>&1 &
-    local pid=$!
-    local ready=
-    for _ in $(seq 100); do
-        curl -fs http://127.0.0.1:19080/readyz > /dev/null 2>&1 && ready=1 && break
-        sleep 0.1
-    done
-    if [[ -z $ready ]]; then
-        echo "wsmq did not become ready for $label; see $data/wsmq.log" >&2
-        kill -INT "$pid" 2> /dev/null || true
+    if ! stack_start "$wsmq" "$data"; then
+        kill -INT "$stack_pid" 2> /dev/null || true
         return 1
     fi
     echo "== $label: wsmq-bench e2e $*" >&2
     printf '%s\t%s\n' "$label" "$("$bench" e2e --publisher-url wss://localhost:18081 \
         --subscriber-url wss://localhost:18082 --data-dir "$data" --drain-timeout 60s "$@" --json)" | tee -a "$out"
-    kill -INT "$pid" && wait "$pid" || true
+    stack_stop
     rm -rf "$data"
 }
 

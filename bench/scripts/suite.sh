@@ -16,21 +16,12 @@ cargo build --release --bin wsmq --bin wsmq-bench
 bench=target/release/wsmq-bench
 urls=(--publisher-url wss://localhost:18081 --subscriber-url wss://localhost:18082 --data-dir "$data")
 
-pid=
+source bench/scripts/stack.sh
 start_wsmq() { # extra flags for wsmq
-    cargo run --quiet --release --bin wsmq -- --msgqueue-listen 127.0.0.1:18080 \
-        --publisher-listen 127.0.0.1:18081 --subscriber-listen 127.0.0.1:18082 \
-        --admin-port 19080 --data-dir "$data" "$@" > "$data/wsmq.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 100); do
-        curl -fs http://127.0.0.1:19080/readyz > /dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "wsmq did not become ready; see $data/wsmq.log" >&2
-    exit 1
+    stack_start target/release/wsmq "$data" "$@" || exit 1
 }
 stop_wsmq() {
-    kill -INT "$pid" && wait "$pid" || true
+    stack_stop
     rm -rf "$data/queue"
 }
 run() { # label, scenario and flags
@@ -52,7 +43,7 @@ stop_wsmq
 
 # A fresh process: memory freed by earlier runs stays resident and would hide the connections' cost.
 start_wsmq
-run conns-10k        conns "${urls[@]}" -c 10000 --server-pid "$pid"
+run conns-10k        conns "${urls[@]}" -c 10000 --server-pid "$stack_pid"
 stop_wsmq
 
 for fsync in always never; do
