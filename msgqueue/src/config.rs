@@ -1,6 +1,6 @@
 //! msgqueue's configuration: every setting a flag with an environment fallback.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use wsmq_core::config::ServiceArgs;
@@ -47,6 +47,10 @@ pub struct QueueArgs {
         default_value = "wsmq"
     )]
     pub redis_prefix: String,
+
+    /// PEM CA certificate(s) that a `rediss://` Redis's certificate must chain to. Default: the system roots.
+    #[arg(long, env = "WSMQ_REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
 
     /// When a pushed message counts as durable, and so when its producer is acked: `always` (fsync before the
     /// ack, group-committed so throughput stays high), `interval=MS` (fsync at most every MS milliseconds,
@@ -95,6 +99,7 @@ impl Default for QueueArgs {
             storage: StorageKind::Disk,
             redis_url: None,
             redis_prefix: "wsmq".to_owned(),
+            redis_ca: None,
             fsync: defaults.fsync,
             max_queue_bytes: defaults.max_bytes,
             memory_budget: defaults.memory_budget,
@@ -118,6 +123,7 @@ impl QueueArgs {
             StorageKind::Redis => Backend::Redis(RedisConfig {
                 url: self.redis_url.clone().unwrap_or_default(),
                 prefix: self.redis_prefix.clone(),
+                ca: self.redis_ca.clone(),
             }),
         }
     }

@@ -175,3 +175,25 @@ async fn msgqueue_authenticates_to_redis_with_the_password_in_the_url_and_never_
     queue.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn msgqueue_reaches_a_tls_redis_whose_certificate_chains_to_redis_ca() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    wsmq_core::tls::ensure_dev_pki(dir.path())?;
+    let redis = RedisServer::with_tls(&dir.path().join("tls")).await?;
+
+    // Without --redis-ca the development CA is not trusted: never ready.
+    let untrusted = Running::start(redis_config(dir.path(), &redis)).await;
+    await_readyz(untrusted.admin, 503).await?;
+    untrusted.stop().await;
+
+    let mut config = redis_config(dir.path(), &redis);
+    config.queue.redis_ca = Some(dir.path().join("tls").join("ca.pem"));
+    let queue = Running::start(config).await;
+    await_readyz(queue.admin, 200).await?;
+    let mut producer = Producer::connect(&queue.dialer(true), 4).await;
+    producer.push(&items(1, 3)).await;
+    assert_eq!(acked_upto(&producer.until_settled(3).await), Some(3));
+    queue.stop().await;
+    Ok(())
+}

@@ -21,21 +21,29 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     password: Option<String>,
+    /// A directory with `ca.pem`, `server.pem` and `server-key.pem` (the development PKI): serve TLS only.
+    tls: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts a fresh server on a free loopback port and waits until it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(None).await
+        Self::start_with(None, None).await
     }
 
     /// Like [`RedisServer::start`], requiring `password` from clients (`requirepass`).
     pub async fn with_password(password: &str) -> anyhow::Result<Self> {
-        Self::start_with(Some(password.to_owned())).await
+        Self::start_with(Some(password.to_owned()), None).await
     }
 
-    async fn start_with(password: Option<String>) -> anyhow::Result<Self> {
+    /// Like [`RedisServer::start`], speaking TLS only, with the certificate in `pki` (a development PKI
+    /// directory, e.g. `<data-dir>/tls` after `wsmq_core::tls::ensure_dev_pki`); reach it at `rediss://localhost`.
+    pub async fn with_tls(pki: &std::path::Path) -> anyhow::Result<Self> {
+        Self::start_with(None, Some(pki.to_path_buf())).await
+    }
+
+    async fn start_with(password: Option<String>, tls: Option<PathBuf>) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = std::env::temp_dir().join(format!("wsmq-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -43,6 +51,7 @@ impl RedisServer {
             port,
             dir,
             password,
+            tls,
             child: None,
         };
         server.restart().await?;
@@ -51,9 +60,10 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:<port>`, with the password if the server requires one.
     pub fn url(&self) -> String {
-        match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+        match (&self.password, &self.tls) {
+            (_, Some(_)) => format!("rediss://localhost:{}", self.port),
+            (Some(password), None) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            (None, None) => format!("redis://127.0.0.1:{}", self.port),
         }
     }
 
@@ -73,9 +83,21 @@ impl RedisServer {
         if let Some(password) = &self.password {
             command.arg("--requirepass").arg(password);
         }
+        command.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => command.arg("--port").arg(self.port.to_string()),
+            Some(pki) => command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(pki.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(pki.join("server-key.pem"))
+                .arg("--tls-ca-cert-file")
+                .arg(pki.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]),
+        };
         let mut child = command
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
             .arg("--dir")
             .arg(&self.dir)
             .args([

@@ -21,6 +21,7 @@ mod consumer;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,6 +54,8 @@ const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Response timeout on the shared connection (scripts included; blocking reads use their own connections).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing waits for the last pushes and acks to reach Redis.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Acks and NACKs waiting to be sent to Redis; beyond it new ones are dropped (and counted): the messages are then
 /// redelivered after their lease, at-least-once as always.
 const MAX_UNSETTLED: usize = 1 << 20;
@@ -67,6 +70,8 @@ pub struct RedisConfig {
     /// Names the queue's keys (`{<prefix>}:log`, …). The braces make it a Redis Cluster hash tag, so one queue
     /// lives on one shard; queues with different prefixes spread over the shards.
     pub prefix: String,
+    /// PEM CA certificate(s) a `rediss://` server must chain to, instead of the system roots (a private CA).
+    pub ca: Option<PathBuf>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -74,6 +79,7 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &redact(&self.url))
             .field("prefix", &self.prefix)
+            .field("ca", &self.ca)
             .finish()
     }
 }
@@ -84,6 +90,7 @@ impl RedisConfig {
         Self {
             url: url.into(),
             prefix: "wsmq".to_owned(),
+            ca: None,
         }
     }
 }
@@ -118,6 +125,15 @@ pub enum RedisError {
         /// The client's error.
         #[source]
         source: Arc<redis::RedisError>,
+    },
+    /// The CA file for `rediss://` cannot be read.
+    #[error("cannot read the Redis CA {path}: {source}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
     },
     /// Redis answered something the engine does not understand (another program using the keys?).
     #[error("Redis at {url} gave an unexpected reply to {what}")]
@@ -300,7 +316,22 @@ impl RedisQueue {
             url: url.clone(),
             source: Arc::new(source),
         };
-        let client = Client::open(config.url.as_str()).map_err(invalid)?;
+        let client = match &config.ca {
+            None => Client::open(config.url.as_str()),
+            Some(path) => {
+                // Read once at start (msgqueue opens the queue on the blocking pool).
+                let root = std::fs::read(path).map_err(|source| RedisError::Ca {
+                    path: path.clone(),
+                    source: Arc::new(source),
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                };
+                Client::build_with_tls(config.url.as_str(), certificates)
+            }
+        }
+        .map_err(invalid)?;
         let conn = ConnectionManager::new_lazy_with_config(
             client.clone(),
             ConnectionManagerConfig::new()
@@ -578,7 +609,13 @@ impl RedisQueue {
         self.shared.closed.cancel();
         self.shared.space.notify_waiters();
         self.shared.settle.notify_one();
-        self.shared.tasks.wait().await;
+        if tokio::time::timeout(CLOSE_GRACE, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(url = %self.shared.url,
+                "Redis did not answer while closing; pushes not applied yet were not acked (producers resend them)");
+        }
     }
 }
 
@@ -855,7 +892,11 @@ async fn run_sweeper(shared: Arc<Shared>) {
         for group in &active {
             invocation.arg(&**group);
         }
-        match shared.invoke::<Value>(&invocation, "sweep").await {
+        let swept = tokio::select! {
+            swept = shared.invoke::<Value>(&invocation, "sweep") => swept,
+            () = shared.closed.cancelled() => break,
+        };
+        match swept {
             Ok(value) => {
                 warned = false;
                 shared.install_sweep(value);
