@@ -423,3 +423,49 @@ async fn acked_pushes_survive_a_redis_crash_and_the_queue_recovers() -> TestResu
     queue.close().await;
     Ok(())
 }
+
+/// On Redis, `max_bytes` bounds the memory Redis uses for the log, as the sweep measures it about once a second:
+/// once over it, pushes are refused as full (nothing stored is dropped) until consumers ack and the log is trimmed.
+#[tokio::test]
+async fn a_redis_log_over_max_bytes_refuses_pushes_until_acks_trim_it() -> TestResult {
+    let server = RedisServer::start().await?;
+    let queue = Queue::open(
+        Backend::Redis(RedisConfig::new(server.url())),
+        QueueOptions {
+            max_bytes: 256 * 1024,
+            ..options()
+        },
+    )?
+    .0;
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 0).await;
+    let big = bytes::Bytes::from(vec![b'x'; 4096]);
+    let mut stored = 0;
+    let refused = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match queue.push(None, big.clone()) {
+                Ok(pushed) => {
+                    queue.wait_durable(pushed.durable()).await.expect("durable");
+                    stored += 1;
+                }
+                Err(wsmq_msgqueue::queue::PushError::Full) => return,
+                Err(err) => panic!("unexpected {err}"),
+            }
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "never refused");
+    assert!(
+        stored >= 256 / 4,
+        "refused before the log held max_bytes: {stored}"
+    );
+    // Everything stored is still delivered; acking it lets the sweep trim the log and pushes in again.
+    only.grant(u32::try_from(stored).expect("small"));
+    let got = take(&mut only, stored).await;
+    only.ack(&ids(&got));
+    tokio::time::timeout(PATIENCE, queue.wait_for_space(big.len()))
+        .await
+        .expect("room again after the acks");
+    assert!(queue.push(None, big).is_ok());
+    queue.close().await;
+    Ok(())
+}

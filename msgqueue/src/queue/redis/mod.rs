@@ -226,6 +226,8 @@ struct Snapshot {
     groups: Vec<GroupStats>,
     depth: u64,
     in_flight: u64,
+    /// Memory Redis uses for the log (`MEMORY USAGE`), what `--max-queue-bytes` bounds.
+    bytes: u64,
 }
 
 /// Acks and NACKs on their way to Redis.
@@ -269,6 +271,8 @@ struct Shared {
     settle: Notify,
     counters: Counters,
     snapshot: Mutex<Snapshot>,
+    /// Set by the sweep while the log uses more than `max_bytes`: pushes are refused as full until it shrinks.
+    full: std::sync::atomic::AtomicBool,
     metrics: RedisMetrics,
     tasks: tokio_util::task::TaskTracker,
 }
@@ -365,6 +369,7 @@ impl RedisQueue {
             settle: Notify::new(),
             counters: Counters::default(),
             snapshot: Mutex::new(Snapshot::default()),
+            full: std::sync::atomic::AtomicBool::new(false),
             metrics: RedisMetrics {
                 round_trip: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
                 errors: Counter::default(),
@@ -405,6 +410,12 @@ impl RedisQueue {
         let count = batch.len() as u64;
         let result = if shared.closed.is_cancelled() {
             Err(PushError::Closed)
+        } else if shared.full.load(Ordering::Relaxed) {
+            shared
+                .counters
+                .rejected_full
+                .fetch_add(count, Ordering::Relaxed);
+            Err(PushError::Full)
         } else {
             let mut submit = shared.submit.lock();
             let token = submit.0 + 1;
@@ -449,13 +460,16 @@ impl RedisQueue {
         }
     }
 
-    /// Resolves once the appender has room again (or the queue closed).
+    /// Resolves once the appender has room and the log is within `max_bytes` again (or the queue closed).
     pub(crate) async fn wait_for_space(&self) {
         loop {
             let notified = self.shared.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.shared.closed.is_cancelled() || self.shared.submit.lock().1.capacity() > 0 {
+            let shared = &*self.shared;
+            let room =
+                shared.submit.lock().1.capacity() > 0 && !shared.full.load(Ordering::Relaxed);
+            if shared.closed.is_cancelled() || room {
                 return;
             }
             notified.await;
@@ -557,6 +571,7 @@ impl RedisQueue {
         let snapshot = shared.snapshot.lock();
         QueueStats {
             depth: snapshot.depth,
+            bytes: snapshot.bytes,
             in_flight: snapshot.in_flight,
             consumers: shared.active.lock().values().sum(),
             pushed: get(&c.pushed),
@@ -919,9 +934,13 @@ impl Shared {
         let Value::Array(mut parts) = value else {
             return;
         };
-        if parts.len() != 3 {
+        if parts.len() != 4 {
             return;
         }
+        let bytes = match parts.pop() {
+            Some(Value::Int(bytes)) => u64::try_from(bytes).unwrap_or(0),
+            _ => 0,
+        };
         let _length = parts.pop();
         let groups = match parts.pop() {
             Some(Value::Array(groups)) => groups,
@@ -937,7 +956,14 @@ impl Shared {
             }
         }
         let active = self.active.lock().clone();
-        let mut snapshot = Snapshot::default();
+        let mut snapshot = Snapshot {
+            bytes,
+            ..Snapshot::default()
+        };
+        let full = bytes > self.options.max_bytes;
+        if self.full.swap(full, Ordering::Relaxed) && !full {
+            self.space.notify_waiters();
+        }
         for group in groups {
             let Value::Array(fields) = group else {
                 continue;
