@@ -469,3 +469,69 @@ async fn a_redis_log_over_max_bytes_refuses_pushes_until_acks_trim_it() -> TestR
     queue.close().await;
     Ok(())
 }
+
+/// A consumer left behind in a Redis group by a killed instance (nothing pending, idle beyond the group TTL) is
+/// forgotten by the sweep, so groups do not collect dead consumers.
+#[tokio::test]
+async fn a_redis_consumer_left_behind_by_a_killed_instance_is_forgotten() -> TestResult {
+    let server = RedisServer::start().await?;
+    let queue = Queue::open(
+        Backend::Redis(RedisConfig::new(server.url())),
+        QueueOptions {
+            group_idle_ttl: Duration::from_secs(1),
+            ..options()
+        },
+    )?
+    .0;
+    // A live consumer here keeps the group (it takes nothing: no credit); the ghost took a message and acked it.
+    let _live = consumer(&queue, "g", StartAt::Oldest, 0).await;
+    push(&queue, 1, 1, 1).await;
+    let client = ::redis::Client::open(server.url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    // Every string in a reply (consumer names among them).
+    fn strings(value: &::redis::Value) -> Vec<String> {
+        match value {
+            ::redis::Value::BulkString(bytes) => vec![String::from_utf8_lossy(bytes).into_owned()],
+            ::redis::Value::Array(values) => values.iter().flat_map(strings).collect(),
+            _ => Vec::new(),
+        }
+    }
+    let consumers = |listed: ::redis::Value| strings(&listed).join(" ");
+    let _: ::redis::Value = ::redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP",
+            "g",
+            "ghost",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "{wsmq}:log",
+            ">",
+        ])
+        .query_async(&mut conn)
+        .await?;
+    let acked: u64 = ::redis::cmd("XACK")
+        .arg(&["{wsmq}:log", "g", "0-1"])
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(acked, 1, "the ghost took the message");
+    let listed: ::redis::Value = ::redis::cmd("XINFO")
+        .arg(&["CONSUMERS", "{wsmq}:log", "g"])
+        .query_async(&mut conn)
+        .await?;
+    let shown = consumers(listed);
+    assert!(shown.contains("ghost"), "{shown}");
+    wsmq_testkit::eventually("the ghost consumer is forgotten", || {
+        let mut conn = conn.clone();
+        async move {
+            let listed: ::redis::RedisResult<::redis::Value> = ::redis::cmd("XINFO")
+                .arg(&["CONSUMERS", "{wsmq}:log", "g"])
+                .query_async(&mut conn)
+                .await;
+            listed.is_ok_and(|listed| !consumers(listed).contains("ghost"))
+        }
+    })
+    .await?;
+    queue.close().await;
+    Ok(())
+}

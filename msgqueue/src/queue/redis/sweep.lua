@@ -1,6 +1,8 @@
 -- Housekeeping, run by every msgqueue instance about once a second (idempotent): marks the groups that have
--- consumers here as seen (and a group it never saw as seen now), drops groups nobody has consumed from for the idle TTL, and trims the log below the
--- slowest group's floor (its oldest unacked entry, or the entry after the last it was handed).
+-- consumers here as seen (and a group it never saw as seen now), drops groups nobody has consumed from for the idle
+-- TTL, trims the log below the slowest group's floor (its oldest unacked entry, or the entry after the last it was
+-- handed), and forgets consumers with nothing pending that have been idle for the TTL (left behind by killed
+-- instances).
 -- KEYS[1]: the log stream; KEYS[2]: the hash of groups' last-seen times.
 -- ARGV[1]: now (ms); ARGV[2]: idle TTL (ms); then the names of the groups with consumers in this instance.
 -- Returns {dropped group names, per group {name, lag, pending, consumers}, log length, bytes Redis uses for the log}.
@@ -38,6 +40,15 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', log)) do
       low = seq(f['last-delivered-id']) + 1
     end
     if floor == nil or low < floor then floor = low end
+    -- Consumers of instances that died (SIGKILL) stay in the group; once their deliveries were claimed by others
+    -- and they have been idle for the TTL, forget them.
+    for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', log, name)) do
+      local cf = {}
+      for i = 1, #c, 2 do cf[c[i]] = c[i + 1] end
+      if cf['pending'] == 0 and cf['idle'] > ttl then
+        redis.call('XGROUP', 'DELCONSUMER', log, name, cf['name'])
+      end
+    end
     local lag = f['lag']
     if not lag then lag = -1 end
     groups[#groups + 1] = {name, lag, f['pending'], f['consumers']}
