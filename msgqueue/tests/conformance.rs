@@ -303,6 +303,21 @@ async fn a_message_delivered_max_deliveries_times_without_an_ack_becomes_a_dead_
     queue.close().await;
 }
 
+async fn a_compat_consumer_gets_each_message_once_and_settles_it_on_hand_out(store: Store) {
+    let queue = store.open(options());
+    let mut compat = queue.consumer(ConsumeMode::AutoAck);
+    push(&queue, 1, 1, 600).await;
+    let got = take(&mut compat, 600).await;
+    assert_eq!(seqs(&got), (1..=600).collect::<Vec<_>>());
+    drop(compat);
+    let mut next = queue.consumer(ConsumeMode::AutoAck);
+    assert!(
+        stays_empty(&mut next).await,
+        "auto-acked messages came back"
+    );
+    queue.close().await;
+}
+
 async fn a_group_resumes_after_its_last_ack_when_the_queue_restarts(store: Store) {
     let queue = store.open(options());
     let mut first = consumer(&queue, "g", StartAt::Oldest, 1000).await;
@@ -398,6 +413,7 @@ conformance! {
         messages_pushed_before_any_consumer_joined_wait_for_the_default_group,
         the_first_named_group_takes_over_what_waited_for_a_default_group_nobody_read,
         a_message_delivered_max_deliveries_times_without_an_ack_becomes_a_dead_letter,
+        a_compat_consumer_gets_each_message_once_and_settles_it_on_hand_out,
     ],
     durable: [
         a_group_resumes_after_its_last_ack_when_the_queue_restarts,
@@ -532,6 +548,42 @@ async fn a_redis_consumer_left_behind_by_a_killed_instance_is_forgotten() -> Tes
         }
     })
     .await?;
+    queue.close().await;
+    Ok(())
+}
+
+/// Acks given while Redis is away are sent once it is back, so the acked messages are not delivered again.
+#[tokio::test]
+async fn acks_given_while_redis_is_away_are_applied_once_it_is_back() -> TestResult {
+    let mut server = RedisServer::start().await?;
+    let queue = Queue::open(Backend::Redis(RedisConfig::new(server.url())), options())?.0;
+    let mut first = consumer(&queue, "g", StartAt::Oldest, 100).await;
+    push(&queue, 1, 1, 5).await;
+    let got = take(&mut first, 5).await;
+    server.kill().await?;
+    first.ack(&ids(&got));
+    server.restart().await?;
+    let client = ::redis::Client::open(server.url())?;
+    let conn = client.get_multiplexed_async_connection().await?;
+    wsmq_testkit::eventually("the acks reach Redis", || {
+        let mut conn = conn.clone();
+        async move {
+            let pending: ::redis::RedisResult<(
+                u64,
+                ::redis::Value,
+                ::redis::Value,
+                ::redis::Value,
+            )> = ::redis::cmd("XPENDING")
+                .arg(&["{wsmq}:log", "g"])
+                .query_async(&mut conn)
+                .await;
+            pending.is_ok_and(|(count, ..)| count == 0)
+        }
+    })
+    .await?;
+    drop(first);
+    let mut second = consumer(&queue, "g", StartAt::Oldest, 100).await;
+    assert!(stays_empty(&mut second).await, "acked messages came back");
     queue.close().await;
     Ok(())
 }

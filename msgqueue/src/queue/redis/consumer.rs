@@ -331,8 +331,12 @@ impl Fetch {
                 return room.min(BATCH);
             }
             match self.mode {
-                // Room in the channel shows up when the consumer takes deliveries; poll for it.
-                ConsumeMode::AutoAck => tokio::time::sleep(Duration::from_millis(1)).await,
+                // Room in the channel shows up when the consumer takes deliveries: wait for one slot. A closed
+                // channel means the consumer is gone and this task is being stopped.
+                ConsumeMode::AutoAck => match self.tx.reserve().await {
+                    Ok(permit) => drop(permit),
+                    Err(_) => std::future::pending().await,
+                },
                 ConsumeMode::Acked => {
                     let _ = tokio::time::timeout(BLOCK, notified).await;
                 }

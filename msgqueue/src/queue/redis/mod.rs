@@ -848,42 +848,79 @@ async fn back_off(closed: &CancellationToken, delay: &mut Duration) -> bool {
     }
 }
 
-/// Sends acks and NACKs to Redis in batches: one `XACK` per group, one script call per NACK.
+/// Sends acks and NACKs to Redis in batches: one `XACK` per group, one script call per NACK. What fails (Redis
+/// away) is kept and sent again after a backoff delay, so acks given while Redis restarts do not turn into
+/// redeliveries; on close it is given up (the messages are then redelivered after their lease, at-least-once).
 async fn run_settler(shared: Arc<Shared>) {
+    let mut delay = RETRY_MIN;
     loop {
         let closing = tokio::select! {
             () = shared.settle.notified() => false,
             () = shared.closed.cancelled() => true,
         };
         let taken = std::mem::take(&mut *shared.unsettled.lock());
-        for (group, ids) in &taken.acks {
+        let mut failed = Unsettled::default();
+        for (group, ids) in taken.acks {
             let entries: Vec<String> = ids.iter().map(|&id| entry_id(id)).collect();
-            for chunk in entries.chunks(4096) {
+            for (chunk, offsets) in entries.chunks(4096).zip(ids.chunks(4096)) {
                 let mut cmd = redis::cmd("XACK");
-                cmd.arg(&shared.keys.log).arg(&**group).arg(chunk);
-                if let Ok(n) = shared.query::<u64>(&cmd, "XACK").await {
-                    shared.counters.acked.fetch_add(n, Ordering::Relaxed);
+                cmd.arg(&shared.keys.log).arg(&*group).arg(chunk);
+                match shared.query::<u64>(&cmd, "XACK").await {
+                    Ok(n) => {
+                        shared.counters.acked.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        failed.len += offsets.len();
+                        failed
+                            .acks
+                            .entry(Arc::clone(&group))
+                            .or_default()
+                            .extend_from_slice(offsets);
+                    }
                 }
             }
         }
-        for (group, id, reason) in &taken.nacks {
+        for (group, id, reason) in taken.nacks {
             let mut invocation = shared.scripts.bury.prepare_invoke();
             invocation
                 .key(&shared.keys.log)
                 .key(&shared.keys.dead)
-                .arg(&**group)
-                .arg(entry_id(*id))
+                .arg(&*group)
+                .arg(entry_id(id))
                 .arg(reason.code())
                 .arg(now_ms())
                 .arg(shared.options.max_dead_letters);
-            if let Ok(1) = shared.invoke::<u64>(&invocation, "bury").await {
-                shared.counters.dead_nacked.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%group, id, reason = reason.as_str(), "message became a dead letter");
+            match shared.invoke::<u64>(&invocation, "bury").await {
+                Ok(1) => {
+                    shared.counters.dead_nacked.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%group, id, reason = reason.as_str(), "message became a dead letter");
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    failed.len += 1;
+                    failed.nacks.push((group, id, reason));
+                }
             }
         }
         if closing {
             break;
         }
+        if failed.len == 0 {
+            delay = RETRY_MIN;
+            continue;
+        }
+        {
+            let mut unsettled = shared.unsettled.lock();
+            unsettled.len += failed.len;
+            for (group, ids) in failed.acks {
+                unsettled.acks.entry(group).or_default().extend(ids);
+            }
+            unsettled.nacks.extend(failed.nacks);
+        }
+        if !back_off(&shared.closed, &mut delay).await {
+            break;
+        }
+        shared.settle.notify_one();
     }
 }
 
