@@ -91,6 +91,22 @@ async fn consumer(queue: &Queue, name: &str, start: StartAt, credit: u32) -> Con
     consumer
 }
 
+/// A queue on the Redis `server` (the Redis-only cases).
+fn open_redis(server: &RedisServer, options: QueueOptions) -> Queue {
+    Queue::open(Backend::Redis(RedisConfig::new(server.url())), options)
+        .expect("open queue")
+        .0
+}
+
+/// A connection of the test's own to the Redis `server`, to look at what the queue keeps there.
+async fn redis_connection(server: &RedisServer) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(server.url())
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis-server")
+}
+
 fn ids(deliveries: &[Delivery]) -> Vec<u64> {
     deliveries.iter().map(|d| d.id).collect()
 }
@@ -425,7 +441,7 @@ conformance! {
 #[tokio::test]
 async fn acked_pushes_survive_a_redis_crash_and_the_queue_recovers() -> TestResult {
     let mut server = RedisServer::start().await?;
-    let queue = Queue::open(Backend::Redis(RedisConfig::new(server.url())), options())?.0;
+    let queue = open_redis(&server, options());
     let mut only = consumer(&queue, "g", StartAt::Oldest, 1000).await;
     push(&queue, 1, 1, 30).await;
     server.kill().await?;
@@ -445,14 +461,13 @@ async fn acked_pushes_survive_a_redis_crash_and_the_queue_recovers() -> TestResu
 #[tokio::test]
 async fn a_redis_log_over_max_bytes_refuses_pushes_until_acks_trim_it() -> TestResult {
     let server = RedisServer::start().await?;
-    let queue = Queue::open(
-        Backend::Redis(RedisConfig::new(server.url())),
+    let queue = open_redis(
+        &server,
         QueueOptions {
             max_bytes: 256 * 1024,
             ..options()
         },
-    )?
-    .0;
+    );
     let mut only = consumer(&queue, "g", StartAt::Oldest, 0).await;
     let big = bytes::Bytes::from(vec![b'x'; 4096]);
     let mut stored = 0;
@@ -491,19 +506,17 @@ async fn a_redis_log_over_max_bytes_refuses_pushes_until_acks_trim_it() -> TestR
 #[tokio::test]
 async fn a_redis_consumer_left_behind_by_a_killed_instance_is_forgotten() -> TestResult {
     let server = RedisServer::start().await?;
-    let queue = Queue::open(
-        Backend::Redis(RedisConfig::new(server.url())),
+    let queue = open_redis(
+        &server,
         QueueOptions {
             group_idle_ttl: Duration::from_secs(1),
             ..options()
         },
-    )?
-    .0;
+    );
     // A live consumer here keeps the group (it takes nothing: no credit); the ghost took a message and acked it.
     let _live = consumer(&queue, "g", StartAt::Oldest, 0).await;
     push(&queue, 1, 1, 1).await;
-    let client = ::redis::Client::open(server.url())?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut conn = redis_connection(&server).await;
     // Every string in a reply (consumer names among them).
     fn strings(value: &::redis::Value) -> Vec<String> {
         match value {
@@ -556,15 +569,14 @@ async fn a_redis_consumer_left_behind_by_a_killed_instance_is_forgotten() -> Tes
 #[tokio::test]
 async fn acks_given_while_redis_is_away_are_applied_once_it_is_back() -> TestResult {
     let mut server = RedisServer::start().await?;
-    let queue = Queue::open(Backend::Redis(RedisConfig::new(server.url())), options())?.0;
+    let queue = open_redis(&server, options());
     let mut first = consumer(&queue, "g", StartAt::Oldest, 100).await;
     push(&queue, 1, 1, 5).await;
     let got = take(&mut first, 5).await;
     server.kill().await?;
     first.ack(&ids(&got));
     server.restart().await?;
-    let client = ::redis::Client::open(server.url())?;
-    let conn = client.get_multiplexed_async_connection().await?;
+    let conn = redis_connection(&server).await;
     wsmq_testkit::eventually("the acks reach Redis", || {
         let mut conn = conn.clone();
         async move {
