@@ -6,7 +6,6 @@
 //! before the ack that removes its message from the queue, so a crash can duplicate it but never lose it.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use wsmq_core::protocol::queue::NackReason;
 
@@ -74,10 +73,7 @@ impl DeadLetter {
         size: usize,
         group: &str,
     ) -> Self {
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        let time_ms = super::now_ms();
         Self {
             id,
             reason,

@@ -27,7 +27,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -141,6 +141,24 @@ pub struct QueueOptions {
     pub max_dead_letters: usize,
     /// How long a consumer group may have no consumer before it is dropped, so it stops pinning the log.
     pub group_idle_ttl: Duration,
+}
+
+impl QueueOptions {
+    /// The largest payload either engine stores: within `max_bytes` and what one log record can hold.
+    pub(crate) fn max_payload(&self) -> usize {
+        usize::try_from(self.max_bytes)
+            .unwrap_or(usize::MAX)
+            .min(record::MAX_PAYLOAD)
+    }
+}
+
+/// Milliseconds since the Unix epoch, for the times stored with dead letters and in Redis (0 if the clock is
+/// before 1970).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 impl Default for QueueOptions {
@@ -1568,9 +1586,7 @@ fn push_one(
     }
     let options = &inner.options;
     let len = payload.len();
-    let max = usize::try_from(options.max_bytes)
-        .unwrap_or(usize::MAX)
-        .min(record::MAX_PAYLOAD);
+    let max = options.max_payload();
     if len > max {
         return Err(PushError::TooLarge { len, max });
     }

@@ -16,7 +16,10 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use wsmq_core::protocol::queue::NackReason;
 
-use super::{RELEASED, RETRY_MIN, RedisError, Shared, back_off, now_ms, parse_offset, split_entry};
+use super::{
+    RELEASED, RETRY_MIN, RedisError, Shared, back_off, entry_id, millis, now_ms, parse_offset,
+    split_entry,
+};
 use crate::queue::{ConsumeMode, DEFAULT_GROUP, Delivery, GroupName, QueueError, StartAt};
 
 /// Most entries asked for per read in acked mode. A read is a write in Redis (it adds to the group's pending list),
@@ -360,8 +363,7 @@ impl Fetch {
             .arg("COUNT")
             .arg(count);
         if from.is_none() {
-            cmd.arg("BLOCK")
-                .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(250));
+            cmd.arg("BLOCK").arg(millis(BLOCK));
         }
         if self.mode == ConsumeMode::AutoAck {
             cmd.arg("NOACK");
@@ -369,9 +371,9 @@ impl Fetch {
         cmd.arg("STREAMS")
             .arg(&shared.keys.log)
             .arg(from.unwrap_or(">"));
-        let started = Instant::now();
-        let result = cmd.query_async::<Value>(conn).await;
-        let value = shared.observe(started, result, "XREADGROUP")?;
+        let value = shared
+            .timed("XREADGROUP", cmd.query_async::<Value>(conn))
+            .await?;
         let entries = match value {
             Value::Nil => return Ok((Vec::new(), None)),
             Value::Array(mut streams) => match streams.pop() {
@@ -383,15 +385,9 @@ impl Fetch {
             },
             _ => Vec::new(),
         };
-        let last = entries.last().and_then(|entry| match entry {
-            Value::Array(parts) => match parts.first() {
-                Some(Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
-                _ => None,
-            },
-            _ => None,
-        });
         let recovering = from.is_some();
-        Ok((self.deliveries(entries, recovering, recovering), last))
+        let (deliveries, last) = self.deliveries(entries, recovering, recovering);
+        Ok((deliveries, last.map(entry_id)))
     }
 
     /// Entries of the group whose lease ran out or whose consumer went away (burying those delivered too often).
@@ -408,14 +404,14 @@ impl Fetch {
             .key(&shared.keys.dead)
             .arg(&*self.group)
             .arg(&self.consumer)
-            .arg(u64::try_from(options.lease_timeout.as_millis()).unwrap_or(u64::MAX))
+            .arg(millis(options.lease_timeout))
             .arg(count)
             .arg(options.max_deliveries)
             .arg(now_ms())
             .arg(options.max_dead_letters);
-        let started = Instant::now();
-        let result = invocation.invoke_async::<Value>(conn).await;
-        let value = shared.observe(started, result, "claim")?;
+        let value = shared
+            .timed("claim", invocation.invoke_async::<Value>(conn))
+            .await?;
         let bad = || RedisError::Reply {
             url: shared.url.clone(),
             what: "claim",
@@ -439,7 +435,7 @@ impl Fetch {
             Some(Value::Array(entries)) => entries,
             _ => return Err(bad()),
         };
-        let deliveries = self.deliveries(entries, true, false);
+        let (deliveries, _) = self.deliveries(entries, true, false);
         shared
             .counters
             .redelivered
@@ -449,11 +445,18 @@ impl Fetch {
 
     /// Turns stream entries into deliveries, recording them as held (acked mode). With `skip_held` (re-reading its
     /// own pending list), an entry this consumer holds already is skipped: it was handed out. A claimed entry is
-    /// delivered even if held: its lease ran out, so it goes out again.
-    fn deliveries(&self, entries: Vec<Value>, redelivered: bool, skip_held: bool) -> Vec<Delivery> {
+    /// delivered even if held: its lease ran out, so it goes out again. Also returns the offset of the last entry,
+    /// delivered or not, to read on from.
+    fn deliveries(
+        &self,
+        entries: Vec<Value>,
+        redelivered: bool,
+        skip_held: bool,
+    ) -> (Vec<Delivery>, Option<u64>) {
         let now = Instant::now();
         let mut credit = self.credit.0.lock();
         let mut out = Vec::with_capacity(entries.len());
+        let mut last = None;
         for entry in entries {
             let Some((id, mut fields)) = split_entry(entry) else {
                 continue;
@@ -461,6 +464,7 @@ impl Fetch {
             let Some(offset) = parse_offset(id.as_bytes()) else {
                 continue;
             };
+            last = Some(offset);
             // Fields are ["p", payload]; an entry trimmed meanwhile has none and is skipped.
             let Some(Value::BulkString(payload)) = fields.pop() else {
                 continue;
@@ -477,7 +481,7 @@ impl Fetch {
                 redelivered,
             });
         }
-        out
+        (out, last)
     }
 
     /// The consumer went away: hand its deliveries back to the group (at once, not after the lease) and remove it

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -42,7 +42,7 @@ pub(crate) use consumer::RedisConsumer;
 
 use super::{
     ConsumeMode, DeadLetter, DeadReason, DurableToken, GroupName, GroupStats, Producer, PushError,
-    Pushed, QueueError, QueueOptions, QueueStats, ReplayError, StartAt, record,
+    Pushed, QueueError, QueueOptions, QueueStats, ReplayError, StartAt, now_ms,
 };
 
 /// Frames of pushes waiting for the appender; beyond it pushes are refused as full (backpressure).
@@ -217,7 +217,6 @@ struct Counters {
     dead_nacked: AtomicU64,
     dead_max_deliveries: AtomicU64,
     groups_dropped: AtomicU64,
-    unsettled_dropped: AtomicU64,
 }
 
 /// What the last sweep read from Redis.
@@ -244,6 +243,8 @@ struct RedisMetrics {
     round_trip: Histogram,
     errors: Counter,
     reconnects: Counter,
+    /// Acks or NACKs dropped because [`MAX_UNSETTLED`] were waiting.
+    unsettled_dropped: Counter,
 }
 
 struct Shared {
@@ -260,7 +261,7 @@ struct Shared {
     space: Notify,
     ready: watch::Sender<bool>,
     /// Whether Redis ever answered, so a recovery counts as a reconnect and the first connection does not.
-    connected_once: std::sync::atomic::AtomicBool,
+    connected_once: AtomicBool,
     closed: CancellationToken,
     /// Names this process's consumers uniquely among all msgqueue processes on the queue.
     instance: String,
@@ -272,7 +273,7 @@ struct Shared {
     counters: Counters,
     snapshot: Mutex<Snapshot>,
     /// Set by the sweep while the log uses more than `max_bytes`: pushes are refused as full until it shrinks.
-    full: std::sync::atomic::AtomicBool,
+    full: AtomicBool,
     metrics: RedisMetrics,
     tasks: tokio_util::task::TaskTracker,
 }
@@ -292,11 +293,9 @@ impl fmt::Debug for RedisQueue {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+/// `duration` in whole milliseconds, as Redis takes times (saturating).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The stream id of offset `offset`.
@@ -360,7 +359,7 @@ impl RedisQueue {
             applied: watch::Sender::new(Applied::default()),
             space: Notify::new(),
             ready: watch::Sender::new(false),
-            connected_once: std::sync::atomic::AtomicBool::new(false),
+            connected_once: AtomicBool::new(false),
             closed: CancellationToken::new(),
             instance,
             next_consumer: AtomicU64::new(0),
@@ -369,11 +368,12 @@ impl RedisQueue {
             settle: Notify::new(),
             counters: Counters::default(),
             snapshot: Mutex::new(Snapshot::default()),
-            full: std::sync::atomic::AtomicBool::new(false),
+            full: AtomicBool::new(false),
             metrics: RedisMetrics {
                 round_trip: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
                 errors: Counter::default(),
                 reconnects: Counter::default(),
+                unsettled_dropped: Counter::default(),
             },
             tasks: tokio_util::task::TaskTracker::new(),
         });
@@ -390,9 +390,7 @@ impl RedisQueue {
         I: IntoIterator<Item = (Option<Producer>, Bytes)>,
     {
         let shared = &*self.shared;
-        let max = usize::try_from(shared.options.max_bytes)
-            .unwrap_or(usize::MAX)
-            .min(record::MAX_PAYLOAD);
+        let max = shared.options.max_payload();
         let start = out.len();
         let mut batch = Vec::new();
         for (producer, payload) in items {
@@ -411,10 +409,6 @@ impl RedisQueue {
         let result = if shared.closed.is_cancelled() {
             Err(PushError::Closed)
         } else if shared.full.load(Ordering::Relaxed) {
-            shared
-                .counters
-                .rejected_full
-                .fetch_add(count, Ordering::Relaxed);
             Err(PushError::Full)
         } else {
             let mut submit = shared.submit.lock();
@@ -429,16 +423,16 @@ impl RedisQueue {
                         durable: DurableToken(token),
                     })
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    shared
-                        .counters
-                        .rejected_full
-                        .fetch_add(count, Ordering::Relaxed);
-                    Err(PushError::Full)
-                }
+                Err(mpsc::error::TrySendError::Full(_)) => Err(PushError::Full),
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
             }
         };
+        if matches!(result, Err(PushError::Full)) {
+            shared
+                .counters
+                .rejected_full
+                .fetch_add(count, Ordering::Relaxed);
+        }
         for slot in &mut out[start..] {
             if !matches!(slot, Err(PushError::TooLarge { .. })) {
                 *slot = result.clone();
@@ -614,7 +608,7 @@ impl RedisQueue {
         registry.register(
             "redis_unsettled_dropped",
             "Acks or NACKs dropped because too many were waiting for Redis (the messages are redelivered)",
-            CounterView(Arc::clone(&self.shared)),
+            m.unsettled_dropped.clone(),
         );
     }
 
@@ -634,27 +628,9 @@ impl RedisQueue {
     }
 }
 
-/// Exposes the dropped-acks counter to prometheus without a second copy.
-#[derive(Debug)]
-struct CounterView(Arc<Shared>);
-
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared").field("url", &self.url).finish()
-    }
-}
-
-impl prometheus_client::encoding::EncodeMetric for CounterView {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::MetricEncoder<'_>,
-    ) -> Result<(), fmt::Error> {
-        let dropped = self.0.counters.unsettled_dropped.load(Ordering::Relaxed);
-        encoder.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&dropped, None)
-    }
-
-    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
-        prometheus_client::metrics::MetricType::Counter
     }
 }
 
@@ -666,9 +642,7 @@ impl Shared {
         what: &'static str,
     ) -> Result<T, RedisError> {
         let mut conn = self.conn.clone();
-        let started = Instant::now();
-        let result = cmd.query_async::<T>(&mut conn).await;
-        self.observe(started, result, what)
+        self.timed(what, cmd.query_async::<T>(&mut conn)).await
     }
 
     /// Runs a script invocation on the shared connection, timing it and following readiness.
@@ -678,8 +652,18 @@ impl Shared {
         what: &'static str,
     ) -> Result<T, RedisError> {
         let mut conn = self.conn.clone();
+        self.timed(what, invocation.invoke_async::<T>(&mut conn))
+            .await
+    }
+
+    /// Awaits one round trip to Redis (on any connection) and [observes](Shared::observe) it.
+    async fn timed<T>(
+        &self,
+        what: &'static str,
+        round_trip: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RedisError> {
         let started = Instant::now();
-        let result = invocation.invoke_async::<T>(&mut conn).await;
+        let result = round_trip.await;
         self.observe(started, result, what)
     }
 
@@ -729,9 +713,7 @@ impl Shared {
         {
             let mut unsettled = self.unsettled.lock();
             if unsettled.len + ids.len() > MAX_UNSETTLED {
-                self.counters
-                    .unsettled_dropped
-                    .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                self.metrics.unsettled_dropped.inc_by(ids.len() as u64);
                 return;
             }
             unsettled.len += ids.len();
@@ -748,9 +730,7 @@ impl Shared {
         {
             let mut unsettled = self.unsettled.lock();
             if unsettled.len >= MAX_UNSETTLED {
-                self.counters
-                    .unsettled_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.unsettled_dropped.inc();
                 return false;
             }
             unsettled.len += 1;
@@ -940,7 +920,7 @@ async fn run_sweeper(shared: Arc<Shared>) {
             .key(&shared.keys.log)
             .key(&shared.keys.seen)
             .arg(now_ms())
-            .arg(u64::try_from(shared.options.group_idle_ttl.as_millis()).unwrap_or(u64::MAX));
+            .arg(millis(shared.options.group_idle_ttl));
         for group in &active {
             invocation.arg(&**group);
         }
