@@ -124,6 +124,19 @@ impl Browser {
         .await;
     }
 
+    /// Subscribes the page to `topic` with its form.
+    async fn subscribe(&self, topic: &str) {
+        self.fill("#topic", topic).await;
+        self.click("#subscribe").await;
+    }
+
+    /// Publishes `content` on `topic` with the page's form.
+    async fn publish(&self, topic: &str, content: &str) {
+        self.fill("#pub-topic", topic).await;
+        self.fill("#pub-content", content).await;
+        self.click("#publish").await;
+    }
+
     async fn click(&self, css: &str) {
         let id = self.element(css).await;
         self.call("POST", &format!("/element/{id}/click"), Some(json!({})))
@@ -252,8 +265,7 @@ async fn the_page_receives_published_messages_and_shows_bad_credentials() {
         }
     })
     .await;
-    browser.fill("#topic", "news").await;
-    browser.click("#subscribe").await;
+    browser.subscribe("news").await;
     browser
         .wait_until("subscription shown", "#subscriptions", |t| {
             t.contains("news")
@@ -280,9 +292,7 @@ async fn the_page_receives_published_messages_and_shows_bad_credentials() {
         .await;
 
     // And the page publishes itself (to the publisher, a different origin port, allowed by the stack).
-    browser.fill("#pub-topic", "news").await;
-    browser.fill("#pub-content", "typed in the page").await;
-    browser.click("#publish").await;
+    browser.publish("news", "typed in the page").await;
     browser
         .wait_until("own message shown", "#messages", |t| {
             t.contains("[news] typed in the page")
@@ -360,32 +370,26 @@ async fn the_page_shows_a_denied_topic_and_receives_by_wildcard_what_it_may() {
         &[("#user", "hello"), ("#password", "test")],
     )
     .await;
-    browser.fill("#topic", "secret").await;
-    browser.click("#subscribe").await;
+    browser.subscribe("secret").await;
     browser
         .wait_until("denied subscription shown", "#messages", |t| {
             t.contains("not allowed to subscribe to secret")
         })
         .await;
-    browser.fill("#pub-topic", "secret").await;
-    browser.fill("#pub-content", "nope").await;
-    browser.click("#publish").await;
+    browser.publish("secret", "nope").await;
     browser
         .wait_until("denied publish shown", "#messages", |t| {
             t.contains("not allowed to publish to secret")
         })
         .await;
 
-    browser.fill("#topic", "news.*").await;
-    browser.click("#subscribe").await;
+    browser.subscribe("news.*").await;
     browser
         .wait_until("wildcard subscription shown", "#subscriptions", |t| {
             t.contains("news.*")
         })
         .await;
-    browser.fill("#pub-topic", "news.today").await;
-    browser.fill("#pub-content", "by wildcard").await;
-    browser.click("#publish").await;
+    browser.publish("news.today", "by wildcard").await;
     browser
         .wait_until("message shown", "#messages", |t| {
             t.contains("[news.today] by wildcard")
@@ -428,16 +432,13 @@ async fn the_page_connects_with_a_bearer_token_checked_by_the_auth_callout() {
 
     let browser = Browser::start(&dir.path().join("chromium")).await;
     connect_page(&browser, sub_port, pub_port, &[("#token", "page-token")]).await;
-    browser.fill("#topic", "@carol").await;
-    browser.click("#subscribe").await;
+    browser.subscribe("@carol").await;
     browser
         .wait_until("own inbox subscribed", "#subscriptions", |t| {
             t.contains("@carol")
         })
         .await;
-    browser.fill("#pub-topic", "@carol").await;
-    browser.fill("#pub-content", "note to self").await;
-    browser.click("#publish").await;
+    browser.publish("@carol", "note to self").await;
     browser
         .wait_until("message shown", "#messages", |t| {
             t.contains("[@carol] note to self")
