@@ -30,6 +30,21 @@ struct Flapping {
     connections: usize,
 }
 
+impl Flapping {
+    /// Runs `link` with this protocol for [`WINDOW`], then stops it; returns the protocol to count connections.
+    async fn run_for_window(link: &Link) -> Self {
+        let mut flapping = Self { connections: 0 };
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(WINDOW).await;
+            stop.cancel();
+        });
+        link.run(&mut flapping, Start::Dial, &shutdown).await;
+        flapping
+    }
+}
+
 impl Protocol for Flapping {
     type Error = &'static str;
 
@@ -237,14 +252,7 @@ async fn servers_that_all_drop_every_connection_at_once_are_redialled_ever_more_
         Dialers::new(dialer_for(&first)?, [dialer_for(&second)?]),
         backoff,
     );
-    let mut flapping = Flapping { connections: 0 };
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(WINDOW).await;
-        stop.cancel();
-    });
-    link.run(&mut flapping, Start::Dial, &shutdown).await;
+    let flapping = Flapping::run_for_window(&link).await;
     // A backoff delay after each round over both servers: about twice the connections of one flapping server
     // (see below). Had each lost connection started a new round, the link would never wait: hundreds.
     assert!(
@@ -269,14 +277,7 @@ async fn a_peer_that_drops_every_connection_at_once_is_redialled_ever_more_slowl
         max: Duration::from_secs(2),
     };
     let link = Link::new(dialer, backoff);
-    let mut flapping = Flapping { connections: 0 };
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(WINDOW).await;
-        stop.cancel();
-    });
-    link.run(&mut flapping, Start::Dial, &shutdown).await;
+    let flapping = Flapping::run_for_window(&link).await;
     // Delay caps 20, 40, 80 … ms: about 8 connections fit the window. Had every connection reset the backoff,
     // the link would redial every 10 ms on average: well over 50.
     assert!(
