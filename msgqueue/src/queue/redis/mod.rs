@@ -951,14 +951,13 @@ impl Shared {
         let Value::Array(mut parts) = value else {
             return;
         };
-        if parts.len() != 4 {
+        if parts.len() != 3 {
             return;
         }
         let bytes = match parts.pop() {
             Some(Value::Int(bytes)) => u64::try_from(bytes).unwrap_or(0),
             _ => 0,
         };
-        let _length = parts.pop();
         let groups = match parts.pop() {
             Some(Value::Array(groups)) => groups,
             _ => Vec::new(),
@@ -972,7 +971,7 @@ impl Shared {
                 }
             }
         }
-        let active = self.active.lock().clone();
+        let active = self.active.lock();
         let mut snapshot = Snapshot {
             bytes,
             ..Snapshot::default()
@@ -1004,6 +1003,8 @@ impl Shared {
                 ..GroupStats::default()
             });
         }
+        // Release `active` first: `stats` takes `snapshot`, then `active`; the other order could deadlock.
+        drop(active);
         *self.snapshot.lock() = snapshot;
     }
 }

@@ -5,14 +5,14 @@
 -- instances).
 -- KEYS[1]: the log stream; KEYS[2]: the hash of groups' last-seen times.
 -- ARGV[1]: now (ms); ARGV[2]: idle TTL (ms); then the names of the groups with consumers in this instance.
--- Returns {dropped group names, per group {name, lag, pending, consumers}, log length, bytes Redis uses for the log}.
+-- Returns {dropped group names, per group {name, lag, pending}, bytes Redis uses for the log}.
 local log, seen = KEYS[1], KEYS[2]
 local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 for i = 3, #ARGV do
   redis.call('HSET', seen, ARGV[i], ARGV[1])
 end
 if redis.call('EXISTS', log) == 0 then
-  return {{}, {}, 0, 0}
+  return {{}, {}, 0}
 end
 local function seq(id)
   return tonumber(string.match(id, '%-(%d+)$'))
@@ -51,7 +51,7 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', log)) do
     end
     local lag = f['lag']
     if not lag then lag = -1 end
-    groups[#groups + 1] = {name, lag, f['pending'], f['consumers']}
+    groups[#groups + 1] = {name, lag, f['pending']}
   end
 end
 if floor ~= nil then
@@ -60,4 +60,4 @@ else
   -- No group left: nothing waits for any entry.
   redis.call('XTRIM', log, 'MAXLEN', 0)
 end
-return {dropped, groups, redis.call('XLEN', log), redis.call('MEMORY', 'USAGE', log) or 0}
+return {dropped, groups, redis.call('MEMORY', 'USAGE', log) or 0}
