@@ -133,7 +133,7 @@ fn queue_framing(c: &mut Criterion) -> Result<(), Box<dyn Error>> {
     }
     let push_frame = writer.take();
     for id in 0..BATCH as u64 {
-        writer.deliver(id, false, &payload);
+        writer.deliver(id, false, None, &payload);
     }
     let deliver_frame = writer.take();
     if count_pushes(&push_frame, max_payload) != Some(BATCH)
@@ -163,7 +163,7 @@ fn queue_framing(c: &mut Criterion) -> Result<(), Box<dyn Error>> {
     group.bench_function(BenchmarkId::new("deliver_write", &id), |b| {
         b.iter(|| {
             for id in 0..BATCH as u64 {
-                writer.deliver(id, false, black_box(&payload));
+                writer.deliver(id, false, None, black_box(&payload));
             }
             writer.take()
         });

@@ -275,7 +275,11 @@ mod tests {
             .queue();
             let payload = vec![b'x'; limits.max_payload];
             let mut frame = FrameWriter::default();
-            frame.deliver(u64::MAX, true, &payload);
+            let position = crate::protocol::history::Position {
+                epoch: crate::protocol::history::Epoch(u64::MAX),
+                offset: u64::MAX,
+            };
+            frame.deliver(u64::MAX, true, Some(position), &payload);
             let deliver = frame.take();
             frame.push(u64::MAX, &payload);
             let push = frame.take();

@@ -40,7 +40,7 @@ pub fn queue_frame(data: &[u8]) {
     let (deliveries, _) = read_all(&frame, FrameReader::next_delivery);
     for d in &deliveries {
         assert!(d.payload.len() <= MAX_PAYLOAD, "payload over the limit");
-        writer.deliver(d.id, d.redelivered, &d.payload);
+        writer.deliver(d.id, d.redelivered, d.position, &d.payload);
     }
     let again = writer.take();
     if !deliveries.is_empty() {

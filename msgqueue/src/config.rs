@@ -6,7 +6,9 @@ use std::time::Duration;
 use wsmq_core::config::ServiceArgs;
 use wsmq_core::limits::parse_duration;
 
-use crate::queue::{Backend, FsyncPolicy, QueueOptions, RedisConfig};
+use crate::queue::{
+    Backend, FsyncPolicy, HistoryOptions, HistoryRule, QueueOptions, RedisConfig, Retention,
+};
 
 /// Where msgqueue keeps its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -90,6 +92,27 @@ pub struct QueueArgs {
     /// dropped, so an abandoned group cannot pin the log forever; if it comes back it starts at the tail.
     #[arg(long, env = "WSMQ_GROUP_IDLE_TTL", default_value = "1h", value_parser = parse_duration)]
     pub group_idle_ttl: Duration,
+
+    /// Newest messages kept per topic for resuming clients (`sub <topic> since=…`) and `history`; 0 keeps no
+    /// history (messages then carry no offset).
+    #[arg(long, env = "WSMQ_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+
+    /// How long a topic's messages are kept in its history; a topic with nothing published for this long is
+    /// forgotten, and its next message starts a new epoch.
+    #[arg(long, env = "WSMQ_HISTORY_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
+    /// History of the topics starting with PREFIX: SIZE messages, for TTL (default `--history-ttl`), e.g.
+    /// `chat.=1000:24h`; repeat the flag for several prefixes (comma-separated in the environment); the longest
+    /// matching prefix wins.
+    #[arg(
+        long = "history-rule",
+        env = "WSMQ_HISTORY_RULES",
+        value_name = "PREFIX=SIZE[:TTL]",
+        value_delimiter = ','
+    )]
+    pub history_rules: Vec<HistoryRule>,
 }
 
 impl Default for QueueArgs {
@@ -108,6 +131,9 @@ impl Default for QueueArgs {
             max_deliveries: defaults.max_deliveries,
             max_dead_letters: defaults.max_dead_letters,
             group_idle_ttl: defaults.group_idle_ttl,
+            history_size: defaults.history.retention.size,
+            history_ttl: defaults.history.retention.ttl,
+            history_rules: defaults.history.rules,
         }
     }
 }
@@ -139,6 +165,13 @@ impl QueueArgs {
             max_deliveries: self.max_deliveries,
             max_dead_letters: self.max_dead_letters,
             group_idle_ttl: self.group_idle_ttl,
+            history: HistoryOptions {
+                retention: Retention {
+                    size: self.history_size,
+                    ttl: self.history_ttl,
+                },
+                rules: self.history_rules.clone(),
+            },
             ..QueueOptions::default()
         }
     }

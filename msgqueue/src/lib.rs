@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod deadletters;
+mod history;
 mod metrics;
 mod pop;
 mod push;
@@ -97,6 +98,12 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         Route::WebSocket {
             path: POP_PATH,
             subprotocols: &[SUBPROTOCOL_V1],
+        },
+        Route::Http {
+            path_prefix: wsmq_core::protocol::history::HISTORY_API_PATH,
+            handler: Arc::new(history::HistoryApi {
+                queue: queue.clone(),
+            }),
         },
     ];
     let context = ConnectionContext {

@@ -137,6 +137,29 @@ impl Collector for QueueCollector {
             None,
             s.consumers as u64,
         )?;
+        if let Some(history) = self.queue.history_stats() {
+            gauge(
+                e,
+                "history_topics",
+                "Topics with retained history",
+                None,
+                history.topics,
+            )?;
+            gauge(
+                e,
+                "history_messages",
+                "Messages retained in topic history",
+                None,
+                history.messages,
+            )?;
+            gauge(
+                e,
+                "history",
+                "Payload bytes retained in topic history",
+                Some(&Unit::Bytes),
+                history.bytes,
+            )?;
+        }
         counter(e, "queue_pushed", "Messages stored", s.pushed)?;
         counter(
             e,

@@ -172,7 +172,12 @@ async fn send_reliable(
             send_timed(conn, outbox, message, handed, in_frame).await?;
             in_frame = 0;
         }
-        frame.deliver(delivery.id, delivery.redelivered, &delivery.payload);
+        frame.deliver(
+            delivery.id,
+            delivery.redelivered,
+            delivery.position,
+            &delivery.payload,
+        );
         in_frame += 1;
     }
     if !frame.is_empty() {

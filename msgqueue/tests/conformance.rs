@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use queue_common::{PATIENCE, parse, payload, producer, seqs, small_options, stays_empty, take};
 use tempfile::TempDir;
+use wsmq_core::protocol::history::Unrecovered;
 use wsmq_msgqueue::queue::{
-    Backend, ConsumeMode, Consumer, DeadReason, Delivery, GroupName, Queue, QueueOptions,
-    RedisConfig, StartAt,
+    Backend, ConsumeMode, Consumer, DeadReason, Delivery, Epoch, GroupName, HistoryOptions,
+    HistoryPage, HistoryQuery, Position, Queue, QueueOptions, RedisConfig, Retention, StartAt,
 };
 use wsmq_testkit::TestResult;
 use wsmq_testkit::redis::RedisServer;
@@ -371,6 +372,203 @@ async fn dedup_marks_survive_a_restart(store: Store) {
     queue.close().await;
 }
 
+/// A ws-go envelope on `topic`, as the publisher stores it.
+fn envelope(topic: &str, content: u64) -> bytes::Bytes {
+    bytes::Bytes::from(format!(r#"{{"Topic":"{topic}","Content":"{content}"}}"#))
+}
+
+/// Pushes `(producer seq, payload)` pairs of producer `id` in one batch and waits until durable.
+async fn push_payloads(queue: &Queue, id: u64, items: Vec<(u64, bytes::Bytes)>) {
+    let mut results = Vec::new();
+    queue.push_batch(
+        items
+            .into_iter()
+            .map(|(seq, payload)| (producer(id, seq), payload)),
+        &mut results,
+    );
+    for result in results {
+        let token = result.expect("push accepted").durable();
+        tokio::time::timeout(PATIENCE, queue.wait_durable(token))
+            .await
+            .expect("durable in time")
+            .expect("durable");
+    }
+}
+
+fn history_options(size: usize) -> QueueOptions {
+    QueueOptions {
+        history: HistoryOptions {
+            retention: Retention {
+                size,
+                ttl: Duration::from_secs(3600),
+            },
+            rules: vec!["quiet.=0".parse().expect("rule")],
+        },
+        ..options()
+    }
+}
+
+async fn history(queue: &Queue, topic: &str, query: HistoryQuery) -> HistoryPage {
+    tokio::time::timeout(PATIENCE, queue.history(topic, &query))
+        .await
+        .expect("history in time")
+        .expect("history")
+}
+
+fn since(position: Position) -> HistoryQuery {
+    HistoryQuery::Since {
+        position,
+        limit: 100,
+    }
+}
+
+fn contents(page: &HistoryPage) -> Vec<(u64, String)> {
+    page.messages
+        .iter()
+        .map(|m| {
+            let value: serde_json::Value = serde_json::from_str(m.message.get()).expect("JSON");
+            (
+                m.offset,
+                value["Content"].as_str().expect("content").to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn each_topic_numbers_its_messages_and_deliveries_carry_their_position(store: Store) {
+    let queue = store.open(history_options(100));
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 1000).await;
+    push_payloads(
+        &queue,
+        1,
+        vec![
+            (1, envelope("a", 1)),
+            (2, envelope("b", 1)),
+            (3, envelope("a", 2)),
+            (4, bytes::Bytes::from_static(b"not an envelope")),
+            (5, envelope("quiet.x", 1)),
+        ],
+    )
+    .await;
+    // A retry of seq 3 is a duplicate: it takes no offset.
+    push_payloads(
+        &queue,
+        1,
+        vec![(3, envelope("a", 2)), (6, envelope("a", 3))],
+    )
+    .await;
+    let got = take(&mut only, 6).await;
+    let positions: Vec<_> = got.iter().map(|d| d.position.map(|p| p.offset)).collect();
+    assert_eq!(
+        positions,
+        [Some(1), Some(1), Some(2), None, None, Some(3)],
+        "offsets per topic; none for a payload that is not an envelope or a topic without history"
+    );
+    assert_eq!(
+        &got[0].payload[..],
+        &envelope("a", 1)[..],
+        "delivered bytes are the stored envelope"
+    );
+    let epoch_a = got[0].position.expect("positioned").epoch;
+    assert_eq!(got[2].position.expect("positioned").epoch, epoch_a);
+    assert_eq!(got[5].position.expect("positioned").epoch, epoch_a);
+    queue.close().await;
+}
+
+async fn history_answers_what_a_client_missed_or_says_why_it_cannot(store: Store) {
+    let queue = store.open(history_options(3));
+    push_payloads(
+        &queue,
+        1,
+        (1..=5).map(|n| (n, envelope("news", n))).collect(),
+    )
+    .await;
+    let newest = history(&queue, "news", HistoryQuery::Last { limit: 2 }).await;
+    assert_eq!(contents(&newest), [(4, "4".into()), (5, "5".into())]);
+    assert_eq!(newest.latest, 5);
+    let epoch = newest.epoch;
+    let resumed = history(&queue, "news", since(Position { epoch, offset: 3 })).await;
+    assert!(resumed.recovered, "{resumed:?}");
+    assert_eq!(contents(&resumed), [(4, "4".into()), (5, "5".into())]);
+    let caught_up = history(&queue, "news", since(Position { epoch, offset: 5 })).await;
+    assert!(caught_up.recovered && caught_up.messages.is_empty());
+    // Size 3 keeps offsets 3..=5: a client at 1 missed offset 2 for good.
+    let expired = history(&queue, "news", since(Position { epoch, offset: 1 })).await;
+    assert_eq!(
+        (expired.recovered, expired.reason),
+        (false, Some(Unrecovered::Expired))
+    );
+    assert_eq!(expired.messages.first().map(|m| m.offset), Some(3));
+    let other = Epoch(epoch.0 ^ 1);
+    let changed = history(
+        &queue,
+        "news",
+        since(Position {
+            epoch: other,
+            offset: 4,
+        }),
+    )
+    .await;
+    assert_eq!(changed.reason, Some(Unrecovered::EpochChanged));
+    assert_eq!(
+        changed.messages.len(),
+        3,
+        "every retained message is news to the client"
+    );
+    let paged = history(
+        &queue,
+        "news",
+        HistoryQuery::Since {
+            position: Position { epoch, offset: 2 },
+            limit: 2,
+        },
+    )
+    .await;
+    assert_eq!(contents(&paged), [(3, "3".into()), (4, "4".into())]);
+    assert!(paged.more() && paged.recovered);
+    let unknown = history(&queue, "never", HistoryQuery::Last { limit: 10 }).await;
+    assert_eq!((unknown.latest, unknown.messages.len()), (0, 0));
+    queue.close().await;
+}
+
+async fn topic_history_and_offsets_survive_a_restart(store: Store) {
+    let queue = store.open(history_options(100));
+    push_payloads(
+        &queue,
+        1,
+        (1..=3).map(|n| (n, envelope("news", n))).collect(),
+    )
+    .await;
+    let before = history(&queue, "news", HistoryQuery::Last { limit: 10 }).await;
+    queue.close().await;
+    drop(queue);
+    let queue = store.open(history_options(100));
+    let after = history(
+        &queue,
+        "news",
+        since(Position {
+            epoch: before.epoch,
+            offset: 1,
+        }),
+    )
+    .await;
+    assert!(after.recovered, "{after:?}");
+    assert_eq!(contents(&after), [(2, "2".into()), (3, "3".into())]);
+    // The first group takes over what waited for the default group: the three stored before, then the new one.
+    let mut only = consumer(&queue, "late", StartAt::Oldest, 10).await;
+    push_payloads(&queue, 2, vec![(1, envelope("news", 4))]).await;
+    let got = take(&mut only, 4).await;
+    let positions: Vec<_> = got.iter().map(|d| d.position).collect();
+    let at = |offset| {
+        Some(Position {
+            epoch: before.epoch,
+            offset,
+        })
+    };
+    assert_eq!(positions, [at(1), at(2), at(3), at(4)]);
+    queue.close().await;
+}
+
 macro_rules! conformance {
     (all: [$($case:ident),* $(,)?], durable: [$($durable:ident),* $(,)?] $(,)?) => {
         mod memory {
@@ -430,10 +628,13 @@ conformance! {
         the_first_named_group_takes_over_what_waited_for_a_default_group_nobody_read,
         a_message_delivered_max_deliveries_times_without_an_ack_becomes_a_dead_letter,
         a_compat_consumer_gets_each_message_once_and_settles_it_on_hand_out,
+        each_topic_numbers_its_messages_and_deliveries_carry_their_position,
+        history_answers_what_a_client_missed_or_says_why_it_cannot,
     ],
     durable: [
         a_group_resumes_after_its_last_ack_when_the_queue_restarts,
         dedup_marks_survive_a_restart,
+        topic_history_and_offsets_survive_a_restart,
     ],
 }
 

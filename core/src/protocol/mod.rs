@@ -11,6 +11,7 @@
 pub mod client;
 pub mod envelope;
 pub mod group;
+pub mod history;
 pub mod queue;
 
 /// The subprotocol a client offers in `Sec-WebSocket-Protocol` to speak wsmq's reliable protocol instead of

@@ -12,13 +12,18 @@
 //! /popmsg   client → server   0x11 CREDIT   n:u32
 //!                             0x12 ACK      id:u64
 //!                             0x13 NACK     id:u64 reason:u8               (cannot handle it: dead-letter it)
-//!           server → client   0x91 DELIVER  id:u64 flags:u8 len:u32 payload[len]
+//!           server → client   0x91 DELIVER  id:u64 flags:u8 [epoch:u64 offset:u64] len:u32 payload[len]
 //! ```
+//!
+//! DELIVER flags: bit 0 redelivered; bit 1 positioned: the message's place in its topic's history (epoch and
+//! offset, see [`super::history`]) follows the flags.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// The most bytes a record adds around its payload (DELIVER: kind + id + flags + len).
-pub const RECORD_OVERHEAD: usize = 1 + 8 + 1 + 4;
+use super::history::{Epoch, Position};
+
+/// The most bytes a record adds around its payload (DELIVER: kind + id + flags + epoch + offset + len).
+pub const RECORD_OVERHEAD: usize = 1 + 8 + 1 + 16 + 4;
 
 const HELLO: u8 = 0x01;
 const PUSH: u8 = 0x02;
@@ -30,6 +35,7 @@ const REJECT: u8 = 0x82;
 const DELIVER: u8 = 0x91;
 
 const FLAG_REDELIVERED: u8 = 0x01;
+const FLAG_POSITIONED: u8 = 0x02;
 
 /// Why msgqueue refused to store a push. The producer learns it per sequence number and must not retry the
 /// same sequence number: a rejected push is simply not stored.
@@ -182,6 +188,9 @@ pub struct Delivery {
     pub id: u64,
     /// Set when an earlier delivery of this message was not acked (its consumer went away or its lease expired).
     pub redelivered: bool,
+    /// The message's place in its topic's history; `None` for a message without one (not a JSON envelope, or
+    /// stored before msgqueue kept history).
+    pub position: Option<Position>,
     /// The message bytes, a zero-copy slice of the frame.
     pub payload: Bytes,
 }
@@ -290,11 +299,24 @@ impl FrameWriter {
     }
 
     /// Appends a delivery.
-    pub fn deliver(&mut self, id: u64, redelivered: bool, payload: &[u8]) {
+    pub fn deliver(
+        &mut self,
+        id: u64,
+        redelivered: bool,
+        position: Option<Position>,
+        payload: &[u8],
+    ) {
         self.buf.put_u8(DELIVER);
         self.buf.put_u64_le(id);
-        self.buf
-            .put_u8(if redelivered { FLAG_REDELIVERED } else { 0 });
+        let mut flags = if redelivered { FLAG_REDELIVERED } else { 0 };
+        if position.is_some() {
+            flags |= FLAG_POSITIONED;
+        }
+        self.buf.put_u8(flags);
+        if let Some(position) = position {
+            self.buf.put_u64_le(position.epoch.0);
+            self.buf.put_u64_le(position.offset);
+        }
         self.buf.put_u32_le(len_u32(payload.len()));
         self.buf.put_slice(payload);
     }
@@ -424,11 +446,20 @@ impl FrameReader {
             None => Ok(None),
             Some(DELIVER) => {
                 let id = self.u64()?;
-                let redelivered = self.u8()? & FLAG_REDELIVERED != 0;
+                let flags = self.u8()?;
+                let position = if flags & FLAG_POSITIONED != 0 {
+                    Some(Position {
+                        epoch: Epoch(self.u64()?),
+                        offset: self.u64()?,
+                    })
+                } else {
+                    None
+                };
                 let payload = self.payload()?;
                 Ok(Some(Delivery {
                     id,
-                    redelivered,
+                    redelivered: flags & FLAG_REDELIVERED != 0,
+                    position,
                     payload,
                 }))
             }
@@ -515,22 +546,30 @@ mod tests {
     }
 
     #[test]
-    fn deliveries_round_trip_with_redelivery_flag() {
+    fn deliveries_round_trip_with_their_flags_and_positions() {
+        let position = Position {
+            epoch: Epoch(u64::MAX),
+            offset: 17,
+        };
         let mut w = FrameWriter::default();
-        w.deliver(3, false, b"a");
-        w.deliver(4, true, b"bb");
-        let got = collect(w.take(), 2, FrameReader::next_delivery).unwrap();
+        w.deliver(3, false, None, b"a");
+        w.deliver(4, true, Some(position), b"bb");
+        let frame = w.take();
+        assert_eq!(frame.len(), 2 * RECORD_OVERHEAD - 16 + 3);
+        let got = collect(frame, 2, FrameReader::next_delivery).unwrap();
         assert_eq!(
             got,
             vec![
                 Delivery {
                     id: 3,
                     redelivered: false,
+                    position: None,
                     payload: Bytes::from_static(b"a")
                 },
                 Delivery {
                     id: 4,
                     redelivered: true,
+                    position: Some(position),
                     payload: Bytes::from_static(b"bb")
                 },
             ]

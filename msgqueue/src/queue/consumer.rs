@@ -30,6 +30,9 @@ pub struct Delivery {
     pub payload: Bytes,
     /// The message was delivered before and its lease came back (consumer gone or lease expired).
     pub redelivered: bool,
+    /// The message's place in its topic's history; `None` for a message without one (not a JSON envelope, its
+    /// topic keeps no history, or stored before msgqueue kept history).
+    pub position: Option<super::Position>,
 }
 
 /// A consumer of the local engine, attached to a consumer group of a [`LocalQueue`]. Dropping it returns its unacked leases to the front of

@@ -13,9 +13,9 @@ use wsmq_core::protocol::queue::NackReason;
 use super::consumer::LocalConsumer;
 use super::redis::{RedisConsumer, RedisQueue};
 use super::{
-    Backend, ConsumeMode, DEFAULT_GROUP, DeadLetter, Delivery, DurableToken, GroupName, LocalQueue,
-    Producer, PushError, Pushed, QueueError, QueueOptions, QueueStats, RecoveryReport, ReplayError,
-    StartAt,
+    Backend, ConsumeMode, DEFAULT_GROUP, DeadLetter, Delivery, DurableToken, GroupName,
+    HistoryPage, HistoryQuery, HistoryStats, LocalQueue, Producer, PushError, Pushed, QueueError,
+    QueueOptions, QueueStats, RecoveryReport, ReplayError, StartAt,
 };
 
 /// A handle to the queue; cheap to clone, all clones share one queue.
@@ -83,6 +83,18 @@ impl Queue {
         match &self.0 {
             Engine::Local(queue) => queue.wait_durable(token).await,
             Engine::Redis(queue) => queue.wait_durable(token).await,
+        }
+    }
+
+    /// Answers a history request for `topic` (see [`super::history`]).
+    pub async fn history(
+        &self,
+        topic: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, QueueError> {
+        match &self.0 {
+            Engine::Local(queue) => Ok(queue.history(topic, query)),
+            Engine::Redis(queue) => queue.history(topic, query).await,
         }
     }
 
@@ -174,6 +186,14 @@ impl Queue {
         match &self.0 {
             Engine::Local(queue) => queue.stats(),
             Engine::Redis(queue) => queue.stats(),
+        }
+    }
+
+    /// What the topic history holds, for metrics; `None` for the Redis engine, whose history is in Redis.
+    pub fn history_stats(&self) -> Option<HistoryStats> {
+        match &self.0 {
+            Engine::Local(queue) => Some(queue.history_stats()),
+            Engine::Redis(_) => None,
         }
     }
 

@@ -798,7 +798,7 @@ impl Storage for DiskLog {
             pending.urgent = true;
             self.shared.wake.notify_one();
         }
-        Ok(DurableToken(pending.position))
+        Ok(DurableToken::at(pending.position))
     }
 
     fn create_group(&self, group: &GroupMark) -> DurableToken {
@@ -814,7 +814,7 @@ impl Storage for DiskLog {
                 self.shared.wake.notify_one();
             }
         }
-        DurableToken(pending.position)
+        DurableToken::at(pending.position)
     }
 
     fn drop_group(&self, id: u32) {
@@ -850,7 +850,7 @@ impl Storage for DiskLog {
     }
 
     fn position(&self) -> DurableToken {
-        DurableToken(self.shared.pending.lock().position)
+        DurableToken::at(self.shared.pending.lock().position)
     }
 
     fn no_space(&self) -> bool {

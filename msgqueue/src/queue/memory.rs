@@ -28,19 +28,19 @@ impl Storage for MemoryStore {
         _: &[u8],
         _: &dyn Fn() -> Snapshot,
     ) -> Result<DurableToken, StorageError> {
-        Ok(DurableToken(0))
+        Ok(DurableToken::at(0))
     }
 
     fn append_acks(&self, _: u32, _: &mut [u64]) {}
 
     fn create_group(&self, _: &GroupMark) -> DurableToken {
-        DurableToken(0)
+        DurableToken::at(0)
     }
 
     fn drop_group(&self, _: u32) {}
 
     fn position(&self) -> DurableToken {
-        DurableToken(0)
+        DurableToken::at(0)
     }
 
     fn advance_floor(&self, _: u64) {}

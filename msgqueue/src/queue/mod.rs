@@ -15,6 +15,7 @@ mod consumer;
 mod dead;
 mod group;
 mod handle;
+pub mod history;
 mod log;
 mod memory;
 mod rangeset;
@@ -36,6 +37,10 @@ use tokio::time::Instant;
 
 pub use consumer::{ConsumeMode, Delivery};
 pub use handle::{Consumer, Queue};
+pub use history::local::HistoryStats;
+pub use history::{
+    Epoch, HistoryOptions, HistoryPage, HistoryQuery, HistoryRule, Position, Retention,
+};
 
 use consumer::LocalConsumer;
 pub use dead::{DeadLetter, DeadReason};
@@ -141,6 +146,8 @@ pub struct QueueOptions {
     pub max_dead_letters: usize,
     /// How long a consumer group may have no consumer before it is dropped, so it stops pinning the log.
     pub group_idle_ttl: Duration,
+    /// Which topics keep how much history.
+    pub history: HistoryOptions,
 }
 
 impl QueueOptions {
@@ -173,6 +180,7 @@ impl Default for QueueOptions {
             max_deliveries: 5,
             max_dead_letters: 10_000,
             group_idle_ttl: Duration::from_secs(3600),
+            history: HistoryOptions::default(),
         }
     }
 }
@@ -191,9 +199,21 @@ pub struct Producer {
     pub seq: u64,
 }
 
-/// Names a log position; [`Queue::wait_durable`] resolves once everything up to it is durable.
+/// Names a log position (and, in the local engine, a history file position appended with it);
+/// [`Queue::wait_durable`] resolves once everything up to it is durable. Both parts grow in push order, so the
+/// larger of two tokens covers both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DurableToken(u64);
+pub struct DurableToken {
+    log: u64,
+    history: u64,
+}
+
+impl DurableToken {
+    /// A position in the log alone.
+    pub(crate) fn at(log: u64) -> Self {
+        Self { log, history: 0 }
+    }
+}
 
 /// The outcome of an accepted push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -866,10 +886,12 @@ impl State {
             group.counters.redelivered += u64::from(redelivered);
             self.stats.delivered += 1;
             self.stats.redelivered += u64::from(redelivered);
+            let (position, payload) = history::unstamp(payload);
             out.push(Delivery {
                 id: offset,
                 payload,
                 redelivered,
+                position,
             });
             delivered += 1;
             if alone {
@@ -1047,6 +1069,7 @@ impl Producers {
 struct Inner {
     state: Mutex<State>,
     storage: Box<dyn Storage>,
+    history: history::local::LocalHistory,
     options: QueueOptions,
     /// Notified when space frees up after a push was refused as full.
     space: Arc<Notify>,
@@ -1078,8 +1101,13 @@ impl LocalQueue {
         options: QueueOptions,
     ) -> Result<(Self, RecoveryReport), QueueError> {
         let space = Arc::new(Notify::new());
-        let (storage, recovered): (Box<dyn Storage>, Option<log::Recovered>) = match dir {
-            None => (Box::new(memory::MemoryStore::default()), None),
+        let (storage, recovered, history): (Box<dyn Storage>, Option<log::Recovered>, _) = match dir
+        {
+            None => (
+                Box::new(memory::MemoryStore::default()),
+                None,
+                history::local::LocalHistory::in_memory(options.history.clone()),
+            ),
             Some(dir) => {
                 let (log, recovered) = log::DiskLog::open(
                     &dir,
@@ -1087,7 +1115,13 @@ impl LocalQueue {
                     options.segment_size,
                     Arc::clone(&space),
                 )?;
-                (Box::new(log), Some(recovered))
+                let history = history::local::LocalHistory::open(
+                    options.history.clone(),
+                    &dir.join("history"),
+                    options.fsync,
+                    now_ms(),
+                )?;
+                (Box::new(log), Some(recovered), history)
             }
         };
         let now = Instant::now();
@@ -1162,6 +1196,7 @@ impl LocalQueue {
         let inner = Inner {
             state: Mutex::new(state),
             storage,
+            history,
             options,
             space,
             replaying: tokio::sync::Mutex::new(()),
@@ -1201,10 +1236,11 @@ impl LocalQueue {
         let mut used = state.backlog().1;
         let mut stored = 0;
         let mut failure: Option<PushError> = None;
+        let now_ms = now_ms();
         for (producer, payload) in items {
             let result = match &failure {
                 Some(err) => Err(err.clone()),
-                None => push_one(inner, &mut state, &mut used, producer, payload),
+                None => push_one(inner, &mut state, &mut used, producer, payload, now_ms),
             };
             match &result {
                 Ok(Pushed::Stored { .. }) => stored += 1,
@@ -1230,14 +1266,15 @@ impl LocalQueue {
         if self.inner.options.fsync == FsyncPolicy::Never {
             return Ok(());
         }
+        self.inner.history.wait_durable(token.history).await?;
         let Some(mut progress) = self.inner.storage.progress() else {
             return Ok(());
         };
         let progress = progress
-            .wait_for(|p| p.durable >= token.0 || p.failed.is_some() || p.closed)
+            .wait_for(|p| p.durable >= token.log || p.failed.is_some() || p.closed)
             .await
             .map_err(|_| QueueError::Closed)?;
-        if progress.durable >= token.0 {
+        if progress.durable >= token.log {
             Ok(())
         } else if let Some(err) = &progress.failed {
             Err(StorageError::WriterFailed(err.clone()).into())
@@ -1503,11 +1540,11 @@ impl LocalQueue {
             return Ok(());
         };
         let progress = progress
-            .wait_for(|p| p.written >= token.0 || p.failed.is_some() || p.closed)
+            .wait_for(|p| p.written >= token.log || p.failed.is_some() || p.closed)
             .await
             .map_err(|_| QueueError::Closed)?;
         match &progress.failed {
-            Some(err) if progress.written < token.0 => {
+            Some(err) if progress.written < token.log => {
                 Err(StorageError::WriterFailed(err.clone()).into())
             }
             _ => Ok(()),
@@ -1570,6 +1607,17 @@ impl LocalQueue {
         if let Some(mut progress) = self.inner.storage.progress() {
             let _ = progress.wait_for(|p| p.closed || p.failed.is_some()).await;
         }
+        self.inner.history.close().await;
+    }
+
+    /// Answers a history request for `topic` from the history kept in RAM.
+    pub(crate) fn history(&self, topic: &str, query: &HistoryQuery) -> HistoryPage {
+        self.inner.history.query(topic, query, now_ms())
+    }
+
+    /// What the topic history holds.
+    pub(crate) fn history_stats(&self) -> HistoryStats {
+        self.inner.history.stats()
     }
 }
 
@@ -1580,6 +1628,7 @@ fn push_one(
     used: &mut u64,
     producer: Option<Producer>,
     payload: Bytes,
+    now_ms: u64,
 ) -> Result<Pushed, PushError> {
     if state.closed {
         return Err(PushError::Closed);
@@ -1594,9 +1643,9 @@ fn push_one(
         && state.producers.is_duplicate(p)
     {
         state.stats.duplicates += 1;
-        return Ok(Pushed::Duplicate {
-            durable: inner.storage.position(),
-        });
+        let mut durable = inner.storage.position();
+        durable.history = inner.history.position();
+        return Ok(Pushed::Duplicate { durable });
     }
     if inner.storage.no_space() {
         state.stats.rejected_no_space += 1;
@@ -1628,7 +1677,16 @@ fn push_one(
                 .collect(),
         ),
     };
-    let durable = storage.append_message(offset, producer, &payload, &snapshot)?;
+    // The message's place in its topic is assigned here, in log order, and stored with it.
+    let (payload, history) = match history::topic_of(&payload)
+        .and_then(|topic| inner.history.append(&topic, &payload, now_ms))
+    {
+        Some((position, token)) => (history::stamp(position, &payload), token),
+        None => (payload, 0),
+    };
+    let len = payload.len();
+    let mut durable = storage.append_message(offset, producer, &payload, &snapshot)?;
+    durable.history = history;
     state.next_offset += 1;
     if let Some(p) = producer {
         state.producers.record(p);

@@ -162,7 +162,7 @@ impl QueueConn {
         );
         let mut frame = FrameWriter::default();
         for (id, redelivered, payload) in deliveries {
-            frame.deliver(*id, *redelivered, payload);
+            frame.deliver(*id, *redelivered, None, payload);
         }
         self.credit -= count;
         within(

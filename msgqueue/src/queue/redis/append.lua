@@ -1,9 +1,15 @@
 -- Appends a batch of pushes to the log, deduplicating reliable producers' retries.
 -- KEYS[1]: the log stream; KEYS[2]: the prefix of the per-producer high-water-mark keys; KEYS[3]: the hash of
--- groups' last-seen times; KEYS[4]: the calling process's batch counter.
+-- groups' last-seen times; KEYS[4]: the calling process's batch counter; KEYS[5]: the prefix of each topic's
+-- history state (a hash: e = epoch, n = newest offset); KEYS[6]: the prefix of each topic's history stream.
 -- ARGV[1]: seconds a producer's mark (and the batch counter) is remembered; ARGV[2]: now (ms); ARGV[3]: the default
 --   group's name; ARGV[4]: this batch's number; ARGV[5]: '1' to apply it even if earlier batches are missing
---   (the counter was lost); then triples of producer id ('' for compat pushes, which skip dedup), seq, payload.
+--   (the counter was lost); ARGV[6]: the epoch of a topic whose history starts in this batch; then groups of six:
+--   producer id ('' for compat pushes, which skip dedup), seq, topic ('' when the message keeps no history),
+--   messages the topic retains, milliseconds it retains them, payload.
+-- A message with a topic gets the topic's next offset, stored with it in the log (fields e and o) and in the
+-- topic's history stream (id 0-<offset>, fields t = time, p = payload), trimmed to its size; the topic's keys
+-- expire once nothing was published to it for its retention time, and its next message starts a new epoch.
 -- Returns {stored, duplicates}; {-1, 0} if this batch was applied before (its reply was lost); {-2, 0} if an earlier
 -- batch of the process is missing (it failed while this one was in flight: it is sent again first).
 -- Entry ids are 0-<offset>, so offsets increase by one and survive trimming.
@@ -25,8 +31,9 @@ if redis.call('EXISTS', log) == 0 then
 end
 local high, dirty = {}, {}
 local stored, duplicates = 0, 0
-for i = 6, #ARGV, 3 do
-  local producer, seq, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local now = tonumber(ARGV[2])
+for i = 7, #ARGV, 6 do
+  local producer, seq, topic, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 5]
   local fresh = true
   if producer ~= '' then
     local mark = high[producer]
@@ -42,7 +49,29 @@ for i = 6, #ARGV, 3 do
     end
     high[producer] = mark
   end
-  if fresh then
+  if fresh and topic ~= '' then
+    local state, stream, ttl = KEYS[5] .. topic, KEYS[6] .. topic, ARGV[i + 4]
+    local epoch = redis.call('HGET', state, 'e')
+    if not epoch then
+      epoch = ARGV[6]
+      redis.call('DEL', stream)
+      redis.call('HSET', state, 'e', epoch)
+    end
+    local offset = redis.call('HINCRBY', state, 'n', 1)
+    redis.call('XADD', stream, 'MAXLEN', ARGV[i + 3], '0-' .. offset, 't', ARGV[2], 'p', payload)
+    local oldest = now - tonumber(ttl)
+    while true do
+      local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+      if not head or tonumber(head[2][2]) >= oldest then
+        break
+      end
+      redis.call('XDEL', stream, head[1])
+    end
+    redis.call('PEXPIRE', state, ttl)
+    redis.call('PEXPIRE', stream, ttl)
+    redis.call('XADD', log, '0-*', 'p', payload, 'e', epoch, 'o', offset)
+    stored = stored + 1
+  elseif fresh then
     redis.call('XADD', log, '0-*', 'p', payload)
     stored = stored + 1
   else

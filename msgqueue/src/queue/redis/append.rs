@@ -19,7 +19,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 
-use super::{MAX_SUBMISSIONS, RETRY_MIN, RedisError, Shared, Submission, back_off, now_ms};
+use super::{MAX_SUBMISSIONS, RETRY_MIN, RedisError, Shared, Submission, back_off, millis, now_ms};
+use crate::queue::history::{self, Epoch};
 use crate::queue::{DEFAULT_GROUP, Producer};
 
 /// Pushes per script call: large enough that one round trip carries many messages.
@@ -186,11 +187,23 @@ async fn apply(shared: Arc<Shared>, batch: Arc<Batch>, force: bool) -> Outcome {
         .arg(now_ms())
         .arg(DEFAULT_GROUP)
         .arg(batch.number)
-        .arg(u8::from(force));
+        .arg(u8::from(force))
+        .arg(Epoch::random().to_string());
+    invocation.key(&keys.topic).key(&keys.history);
     for (producer, payload) in &batch.items {
         match producer {
             Some(p) => invocation.arg(p.id).arg(p.seq),
             None => invocation.arg("").arg(0),
+        };
+        let history = history::topic_of(payload)
+            .map(|topic| (shared.options.history.retention(&topic), topic))
+            .filter(|(retention, _)| retention.size > 0);
+        match history {
+            Some((retention, topic)) => invocation
+                .arg(&*topic)
+                .arg(retention.size)
+                .arg(millis(retention.ttl)),
+            None => invocation.arg("").arg(0).arg(0),
         };
         invocation.arg(&payload[..]);
     }

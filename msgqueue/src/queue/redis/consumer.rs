@@ -17,8 +17,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use wsmq_core::protocol::queue::NackReason;
 
 use super::{
-    RELEASED, RETRY_MIN, RedisError, Shared, back_off, entry_id, millis, now_ms, parse_offset,
-    split_entry,
+    RELEASED, RETRY_MIN, RedisError, Shared, back_off, entry_fields, entry_id, millis, now_ms,
+    parse_offset, split_entry,
 };
 use crate::queue::{ConsumeMode, DEFAULT_GROUP, Delivery, GroupName, QueueError, StartAt};
 
@@ -465,8 +465,9 @@ impl Fetch {
                 continue;
             };
             last = Some(offset);
-            // Fields are ["p", payload]; an entry trimmed meanwhile has none and is skipped.
-            let Some(Value::BulkString(payload)) = fields.pop() else {
+            // Fields are ["p", payload] and, for a message with history, ["e", epoch, "o", offset]; an entry
+            // trimmed meanwhile has none and is skipped.
+            let Some((payload, position)) = entry_fields(&mut fields) else {
                 continue;
             };
             if self.mode == ConsumeMode::Acked
@@ -479,6 +480,7 @@ impl Fetch {
                 id: offset,
                 payload: payload.into(),
                 redelivered,
+                position,
             });
         }
         (out, last)

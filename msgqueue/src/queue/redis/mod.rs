@@ -40,6 +40,7 @@ use wsmq_core::protocol::queue::NackReason;
 
 pub(crate) use consumer::RedisConsumer;
 
+use super::history::{Epoch, HistoryMessage, HistoryPage, HistoryQuery, Position, plan};
 use super::{
     ConsumeMode, DeadLetter, DeadReason, DurableToken, GroupName, GroupStats, Producer, PushError,
     Pushed, QueueError, QueueOptions, QueueStats, ReplayError, StartAt, now_ms,
@@ -153,6 +154,10 @@ struct Keys {
     seen: String,
     /// Prefix of each process's batch counter (see `append`).
     appenders: String,
+    /// Prefix of each topic's history state (epoch and newest offset).
+    topic: String,
+    /// Prefix of each topic's history stream.
+    history: String,
 }
 
 impl Keys {
@@ -164,6 +169,8 @@ impl Keys {
             marks: format!("{tag}:producer:"),
             seen: format!("{tag}:seen"),
             appenders: format!("{tag}:appender:"),
+            topic: format!("{tag}:topic:"),
+            history: format!("{tag}:history:"),
         }
     }
 }
@@ -175,6 +182,7 @@ struct Scripts {
     bury: Script,
     release: Script,
     sweep: Script,
+    history: Script,
 }
 
 impl Scripts {
@@ -186,6 +194,7 @@ impl Scripts {
             bury: Script::new(include_str!("bury.lua")),
             release: Script::new(include_str!("release.lua")),
             sweep: Script::new(include_str!("sweep.lua")),
+            history: Script::new(include_str!("history.lua")),
         }
     }
 }
@@ -420,7 +429,7 @@ impl RedisQueue {
                 Ok(()) => {
                     submit.0 = token;
                     Ok(Pushed::Submitted {
-                        durable: DurableToken(token),
+                        durable: DurableToken::at(token),
                     })
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => Err(PushError::Full),
@@ -444,10 +453,10 @@ impl RedisQueue {
     pub(crate) async fn wait_durable(&self, token: DurableToken) -> Result<(), QueueError> {
         let mut applied = self.shared.applied.subscribe();
         let applied = applied
-            .wait_for(|a| a.upto >= token.0 || a.closed)
+            .wait_for(|a| a.upto >= token.log || a.closed)
             .await
             .map_err(|_| QueueError::Closed)?;
-        if applied.upto >= token.0 {
+        if applied.upto >= token.log {
             Ok(())
         } else {
             Err(QueueError::Closed)
@@ -513,6 +522,70 @@ impl RedisQueue {
             .into_iter()
             .map(|(_, letter, _)| letter)
             .collect())
+    }
+
+    /// Answers a history request for `topic` from its history in Redis.
+    pub(crate) async fn history(
+        &self,
+        topic: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, QueueError> {
+        // Ask for what the query wants if the client's epoch is current; the plan, made on what Redis answers,
+        // decides, and only an epoch change (the client's offsets mean nothing) needs a second read.
+        let wanted = match *query {
+            HistoryQuery::Since { position, .. } => Some(position.offset + 1),
+            HistoryQuery::Last { .. } => None,
+        };
+        let (page, from) = self.read_history(topic, query, wanted).await?;
+        if wanted.is_some_and(|wanted| from < wanted) {
+            return Ok(self.read_history(topic, query, Some(from)).await?.0);
+        }
+        Ok(page)
+    }
+
+    /// One read of a topic's history from offset `from` (`None`: the newest ones). Returns the page and the first
+    /// offset the plan wants.
+    async fn read_history(
+        &self,
+        topic: &str,
+        query: &HistoryQuery,
+        from: Option<u64>,
+    ) -> Result<(HistoryPage, u64), QueueError> {
+        let shared = &*self.shared;
+        let retention = shared.options.history.retention(topic);
+        let mut invocation = shared.scripts.history.prepare_invoke();
+        invocation
+            .key(format!("{}{topic}", shared.keys.topic))
+            .key(format!("{}{topic}", shared.keys.history))
+            .arg(now_ms())
+            .arg(millis(retention.ttl))
+            .arg(if from.is_some() { "from" } else { "last" })
+            .arg(from.unwrap_or(0))
+            .arg(query.limit());
+        let (epoch, latest, first, entries): (String, u64, u64, Vec<Value>) =
+            shared.invoke(&invocation, "history").await?;
+        let epoch = epoch.parse::<Epoch>().unwrap_or(Epoch(0));
+        let (start, outcome) = plan(query, epoch, first, latest);
+        let messages = entries
+            .into_iter()
+            .filter_map(|entry| {
+                let (id, mut fields) = split_entry(entry)?;
+                let offset = parse_offset(id.as_bytes())?;
+                let (payload, _) = entry_fields(&mut fields)?;
+                let text = String::from_utf8(payload).ok()?;
+                let message = serde_json::value::RawValue::from_string(text).ok()?;
+                (offset >= start).then_some(HistoryMessage { offset, message })
+            })
+            .take(query.limit())
+            .collect();
+        let page = HistoryPage {
+            epoch,
+            latest,
+            recovered: outcome.is_ok(),
+            reason: outcome.err(),
+            messages,
+        };
+        Ok((page, start))
     }
 
     /// Pushes dead letters back as new messages, then deletes them once the copies are in Redis.
@@ -798,6 +871,31 @@ impl Shared {
         }
         Ok(letters)
     }
+}
+
+/// Takes the payload and, for a message with history, its position from a log entry's fields (`p`, and `e`,
+/// `o`); `None` when the entry has no payload (trimmed meanwhile).
+fn entry_fields(fields: &mut [Value]) -> Option<(Vec<u8>, Option<Position>)> {
+    let (mut payload, mut epoch, mut offset) = (None, None, None);
+    for pair in fields.chunks_mut(2) {
+        let [Value::BulkString(name), value] = pair else {
+            continue;
+        };
+        match (name.as_slice(), value) {
+            (b"p", Value::BulkString(bytes)) => payload = Some(std::mem::take(bytes)),
+            (b"e", Value::BulkString(bytes)) => {
+                epoch = std::str::from_utf8(bytes).ok()?.parse::<Epoch>().ok();
+            }
+            (b"o", Value::BulkString(bytes)) => {
+                offset = std::str::from_utf8(bytes).ok()?.parse::<u64>().ok();
+            }
+            _ => {}
+        }
+    }
+    let position = epoch
+        .zip(offset)
+        .map(|(epoch, offset)| Position { epoch, offset });
+    Some((payload?, position))
 }
 
 /// Splits a stream entry `[id, [field, value, …]]` into its id and fields.

@@ -1,0 +1,447 @@
+//! Topic history of the local engine: per topic its epoch, its newest offset and its retained messages, in RAM,
+//! written through to a [`HistoryFile`] under the disk backend (read back at start). The engine calls
+//! [`LocalHistory::append`] with its state lock held, in log order, so offsets follow the log; queries take only
+//! the history's own lock, never the engine's.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+
+use super::file::{self, HistoryFile, HistoryRecord};
+use super::{
+    Epoch, HistoryMessage, HistoryOptions, HistoryPage, HistoryQuery, Position, Retention, plan,
+};
+use crate::queue::FsyncPolicy;
+use crate::queue::storage::StorageError;
+
+/// How often expired messages and idle topics are dropped (and the file checked for compaction).
+const MAINTAIN_EVERY_MS: u64 = 1000;
+/// The file is rewritten once it is larger than this and than twice what is retained.
+const COMPACT_ABOVE: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug)]
+struct Entry {
+    offset: u64,
+    at_ms: u64,
+    payload: Bytes,
+}
+
+#[derive(Debug)]
+struct Topic {
+    epoch: Epoch,
+    latest: u64,
+    /// When the newest message was published.
+    last_ms: u64,
+    entries: VecDeque<Entry>,
+}
+
+impl Topic {
+    fn new() -> Self {
+        Self {
+            epoch: Epoch::random(),
+            latest: 0,
+            last_ms: 0,
+            entries: VecDeque::new(),
+        }
+    }
+
+    /// Drops what is beyond `retention` at `now_ms`; returns the payload bytes dropped.
+    fn trim(&mut self, retention: Retention, now_ms: u64) -> u64 {
+        let oldest = now_ms.saturating_sub(millis(retention.ttl));
+        let mut dropped = 0;
+        while let Some(front) = self.entries.front()
+            && (self.entries.len() > retention.size || front.at_ms < oldest)
+        {
+            dropped += front.payload.len() as u64;
+            self.entries.pop_front();
+        }
+        dropped
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[derive(Debug, Default)]
+struct Topics {
+    map: HashMap<Box<str>, Topic>,
+    /// Payload bytes retained over all topics.
+    bytes: u64,
+    /// Messages retained over all topics.
+    messages: u64,
+    next_maintenance_ms: u64,
+}
+
+/// What history holds, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryStats {
+    /// Topics with history.
+    pub topics: u64,
+    /// Messages retained.
+    pub messages: u64,
+    /// Payload bytes retained.
+    pub bytes: u64,
+}
+
+/// The local engine's topic history.
+#[derive(Debug)]
+pub(crate) struct LocalHistory {
+    options: HistoryOptions,
+    topics: Arc<Mutex<Topics>>,
+    file: Option<HistoryFile>,
+}
+
+impl LocalHistory {
+    /// History in RAM only (the memory backend): lost on restart, so every topic starts a new epoch.
+    pub(crate) fn in_memory(options: HistoryOptions) -> Self {
+        Self {
+            options,
+            topics: Arc::default(),
+            file: None,
+        }
+    }
+
+    /// History written through to `dir`, reading back what it holds. Blocking: call it off the async workers.
+    pub(crate) fn open(
+        options: HistoryOptions,
+        dir: &Path,
+        fsync: FsyncPolicy,
+        now_ms: u64,
+    ) -> Result<Self, StorageError> {
+        let (file, records) = HistoryFile::open(dir, fsync)?;
+        let mut topics = Topics::default();
+        for record in records {
+            match record {
+                HistoryRecord::Entry {
+                    topic,
+                    position,
+                    at_ms,
+                    payload,
+                } => {
+                    let state = topics.map.entry(topic.into()).or_insert_with(Topic::new);
+                    if state.epoch != position.epoch || position.offset <= state.latest {
+                        // A newer epoch of the topic (its history was dropped and started again).
+                        state.entries.clear();
+                        state.epoch = position.epoch;
+                    }
+                    state.latest = position.offset;
+                    state.last_ms = at_ms;
+                    state.entries.push_back(Entry {
+                        offset: position.offset,
+                        at_ms,
+                        payload,
+                    });
+                }
+                HistoryRecord::Topic {
+                    topic,
+                    epoch,
+                    latest,
+                    at_ms,
+                } => {
+                    let state = topics.map.entry(topic.into()).or_insert_with(Topic::new);
+                    state.entries.clear();
+                    state.epoch = epoch;
+                    state.latest = latest;
+                    state.last_ms = at_ms;
+                }
+            }
+        }
+        let history = Self {
+            options,
+            topics: Arc::new(Mutex::new(topics)),
+            file: Some(file),
+        };
+        history.maintain(&mut history.topics.lock(), now_ms);
+        Ok(history)
+    }
+
+    /// Gives the next message of `topic` its position and retains it; `None` if the topic keeps no history.
+    /// Returns the file token that becomes durable with it (0 without a file).
+    pub(crate) fn append(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Option<(Position, u64)> {
+        let retention = self.options.retention(topic);
+        if retention.size == 0 {
+            return None;
+        }
+        let mut topics = self.topics.lock();
+        if now_ms >= topics.next_maintenance_ms {
+            self.maintain(&mut topics, now_ms);
+        }
+        let topics = &mut *topics;
+        let state = match topics.map.get_mut(topic) {
+            Some(state) => state,
+            None => topics.map.entry(topic.into()).or_insert_with(Topic::new),
+        };
+        state.latest += 1;
+        state.last_ms = now_ms;
+        let position = Position {
+            epoch: state.epoch,
+            offset: state.latest,
+        };
+        let payload = Bytes::copy_from_slice(payload);
+        topics.bytes += payload.len() as u64;
+        topics.messages += 1;
+        let token = self.file.as_ref().map_or(0, |file| {
+            file.append(|buf| file::encode_entry(buf, topic, position, now_ms, &payload))
+        });
+        state.entries.push_back(Entry {
+            offset: position.offset,
+            at_ms: now_ms,
+            payload,
+        });
+        let before = state.entries.len();
+        let dropped = state.trim(retention, now_ms);
+        topics.messages -= (before - state.entries.len()) as u64;
+        topics.bytes -= dropped;
+        Some((position, token))
+    }
+
+    /// Answers a history request for `topic`.
+    pub(crate) fn query(&self, topic: &str, query: &HistoryQuery, now_ms: u64) -> HistoryPage {
+        let retention = self.options.retention(topic);
+        let oldest = now_ms.saturating_sub(millis(retention.ttl));
+        let topics = self.topics.lock();
+        let Some(state) = topics.map.get(topic) else {
+            let (_, outcome) = plan(query, Epoch(0), 1, 0);
+            return HistoryPage {
+                epoch: Epoch(0),
+                latest: 0,
+                recovered: outcome.is_ok(),
+                reason: outcome.err(),
+                messages: Vec::new(),
+            };
+        };
+        let live = state.entries.iter().filter(|e| e.at_ms >= oldest);
+        let first = live.clone().next().map_or(state.latest + 1, |e| e.offset);
+        let (from, outcome) = plan(query, state.epoch, first, state.latest);
+        let messages = live
+            .filter(|e| e.offset >= from)
+            .take(query.limit())
+            .filter_map(|e| {
+                let text = std::str::from_utf8(&e.payload).ok()?;
+                Some(HistoryMessage {
+                    offset: e.offset,
+                    message: RawValue::from_string(text.to_owned()).ok()?,
+                })
+            })
+            .collect();
+        HistoryPage {
+            epoch: state.epoch,
+            latest: state.latest,
+            recovered: outcome.is_ok(),
+            reason: outcome.err(),
+            messages,
+        }
+    }
+
+    /// What history holds now.
+    pub(crate) fn stats(&self) -> HistoryStats {
+        let topics = self.topics.lock();
+        HistoryStats {
+            topics: topics.map.len() as u64,
+            messages: topics.messages,
+            bytes: topics.bytes,
+        }
+    }
+
+    /// A file token covering everything appended so far (0 without a file).
+    pub(crate) fn position(&self) -> u64 {
+        self.file.as_ref().map_or(0, HistoryFile::position)
+    }
+
+    /// Waits until everything up to `token` is durable in the history file.
+    pub(crate) async fn wait_durable(&self, token: u64) -> Result<(), StorageError> {
+        match &self.file {
+            Some(file) if token > 0 => file.wait_durable(token).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes out what is buffered and stops the file's writer.
+    pub(crate) async fn close(&self) {
+        if let Some(file) = &self.file {
+            file.close();
+            file.closed().await;
+        }
+    }
+
+    /// Drops expired messages and topics idle past their retention, and compacts the file once it is mostly
+    /// dropped records.
+    fn maintain(&self, topics: &mut Topics, now_ms: u64) {
+        topics.next_maintenance_ms = now_ms + MAINTAIN_EVERY_MS;
+        let (mut messages, mut bytes) = (0, 0);
+        topics.map.retain(|topic, state| {
+            let retention = self.options.retention(topic);
+            state.trim(retention, now_ms);
+            messages += state.entries.len() as u64;
+            bytes += state
+                .entries
+                .iter()
+                .map(|e| e.payload.len() as u64)
+                .sum::<u64>();
+            // An idle topic is forgotten: its next message starts a new epoch, which tells clients their offsets
+            // of this one mean nothing any more.
+            !state.entries.is_empty() || state.last_ms + millis(retention.ttl) > now_ms
+        });
+        topics.messages = messages;
+        topics.bytes = bytes;
+        let Some(file) = &self.file else { return };
+        let len = file.len();
+        if len > COMPACT_ABOVE && len > 2 * (bytes + messages * 64) {
+            let mut snapshot = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
+            for (topic, state) in &topics.map {
+                if state.entries.is_empty() {
+                    file::encode_topic(
+                        &mut snapshot,
+                        topic,
+                        state.epoch,
+                        state.latest,
+                        state.last_ms,
+                    );
+                }
+                for entry in &state.entries {
+                    let position = Position {
+                        epoch: state.epoch,
+                        offset: entry.offset,
+                    };
+                    file::encode_entry(&mut snapshot, topic, position, entry.at_ms, &entry.payload);
+                }
+            }
+            file.compact(snapshot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_000_000;
+
+    fn options(size: usize) -> HistoryOptions {
+        HistoryOptions {
+            retention: Retention {
+                size,
+                ttl: Duration::from_secs(10),
+            },
+            rules: Vec::new(),
+        }
+    }
+
+    fn offsets(page: &HistoryPage) -> Vec<u64> {
+        page.messages.iter().map(|m| m.offset).collect()
+    }
+
+    fn envelope(n: u64) -> Vec<u8> {
+        format!(r#"{{"Topic":"t","Content":"{n}"}}"#).into_bytes()
+    }
+
+    #[test]
+    fn offsets_count_up_per_topic_and_the_newest_are_retained() {
+        let history = LocalHistory::in_memory(options(3));
+        for n in 1..=5 {
+            let (position, _) = history.append("t", &envelope(n), T0).unwrap();
+            assert_eq!(position.offset, n);
+        }
+        assert_eq!(history.append("u", &envelope(1), T0).unwrap().0.offset, 1);
+        let page = history.query("t", &HistoryQuery::Last { limit: 10 }, T0);
+        assert_eq!((offsets(&page), page.latest), (vec![3, 4, 5], 5));
+        assert_eq!(
+            page.messages[0].message.get(),
+            r#"{"Topic":"t","Content":"3"}"#
+        );
+        let resume = HistoryQuery::Since {
+            position: Position {
+                epoch: page.epoch,
+                offset: 3,
+            },
+            limit: 10,
+        };
+        let page = history.query("t", &resume, T0);
+        assert!(page.recovered);
+        assert_eq!(offsets(&page), vec![4, 5]);
+        assert_eq!(history.stats().messages, 4);
+    }
+
+    #[test]
+    fn expired_messages_are_not_recovered_and_an_idle_topic_starts_a_new_epoch() {
+        let history = LocalHistory::in_memory(options(100));
+        let (first, _) = history.append("t", &envelope(1), T0).unwrap();
+        history.append("t", &envelope(2), T0 + 9_000).unwrap();
+        let since_first = HistoryQuery::Since {
+            position: first,
+            limit: 10,
+        };
+        // At T0 + 10.5 s the first message expired but not the second: the client with offset 1 misses nothing.
+        let page = history.query("t", &since_first, T0 + 10_500);
+        assert!(page.recovered);
+        assert_eq!(offsets(&page), vec![2]);
+        let since_zero = HistoryQuery::Since {
+            position: Position {
+                epoch: Epoch(0),
+                offset: 0,
+            },
+            limit: 10,
+        };
+        let page = history.query("t", &since_zero, T0 + 10_500);
+        assert_eq!(page.reason, Some(super::super::Unrecovered::Expired));
+        // Long after: the topic is forgotten, its next message starts a new epoch at offset 1.
+        let (later, _) = history.append("t", &envelope(3), T0 + 60_000).unwrap();
+        assert_eq!(later.offset, 1);
+        assert_ne!(later.epoch, first.epoch);
+        let page = history.query("t", &since_first, T0 + 60_000);
+        assert_eq!(page.reason, Some(super::super::Unrecovered::EpochChanged));
+        assert_eq!(offsets(&page), vec![1]);
+    }
+
+    #[test]
+    fn a_topic_with_size_zero_keeps_no_history() {
+        let history = LocalHistory::in_memory(options(0));
+        assert_eq!(history.append("t", &envelope(1), T0), None);
+        assert_eq!(history.stats(), HistoryStats::default());
+    }
+
+    #[test]
+    fn history_on_disk_survives_a_reopen_with_its_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let history = LocalHistory::open(options(2), dir.path(), FsyncPolicy::Always, T0).unwrap();
+        let mut last = None;
+        for n in 1..=3 {
+            let (position, token) = history.append("t", &envelope(n), T0).unwrap();
+            runtime.block_on(history.wait_durable(token)).unwrap();
+            last = Some(position);
+        }
+        runtime.block_on(history.close());
+        let reopened = LocalHistory::open(options(2), dir.path(), FsyncPolicy::Always, T0).unwrap();
+        let since = HistoryQuery::Since {
+            position: Position {
+                offset: 1,
+                ..last.unwrap()
+            },
+            limit: 10,
+        };
+        let page = reopened.query("t", &since, T0);
+        // Size 2 keeps 2 and 3; the client at offset 1 misses nothing.
+        assert_eq!((offsets(&page), page.recovered), (vec![2, 3], true));
+        assert_eq!(
+            reopened.append("t", &envelope(4), T0).unwrap().0,
+            Position {
+                offset: 4,
+                ..last.unwrap()
+            }
+        );
+    }
+}
