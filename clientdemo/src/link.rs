@@ -372,8 +372,10 @@ impl ServiceClient for SubscriberClient {
 
     fn frame(&mut self, text: &str) -> Vec<Event> {
         let event = match ServerFrame::parse(text) {
-            Some(ServerFrame::Message { topic, content }) => Event::Message { topic, content },
-            Some(ServerFrame::Subscribed(topic)) => Event::Subscribed(topic),
+            Some(ServerFrame::Message { topic, content, .. }) => Event::Message { topic, content },
+            Some(ServerFrame::Subscribed(topic) | ServerFrame::Resumed { topic, .. }) => {
+                Event::Subscribed(topic)
+            }
             Some(ServerFrame::Unsubscribed(topic)) => Event::Unsubscribed(topic),
             Some(ServerFrame::SubscriptionRefused { topic, reason }) => {
                 // Subscribing again after a reconnect would only be refused again.
@@ -389,10 +391,12 @@ impl ServiceClient for SubscriberClient {
                 id: id.map(|id| decode_id(&id)),
                 message,
             },
-            Some(ServerFrame::Ack { .. }) | None => Event::Unexpected {
-                service: Self::SERVICE,
-                frame: text.to_owned(),
-            },
+            Some(ServerFrame::Ack { .. } | ServerFrame::History { .. }) | None => {
+                Event::Unexpected {
+                    service: Self::SERVICE,
+                    frame: text.to_owned(),
+                }
+            }
         };
         vec![event]
     }

@@ -1,4 +1,4 @@
-//! A client of a service's HTTP API (the publisher's `/v1/publish`): one keep-alive HTTP/1.1 connection over
+//! A client of a service's HTTP API (the publisher's `/v1/publish`, msgqueue's `/v1/history`): one keep-alive HTTP/1.1 connection over
 //! TLS, dialed with a [`Dialer`] (so it verifies the server exactly as links do) and built on hyper's client
 //! connection. `wsmq-bench http` and the tests use it.
 
@@ -102,6 +102,16 @@ impl ApiClient {
             request = request.header(*name, *value);
         }
         self.send(request.body(Full::new(body.into()))?).await
+    }
+
+    /// `GET`s `path` (with its query) with the credentials and reads the whole response.
+    pub async fn get(&mut self, path: &str) -> Result<ApiReply, ApiClientError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(header::AUTHORIZATION, self.authorization.clone())
+            .body(Full::new(Bytes::new()))?;
+        self.send(request).await
     }
 
     /// Sends `request` as it is (only `Host` is added) and reads the whole response: for requests without the

@@ -11,6 +11,7 @@ use wsmq_core::auth::{Credentials, Presented};
 use wsmq_core::http::{self, HttpError, MAX_HEAD_SIZE};
 use wsmq_core::protocol::client::{self, Command, ServerFrame};
 use wsmq_core::protocol::envelope::{Envelope, Publish, validate_topic};
+use wsmq_core::protocol::history::MAX_HISTORY_PAGE;
 use wsmq_core::protocol::queue::{FrameError, FrameReader, FrameWriter};
 
 /// Payload limit given to the frame reader: small, so the fuzzer reaches the `TooLarge` path easily.
@@ -127,6 +128,7 @@ fn check_envelope(env: &Envelope<'_>) {
         Some(ServerFrame::Message {
             topic: env.topic.clone().into_owned(),
             content: env.content.clone().into_owned(),
+            position: None,
         }),
         "clients must decode a delivered envelope"
     );
@@ -155,6 +157,16 @@ pub fn client_command(data: &[u8]) {
             assert_eq!(
                 ServerFrame::parse(std::str::from_utf8(&frame).expect("UTF-8")),
                 Some(ServerFrame::Unsubscribed(topic.into_owned()))
+            );
+        }
+        Ok(Command::Resume { topic, .. }) => {
+            assert_eq!(validate_topic(&topic), Ok(()), "accepted an invalid topic");
+        }
+        Ok(Command::History { topic, limit }) => {
+            assert_eq!(validate_topic(&topic), Ok(()), "accepted an invalid topic");
+            assert!(
+                (1..=MAX_HISTORY_PAGE).contains(&limit),
+                "accepted a limit out of range"
             );
         }
         Err(_) => {}

@@ -27,7 +27,11 @@ impl ApiHandler for HistoryApi {
     fn handle(self: Arc<Self>, request: ApiRequest) -> BoxFuture<'static, ApiResponse> {
         Box::pin(async move {
             let request = request.request;
-            let Some(topic) = request.uri().path().strip_prefix(HISTORY_API_PATH) else {
+            let path = request.uri().path();
+            let Some(topic) = path
+                .strip_prefix(HISTORY_API_PATH)
+                .and_then(|rest| rest.strip_prefix('/'))
+            else {
                 return error_response(StatusCode::NOT_FOUND, "not found", None);
             };
             if request.method() != Method::GET {

@@ -30,14 +30,14 @@ fn setup(
     );
     let clients: Vec<_> = (0..subscribers)
         .map(|_| {
-            let client = router.register(Closer::new(shutdown));
+            let client = router.register(Closer::new(shutdown), false);
             router.subscribe("bench", &client);
             let outgoing = client.outgoing();
             (client, outgoing)
         })
         .collect();
     for topic in 0..other_topics {
-        let client = router.register(Closer::new(shutdown));
+        let client = router.register(Closer::new(shutdown), false);
         router.subscribe(&format!("topic-{topic}"), &client);
     }
     (router, clients)
@@ -81,7 +81,7 @@ fn wildcards(c: &mut Criterion) {
     let mut group = c.benchmark_group("wildcards");
     let (router, mut clients) = setup(0, 10_000, &shutdown);
     for _ in 0..16 {
-        let client = router.register(Closer::new(&shutdown));
+        let client = router.register(Closer::new(&shutdown), false);
         router.subscribe("bench.live", &client);
         let outgoing = client.outgoing();
         clients.push((client, outgoing));
@@ -98,7 +98,7 @@ fn wildcards(c: &mut Criterion) {
     group.bench_function("exact_only", |b| route_once(b, &router));
     let mut wildcard_holders = Vec::new();
     for n in 0..10_000 {
-        let client = router.register(Closer::new(&shutdown));
+        let client = router.register(Closer::new(&shutdown), false);
         let text = if n % 2 == 0 {
             format!("w{n}.>")
         } else {

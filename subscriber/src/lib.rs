@@ -9,6 +9,7 @@
 pub mod metrics;
 pub mod router;
 
+mod history;
 mod link;
 mod session;
 
@@ -38,6 +39,9 @@ use session::ConnectionContext;
 /// build step, no CDN); it authenticates on its WebSockets with a `wsmq.auth.*` subprotocol because browsers cannot
 /// set an Authorization header there.
 const PAGE: &[u8] = include_bytes!("page/index.html");
+/// How long a history request to msgqueue may take before a resuming client goes live without it.
+const HISTORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Smallest message limit of the link to msgqueue, which batches many deliveries into one frame; the link
 /// allows at least this, or one maximum-size delivery, whichever is larger.
 pub const LINK_MIN_FRAME: usize = 1024 * 1024;
@@ -161,6 +165,10 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         group: Some(group),
         start: StartAt::Tail,
     };
+    let history = Arc::new(history::HistoryClient::new(
+        dialers.clone(),
+        HISTORY_TIMEOUT,
+    ));
     let link = PopLink {
         dialers,
         path: pop.path(),
@@ -178,6 +186,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         limits: args.limits.clone(),
         max_subscriptions: config.max_subscriptions,
         access,
+        history,
     };
     let subscriber = Subscriber {
         link,

@@ -288,6 +288,7 @@ impl PopLink {
                         run.topic.push_str(&topic);
                     }
                     run.frames.push(text);
+                    run.positions.push(delivery.position);
                 }
                 Err(reason) => {
                     metrics.invalid_payload();
@@ -307,12 +308,13 @@ impl PopLink {
         }
         if self
             .router
-            .route_all(&run.topic, &run.frames, Some(run.popped))
+            .route_all(&run.topic, &run.frames, &run.positions, Some(run.popped))
             == 0
         {
             self.router.metrics().unrouted(run.frames.len());
         }
         run.frames.clear();
+        run.positions.clear();
     }
 }
 
@@ -322,6 +324,8 @@ impl PopLink {
 struct Run {
     topic: String,
     frames: Vec<Utf8Bytes>,
+    /// Each frame's place in the topic's history.
+    positions: Vec<Option<wsmq_core::protocol::history::Position>>,
     /// When the frame the run comes from was read from msgqueue.
     popped: std::time::Instant,
 }
@@ -331,6 +335,7 @@ impl Default for Run {
         Self {
             topic: String::new(),
             frames: Vec::new(),
+            positions: Vec::new(),
             popped: std::time::Instant::now(),
         }
     }

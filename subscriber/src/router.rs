@@ -32,7 +32,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -42,6 +42,8 @@ use tokio::sync::futures::Notified;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::metrics::LatencyHistogram;
+use wsmq_core::protocol::client::encode_positioned;
+use wsmq_core::protocol::history::Position;
 use wsmq_core::topic::{Pattern, PatternTrie, Topic};
 use wsmq_core::ws::{Closer, Outgoing};
 
@@ -94,6 +96,15 @@ pub struct Client {
     congested_since: AtomicU64,
     /// `delivery_duration_seconds`: popped from msgqueue → written to this client's socket.
     latency: LatencyHistogram,
+    /// A `wsmq.v1` client: it receives messages with their `"Offset"` and `"Epoch"`.
+    v1: bool,
+    /// Per resumed topic, the last position it was sent from history: live messages up to it are skipped (the
+    /// subscriber's own stream may lag behind what msgqueue's history already gave). A floor goes once a newer
+    /// message passed it. Empty for almost every client, so routing only checks [`Client::has_floors`].
+    floors: Mutex<Vec<(Box<str>, Position)>>,
+    has_floors: AtomicBool,
+    /// Notified whenever the writer takes the queue, for [`Client::offer_when_room`].
+    drained: Notify,
 }
 
 /// One client's outbound frames, with the state that decides whether more may enter. ("Queue" is msgqueue's:
@@ -339,7 +350,76 @@ impl Client {
         std::mem::swap(&mut outbound.frames, into);
         stamps.extend(outbound.stamps.drain(..));
         self.congestion.leave(self, &mut outbound);
-        !(outbound.cut_off && into.is_empty())
+        let more = !(outbound.cut_off && into.is_empty());
+        drop(outbound);
+        self.drained.notify_waiters();
+        more
+    }
+
+    /// Queues `frames` (recovered history) without ever overflowing the queue: waits while it is half full
+    /// (the writer taking it wakes this up). `false` if the client was cut off or left meanwhile.
+    pub(crate) async fn offer_when_room(
+        self: &Arc<Self>,
+        frames: &[Utf8Bytes],
+        metrics: &SubscriberMetrics,
+    ) -> bool {
+        let room = self.high_water().max(1);
+        for chunk in frames.chunks(room) {
+            loop {
+                let drained = self.drained.notified();
+                {
+                    let outbound = self.outbound.lock();
+                    if outbound.cut_off {
+                        return false;
+                    }
+                    if outbound.frames.len() + chunk.len() <= self.capacity.max(room) {
+                        drop(outbound);
+                        if !self.offer(chunk, None).count(metrics) {
+                            return false;
+                        }
+                        break;
+                    }
+                }
+                drained.await;
+            }
+        }
+        true
+    }
+
+    /// How many of `positions` (a run of `topic`, in offset order) the client already has from history: the
+    /// leading ones at or below its floor for the topic. Drops the floor once the run goes beyond it.
+    fn already_sent(&self, topic: &str, positions: &[Option<Position>]) -> usize {
+        let mut floors = self.floors.lock();
+        let Some(at) = floors.iter().position(|(t, _)| &**t == topic) else {
+            return 0;
+        };
+        let floor = floors[at].1;
+        let skip = positions
+            .iter()
+            .take_while(|p| p.is_some_and(|p| p.epoch == floor.epoch && p.offset <= floor.offset))
+            .count();
+        if skip < positions.len() {
+            floors.swap_remove(at);
+            self.has_floors.store(!floors.is_empty(), Ordering::Release);
+        }
+        skip
+    }
+
+    /// Sets the floor of `topic` (see [`Client::floors`]).
+    fn set_floor(&self, topic: &str, position: Position) {
+        let mut floors = self.floors.lock();
+        floors.retain(|(t, _)| &**t != topic);
+        floors.push((topic.into(), position));
+        self.has_floors.store(true, Ordering::Release);
+    }
+
+    /// Forgets the floor of `topic` (unsubscribed).
+    fn clear_floor(&self, topic: &str) {
+        if self.has_floors.load(Ordering::Acquire) {
+            let mut floors = self.floors.lock();
+            floors.retain(|(t, _)| &**t != topic);
+            self.has_floors.store(!floors.is_empty(), Ordering::Release);
+        }
     }
 
     /// The writer is writing: restarts its stall clock.
@@ -425,6 +505,21 @@ impl Outgoing for ClientOutgoing {
     }
 }
 
+/// `frames` with their positions added, as `wsmq.v1` clients receive them (a frame without a position, or one
+/// that cannot take it, stays as it is).
+fn with_positions(frames: &[Utf8Bytes], positions: &[Option<Position>]) -> Vec<Utf8Bytes> {
+    frames
+        .iter()
+        .zip(positions.iter().chain(std::iter::repeat(&None)))
+        .map(|(frame, position)| {
+            position
+                .and_then(|p| encode_positioned(frame.as_bytes(), p))
+                .and_then(|bytes| Utf8Bytes::try_from(bytes).ok())
+                .unwrap_or_else(|| frame.clone())
+        })
+        .collect()
+}
+
 /// One topic's subscribers. Changes are O(1) amortized (a push, or a swap-remove after a scan of pointers) and
 /// only invalidate the snapshot; routing rebuilds the snapshot at most once per change, so 10,000 clients joining
 /// or leaving one topic cost 10,000 cheap edits, not 10,000 copies of a 10,000-entry list.
@@ -433,6 +528,10 @@ struct Subscribers {
     clients: Vec<Arc<Client>>,
     /// What routing offers to, shared so no index lock is held while offering; `None` after a change.
     snapshot: Option<Arc<[Arc<Client>]>>,
+    /// The position of the newest message routed to the topic, for clients resuming it.
+    latest: Option<Position>,
+    /// Clients recovering the topic's history right now: the entry stays (and tracks `latest`) meanwhile.
+    resuming: usize,
 }
 
 impl Subscribers {
@@ -501,8 +600,9 @@ impl Router {
         }
     }
 
-    /// Creates the routing side of a new client connection; `closer` is how the router cuts it off.
-    pub fn register(&self, closer: Closer) -> Arc<Client> {
+    /// Creates the routing side of a new client connection; `closer` is how the router cuts it off, `v1` whether
+    /// it speaks `wsmq.v1` (and gets messages with their offsets).
+    pub fn register(&self, closer: Closer, v1: bool) -> Arc<Client> {
         let congestion = &self.inner.congestion;
         congestion.clients.fetch_add(1, Ordering::AcqRel);
         Arc::new(Client {
@@ -516,7 +616,60 @@ impl Router {
             congested_since: AtomicU64::new(0),
             congestion: Arc::clone(congestion),
             latency: self.inner.metrics.delivery_latency().clone(),
+            v1,
+            floors: Mutex::new(Vec::new()),
+            has_floors: AtomicBool::new(false),
+            drained: Notify::new(),
         })
+    }
+
+    /// Starts a resume of `topic`: from now on the topic's newest routed position is tracked, so
+    /// [`Router::finish_resume`] can tell whether live messages went beyond what history gave the client. Every
+    /// call is paired with `finish_resume` or [`Router::abandon_resume`].
+    pub fn begin_resume(&self, topic: &str) {
+        self.inner.topics.entry(topic.into()).or_default().resuming += 1;
+    }
+
+    /// Makes `client` a live subscriber of `topic` once it was sent everything up to `sent` from history, unless
+    /// a newer message of the same epoch was routed meanwhile: then that position is returned and the client
+    /// needs the history after `sent` first. Live messages up to `sent` that reach the subscriber later (its
+    /// own stream behind msgqueue's history) are skipped for this client.
+    pub fn finish_resume(
+        &self,
+        topic: &str,
+        client: &Arc<Client>,
+        sent: Position,
+    ) -> Result<(), Position> {
+        let mut subscribers = self.inner.topics.entry(topic.into()).or_default();
+        if let Some(latest) = subscribers.latest
+            && latest.epoch == sent.epoch
+            && latest.offset > sent.offset
+        {
+            return Err(latest);
+        }
+        client.set_floor(topic, sent);
+        subscribers.resuming = subscribers.resuming.saturating_sub(1);
+        subscribers.clients.push(Arc::clone(client));
+        subscribers.snapshot = None;
+        drop(subscribers);
+        self.inner.metrics.subscription_added();
+        Ok(())
+    }
+
+    /// Ends a resume that will not finish (the client left, or history was unavailable).
+    pub fn abandon_resume(&self, topic: &str) {
+        let emptied = match self.inner.topics.get_mut(topic) {
+            Some(mut subscribers) => {
+                subscribers.resuming = subscribers.resuming.saturating_sub(1);
+                subscribers.clients.is_empty() && subscribers.resuming == 0
+            }
+            None => false,
+        };
+        if emptied {
+            self.inner
+                .topics
+                .remove_if(topic, |_, s| s.clients.is_empty() && s.resuming == 0);
+        }
     }
 
     /// Adds `client` to `topic`'s subscribers. The session calls it once per topic it holds.
@@ -530,21 +683,22 @@ impl Router {
 
     /// Removes `client` from `topic`'s subscribers, and the topic from the index once nobody is left.
     pub fn unsubscribe(&self, topic: &str, client: &Client) {
+        client.clear_floor(topic);
         let emptied = match self.inner.topics.get_mut(topic) {
             Some(mut subscribers) => {
                 if let Some(at) = subscribers.clients.iter().position(|c| c.id == client.id) {
                     subscribers.clients.swap_remove(at);
                     subscribers.snapshot = None;
                 }
-                subscribers.clients.is_empty()
+                subscribers.clients.is_empty() && subscribers.resuming == 0
             }
             None => return,
         };
         if emptied {
             // Someone may have subscribed since the guard was dropped; only an empty list goes.
-            self.inner
-                .topics
-                .remove_if(topic, |_, subscribers| subscribers.clients.is_empty());
+            self.inner.topics.remove_if(topic, |_, subscribers| {
+                subscribers.clients.is_empty() && subscribers.resuming == 0
+            });
         }
         self.inner.metrics.subscriptions_removed(1);
     }
@@ -599,7 +753,7 @@ impl Router {
     /// subscribes). Never waits and never holds an index lock while offering.
     /// Unstamped: nothing is recorded in `delivery_duration_seconds` (for tests and benchmarks).
     pub fn route(&self, topic: &str, frame: &Utf8Bytes) -> usize {
-        self.route_all(topic, std::slice::from_ref(frame), None)
+        self.route_all(topic, std::slice::from_ref(frame), &[None], None)
     }
 
     /// Offers a run of frames of one `topic`, in order, to every current subscriber: each client is locked and
@@ -608,12 +762,23 @@ impl Router {
     /// A client subscribed both exactly and by wildcard, or by several matching wildcards, gets the frames once.
     /// `popped` is when the frames came from msgqueue: each client's writer records the time from then until it
     /// wrote them (`delivery_duration_seconds`, once per delivery); `None` records nothing.
-    pub fn route_all(&self, topic: &str, frames: &[Utf8Bytes], popped: Option<Instant>) -> usize {
-        let exact = self
-            .inner
-            .topics
-            .get_mut(topic)
-            .map(|mut subscribers| subscribers.snapshot());
+    ///
+    /// `positions` holds each frame's place in its topic (as many as `frames`): `wsmq.v1` clients get the frames
+    /// with `"Offset"` and `"Epoch"` added (built once per run, only if such a client is among the recipients).
+    pub fn route_all(
+        &self,
+        topic: &str,
+        frames: &[Utf8Bytes],
+        positions: &[Option<Position>],
+        popped: Option<Instant>,
+    ) -> usize {
+        let newest = positions.iter().rev().find_map(|p| *p);
+        let exact = self.inner.topics.get_mut(topic).map(|mut subscribers| {
+            if newest.is_some() {
+                subscribers.latest = newest;
+            }
+            subscribers.snapshot()
+        });
         let wildcard = self.wildcard_recipients(topic);
         if exact.is_none() && wildcard.is_empty() {
             return 0;
@@ -621,8 +786,19 @@ impl Router {
         let mut reached = vec![false; wildcard.len()];
         let metrics = &self.inner.metrics;
         let (mut delivered, mut took) = (0, 0);
+        let mut positioned: Option<Vec<Utf8Bytes>> = None;
         let mut offer = |client: &Arc<Client>| {
-            let offered = client.offer(frames, popped);
+            let skip = if client.has_floors.load(Ordering::Acquire) {
+                client.already_sent(topic, positions)
+            } else {
+                0
+            };
+            let frames = if client.v1 && newest.is_some() {
+                positioned.get_or_insert_with(|| with_positions(frames, positions))
+            } else {
+                frames
+            };
+            let offered = client.offer(&frames[skip..], popped);
             delivered += offered.queued;
             took += usize::from(offered.count(metrics));
         };
@@ -732,14 +908,102 @@ mod tests {
         frames.iter().map(|f| f.as_str().to_owned()).collect()
     }
 
+    const E: wsmq_core::protocol::history::Epoch = wsmq_core::protocol::history::Epoch(0xe);
+
+    fn at(offset: u64) -> Option<Position> {
+        Some(Position { epoch: E, offset })
+    }
+
+    fn envelopes(
+        offsets: std::ops::RangeInclusive<u64>,
+    ) -> (Vec<Utf8Bytes>, Vec<Option<Position>>) {
+        offsets
+            .map(|n| {
+                (
+                    Utf8Bytes::from(format!(r#"{{"Topic":"t","Content":"{n}"}}"#)),
+                    at(n),
+                )
+            })
+            .unzip()
+    }
+
+    #[test]
+    fn v1_clients_get_each_message_with_its_position_and_compat_clients_as_stored() {
+        let shutdown = CancellationToken::new();
+        let r = router(8, SlowClientPolicy::Close);
+        let (v1, compat) = (
+            r.register(Closer::new(&shutdown), true),
+            r.register(Closer::new(&shutdown), false),
+        );
+        r.subscribe("t", &v1);
+        r.subscribe("t", &compat);
+        let (frames, positions) = envelopes(7..=7);
+        assert_eq!(r.route_all("t", &frames, &positions, None), 2);
+        assert_eq!(
+            drain(&v1),
+            [r#"{"Topic":"t","Content":"7","Offset":7,"Epoch":"000000000000000e"}"#]
+        );
+        assert_eq!(drain(&compat), [r#"{"Topic":"t","Content":"7"}"#]);
+    }
+
+    #[test]
+    fn a_resume_goes_live_only_once_history_covered_what_was_routed_meanwhile() {
+        let shutdown = CancellationToken::new();
+        let r = router(16, SlowClientPolicy::Close);
+        let (live, resuming) = (
+            r.register(Closer::new(&shutdown), true),
+            r.register(Closer::new(&shutdown), true),
+        );
+        r.subscribe("t", &live);
+        r.begin_resume("t");
+        let (frames, positions) = envelopes(1..=3);
+        r.route_all("t", &frames, &positions, None);
+        // History gave the client up to 2, but 3 was routed meanwhile: it must read history on first.
+        assert_eq!(
+            r.finish_resume("t", &resuming, at(2).unwrap()),
+            Err(at(3).unwrap())
+        );
+        assert!(drain(&resuming).is_empty(), "not live yet");
+        assert_eq!(r.finish_resume("t", &resuming, at(3).unwrap()), Ok(()));
+        let (frames, positions) = envelopes(4..=4);
+        r.route_all("t", &frames, &positions, None);
+        assert_eq!(drain(&resuming).len(), 1);
+        assert_eq!(drain(&live).len(), 4);
+    }
+
+    #[test]
+    fn live_messages_a_resumed_client_already_got_from_history_are_skipped() {
+        let shutdown = CancellationToken::new();
+        let r = router(16, SlowClientPolicy::Close);
+        let client = r.register(Closer::new(&shutdown), false);
+        r.begin_resume("t");
+        // The subscriber's own stream is behind: history already gave 1..=5.
+        assert_eq!(r.finish_resume("t", &client, at(5).unwrap()), Ok(()));
+        let (frames, positions) = envelopes(4..=6);
+        r.route_all("t", &frames, &positions, None);
+        assert_eq!(drain(&client), [r#"{"Topic":"t","Content":"6"}"#]);
+        let (frames, positions) = envelopes(7..=7);
+        r.route_all("t", &frames, &positions, None);
+        assert_eq!(drain(&client).len(), 1);
+    }
+
+    #[test]
+    fn an_abandoned_resume_leaves_no_topic_behind() {
+        let r = router(4, SlowClientPolicy::Close);
+        r.begin_resume("t");
+        assert_eq!(r.topic_count(), 1);
+        r.abandon_resume("t");
+        assert_eq!(r.topic_count(), 0);
+    }
+
     #[test]
     fn routes_to_every_subscriber_of_the_topic_only() {
         let shutdown = CancellationToken::new();
         let r = router(8, SlowClientPolicy::Close);
         let (a, b, c) = (
-            r.register(Closer::new(&shutdown)),
-            r.register(Closer::new(&shutdown)),
-            r.register(Closer::new(&shutdown)),
+            r.register(Closer::new(&shutdown), false),
+            r.register(Closer::new(&shutdown), false),
+            r.register(Closer::new(&shutdown), false),
         );
         r.subscribe("news", &a);
         r.subscribe("news", &b);
@@ -756,8 +1020,8 @@ mod tests {
         let shutdown = CancellationToken::new();
         let r = router(8, SlowClientPolicy::Close);
         let (a, b) = (
-            r.register(Closer::new(&shutdown)),
-            r.register(Closer::new(&shutdown)),
+            r.register(Closer::new(&shutdown), false),
+            r.register(Closer::new(&shutdown), false),
         );
         let pattern = |text| Pattern::parse(text).unwrap();
         r.subscribe("news.sport", &a);
@@ -782,7 +1046,7 @@ mod tests {
     fn unsubscribe_stops_routing_and_forgets_empty_topics() {
         let shutdown = CancellationToken::new();
         let r = router(8, SlowClientPolicy::Close);
-        let a = r.register(Closer::new(&shutdown));
+        let a = r.register(Closer::new(&shutdown), false);
         r.subscribe("t", &a);
         assert_eq!(r.topic_count(), 1);
         r.unsubscribe("t", &a);
@@ -797,8 +1061,8 @@ mod tests {
         let r = router(2, SlowClientPolicy::Close);
         let slow_closer = Closer::new(&shutdown);
         let (slow, fast) = (
-            r.register(slow_closer.clone()),
-            r.register(Closer::new(&shutdown)),
+            r.register(slow_closer.clone(), false),
+            r.register(Closer::new(&shutdown), false),
         );
         r.subscribe("t", &slow);
         r.subscribe("t", &fast);
@@ -818,7 +1082,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::DropOldest);
         let closer = Closer::new(&shutdown);
-        let a = r.register(closer.clone());
+        let a = r.register(closer.clone(), false);
         r.subscribe("t", &a);
         for m in ["m1", "m2", "m3"] {
             assert_eq!(r.route("t", &Utf8Bytes::from(m)), 1);
@@ -830,7 +1094,7 @@ mod tests {
     fn a_client_at_half_its_queue_congests_until_its_writer_takes_the_queue() {
         let shutdown = CancellationToken::new();
         let r = router(4, SlowClientPolicy::Close);
-        let a = r.register(Closer::new(&shutdown));
+        let a = r.register(Closer::new(&shutdown), false);
         r.subscribe("t", &a);
         r.route("t", &Utf8Bytes::from_static("m1"));
         assert_eq!(congested(&r), 0);
@@ -851,8 +1115,8 @@ mod tests {
         let r = router(4, SlowClientPolicy::Close);
         let (slow_closer, fast_closer) = (Closer::new(&shutdown), Closer::new(&shutdown));
         let (slow, fast) = (
-            r.register(slow_closer.clone()),
-            r.register(fast_closer.clone()),
+            r.register(slow_closer.clone(), false),
+            r.register(fast_closer.clone(), false),
         );
         r.subscribe("t", &slow);
         r.subscribe("t", &fast);
@@ -873,7 +1137,7 @@ mod tests {
     fn drop_oldest_clients_never_hold_the_link_back() {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::DropOldest);
-        let a = r.register(Closer::new(&shutdown));
+        let a = r.register(Closer::new(&shutdown), false);
         r.subscribe("t", &a);
         for m in ["m1", "m2", "m3"] {
             r.route("t", &Utf8Bytes::from(m));
@@ -886,7 +1150,7 @@ mod tests {
     fn a_client_that_leaves_stops_holding_the_link_back_and_takes_nothing_more() {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::Close);
-        let a = r.register(Closer::new(&shutdown));
+        let a = r.register(Closer::new(&shutdown), false);
         r.subscribe("t", &a);
         r.route("t", &Utf8Bytes::from_static("m1"));
         assert_eq!(congested(&r), 1);
@@ -904,7 +1168,7 @@ mod tests {
     async fn relieved_resolves_once_the_congested_writer_catches_up() {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::Close);
-        let a = r.register(Closer::new(&shutdown));
+        let a = r.register(Closer::new(&shutdown), false);
         r.subscribe("t", &a);
         r.route("t", &Utf8Bytes::from_static("m1"));
         let waiting = tokio::spawn({
@@ -922,7 +1186,7 @@ mod tests {
     async fn the_writer_source_ends_after_the_last_frame_of_a_client_that_left() {
         let shutdown = CancellationToken::new();
         let r = router(8, SlowClientPolicy::Close);
-        let a = r.register(Closer::new(&shutdown));
+        let a = r.register(Closer::new(&shutdown), false);
         r.subscribe("t", &a);
         r.route("t", &Utf8Bytes::from_static("m1"));
         r.route("t", &Utf8Bytes::from_static("m2"));
@@ -938,14 +1202,14 @@ mod tests {
         let r = router(2, SlowClientPolicy::DropOldest);
         let latency = r.metrics().delivery_latency().clone();
         let (a, b) = (
-            r.register(Closer::new(&shutdown)),
-            r.register(Closer::new(&shutdown)),
+            r.register(Closer::new(&shutdown), false),
+            r.register(Closer::new(&shutdown), false),
         );
         r.subscribe("t", &a);
         r.subscribe("t", &b);
         let popped = Some(Instant::now());
         let run = ["m1", "m2"].map(Utf8Bytes::from_static);
-        assert_eq!(r.route_all("t", &run, popped), 2);
+        assert_eq!(r.route_all("t", &run, &[], popped), 2);
         a.reply(Utf8Bytes::from_static("reply"), r.metrics());
         let (mut a_out, mut b_out) = (a.outgoing(), b.outgoing());
         // a's queue of 2 dropped m1 for the reply: only m2 is a delivery to record there.
@@ -971,14 +1235,14 @@ mod tests {
         let shutdown = CancellationToken::new();
         let r = router(8, SlowClientPolicy::Close);
         let (a, b) = (
-            r.register(Closer::new(&shutdown)),
-            r.register(Closer::new(&shutdown)),
+            r.register(Closer::new(&shutdown), false),
+            r.register(Closer::new(&shutdown), false),
         );
         r.subscribe("t", &a);
         r.subscribe("t", &b);
         let run = ["m1", "m2", "m3"].map(Utf8Bytes::from_static);
-        assert_eq!(r.route_all("t", &run, None), 2);
-        assert_eq!(r.route_all("nobody", &run, None), 0);
+        assert_eq!(r.route_all("t", &run, &[], None), 2);
+        assert_eq!(r.route_all("nobody", &run, &[], None), 0);
         assert_eq!(drain(&a), ["m1", "m2", "m3"]);
         assert_eq!(drain(&b), ["m1", "m2", "m3"]);
         assert_eq!(r.metrics().delivered_total(), 6);
@@ -989,10 +1253,10 @@ mod tests {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::Close);
         let closer = Closer::new(&shutdown);
-        let a = r.register(closer.clone());
+        let a = r.register(closer.clone(), false);
         r.subscribe("t", &a);
         let run = ["m1", "m2", "m3"].map(Utf8Bytes::from_static);
-        assert_eq!(r.route_all("t", &run, None), 0);
+        assert_eq!(r.route_all("t", &run, &[], None), 0);
         assert!(closer.is_closing());
         assert!(drain(&a).is_empty());
         assert_eq!(congested(&r), 0);
@@ -1003,10 +1267,10 @@ mod tests {
     fn a_run_longer_than_the_queue_keeps_its_newest_frames_under_drop_oldest() {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::DropOldest);
-        let a = r.register(Closer::new(&shutdown));
+        let a = r.register(Closer::new(&shutdown), false);
         r.subscribe("t", &a);
         let run = ["m1", "m2", "m3", "m4"].map(Utf8Bytes::from_static);
-        assert_eq!(r.route_all("t", &run, None), 1);
+        assert_eq!(r.route_all("t", &run, &[], None), 1);
         assert_eq!(drain(&a), ["m3", "m4"]);
     }
 
@@ -1014,7 +1278,7 @@ mod tests {
     fn a_lone_congested_client_holds_deliveries_back_even_while_it_writes_nothing() {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::Close);
-        let a = r.register(Closer::new(&shutdown));
+        let a = r.register(Closer::new(&shutdown), false);
         r.subscribe("t", &a);
         r.route("t", &Utf8Bytes::from_static("m1"));
         a.progress.store(0, Ordering::Relaxed);
@@ -1031,7 +1295,9 @@ mod tests {
     fn a_congested_minority_holds_deliveries_back_only_while_it_writes() {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::Close);
-        let clients: Vec<_> = (0..3).map(|_| r.register(Closer::new(&shutdown))).collect();
+        let clients: Vec<_> = (0..3)
+            .map(|_| r.register(Closer::new(&shutdown), false))
+            .collect();
         r.subscribe("t", &clients[0]);
         r.route("t", &Utf8Bytes::from_static("m1"));
         let stalled_after = nanos(STALLED_AFTER);
@@ -1054,7 +1320,10 @@ mod tests {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::Close);
         let closers: Vec<_> = (0..3).map(|_| Closer::new(&shutdown)).collect();
-        let clients: Vec<_> = closers.iter().map(|c| r.register(c.clone())).collect();
+        let clients: Vec<_> = closers
+            .iter()
+            .map(|c| r.register(c.clone(), false))
+            .collect();
         for client in &clients {
             r.subscribe("t", client);
         }
@@ -1081,9 +1350,9 @@ mod tests {
         let shutdown = CancellationToken::new();
         let r = router(2, SlowClientPolicy::Close);
         let (a, b, c) = (
-            r.register(Closer::new(&shutdown)),
-            r.register(Closer::new(&shutdown)),
-            r.register(Closer::new(&shutdown)),
+            r.register(Closer::new(&shutdown), false),
+            r.register(Closer::new(&shutdown), false),
+            r.register(Closer::new(&shutdown), false),
         );
         b.leave();
         c.leave();

@@ -23,13 +23,22 @@ use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::access::{Access, ConnectionAccess};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::client::{
-    Command, encode_error, encode_forbidden, encode_revoked, encode_subscribed, encode_unsubscribed,
+    Command, encode_error, encode_forbidden, encode_history, encode_positioned, encode_resumed,
+    encode_revoked, encode_subscribed, encode_unsubscribed,
+};
+use wsmq_core::protocol::history::{
+    HistoryPage, HistoryQuery, MAX_HISTORY_PAGE, Position, Unrecovered,
 };
 use wsmq_core::server::Accepted;
 use wsmq_core::topic::{self, Compat, Pattern};
 use wsmq_core::ws::{Closer, ReadError, Reader, finish_writer, run_writer};
 
+use crate::history::HistoryClient;
 use crate::router::{Client, Router};
+
+/// Rounds of "history, then go live" a resume tries before it goes live regardless (each round catches up with
+/// what was published during the previous one, so one or two are the rule).
+const MAX_RESUME_ROUNDS: usize = 16;
 
 /// What every session needs besides its connection; shared by all sessions of a listener.
 #[derive(Clone, Debug)]
@@ -42,6 +51,8 @@ pub(crate) struct ConnectionContext {
     pub(crate) max_subscriptions: usize,
     /// Who may subscribe to what (the ACL file, if any).
     pub(crate) access: Access,
+    /// Topic history in msgqueue, for `sub … since=…` and `history`.
+    pub(crate) history: Arc<HistoryClient>,
 }
 
 /// Serves one `/subscribe` connection until the client leaves, is cut off or the service shuts down.
@@ -53,7 +64,7 @@ pub(crate) async fn serve_client(accepted: Accepted, context: Arc<ConnectionCont
     let (sink, stream) = accepted.ws.split();
     let shutdown = accepted.shutdown;
     let closer = Closer::new(&shutdown);
-    let client = router.register(closer.clone());
+    let client = router.register(closer.clone(), v1);
     let writer = tokio::spawn(run_writer(
         sink,
         client.outgoing(),
@@ -74,7 +85,7 @@ pub(crate) async fn serve_client(accepted: Accepted, context: Arc<ConnectionCont
     let ended = loop {
         tokio::select! {
             read = reader.next() => match read {
-                Ok(Some(message)) => session.handle(message),
+                Ok(Some(message)) => session.handle(message).await,
                 Ok(None) => break Ok(()),
                 Err(err) => break Err(err),
             },
@@ -107,54 +118,65 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    fn handle(&mut self, message: Message) {
+    async fn handle(&mut self, message: Message) {
         let Message::Text(text) = message else {
             self.refuse("binary frames are not commands; send `sub <topic>` as text");
             return;
         };
         match Command::parse(text.as_str()) {
             Ok(Command::Subscribe(topic)) => self.subscribe(&topic),
+            Ok(Command::Resume { topic, since }) => self.resume(&topic, since).await,
             Ok(Command::Unsubscribe(topic)) => self.unsubscribe(&topic),
+            Ok(Command::History { topic, limit }) => self.history(&topic, limit).await,
             Err(err) => self.refuse(&err.to_string()),
         }
     }
 
+    /// Checks a new subscription to `text` (its syntax, the permissions, the subscription limit) and returns its
+    /// pattern (`None`: a legacy topic), or answers the refusal and returns `Err`.
+    fn admit(&self, text: &str) -> Result<Option<Pattern>, ()> {
+        let pattern = match topic::subscribed(text) {
+            Ok(Compat::Strict(pattern)) => Some(pattern),
+            Ok(Compat::Legacy(_)) if self.access.is_unrestricted() => None,
+            Ok(Compat::Legacy(err)) => {
+                self.refuse(&format!(
+                    "invalid pattern `{text}`: {err} (required with topic permissions)"
+                ));
+                return Err(());
+            }
+            Err(err) => {
+                self.refuse(&format!("invalid pattern `{text}`: {err}"));
+                return Err(());
+            }
+        };
+        if !self.allows(pattern.as_ref()) {
+            self.context.router.metrics().subscribe_forbidden();
+            if self.v1 {
+                self.reply(encode_forbidden(text));
+            } else {
+                tracing::debug!("forbidden subscription of a compat client ignored");
+            }
+            return Err(());
+        }
+        if self.subscriptions.len() >= self.context.max_subscriptions {
+            let limit = self.context.max_subscriptions;
+            tracing::debug!(limit, "subscription refused: too many subscriptions");
+            if self.v1 {
+                self.reply(encode_error(
+                    &format!("too many subscriptions (limit {limit})"),
+                    None,
+                ));
+            }
+            return Err(());
+        }
+        Ok(pattern)
+    }
+
     fn subscribe(&mut self, text: &str) {
         if !self.subscriptions.contains_key(text) {
-            let pattern = match topic::subscribed(text) {
-                Ok(Compat::Strict(pattern)) => Some(pattern),
-                Ok(Compat::Legacy(_)) if self.access.is_unrestricted() => None,
-                Ok(Compat::Legacy(err)) => {
-                    self.refuse(&format!(
-                        "invalid pattern `{text}`: {err} (required with topic permissions)"
-                    ));
-                    return;
-                }
-                Err(err) => {
-                    self.refuse(&format!("invalid pattern `{text}`: {err}"));
-                    return;
-                }
+            let Ok(pattern) = self.admit(text) else {
+                return;
             };
-            if !self.allows(pattern.as_ref()) {
-                self.context.router.metrics().subscribe_forbidden();
-                if self.v1 {
-                    self.reply(encode_forbidden(text));
-                } else {
-                    tracing::debug!("forbidden subscription of a compat client ignored");
-                }
-                return;
-            }
-            if self.subscriptions.len() >= self.context.max_subscriptions {
-                let limit = self.context.max_subscriptions;
-                tracing::debug!(limit, "subscription refused: too many subscriptions");
-                if self.v1 {
-                    self.reply(encode_error(
-                        &format!("too many subscriptions (limit {limit})"),
-                        None,
-                    ));
-                }
-                return;
-            }
             match &pattern {
                 Some(pattern) if !pattern.is_exact() => {
                     self.context.router.subscribe_pattern(pattern, self.client);
@@ -165,6 +187,145 @@ impl Session<'_> {
         }
         if self.v1 {
             self.reply(encode_subscribed(text));
+        }
+    }
+
+    /// `sub <topic> since=…`: sends the confirmation (recovered or why not), the retained messages after
+    /// `since`, then makes the subscription live with no gap and no duplicate at the seam (see
+    /// [`Router::finish_resume`]). A topic already subscribed is resumed afresh.
+    async fn resume(&mut self, text: &str, since: Position) {
+        if !self.v1 {
+            self.refuse("resuming needs wsmq.v1");
+            return;
+        }
+        if let Some(pattern) = self.subscriptions.remove(text) {
+            self.leave(text, pattern.as_ref());
+        }
+        let Ok(pattern) = self.admit(text) else {
+            return;
+        };
+        let Some(pattern) = pattern.filter(Pattern::is_exact) else {
+            self.refuse(&format!(
+                "cannot resume `{text}`: resuming needs one exact topic, not a pattern"
+            ));
+            return;
+        };
+        let router = &self.context.router;
+        router.begin_resume(text);
+        let mut position = since;
+        let mut confirmed = false;
+        for _ in 0..MAX_RESUME_ROUNDS {
+            let query = HistoryQuery::Since {
+                position,
+                limit: MAX_HISTORY_PAGE,
+            };
+            let page = match self.context.history.fetch(text, &query).await {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(topic = text, %err, "resuming without history");
+                    if !confirmed {
+                        let page = HistoryPage {
+                            epoch: position.epoch,
+                            latest: position.offset,
+                            recovered: false,
+                            reason: Some(Unrecovered::Unavailable),
+                            messages: Vec::new(),
+                        };
+                        self.reply(encode_resumed(text, &page, position.offset));
+                    }
+                    break;
+                }
+            };
+            if !confirmed {
+                self.reply(encode_resumed(text, &page, page.latest));
+                confirmed = true;
+            }
+            let frames: Vec<Utf8Bytes> = page
+                .messages
+                .iter()
+                .filter_map(|m| {
+                    let at = Position {
+                        epoch: page.epoch,
+                        offset: m.offset,
+                    };
+                    let frame = encode_positioned(m.message.get().as_bytes(), at)?;
+                    Utf8Bytes::try_from(frame).ok()
+                })
+                .collect();
+            if !self.client.offer_when_room(&frames, router.metrics()).await {
+                router.abandon_resume(text);
+                return;
+            }
+            // After the page the client is at its last message, or, with nothing retained after its offset, at
+            // the topic's newest.
+            position = Position {
+                epoch: page.epoch,
+                offset: page.messages.last().map_or(page.latest, |m| m.offset),
+            };
+            if page.more() {
+                continue;
+            }
+            match router.finish_resume(text, self.client, position) {
+                Ok(()) => {
+                    self.subscriptions.insert(text.into(), Some(pattern));
+                    return;
+                }
+                Err(latest) => {
+                    tracing::debug!(
+                        topic = text,
+                        ?latest,
+                        "live messages went ahead during a resume; reading on"
+                    );
+                }
+            }
+        }
+        // History could not be read, or the topic never held still: go live from here rather than not at all.
+        if router.finish_resume(text, self.client, position).is_err() {
+            router.abandon_resume(text);
+            self.context.router.subscribe(text, self.client);
+        }
+        self.subscriptions.insert(text.into(), Some(pattern));
+    }
+
+    /// `history <topic> limit=N`: the newest retained messages of a topic the client may subscribe to, in one
+    /// frame of at most `--max-message-size` (older messages are left out to fit).
+    async fn history(&mut self, text: &str, limit: usize) {
+        if !self.v1 {
+            self.refuse("history needs wsmq.v1");
+            return;
+        }
+        let pattern = match topic::subscribed(text) {
+            Ok(Compat::Strict(pattern)) if pattern.is_exact() => pattern,
+            _ => {
+                self.refuse(&format!("history needs one exact topic, not `{text}`"));
+                return;
+            }
+        };
+        if !self.allows(Some(&pattern)) {
+            self.context.router.metrics().subscribe_forbidden();
+            self.reply(encode_forbidden(text));
+            return;
+        }
+        match self
+            .context
+            .history
+            .fetch(text, &HistoryQuery::Last { limit })
+            .await
+        {
+            Ok(mut page) => {
+                let mut frame = encode_history(text, &page);
+                while frame.len() > self.context.limits.max_message_size
+                    && !page.messages.is_empty()
+                {
+                    page.messages.remove(0);
+                    frame = encode_history(text, &page);
+                }
+                self.reply(frame);
+            }
+            Err(err) => {
+                tracing::warn!(topic = text, %err, "history request failed");
+                self.reply(encode_error(&format!("history unavailable: {err}"), None));
+            }
         }
     }
 

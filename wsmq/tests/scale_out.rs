@@ -70,13 +70,14 @@ async fn publish_all(publisher: &mut ClientWs, contents: impl IntoIterator<Item 
 
 async fn expect_news(ws: &mut ClientWs, contents: impl IntoIterator<Item = String>) {
     for content in contents {
-        assert_eq!(
-            next_frame(ws).await,
+        match next_frame(ws).await {
             ServerFrame::Message {
-                topic: "news".into(),
-                content,
-            }
-        );
+                topic,
+                content: got,
+                ..
+            } => assert_eq!((topic.as_str(), got), ("news", content)),
+            other => panic!("expected a message, got {other:?}"),
+        }
     }
 }
 

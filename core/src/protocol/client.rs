@@ -11,15 +11,35 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::envelope::{Envelope, EnvelopeError, TopicError, validate_topic};
+use super::history::{Epoch, HistoryPage, MAX_HISTORY_PAGE, Position};
+
+/// Messages a `history` command returns when it names no `limit`.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 
 /// A subscriber command: `sub <topic>` / `unsub <topic>` as plain text, or ws-go's JSON form
-/// `{"Topic": "<topic>", "Content": "sub"|"unsub"}`.
+/// `{"Topic": "<topic>", "Content": "sub"|"unsub"}`; `wsmq.v1` adds `sub <topic> since=<offset> epoch=<epoch>`
+/// (JSON: `"Since"` and `"Epoch"` fields) and `history <topic> [limit=<n>]` (JSON: Content `history`, `"Limit"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
     /// Start receiving messages published to the topic.
     Subscribe(Cow<'a, str>),
+    /// Receive the retained messages of the topic after `since`, then its live messages, with no gap and no
+    /// duplicate in between.
+    Resume {
+        /// The topic (exact: a pattern spans topics, each with its own offsets).
+        topic: Cow<'a, str>,
+        /// The last message the client has (offset 0, any epoch: none).
+        since: Position,
+    },
     /// Stop receiving messages published to the topic.
     Unsubscribe(Cow<'a, str>),
+    /// Send the newest `limit` retained messages of the topic, once.
+    History {
+        /// The topic.
+        topic: Cow<'a, str>,
+        /// Most messages (1 to [`MAX_HISTORY_PAGE`]).
+        limit: usize,
+    },
 }
 
 /// Why a subscriber command was refused.
@@ -34,6 +54,64 @@ pub enum CommandError {
     /// The topic breaks the topic rules.
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
+    /// An option after the topic is unknown or has a bad value.
+    #[error("{0}")]
+    Option(String),
+}
+
+/// The options of a JSON command beyond the envelope (matched case-insensitively in their usual spellings).
+#[derive(Deserialize, Default)]
+struct JsonOptions<'a> {
+    #[serde(default, alias = "Since")]
+    since: Option<u64>,
+    #[serde(default, borrow, alias = "Epoch")]
+    epoch: Option<Cow<'a, str>>,
+    #[serde(default, alias = "Limit")]
+    limit: Option<usize>,
+}
+
+/// Builds a command from its verb, topic and options (`since`, `epoch`, `limit`), the same for both forms.
+fn command<'a>(
+    verb: &str,
+    topic: Cow<'a, str>,
+    since: Option<u64>,
+    epoch: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Command<'a>, CommandError> {
+    let option = |text: &str| Err(CommandError::Option(text.to_owned()));
+    match verb {
+        "sub" if limit.is_some() => option("`limit` goes with `history`, not `sub`"),
+        "sub" => match (since, epoch) {
+            (None, None) => Ok(Command::Subscribe(topic)),
+            (Some(0), None) => Ok(Command::Resume {
+                topic,
+                since: Position {
+                    epoch: Epoch(0),
+                    offset: 0,
+                },
+            }),
+            (Some(offset), Some(epoch)) => match epoch.parse() {
+                Ok(epoch) => Ok(Command::Resume {
+                    topic,
+                    since: Position { epoch, offset },
+                }),
+                Err(err) => option(&format!("{err}")),
+            },
+            _ => option("`since` needs the `epoch` of its offset (only `since=0` goes alone)"),
+        },
+        "unsub" if since.is_some() || epoch.is_some() || limit.is_some() => {
+            option("`unsub` takes no options")
+        }
+        "unsub" => Ok(Command::Unsubscribe(topic)),
+        "history" if since.is_some() || epoch.is_some() => {
+            option("`history` takes only `limit`; resume with `sub <topic> since=…`")
+        }
+        "history" => match limit.unwrap_or(DEFAULT_HISTORY_LIMIT) {
+            limit @ 1..=MAX_HISTORY_PAGE => Ok(Command::History { topic, limit }),
+            _ => option(&format!("`limit` must be 1 to {MAX_HISTORY_PAGE}")),
+        },
+        _ => Err(CommandError::Unknown),
+    }
 }
 
 impl<'a> Command<'a> {
@@ -41,23 +119,53 @@ impl<'a> Command<'a> {
     pub fn parse(frame: &'a str) -> Result<Self, CommandError> {
         if frame.trim_start().starts_with('{') {
             let env = Envelope::parse_json(frame.as_bytes())?;
-            return match &*env.content {
-                "sub" => Ok(Self::Subscribe(env.topic)),
-                "unsub" => Ok(Self::Unsubscribe(env.topic)),
-                _ => Err(CommandError::Unknown),
-            };
+            if !matches!(&*env.content, "sub" | "unsub" | "history") {
+                return Err(CommandError::Unknown);
+            }
+            let options: JsonOptions<'_> = serde_json::from_str(frame)
+                .map_err(|err| CommandError::Option(format!("bad option: {err}")))?;
+            let verb = env.content.into_owned();
+            return command(
+                &verb,
+                env.topic,
+                options.since,
+                options.epoch.as_deref(),
+                options.limit,
+            );
         }
-        let (verb, topic) = frame
+        let (verb, rest) = frame
             .trim_end_matches(['\r', '\n'])
             .split_once(' ')
             .ok_or(CommandError::Unknown)?;
-        let make: fn(Cow<'a, str>) -> Self = match verb {
-            "sub" => Self::Subscribe,
-            "unsub" => Self::Unsubscribe,
-            _ => return Err(CommandError::Unknown),
-        };
+        if !matches!(verb, "sub" | "unsub" | "history") {
+            return Err(CommandError::Unknown);
+        }
+        let mut words = rest.split(' ');
+        let topic = words.next().unwrap_or_default();
         validate_topic(topic)?;
-        Ok(make(Cow::Borrowed(topic)))
+        let (mut since, mut epoch, mut limit) = (None, None, None);
+        for word in words.filter(|w| !w.is_empty()) {
+            let bad = || CommandError::Option(format!("unknown option `{word}`"));
+            let (key, value) = word.split_once('=').ok_or_else(bad)?;
+            let number = || {
+                value
+                    .parse()
+                    .map_err(|_| CommandError::Option(format!("`{key}` must be a whole number")))
+            };
+            match key {
+                "since" => since = Some(number()?),
+                "epoch" => epoch = Some(value),
+                "limit" => limit = Some(number()?),
+                _ => return Err(bad()),
+            }
+        }
+        command(
+            verb,
+            Cow::Borrowed(topic),
+            since,
+            epoch,
+            limit.map(|n: u64| n as usize),
+        )
     }
 }
 
@@ -109,6 +217,71 @@ pub fn encode_revoked(topic: &str) -> Bytes {
     ))
 }
 
+/// `{"subscribed":"<topic>","recovered":…,"epoch":"…","offset":…}` (plus `"reason"` when not recovered): the
+/// confirmation of a `sub … since=…`, sent before the recovered messages.
+pub fn encode_resumed(topic: &str, page: &HistoryPage, offset: u64) -> Bytes {
+    let mut out = serde_json::json!({
+        "subscribed": topic,
+        "recovered": page.recovered,
+        "epoch": page.epoch.to_string(),
+        "offset": offset,
+    });
+    if let (Some(reason), Some(object)) = (page.reason, out.as_object_mut()) {
+        object.insert("reason".into(), reason.as_str().into());
+    }
+    Bytes::from(out.to_string())
+}
+
+/// A stored envelope as a `wsmq.v1` client receives it: with `"Offset"` and `"Epoch"` after its fields (the
+/// envelope is a JSON object, so the fields go before its closing brace). `None` if it does not end in `}`.
+pub fn encode_positioned(envelope: &[u8], position: Position) -> Option<Bytes> {
+    let end = envelope.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if envelope[end] != b'}' {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(end + 48);
+    out.put_slice(&envelope[..end]);
+    out.put_slice(
+        format!(
+            ",\"Offset\":{},\"Epoch\":\"{}\"}}",
+            position.offset, position.epoch
+        )
+        .as_bytes(),
+    );
+    Some(out.freeze())
+}
+
+/// `{"history":"<topic>","epoch":"…","latest":…,"messages":[…]}`: the answer to a `history` command, each message
+/// as [`encode_positioned`] delivers it.
+pub fn encode_history(topic: &str, page: &HistoryPage) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_slice(b"{\"history\":");
+    out.put_slice(serde_json::Value::from(topic).to_string().as_bytes());
+    out.put_slice(
+        format!(
+            ",\"epoch\":\"{}\",\"latest\":{},\"messages\":[",
+            page.epoch, page.latest
+        )
+        .as_bytes(),
+    );
+    let mut first = true;
+    for message in &page.messages {
+        let position = Position {
+            epoch: page.epoch,
+            offset: message.offset,
+        };
+        if let Some(frame) = encode_positioned(message.message.get().as_bytes(), position) {
+            if !first {
+                out.put_u8(b',');
+            }
+            first = false;
+            out.put_slice(&frame);
+        }
+    }
+    out.put_slice(b"]}");
+    out.freeze()
+}
+
 /// A text frame a client receives from the publisher or subscriber, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame {
@@ -118,6 +291,8 @@ pub enum ServerFrame {
         topic: String,
         /// Its content.
         content: String,
+        /// Its place in the topic's history (`wsmq.v1`, when the topic keeps history).
+        position: Option<Position>,
     },
     /// The publisher stored the message with this `Id` (raw JSON: a quoted string or a number).
     Ack {
@@ -135,6 +310,30 @@ pub enum ServerFrame {
     Subscribed(String),
     /// The subscriber confirmed an unsubscription.
     Unsubscribed(String),
+    /// The subscriber confirmed a `sub … since=…`: the recovered messages follow.
+    Resumed {
+        /// The topic.
+        topic: String,
+        /// The topic's epoch.
+        epoch: Epoch,
+        /// The topic's newest offset when it was subscribed: after the recovered messages, the client is here.
+        offset: u64,
+        /// Whether the messages that follow are everything the client missed.
+        recovered: bool,
+        /// Why not, when `recovered` is false (e.g. `expired`, `epoch_changed`).
+        reason: Option<String>,
+    },
+    /// The answer to a `history` command.
+    History {
+        /// The topic.
+        topic: String,
+        /// The topic's epoch.
+        epoch: Epoch,
+        /// The topic's newest offset.
+        latest: u64,
+        /// The messages, oldest first, as they would be delivered.
+        messages: Vec<ServerFrame>,
+    },
     /// The subscriber refused a `sub` for `topic` (`{"error":"forbidden","topic":…}`): the client learns which of
     /// its subscriptions failed, and why.
     SubscriptionRefused {
@@ -153,8 +352,29 @@ pub enum ServerFrame {
     },
 }
 
+/// The position fields of a delivered `wsmq.v1` message.
+#[derive(Deserialize)]
+struct WirePosition {
+    #[serde(rename = "Offset")]
+    offset: u64,
+    #[serde(rename = "Epoch")]
+    epoch: Epoch,
+}
+
 #[derive(Deserialize)]
 struct WireFrame<'a> {
+    #[serde(default)]
+    recovered: Option<bool>,
+    #[serde(default)]
+    epoch: Option<Epoch>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    history: Option<String>,
+    #[serde(default)]
+    latest: Option<u64>,
+    #[serde(default, borrow)]
+    messages: Vec<&'a RawValue>,
     #[serde(default, borrow)]
     ack: Option<&'a RawValue>,
     #[serde(default)]
@@ -175,12 +395,42 @@ impl ServerFrame {
     /// Decodes a frame; `None` when it is none of the known shapes (clients show such frames raw).
     pub fn parse(frame: &str) -> Option<Self> {
         if let Ok(env) = Envelope::parse_json(frame.as_bytes()) {
+            let position = serde_json::from_str::<WirePosition>(frame)
+                .ok()
+                .map(|p| Position {
+                    epoch: p.epoch,
+                    offset: p.offset,
+                });
             return Some(Self::Message {
                 topic: env.topic.into_owned(),
                 content: env.content.into_owned(),
+                position,
             });
         }
         let wire: WireFrame<'_> = serde_json::from_str(frame).ok()?;
+        if let (Some(topic), Some(epoch)) = (&wire.history, wire.epoch) {
+            return Some(Self::History {
+                topic: topic.clone(),
+                epoch,
+                latest: wire.latest.unwrap_or(0),
+                messages: wire
+                    .messages
+                    .iter()
+                    .filter_map(|m| Self::parse(m.get()))
+                    .collect(),
+            });
+        }
+        if let (Some(topic), Some(recovered), Some(epoch)) =
+            (&wire.subscribed, wire.recovered, wire.epoch)
+        {
+            return Some(Self::Resumed {
+                topic: topic.clone(),
+                epoch,
+                offset: wire.offset.unwrap_or(0),
+                recovered,
+                reason: wire.reason,
+            });
+        }
         if let Some(id) = wire.ack {
             return Some(Self::Ack {
                 id: id.get().to_owned(),
@@ -247,7 +497,7 @@ mod tests {
         );
         assert_eq!(
             Command::parse("sub a b"),
-            Err(CommandError::Topic(TopicError::BadCharacter))
+            Err(CommandError::Option("unknown option `b`".into()))
         );
         assert_eq!(
             Command::parse("sub "),
@@ -290,10 +540,131 @@ mod tests {
             ServerFrame::parse(r#"{"Topic":"t","Content":"hi"}"#),
             Some(ServerFrame::Message {
                 topic: "t".into(),
-                content: "hi".into()
+                content: "hi".into(),
+                position: None,
             })
         );
         assert_eq!(ServerFrame::parse("plain text"), None);
+    }
+
+    const POSITION: Position = Position {
+        epoch: Epoch(0xab),
+        offset: 7,
+    };
+
+    #[test]
+    fn resume_and_history_commands_parse_in_both_forms() {
+        let resume = Command::Resume {
+            topic: "news".into(),
+            since: POSITION,
+        };
+        assert_eq!(Command::parse("sub news since=7 epoch=ab").unwrap(), resume);
+        assert_eq!(
+            Command::parse(
+                r#"{"Topic":"news","Content":"sub","Since":7,"Epoch":"00000000000000ab"}"#
+            )
+            .unwrap(),
+            resume
+        );
+        assert_eq!(
+            Command::parse("sub news since=0").unwrap(),
+            Command::Resume {
+                topic: "news".into(),
+                since: Position {
+                    epoch: Epoch(0),
+                    offset: 0
+                }
+            }
+        );
+        assert_eq!(
+            Command::parse("history news limit=5").unwrap(),
+            Command::History {
+                topic: "news".into(),
+                limit: 5
+            }
+        );
+        assert_eq!(
+            Command::parse(r#"{"topic":"news","content":"history"}"#).unwrap(),
+            Command::History {
+                topic: "news".into(),
+                limit: DEFAULT_HISTORY_LIMIT
+            }
+        );
+    }
+
+    #[test]
+    fn bad_resume_and_history_options_say_what_is_wrong() {
+        for (frame, expected) in [
+            (
+                "sub news since=7",
+                "`since` needs the `epoch` of its offset",
+            ),
+            ("sub news since=x epoch=1", "`since` must be a whole number"),
+            (
+                "sub news since=7 epoch=zz",
+                "epoch must be 1 to 16 hex digits",
+            ),
+            ("sub news limit=3", "`limit` goes with `history`"),
+            ("history news limit=0", "`limit` must be 1 to 1000"),
+            ("history news since=1", "`history` takes only `limit`"),
+            ("unsub news since=1", "`unsub` takes no options"),
+        ] {
+            match Command::parse(frame) {
+                Err(CommandError::Option(message)) => {
+                    assert!(message.contains(expected), "{frame}: {message}");
+                }
+                other => panic!("{frame}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn positioned_messages_resumes_and_history_decode_back() {
+        let envelope = br#"{"Topic":"t","Content":"hi"}"#;
+        let frame = encode_positioned(envelope, POSITION).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&frame).unwrap(),
+            r#"{"Topic":"t","Content":"hi","Offset":7,"Epoch":"00000000000000ab"}"#
+        );
+        let message = ServerFrame::Message {
+            topic: "t".into(),
+            content: "hi".into(),
+            position: Some(POSITION),
+        };
+        assert_eq!(
+            ServerFrame::parse(std::str::from_utf8(&frame).unwrap()),
+            Some(message.clone())
+        );
+        assert_eq!(encode_positioned(b"not json", POSITION), None);
+        let page = HistoryPage {
+            epoch: POSITION.epoch,
+            latest: 9,
+            recovered: false,
+            reason: Some(super::super::history::Unrecovered::Expired),
+            messages: vec![super::super::history::HistoryMessage {
+                offset: 7,
+                message: raw(r#"{"Topic":"t","Content":"hi"}"#),
+            }],
+        };
+        assert_eq!(
+            ServerFrame::parse(std::str::from_utf8(&encode_resumed("t", &page, 9)).unwrap()),
+            Some(ServerFrame::Resumed {
+                topic: "t".into(),
+                epoch: POSITION.epoch,
+                offset: 9,
+                recovered: false,
+                reason: Some("expired".into())
+            })
+        );
+        assert_eq!(
+            ServerFrame::parse(std::str::from_utf8(&encode_history("t", &page)).unwrap()),
+            Some(ServerFrame::History {
+                topic: "t".into(),
+                epoch: POSITION.epoch,
+                latest: 9,
+                messages: vec![message]
+            })
+        );
     }
 
     #[test]

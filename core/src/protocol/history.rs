@@ -12,8 +12,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// msgqueue's history route; the topic follows, percent-encoded.
-pub const HISTORY_API_PATH: &str = "/v1/history/";
+/// msgqueue's history route; `/` and the topic follow, percent-encoded.
+pub const HISTORY_API_PATH: &str = "/v1/history";
 
 /// The most messages one history answer carries; a longer recovery asks again from the last offset it got.
 pub const MAX_HISTORY_PAGE: usize = 1000;
@@ -161,6 +161,9 @@ pub enum Unrecovered {
     Expired,
     /// The client's offset is beyond the topic's newest message: it does not come from this topic's history.
     Ahead,
+    /// The history could not be read (msgqueue unreachable): the client is subscribed live, and may have missed
+    /// messages.
+    Unavailable,
 }
 
 impl Unrecovered {
@@ -170,6 +173,7 @@ impl Unrecovered {
             Self::EpochChanged => "epoch_changed",
             Self::Expired => "expired",
             Self::Ahead => "ahead",
+            Self::Unavailable => "unavailable",
         }
     }
 }
@@ -226,7 +230,14 @@ pub fn plan(
             if position.offset == 0 {
                 // The client has nothing of the topic: any epoch will do, and it missed something only if the
                 // topic's first message is gone.
-                (first, if first <= 1 { Ok(()) } else { Err(Unrecovered::Expired) })
+                (
+                    first,
+                    if first <= 1 {
+                        Ok(())
+                    } else {
+                        Err(Unrecovered::Expired)
+                    },
+                )
             } else if position.epoch != epoch {
                 (first, Err(Unrecovered::EpochChanged))
             } else if position.offset > latest {
@@ -322,7 +333,10 @@ mod tests {
     #[test]
     fn the_last_n_start_within_what_is_retained() {
         assert_eq!(plan(&HistoryQuery::Last { limit: 3 }, E, 1, 9), (7, Ok(())));
-        assert_eq!(plan(&HistoryQuery::Last { limit: 30 }, E, 4, 9), (4, Ok(())));
+        assert_eq!(
+            plan(&HistoryQuery::Last { limit: 30 }, E, 4, 9),
+            (4, Ok(()))
+        );
         assert_eq!(plan(&HistoryQuery::Last { limit: 3 }, E, 1, 0), (1, Ok(())));
     }
 }

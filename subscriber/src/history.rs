@@ -1,0 +1,106 @@
+//! Reads topic history from msgqueue (`GET /v1/history/<topic>` on its listener, authenticated with the link's
+//! credentials) for clients that resume (`sub <topic> since=…`) or ask for `history`. A few keep-alive
+//! connections are shared by every session, so 10,000 clients reconnecting at once make as many requests over a
+//! handful of connections rather than 10,000 connections; a request waits for one of them.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use tokio::sync::Semaphore;
+use wsmq_core::api_client::{ApiClient, ApiClientError};
+use wsmq_core::dial::Dialers;
+use wsmq_core::protocol::history::{HISTORY_API_PATH, HistoryPage, HistoryQuery};
+
+/// Connections to msgqueue used for history at most.
+const CONNECTIONS: usize = 4;
+
+/// Why history could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HistoryError {
+    /// No msgqueue instance could be reached or the exchange failed.
+    #[error("msgqueue unreachable")]
+    Unreachable(#[source] ApiClientError),
+    /// msgqueue refused the request.
+    #[error("msgqueue answered {status}: {body}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// Its error body.
+        body: String,
+    },
+    /// msgqueue's answer is not a history page.
+    #[error("unreadable history answer")]
+    Unreadable(#[source] serde_json::Error),
+    /// No answer within the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The subscriber's client of msgqueue's history route.
+#[derive(Debug)]
+pub(crate) struct HistoryClient {
+    dialers: Dialers,
+    idle: Mutex<Vec<ApiClient>>,
+    permits: Semaphore,
+    timeout: Duration,
+}
+
+impl HistoryClient {
+    /// A client of the msgqueue instances of `dialers` (tried in order); each request gets `timeout`.
+    pub(crate) fn new(dialers: Dialers, timeout: Duration) -> Self {
+        Self {
+            dialers,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(CONNECTIONS),
+            timeout,
+        }
+    }
+
+    /// One page of `topic`'s history.
+    pub(crate) async fn fetch(
+        &self,
+        topic: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, HistoryError> {
+        let path = format!(
+            "{HISTORY_API_PATH}/{}?{}",
+            utf8_percent_encode(topic, NON_ALPHANUMERIC),
+            query.to_query()
+        );
+        // The semaphore is never closed, so acquiring only waits.
+        let _permit = self.permits.acquire().await;
+        tokio::time::timeout(self.timeout, self.get(&path))
+            .await
+            .map_err(|_| HistoryError::Timeout(self.timeout))?
+    }
+
+    async fn get(&self, path: &str) -> Result<HistoryPage, HistoryError> {
+        let pooled = self.idle.lock().pop();
+        let mut client = match pooled {
+            Some(client) if !client.is_closed() => client,
+            _ => self.connect().await?,
+        };
+        let reply = client.get(path).await.map_err(HistoryError::Unreachable)?;
+        self.idle.lock().push(client);
+        if !reply.status.is_success() {
+            return Err(HistoryError::Refused {
+                status: reply.status.as_u16(),
+                body: String::from_utf8_lossy(&reply.body).into_owned(),
+            });
+        }
+        serde_json::from_slice(&reply.body).map_err(HistoryError::Unreadable)
+    }
+
+    /// Connects to the first msgqueue instance that answers.
+    async fn connect(&self) -> Result<ApiClient, HistoryError> {
+        let mut connected = ApiClient::connect(self.dialers.get(0)).await;
+        for index in 1..self.dialers.count() {
+            if connected.is_ok() {
+                break;
+            }
+            connected = ApiClient::connect(self.dialers.get(index)).await;
+        }
+        connected.map_err(HistoryError::Unreachable)
+    }
+}
