@@ -391,12 +391,13 @@ impl ServiceClient for SubscriberClient {
                 id: id.map(|id| decode_id(&id)),
                 message,
             },
-            Some(ServerFrame::Ack { .. } | ServerFrame::History { .. }) | None => {
-                Event::Unexpected {
-                    service: Self::SERVICE,
-                    frame: text.to_owned(),
-                }
-            }
+            Some(
+                ServerFrame::Ack { .. } | ServerFrame::History { .. } | ServerFrame::Acked { .. },
+            )
+            | None => Event::Unexpected {
+                service: Self::SERVICE,
+                frame: text.to_owned(),
+            },
         };
         vec![event]
     }

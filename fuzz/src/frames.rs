@@ -159,6 +159,10 @@ pub fn client_command(data: &[u8]) {
                 Some(ServerFrame::Unsubscribed(topic.into_owned()))
             );
         }
+        Ok(Command::Ack { topic, .. }) => {
+            assert!(topic.starts_with('@'), "acked a topic that is not an inbox");
+            assert_eq!(validate_topic(&topic), Ok(()), "accepted an invalid topic");
+        }
         Ok(Command::Resume { topic, .. }) => {
             assert_eq!(validate_topic(&topic), Ok(()), "accepted an invalid topic");
         }

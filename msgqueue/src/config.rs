@@ -103,6 +103,14 @@ pub struct QueueArgs {
     #[arg(long, env = "WSMQ_HISTORY_TTL", default_value = "1h", value_parser = parse_duration)]
     pub history_ttl: Duration,
 
+    /// Messages an inbox (`@<user>`) keeps for its user until acked; beyond it the oldest unacked one is dropped.
+    #[arg(long, env = "WSMQ_INBOX_SIZE", default_value_t = 1000)]
+    pub inbox_size: usize,
+
+    /// How long a message waits in an inbox for its user's ack (e.g. `168h`, 7 days).
+    #[arg(long, env = "WSMQ_INBOX_TTL", default_value = "168h", value_parser = parse_duration)]
+    pub inbox_ttl: Duration,
+
     /// History of the topics starting with PREFIX: SIZE messages, for TTL (default `--history-ttl`), e.g.
     /// `chat.=1000:24h`; repeat the flag for several prefixes (comma-separated in the environment); the longest
     /// matching prefix wins.
@@ -133,6 +141,8 @@ impl Default for QueueArgs {
             group_idle_ttl: defaults.group_idle_ttl,
             history_size: defaults.history.retention.size,
             history_ttl: defaults.history.retention.ttl,
+            inbox_size: defaults.history.inbox.size,
+            inbox_ttl: defaults.history.inbox.ttl,
             history_rules: defaults.history.rules,
         }
     }
@@ -169,6 +179,10 @@ impl QueueArgs {
                 retention: Retention {
                     size: self.history_size,
                     ttl: self.history_ttl,
+                },
+                inbox: Retention {
+                    size: self.inbox_size,
+                    ttl: self.inbox_ttl,
                 },
                 rules: self.history_rules.clone(),
             },

@@ -402,6 +402,10 @@ fn history_options(size: usize) -> QueueOptions {
                 size,
                 ttl: Duration::from_secs(3600),
             },
+            inbox: Retention {
+                size,
+                ttl: Duration::from_secs(3600),
+            },
             rules: vec!["quiet.=0".parse().expect("rule")],
         },
         ..options()
@@ -569,6 +573,77 @@ async fn topic_history_and_offsets_survive_a_restart(store: Store) {
     queue.close().await;
 }
 
+async fn ack(queue: &Queue, topic: &str, epoch: Option<Epoch>, offset: u64) -> Option<Position> {
+    tokio::time::timeout(PATIENCE, queue.ack_history(topic, epoch, offset))
+        .await
+        .expect("ack in time")
+        .expect("ack")
+}
+
+const UNACKED: HistoryQuery = HistoryQuery::Unacked { limit: 100 };
+
+async fn an_inbox_keeps_what_is_not_acked_and_an_ack_removes_messages_for_good(store: Store) {
+    let queue = store.open(history_options(100));
+    push_payloads(
+        &queue,
+        1,
+        (1..=4).map(|n| (n, envelope("@alice", n))).collect(),
+    )
+    .await;
+    let waiting = history(&queue, "@alice", UNACKED).await;
+    assert_eq!(contents(&waiting).len(), 4);
+    assert!(waiting.recovered);
+    let epoch = waiting.epoch;
+    assert_eq!(
+        ack(&queue, "@alice", None, 2).await,
+        Some(Position { epoch, offset: 2 })
+    );
+    let waiting = history(&queue, "@alice", UNACKED).await;
+    assert_eq!(contents(&waiting), [(3, "3".into()), (4, "4".into())]);
+    // An ack never moves back, another epoch's ack changes nothing, and one beyond the newest stops there.
+    assert_eq!(
+        ack(&queue, "@alice", None, 1).await.map(|p| p.offset),
+        Some(2)
+    );
+    assert_eq!(
+        ack(&queue, "@alice", Some(Epoch(epoch.0 ^ 1)), 4)
+            .await
+            .map(|p| p.offset),
+        Some(2)
+    );
+    assert_eq!(
+        ack(&queue, "@alice", Some(epoch), 99)
+            .await
+            .map(|p| p.offset),
+        Some(4)
+    );
+    assert!(history(&queue, "@alice", UNACKED).await.messages.is_empty());
+    push_payloads(&queue, 1, vec![(5, envelope("@alice", 5))]).await;
+    assert_eq!(
+        contents(&history(&queue, "@alice", UNACKED).await),
+        [(5, "5".into())]
+    );
+    assert_eq!(ack(&queue, "@nobody", None, 1).await, None);
+    queue.close().await;
+}
+
+async fn inbox_acks_survive_a_restart(store: Store) {
+    let queue = store.open(history_options(100));
+    push_payloads(
+        &queue,
+        1,
+        (1..=3).map(|n| (n, envelope("@bob", n))).collect(),
+    )
+    .await;
+    ack(&queue, "@bob", None, 1).await;
+    queue.close().await;
+    drop(queue);
+    let queue = store.open(history_options(100));
+    let waiting = history(&queue, "@bob", UNACKED).await;
+    assert_eq!(contents(&waiting), [(2, "2".into()), (3, "3".into())]);
+    queue.close().await;
+}
+
 macro_rules! conformance {
     (all: [$($case:ident),* $(,)?], durable: [$($durable:ident),* $(,)?] $(,)?) => {
         mod memory {
@@ -630,11 +705,13 @@ conformance! {
         a_compat_consumer_gets_each_message_once_and_settles_it_on_hand_out,
         each_topic_numbers_its_messages_and_deliveries_carry_their_position,
         history_answers_what_a_client_missed_or_says_why_it_cannot,
+        an_inbox_keeps_what_is_not_acked_and_an_ack_removes_messages_for_good,
     ],
     durable: [
         a_group_resumes_after_its_last_ack_when_the_queue_restarts,
         dedup_marks_survive_a_restart,
         topic_history_and_offsets_survive_a_restart,
+        inbox_acks_survive_a_restart,
     ],
 }
 

@@ -1,16 +1,27 @@
 //! Reads topic history from msgqueue (`GET /v1/history/<topic>` on its listener, authenticated with the link's
-//! credentials) for clients that resume (`sub <topic> since=…`) or ask for `history`. A few keep-alive
+//! credentials) for clients that resume (`sub <topic> since=…`), read or ack their inbox, or ask for `history`. A few keep-alive
 //! connections are shared by every session, so 10,000 clients reconnecting at once make as many requests over a
 //! handful of connections rather than 10,000 connections; a request waits for one of them.
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::Method;
 use parking_lot::Mutex;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use wsmq_core::api_client::{ApiClient, ApiClientError};
 use wsmq_core::dial::Dialers;
-use wsmq_core::protocol::history::{HISTORY_API_PATH, HistoryPage, HistoryQuery};
+use wsmq_core::protocol::history::{Epoch, HISTORY_API_PATH, HistoryPage, HistoryQuery, Position};
+
+/// msgqueue's answer to an ack.
+#[derive(Deserialize)]
+struct Acked {
+    epoch: Epoch,
+    acked: u64,
+}
 
 /// Connections to msgqueue used for history at most.
 const CONNECTIONS: usize = 4;
@@ -75,13 +86,52 @@ impl HistoryClient {
             .map_err(|_| HistoryError::Timeout(self.timeout))?
     }
 
+    /// Acks `topic`'s messages up to `offset` in `epoch` (`None`: its current one); returns the topic's ack
+    /// afterwards, durable in msgqueue.
+    pub(crate) async fn ack(
+        &self,
+        topic: &str,
+        epoch: Option<Epoch>,
+        offset: u64,
+    ) -> Result<Position, HistoryError> {
+        let mut path = format!(
+            "{HISTORY_API_PATH}/{}?ack={offset}",
+            utf8_percent_encode(topic, NON_ALPHANUMERIC)
+        );
+        if let Some(epoch) = epoch {
+            path.push_str(&format!("&epoch={epoch}"));
+        }
+        let _permit = self.permits.acquire().await;
+        let acked: Acked = tokio::time::timeout(self.timeout, self.request(Method::POST, &path))
+            .await
+            .map_err(|_| HistoryError::Timeout(self.timeout))??;
+        Ok(Position {
+            epoch: acked.epoch,
+            offset: acked.acked,
+        })
+    }
+
     async fn get(&self, path: &str) -> Result<HistoryPage, HistoryError> {
+        self.request(Method::GET, path).await
+    }
+
+    /// One request on a pooled connection (or a new one), its JSON answer decoded.
+    async fn request<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<T, HistoryError> {
         let pooled = self.idle.lock().pop();
         let mut client = match pooled {
             Some(client) if !client.is_closed() => client,
             _ => self.connect().await?,
         };
-        let reply = client.get(path).await.map_err(HistoryError::Unreachable)?;
+        let reply = if method == Method::POST {
+            client.post_json(path, &[], Bytes::new()).await
+        } else {
+            client.get(path).await
+        }
+        .map_err(HistoryError::Unreachable)?;
         self.idle.lock().push(client);
         if !reply.status.is_success() {
             return Err(HistoryError::Refused {

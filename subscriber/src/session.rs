@@ -23,11 +23,11 @@ use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::access::{Access, ConnectionAccess};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::client::{
-    Command, encode_error, encode_forbidden, encode_history, encode_positioned, encode_resumed,
-    encode_revoked, encode_subscribed, encode_unsubscribed,
+    Command, encode_acked, encode_error, encode_forbidden, encode_history, encode_positioned,
+    encode_resumed, encode_revoked, encode_subscribed, encode_unsubscribed,
 };
 use wsmq_core::protocol::history::{
-    HistoryPage, HistoryQuery, MAX_HISTORY_PAGE, Position, Unrecovered,
+    Epoch, HistoryPage, HistoryQuery, MAX_HISTORY_PAGE, Position, Unrecovered,
 };
 use wsmq_core::server::Accepted;
 use wsmq_core::topic::{self, Compat, Pattern};
@@ -75,6 +75,7 @@ pub(crate) async fn serve_client(accepted: Accepted, context: Arc<ConnectionCont
     let mut session = Session {
         context: &context,
         client: &client,
+        inbox: format!("@{}", accepted.user),
         v1,
         subscriptions: HashMap::new(),
         access: context
@@ -109,6 +110,8 @@ pub(crate) async fn serve_client(accepted: Accepted, context: Arc<ConnectionCont
 struct Session<'a> {
     context: &'a ConnectionContext,
     client: &'a Arc<Client>,
+    /// The connection's own inbox, `@<user>`.
+    inbox: String,
     v1: bool,
     /// What the client subscribed to, as it wrote it: a pattern, or `None` for a legacy ws-go topic outside the
     /// token rules (matched exactly).
@@ -124,8 +127,28 @@ impl Session<'_> {
             return;
         };
         match Command::parse(text.as_str()) {
+            Ok(Command::Subscribe(topic)) if self.v1 && *topic == self.inbox => {
+                self.resume(
+                    &topic,
+                    HistoryQuery::Unacked {
+                        limit: MAX_HISTORY_PAGE,
+                    },
+                )
+                .await;
+            }
             Ok(Command::Subscribe(topic)) => self.subscribe(&topic),
-            Ok(Command::Resume { topic, since }) => self.resume(&topic, since).await,
+            Ok(Command::Resume { topic, since }) => {
+                let query = HistoryQuery::Since {
+                    position: since,
+                    limit: MAX_HISTORY_PAGE,
+                };
+                self.resume(&topic, query).await;
+            }
+            Ok(Command::Ack {
+                topic,
+                offset,
+                epoch,
+            }) => self.ack(&topic, offset, epoch).await,
             Ok(Command::Unsubscribe(topic)) => self.unsubscribe(&topic),
             Ok(Command::History { topic, limit }) => self.history(&topic, limit).await,
             Err(err) => self.refuse(&err.to_string()),
@@ -149,7 +172,7 @@ impl Session<'_> {
                 return Err(());
             }
         };
-        if !self.allows(pattern.as_ref()) {
+        if !self.allows(text, pattern.as_ref()) {
             self.context.router.metrics().subscribe_forbidden();
             if self.v1 {
                 self.reply(encode_forbidden(text));
@@ -190,10 +213,11 @@ impl Session<'_> {
         }
     }
 
-    /// `sub <topic> since=…`: sends the confirmation (recovered or why not), the retained messages after
-    /// `since`, then makes the subscription live with no gap and no duplicate at the seam (see
-    /// [`Router::finish_resume`]). A topic already subscribed is resumed afresh.
-    async fn resume(&mut self, text: &str, since: Position) {
+    /// `sub <topic> since=…` (`first` is `Since`), or the user's own inbox (`first` is `Unacked`): sends the
+    /// confirmation (recovered or why not), the retained messages after `since` (or after the inbox's ack), then
+    /// makes the subscription live with no gap and no duplicate at the seam (see [`Router::finish_resume`]). A topic
+    /// already subscribed is resumed afresh.
+    async fn resume(&mut self, text: &str, first: HistoryQuery) {
         if !self.v1 {
             self.refuse("resuming needs wsmq.v1");
             return;
@@ -212,12 +236,22 @@ impl Session<'_> {
         };
         let router = &self.context.router;
         router.begin_resume(text);
-        let mut position = since;
+        let mut position = match first {
+            HistoryQuery::Since { position, .. } => position,
+            HistoryQuery::Last { .. } | HistoryQuery::Unacked { .. } => Position {
+                epoch: Epoch(0),
+                offset: 0,
+            },
+        };
         let mut confirmed = false;
-        for _ in 0..MAX_RESUME_ROUNDS {
-            let query = HistoryQuery::Since {
-                position,
-                limit: MAX_HISTORY_PAGE,
+        for round in 0..MAX_RESUME_ROUNDS {
+            let query = if round == 0 {
+                first
+            } else {
+                HistoryQuery::Since {
+                    position,
+                    limit: MAX_HISTORY_PAGE,
+                }
             };
             let page = match self.context.history.fetch(text, &query).await {
                 Ok(page) => page,
@@ -301,7 +335,7 @@ impl Session<'_> {
                 return;
             }
         };
-        if !self.allows(Some(&pattern)) {
+        if !self.allows(text, Some(&pattern)) {
             self.context.router.metrics().subscribe_forbidden();
             self.reply(encode_forbidden(text));
             return;
@@ -329,6 +363,28 @@ impl Session<'_> {
         }
     }
 
+    /// `ack @<user> <offset>`: the client handled its inbox's messages up to `offset`; msgqueue removes them for
+    /// good (durably, before the confirmation). Only the inbox's own user may ack it.
+    async fn ack(&mut self, text: &str, offset: u64, epoch: Option<Epoch>) {
+        if !self.v1 {
+            self.refuse("acks need wsmq.v1");
+            return;
+        }
+        let allowed = Pattern::parse(text).is_ok_and(|p| self.allows(text, Some(&p)));
+        if text != self.inbox && !allowed {
+            self.context.router.metrics().subscribe_forbidden();
+            self.reply(encode_forbidden(text));
+            return;
+        }
+        match self.context.history.ack(text, epoch, offset).await {
+            Ok(acked) => self.reply(encode_acked(text, acked.offset)),
+            Err(err) => {
+                tracing::warn!(topic = text, %err, "inbox ack failed");
+                self.reply(encode_error(&format!("ack failed: {err}"), None));
+            }
+        }
+    }
+
     fn unsubscribe(&mut self, text: &str) {
         if let Some(pattern) = self.subscriptions.remove(text) {
             self.leave(text, pattern.as_ref());
@@ -344,7 +400,7 @@ impl Session<'_> {
         let revoked: Vec<Box<str>> = self
             .subscriptions
             .iter()
-            .filter(|(_, pattern)| !self.allows(pattern.as_ref()))
+            .filter(|(text, pattern)| !self.allows(text, pattern.as_ref()))
             .map(|(text, _)| text.clone())
             .collect();
         for text in revoked {
@@ -359,11 +415,18 @@ impl Session<'_> {
         }
     }
 
-    /// Whether the connection's permissions allow subscribing to `pattern` (`None`: a legacy topic, allowed only
-    /// without restrictions). The permissions are those the session last resolved: a reload is taken in by
-    /// [`Session::revoke_forbidden`], which then ends what this allowed under the old ones.
-    fn allows(&self, pattern: Option<&Pattern>) -> bool {
+    /// Whether the connection's permissions allow subscribing to `pattern`, written `text` (`None`: a legacy
+    /// topic, allowed only without restrictions). The permissions are those the session last resolved: a reload is
+    /// taken in by [`Session::revoke_forbidden`], which then ends what this allowed under the old ones.
+    ///
+    /// Without topic permissions everything is allowed except other users' inboxes: `@<other>`, and the patterns
+    /// that would include them (`*`, `>`, `@*`). With permissions, they decide (`subscribe.allow = ["@{user}"]`).
+    fn allows(&self, text: &str, pattern: Option<&Pattern>) -> bool {
         match pattern {
+            Some(_) if self.access.is_unrestricted() => {
+                let foreign_inbox = text.starts_with('@') && text != self.inbox;
+                !(foreign_inbox || matches!(text, "*" | ">"))
+            }
             Some(pattern) => self.access.permissions().can_subscribe(pattern),
             None => self.access.is_unrestricted(),
         }

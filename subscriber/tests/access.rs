@@ -358,7 +358,22 @@ async fn the_auth_callout_admits_with_its_permissions_denies_with_401_and_answer
     let mut bob = browser_client(&subscriber, dir.path(), "wsmq.bearer.tok-bob")
         .await?
         .map_err(|status| format!("refused with {status}"))?;
-    bob.subscribe("@bob").await?;
+    // Its own inbox is resumed from what it has not acked; this fake msgqueue keeps no history, so the inbox is
+    // subscribed live and the client told it may have missed messages.
+    bob.send("sub @bob").await?;
+    let confirmation: serde_json::Value = serde_json::from_str(&bob.recv().await?)?;
+    assert_eq!(
+        (
+            &confirmation["subscribed"],
+            &confirmation["recovered"],
+            &confirmation["reason"]
+        ),
+        (
+            &serde_json::json!("@bob"),
+            &serde_json::json!(false),
+            &serde_json::json!("unavailable")
+        )
+    );
     bob.send("sub @alice").await?;
     assert_eq!(
         bob.recv().await?,

@@ -272,7 +272,11 @@ async fn fake_subscriber(accepted: Accepted, shared: SubscriberShared) {
                         topics.remove(topic.as_ref());
                         encode_unsubscribed(&topic)
                     }
-                    Ok(SubCommand::Resume { .. } | SubCommand::History { .. }) => {
+                    Ok(
+                        SubCommand::Resume { .. }
+                        | SubCommand::History { .. }
+                        | SubCommand::Ack { .. },
+                    ) => {
                         encode_error("this fake subscriber keeps no history", None)
                     }
                     Err(err) => encode_error(&err.to_string(), None),

@@ -40,6 +40,16 @@ pub enum Command<'a> {
         /// Most messages (1 to [`MAX_HISTORY_PAGE`]).
         limit: usize,
     },
+    /// `ack @<user> <offset> [epoch=<epoch>]`: the client handled its inbox's messages up to `offset`; they are
+    /// removed and never delivered again.
+    Ack {
+        /// The inbox (`@<user>`).
+        topic: Cow<'a, str>,
+        /// The newest offset handled (everything up to it is acked).
+        offset: u64,
+        /// The epoch of that offset; `None`: the inbox's current one.
+        epoch: Option<Epoch>,
+    },
 }
 
 /// Why a subscriber command was refused.
@@ -137,6 +147,9 @@ impl<'a> Command<'a> {
             .trim_end_matches(['\r', '\n'])
             .split_once(' ')
             .ok_or(CommandError::Unknown)?;
+        if verb == "ack" {
+            return parse_ack(rest);
+        }
         if !matches!(verb, "sub" | "unsub" | "history") {
             return Err(CommandError::Unknown);
         }
@@ -167,6 +180,44 @@ impl<'a> Command<'a> {
             limit.map(|n: u64| n as usize),
         )
     }
+}
+
+/// `@<user> <offset> [epoch=<epoch>]`, the rest of an `ack` command.
+fn parse_ack(rest: &str) -> Result<Command<'_>, CommandError> {
+    let mut words = rest.split(' ').filter(|w| !w.is_empty());
+    let topic = words.next().unwrap_or_default();
+    validate_topic(topic)?;
+    if !topic.starts_with('@') {
+        return Err(CommandError::Option(
+            "only inboxes (`@<user>`) are acked".into(),
+        ));
+    }
+    let offset = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| CommandError::Option("expected `ack @<user> <offset>`".into()))?;
+    let epoch = match words.next() {
+        None => None,
+        Some(word) => match word.strip_prefix("epoch=").map(str::parse::<Epoch>) {
+            Some(Ok(epoch)) => Some(epoch),
+            Some(Err(err)) => return Err(CommandError::Option(err.to_string())),
+            None => return Err(CommandError::Option(format!("unknown option `{word}`"))),
+        },
+    };
+    if let Some(extra) = words.next() {
+        return Err(CommandError::Option(format!("unknown option `{extra}`")));
+    }
+    Ok(Command::Ack {
+        topic: Cow::Borrowed(topic),
+        offset,
+        epoch,
+    })
+}
+
+/// `{"acked":"@<user>","offset":<offset>}`: the subscriber's confirmation that an inbox's messages up to `offset`
+/// are acked (removed for good).
+pub fn encode_acked(topic: &str, offset: u64) -> Bytes {
+    Bytes::from(serde_json::json!({ "acked": topic, "offset": offset }).to_string())
 }
 
 /// `{"ack":<id>}`: the publisher's confirmation that msgqueue durably stored the message with this `Id`.
@@ -323,6 +374,13 @@ pub enum ServerFrame {
         /// Why not, when `recovered` is false (e.g. `expired`, `epoch_changed`).
         reason: Option<String>,
     },
+    /// An inbox's messages up to `offset` are acked.
+    Acked {
+        /// The inbox.
+        topic: String,
+        /// The newest offset acked.
+        offset: u64,
+    },
     /// The answer to a `history` command.
     History {
         /// The topic.
@@ -372,6 +430,8 @@ struct WireFrame<'a> {
     #[serde(default)]
     history: Option<String>,
     #[serde(default)]
+    acked: Option<String>,
+    #[serde(default)]
     latest: Option<u64>,
     #[serde(default, borrow)]
     messages: Vec<&'a RawValue>,
@@ -418,6 +478,12 @@ impl ServerFrame {
                     .iter()
                     .filter_map(|m| Self::parse(m.get()))
                     .collect(),
+            });
+        }
+        if let (Some(topic), Some(offset)) = (&wire.acked, wire.offset) {
+            return Some(Self::Acked {
+                topic: topic.clone(),
+                offset,
             });
         }
         if let (Some(topic), Some(recovered), Some(epoch)) =
@@ -589,6 +655,46 @@ mod tests {
                 topic: "news".into(),
                 limit: DEFAULT_HISTORY_LIMIT
             }
+        );
+    }
+
+    #[test]
+    fn inbox_acks_parse_and_their_confirmation_decodes_back() {
+        assert_eq!(
+            Command::parse("ack @alice 17").unwrap(),
+            Command::Ack {
+                topic: "@alice".into(),
+                offset: 17,
+                epoch: None
+            }
+        );
+        assert_eq!(
+            Command::parse("ack @alice 17 epoch=ab").unwrap(),
+            Command::Ack {
+                topic: "@alice".into(),
+                offset: 17,
+                epoch: Some(Epoch(0xab))
+            }
+        );
+        for (frame, expected) in [
+            ("ack news 1", "only inboxes"),
+            ("ack @alice", "expected `ack @<user> <offset>`"),
+            ("ack @alice x", "expected `ack @<user> <offset>`"),
+            ("ack @alice 1 limit=2", "unknown option `limit=2`"),
+        ] {
+            match Command::parse(frame) {
+                Err(CommandError::Option(message)) => {
+                    assert!(message.contains(expected), "{frame}: {message}");
+                }
+                other => panic!("{frame}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            ServerFrame::parse(std::str::from_utf8(&encode_acked("@alice", 17)).unwrap()),
+            Some(ServerFrame::Acked {
+                topic: "@alice".into(),
+                offset: 17
+            })
         );
     }
 

@@ -85,8 +85,13 @@ pub enum HistoryQuery {
         /// Most messages in the answer.
         limit: usize,
     },
-    /// The newest `limit` messages retained.
+    /// The newest `limit` retained messages.
     Last {
+        /// Most messages in the answer.
+        limit: usize,
+    },
+    /// Everything after the topic's ack (an inbox: what its user has not acked yet), at most `limit` messages.
+    Unacked {
         /// Most messages in the answer.
         limit: usize,
     },
@@ -96,20 +101,36 @@ impl HistoryQuery {
     /// The most messages the answer may hold.
     pub fn limit(&self) -> usize {
         match *self {
-            Self::Since { limit, .. } | Self::Last { limit } => limit,
+            Self::Since { limit, .. } | Self::Last { limit } | Self::Unacked { limit } => limit,
         }
     }
 
-    /// Parses the query string of a history request: `since=<offset>&epoch=<epoch>[&limit=<n>]` or `limit=<n>`.
-    /// `limit` defaults to, and is capped at, [`MAX_HISTORY_PAGE`].
+    /// The query as a resume from the topic's ack (`acked` in `epoch`) when it asks for what is unacked; any other
+    /// query as it is. Backends answer [`HistoryQuery::Unacked`] through this and [`plan`].
+    pub fn from_ack(self, epoch: Epoch, acked: u64) -> Self {
+        match self {
+            Self::Unacked { limit } => Self::Since {
+                position: Position {
+                    epoch,
+                    offset: acked,
+                },
+                limit,
+            },
+            other => other,
+        }
+    }
+
+    /// Parses the query string of a history request: `since=<offset>&epoch=<epoch>[&limit=<n>]`,
+    /// `after=acked[&limit=<n>]` or `limit=<n>`. `limit` defaults to, and is capped at, [`MAX_HISTORY_PAGE`].
     pub fn parse(query: &str) -> Result<Self, String> {
-        let (mut since, mut epoch, mut limit) = (None, None, None);
+        let (mut since, mut epoch, mut limit, mut after) = (None, None, None, None);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let slot = match key {
                 "since" => &mut since,
                 "epoch" => &mut epoch,
                 "limit" => &mut limit,
+                "after" => &mut after,
                 other => return Err(format!("unknown parameter `{other}`")),
             };
             if slot.replace(value).is_some() {
@@ -123,9 +144,11 @@ impl HistoryQuery {
                 _ => return Err("limit must be a whole number of at least 1".into()),
             },
         };
-        match (since, epoch) {
-            (None, None) => Ok(Self::Last { limit }),
-            (Some(offset), Some(epoch)) => Ok(Self::Since {
+        match (since, epoch, after) {
+            (None, None, Some("acked")) => Ok(Self::Unacked { limit }),
+            (_, _, Some(_)) => Err("after takes only `acked`, without since and epoch".into()),
+            (None, None, None) => Ok(Self::Last { limit }),
+            (Some(offset), Some(epoch), None) => Ok(Self::Since {
                 position: Position {
                     epoch: epoch.parse().map_err(|e: BadEpoch| e.to_string())?,
                     offset: offset
@@ -146,6 +169,7 @@ impl HistoryQuery {
                 position.offset, position.epoch
             ),
             Self::Last { limit } => format!("limit={limit}"),
+            Self::Unacked { limit } => format!("after=acked&limit={limit}"),
         }
     }
 }
@@ -226,6 +250,8 @@ pub fn plan(
             let from = latest.saturating_sub(limit as u64 - 1).max(first);
             (from, Ok(()))
         }
+        // Backends turn it into `Since` with [`HistoryQuery::from_ack`] first; from the start if they did not.
+        HistoryQuery::Unacked { .. } => (first, Ok(())),
         HistoryQuery::Since { position, .. } => {
             if position.offset == 0 {
                 // The client has nothing of the topic: any epoch will do, and it missed something only if the
@@ -266,7 +292,11 @@ mod tests {
 
     #[test]
     fn the_query_string_round_trips() {
-        for query in [since(7), HistoryQuery::Last { limit: 3 }] {
+        for query in [
+            since(7),
+            HistoryQuery::Last { limit: 3 },
+            HistoryQuery::Unacked { limit: 4 },
+        ] {
             assert_eq!(HistoryQuery::parse(&query.to_query()).unwrap(), query);
         }
         assert_eq!(
@@ -286,6 +316,14 @@ mod tests {
             ("limit=0", "limit must be a whole number of at least 1"),
             ("limit=1&limit=2", "parameter `limit` given twice"),
             ("offset=1", "unknown parameter `offset`"),
+            (
+                "after=acked&since=1&epoch=1",
+                "after takes only `acked`, without since and epoch",
+            ),
+            (
+                "after=now",
+                "after takes only `acked`, without since and epoch",
+            ),
         ] {
             assert_eq!(HistoryQuery::parse(query).unwrap_err(), expected, "{query}");
         }

@@ -13,9 +13,9 @@ use wsmq_core::protocol::queue::NackReason;
 use super::consumer::LocalConsumer;
 use super::redis::{RedisConsumer, RedisQueue};
 use super::{
-    Backend, ConsumeMode, DEFAULT_GROUP, DeadLetter, Delivery, DurableToken, GroupName,
-    HistoryPage, HistoryQuery, HistoryStats, LocalQueue, Producer, PushError, Pushed, QueueError,
-    QueueOptions, QueueStats, RecoveryReport, ReplayError, StartAt,
+    Backend, ConsumeMode, DEFAULT_GROUP, DeadLetter, Delivery, DurableToken, Epoch, GroupName,
+    HistoryPage, HistoryQuery, HistoryStats, LocalQueue, Position, Producer, PushError, Pushed,
+    QueueError, QueueOptions, QueueStats, RecoveryReport, ReplayError, StartAt,
 };
 
 /// A handle to the queue; cheap to clone, all clones share one queue.
@@ -95,6 +95,21 @@ impl Queue {
         match &self.0 {
             Engine::Local(queue) => Ok(queue.history(topic, query)),
             Engine::Redis(queue) => queue.history(topic, query).await,
+        }
+    }
+
+    /// Acks the messages of `topic` up to `offset` in `epoch` (`None`: the topic's current one), once durable: an
+    /// inbox's user handled them, they are removed and [`HistoryQuery::Unacked`] never returns them again. Returns
+    /// the topic's ack afterwards (unchanged for another epoch), or `None` for a topic without history.
+    pub async fn ack_history(
+        &self,
+        topic: &str,
+        epoch: Option<Epoch>,
+        offset: u64,
+    ) -> Result<Option<Position>, QueueError> {
+        match &self.0 {
+            Engine::Local(queue) => queue.ack_history(topic, epoch, offset).await,
+            Engine::Redis(queue) => queue.ack_history(topic, epoch, offset).await,
         }
     }
 

@@ -1615,6 +1615,22 @@ impl LocalQueue {
         self.inner.history.query(topic, query, now_ms())
     }
 
+    /// Acks a topic's messages up to `offset` (see [`Queue::ack_history`]) and waits until that is durable.
+    pub(crate) async fn ack_history(
+        &self,
+        topic: &str,
+        epoch: Option<Epoch>,
+        offset: u64,
+    ) -> Result<Option<Position>, QueueError> {
+        let Some((acked, token)) = self.inner.history.ack(topic, epoch, offset) else {
+            return Ok(None);
+        };
+        if self.inner.options.fsync != FsyncPolicy::Never {
+            self.inner.history.wait_durable(token).await?;
+        }
+        Ok(Some(acked))
+    }
+
     /// What the topic history holds.
     pub(crate) fn history_stats(&self) -> HistoryStats {
         self.inner.history.stats()

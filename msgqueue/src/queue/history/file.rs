@@ -30,6 +30,8 @@ const HEADER_LEN: usize = 8;
 const KIND_ENTRY: u8 = 1;
 /// A topic with no message retained (written by snapshots only), so its epoch and latest offset survive.
 const KIND_TOPIC: u8 = 2;
+/// A topic's messages up to an offset were acked (inboxes).
+const KIND_ACK: u8 = 3;
 /// Largest `kind + body` accepted; anything larger is treated as corruption rather than allocated.
 const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
 
@@ -49,6 +51,12 @@ pub(crate) enum HistoryRecord {
         epoch: Epoch,
         latest: u64,
         at_ms: u64,
+    },
+    /// The messages of `topic` up to `acked` in `epoch` were acked.
+    Ack {
+        topic: String,
+        epoch: Epoch,
+        acked: u64,
     },
 }
 
@@ -75,6 +83,16 @@ pub(crate) fn encode_topic(buf: &mut Vec<u8>, topic: &str, epoch: Epoch, latest:
         body.put_u64_le(epoch.0);
         body.put_u64_le(latest);
         body.put_u64_le(at_ms);
+        put_topic(body, topic);
+    });
+}
+
+/// Encodes an ack record onto `buf`.
+pub(crate) fn encode_ack(buf: &mut Vec<u8>, topic: &str, epoch: Epoch, acked: u64) {
+    encode(buf, KIND_ACK, |body| {
+        body.put_u64_le(epoch.0);
+        body.put_u64_le(acked);
+        body.put_u64_le(0);
         put_topic(body, topic);
     });
 }
@@ -127,6 +145,11 @@ fn decode(record: &[u8]) -> Option<HistoryRecord> {
             epoch: Epoch(a),
             latest: b,
             at_ms,
+        }),
+        KIND_ACK if payload.is_empty() => Some(HistoryRecord::Ack {
+            topic,
+            epoch: Epoch(a),
+            acked: b,
         }),
         _ => None,
     }
@@ -450,6 +473,11 @@ mod tests {
                     latest,
                     at_ms,
                 } => encode_topic(&mut buf, topic, *epoch, *latest, *at_ms),
+                HistoryRecord::Ack {
+                    topic,
+                    epoch,
+                    acked,
+                } => encode_ack(&mut buf, topic, *epoch, *acked),
             }
         }
         buf
@@ -466,16 +494,21 @@ mod tests {
                 at_ms: 5,
             },
             entry("news", 2, b"two"),
+            HistoryRecord::Ack {
+                topic: "news".into(),
+                epoch: Epoch(9),
+                acked: 1,
+            },
         ];
         let data = encode_all(&records);
         assert_eq!(read_records(&data), (records.clone(), data.len()));
         let (read, valid) = read_records(&data[..data.len() - 1]);
-        assert_eq!(read, records[..2]);
+        assert_eq!(read, records[..3]);
         assert!(valid < data.len() - 1);
         let mut corrupt = data.clone();
         let last = corrupt.len() - 1;
         corrupt[last] ^= 1;
-        assert_eq!(read_records(&corrupt).0, records[..2]);
+        assert_eq!(read_records(&corrupt).0, records[..3]);
     }
 
     #[test]

@@ -38,6 +38,8 @@ struct Topic {
     /// When the newest message was published.
     last_ms: u64,
     entries: VecDeque<Entry>,
+    /// Every message up to this offset was acked (inboxes; 0 for other topics).
+    acked: u64,
 }
 
 impl Topic {
@@ -47,7 +49,23 @@ impl Topic {
             latest: 0,
             last_ms: 0,
             entries: VecDeque::new(),
+            acked: 0,
         }
+    }
+
+    /// Moves the ack to `acked` (never back, never beyond the newest message) and drops what it covers; returns
+    /// the payload bytes and messages dropped.
+    fn ack(&mut self, acked: u64) -> (u64, u64) {
+        self.acked = self.acked.max(acked.min(self.latest));
+        let (mut bytes, mut messages) = (0, 0);
+        while let Some(front) = self.entries.front()
+            && front.offset <= self.acked
+        {
+            bytes += front.payload.len() as u64;
+            messages += 1;
+            self.entries.pop_front();
+        }
+        (bytes, messages)
     }
 
     /// Drops what is beyond `retention` at `now_ms`; returns the payload bytes dropped.
@@ -129,6 +147,7 @@ impl LocalHistory {
                         // A newer epoch of the topic (its history was dropped and started again).
                         state.entries.clear();
                         state.epoch = position.epoch;
+                        state.acked = 0;
                     }
                     state.latest = position.offset;
                     state.last_ms = at_ms;
@@ -149,6 +168,18 @@ impl LocalHistory {
                     state.epoch = epoch;
                     state.latest = latest;
                     state.last_ms = at_ms;
+                    state.acked = 0;
+                }
+                HistoryRecord::Ack {
+                    topic,
+                    epoch,
+                    acked,
+                } => {
+                    if let Some(state) = topics.map.get_mut(topic.as_str())
+                        && state.epoch == epoch
+                    {
+                        state.ack(acked);
+                    }
                 }
             }
         }
@@ -223,7 +254,8 @@ impl LocalHistory {
         };
         let live = state.entries.iter().filter(|e| e.at_ms >= oldest);
         let first = live.clone().next().map_or(state.latest + 1, |e| e.offset);
-        let (from, outcome) = plan(query, state.epoch, first, state.latest);
+        let query = query.from_ack(state.epoch, state.acked);
+        let (from, outcome) = plan(&query, state.epoch, first, state.latest);
         let messages = live
             .filter(|e| e.offset >= from)
             .take(query.limit())
@@ -242,6 +274,38 @@ impl LocalHistory {
             reason: outcome.err(),
             messages,
         }
+    }
+
+    /// Acks the messages of `topic` up to `offset` in `epoch` (`None`: the current one): they are dropped and no
+    /// [`HistoryQuery::Unacked`] returns them again. Returns the topic's ack afterwards (unchanged for another epoch)
+    /// and the file token that makes it durable, or `None` for a topic without history.
+    pub(crate) fn ack(
+        &self,
+        topic: &str,
+        epoch: Option<Epoch>,
+        offset: u64,
+    ) -> Option<(Position, u64)> {
+        let mut topics = self.topics.lock();
+        let topics = &mut *topics;
+        let state = topics.map.get_mut(topic)?;
+        let before = state.acked;
+        if epoch.is_none_or(|epoch| epoch == state.epoch) {
+            let (bytes, messages) = state.ack(offset);
+            topics.bytes -= bytes;
+            topics.messages -= messages;
+        }
+        let acked = Position {
+            epoch: state.epoch,
+            offset: state.acked,
+        };
+        let token = match &self.file {
+            Some(file) if acked.offset > before => {
+                file.append(|buf| file::encode_ack(buf, topic, acked.epoch, acked.offset))
+            }
+            Some(file) => file.position(),
+            None => 0,
+        };
+        Some((acked, token))
     }
 
     /// What history holds now.
@@ -316,6 +380,9 @@ impl LocalHistory {
                     };
                     file::encode_entry(&mut snapshot, topic, position, entry.at_ms, &entry.payload);
                 }
+                if state.acked > 0 {
+                    file::encode_ack(&mut snapshot, topic, state.epoch, state.acked);
+                }
             }
             file.compact(snapshot);
         }
@@ -334,7 +401,7 @@ mod tests {
                 size,
                 ttl: Duration::from_secs(10),
             },
-            rules: Vec::new(),
+            ..HistoryOptions::default()
         }
     }
 
@@ -402,6 +469,39 @@ mod tests {
         let page = history.query("t", &since_first, T0 + 60_000);
         assert_eq!(page.reason, Some(super::super::Unrecovered::EpochChanged));
         assert_eq!(offsets(&page), vec![1]);
+    }
+
+    #[test]
+    fn acked_messages_are_dropped_and_unacked_ones_answer_from_the_ack_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let history =
+            LocalHistory::open(options(100), dir.path(), FsyncPolicy::Always, T0).unwrap();
+        for n in 1..=4 {
+            history.append("@alice", &envelope(n), T0).unwrap();
+        }
+        let (acked, token) = history.ack("@alice", None, 2).unwrap();
+        runtime.block_on(history.wait_durable(token)).unwrap();
+        assert_eq!(acked.offset, 2);
+        let unacked = HistoryQuery::Unacked { limit: 10 };
+        assert_eq!(offsets(&history.query("@alice", &unacked, T0)), vec![3, 4]);
+        // Another epoch's ack, or one that goes back, changes nothing; beyond the newest stops at the newest.
+        assert_eq!(
+            history.ack("@alice", Some(Epoch(1)), 4).unwrap().0.offset,
+            2
+        );
+        assert_eq!(history.ack("@alice", None, 1).unwrap().0.offset, 2);
+        runtime.block_on(history.close());
+        let reopened =
+            LocalHistory::open(options(100), dir.path(), FsyncPolicy::Always, T0).unwrap();
+        let page = reopened.query("@alice", &unacked, T0);
+        assert_eq!((offsets(&page), page.recovered), (vec![3, 4], true));
+        assert_eq!(reopened.ack("@alice", None, 99).unwrap().0.offset, 4);
+        assert!(reopened.query("@alice", &unacked, T0).messages.is_empty());
+        assert_eq!(reopened.stats().messages, 0);
+        assert_eq!(reopened.ack("@nobody", None, 1), None);
     }
 
     #[test]

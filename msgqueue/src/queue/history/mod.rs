@@ -88,6 +88,8 @@ impl fmt::Display for HistoryRule {
 pub struct HistoryOptions {
     /// Retention of topics no rule matches.
     pub retention: Retention,
+    /// Retention of inboxes (`@<user>`) no rule matches: their messages wait for their user's ack.
+    pub inbox: Retention,
     /// Overrides per topic prefix.
     pub rules: Vec<HistoryRule>,
 }
@@ -99,21 +101,31 @@ impl Default for HistoryOptions {
                 size: 100,
                 ttl: Duration::from_secs(3600),
             },
+            inbox: Retention {
+                size: 1000,
+                ttl: Duration::from_secs(7 * 24 * 3600),
+            },
             rules: Vec::new(),
         }
     }
 }
 
 impl HistoryOptions {
-    /// The retention of `topic`: the rule with the longest matching prefix, else the default.
+    /// The retention of `topic`: the rule with the longest matching prefix, else the inbox retention for an inbox,
+    /// else the default.
     pub fn retention(&self, topic: &str) -> Retention {
+        let otherwise = if topic.starts_with('@') {
+            self.inbox
+        } else {
+            self.retention
+        };
         self.rules
             .iter()
             .filter(|rule| topic.starts_with(&rule.prefix))
             .max_by_key(|rule| rule.prefix.len())
-            .map_or(self.retention, |rule| Retention {
+            .map_or(otherwise, |rule| Retention {
                 size: rule.size,
-                ttl: rule.ttl.unwrap_or(self.retention.ttl),
+                ttl: rule.ttl.unwrap_or(otherwise.ttl),
             })
     }
 }
@@ -206,6 +218,7 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let options = HistoryOptions {
             retention: Retention { size: 10, ttl },
+            inbox: Retention { size: 5, ttl },
             rules: ["chat.=100", "chat.vip.=1000:24h", "tmp.=0"]
                 .iter()
                 .map(|rule| rule.parse().unwrap())
@@ -216,6 +229,7 @@ mod tests {
         let vip = options.retention("chat.vip.alice");
         assert_eq!((vip.size, vip.ttl), (1000, Duration::from_secs(86_400)));
         assert_eq!(options.retention("tmp.x").size, 0);
+        assert_eq!(options.retention("@alice"), Retention { size: 5, ttl });
     }
 
     #[test]

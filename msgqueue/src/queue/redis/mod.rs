@@ -183,6 +183,7 @@ struct Scripts {
     release: Script,
     sweep: Script,
     history: Script,
+    ack: Script,
 }
 
 impl Scripts {
@@ -195,6 +196,7 @@ impl Scripts {
             release: Script::new(include_str!("release.lua")),
             sweep: Script::new(include_str!("sweep.lua")),
             history: Script::new(include_str!("history.lua")),
+            ack: Script::new(include_str!("ack.lua")),
         }
     }
 }
@@ -533,23 +535,47 @@ impl RedisQueue {
         // Ask for what the query wants if the client's epoch is current; the plan, made on what Redis answers,
         // decides, and only an epoch change (the client's offsets mean nothing) needs a second read.
         let wanted = match *query {
-            HistoryQuery::Since { position, .. } => Some(position.offset + 1),
-            HistoryQuery::Last { .. } => None,
+            HistoryQuery::Since { position, .. } => Read::From(position.offset + 1),
+            HistoryQuery::Last { .. } => Read::Last,
+            HistoryQuery::Unacked { .. } => Read::Unacked,
         };
         let (page, from) = self.read_history(topic, query, wanted).await?;
-        if wanted.is_some_and(|wanted| from < wanted) {
-            return Ok(self.read_history(topic, query, Some(from)).await?.0);
+        if let Read::From(wanted) = wanted
+            && from < wanted
+        {
+            return Ok(self.read_history(topic, query, Read::From(from)).await?.0);
         }
         Ok(page)
     }
 
-    /// One read of a topic's history from offset `from` (`None`: the newest ones). Returns the page and the first
-    /// offset the plan wants.
+    /// Acks the messages of `topic` up to `offset` in `epoch` (`None`: the current one); returns the topic's ack
+    /// afterwards, or `None` for a topic without history.
+    pub(crate) async fn ack_history(
+        &self,
+        topic: &str,
+        epoch: Option<Epoch>,
+        offset: u64,
+    ) -> Result<Option<Position>, QueueError> {
+        let shared = &*self.shared;
+        let mut invocation = shared.scripts.ack.prepare_invoke();
+        invocation
+            .key(format!("{}{topic}", shared.keys.topic))
+            .key(format!("{}{topic}", shared.keys.history))
+            .arg(epoch.map(|e| e.to_string()).unwrap_or_default())
+            .arg(offset);
+        let (epoch, acked): (String, u64) = shared.invoke(&invocation, "ack").await?;
+        Ok(epoch.parse::<Epoch>().ok().map(|epoch| Position {
+            epoch,
+            offset: acked,
+        }))
+    }
+
+    /// One read of a topic's history. Returns the page and the first offset the plan wants.
     async fn read_history(
         &self,
         topic: &str,
         query: &HistoryQuery,
-        from: Option<u64>,
+        read: Read,
     ) -> Result<(HistoryPage, u64), QueueError> {
         let shared = &*self.shared;
         let retention = shared.options.history.retention(topic);
@@ -559,13 +585,21 @@ impl RedisQueue {
             .key(format!("{}{topic}", shared.keys.history))
             .arg(now_ms())
             .arg(millis(retention.ttl))
-            .arg(if from.is_some() { "from" } else { "last" })
-            .arg(from.unwrap_or(0))
+            .arg(match read {
+                Read::From(_) => "from",
+                Read::Last => "last",
+                Read::Unacked => "unacked",
+            })
+            .arg(match read {
+                Read::From(from) => from,
+                Read::Last | Read::Unacked => 0,
+            })
             .arg(query.limit());
-        let (epoch, latest, first, entries): (String, u64, u64, Vec<Value>) =
+        let (epoch, latest, first, entries, acked): (String, u64, u64, Vec<Value>, u64) =
             shared.invoke(&invocation, "history").await?;
         let epoch = epoch.parse::<Epoch>().unwrap_or(Epoch(0));
-        let (start, outcome) = plan(query, epoch, first, latest);
+        let query = query.from_ack(epoch, acked);
+        let (start, outcome) = plan(&query, epoch, first, latest);
         let messages = entries
             .into_iter()
             .filter_map(|entry| {
@@ -871,6 +905,17 @@ impl Shared {
         }
         Ok(letters)
     }
+}
+
+/// Which entries of a history stream one read returns.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// From this offset on.
+    From(u64),
+    /// The newest.
+    Last,
+    /// After the topic's ack.
+    Unacked,
 }
 
 /// Takes the payload and, for a message with history, its position from a log entry's fields (`p`, and `e`,
