@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::acl::{AclError, DEFAULT_POLL_INTERVAL, LiveAcl, Permissions};
 use crate::supervise::Supervisor;
+use crate::topic::Pattern;
 
 /// The edge's permission source, shared by its connections: cheap to clone.
 #[derive(Clone, Debug, Default)]
@@ -151,6 +152,20 @@ impl ConnectionAccess {
         }
     }
 
+    /// Whether this connection may subscribe to `pattern`, written `text` (or read its history): what its
+    /// permissions say. Without topic permissions everything is allowed except other users' inboxes: `@<other>`
+    /// and the patterns that would include them (`*`, `>`, `@*`); an inbox is its user's alone.
+    pub fn may_subscribe(&self, text: &str, pattern: &Pattern) -> bool {
+        if self.is_unrestricted() {
+            let foreign_inbox = text
+                .strip_prefix('@')
+                .is_some_and(|owner| owner != self.user);
+            !(foreign_inbox || matches!(text, "*" | ">"))
+        } else {
+            self.permissions.can_subscribe(pattern)
+        }
+    }
+
     /// Whether everything is allowed (no ACL file and no permissions from the callout).
     pub fn is_unrestricted(&self) -> bool {
         self.permissions == Permissions::allow_all()
@@ -168,5 +183,22 @@ impl ConnectionAccess {
             return std::future::pending().await;
         }
         self.permissions = acl.permissions(&self.user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_permissions_an_inbox_is_its_users_alone() {
+        let alice = Access::default().connection("alice", None);
+        let may = |text: &str| alice.may_subscribe(text, &Pattern::parse(text).unwrap());
+        assert!(may("@alice") && may("news") && may("news.>") && may("*.x"));
+        assert!(!may("@bob") && !may("@alice.smith"));
+        assert!(
+            !may("@*") && !may("*") && !may(">"),
+            "patterns reaching other inboxes"
+        );
     }
 }

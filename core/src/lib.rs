@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod callout;
 pub mod config;
 pub mod dial;
+pub mod history_client;
 pub mod http;
 pub mod http_api;
 pub mod limits;

@@ -19,9 +19,11 @@ use serde::Deserialize;
 use serde_json::json;
 use wsmq_core::access::{Access, ConnectionAccess};
 use wsmq_core::admin::Condition;
+use wsmq_core::history_client::HistoryClient;
 use wsmq_core::http_api::{ApiHandler, ApiRequest, ApiResponse, error_response, json_response};
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::envelope::{Envelope, validate_topic};
+use wsmq_core::protocol::history::HistoryQuery;
 use wsmq_core::protocol::queue::RejectReason;
 use wsmq_core::protocol::{PUBLISH_API_PATH, PUBLISH_BATCH_API_PATH};
 
@@ -40,6 +42,9 @@ const BATCH_BODY_FACTOR: usize = 16;
 /// it: 503). While msgqueue is unreachable and the buffer is full, the answer is 503 at once.
 const BUFFER_WAIT: Duration = Duration::from_secs(5);
 
+/// `GET /v1/history/<topic>`: the topic's retained messages with their offsets.
+const HISTORY_PREFIX: &str = "/v1/history/";
+
 /// The API handler: what each request needs, shared.
 #[derive(Debug)]
 pub struct PublishApi {
@@ -57,6 +62,8 @@ pub struct PublishApi {
     pub idempotency: IdempotencyStore,
     /// Topic permissions (`--acl-file`), applied per request's user as on `/publish`.
     pub access: Access,
+    /// msgqueue's topic history, for `GET /v1/history/<topic>`.
+    pub history: Arc<HistoryClient>,
 }
 
 /// A refused request: its status and JSON error.
@@ -122,6 +129,10 @@ impl PublishApi {
             permissions,
             ..
         } = request;
+        if let Some(topic) = request.uri().path().strip_prefix(HISTORY_PREFIX) {
+            let access = self.access.connection(&user, permissions);
+            return self.history(&request, topic, &access).await;
+        }
         let batch = match request.uri().path() {
             PUBLISH_API_PATH => false,
             PUBLISH_BATCH_API_PATH => true,
@@ -426,4 +437,48 @@ fn replay(answer: Answer) -> ApiResponse {
         .headers_mut()
         .insert(REPLAYED, HeaderValue::from_static("true"));
     response
+}
+
+impl PublishApi {
+    /// `GET /v1/history/<topic>?since=&epoch=&limit=` (or `limit=` for the newest): the topic's retained messages
+    /// from msgqueue, for a user who may subscribe to the topic (an inbox: its user alone, without permissions).
+    async fn history(
+        &self,
+        request: &hyper::Request<hyper::body::Incoming>,
+        topic: &str,
+        access: &ConnectionAccess,
+    ) -> Result<ApiResponse, Refusal> {
+        if request.method() != Method::GET {
+            let mut response =
+                Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response();
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            return Ok(response);
+        }
+        let bad = |message: String| Refusal::new(StatusCode::BAD_REQUEST, message);
+        let topic = percent_encoding::percent_decode_str(topic)
+            .decode_utf8()
+            .map_err(|_| bad("topic is not UTF-8".into()))?;
+        let pattern = match wsmq_core::topic::subscribed(&topic) {
+            Ok(wsmq_core::topic::Compat::Strict(pattern)) if pattern.is_exact() => pattern,
+            _ => return Err(bad(format!("history needs one exact topic, not `{topic}`"))),
+        };
+        let query = HistoryQuery::parse(request.uri().query().unwrap_or("")).map_err(bad)?;
+        if !access.may_subscribe(&topic, &pattern) {
+            return Err(
+                Refusal::new(StatusCode::FORBIDDEN, "forbidden").with(json!({ "topic": topic }))
+            );
+        }
+        match self.history.fetch(&topic, &query).await {
+            Ok(page) => Ok(json_response(StatusCode::OK, &json!(page))),
+            Err(err) => {
+                tracing::warn!(%topic, %err, "history request failed");
+                Err(
+                    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "history unavailable")
+                        .with(json!({ "retry": true })),
+                )
+            }
+        }
+    }
 }

@@ -31,6 +31,7 @@ use crate::idempotency::{IdempotencyError, IdempotencyLimits, IdempotencyStore};
 use crate::link::{LinkConfig, LinkTask, PushLink};
 use crate::metrics::PublisherMetrics;
 use crate::session::ConnectionContext;
+use wsmq_core::history_client::{HISTORY_TIMEOUT, HistoryClient};
 
 /// The publisher's configuration: every setting a flag with an env fallback. Public fields so the all-in-one
 /// binary and tests can build it in code.
@@ -137,6 +138,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         limits: args.limits.clone(),
     };
     let queue_link = setup.readiness.condition("queue link");
+    let history = Arc::new(HistoryClient::new(dialers.clone(), HISTORY_TIMEOUT));
     let (link, link_task) =
         PushLink::new(link_config, dialers, metrics.clone(), queue_link.clone());
     let limits = IdempotencyLimits {
@@ -162,6 +164,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         metrics: metrics.clone(),
         idempotency,
         access: access.clone(),
+        history,
     };
     let routes = vec![
         Route::WebSocket {

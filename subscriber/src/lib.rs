@@ -9,7 +9,6 @@
 pub mod metrics;
 pub mod router;
 
-mod history;
 mod link;
 mod session;
 
@@ -39,9 +38,6 @@ use session::ConnectionContext;
 /// build step, no CDN); it authenticates on its WebSockets with a `wsmq.auth.*` subprotocol because browsers cannot
 /// set an Authorization header there.
 const PAGE: &[u8] = include_bytes!("page/index.html");
-/// How long a history request to msgqueue may take before a resuming client goes live without it.
-const HISTORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Smallest message limit of the link to msgqueue, which batches many deliveries into one frame; the link
 /// allows at least this, or one maximum-size delivery, whichever is larger.
 pub const LINK_MIN_FRAME: usize = 1024 * 1024;
@@ -165,9 +161,9 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         group: Some(group),
         start: StartAt::Tail,
     };
-    let history = Arc::new(history::HistoryClient::new(
+    let history = Arc::new(wsmq_core::history_client::HistoryClient::new(
         dialers.clone(),
-        HISTORY_TIMEOUT,
+        wsmq_core::history_client::HISTORY_TIMEOUT,
     ));
     let link = PopLink {
         dialers,

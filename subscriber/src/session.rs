@@ -21,6 +21,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use tungstenite::{Message, Utf8Bytes};
 use wsmq_core::access::{Access, ConnectionAccess};
+use wsmq_core::history_client::HistoryClient;
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::client::{
     Command, encode_acked, encode_error, encode_forbidden, encode_history, encode_positioned,
@@ -33,7 +34,6 @@ use wsmq_core::server::Accepted;
 use wsmq_core::topic::{self, Compat, Pattern};
 use wsmq_core::ws::{Closer, ReadError, Reader, finish_writer, run_writer};
 
-use crate::history::HistoryClient;
 use crate::router::{Client, Router};
 
 /// Rounds of "history, then go live" a resume tries before it goes live regardless (each round catches up with
@@ -416,18 +416,12 @@ impl Session<'_> {
     }
 
     /// Whether the connection's permissions allow subscribing to `pattern`, written `text` (`None`: a legacy
-    /// topic, allowed only without restrictions). The permissions are those the session last resolved: a reload is
-    /// taken in by [`Session::revoke_forbidden`], which then ends what this allowed under the old ones.
-    ///
-    /// Without topic permissions everything is allowed except other users' inboxes: `@<other>`, and the patterns
-    /// that would include them (`*`, `>`, `@*`). With permissions, they decide (`subscribe.allow = ["@{user}"]`).
+    /// topic, allowed only without restrictions), see [`ConnectionAccess::may_subscribe`]. The permissions are those
+    /// the session last resolved: a reload is taken in by [`Session::revoke_forbidden`], which then ends what this
+    /// allowed under the old ones.
     fn allows(&self, text: &str, pattern: Option<&Pattern>) -> bool {
         match pattern {
-            Some(_) if self.access.is_unrestricted() => {
-                let foreign_inbox = text.starts_with('@') && text != self.inbox;
-                !(foreign_inbox || matches!(text, "*" | ">"))
-            }
-            Some(pattern) => self.access.permissions().can_subscribe(pattern),
+            Some(pattern) => self.access.may_subscribe(text, pattern),
             None => self.access.is_unrestricted(),
         }
     }

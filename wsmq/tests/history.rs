@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 
 use common::process::{Process, free_ports};
-use common::{client, next_frame, publish, start_edges};
+use common::{api, client, next_frame, publish, start_edges};
 use futures_util::SinkExt;
 use tungstenite::Message;
 use wsmq_core::dial::ClientWs;
@@ -260,6 +260,63 @@ async fn history_shows_the_newest_messages_and_refuses_patterns() {
         ServerFrame::Error { .. }
     ));
 
+    edges.stop().await;
+    queue.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_publishers_http_api_reads_history_with_permissions_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, queue_port) = start_queue(dir.path(), 0, StorageKind::Disk, 100).await;
+    let (edges, pub_port, _) = start_edges(dir.path(), queue_port).await;
+    let mut publisher = client(dir.path(), pub_port, PUBLISH_PATH).await;
+    publish_acked(&mut publisher, "news", &contents("h", 1..=3)).await;
+    let mut http = api(dir.path(), pub_port).await;
+
+    let reply = http.get("/v1/history/news?limit=2").await.unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let page = reply.json();
+    assert_eq!(page["latest"], 3);
+    let offsets: Vec<_> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["offset"].as_u64().unwrap(),
+                m["message"]["Content"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(offsets, [(2, "h2".into()), (3, "h3".into())]);
+    let epoch = page["epoch"].as_str().unwrap().to_owned();
+    let resumed = http
+        .get(&format!("/v1/history/news?since=1&epoch={epoch}"))
+        .await
+        .unwrap()
+        .json();
+    assert_eq!(
+        (
+            resumed["recovered"].clone(),
+            resumed["messages"].as_array().map(Vec::len)
+        ),
+        (true.into(), Some(2))
+    );
+
+    // Another user's inbox, a pattern, a bad query, another method.
+    assert_eq!(http.get("/v1/history/%40bob").await.unwrap().status, 403);
+    assert_eq!(http.get("/v1/history/news.*").await.unwrap().status, 400);
+    assert_eq!(
+        http.get("/v1/history/news?since=1").await.unwrap().status,
+        400
+    );
+    assert_eq!(
+        http.post_json("/v1/history/news", &[], "{}")
+            .await
+            .unwrap()
+            .status,
+        405
+    );
     edges.stop().await;
     queue.stop().await.unwrap();
 }

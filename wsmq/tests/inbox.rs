@@ -150,7 +150,11 @@ async fn messages_wait_for_an_offline_user_and_only_acked_ones_are_gone_for_good
     assert_eq!(contents(&again), ["three"]);
     send_to_alice(&mut bob, &["four"]).await;
     let live = next_messages(&mut alice, 1).await;
-    assert_eq!(contents(&live), ["four"], "live once the waiting ones are out");
+    assert_eq!(
+        contents(&live),
+        ["four"],
+        "live once the waiting ones are out"
+    );
     ack(&mut alice, live[0].1).await;
     drop(alice);
 

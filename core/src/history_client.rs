@@ -1,10 +1,14 @@
-//! Reads topic history from msgqueue (`GET /v1/history/<topic>` on its listener, authenticated with the link's
-//! credentials) for clients that resume (`sub <topic> since=…`), read or ack their inbox, or ask for `history`. A few keep-alive
+//! A client of msgqueue's topic history (`/v1/history/<topic>` on its listener, authenticated with the link's
+//! credentials): the subscriber reads it for clients that resume (`sub <topic> since=…`), read or ack their inbox,
+//! or ask for `history`, and the publisher for its HTTP API's `GET /v1/history/<topic>`. A few keep-alive
 //! connections are shared by every session, so 10,000 clients reconnecting at once make as many requests over a
 //! handful of connections rather than 10,000 connections; a request waits for one of them.
 
 use std::time::Duration;
 
+use crate::api_client::{ApiClient, ApiClientError};
+use crate::dial::Dialers;
+use crate::protocol::history::{Epoch, HISTORY_API_PATH, HistoryPage, HistoryQuery, Position};
 use bytes::Bytes;
 use hyper::Method;
 use parking_lot::Mutex;
@@ -12,9 +16,6 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
-use wsmq_core::api_client::{ApiClient, ApiClientError};
-use wsmq_core::dial::Dialers;
-use wsmq_core::protocol::history::{Epoch, HISTORY_API_PATH, HistoryPage, HistoryQuery, Position};
 
 /// msgqueue's answer to an ack.
 #[derive(Deserialize)]
@@ -23,12 +24,15 @@ struct Acked {
     acked: u64,
 }
 
+/// How long a history request may take: a resuming client then goes live without it, an API request gets 503.
+pub const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Connections to msgqueue used for history at most.
 const CONNECTIONS: usize = 4;
 
 /// Why history could not be read.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum HistoryError {
+pub enum HistoryError {
     /// No msgqueue instance could be reached or the exchange failed.
     #[error("msgqueue unreachable")]
     Unreachable(#[source] ApiClientError),
@@ -48,9 +52,9 @@ pub(crate) enum HistoryError {
     Timeout(Duration),
 }
 
-/// The subscriber's client of msgqueue's history route.
+/// A client of msgqueue's history route, shared by every connection of a service.
 #[derive(Debug)]
-pub(crate) struct HistoryClient {
+pub struct HistoryClient {
     dialers: Dialers,
     idle: Mutex<Vec<ApiClient>>,
     permits: Semaphore,
@@ -59,7 +63,7 @@ pub(crate) struct HistoryClient {
 
 impl HistoryClient {
     /// A client of the msgqueue instances of `dialers` (tried in order); each request gets `timeout`.
-    pub(crate) fn new(dialers: Dialers, timeout: Duration) -> Self {
+    pub fn new(dialers: Dialers, timeout: Duration) -> Self {
         Self {
             dialers,
             idle: Mutex::new(Vec::new()),
@@ -69,7 +73,7 @@ impl HistoryClient {
     }
 
     /// One page of `topic`'s history.
-    pub(crate) async fn fetch(
+    pub async fn fetch(
         &self,
         topic: &str,
         query: &HistoryQuery,
@@ -88,7 +92,7 @@ impl HistoryClient {
 
     /// Acks `topic`'s messages up to `offset` in `epoch` (`None`: its current one); returns the topic's ack
     /// afterwards, durable in msgqueue.
-    pub(crate) async fn ack(
+    pub async fn ack(
         &self,
         topic: &str,
         epoch: Option<Epoch>,
