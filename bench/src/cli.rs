@@ -118,6 +118,30 @@ pub enum Scenario {
     /// The publisher's HTTP API: keep-alive HTTP/1.1 connections publishing as fast as they are answered,
     /// deliveries counted by subscribers as in e2e.
     Http(HttpArgs),
+    /// Many clients drop at once, messages are published, and they all come back resuming from their last
+    /// offset: time until every client recovered exactly what it missed.
+    Resume(ResumeArgs),
+}
+
+/// `resume` flags.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ResumeArgs {
+    /// Clients (subscriber connections) that drop and resume (at most ~19,000 per process).
+    #[arg(long, short = 'c', default_value_t = 10_000)]
+    pub clients: usize,
+
+    /// Topics; client `i` follows topic `i % T`.
+    #[arg(long, short = 't', default_value_t = 100)]
+    pub topics: usize,
+
+    /// Messages published to every topic while the clients are away (each client recovers this many; keep it
+    /// within msgqueue's `--history-size`).
+    #[arg(long, short = 'm', default_value_t = 100)]
+    pub missed: u64,
+
+    /// Spread client connections over source addresses 127.0.0.1 ..= 127.0.0.K (0: let the OS choose).
+    #[arg(long, default_value_t = 0)]
+    pub source_ips: u8,
 }
 
 /// `http` flags.

@@ -7,6 +7,7 @@ pub mod e2e;
 pub mod fanout;
 pub mod http;
 pub mod queue;
+pub mod resume;
 pub mod scaleout;
 
 use std::future::Future;
@@ -68,6 +69,7 @@ async fn run_once(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::Chaos(args) => chaos::run(ctx, args).await,
         Scenario::Scaleout(args) => scaleout::run(ctx, args).await,
         Scenario::Http(args) => http::run(ctx, args).await,
+        Scenario::Resume(args) => resume::run(ctx, args).await,
     }
 }
 
