@@ -217,6 +217,8 @@ impl Tally {
             | Event::Message { .. }
             | Event::Subscribed(_)
             | Event::Unsubscribed(_)
+            | Event::Resumed(_)
+            | Event::History { .. }
             | Event::SubscriptionRefused { .. }
             | Event::SubscriptionEnded { .. } => false,
         }
