@@ -19,7 +19,7 @@ use wsmq_core::tls;
 /// A demo client for wsmq: publish messages, subscribe to topics and watch them arrive.
 ///
 /// Without a subcommand it starts an interactive prompt: `TOPIC MESSAGE` publishes, `sub TOPIC` and
-/// `unsub TOPIC` manage subscriptions, `exit` quits.
+/// `unsub TOPIC` manage subscriptions, `history TOPIC` lists its newest messages, `exit` quits.
 #[derive(Debug, clap::Parser)]
 #[command(name = "clientdemo", version)]
 pub(crate) struct Cli {
