@@ -614,11 +614,22 @@ impl ServiceClient for SubscriberClient {
                 }
             }
             Some(ServerFrame::Unsubscribed(topic)) => Event::Unsubscribed(topic),
+            Some(ServerFrame::SubscriptionRefused { topic, reason })
+                if !self.topics.contains(&topic)
+                    && self.histories.iter().any(|(t, _)| *t == topic) =>
+            {
+                // The same refusal answers a `history` the permissions do not allow.
+                self.history_settled(Some(&topic));
+                Event::Refused {
+                    service: Self::SERVICE,
+                    id: None,
+                    message: format!("history {topic} refused: {reason}"),
+                }
+            }
             Some(ServerFrame::SubscriptionRefused { topic, reason }) => {
                 // Subscribing again after a reconnect would only be refused again.
                 self.topics.remove(&topic);
                 self.positions.remove(&topic);
-                self.history_settled(Some(&topic));
                 Event::SubscriptionRefused { topic, reason }
             }
             Some(ServerFrame::SubscriptionEnded { topic, reason }) => {
@@ -980,7 +991,8 @@ mod tests {
     }
 
     #[test]
-    fn history_requests_are_outstanding_until_answered_and_sent_again_after_a_reconnect() {
+    fn history_requests_are_outstanding_until_answered_or_refused_and_sent_again_after_a_reconnect()
+    {
         let mut client = SubscriberClient::default();
         client.command(
             Subscription::History {
@@ -995,6 +1007,19 @@ mod tests {
             r#"{"history":"t","epoch":"00000000000000ab","latest":5,"messages":[{"Topic":"t","Content":"m5","Offset":5,"Epoch":"00000000000000ab"}]}"#,
         );
         assert!(client.is_idle());
+        client.command(
+            Subscription::History {
+                topic: "secret".into(),
+                limit: 1,
+            },
+            true,
+        );
+        let refused = client.frame(r#"{"error":"forbidden","topic":"secret"}"#);
+        assert!(client.is_idle(), "a refused history is answered");
+        assert!(
+            matches!(&refused[..], [Event::Refused { message, .. }] if message == "history secret refused: forbidden"),
+            "{refused:?}"
+        );
         assert_eq!(
             events,
             [Event::History {

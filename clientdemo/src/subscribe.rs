@@ -177,9 +177,6 @@ pub(crate) async fn history(
                     }
                     answered = true;
                 }
-                Event::SubscriptionRefused { topic, reason } => {
-                    eprintln!("error: history {topic} refused: {reason}");
-                }
                 event => report(event),
             }
         }
@@ -245,5 +242,44 @@ fn report(event: Event) {
         | Event::Ack { .. }
         | Event::Lost { .. }
         | Event::NotSent { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics(list: &[&str]) -> Vec<String> {
+        list.iter().map(|t| (*t).to_owned()).collect()
+    }
+
+    #[test]
+    fn since_needs_its_epoch_and_exact_topics_except_zero() {
+        let news = topics(&["news", "sport"]);
+        assert_eq!(start_position(&news, None, None).unwrap(), None);
+        assert_eq!(
+            start_position(&news, Some(0), None).unwrap(),
+            Some(Position {
+                epoch: Epoch(0),
+                offset: 0
+            })
+        );
+        assert_eq!(
+            start_position(&news, Some(4), Some(Epoch(7))).unwrap(),
+            Some(Position {
+                epoch: Epoch(7),
+                offset: 4
+            })
+        );
+        let missing_epoch = start_position(&news, Some(4), None).unwrap_err();
+        assert!(
+            missing_epoch.to_string().contains("--epoch"),
+            "{missing_epoch}"
+        );
+        let pattern = start_position(&topics(&["news", "news.*"]), Some(0), None).unwrap_err();
+        assert!(
+            pattern.to_string().contains("\"news.*\" is a pattern"),
+            "{pattern}"
+        );
     }
 }
