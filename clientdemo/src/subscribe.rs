@@ -55,7 +55,7 @@ pub(crate) fn start_position(
         ),
     };
     if let Some(topic) = topics.iter().find(|topic| !link::resumable(topic)) {
-        anyhow::bail!("--since needs exact topics; {topic:?} is a pattern");
+        anyhow::bail!("--since needs exact topics; {topic:?} is not one (a pattern?)");
     }
     Ok(Some(position))
 }
@@ -278,7 +278,7 @@ mod tests {
         );
         let pattern = start_position(&topics(&["news", "news.*"]), Some(0), None).unwrap_err();
         assert!(
-            pattern.to_string().contains("\"news.*\" is a pattern"),
+            pattern.to_string().contains("\"news.*\" is not one"),
             "{pattern}"
         );
     }
