@@ -12,12 +12,14 @@ use wsmq_core::auth::Credentials;
 use wsmq_core::dial::Dialer;
 use wsmq_core::limits::{Limits, parse_duration};
 use wsmq_core::protocol::SUBPROTOCOL_V1;
+use wsmq_core::protocol::client::DEFAULT_HISTORY_LIMIT;
+use wsmq_core::protocol::history::Epoch;
 use wsmq_core::tls;
 
 /// A demo client for wsmq: publish messages, subscribe to topics and watch them arrive.
 ///
 /// Without a subcommand it starts an interactive prompt: `TOPIC MESSAGE` publishes, `sub TOPIC` and
-/// `unsub TOPIC` manage subscriptions, `exit` quits.
+/// `unsub TOPIC` manage subscriptions, `history TOPIC` lists its newest messages, `exit` quits.
 #[derive(Debug, clap::Parser)]
 #[command(name = "clientdemo", version)]
 pub(crate) struct Cli {
@@ -45,7 +47,8 @@ pub(crate) enum Command {
         timeout: Duration,
     },
     /// Subscribe to TOPIC(s) and print every message as one JSON object per line:
-    /// `{"Topic":"...","Content":"..."}`.
+    /// `{"Topic":"...","Content":"...","Offset":N,"Epoch":"..."}`. After a reconnect each exact topic resumes
+    /// after the last message printed.
     Subscribe {
         /// The topics to subscribe to.
         #[arg(required = true)]
@@ -53,6 +56,24 @@ pub(crate) enum Command {
         /// Exit after this many messages.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+        /// Resume after this offset (the `Offset` of the last message you have; 0: the whole retained history).
+        /// Exact topics only.
+        #[arg(long, value_name = "N")]
+        since: Option<u64>,
+        /// The epoch of the `--since` offset (the `Epoch` printed with it).
+        #[arg(long, value_name = "EPOCH", requires = "since")]
+        epoch: Option<Epoch>,
+    },
+    /// Print the newest retained messages of TOPIC, oldest first, one JSON object per line with its `Offset`.
+    History {
+        /// The topic (exact).
+        topic: String,
+        /// How many messages, at most.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_HISTORY_LIMIT)]
+        limit: usize,
+        /// How long to wait for the answer (e.g. `500ms`, `10s`).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
     },
 }
 

@@ -1,5 +1,6 @@
 //! The interactive prompt (ws-go's client, with line editing): `TOPIC MESSAGE` publishes, `sub TOPIC` /
-//! `unsub TOPIC` manage subscriptions, `exit` quits.
+//! `unsub TOPIC` manage subscriptions (`sub TOPIC since=N epoch=E` resumes), `history TOPIC` shows what a topic
+//! retains, `exit` quits. After a reconnect every exact topic resumes after its last message shown.
 //!
 //! Three parts run side by side: the line editor on a blocking thread (rustyline reads the terminal
 //! synchronously), one reconnecting link per service, and a printer thread that shows the links' events. On a
@@ -21,6 +22,7 @@ use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use wsmq_core::protocol::client::Command;
 use wsmq_core::protocol::envelope::validate_topic;
 
 use crate::cli::Dialers;
@@ -33,7 +35,8 @@ const HISTORY_FILE: &str = "clientdemo_history";
 /// How long `exit` waits for acks of messages still in flight before giving up on them.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Shown for `help` and for unparseable lines.
-const HELP: &str = "commands: TOPIC MESSAGE (publish) | sub TOPIC | unsub TOPIC | help | exit";
+const HELP: &str = "commands: TOPIC MESSAGE (publish) | sub TOPIC [since=N epoch=E] | unsub TOPIC | \
+                    history TOPIC [limit=N] | ack @INBOX OFFSET | help | exit";
 
 /// Runs the prompt until `exit`, end of input or Ctrl-C, then closes both connections, waiting up to
 /// [`EXIT_GRACE`] for outstanding acks.
@@ -145,7 +148,33 @@ fn describe(event: &Event) -> String {
         Event::Unreachable { service, reason } => {
             format!("{service} unreachable ({reason}); retrying")
         }
-        Event::Message { topic, content } => format!("<[{topic}] {content}"),
+        Event::Message {
+            topic,
+            content,
+            position: None,
+        } => format!("<[{topic}] {content}"),
+        Event::Message {
+            topic,
+            content,
+            position: Some(position),
+        } => format!("<[{topic} #{}] {content}", position.offset),
+        Event::Resumed(resume) => resume.to_string(),
+        Event::Acked { topic, offset } => format!("acked {topic} up to #{offset}"),
+        Event::History {
+            topic,
+            latest,
+            messages,
+        } => {
+            let mut text = format!(
+                "history {topic}: {} message(s), newest offset {latest}",
+                messages.len()
+            );
+            for (content, position) in messages {
+                let offset = position.map_or_else(|| "?".to_owned(), |p| p.offset.to_string());
+                text.push_str(&format!("\n  #{offset} {content}"));
+            }
+            text
+        }
         Event::Ack { id } => format!("ack {id}"),
         Event::Refused {
             id: Some(id),
@@ -183,10 +212,8 @@ enum Line<'a> {
         /// The rest of the line.
         content: &'a str,
     },
-    /// `sub TOPIC`.
-    Subscribe(&'a str),
-    /// `unsub TOPIC`.
-    Unsubscribe(&'a str),
+    /// `sub`, `unsub` or `history`, as the subscriber link takes it.
+    Subscription(Subscription),
     /// `help`.
     Help,
     /// `exit` or `quit`.
@@ -202,18 +229,52 @@ fn parse_line(line: &str) -> Result<Line<'_>, String> {
         Some((word, rest)) => (word, rest.trim_start()),
         None => (line, ""),
     };
-    let checked = |topic: &str| -> Result<(), String> {
-        validate_topic(topic).map_err(|err| format!("invalid topic {topic:?}: {err}"))
-    };
     match (word, rest) {
         ("", _) => Ok(Line::Empty),
         ("exit" | "quit", "") => Ok(Line::Exit),
         ("help", "") => Ok(Line::Help),
-        ("sub", topic) => checked(topic).map(|()| Line::Subscribe(topic)),
-        ("unsub", topic) => checked(topic).map(|()| Line::Unsubscribe(topic)),
+        ("sub" | "unsub" | "history" | "ack", _) => subscription(line).map(Line::Subscription),
         (_, "") => Err(format!("no message after {word:?}; {HELP}")),
-        (topic, content) => checked(topic).map(|()| Line::Publish { topic, content }),
+        (topic, content) => validate_topic(topic)
+            .map(|()| Line::Publish { topic, content })
+            .map_err(|err| format!("invalid topic {topic:?}: {err}")),
     }
+}
+
+/// Reads a `sub`/`unsub`/`history` line with the subscriber's own command syntax (`since=`, `epoch=`,
+/// `limit=`), refusing here what the subscriber would refuse: resuming or asking the history of a pattern.
+fn subscription(line: &str) -> Result<Subscription, String> {
+    let words = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    let command = Command::parse(&words).map_err(|err| match err {
+        wsmq_core::protocol::client::CommandError::Unknown => format!("no topic; {HELP}"),
+        err => err.to_string(),
+    })?;
+    let exact = |topic: &str| {
+        if link::resumable(topic) {
+            Ok(topic.to_owned())
+        } else {
+            Err(format!("{topic:?} is not one exact topic"))
+        }
+    };
+    Ok(match command {
+        Command::Subscribe(topic) => Subscription::Subscribe {
+            topic: topic.into_owned(),
+            since: None,
+        },
+        Command::Resume { topic, since } => Subscription::Subscribe {
+            topic: exact(&topic)?,
+            since: Some(since),
+        },
+        Command::Unsubscribe(topic) => Subscription::Unsubscribe(topic.into_owned()),
+        Command::History { topic, limit } => Subscription::History {
+            topic: exact(&topic)?,
+            limit,
+        },
+        Command::Ack { topic, offset, .. } => Subscription::Ack {
+            topic: topic.into_owned(),
+            offset,
+        },
+    })
 }
 
 /// The reading side: turns lines into link commands.
@@ -264,10 +325,7 @@ impl Prompt {
                     println!("error: {id}: not sent, too many messages waiting for the publisher");
                 }
             }
-            Line::Subscribe(topic) => self.subscription(Subscription::Subscribe(topic.to_owned())),
-            Line::Unsubscribe(topic) => {
-                self.subscription(Subscription::Unsubscribe(topic.to_owned()));
-            }
+            Line::Subscription(command) => self.subscription(command),
             Line::Help => println!("{HELP}"),
             Line::Exit | Line::Empty => {}
         }
@@ -283,6 +341,7 @@ impl Prompt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wsmq_core::protocol::history::Position;
 
     #[test]
     fn lines_parse_into_publish_subscribe_and_control_commands() {
@@ -293,8 +352,17 @@ mod tests {
                 content: "hello  world"
             })
         );
-        assert_eq!(parse_line(" sub news "), Ok(Line::Subscribe("news")));
-        assert_eq!(parse_line("unsub news"), Ok(Line::Unsubscribe("news")));
+        assert_eq!(
+            parse_line(" sub news "),
+            Ok(Line::Subscription(Subscription::Subscribe {
+                topic: "news".into(),
+                since: None
+            }))
+        );
+        assert_eq!(
+            parse_line("unsub news"),
+            Ok(Line::Subscription(Subscription::Unsubscribe("news".into())))
+        );
         assert_eq!(parse_line("exit"), Ok(Line::Exit));
         assert_eq!(parse_line("quit"), Ok(Line::Exit));
         assert_eq!(parse_line("help"), Ok(Line::Help));
@@ -302,8 +370,54 @@ mod tests {
     }
 
     #[test]
+    fn resume_and_history_lines_take_the_subscribers_options() {
+        assert_eq!(
+            parse_line("sub  news since=7 epoch=ab"),
+            Ok(Line::Subscription(Subscription::Subscribe {
+                topic: "news".into(),
+                since: Some(Position {
+                    epoch: wsmq_core::protocol::history::Epoch(0xab),
+                    offset: 7
+                })
+            }))
+        );
+        assert_eq!(
+            parse_line("history news limit=3"),
+            Ok(Line::Subscription(Subscription::History {
+                topic: "news".into(),
+                limit: 3
+            }))
+        );
+        assert_eq!(
+            parse_line("history news"),
+            Ok(Line::Subscription(Subscription::History {
+                topic: "news".into(),
+                limit: wsmq_core::protocol::client::DEFAULT_HISTORY_LIMIT
+            }))
+        );
+        assert_eq!(
+            parse_line("ack @me 12"),
+            Ok(Line::Subscription(Subscription::Ack {
+                topic: "@me".into(),
+                offset: 12
+            }))
+        );
+        assert!(parse_line("ack news 12").is_err(), "only inboxes are acked");
+    }
+
+    #[test]
     fn bad_lines_are_explained() {
-        for line in ["news", "sub", "sub a b", "unsub"] {
+        for line in [
+            "news",
+            "sub",
+            "sub a b",
+            "unsub",
+            "history",
+            "sub news since=3",
+            "sub news.* since=0",
+            "history news.*",
+            "history news limit=0",
+        ] {
             assert!(parse_line(line).is_err(), "{line:?} accepted");
         }
     }
@@ -313,8 +427,18 @@ mod tests {
         let message = Event::Message {
             topic: "news".into(),
             content: "hi".into(),
+            position: None,
         };
         assert_eq!(describe(&message), "<[news] hi");
+        let positioned = Event::Message {
+            topic: "news".into(),
+            content: "hi".into(),
+            position: Some(Position {
+                epoch: wsmq_core::protocol::history::Epoch(1),
+                offset: 5,
+            }),
+        };
+        assert_eq!(describe(&positioned), "<[news #5] hi");
         assert_eq!(describe(&Event::Ack { id: "m-3".into() }), "ack m-3");
         let refused = Event::Refused {
             service: link::Service::Publisher,

@@ -6,7 +6,7 @@
 //! reconnects, replaying what the new connection needs (subscriptions, unsent messages). It ends when its command
 //! channel closes and nothing is outstanding, or at once when `stop` is cancelled.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -21,7 +21,9 @@ use wsmq_core::dial::{ClientWs, DialError, Dialer};
 use wsmq_core::limits::Limits;
 use wsmq_core::link::{self as reconnecting, ConnectError, Flow, Start};
 use wsmq_core::protocol::client::ServerFrame;
+use wsmq_core::protocol::history::{Epoch, Position};
 use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
+use wsmq_core::topic::{self, Compat};
 use wsmq_core::ws::{self, Outbox, Reader};
 
 /// Events queued from the links to the consumer that shows them; a full queue makes the links wait, and so stop
@@ -89,6 +91,8 @@ pub(crate) enum Event {
         topic: String,
         /// Its content.
         content: String,
+        /// Its place in the topic's history, when the topic keeps one.
+        position: Option<Position>,
     },
     /// The publisher confirmed the message with this id is durably stored.
     Ack {
@@ -108,6 +112,25 @@ pub(crate) enum Event {
     Subscribed(String),
     /// The subscriber confirmed an unsubscription.
     Unsubscribed(String),
+    /// The subscriber confirmed a resumed subscription (`sub … since=…`, sent for `--since` and after every
+    /// reconnect): the recovered messages follow as [`Event::Message`]s.
+    Resumed(Resume),
+    /// The subscriber confirmed an inbox ack: its messages up to `offset` are removed.
+    Acked {
+        /// The inbox.
+        topic: String,
+        /// The newest offset acked.
+        offset: u64,
+    },
+    /// The subscriber answered a `history` request.
+    History {
+        /// The topic.
+        topic: String,
+        /// The topic's newest offset.
+        latest: u64,
+        /// The newest retained messages, oldest first, as (content, position).
+        messages: Vec<(String, Option<Position>)>,
+    },
     /// The subscriber refused a subscription (e.g. `forbidden` by the client's permissions); it is not retried.
     SubscriptionRefused {
         /// The topic or pattern of the refused `sub`.
@@ -152,13 +175,103 @@ pub(crate) struct Publication {
     pub(crate) content: String,
 }
 
-/// A subscription change.
+/// The outcome of a resumed subscription, as the subscriber confirmed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resume {
+    /// The topic.
+    pub(crate) topic: String,
+    /// The last message the client had (offset 0: none).
+    pub(crate) since: Position,
+    /// The topic's epoch now.
+    pub(crate) epoch: Epoch,
+    /// The topic's newest offset when it was resumed: after the recovered messages the client is there.
+    pub(crate) offset: u64,
+    /// Whether the messages that follow are everything the client missed.
+    pub(crate) recovered: bool,
+    /// Why not, when `recovered` is false (`expired`, `epoch_changed`, `ahead`, `unavailable`).
+    pub(crate) reason: Option<String>,
+}
+
+impl Resume {
+    /// How many missed messages follow, when that is known: all of them (recovered) after a real offset.
+    pub(crate) fn recovered_count(&self) -> Option<u64> {
+        (self.recovered && self.since.offset > 0)
+            .then(|| self.offset.saturating_sub(self.since.offset))
+    }
+}
+
+impl fmt::Display for Resume {
+    /// One line for the user: what was recovered, or that messages were missed and why.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Resume { topic, offset, .. } = self;
+        if let Some(count) = self.recovered_count() {
+            let after = self.since.offset;
+            return write!(
+                f,
+                "resumed {topic} after offset {after}: recovered {count} missed message(s)"
+            );
+        }
+        if self.recovered {
+            return write!(
+                f,
+                "subscribed {topic} from its retained history (newest offset {offset})"
+            );
+        }
+        let reason = self.reason.as_deref().unwrap_or("unknown");
+        let why = match reason {
+            "expired" => "they are no longer retained; what is follows",
+            "epoch_changed" => "the topic's history was lost; what it holds now follows",
+            "ahead" => "the offset is beyond the topic's newest message",
+            "unavailable" => "the history could not be read; live messages follow",
+            _ => "the subscriber did not say why",
+        };
+        write!(f, "resumed {topic}: messages missed ({reason}: {why})")
+    }
+}
+
+/// A request to the subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Subscription {
-    /// Start receiving the topic.
-    Subscribe(String),
+    /// Start receiving the topic; with `since`, first the retained messages after that position (offset 0: all
+    /// of them).
+    Subscribe {
+        /// The topic or pattern (`since` needs an [exact](resumable) topic).
+        topic: String,
+        /// Where to resume from.
+        since: Option<Position>,
+    },
     /// Stop receiving the topic.
     Unsubscribe(String),
+    /// Ask for the newest `limit` retained messages of the topic, once.
+    History {
+        /// The exact topic.
+        topic: String,
+        /// Most messages.
+        limit: usize,
+    },
+    /// Ack the user's inbox up to `offset` (its messages are then removed for good).
+    Ack {
+        /// The inbox, `@<user>`.
+        topic: String,
+        /// The newest offset handled.
+        offset: u64,
+    },
+}
+
+/// Whether `topic` names one exact topic whose position can be resumed (not a pattern, not a legacy ws-go topic
+/// outside the token rules), as the subscriber requires for `sub … since=` and `history`.
+pub(crate) fn resumable(topic: &str) -> bool {
+    matches!(topic::subscribed(topic), Ok(Compat::Strict(pattern)) if pattern.is_exact())
+}
+
+/// The `sub` frame for `topic`, resuming after `since` when given.
+fn sub_frame(topic: &str, since: Option<Position>) -> Message {
+    let text = match since {
+        None => format!("sub {topic}"),
+        Some(Position { offset: 0, .. }) => format!("sub {topic} since=0"),
+        Some(Position { epoch, offset }) => format!("sub {topic} since={offset} epoch={epoch}"),
+    };
+    Message::Text(text.into())
 }
 
 /// Whether a failed first dial is worth retrying: wrong credentials, an untrusted certificate, a wrong URL or
@@ -327,17 +440,89 @@ impl ServiceClient for PublisherClient {
     }
 }
 
-/// Subscriber side: the topics to (re)subscribe on every connection.
+/// Subscriber side: the topics to (re)subscribe on every connection, where each exact topic is (so a reconnect
+/// resumes it instead of missing what was published meanwhile), and the history requests awaiting their answer.
 #[derive(Debug, Default)]
 pub(crate) struct SubscriberClient {
     topics: BTreeSet<String>,
+    /// The position of the last message received per exact subscribed topic (or the one to resume from first).
+    positions: HashMap<String, Position>,
+    /// History requests sent (or to send) and not answered yet, oldest first; sent again after a reconnect.
+    histories: VecDeque<(String, usize)>,
 }
 
 impl SubscriberClient {
-    /// A subscriber link that subscribes to `topics` as soon as it connects.
-    pub(crate) fn new(topics: impl IntoIterator<Item = String>) -> Self {
+    /// A subscriber link that subscribes to `topics` as soon as it connects, resuming each after `since` when
+    /// given (only exact topics can resume; the caller checks).
+    pub(crate) fn new(topics: impl IntoIterator<Item = String>, since: Option<Position>) -> Self {
+        let topics: BTreeSet<String> = topics.into_iter().collect();
+        let positions = since
+            .map(|since| topics.iter().map(|t| (t.clone(), since)).collect())
+            .unwrap_or_default();
         Self {
-            topics: topics.into_iter().collect(),
+            topics,
+            positions,
+            histories: VecDeque::new(),
+        }
+    }
+
+    /// The `sub` frame that (re)subscribes `topic`: resuming from its last position when it has one.
+    fn subscribe_frame(&self, topic: &str) -> Message {
+        let since = self
+            .positions
+            .get(topic)
+            .copied()
+            .filter(|_| resumable(topic));
+        sub_frame(topic, since)
+    }
+
+    /// Remembers where an exact subscribed topic is; never moves back within an epoch (a redelivery).
+    fn advance(&mut self, topic: &str, position: Position) {
+        if !self.topics.contains(topic) {
+            return;
+        }
+        match self.positions.get_mut(topic) {
+            Some(known) if known.epoch == position.epoch && known.offset >= position.offset => {}
+            Some(known) => *known = position,
+            None => {
+                self.positions.insert(topic.to_owned(), position);
+            }
+        }
+    }
+
+    /// Takes in a resume's outcome. When nothing from the old position will follow, the position moves to where
+    /// the topic is, so the next reconnect does not report the same loss again: an offset `ahead` of the topic
+    /// moves to its newest offset; after an epoch change the client holds nothing of the new epoch (offset 0).
+    fn resumed(&mut self, resume: &Resume) {
+        let now = match resume.reason.as_deref() {
+            Some("ahead") => resume.offset,
+            Some("epoch_changed") => 0,
+            _ => return,
+        };
+        if let Some(known) = self.positions.get_mut(&resume.topic) {
+            *known = Position {
+                epoch: resume.epoch,
+                offset: now,
+            };
+        }
+    }
+
+    /// The frame asking for a topic's history.
+    fn history_frame(topic: &str, limit: usize) -> Message {
+        Message::Text(format!("history {topic} limit={limit}").into())
+    }
+
+    /// A history request was answered or refused: it is no longer outstanding.
+    fn history_settled(&mut self, topic: Option<&str>) {
+        match topic {
+            Some(topic) => {
+                if let Some(index) = self.histories.iter().position(|(t, _)| t == topic) {
+                    self.histories.remove(index);
+                }
+            }
+            None => {
+                self.histories.pop_front();
+            }
         }
     }
 }
@@ -348,53 +533,139 @@ impl ServiceClient for SubscriberClient {
     const PATH: &'static str = SUBSCRIBE_PATH;
 
     fn command(&mut self, command: Subscription, online: bool) -> Option<Message> {
-        let text = match command {
-            Subscription::Subscribe(topic) => {
-                let text = format!("sub {topic}");
+        let frame = match command {
+            Subscription::Subscribe { topic, since } => {
+                let frame = sub_frame(&topic, since);
+                if let Some(since) = since {
+                    self.positions.insert(topic.clone(), since);
+                }
                 self.topics.insert(topic);
-                text
+                frame
             }
             Subscription::Unsubscribe(topic) => {
-                let text = format!("unsub {topic}");
+                let frame = Message::Text(format!("unsub {topic}").into());
+                self.positions.remove(&topic);
                 self.topics.remove(&topic);
-                text
+                frame
+            }
+            Subscription::History { topic, limit } => {
+                let frame = Self::history_frame(&topic, limit);
+                self.histories.push_back((topic, limit));
+                frame
+            }
+            Subscription::Ack { topic, offset } => {
+                Message::Text(format!("ack {topic} {offset}").into())
             }
         };
-        online.then(|| Message::Text(text.into()))
+        online.then_some(frame)
     }
 
     fn connected(&mut self) -> Vec<Message> {
-        self.topics
+        let subscriptions = self.topics.iter().map(|topic| self.subscribe_frame(topic));
+        let histories = self
+            .histories
             .iter()
-            .map(|topic| Message::Text(format!("sub {topic}").into()))
-            .collect()
+            .map(|(topic, limit)| Self::history_frame(topic, *limit));
+        subscriptions.chain(histories).collect()
     }
 
     fn frame(&mut self, text: &str) -> Vec<Event> {
         let event = match ServerFrame::parse(text) {
-            Some(ServerFrame::Message { topic, content, .. }) => Event::Message { topic, content },
-            Some(ServerFrame::Subscribed(topic) | ServerFrame::Resumed { topic, .. }) => {
-                Event::Subscribed(topic)
+            Some(ServerFrame::Message {
+                topic,
+                content,
+                position,
+            }) => {
+                if let Some(position) = position {
+                    self.advance(&topic, position);
+                }
+                Event::Message {
+                    topic,
+                    content,
+                    position,
+                }
+            }
+            Some(ServerFrame::Subscribed(topic)) => Event::Subscribed(topic),
+            Some(ServerFrame::Resumed {
+                topic,
+                epoch,
+                offset,
+                recovered,
+                reason,
+            }) => {
+                let since = self.positions.get(&topic).copied().unwrap_or(Position {
+                    epoch: Epoch(0),
+                    offset: 0,
+                });
+                let resume = Resume {
+                    topic,
+                    since,
+                    epoch,
+                    offset,
+                    recovered,
+                    reason,
+                };
+                self.resumed(&resume);
+                Event::Resumed(resume)
+            }
+            Some(ServerFrame::History {
+                topic,
+                latest,
+                messages,
+                ..
+            }) => {
+                self.history_settled(Some(&topic));
+                let messages = messages
+                    .into_iter()
+                    .filter_map(|message| match message {
+                        ServerFrame::Message {
+                            content, position, ..
+                        } => Some((content, position)),
+                        _ => None,
+                    })
+                    .collect();
+                Event::History {
+                    topic,
+                    latest,
+                    messages,
+                }
             }
             Some(ServerFrame::Unsubscribed(topic)) => Event::Unsubscribed(topic),
+            Some(ServerFrame::SubscriptionRefused { topic, reason })
+                if !self.topics.contains(&topic)
+                    && self.histories.iter().any(|(t, _)| *t == topic) =>
+            {
+                // The same refusal answers a `history` the permissions do not allow.
+                self.history_settled(Some(&topic));
+                Event::Refused {
+                    service: Self::SERVICE,
+                    id: None,
+                    message: format!("history {topic} refused: {reason}"),
+                }
+            }
             Some(ServerFrame::SubscriptionRefused { topic, reason }) => {
                 // Subscribing again after a reconnect would only be refused again.
                 self.topics.remove(&topic);
+                self.positions.remove(&topic);
                 Event::SubscriptionRefused { topic, reason }
             }
             Some(ServerFrame::SubscriptionEnded { topic, reason }) => {
                 self.topics.remove(&topic);
+                self.positions.remove(&topic);
                 Event::SubscriptionEnded { topic, reason }
             }
-            Some(ServerFrame::Error { message, id }) => Event::Refused {
-                service: Self::SERVICE,
-                id: id.map(|id| decode_id(&id)),
-                message,
-            },
-            Some(
-                ServerFrame::Ack { .. } | ServerFrame::History { .. } | ServerFrame::Acked { .. },
-            )
-            | None => Event::Unexpected {
+            Some(ServerFrame::Error { message, id }) => {
+                // Errors name no command; the subscriber answers in order, and every command this client sends
+                // is checked first, so an error while a history request is outstanding is taken as its answer.
+                self.history_settled(None);
+                Event::Refused {
+                    service: Self::SERVICE,
+                    id: id.map(|id| decode_id(&id)),
+                    message,
+                }
+            }
+            Some(ServerFrame::Acked { topic, offset }) => Event::Acked { topic, offset },
+            Some(ServerFrame::Ack { .. }) | None => Event::Unexpected {
                 service: Self::SERVICE,
                 frame: text.to_owned(),
             },
@@ -411,11 +682,11 @@ impl ServiceClient for SubscriberClient {
     }
 
     fn can_take_command(&self) -> bool {
-        true
+        self.histories.len() < MAX_IN_FLIGHT
     }
 
     fn is_idle(&self) -> bool {
-        true
+        self.histories.is_empty()
     }
 }
 
@@ -618,5 +889,168 @@ impl<C: ServiceClient> ServiceLink<C> {
     /// Hands an event to the consumer; `false` when nobody listens any more.
     async fn emit(&self, event: Event) -> bool {
         self.events.send(event).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EPOCH: Epoch = Epoch(0xab);
+
+    fn texts(frames: Vec<Message>) -> Vec<String> {
+        frames
+            .into_iter()
+            .map(|frame| frame.into_text().map(|t| t.to_string()).unwrap_or_default())
+            .collect()
+    }
+
+    fn delivered(client: &mut SubscriberClient, topic: &str, offset: u64) {
+        let frame = format!(
+            r#"{{"Topic":"{topic}","Content":"m{offset}","Offset":{offset},"Epoch":"{EPOCH}"}}"#
+        );
+        client.frame(&frame);
+    }
+
+    #[test]
+    fn a_reconnect_resumes_exact_topics_after_their_last_message_and_patterns_plainly() {
+        let mut client = SubscriberClient::new(["news".to_owned(), "news.*".to_owned()], None);
+        assert_eq!(texts(client.connected()), ["sub news", "sub news.*"]);
+        delivered(&mut client, "news", 4);
+        delivered(&mut client, "news", 5);
+        delivered(&mut client, "news.sport", 9);
+        // A redelivered older message does not move the position back.
+        delivered(&mut client, "news", 3);
+        assert_eq!(
+            texts(client.connected()),
+            [
+                "sub news since=5 epoch=00000000000000ab".to_owned(),
+                "sub news.*".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn since_applies_to_the_first_subscription_and_zero_asks_for_everything_retained() {
+        let start = Position {
+            epoch: Epoch(0),
+            offset: 0,
+        };
+        let mut client = SubscriberClient::new(["a".to_owned()], Some(start));
+        assert_eq!(texts(client.connected()), ["sub a since=0"]);
+        let frame = client.command(
+            Subscription::Subscribe {
+                topic: "b".into(),
+                since: Some(Position {
+                    epoch: EPOCH,
+                    offset: 2,
+                }),
+            },
+            true,
+        );
+        assert_eq!(
+            texts(frame.into_iter().collect()),
+            ["sub b since=2 epoch=00000000000000ab"]
+        );
+        client.command(Subscription::Unsubscribe("b".into()), true);
+        client.command(
+            Subscription::Subscribe {
+                topic: "b".into(),
+                since: None,
+            },
+            true,
+        );
+        assert_eq!(
+            texts(client.connected()),
+            ["sub a since=0", "sub b"],
+            "an unsubscribed topic forgets its position"
+        );
+    }
+
+    #[test]
+    fn a_lost_history_or_a_foreign_offset_is_reported_once_not_on_every_reconnect() {
+        let mut client = SubscriberClient::new(["t".to_owned()], None);
+        delivered(&mut client, "t", 6);
+        let events = client.frame(
+            r#"{"subscribed":"t","recovered":false,"epoch":"00000000000000cd","offset":1,"reason":"epoch_changed"}"#,
+        );
+        let [Event::Resumed(resume)] = events.as_slice() else {
+            panic!("{events:?}");
+        };
+        assert_eq!(resume.since.offset, 6);
+        assert!(
+            resume
+                .to_string()
+                .contains("messages missed (epoch_changed")
+        );
+        assert_eq!(texts(client.connected()), ["sub t since=0"]);
+
+        client.frame(r#"{"subscribed":"t","recovered":false,"epoch":"00000000000000cd","offset":1,"reason":"ahead"}"#);
+        assert_eq!(
+            texts(client.connected()),
+            ["sub t since=1 epoch=00000000000000cd"]
+        );
+    }
+
+    #[test]
+    fn a_recovered_resume_counts_what_it_brings_back() {
+        let mut client = SubscriberClient::new(["t".to_owned()], None);
+        delivered(&mut client, "t", 3);
+        let events = client
+            .frame(r#"{"subscribed":"t","recovered":true,"epoch":"00000000000000ab","offset":6}"#);
+        let [Event::Resumed(resume)] = events.as_slice() else {
+            panic!("{events:?}");
+        };
+        assert_eq!(resume.recovered_count(), Some(3));
+        assert_eq!(
+            resume.to_string(),
+            "resumed t after offset 3: recovered 3 missed message(s)"
+        );
+    }
+
+    #[test]
+    fn history_requests_are_outstanding_until_answered_or_refused_and_sent_again_after_a_reconnect()
+    {
+        let mut client = SubscriberClient::default();
+        client.command(
+            Subscription::History {
+                topic: "t".into(),
+                limit: 2,
+            },
+            false,
+        );
+        assert!(!client.is_idle());
+        assert_eq!(texts(client.connected()), ["history t limit=2"]);
+        let events = client.frame(
+            r#"{"history":"t","epoch":"00000000000000ab","latest":5,"messages":[{"Topic":"t","Content":"m5","Offset":5,"Epoch":"00000000000000ab"}]}"#,
+        );
+        assert!(client.is_idle());
+        client.command(
+            Subscription::History {
+                topic: "secret".into(),
+                limit: 1,
+            },
+            true,
+        );
+        let refused = client.frame(r#"{"error":"forbidden","topic":"secret"}"#);
+        assert!(client.is_idle(), "a refused history is answered");
+        assert!(
+            matches!(&refused[..], [Event::Refused { message, .. }] if message == "history secret refused: forbidden"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            events,
+            [Event::History {
+                topic: "t".into(),
+                latest: 5,
+                messages: vec![(
+                    "m5".into(),
+                    Some(Position {
+                        epoch: EPOCH,
+                        offset: 5
+                    })
+                )],
+            }]
+        );
     }
 }

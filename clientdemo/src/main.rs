@@ -40,6 +40,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             message,
             timeout,
         }) => publish::run(&dialers, topic, message, timeout).await,
-        Some(Command::Subscribe { topics, count }) => subscribe::run(&dialers, topics, count).await,
+        Some(Command::Subscribe {
+            topics,
+            count,
+            since,
+            epoch,
+        }) => {
+            let since = subscribe::start_position(&topics, since, epoch)?;
+            subscribe::run(&dialers, topics, since, count).await
+        }
+        Some(Command::History {
+            topic,
+            limit,
+            timeout,
+        }) => subscribe::history(&dialers, topic, limit, timeout).await,
     }
 }

@@ -217,6 +217,9 @@ impl Tally {
             | Event::Message { .. }
             | Event::Subscribed(_)
             | Event::Unsubscribed(_)
+            | Event::Resumed(_)
+            | Event::Acked { .. }
+            | Event::History { .. }
             | Event::SubscriptionRefused { .. }
             | Event::SubscriptionEnded { .. } => false,
         }

@@ -1,5 +1,5 @@
 //! The browser page in a real headless Chromium: it subscribes, the test publishes, the message appears in the
-//! page; wrong credentials show an error. Needs Debian's `chromium` and `chromium-driver`, which `scripts/test`
+//! page; wrong credentials show an error; after a reload it resumes its topics and shows what it missed. Needs Debian's `chromium` and `chromium-driver`, which `scripts/test`
 //! (the README's test command) installs. It takes a screenshot, saved to `WSMQ_SCREENSHOT` when set (README's
 //! `docs/browser.png` is made with `WSMQ_SCREENSHOT=$PWD/docs/browser.png scripts/test -p wsmq --test browser`).
 //!
@@ -94,6 +94,11 @@ impl Browser {
 
     async fn goto(&self, url: &str) {
         self.call("POST", "/url", Some(json!({ "url": url }))).await;
+    }
+
+    /// Reloads the page, as the user's reload button does (the tab's sessionStorage survives it).
+    async fn reload(&self) {
+        self.call("POST", "/refresh", Some(json!({}))).await;
     }
 
     async fn element(&self, css: &str) -> String {
@@ -328,6 +333,11 @@ async fn connect_page(browser: &Browser, sub_port: u16, pub_port: u16, fill: &[(
     browser
         .goto(&format!("https://localhost:{sub_port}/"))
         .await;
+    connect_loaded_page(browser, pub_port, fill).await;
+}
+
+/// Connects the page already loaded, as [`connect_page`] does.
+async fn connect_loaded_page(browser: &Browser, pub_port: u16, fill: &[(&str, &str)]) {
     for (css, value) in fill {
         browser.fill(css, value).await;
     }
@@ -450,6 +460,91 @@ async fn the_page_connects_with_a_bearer_token_checked_by_the_auth_callout() {
             && requests.iter().any(|r| r["service"] == "publisher"),
         "{requests:?}"
     );
+
+    browser.call("DELETE", "", None).await;
+    shutdown.cancel();
+    expect_within("stack shutdown", running)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Publishes `content` to `topic` as a wsmq.v1 client and waits for the ack (stored, with its offset).
+async fn publish_acked(
+    publisher: &mut wsmq_core::dial::ClientWs,
+    topic: &str,
+    content: &str,
+    id: u64,
+) {
+    let frame = json!({ "Topic": topic, "Content": content, "Id": id }).to_string();
+    publisher.send(Message::text(frame)).await.unwrap();
+    let ack = expect_within("ack", publisher.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack, Message::text(format!(r#"{{"ack":{id}}}"#)));
+}
+
+#[tokio::test]
+async fn the_page_recovers_after_a_reload_what_was_published_meanwhile_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
+    let (pub_port, sub_port) = (
+        stack.publisher_addr().unwrap().port(),
+        stack.subscriber_addr().unwrap().port(),
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(stack.run(shutdown.clone()));
+    let credentials = [("#user", "hello"), ("#password", "test")];
+
+    let browser = Browser::start(&dir.path().join("chromium")).await;
+    connect_page(&browser, sub_port, pub_port, &credentials).await;
+    browser.subscribe("news").await;
+    browser
+        .wait_until("subscription shown", "#subscriptions", |t| {
+            t.contains("news")
+        })
+        .await;
+    let mut publisher = client(dir.path(), pub_port, PUBLISH_PATH).await;
+    publish_acked(&mut publisher, "news", "before the reload", 1).await;
+    browser
+        .wait_until("message shown with its offset", "#messages", |t| {
+            t.contains("#1 [news] before the reload")
+        })
+        .await;
+
+    // The page goes away (its WebSockets close) and comes back without credentials; meanwhile two messages are
+    // published.
+    browser.reload().await;
+    browser
+        .wait_until("subscriptions kept", "#messages", |t| {
+            t.contains("kept from before the reload: news")
+        })
+        .await;
+    publish_acked(&mut publisher, "news", "while away 1", 2).await;
+    publish_acked(&mut publisher, "news", "while away 2", 3).await;
+    connect_loaded_page(&browser, pub_port, &credentials).await;
+    let shown = browser
+        .wait_until("missed messages recovered", "#messages", |t| {
+            t.contains("resumed news after offset 1: recovered 2 missed message(s)")
+                && t.contains("#3 [news] while away 2")
+        })
+        .await;
+    assert!(shown.contains("#2 [news] while away 1"), "{shown}");
+    publish_acked(&mut publisher, "news", "live again", 4).await;
+    let shown = browser
+        .wait_until("live message shown", "#messages", |t| {
+            t.contains("#4 [news] live again")
+        })
+        .await;
+    for (line, times) in [
+        ("[news] before the reload", 0),
+        ("[news] while away 1", 1),
+        ("[news] while away 2", 1),
+        ("[news] live again", 1),
+    ] {
+        assert_eq!(shown.matches(line).count(), times, "{line:?} in {shown}");
+    }
 
     browser.call("DELETE", "", None).await;
     shutdown.cancel();

@@ -9,6 +9,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod stack;
+
 use std::collections::HashSet;
 use std::error::Error;
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use wsmq_core::limits::Limits;
@@ -153,20 +155,12 @@ impl FakeStack {
 
     /// The client binary, configured (through the environment, as a user would) to use these fakes.
     pub fn client(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_clientdemo"));
-        command
-            .env("WSMQ_PUBLISHER_URL", format!("wss://{}", self.publisher))
-            .env("WSMQ_SUBSCRIBER_URL", format!("wss://{}", self.subscriber))
-            .env("WSMQ_USER", USER)
-            .env("WSMQ_PASSWORD", PASSWORD)
-            .env("WSMQ_DATA_DIR", self.data_dir.path())
-            .env_remove("WSMQ_CA")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        command
+        clientdemo(
+            &format!("wss://{}", self.publisher),
+            &format!("wss://{}", self.subscriber),
+            self.data_dir.path(),
+            (USER, PASSWORD),
+        )
     }
 
     /// Waits until the fake subscriber answered a subscription to `topic` (confirmed, or refused as forbidden).
@@ -183,6 +177,30 @@ impl FakeStack {
             .await
             .map_err(|_| format!("no subscription to {topic:?} within {STEP:?}"))?
     }
+}
+
+/// The client binary, configured through the environment (as a user would) to use the services at these URLs
+/// as `user` (name, password), trusting the development CA in `data_dir`; stdout and stderr piped.
+pub fn clientdemo(
+    publisher_url: &str,
+    subscriber_url: &str,
+    data_dir: &std::path::Path,
+    (user, password): (&str, &str),
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clientdemo"));
+    command
+        .env("WSMQ_PUBLISHER_URL", publisher_url)
+        .env("WSMQ_SUBSCRIBER_URL", subscriber_url)
+        .env("WSMQ_USER", user)
+        .env("WSMQ_PASSWORD", password)
+        .env("WSMQ_DATA_DIR", data_dir)
+        .env_remove("WSMQ_CA")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
 }
 
 /// A publish frame as the fake publisher reads it.
@@ -304,9 +322,9 @@ fn text_frame(frame: &[u8]) -> Message {
     Message::text(String::from_utf8_lossy(frame).into_owned())
 }
 
-/// Reads a child's stdout line by line, remembering what it saw for failure messages.
-pub struct Output {
-    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+/// Reads a child's stdout (or stderr) line by line, remembering what it saw for failure messages.
+pub struct Output<R = ChildStdout> {
+    lines: tokio::io::Lines<BufReader<R>>,
     /// Every line read so far.
     pub seen: Vec<String>,
 }
@@ -319,6 +337,29 @@ impl Output {
             lines: BufReader::new(stdout).lines(),
             seen: Vec::new(),
         })
+    }
+}
+
+impl Output<ChildStderr> {
+    /// Takes the stderr of `child` (spawned with a piped stderr), where the scriptable commands report status.
+    pub fn stderr_of(child: &mut Child) -> TestResult<Output<ChildStderr>> {
+        let stderr = child.stderr.take().ok_or("stderr is not piped")?;
+        Ok(Output {
+            lines: BufReader::new(stderr).lines(),
+            seen: Vec::new(),
+        })
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Output<R> {
+    /// The next line, within [`STEP`].
+    pub async fn line(&mut self) -> TestResult<String> {
+        let line = tokio::time::timeout(STEP, self.lines.next_line())
+            .await
+            .map_err(|_| format!("no line within {STEP:?}; saw {:?}", self.seen))??
+            .ok_or_else(|| format!("output ended; saw {:?}", self.seen))?;
+        self.seen.push(line.clone());
+        Ok(line)
     }
 
     /// Reads until a line containing each of `needles` has been seen (in any order), within [`STEP`].
