@@ -18,6 +18,7 @@
 
 mod append;
 mod consumer;
+mod schedule;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,6 +40,8 @@ use tokio_util::sync::CancellationToken;
 use wsmq_core::protocol::queue::NackReason;
 
 pub(crate) use consumer::RedisConsumer;
+
+use super::schedule::ScheduleMetrics;
 
 use super::{
     ConsumeMode, DeadLetter, DeadReason, DurableToken, GroupName, GroupStats, Producer, PushError,
@@ -153,6 +156,7 @@ struct Keys {
     seen: String,
     /// Prefix of each process's batch counter (see `append`).
     appenders: String,
+    schedule: schedule::ScheduleKeys,
 }
 
 impl Keys {
@@ -164,6 +168,7 @@ impl Keys {
             marks: format!("{tag}:producer:"),
             seen: format!("{tag}:seen"),
             appenders: format!("{tag}:appender:"),
+            schedule: schedule::ScheduleKeys::new(&tag),
         }
     }
 }
@@ -175,6 +180,7 @@ struct Scripts {
     bury: Script,
     release: Script,
     sweep: Script,
+    schedule: schedule::ScheduleScripts,
 }
 
 impl Scripts {
@@ -186,6 +192,7 @@ impl Scripts {
             bury: Script::new(include_str!("bury.lua")),
             release: Script::new(include_str!("release.lua")),
             sweep: Script::new(include_str!("sweep.lua")),
+            schedule: schedule::ScheduleScripts::new(),
         }
     }
 }
@@ -275,6 +282,10 @@ struct Shared {
     /// Set by the sweep while the log uses more than `max_bytes`: pushes are refused as full until it shrinks.
     full: AtomicBool,
     metrics: RedisMetrics,
+    /// The schedule store's gauge (all processes' entries, as last counted) and lateness histogram.
+    schedule_metrics: ScheduleMetrics,
+    /// Notified when this process scheduled something, to wake its scheduler.
+    schedule_changed: Notify,
     tasks: tokio_util::task::TaskTracker,
 }
 
@@ -375,6 +386,8 @@ impl RedisQueue {
                 reconnects: Counter::default(),
                 unsettled_dropped: Counter::default(),
             },
+            schedule_metrics: ScheduleMetrics::default(),
+            schedule_changed: Notify::new(),
             tasks: tokio_util::task::TaskTracker::new(),
         });
         shared.tasks.spawn(append::run(Arc::clone(&shared), rx));
@@ -580,6 +593,11 @@ impl RedisQueue {
             groups: snapshot.groups.clone(),
             ..QueueStats::default()
         }
+    }
+
+    /// The schedule store's metrics.
+    pub(crate) fn schedule_metrics(&self) -> &ScheduleMetrics {
+        &self.shared.schedule_metrics
     }
 
     /// Follows whether Redis answers.
