@@ -5,13 +5,13 @@
 
 mod queue_common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use queue_common::{PATIENCE, parse, payload, producer, seqs, small_options, stays_empty, take};
 use tempfile::TempDir;
 use wsmq_msgqueue::queue::{
-    Backend, ConsumeMode, Consumer, DeadReason, Delivery, GroupName, Queue, QueueOptions,
-    RedisConfig, StartAt,
+    Backend, ConsumeMode, Consumer, DeadReason, Delivery, GroupName, Producer, Queue, QueueOptions,
+    RedisConfig, Scheduled, ScheduledPush, StartAt, run_scheduler,
 };
 use wsmq_testkit::TestResult;
 use wsmq_testkit::redis::RedisServer;
@@ -371,6 +371,125 @@ async fn dedup_marks_survive_a_restart(store: Store) {
     queue.close().await;
 }
 
+/// Runs the queue's scheduler (what msgqueue runs as its "scheduler" part) until the guard is dropped.
+fn start_scheduler(queue: &Queue) -> tokio_util::sync::DropGuard {
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(run_scheduler(queue.clone(), stop.clone()));
+    stop.drop_guard()
+}
+
+/// Milliseconds since the Unix epoch, `after` from now.
+fn unix_ms_in(after: Duration) -> u64 {
+    let at = SystemTime::now() + after;
+    u64::try_from(
+        at.duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits")
+}
+
+/// Schedules `(seq, due_ms)` of producer `id`, waiting until durable; the outcome of each.
+async fn schedule(queue: &Queue, id: u64, items: &[(u64, u64)]) -> Vec<Scheduled> {
+    let pushes = items
+        .iter()
+        .map(|&(seq, due_ms)| ScheduledPush {
+            producer: Producer { id, seq },
+            due_ms,
+            payload: payload(id, seq),
+        })
+        .collect();
+    tokio::time::timeout(PATIENCE, queue.schedule(pushes))
+        .await
+        .expect("scheduled in time")
+        .into_iter()
+        .map(|r| r.expect("scheduled"))
+        .collect()
+}
+
+async fn scheduled_messages_reach_the_queue_at_their_due_time_in_due_then_publish_order(
+    store: Store,
+) {
+    let queue = store.open(options());
+    let _scheduler = start_scheduler(&queue);
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 100).await;
+    let started = Instant::now();
+    let (soon, later, last) = (
+        unix_ms_in(Duration::from_millis(400)),
+        unix_ms_in(Duration::from_millis(800)),
+        unix_ms_in(Duration::from_millis(1200)),
+    );
+    let outcomes = schedule(
+        &queue,
+        1,
+        &[(1, later), (2, later), (3, soon), (4, last), (5, later)],
+    )
+    .await;
+    assert!(
+        outcomes.iter().all(|o| *o == Scheduled::Stored),
+        "{outcomes:?}"
+    );
+    assert!(stays_empty(&mut only).await, "delivered before it was due");
+    let first = take(&mut only, 1).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(390),
+        "due after 400 ms, delivered after {:?}",
+        started.elapsed()
+    );
+    let rest = take(&mut only, 4).await;
+    assert!(started.elapsed() >= Duration::from_millis(1190));
+    assert_eq!(seqs(&first), [3]);
+    assert_eq!(seqs(&rest), [1, 2, 5, 4]);
+    assert!(stays_empty(&mut only).await, "delivered twice");
+    queue.close().await;
+}
+
+async fn a_resent_scheduled_push_is_scheduled_once(store: Store) {
+    let queue = store.open(options());
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 100).await;
+    let due = unix_ms_in(Duration::from_millis(200));
+    let items: Vec<_> = (1..=3).map(|seq| (seq, due)).collect();
+    assert_eq!(schedule(&queue, 7, &items).await, [Scheduled::Stored; 3]);
+    assert_eq!(schedule(&queue, 7, &items).await, [Scheduled::Duplicate; 3]);
+    // A later seq is new again.
+    assert_eq!(schedule(&queue, 7, &[(4, due)]).await, [Scheduled::Stored]);
+    let _scheduler = start_scheduler(&queue);
+    let got = take(&mut only, 4).await;
+    assert_eq!(seqs(&got), [1, 2, 3, 4]);
+    assert!(stays_empty(&mut only).await, "a retry was scheduled twice");
+    queue.close().await;
+}
+
+async fn scheduled_messages_survive_a_restart_and_those_that_fell_due_meanwhile_go_out_at_once(
+    store: Store,
+) {
+    let queue = store.open(options());
+    let soon = unix_ms_in(Duration::from_millis(300));
+    let far = unix_ms_in(Duration::from_secs(3600));
+    schedule(&queue, 3, &[(1, soon), (2, far), (3, soon)]).await;
+    queue.close().await;
+    drop(queue);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let queue = store.open(options());
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 100).await;
+    let opened = Instant::now();
+    let _scheduler = start_scheduler(&queue);
+    let got = take(&mut only, 2).await;
+    assert_eq!(seqs(&got), [1, 3]);
+    assert!(
+        opened.elapsed() < Duration::from_secs(3),
+        "past-due messages took {:?} after the restart",
+        opened.elapsed()
+    );
+    assert!(stays_empty(&mut only).await, "the far one went out early");
+    assert_eq!(
+        schedule(&queue, 3, &[(2, far)]).await,
+        [Scheduled::Duplicate],
+        "the dedup marks of scheduled pushes survive the restart"
+    );
+    queue.close().await;
+}
+
 macro_rules! conformance {
     (all: [$($case:ident),* $(,)?], durable: [$($durable:ident),* $(,)?] $(,)?) => {
         mod memory {
@@ -430,10 +549,13 @@ conformance! {
         the_first_named_group_takes_over_what_waited_for_a_default_group_nobody_read,
         a_message_delivered_max_deliveries_times_without_an_ack_becomes_a_dead_letter,
         a_compat_consumer_gets_each_message_once_and_settles_it_on_hand_out,
+        scheduled_messages_reach_the_queue_at_their_due_time_in_due_then_publish_order,
+        a_resent_scheduled_push_is_scheduled_once,
     ],
     durable: [
         a_group_resumes_after_its_last_ack_when_the_queue_restarts,
         dedup_marks_survive_a_restart,
+        scheduled_messages_survive_a_restart_and_those_that_fell_due_meanwhile_go_out_at_once,
     ],
 }
 
@@ -597,5 +719,47 @@ async fn acks_given_while_redis_is_away_are_applied_once_it_is_back() -> TestRes
     let mut second = consumer(&queue, "g", StartAt::Oldest, 100).await;
     assert!(stays_empty(&mut second).await, "acked messages came back");
     queue.close().await;
+    Ok(())
+}
+
+/// Redis itself killed (SIGKILL) and restarted while messages wait: what it acked is still scheduled and goes out.
+#[tokio::test]
+async fn scheduled_messages_survive_a_redis_crash() -> TestResult {
+    let mut server = RedisServer::start().await?;
+    let queue = open_redis(&server, options());
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 100).await;
+    let due = unix_ms_in(Duration::from_millis(500));
+    schedule(&queue, 1, &[(1, due), (2, due)]).await;
+    server.kill().await?;
+    server.restart().await?;
+    let _scheduler = start_scheduler(&queue);
+    let got = take(&mut only, 2).await;
+    assert_eq!(seqs(&got), [1, 2]);
+    queue.close().await;
+    Ok(())
+}
+
+/// Several msgqueue processes share one schedule in Redis: each due message is pushed by exactly one of them.
+#[tokio::test]
+async fn msgqueue_processes_sharing_redis_push_each_due_message_once() -> TestResult {
+    let server = RedisServer::start().await?;
+    let queues: Vec<Queue> = (0..3).map(|_| open_redis(&server, options())).collect();
+    let _schedulers: Vec<_> = queues.iter().map(start_scheduler).collect();
+    let mut only = consumer(&queues[0], "g", StartAt::Oldest, 1000).await;
+    let due = unix_ms_in(Duration::from_millis(300));
+    for (i, queue) in queues.iter().enumerate() {
+        let id = i as u64 + 1;
+        let items: Vec<_> = (1..=100).map(|seq| (seq, due)).collect();
+        schedule(queue, id, &items).await;
+    }
+    let got = take(&mut only, 300).await;
+    let mut seen: Vec<_> = got.iter().map(|d| parse(&d.payload)).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 300, "a message was pushed twice or lost");
+    assert!(stays_empty(&mut only).await, "a message was pushed twice");
+    for queue in &queues {
+        queue.close().await;
+    }
     Ok(())
 }

@@ -31,16 +31,18 @@ pub enum Schedule {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
     /// Both `DeliverAt` and `Delay` were given.
-    #[error("give DeliverAt or Delay, not both")]
+    #[error("give a delivery time or a delay, not both (DeliverAt or Delay; deliver_at or delay)")]
     Both,
     /// `Delay` is neither a duration string nor a non-negative number of seconds.
-    #[error("Delay must be a duration such as \"90s\" or \"1h30m\", or a number of seconds: {0}")]
+    #[error(
+        "the delay must be a duration such as \"90s\" or \"1h30m\", or a number of seconds: {0}"
+    )]
     BadDelay(String),
     /// `DeliverAt` is not an RFC 3339 timestamp string.
-    #[error("DeliverAt must be an RFC 3339 time such as \"2030-01-02T15:04:05Z\": {0}")]
+    #[error("the delivery time must be an RFC 3339 time such as \"2030-01-02T15:04:05Z\": {0}")]
     BadDeliverAt(String),
     /// `DeliverAt` lies further in the past than [`PAST_TOLERANCE`].
-    #[error("DeliverAt is {0:?} in the past")]
+    #[error("the delivery time is {0:?} in the past")]
     Past(Duration),
     /// The due time is further ahead than the publisher's `--max-delay`.
     #[error("the delivery time is more than {} ahead (--max-delay)", humantime::format_duration(*.0))]
@@ -178,7 +180,7 @@ mod tests {
         for json in [r#""soon""#, r#""-5s""#, "-1", "true", r#""""#, "[1]"] {
             let err = fields(None, Some(json)).unwrap_err();
             assert!(matches!(err, ScheduleError::BadDelay(_)), "{json}: {err}");
-            assert!(err.to_string().starts_with("Delay"), "{err}");
+            assert!(err.to_string().starts_with("the delay"), "{err}");
         }
         for json in [
             r#""tomorrow""#,
@@ -191,7 +193,7 @@ mod tests {
                 matches!(err, ScheduleError::BadDeliverAt(_)),
                 "{json}: {err}"
             );
-            assert!(err.to_string().starts_with("DeliverAt"), "{err}");
+            assert!(err.to_string().starts_with("the delivery time"), "{err}");
         }
     }
 

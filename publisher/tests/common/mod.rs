@@ -325,6 +325,7 @@ pub(crate) fn config(data_dir: &Path, queue: SocketAddr) -> Config {
         link_batch_bytes: 64 * 1024,
         http: HttpApiArgs::default(),
         access: AccessArgs::default(),
+        max_delay: Duration::from_secs(30 * 24 * 3600),
     }
 }
 

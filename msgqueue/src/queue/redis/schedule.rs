@@ -59,7 +59,10 @@ impl ScheduleScripts {
 
 impl RedisQueue {
     /// Takes `items` into the schedule in one script call; resolves once Redis applied it.
-    pub(crate) async fn schedule(&self, items: Vec<ScheduledPush>) -> Vec<Result<Scheduled, PushError>> {
+    pub(crate) async fn schedule(
+        &self,
+        items: Vec<ScheduledPush>,
+    ) -> Vec<Result<Scheduled, PushError>> {
         let shared = &*self.shared;
         let max = shared.options.max_payload();
         let mut results: Vec<Result<Scheduled, PushError>> = Vec::with_capacity(items.len());

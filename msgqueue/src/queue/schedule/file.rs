@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::local::Marks;
 use crate::queue::StorageError;
@@ -54,6 +54,8 @@ pub(super) struct Recovered {
 #[derive(Debug)]
 pub(super) struct ScheduleFile {
     requests: parking_lot::Mutex<Option<mpsc::Sender<Request>>>,
+    /// Set by the writer thread when it ends.
+    stopped: watch::Receiver<bool>,
     path: PathBuf,
 }
 
@@ -96,6 +98,7 @@ impl ScheduleFile {
             marks: mirror.marks.iter().collect(),
         };
         let (tx, rx) = mpsc::channel(MAX_REQUESTS);
+        let (stopped_tx, stopped) = watch::channel(false);
         let writer = Writer {
             file,
             fsync,
@@ -105,11 +108,15 @@ impl ScheduleFile {
         };
         std::thread::Builder::new()
             .name("schedule-writer".to_owned())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                writer.run(rx);
+                stopped_tx.send_replace(true);
+            })
             .map_err(|e| StorageError::io("cannot start the writer for", &path, e))?;
         Ok((
             Self {
                 requests: parking_lot::Mutex::new(Some(tx)),
+                stopped,
                 path,
             },
             recovered,
@@ -131,12 +138,11 @@ impl ScheduleFile {
         answer.await.unwrap_or_else(|_| Err(closed()))
     }
 
-    /// Lets the writer finish what was submitted and stop.
+    /// Lets the writer finish what was submitted, and waits until it stopped.
     pub(super) async fn close(&self) {
-        let sender = self.requests.lock().take();
-        if let Some(sender) = sender {
-            sender.closed().await;
-        }
+        drop(self.requests.lock().take());
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|stopped| *stopped).await;
     }
 }
 
@@ -188,7 +194,8 @@ impl Mirror {
         for put in puts {
             encode(&mut buf, &Record::Put(put.clone()));
         }
-        let mut file = File::create(&temp).map_err(|e| StorageError::io("cannot create", &temp, e))?;
+        let mut file =
+            File::create(&temp).map_err(|e| StorageError::io("cannot create", &temp, e))?;
         file.write_all(&buf)
             .and_then(|()| file.sync_all())
             .map_err(|e| StorageError::io("cannot write", &temp, e))?;
@@ -237,8 +244,14 @@ impl Writer {
             file_bytes += buf.len() as u64;
             for request in batch.drain(..) {
                 if failed.is_none() {
-                    request.puts.into_iter().for_each(|p| self.mirror.apply(Record::Put(p)));
-                    request.dels.into_iter().for_each(|n| self.mirror.apply(Record::Del(n)));
+                    request
+                        .puts
+                        .into_iter()
+                        .for_each(|p| self.mirror.apply(Record::Put(p)));
+                    request
+                        .dels
+                        .into_iter()
+                        .for_each(|n| self.mirror.apply(Record::Del(n)));
                 }
                 let _ = request.done.send(failed.clone().map_or(Ok(()), Err));
             }
@@ -266,7 +279,13 @@ impl Writer {
         }
         self.file
             .write_all(buf)
-            .and_then(|()| if self.fsync { self.file.sync_data() } else { Ok(()) })
+            .and_then(|()| {
+                if self.fsync {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|e| StorageError::io("cannot write", &self.path, e))
     }
 }

@@ -77,7 +77,9 @@ impl Marks {
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.seqs.iter().map(|(&producer, &(seq, _))| (producer, seq))
+        self.seqs
+            .iter()
+            .map(|(&producer, &(seq, _))| (producer, seq))
     }
 }
 
@@ -109,7 +111,9 @@ impl LocalSchedule {
             next = next.max(put.n + 1);
             entries.insert((put.due_ms, put.n), put.payload);
         }
-        metrics.waiting.set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
+        metrics
+            .waiting
+            .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
         Ok(Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -187,7 +191,10 @@ impl LocalSchedule {
             }
             let waiting = state.entries.len();
             drop(state);
-            inner.metrics.waiting.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+            inner
+                .metrics
+                .waiting
+                .set(i64::try_from(waiting).unwrap_or(i64::MAX));
             inner.changed.notify_one();
         }
         results

@@ -155,14 +155,20 @@ pub async fn run(queue: Queue, shutdown: CancellationToken) {
 
 /// Pushes `due` into the queue in order and waits until it is durable there. A full queue is waited for (and the
 /// entries' claim kept alive); a message the queue can never take is logged and skipped.
-async fn deliver(queue: &Queue, due: &[Due], shutdown: &CancellationToken) -> Result<(), QueueError> {
+async fn deliver(
+    queue: &Queue,
+    due: &[Due],
+    shutdown: &CancellationToken,
+) -> Result<(), QueueError> {
     let mut results = Vec::with_capacity(due.len());
     let mut from = 0;
     let mut durable = None;
     while from < due.len() {
         results.clear();
         queue.push_batch(
-            due[from..].iter().map(|entry| (None, entry.payload.clone())),
+            due[from..]
+                .iter()
+                .map(|entry| (None, entry.payload.clone())),
             &mut results,
         );
         let mut stored = 0;
@@ -174,7 +180,11 @@ async fn deliver(queue: &Queue, due: &[Due], shutdown: &CancellationToken) -> Re
                     stored += 1;
                 }
                 Err(PushError::TooLarge { len, max }) => {
-                    tracing::error!(len, max, "a scheduled message is larger than the queue takes; dropped");
+                    tracing::error!(
+                        len,
+                        max,
+                        "a scheduled message is larger than the queue takes; dropped"
+                    );
                     stored += 1;
                 }
                 Err(err) => {
