@@ -311,7 +311,7 @@ async fn bad_requests_get_their_status_and_a_json_error_and_store_nothing() -> a
     assert!(!api.is_closed(), "errors keep the connection alive");
 
     assert!(queue.state().seen().stored.is_empty());
-    assert_eq!(publisher.metrics.http_request_count(400), 12);
+    assert_eq!(publisher.metrics.http_request_count(400), 15);
     assert_eq!(publisher.metrics.http_request_count(405), 1);
     assert_eq!(publisher.metrics.http_request_count(200), 0);
     publisher.stop().await?;
