@@ -1,7 +1,8 @@
-//! The disk backend's schedule file, `schedule.log` beside the segment files: an append-only list of records,
-//! written by a thread of its own (never on the async workers) and fsynced before a scheduled push is acked
-//! (unless `--fsync never`). On open it is read back (a torn or corrupt tail is cut off) and rewritten with only
-//! what is still scheduled; while running it is rewritten the same way once most of it is garbage.
+//! The disk backend's schedule file, `schedule.journal` beside the segment files (not `.log`, which names
+//! segments): an append-only list of records, written by a thread of its own (never on the async workers) and
+//! fsynced before a scheduled push is acked (unless `--fsync never`). On open it is read back (a torn or corrupt
+//! tail is cut off) and rewritten with only what is still scheduled; while running it is rewritten the same way
+//! once most of it is garbage.
 //!
 //! ```text
 //! record  len:u32 crc32(body):u32 body[len]
@@ -21,8 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::local::Marks;
 use crate::queue::StorageError;
 
-const FILE_NAME: &str = "schedule.log";
-const TEMP_NAME: &str = "schedule.tmp";
+const FILE_NAME: &str = "schedule.journal";
+const TEMP_NAME: &str = "schedule.journal.tmp";
 const PUT: u8 = 0x01;
 const DEL: u8 = 0x02;
 const MARK: u8 = 0x03;
