@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod http;
 pub mod queue;
 pub mod scaleout;
+pub mod scheduled;
 
 use std::future::Future;
 use std::io::IsTerminal as _;
@@ -68,6 +69,7 @@ async fn run_once(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::Chaos(args) => chaos::run(ctx, args).await,
         Scenario::Scaleout(args) => scaleout::run(ctx, args).await,
         Scenario::Http(args) => http::run(ctx, args).await,
+        Scenario::Scheduled(args) => scheduled::run(ctx, args).await,
     }
 }
 
