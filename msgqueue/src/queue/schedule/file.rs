@@ -139,6 +139,22 @@ impl ScheduleFile {
         answer.await.unwrap_or_else(|_| Err(closed()))
     }
 
+    /// Appends `dels` without waiting for them to be durable (waiting only for room in the writer's queue): a
+    /// removal lost in a crash only delivers the message again, which scheduled delivery allows.
+    pub(super) async fn delete(&self, dels: Vec<u64>) -> Result<(), StorageError> {
+        let closed = || StorageError::WriterFailed(format!("{} is closed", self.path.display()));
+        let Some(sender) = self.requests.lock().clone() else {
+            return Err(closed());
+        };
+        let (done, _) = oneshot::channel();
+        let request = Request {
+            puts: Vec::new(),
+            dels,
+            done,
+        };
+        sender.send(request).await.map_err(|_| closed())
+    }
+
     /// Lets the writer finish what was submitted, and waits until it stopped.
     pub(super) async fn close(&self) {
         drop(self.requests.lock().take());

@@ -218,7 +218,8 @@ impl LocalSchedule {
         None
     }
 
-    /// Forgets delivered entries (durably for the disk backend, though a crash before that only redelivers).
+    /// Forgets delivered entries; the disk backend's removal is written behind (a crash before it is durable only
+    /// delivers them again).
     pub(crate) async fn remove(&self, due: &[Due]) -> Result<(), StorageError> {
         let mut gone = Vec::with_capacity(due.len());
         {
@@ -238,7 +239,7 @@ impl LocalSchedule {
                 .set(i64::try_from(waiting).unwrap_or(i64::MAX));
         }
         match &self.inner.file {
-            Some(file) => file.write(Vec::new(), gone).await,
+            Some(file) => file.delete(gone).await,
             None => Ok(()),
         }
     }

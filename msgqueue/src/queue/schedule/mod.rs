@@ -27,7 +27,7 @@ pub(crate) use local::LocalSchedule;
 use super::{Producer, PushError, Queue, QueueError, now_ms};
 
 /// Due entries moved into the queue per round.
-const BATCH: usize = 1024;
+const BATCH: usize = 4096;
 /// Longest the scheduler sleeps without looking at the store again: other msgqueue processes sharing a Redis
 /// store schedule messages this one is not told about, and a Redis that was away may come back.
 const IDLE_POLL: Duration = Duration::from_millis(250);
