@@ -86,13 +86,13 @@ pub(crate) struct ScheduleMetrics {
 impl ScheduleMetrics {
     pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
-            "msgqueue_scheduled_messages",
+            "scheduled_messages",
             "Scheduled messages waiting for their due time",
             self.waiting.clone(),
         );
         self.lateness.register(
             registry,
-            "msgqueue_scheduled_lateness",
+            "scheduled_lateness",
             "How late scheduled messages reached the queue after their due time",
         );
     }
