@@ -58,6 +58,13 @@ impl Marks {
         }
     }
 
+    /// Whether `producer`'s push with `seq` was taken already (its seq is not above the mark).
+    fn is_duplicate(&self, producer: u64, seq: u64) -> bool {
+        self.seqs
+            .get(&producer)
+            .is_some_and(|&(mark, _)| mark != 0 && seq <= mark)
+    }
+
     /// Records `producer`'s push; false if it is a duplicate (its seq is not above the mark).
     pub(super) fn take(&mut self, producer: u64, seq: u64) -> bool {
         self.tick += 1;
@@ -150,14 +157,19 @@ impl LocalSchedule {
                     }));
                     continue;
                 }
-                if !state.marks.take(item.producer.id, item.producer.seq) {
+                if state
+                    .marks
+                    .is_duplicate(item.producer.id, item.producer.seq)
+                {
                     results.push(Ok(Scheduled::Duplicate));
                     continue;
                 }
+                // Checked before the mark is taken, so a refused seq is not mistaken for a stored one later.
                 if state.bytes + len as u64 > state.max_bytes {
                     results.push(Err(PushError::Full));
                     continue;
                 }
+                state.marks.take(item.producer.id, item.producer.seq);
                 state.bytes += len as u64;
                 let n = state.next;
                 state.next += 1;
