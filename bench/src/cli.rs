@@ -121,6 +121,9 @@ pub enum Scenario {
     /// Many clients drop at once, messages are published, and they all come back resuming from their last
     /// offset: time until every client recovered exactly what it missed.
     Resume(ResumeArgs),
+    /// Scheduled delivery: `--messages` messages scheduled (HTTP API, `deliver_at`) for the same second; how long
+    /// after it until every subscriber got every message.
+    Scheduled(ScheduledArgs),
 }
 
 /// `resume` flags.
@@ -142,6 +145,46 @@ pub struct ResumeArgs {
     /// Spread client connections over source addresses 127.0.0.1 ..= 127.0.0.K (0: let the OS choose).
     #[arg(long, default_value_t = 0)]
     pub source_ips: u8,
+}
+
+/// `scheduled` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ScheduledArgs {
+    /// Keep-alive HTTP/1.1 connections scheduling the messages, one batch request at a time each.
+    #[arg(long, short = 'c', default_value_t = 4)]
+    pub connections: usize,
+
+    /// Messages per batch request.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+
+    /// Messages scheduled in total, all for the same second.
+    #[arg(long, short = 'n', default_value_t = 100_000)]
+    pub messages: u64,
+
+    /// Subscriber connections, all on one topic.
+    #[arg(long, short = 's', default_value_t = 1)]
+    pub subscribers: usize,
+
+    /// Content size of each message in bytes (at least the 48-byte stamp).
+    #[arg(long, short = 'b', default_value_t = 64)]
+    pub size: usize,
+
+    /// The due time is the first whole second at least this far ahead: time enough to schedule everything.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub lead: Duration,
+
+    /// Subscriber protocol.
+    #[arg(long, value_enum, default_value_t = SubscribeMode::Auto)]
+    pub subscribe_mode: SubscribeMode,
+
+    /// In compat mode, how long to wait after subscribing before publishing (no confirmations exist).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub settle: Duration,
+
+    /// How long to wait after the due time for the deliveries.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 /// `http` flags.

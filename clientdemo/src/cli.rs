@@ -14,6 +14,7 @@ use wsmq_core::limits::{Limits, parse_duration};
 use wsmq_core::protocol::SUBPROTOCOL_V1;
 use wsmq_core::protocol::client::DEFAULT_HISTORY_LIMIT;
 use wsmq_core::protocol::history::Epoch;
+use wsmq_core::protocol::schedule::{Schedule, ScheduleError};
 use wsmq_core::tls;
 
 /// A demo client for wsmq: publish messages, subscribe to topics and watch them arrive.
@@ -45,6 +46,9 @@ pub(crate) enum Command {
         /// (e.g. `500ms`, `10s`, `1m`).
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         timeout: Duration,
+        /// When to deliver: `--delay 10s` (`90s`, `1h30m`, …) or `--deliver-at 2030-01-02T15:04:05Z` (RFC 3339).
+        #[command(flatten)]
+        when: When,
     },
     /// Subscribe to TOPIC(s) and print every message as one JSON object per line:
     /// `{"Topic":"...","Content":"...","Offset":N,"Epoch":"..."}`. After a reconnect each exact topic resumes
@@ -75,6 +79,28 @@ pub(crate) enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         timeout: Duration,
     },
+}
+
+/// Scheduled delivery of published messages: msgqueue keeps them until then (the publisher's `--max-delay`
+/// bounds how far ahead).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub(crate) struct When {
+    /// Deliver this long after publishing (sent as the message's `Delay`).
+    #[arg(long, value_name = "DURATION", value_parser = checked_delay, conflicts_with = "deliver_at")]
+    pub(crate) delay: Option<String>,
+    /// Deliver at this time, RFC 3339 (sent as the message's `DeliverAt`).
+    #[arg(long, value_name = "TIME", value_parser = checked_deliver_at)]
+    pub(crate) deliver_at: Option<String>,
+}
+
+/// A `--delay` the publisher will accept, passed on as written.
+fn checked_delay(value: &str) -> Result<String, ScheduleError> {
+    Schedule::parse_delay(value).map(|_| value.to_owned())
+}
+
+/// A `--deliver-at` the publisher will accept, passed on as written.
+fn checked_deliver_at(value: &str) -> Result<String, ScheduleError> {
+    Schedule::parse_deliver_at(value).map(|_| value.to_owned())
 }
 
 /// How to reach and authenticate to the publisher and the subscriber.
@@ -199,10 +225,53 @@ mod tests {
         assert_eq!(cli.connection.password.expose(), "hunter2");
         assert!(matches!(
             &cli.command,
-            Some(Command::Publish { topic, message, timeout })
+            Some(Command::Publish { topic, message, timeout, when })
                 if topic == "news" && message == &["hello", "world"] && *timeout == Duration::from_secs(10)
+                    && when.delay.is_none() && when.deliver_at.is_none()
         ));
         assert!(!format!("{cli:?}").contains("hunter2"));
+        Ok(())
+    }
+
+    #[test]
+    fn publish_takes_a_delay_or_a_delivery_time_but_not_both() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["clientdemo", "publish", "--delay", "1h30m", "news", "hi"])?;
+        assert!(matches!(
+            &cli.command,
+            Some(Command::Publish { when, .. }) if when.delay.as_deref() == Some("1h30m")
+        ));
+        let at = [
+            "clientdemo",
+            "publish",
+            "--deliver-at",
+            "2030-01-02T15:04:05Z",
+            "news",
+            "hi",
+        ];
+        assert!(Cli::try_parse_from(at).is_ok());
+        for bad in [
+            &["clientdemo", "publish", "--delay", "soon", "news", "hi"][..],
+            &[
+                "clientdemo",
+                "publish",
+                "--deliver-at",
+                "tomorrow",
+                "news",
+                "hi",
+            ],
+            &[
+                "clientdemo",
+                "publish",
+                "--delay",
+                "1s",
+                "--deliver-at",
+                "2030-01-02T15:04:05Z",
+                "news",
+                "hi",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
         Ok(())
     }
 

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use wsmq_core::protocol::client::Command;
 use wsmq_core::protocol::envelope::validate_topic;
 
-use crate::cli::Dialers;
+use crate::cli::{Dialers, When};
 use crate::link::{self, Event, Publication, PublisherClient, SubscriberClient, Subscription};
 
 /// The prompt shown on a terminal.
@@ -320,6 +320,7 @@ impl Prompt {
                     id: id.clone(),
                     topic: topic.to_owned(),
                     content: content.to_owned(),
+                    when: When::default(),
                 };
                 if self.publish.try_send(publication).is_err() {
                     println!("error: {id}: not sent, too many messages waiting for the publisher");

@@ -26,6 +26,8 @@ use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
 use wsmq_core::topic::{self, Compat};
 use wsmq_core::ws::{self, Outbox, Reader};
 
+use crate::cli::When;
+
 /// Events queued from the links to the consumer that shows them; a full queue makes the links wait, and so stop
 /// reading their sockets (TCP backpressure towards the services).
 pub(crate) const EVENT_QUEUE_CAPACITY: usize = 256;
@@ -173,6 +175,8 @@ pub(crate) struct Publication {
     pub(crate) topic: String,
     /// The content.
     pub(crate) content: String,
+    /// When to deliver it (at once by default).
+    pub(crate) when: When,
 }
 
 /// The outcome of a resumed subscription, as the subscriber confirmed it.
@@ -345,6 +349,10 @@ struct WirePublish<'a> {
     content: &'a str,
     #[serde(rename = "Id")]
     id: &'a str,
+    #[serde(rename = "Delay", skip_serializing_if = "Option::is_none")]
+    delay: Option<&'a str>,
+    #[serde(rename = "DeliverAt", skip_serializing_if = "Option::is_none")]
+    deliver_at: Option<&'a str>,
 }
 
 impl PublisherClient {
@@ -354,6 +362,8 @@ impl PublisherClient {
             topic: &publication.topic,
             content: &publication.content,
             id: &publication.id,
+            delay: publication.when.delay.as_deref(),
+            deliver_at: publication.when.deliver_at.as_deref(),
         };
         serde_json::to_string(&wire)
             .ok()
@@ -1051,6 +1061,43 @@ mod tests {
                     })
                 )],
             }]
+        );
+    }
+
+    fn sent(when: When) -> String {
+        let publication = Publication {
+            id: "m-1".into(),
+            topic: "news".into(),
+            content: "hi".into(),
+            when,
+        };
+        match PublisherClient::default().send(&publication) {
+            Some(Message::Text(text)) => text.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_scheduled_publication_carries_delay_or_deliver_at_and_others_neither() {
+        assert_eq!(
+            sent(When::default()),
+            r#"{"Topic":"news","Content":"hi","Id":"m-1"}"#
+        );
+        let delay = When {
+            delay: Some("10s".into()),
+            deliver_at: None,
+        };
+        assert_eq!(
+            sent(delay),
+            r#"{"Topic":"news","Content":"hi","Id":"m-1","Delay":"10s"}"#
+        );
+        let at = When {
+            delay: None,
+            deliver_at: Some("2030-01-02T15:04:05Z".into()),
+        };
+        assert_eq!(
+            sent(at),
+            r#"{"Topic":"news","Content":"hi","Id":"m-1","DeliverAt":"2030-01-02T15:04:05Z"}"#
         );
     }
 }

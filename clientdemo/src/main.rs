@@ -39,7 +39,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topic,
             message,
             timeout,
-        }) => publish::run(&dialers, topic, message, timeout).await,
+            when,
+        }) => publish::run(&dialers, topic, message, timeout, when).await,
         Some(Command::Subscribe {
             topics,
             count,

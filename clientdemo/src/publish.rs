@@ -16,10 +16,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::protocol::envelope::validate_topic;
 
-use crate::cli::Dialers;
+use crate::cli::{Dialers, When};
 use crate::link::{self, Event, Publication, PublisherClient};
 
-/// Publishes `words` joined by spaces to `topic`, or each non-empty line of stdin when `words` is empty.
+/// Publishes `words` joined by spaces to `topic`, or each non-empty line of stdin when `words` is empty, for
+/// delivery `when` said (at once by default).
 ///
 /// Succeeds with [`ExitCode::SUCCESS`] when every message was acknowledged, and with [`ExitCode::FAILURE`] when
 /// any was refused, lost with its connection, or not confirmed within `timeout` of the last progress. Fails
@@ -29,6 +30,7 @@ pub(crate) async fn run(
     topic: String,
     words: Vec<String>,
     timeout: Duration,
+    when: When,
 ) -> anyhow::Result<ExitCode> {
     validate_topic(&topic).with_context(|| format!("invalid topic {topic:?}"))?;
     let first = link::first_dial::<PublisherClient>(&dialers.publisher)
@@ -72,6 +74,7 @@ pub(crate) async fn run(
                         id: format!("m-{}", tally.sent),
                         topic: topic.clone(),
                         content,
+                        when: when.clone(),
                     });
                 }
             }

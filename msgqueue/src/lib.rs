@@ -161,7 +161,8 @@ impl Service for Msgqueue {
         Some(deadletters::DeadLetterRoutes::new(self.queue.clone()))
     }
 
-    /// Watches the log writer (a thread), and once the listener drained, closes the queue: flushes and fsyncs.
+    /// Watches the log writer (a thread), runs the scheduler (scheduled messages into the queue when due), and
+    /// once the listener drained, closes the queue: flushes and fsyncs.
     fn start(
         self,
         supervisor: &Supervisor,
@@ -171,6 +172,10 @@ impl Service for Msgqueue {
             let queue = queue.clone();
             async move { queue.writer_died().await }
         });
+        supervisor.spawn(
+            "scheduler",
+            queue::run_scheduler(queue.clone(), supervisor.token().clone()),
+        );
         if let Some((mut answers, condition)) = self.storage_ready {
             supervisor.spawn("storage readiness", async move {
                 loop {

@@ -3,7 +3,8 @@
 //! Compat mode stores each text frame and answers nothing (at-most-once, as ws-go). Reliable mode decodes
 //! batches of PUSH records, stores them with one lock acquisition per frame, and a separate acker task answers
 //! ACKED/REJECT in push order once the storage says the messages are durable, so that the reader keeps reading
-//! while earlier frames wait for their group commit.
+//! while earlier frames wait for their group commit. PUSH_AT records go to the schedule store, which the reader
+//! awaits (scheduling is the rarer, latency-tolerant case); their acks still go out in push order.
 
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use wsmq_core::server::Accepted;
 use wsmq_core::ws::{self, Outbox, ReadError, Reader};
 
 use crate::ConnectionContext;
-use crate::queue::{DurableToken, Producer, PushError, Queue};
+use crate::queue::{DurableToken, Producer, PushError, Queue, ScheduledPush};
 
 /// Frames whose replies may wait for durability at once. Bounds memory per producer: when the disk falls behind,
 /// the reader stops reading and TCP pushes back on the producer.
@@ -153,7 +154,9 @@ async fn read_pushes(
 ) -> Result<(), PushConnError> {
     let mut producer: Option<u64> = None;
     let mut items: Vec<(Option<Producer>, Bytes)> = Vec::new();
-    let mut seqs: Vec<u64> = Vec::new();
+    let mut scheduled: Vec<ScheduledPush> = Vec::new();
+    // Each record's seq, and whether it was a PUSH_AT, in frame order.
+    let mut seqs: Vec<(u64, bool)> = Vec::new();
     let mut results = Vec::new();
     while let Some(message) = reader.next().await? {
         let Message::Binary(frame) = message else {
@@ -179,7 +182,26 @@ async fn read_pushes(
                         ));
                     };
                     items.push((Some(Producer { id, seq }), payload));
-                    seqs.push(seq);
+                    seqs.push((seq, false));
+                }
+                Ok(Some(PushRecord::PushAt {
+                    seq,
+                    due_ms,
+                    payload,
+                })) => {
+                    let Some(id) = producer else {
+                        return Err(protocol_error(
+                            outbox,
+                            CloseCode::Protocol,
+                            "PUSH_AT before HELLO",
+                        ));
+                    };
+                    scheduled.push(ScheduledPush {
+                        producer: Producer { id, seq },
+                        due_ms,
+                        payload,
+                    });
+                    seqs.push((seq, true));
                 }
                 Err(err) => {
                     tracing::debug!(%err, "malformed push frame");
@@ -191,11 +213,18 @@ async fn read_pushes(
                 }
             }
         }
-        if items.is_empty() {
+        if seqs.is_empty() {
             continue;
         }
         results.clear();
         conn.queue.push_batch(items.drain(..), &mut results);
+        // Scheduled pushes are durable once this returns; the frame's ACKED still waits for its plain pushes.
+        let schedule_results = if scheduled.is_empty() {
+            Vec::new()
+        } else {
+            conn.queue.schedule(std::mem::take(&mut scheduled)).await
+        };
+        let (mut plain, mut later) = (results.iter(), schedule_results.iter());
         let mut pending = Pending {
             received,
             acked: 0,
@@ -203,10 +232,15 @@ async fn read_pushes(
             acked_upto: None,
             rejects: Vec::new(),
         };
-        for (seq, result) in seqs.drain(..).zip(&results) {
-            match result {
-                Ok(pushed) => {
-                    pending.durable = pending.durable.max(Some(pushed.durable()));
+        for (seq, is_scheduled) in seqs.drain(..) {
+            let outcome = if is_scheduled {
+                later.next().map(|r| r.as_ref().map(|_| None))
+            } else {
+                plain.next().map(|r| r.as_ref().map(|p| Some(p.durable())))
+            };
+            match outcome.unwrap_or(Err(&PushError::Closed)) {
+                Ok(durable) => {
+                    pending.durable = pending.durable.max(durable);
                     pending.acked_upto = Some(seq);
                     pending.acked += 1;
                 }

@@ -5,14 +5,15 @@
 
 mod queue_common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use queue_common::{PATIENCE, parse, payload, producer, seqs, small_options, stays_empty, take};
 use tempfile::TempDir;
 use wsmq_core::protocol::history::Unrecovered;
 use wsmq_msgqueue::queue::{
     Backend, ConsumeMode, Consumer, DeadReason, Delivery, Epoch, GroupName, HistoryOptions,
-    HistoryPage, HistoryQuery, Position, Queue, QueueOptions, RedisConfig, Retention, StartAt,
+    HistoryPage, HistoryQuery, Position, Producer, Queue, QueueOptions, RedisConfig, Retention,
+    Scheduled, ScheduledPush, StartAt, run_scheduler,
 };
 use wsmq_testkit::TestResult;
 use wsmq_testkit::redis::RedisServer;
@@ -644,6 +645,125 @@ async fn inbox_acks_survive_a_restart(store: Store) {
     queue.close().await;
 }
 
+/// Runs the queue's scheduler (what msgqueue runs as its "scheduler" part) until the guard is dropped.
+fn start_scheduler(queue: &Queue) -> tokio_util::sync::DropGuard {
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(run_scheduler(queue.clone(), stop.clone()));
+    stop.drop_guard()
+}
+
+/// Milliseconds since the Unix epoch, `after` from now.
+fn unix_ms_in(after: Duration) -> u64 {
+    let at = SystemTime::now() + after;
+    u64::try_from(
+        at.duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits")
+}
+
+/// Schedules `(seq, due_ms)` of producer `id`, waiting until durable; the outcome of each.
+async fn schedule(queue: &Queue, id: u64, items: &[(u64, u64)]) -> Vec<Scheduled> {
+    let pushes = items
+        .iter()
+        .map(|&(seq, due_ms)| ScheduledPush {
+            producer: Producer { id, seq },
+            due_ms,
+            payload: payload(id, seq),
+        })
+        .collect();
+    tokio::time::timeout(PATIENCE, queue.schedule(pushes))
+        .await
+        .expect("scheduled in time")
+        .into_iter()
+        .map(|r| r.expect("scheduled"))
+        .collect()
+}
+
+async fn scheduled_messages_reach_the_queue_at_their_due_time_in_due_then_publish_order(
+    store: Store,
+) {
+    let queue = store.open(options());
+    let _scheduler = start_scheduler(&queue);
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 100).await;
+    let started = Instant::now();
+    let (soon, later, last) = (
+        unix_ms_in(Duration::from_millis(400)),
+        unix_ms_in(Duration::from_millis(800)),
+        unix_ms_in(Duration::from_millis(1200)),
+    );
+    let outcomes = schedule(
+        &queue,
+        1,
+        &[(1, later), (2, later), (3, soon), (4, last), (5, later)],
+    )
+    .await;
+    assert!(
+        outcomes.iter().all(|o| *o == Scheduled::Stored),
+        "{outcomes:?}"
+    );
+    assert!(stays_empty(&mut only).await, "delivered before it was due");
+    let first = take(&mut only, 1).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(390),
+        "due after 400 ms, delivered after {:?}",
+        started.elapsed()
+    );
+    let rest = take(&mut only, 4).await;
+    assert!(started.elapsed() >= Duration::from_millis(1190));
+    assert_eq!(seqs(&first), [3]);
+    assert_eq!(seqs(&rest), [1, 2, 5, 4]);
+    assert!(stays_empty(&mut only).await, "delivered twice");
+    queue.close().await;
+}
+
+async fn a_resent_scheduled_push_is_scheduled_once(store: Store) {
+    let queue = store.open(options());
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 100).await;
+    let due = unix_ms_in(Duration::from_millis(200));
+    let items: Vec<_> = (1..=3).map(|seq| (seq, due)).collect();
+    assert_eq!(schedule(&queue, 7, &items).await, [Scheduled::Stored; 3]);
+    assert_eq!(schedule(&queue, 7, &items).await, [Scheduled::Duplicate; 3]);
+    // A later seq is new again.
+    assert_eq!(schedule(&queue, 7, &[(4, due)]).await, [Scheduled::Stored]);
+    let _scheduler = start_scheduler(&queue);
+    let got = take(&mut only, 4).await;
+    assert_eq!(seqs(&got), [1, 2, 3, 4]);
+    assert!(stays_empty(&mut only).await, "a retry was scheduled twice");
+    queue.close().await;
+}
+
+async fn scheduled_messages_survive_a_restart_and_those_that_fell_due_meanwhile_go_out_at_once(
+    store: Store,
+) {
+    let queue = store.open(options());
+    let soon = unix_ms_in(Duration::from_millis(300));
+    let far = unix_ms_in(Duration::from_secs(3600));
+    schedule(&queue, 3, &[(1, soon), (2, far), (3, soon)]).await;
+    queue.close().await;
+    drop(queue);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let queue = store.open(options());
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 100).await;
+    let opened = Instant::now();
+    let _scheduler = start_scheduler(&queue);
+    let got = take(&mut only, 2).await;
+    assert_eq!(seqs(&got), [1, 3]);
+    assert!(
+        opened.elapsed() < Duration::from_secs(3),
+        "past-due messages took {:?} after the restart",
+        opened.elapsed()
+    );
+    assert!(stays_empty(&mut only).await, "the far one went out early");
+    assert_eq!(
+        schedule(&queue, 3, &[(2, far)]).await,
+        [Scheduled::Duplicate],
+        "the dedup marks of scheduled pushes survive the restart"
+    );
+    queue.close().await;
+}
+
 macro_rules! conformance {
     (all: [$($case:ident),* $(,)?], durable: [$($durable:ident),* $(,)?] $(,)?) => {
         mod memory {
@@ -706,12 +826,15 @@ conformance! {
         each_topic_numbers_its_messages_and_deliveries_carry_their_position,
         history_answers_what_a_client_missed_or_says_why_it_cannot,
         an_inbox_keeps_what_is_not_acked_and_an_ack_removes_messages_for_good,
+        scheduled_messages_reach_the_queue_at_their_due_time_in_due_then_publish_order,
+        a_resent_scheduled_push_is_scheduled_once,
     ],
     durable: [
         a_group_resumes_after_its_last_ack_when_the_queue_restarts,
         dedup_marks_survive_a_restart,
         topic_history_and_offsets_survive_a_restart,
         inbox_acks_survive_a_restart,
+        scheduled_messages_survive_a_restart_and_those_that_fell_due_meanwhile_go_out_at_once,
     ],
 }
 
@@ -875,5 +998,105 @@ async fn acks_given_while_redis_is_away_are_applied_once_it_is_back() -> TestRes
     let mut second = consumer(&queue, "g", StartAt::Oldest, 100).await;
     assert!(stays_empty(&mut second).await, "acked messages came back");
     queue.close().await;
+    Ok(())
+}
+
+/// Redis itself killed (SIGKILL) and restarted while messages wait: what it acked is still scheduled and goes out.
+#[tokio::test]
+async fn scheduled_messages_survive_a_redis_crash() -> TestResult {
+    let mut server = RedisServer::start().await?;
+    let queue = open_redis(&server, options());
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 100).await;
+    let due = unix_ms_in(Duration::from_millis(500));
+    schedule(&queue, 1, &[(1, due), (2, due)]).await;
+    server.kill().await?;
+    server.restart().await?;
+    let _scheduler = start_scheduler(&queue);
+    let got = take(&mut only, 2).await;
+    assert_eq!(seqs(&got), [1, 2]);
+    queue.close().await;
+    Ok(())
+}
+
+/// Several msgqueue processes share one schedule in Redis: each due message is pushed by exactly one of them.
+#[tokio::test]
+async fn msgqueue_processes_sharing_redis_push_each_due_message_once() -> TestResult {
+    let server = RedisServer::start().await?;
+    let queues: Vec<Queue> = (0..3).map(|_| open_redis(&server, options())).collect();
+    let _schedulers: Vec<_> = queues.iter().map(start_scheduler).collect();
+    let mut only = consumer(&queues[0], "g", StartAt::Oldest, 1000).await;
+    let due = unix_ms_in(Duration::from_millis(300));
+    for (i, queue) in queues.iter().enumerate() {
+        let id = i as u64 + 1;
+        let items: Vec<_> = (1..=100).map(|seq| (seq, due)).collect();
+        schedule(queue, id, &items).await;
+    }
+    let got = take(&mut only, 300).await;
+    let mut seen: Vec<_> = got.iter().map(|d| parse(&d.payload)).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 300, "a message was pushed twice or lost");
+    assert!(stays_empty(&mut only).await, "a message was pushed twice");
+    for queue in &queues {
+        queue.close().await;
+    }
+    Ok(())
+}
+
+/// The local schedule stores are bounded by `max_bytes` like the log: a scheduled push beyond it is refused as
+/// full, and the same seq sent again once there is room is stored, not taken for a duplicate.
+#[tokio::test]
+async fn a_full_local_schedule_refuses_and_takes_the_refused_seq_once_there_is_room() -> TestResult
+{
+    for store in [Store::memory(), Store::disk()] {
+        let queue = store.open(QueueOptions {
+            max_bytes: 16,
+            ..options()
+        });
+        let mut only = consumer(&queue, "g", StartAt::Oldest, 100).await;
+        let due = unix_ms_in(Duration::from_millis(100));
+        let pushes = |seqs: std::ops::RangeInclusive<u64>| -> Vec<ScheduledPush> {
+            seqs.map(|seq| ScheduledPush {
+                producer: Producer { id: 1, seq },
+                due_ms: due,
+                payload: payload(1, seq),
+            })
+            .collect()
+        };
+        // Four payloads of four bytes fill the 16 bytes; the fifth does not fit.
+        let results = queue.schedule(pushes(1..=5)).await;
+        assert!(
+            results[..4]
+                .iter()
+                .all(|r| matches!(r, Ok(Scheduled::Stored))),
+            "{results:?}"
+        );
+        assert!(
+            matches!(results[4], Err(wsmq_msgqueue::queue::PushError::Full)),
+            "{results:?}"
+        );
+        let _scheduler = start_scheduler(&queue);
+        let got = take(&mut only, 4).await;
+        only.ack(&ids(&got));
+        // The delivered ones leave the store just after the queue has them: retry while it is still full.
+        let outcome = tokio::time::timeout(PATIENCE, async {
+            loop {
+                match queue.schedule(pushes(5..=5)).await.pop() {
+                    Some(Err(wsmq_msgqueue::queue::PushError::Full)) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    other => return other.map(|r| r.map_err(|e| e.to_string())),
+                }
+            }
+        })
+        .await?;
+        assert_eq!(
+            outcome,
+            Some(Ok(Scheduled::Stored)),
+            "the refused seq is not a duplicate"
+        );
+        assert_eq!(seqs(&take(&mut only, 1).await), [5]);
+        queue.close().await;
+    }
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! answered with one result per message. `Idempotency-Key` makes retries safe (see [`crate::idempotency`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -17,6 +17,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 use wsmq_core::access::{Access, ConnectionAccess};
 use wsmq_core::admin::Condition;
 use wsmq_core::history_client::HistoryClient;
@@ -25,6 +26,7 @@ use wsmq_core::limits::Limits;
 use wsmq_core::protocol::envelope::{Envelope, validate_topic};
 use wsmq_core::protocol::history::HistoryQuery;
 use wsmq_core::protocol::queue::RejectReason;
+use wsmq_core::protocol::schedule::Schedule;
 use wsmq_core::protocol::{PUBLISH_API_PATH, PUBLISH_BATCH_API_PATH};
 
 use crate::idempotency::{Answer, Claim, IdempotencyStore, validate_key};
@@ -64,6 +66,8 @@ pub struct PublishApi {
     pub access: Access,
     /// msgqueue's topic history, for `GET /v1/history/<topic>`.
     pub history: Arc<HistoryClient>,
+    /// `--max-delay`: furthest ahead a message may be scheduled.
+    pub max_delay: Duration,
 }
 
 /// A refused request: its status and JSON error.
@@ -98,8 +102,19 @@ impl Refusal {
 struct MessageBody {
     topic: String,
     content: String,
+    /// A duration string (`"90s"`, `"1h30m"`) or a number of seconds.
     #[serde(default)]
-    delay: Option<serde_json::Value>,
+    delay: Option<Box<RawValue>>,
+    /// An RFC 3339 time.
+    #[serde(default)]
+    deliver_at: Option<Box<RawValue>>,
+}
+
+/// A validated message on its way to the link: the canonical envelope and, if scheduled, its due time.
+#[derive(Debug)]
+struct Outgoing {
+    payload: Bytes,
+    due_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,7 +236,7 @@ impl PublishApi {
         let (status, body) = if batch {
             (StatusCode::OK, self.publish_batch(payloads).await?)
         } else {
-            let [payload] = <[Bytes; 1]>::try_from(payloads).map_err(|_| {
+            let [payload] = <[Outgoing; 1]>::try_from(payloads).map_err(|_| {
                 Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "one message expected")
             })?;
             (StatusCode::OK, self.publish_one(payload).await?)
@@ -248,7 +263,7 @@ impl PublishApi {
         }
     }
 
-    fn payload(&self, body: &[u8], access: &mut ConnectionAccess) -> Result<Bytes, Refusal> {
+    fn payload(&self, body: &[u8], access: &mut ConnectionAccess) -> Result<Outgoing, Refusal> {
         let message: MessageBody = serde_json::from_slice(body).map_err(|err| {
             self.metrics.invalid(InvalidReason::Malformed);
             Refusal::new(StatusCode::BAD_REQUEST, format!("invalid JSON: {err}"))
@@ -260,7 +275,7 @@ impl PublishApi {
         &self,
         body: &[u8],
         access: &mut ConnectionAccess,
-    ) -> Result<Vec<Bytes>, Refusal> {
+    ) -> Result<Vec<Outgoing>, Refusal> {
         let batch: BatchBody = serde_json::from_slice(body).map_err(|err| {
             self.metrics.invalid(InvalidReason::Malformed);
             Refusal::new(StatusCode::BAD_REQUEST, format!("invalid JSON: {err}"))
@@ -292,18 +307,21 @@ impl PublishApi {
             .collect()
     }
 
-    /// Checks one message as `/publish` does and encodes the canonical envelope.
+    /// Checks one message as `/publish` does, encodes the canonical envelope and resolves its schedule.
     fn validate(
         &self,
         message: MessageBody,
         access: &mut ConnectionAccess,
-    ) -> Result<Bytes, Refusal> {
-        if message.delay.as_ref().is_some_and(|d| !d.is_null()) {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "delay is not supported yet",
-            ));
-        }
+    ) -> Result<Outgoing, Refusal> {
+        let due_ms = Schedule::from_fields(message.deliver_at.as_deref(), message.delay.as_deref())
+            .and_then(|schedule| match schedule {
+                Some(schedule) => schedule.due_ms(SystemTime::now(), self.max_delay),
+                None => Ok(None),
+            })
+            .map_err(|err| {
+                self.metrics.invalid(InvalidReason::Schedule);
+                Refusal::new(StatusCode::BAD_REQUEST, err.to_string())
+            })?;
         if let Err(err) = validate_topic(&message.topic) {
             self.metrics.invalid(InvalidReason::Topic);
             return Err(Refusal::new(
@@ -337,10 +355,10 @@ impl PublishApi {
             )
             .with(json!({ "limit": max })));
         }
-        Ok(payload)
+        Ok(Outgoing { payload, due_ms })
     }
 
-    async fn publish_one(&self, payload: Bytes) -> Result<serde_json::Value, Refusal> {
+    async fn publish_one(&self, payload: Outgoing) -> Result<serde_json::Value, Refusal> {
         let receipt = self.push(payload).await?;
         let id = receipt.outcome().await.map_err(publish_refusal)?;
         Ok(json!({ "id": id.to_string() }))
@@ -348,7 +366,7 @@ impl PublishApi {
 
     /// Pushes every message in order, then awaits each verdict: one result per message. Only a batch of which
     /// nothing could be pushed is refused as a whole.
-    async fn publish_batch(&self, payloads: Vec<Bytes>) -> Result<serde_json::Value, Refusal> {
+    async fn publish_batch(&self, payloads: Vec<Outgoing>) -> Result<serde_json::Value, Refusal> {
         let mut receipts = Vec::with_capacity(payloads.len());
         for payload in payloads {
             match self.push(payload).await {
@@ -375,11 +393,12 @@ impl PublishApi {
 
     /// Hands a message to the link: at once if the buffer has room; with a full buffer, 503 at once while
     /// msgqueue is unreachable, else after waiting up to [`BUFFER_WAIT`] for room.
-    async fn push(&self, payload: Bytes) -> Result<Receipt, Refusal> {
+    async fn push(&self, message: Outgoing) -> Result<Receipt, Refusal> {
+        let Outgoing { payload, due_ms } = message;
         let unavailable = |message: &str| {
             Refusal::new(StatusCode::SERVICE_UNAVAILABLE, message).with(json!({ "retry": true }))
         };
-        let receipt = match self.link.try_push(payload.clone()) {
+        let receipt = match self.link.try_push(payload.clone(), due_ms) {
             Ok(receipt) => receipt,
             Err(TryPushError::Closed(LinkClosed)) => {
                 return Err(unavailable("the publisher is stopping"));
@@ -390,7 +409,7 @@ impl PublishApi {
                 ));
             }
             Err(TryPushError::Full) => {
-                match tokio::time::timeout(BUFFER_WAIT, self.link.push(payload)).await {
+                match tokio::time::timeout(BUFFER_WAIT, self.link.push(payload, due_ms)).await {
                     Ok(Ok(receipt)) => receipt,
                     Ok(Err(LinkClosed)) => return Err(unavailable("the publisher is stopping")),
                     Err(_) => return Err(unavailable("the publisher's buffer is full")),

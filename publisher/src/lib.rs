@@ -71,6 +71,11 @@ pub struct Config {
     /// The HTTP publish API (`POST /v1/publish`, `/v1/publish/batch`).
     #[command(flatten)]
     pub http: HttpApiArgs,
+
+    /// Furthest ahead a message may be scheduled (`DeliverAt` / `Delay` in wsmq.v1, `deliver_at` / `delay` in
+    /// the HTTP API), e.g. `30days`, `12h`, `90m`; later ones are refused.
+    #[arg(long, env = "WSMQ_MAX_DELAY", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub max_delay: Duration,
 }
 
 /// Settings of the HTTP publish API.
@@ -165,6 +170,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         idempotency,
         access: access.clone(),
         history,
+        max_delay: config.max_delay,
     };
     let routes = vec![
         Route::WebSocket {
@@ -182,6 +188,7 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         metrics: metrics.clone(),
         listener: setup.listener_metrics.clone(),
         access,
+        max_delay: config.max_delay,
     };
     let publisher = Publisher {
         metrics,

@@ -137,6 +137,8 @@ pub struct PushLink {
 #[derive(Debug)]
 struct Submission {
     payload: Bytes,
+    /// When msgqueue should deliver it (Unix ms), for a scheduled message.
+    due_ms: Option<u64>,
     done: Option<oneshot::Sender<Result<MessageId, PublishError>>>,
     slot: Slot,
 }
@@ -162,6 +164,7 @@ impl Drop for Slot {
 struct InFlight {
     seq: u64,
     payload: Bytes,
+    due_ms: Option<u64>,
     done: Option<oneshot::Sender<Result<MessageId, PublishError>>>,
     slot: Slot,
 }
@@ -203,22 +206,24 @@ impl PushLink {
     }
 
     /// Hands a message to the link and returns a [`Receipt`] for msgqueue's verdict. Waits while the buffer is
-    /// full (this is the backpressure that stops a session from reading its socket).
-    pub async fn push(&self, payload: Bytes) -> Result<Receipt, LinkClosed> {
+    /// full (this is the backpressure that stops a session from reading its socket). With `due_ms` (Unix ms)
+    /// msgqueue keeps it until then (PUSH_AT); the receipt still resolves once it is stored.
+    pub async fn push(&self, payload: Bytes, due_ms: Option<u64>) -> Result<Receipt, LinkClosed> {
         let (done, receipt) = oneshot::channel();
-        self.submit(payload, Some(done)).await?;
+        self.submit(payload, due_ms, Some(done)).await?;
         Ok(Receipt(receipt))
     }
 
     /// Hands a message to the link when nobody waits for the verdict (compat clients); a rejection is only
     /// logged and counted. Waits while the buffer is full.
     pub async fn push_untracked(&self, payload: Bytes) -> Result<(), LinkClosed> {
-        self.submit(payload, None).await
+        self.submit(payload, None, None).await
     }
 
     /// Hands a message to the link if its buffer has room now, without waiting: for callers that answer "try
-    /// again later" rather than hold a client (the HTTP API while msgqueue is unreachable).
-    pub fn try_push(&self, payload: Bytes) -> Result<Receipt, TryPushError> {
+    /// again later" rather than hold a client (the HTTP API while msgqueue is unreachable). `due_ms` as for
+    /// [`PushLink::push`].
+    pub fn try_push(&self, payload: Bytes, due_ms: Option<u64>) -> Result<Receipt, TryPushError> {
         let handed = Instant::now();
         let refused = |err| match err {
             TryAcquireError::Closed => TryPushError::Closed(LinkClosed),
@@ -233,6 +238,7 @@ impl PushLink {
         let (done, receipt) = oneshot::channel();
         let submission = Submission {
             payload,
+            due_ms,
             done: Some(done),
             slot: self.slot(message, bytes, handed),
         };
@@ -247,6 +253,7 @@ impl PushLink {
     async fn submit(
         &self,
         payload: Bytes,
+        due_ms: Option<u64>,
         done: Option<oneshot::Sender<Result<MessageId, PublishError>>>,
     ) -> Result<(), LinkClosed> {
         // Waiting for buffer space (backpressure) counts towards the publish latency.
@@ -267,6 +274,7 @@ impl PushLink {
         self.submissions
             .send(Submission {
                 payload,
+                due_ms,
                 done,
                 slot,
             })
@@ -398,16 +406,16 @@ impl LinkTask {
     /// After a reconnect: every message not yet acked, in order, with its original sequence number.
     async fn resend_unacked(&mut self, outbox: &Outbox) -> Result<(), ConnectionError> {
         let budget = self.config.batch_bytes;
-        let resend: Vec<(u64, Bytes)> = self
+        let resend: Vec<(u64, Option<u64>, Bytes)> = self
             .unacked
             .iter()
-            .map(|m| (m.seq, m.payload.clone()))
+            .map(|m| (m.seq, m.due_ms, m.payload.clone()))
             .collect();
-        for (seq, payload) in resend {
+        for (seq, due_ms, payload) in resend {
             if !fits(&self.frame, payload.len(), budget) {
                 self.send_frame(outbox).await?;
             }
-            self.frame.push(seq, &payload);
+            write_push(&mut self.frame, seq, due_ms, &payload);
         }
         if !self.frame.is_empty() {
             self.send_frame(outbox).await?;
@@ -433,10 +441,11 @@ impl LinkTask {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.frame.push(seq, &submission.payload);
+            write_push(&mut self.frame, seq, submission.due_ms, &submission.payload);
             self.unacked.push_back(InFlight {
                 seq,
                 payload: submission.payload,
+                due_ms: submission.due_ms,
                 done: submission.done,
                 slot: submission.slot,
             });
@@ -547,6 +556,14 @@ async fn next_submission(
     match carry.take() {
         Some(submission) => Some(submission),
         None => submissions.recv().await,
+    }
+}
+
+/// A PUSH record, or a PUSH_AT for a scheduled message.
+fn write_push(frame: &mut FrameWriter, seq: u64, due_ms: Option<u64>, payload: &[u8]) {
+    match due_ms {
+        Some(due_ms) => frame.push_at(seq, due_ms, payload),
+        None => frame.push(seq, payload),
     }
 }
 

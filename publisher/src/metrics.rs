@@ -26,6 +26,9 @@ pub enum InvalidReason {
     TooLarge,
     /// A binary frame: publishers send text.
     Binary,
+    /// `DeliverAt` / `Delay` (or the HTTP API's `deliver_at` / `delay`) malformed, both given, too far in the
+    /// past or beyond `--max-delay`.
+    Schedule,
 }
 
 impl InvalidReason {
@@ -38,6 +41,7 @@ impl InvalidReason {
             Self::Id => "id",
             Self::TooLarge => "too_large",
             Self::Binary => "binary",
+            Self::Schedule => "schedule",
         }
     }
 }

@@ -10,6 +10,8 @@
 //! reading while earlier messages wait for msgqueue; the queue between them is bounded, which caps how many
 //! unconfirmed messages one client can have outstanding.
 
+use std::time::{Duration, SystemTime};
+
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -51,6 +53,8 @@ pub struct ConnectionContext {
     pub listener: ListenerMetrics,
     /// Who may publish to what (the ACL file, if any).
     pub access: Access,
+    /// `--max-delay`: furthest ahead a `wsmq.v1` message may be scheduled.
+    pub max_delay: Duration,
 }
 
 /// A message waiting for msgqueue, with the `Id` (raw JSON) to echo when it is confirmed.
@@ -192,10 +196,29 @@ impl Session {
                 .await;
             return Ok(());
         }
+        // Scheduling is a wsmq.v1 feature: a compat client's DeliverAt or Delay is ignored, as ws-go did.
+        let due_ms = match (&self.confirmations, publish.schedule) {
+            (None, _) | (Some(_), Ok(None)) => None,
+            (Some(_), Ok(Some(schedule))) => {
+                match schedule.due_ms(SystemTime::now(), self.context.max_delay) {
+                    Ok(due_ms) => due_ms,
+                    Err(err) => {
+                        self.refuse(InvalidReason::Schedule, &err.to_string(), publish.id)
+                            .await;
+                        return Ok(());
+                    }
+                }
+            }
+            (Some(_), Err(err)) => {
+                self.refuse(InvalidReason::Schedule, &err.to_string(), publish.id)
+                    .await;
+                return Ok(());
+            }
+        };
         self.context.metrics.accepted();
         match &self.confirmations {
             Some(confirmations) => {
-                let receipt = self.context.link.push(payload).await?;
+                let receipt = self.context.link.push(payload, due_ms).await?;
                 let unconfirmed = Unconfirmed {
                     id: publish.id.map(ToOwned::to_owned),
                     receipt,

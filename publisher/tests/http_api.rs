@@ -127,13 +127,57 @@ async fn a_batch_gets_one_result_per_message_in_order() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn http_delay_and_deliver_at_schedule_the_message_in_the_queue() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let queue = FakeQueue::start(dir.path()).await?;
+    let publisher = Publisher::start(config(dir.path(), queue.addr())).await?;
+    let mut api = publisher.api(dir.path()).await?;
+    let now_ms = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+        )
+        .unwrap_or(0)
+    };
+
+    let before = now_ms();
+    let at = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let body = json!({ "messages": [
+        { "topic": "a", "content": "1", "delay": "10s" },
+        { "topic": "a", "content": "2", "delay": 90 },
+        { "topic": "a", "content": "3", "deliver_at": humantime::format_rfc3339_millis(at).to_string() },
+        { "topic": "a", "content": "4" },
+    ]});
+    let reply = post(&mut api, PUBLISH_BATCH_API_PATH, &body.to_string()).await?;
+    let after = now_ms();
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let received = queue.state().seen().received.clone();
+    let dues: Vec<Option<u64>> = received.iter().map(|p| p.due_ms).collect();
+    let in_range = |due: Option<u64>, delay: u64| {
+        due.is_some_and(|due| (before + delay..=after + delay).contains(&due))
+    };
+    assert!(in_range(dues[0], 10_000), "{dues:?}");
+    assert!(in_range(dues[1], 90_000), "{dues:?}");
+    let at_ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))?;
+    assert_eq!(dues[2], Some(at_ms));
+    assert_eq!(dues[3], None);
+    assert_eq!(&received[0].payload[..], br#"{"Topic":"a","Content":"1"}"#);
+    publisher.stop().await?;
+    queue.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn bad_requests_get_their_status_and_a_json_error_and_store_nothing() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let queue = FakeQueue::start(dir.path()).await?;
     let publisher = Publisher::start(config(dir.path(), queue.addr())).await?;
     let mut api = publisher.api(dir.path()).await?;
 
-    let cases: [(&str, &str, StatusCode, &str); 11] = [
+    let cases: [(&str, &str, StatusCode, &str); 14] = [
         (
             PUBLISH_API_PATH,
             "{not json",
@@ -172,9 +216,27 @@ async fn bad_requests_get_their_status_and_a_json_error_and_store_nothing() -> a
         ),
         (
             PUBLISH_API_PATH,
-            r#"{"topic":"t","content":"c","delay":"5s"}"#,
+            r#"{"topic":"t","content":"c","delay":"5 parsecs"}"#,
             StatusCode::BAD_REQUEST,
-            "delay is not supported yet",
+            "the delay must be a duration",
+        ),
+        (
+            PUBLISH_API_PATH,
+            r#"{"topic":"t","content":"c","delay":5,"deliver_at":"2030-01-01T00:00:00Z"}"#,
+            StatusCode::BAD_REQUEST,
+            "give a delivery time or a delay, not both",
+        ),
+        (
+            PUBLISH_API_PATH,
+            r#"{"topic":"t","content":"c","deliver_at":"2001-01-01T00:00:00Z"}"#,
+            StatusCode::BAD_REQUEST,
+            "the delivery time is",
+        ),
+        (
+            PUBLISH_BATCH_API_PATH,
+            r#"{"messages":[{"topic":"ok","content":"1"},{"topic":"t","content":"2","delay":"999days"}]}"#,
+            StatusCode::BAD_REQUEST,
+            "the delivery time is more than",
         ),
         (
             PUBLISH_BATCH_API_PATH,
@@ -249,7 +311,7 @@ async fn bad_requests_get_their_status_and_a_json_error_and_store_nothing() -> a
     assert!(!api.is_closed(), "errors keep the connection alive");
 
     assert!(queue.state().seen().stored.is_empty());
-    assert_eq!(publisher.metrics.http_request_count(400), 12);
+    assert_eq!(publisher.metrics.http_request_count(400), 15);
     assert_eq!(publisher.metrics.http_request_count(405), 1);
     assert_eq!(publisher.metrics.http_request_count(200), 0);
     publisher.stop().await?;

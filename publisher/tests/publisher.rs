@@ -498,3 +498,164 @@ async fn readyz_follows_the_queue_link() -> anyhow::Result<()> {
     queue.stop().await?;
     Ok(())
 }
+
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("fits")
+}
+
+#[tokio::test]
+async fn a_v1_message_with_delay_or_deliver_at_goes_to_the_queue_with_its_due_time()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let queue = FakeQueue::start(dir.path()).await?;
+    let publisher = Publisher::start(config(dir.path(), queue.addr())).await?;
+    let mut client = publisher.client(dir.path(), true).await?;
+
+    let before = now_ms();
+    send_text(
+        &mut client,
+        r#"{"Topic":"news","Content":"later","Delay":"1h30m","Id":1}"#,
+    )
+    .await?;
+    assert_eq!(parse(&next_text(&mut client).await?)?, ack("1"));
+    send_text(
+        &mut client,
+        r#"{"Topic":"news","Content":"at","DeliverAt":"2099-01-01T00:00:00+01:00","Id":2}"#,
+    )
+    .await?;
+    assert!(
+        matches!(
+            parse(&next_text(&mut client).await?)?,
+            ServerFrame::Error { .. }
+        ),
+        "beyond 30 days"
+    );
+    send_text(
+        &mut client,
+        r#"{"Topic":"news","Content":"now","Delay":0,"Id":3}"#,
+    )
+    .await?;
+    assert_eq!(parse(&next_text(&mut client).await?)?, ack("3"));
+    let after = now_ms();
+
+    let received = queue.state().seen().received.clone();
+    assert_eq!(received.len(), 2, "{received:?}");
+    let due = received[0].due_ms.expect("the delayed one is a PUSH_AT");
+    let delay = 90 * 60 * 1000;
+    assert!((before + delay..=after + delay).contains(&due), "{due}");
+    // The stored bytes are the plain envelope, without the scheduling fields.
+    assert_eq!(
+        &received[0].payload[..],
+        br#"{"Topic":"news","Content":"later"}"#
+    );
+    assert_eq!(received[1].due_ms, None, "a zero delay is delivered now");
+    drop(client);
+    publisher.stop().await?;
+    queue.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_scheduling_fields_get_an_error_naming_the_problem_and_never_reach_the_queue()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let queue = FakeQueue::start(dir.path()).await?;
+    let mut config = config(dir.path(), queue.addr());
+    config.max_delay = Duration::from_secs(3600);
+    let publisher = Publisher::start(config).await?;
+    let mut client = publisher.client(dir.path(), true).await?;
+
+    let cases = [
+        (
+            r#"{"Topic":"t","Content":"c","Delay":"10s","DeliverAt":"2030-01-01T00:00:00Z","Id":1}"#,
+            "not both",
+        ),
+        (
+            r#"{"Topic":"t","Content":"c","Delay":"soon","Id":2}"#,
+            "delay must be a duration",
+        ),
+        (
+            r#"{"Topic":"t","Content":"c","Delay":-5,"Id":3}"#,
+            "delay must be a duration",
+        ),
+        (
+            r#"{"Topic":"t","Content":"c","DeliverAt":"tomorrow","Id":4}"#,
+            "RFC 3339",
+        ),
+        (
+            r#"{"Topic":"t","Content":"c","DeliverAt":"2001-01-01T00:00:00Z","Id":5}"#,
+            "in the past",
+        ),
+        (
+            r#"{"Topic":"t","Content":"c","Delay":"61m","Id":6}"#,
+            "--max-delay",
+        ),
+    ];
+    for (i, (frame, problem)) in cases.into_iter().enumerate() {
+        send_text(&mut client, frame).await?;
+        match parse(&next_text(&mut client).await?)? {
+            ServerFrame::Error { message, id } => {
+                assert_eq!(id, Some((i + 1).to_string()), "{frame}");
+                assert!(message.contains(problem), "{frame}: {message}");
+            }
+            other => panic!("{frame}: expected an error, got {other:?}"),
+        }
+    }
+    send_text(
+        &mut client,
+        r#"{"Topic":"t","Content":"c","Delay":"59m","Id":7}"#,
+    )
+    .await?;
+    assert_eq!(parse(&next_text(&mut client).await?)?, ack("7"));
+    assert_eq!(queue.state().seen().received.len(), 1);
+    assert_eq!(publisher.metrics.invalid_count(InvalidReason::Schedule), 6);
+    drop(client);
+    publisher.stop().await?;
+    queue.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_compat_clients_scheduling_fields_are_ignored_as_before() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let queue = FakeQueue::start(dir.path()).await?;
+    let publisher = Publisher::start(config(dir.path(), queue.addr())).await?;
+    let mut client = publisher.client(dir.path(), false).await?;
+
+    send_text(
+        &mut client,
+        r#"{"Topic":"news","Content":"one","Delay":"1h"}"#,
+    )
+    .await?;
+    send_text(
+        &mut client,
+        r#"{"Topic":"news","Content":"two","Delay":"nonsense","DeliverAt":"x"}"#,
+    )
+    .await?;
+    let state = queue.state();
+    state
+        .wait_for("both messages", |seen| seen.received.len() == 2)
+        .await?;
+    let received = state.seen().received.clone();
+    assert!(received.iter().all(|p| p.due_ms.is_none()), "{received:?}");
+    assert_eq!(
+        state.seen().stored_texts(),
+        [
+            r#"{"Topic":"news","Content":"one"}"#,
+            r#"{"Topic":"news","Content":"two"}"#
+        ]
+    );
+    assert_nothing_pending(&mut client).await?;
+    assert_eq!(publisher.metrics.invalid_count(InvalidReason::Schedule), 0);
+    drop(client);
+    publisher.stop().await?;
+    queue.stop().await?;
+    Ok(())
+}

@@ -9,6 +9,7 @@ pub mod http;
 pub mod queue;
 pub mod resume;
 pub mod scaleout;
+pub mod scheduled;
 
 use std::future::Future;
 use std::io::IsTerminal as _;
@@ -70,6 +71,7 @@ async fn run_once(ctx: &Ctx, scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::Scaleout(args) => scaleout::run(ctx, args).await,
         Scenario::Http(args) => http::run(ctx, args).await,
         Scenario::Resume(args) => resume::run(ctx, args).await,
+        Scenario::Scheduled(args) => scheduled::run(ctx, args).await,
     }
 }
 

@@ -11,6 +11,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::schedule::{Schedule, ScheduleError};
+
 /// Longest topic accepted, in bytes of UTF-8.
 pub const MAX_TOPIC_LEN: usize = 256;
 
@@ -140,6 +142,9 @@ pub struct Publish<'a> {
     pub id: Option<&'a RawValue>,
     /// The envelope, or why it is invalid. Kept apart from `id` so an error can still name the message.
     pub envelope: Result<Envelope<'a>, EnvelopeError>,
+    /// `DeliverAt` / `Delay` (matched case-insensitively), or why they are invalid; `Ok(None)` when absent.
+    /// Only `wsmq.v1` sessions look at it: compat clients' extra fields are ignored as ws-go did.
+    pub schedule: Result<Option<Schedule>, ScheduleError>,
 }
 
 impl<'a> Publish<'a> {
@@ -150,15 +155,18 @@ impl<'a> Publish<'a> {
             return Self {
                 id: None,
                 envelope: Envelope::parse_plain(frame),
+                schedule: Ok(None),
             };
         }
         match RawEnvelope::parse(frame.as_bytes()) {
             Err(err) => Self {
                 id: None,
                 envelope: Err(err),
+                schedule: Ok(None),
             },
             Ok(mut raw) => {
                 let id = raw.id.take();
+                let schedule = Schedule::from_fields(raw.deliver_at.take(), raw.delay.take());
                 let id_ok = id.is_none_or(|id| {
                     let first = id.get().as_bytes().first().copied().unwrap_or(b' ');
                     first == b'"' || first == b'-' || first.is_ascii_digit()
@@ -167,11 +175,13 @@ impl<'a> Publish<'a> {
                     Self {
                         id,
                         envelope: raw.validate(),
+                        schedule,
                     }
                 } else {
                     Self {
                         id: None,
                         envelope: Err(EnvelopeError::BadId),
+                        schedule,
                     }
                 }
             }
@@ -233,6 +243,8 @@ struct RawEnvelope<'a> {
     topic: Option<Cow<'a, str>>,
     content: Option<Cow<'a, str>>,
     id: Option<&'a RawValue>,
+    deliver_at: Option<&'a RawValue>,
+    delay: Option<&'a RawValue>,
 }
 
 impl<'a> RawEnvelope<'a> {
@@ -268,6 +280,8 @@ impl<'de> Visitor<'de> for RawEnvelopeVisitor {
             topic: None,
             content: None,
             id: None,
+            deliver_at: None,
+            delay: None,
         };
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             if key.eq_ignore_ascii_case("topic") {
@@ -276,6 +290,10 @@ impl<'de> Visitor<'de> for RawEnvelopeVisitor {
                 out.content = Some(map.next_value::<CowStr<'de>>()?.0);
             } else if key.eq_ignore_ascii_case("id") {
                 out.id = Some(map.next_value::<&'de RawValue>()?);
+            } else if key.eq_ignore_ascii_case("deliverat") {
+                out.deliver_at = Some(map.next_value::<&'de RawValue>()?);
+            } else if key.eq_ignore_ascii_case("delay") {
+                out.delay = Some(map.next_value::<&'de RawValue>()?);
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -401,6 +419,36 @@ mod tests {
         let p = Publish::parse_text("t plain");
         assert!(p.id.is_none());
         assert_eq!(p.envelope.map(|e| e.content), Ok(Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn publish_reads_the_scheduling_fields_apart_from_the_envelope() {
+        let publish = Publish::parse_text(r#"{"Topic":"t","Content":"c","delay":"90s","Id":1}"#);
+        assert_eq!(
+            publish.schedule,
+            Ok(Some(Schedule::After(std::time::Duration::from_secs(90))))
+        );
+        assert_eq!(
+            publish.envelope.unwrap().encode(),
+            &br#"{"Topic":"t","Content":"c"}"#[..]
+        );
+
+        let publish = Publish::parse_text(
+            r#"{"Topic":"t","Content":"c","DeliverAt":"2030-01-02T15:04:05Z","Delay":"1s"}"#,
+        );
+        assert_eq!(publish.schedule, Err(ScheduleError::Both));
+        assert!(publish.envelope.is_ok(), "the envelope itself is fine");
+
+        let publish = Publish::parse_text(r#"{"Topic":"t","Content":"c","DeliverAt":"soon"}"#);
+        assert!(matches!(
+            publish.schedule,
+            Err(ScheduleError::BadDeliverAt(_))
+        ));
+        assert_eq!(Publish::parse_text("t plain text").schedule, Ok(None));
+        assert_eq!(
+            Publish::parse_text(r#"{"Topic":"t","Content":"c"}"#).schedule,
+            Ok(None)
+        );
     }
 
     #[test]

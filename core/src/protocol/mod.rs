@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod group;
 pub mod history;
 pub mod queue;
+pub mod schedule;
 
 /// The subprotocol a client offers in `Sec-WebSocket-Protocol` to speak wsmq's reliable protocol instead of
 /// ws-go's. Anything new is negotiated this way so ws-go clients, which offer nothing, are never surprised.

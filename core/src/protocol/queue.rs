@@ -7,6 +7,7 @@
 //! ```text
 //! /pushmsg  client → server   0x01 HELLO    producer:u64                      (first record, once)
 //!                             0x02 PUSH     seq:u64 len:u32 payload[len]
+//!                             0x03 PUSH_AT  seq:u64 due_ms:u64 len:u32 payload[len]   (deliver at due_ms)
 //!           server → client   0x81 ACKED    upto:u64                          (cumulative, in push order)
 //!                             0x82 REJECT   seq:u64 reason:u8
 //! /popmsg   client → server   0x11 CREDIT   n:u32
@@ -22,11 +23,13 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::history::{Epoch, Position};
 
-/// The most bytes a record adds around its payload (DELIVER: kind + id + flags + epoch + offset + len).
+/// The most bytes a record adds around its payload (DELIVER: kind + id + flags + epoch + offset + len; PUSH_AT adds
+/// less: kind + seq + due time + len).
 pub const RECORD_OVERHEAD: usize = 1 + 8 + 1 + 16 + 4;
 
 const HELLO: u8 = 0x01;
 const PUSH: u8 = 0x02;
+const PUSH_AT: u8 = 0x03;
 const CREDIT: u8 = 0x11;
 const ACK: u8 = 0x12;
 const NACK: u8 = 0x13;
@@ -137,6 +140,16 @@ pub enum PushRecord {
     Push {
         /// Producer-assigned sequence number, used for dedup and acks.
         seq: u64,
+        /// The message bytes, a zero-copy slice of the frame.
+        payload: Bytes,
+    },
+    /// One scheduled message: stored at once (acked like a PUSH, deduplicated by the same `seq`), put in the
+    /// queue when `due_ms` comes.
+    PushAt {
+        /// Producer-assigned sequence number, shared with PUSH records.
+        seq: u64,
+        /// When to deliver, in milliseconds since the Unix epoch (msgqueue's clock).
+        due_ms: u64,
         /// The message bytes, a zero-copy slice of the frame.
         payload: Bytes,
     },
@@ -253,7 +266,21 @@ impl FrameWriter {
                 self.buf.put_u64_le(*producer);
             }
             PushRecord::Push { seq, payload } => self.push(*seq, payload),
+            PushRecord::PushAt {
+                seq,
+                due_ms,
+                payload,
+            } => self.push_at(*seq, *due_ms, payload),
         }
+    }
+
+    /// Appends a PUSH_AT record (a message to deliver at `due_ms`, Unix milliseconds).
+    pub fn push_at(&mut self, seq: u64, due_ms: u64, payload: &[u8]) {
+        self.buf.put_u8(PUSH_AT);
+        self.buf.put_u64_le(seq);
+        self.buf.put_u64_le(due_ms);
+        self.buf.put_u32_le(len_u32(payload.len()));
+        self.buf.put_slice(payload);
     }
 
     /// Appends a PUSH record without building a [`PushRecord`].
@@ -404,6 +431,16 @@ impl FrameReader {
                 let payload = self.payload()?;
                 Ok(Some(PushRecord::Push { seq, payload }))
             }
+            Some(PUSH_AT) => {
+                let seq = self.u64()?;
+                let due_ms = self.u64()?;
+                let payload = self.payload()?;
+                Ok(Some(PushRecord::PushAt {
+                    seq,
+                    due_ms,
+                    payload,
+                }))
+            }
             Some(kind) => Err(FrameError::UnknownKind(kind)),
         }
     }
@@ -497,12 +534,42 @@ mod tests {
                 seq: 2,
                 payload: Bytes::new(),
             },
+            PushRecord::PushAt {
+                seq: 3,
+                due_ms: 1_764_000_000_123,
+                payload: Bytes::from_static(b"later"),
+            },
         ];
         let mut w = FrameWriter::default();
         records.iter().for_each(|r| w.push_record(r));
         let got = collect(w.take(), 16, FrameReader::next_push).unwrap();
         assert_eq!(got, records);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_push_at_record_is_read_whole_or_refused() {
+        let mut w = FrameWriter::default();
+        w.push_at(9, u64::MAX, b"due");
+        let frame = w.take();
+        assert_eq!(frame.len(), 1 + 8 + 8 + 4 + 3);
+        assert!(
+            frame.len() <= RECORD_OVERHEAD + 3,
+            "within the largest record header"
+        );
+        assert_eq!(
+            collect(frame.slice(..frame.len() - 1), 8, FrameReader::next_push),
+            Err(FrameError::Truncated)
+        );
+        assert_eq!(
+            collect(frame.clone(), 2, FrameReader::next_push),
+            Err(FrameError::TooLarge { len: 3, max: 2 })
+        );
+        // Only `/pushmsg` knows the record.
+        assert_eq!(
+            collect(frame, 8, FrameReader::next_pop),
+            Err(FrameError::UnknownKind(PUSH_AT))
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use wsmq_core::protocol::queue::NackReason;
 
 use super::consumer::LocalConsumer;
 use super::redis::{RedisConsumer, RedisQueue};
+use super::schedule::{Due, LocalSchedule, ScheduleMetrics, Scheduled, ScheduledPush};
 use super::{
     Backend, ConsumeMode, DEFAULT_GROUP, DeadLetter, Delivery, DurableToken, Epoch, GroupName,
     HistoryPage, HistoryQuery, HistoryStats, LocalQueue, Position, Producer, PushError, Pushed,
@@ -20,7 +21,11 @@ use super::{
 
 /// A handle to the queue; cheap to clone, all clones share one queue.
 #[derive(Clone)]
-pub struct Queue(Engine);
+pub struct Queue {
+    engine: Engine,
+    /// The local engine's schedule store (the Redis engine keeps its own in Redis).
+    local_schedule: Option<LocalSchedule>,
+}
 
 #[derive(Clone)]
 enum Engine {
@@ -30,7 +35,7 @@ enum Engine {
 
 impl fmt::Debug for Queue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => queue.fmt(f),
             Engine::Redis(queue) => queue.fmt(f),
         }
@@ -46,15 +51,93 @@ impl Queue {
         backend: Backend,
         options: QueueOptions,
     ) -> Result<(Self, RecoveryReport), QueueError> {
-        match backend {
-            Backend::Memory => LocalQueue::open(None, options),
-            Backend::Disk { dir } => LocalQueue::open(Some(dir), options),
-            Backend::Redis(config) => {
-                return RedisQueue::open(config, options)
-                    .map(|queue| (Self(Engine::Redis(queue)), RecoveryReport::default()));
+        let metrics = ScheduleMetrics::default();
+        let (queue, report, schedule) = match backend {
+            Backend::Memory => {
+                let (queue, report) = LocalQueue::open(None, options.clone())?;
+                let schedule = LocalSchedule::open(None, &options, metrics)?;
+                (queue, report, schedule)
             }
+            Backend::Disk { dir } => {
+                // After the log, which locks the directory the schedule file shares.
+                let (queue, report) = LocalQueue::open(Some(dir.clone()), options.clone())?;
+                let schedule = LocalSchedule::open(Some(&dir), &options, metrics)?;
+                (queue, report, schedule)
+            }
+            Backend::Redis(config) => {
+                let queue = Self {
+                    engine: Engine::Redis(RedisQueue::open(config, options)?),
+                    local_schedule: None,
+                };
+                return Ok((queue, RecoveryReport::default()));
+            }
+        };
+        let queue = Self {
+            engine: Engine::Local(queue),
+            local_schedule: Some(schedule),
+        };
+        Ok((queue, report))
+    }
+
+    /// Takes scheduled pushes (PUSH_AT) into the schedule store, deduplicating producers' retries as pushes are;
+    /// resolves with one result per item once the accepted ones are durable. They reach the queue when due, moved
+    /// by [`run_scheduler`](super::run_scheduler).
+    pub async fn schedule(&self, items: Vec<ScheduledPush>) -> Vec<Result<Scheduled, PushError>> {
+        match (&self.engine, &self.local_schedule) {
+            (Engine::Redis(queue), _) => queue.schedule(items).await,
+            (Engine::Local(_), Some(schedule)) => schedule.schedule(items).await,
+            (Engine::Local(_), None) => items.iter().map(|_| Err(PushError::Closed)).collect(),
         }
-        .map(|(queue, report)| (Self(Engine::Local(queue)), report))
+    }
+
+    /// Appends up to `max` entries due at `now_ms` to `out` (claimed for this process in Redis); returns when to
+    /// look again at the latest, `None` if nothing waits.
+    pub(crate) async fn take_due(
+        &self,
+        now_ms: u64,
+        max: usize,
+        out: &mut Vec<Due>,
+    ) -> Result<Option<u64>, QueueError> {
+        match (&self.engine, &self.local_schedule) {
+            (Engine::Redis(queue), _) => queue.take_due(now_ms, max, out).await,
+            (Engine::Local(_), Some(schedule)) => Ok(schedule.take_due(now_ms, max, out)),
+            (Engine::Local(_), None) => Err(QueueError::Closed),
+        }
+    }
+
+    /// Forgets entries that were pushed into the queue.
+    pub(crate) async fn remove_due(&self, due: &[Due]) -> Result<(), QueueError> {
+        match (&self.engine, &self.local_schedule) {
+            (Engine::Redis(queue), _) => queue.remove_due(due).await,
+            (Engine::Local(_), Some(schedule)) => Ok(schedule.remove(due).await?),
+            (Engine::Local(_), None) => Ok(()),
+        }
+    }
+
+    /// Keeps other msgqueue processes off due entries this one still holds (Redis); nothing to do locally.
+    pub(crate) async fn renew_due(&self, due: &[Due]) -> Result<(), QueueError> {
+        match &self.engine {
+            Engine::Redis(queue) => queue.renew_due(due).await,
+            Engine::Local(_) => Ok(()),
+        }
+    }
+
+    /// Resolves when this process scheduled something (which may be due before the scheduler planned to wake).
+    pub(crate) async fn schedule_changed(&self) {
+        match (&self.engine, &self.local_schedule) {
+            (Engine::Redis(queue), _) => queue.schedule_changed().await,
+            (Engine::Local(_), Some(schedule)) => schedule.changed().await,
+            (Engine::Local(_), None) => std::future::pending().await,
+        }
+    }
+
+    /// The schedule store's metrics.
+    pub(crate) fn schedule_metrics(&self) -> ScheduleMetrics {
+        match (&self.engine, &self.local_schedule) {
+            (Engine::Redis(queue), _) => queue.schedule_metrics().clone(),
+            (Engine::Local(_), Some(schedule)) => schedule.metrics().clone(),
+            (Engine::Local(_), None) => ScheduleMetrics::default(),
+        }
     }
 
     /// Stores one message. `producer` is `None` for compat (at-most-once) pushers, which skip dedup.
@@ -71,7 +154,7 @@ impl Queue {
     where
         I: IntoIterator<Item = (Option<Producer>, Bytes)>,
     {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => queue.push_batch(items, out),
             Engine::Redis(queue) => queue.push_batch(items, out),
         }
@@ -80,7 +163,7 @@ impl Queue {
     /// Resolves once the pushes behind `token` are durable: per the fsync policy for the disk log, once Redis
     /// applied them for the Redis backend. Fails if storage failed or the queue closed before getting there.
     pub async fn wait_durable(&self, token: DurableToken) -> Result<(), QueueError> {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => queue.wait_durable(token).await,
             Engine::Redis(queue) => queue.wait_durable(token).await,
         }
@@ -92,7 +175,7 @@ impl Queue {
         topic: &str,
         query: &HistoryQuery,
     ) -> Result<HistoryPage, QueueError> {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => Ok(queue.history(topic, query)),
             Engine::Redis(queue) => queue.history(topic, query).await,
         }
@@ -107,7 +190,7 @@ impl Queue {
         epoch: Option<Epoch>,
         offset: u64,
     ) -> Result<Option<Position>, QueueError> {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => queue.ack_history(topic, epoch, offset).await,
             Engine::Redis(queue) => queue.ack_history(topic, epoch, offset).await,
         }
@@ -117,7 +200,7 @@ impl Queue {
     /// durable, so msgqueue stops with an error and is restarted. Never resolves while the writer lives, after a
     /// clean close, or for backends without a writer thread.
     pub async fn writer_died(&self) -> String {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => queue.writer_died().await,
             Engine::Redis(_) => std::future::pending().await,
         }
@@ -126,7 +209,7 @@ impl Queue {
     /// Resolves when a payload of `len` bytes would fit (or the queue closed), for compat pushers that must stop
     /// reading rather than drop a message. A push may still find the queue full if others took the space; loop.
     pub async fn wait_for_space(&self, len: usize) {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => queue.wait_for_space(len).await,
             Engine::Redis(queue) => queue.wait_for_space().await,
         }
@@ -135,7 +218,7 @@ impl Queue {
     /// Attaches a consumer to the `default` group (created at the tail if it was dropped). In
     /// [`ConsumeMode::Acked`] it starts with no credit: call [`Consumer::grant`].
     pub fn consumer(&self, mode: ConsumeMode) -> Consumer {
-        Consumer(match &self.0 {
+        Consumer(match &self.engine {
             Engine::Local(queue) => ConsumerEngine::Local(queue.consumer(mode)),
             Engine::Redis(queue) => ConsumerEngine::Redis(queue.consumer(
                 &GroupName::default_group(),
@@ -154,7 +237,7 @@ impl Queue {
         start: StartAt,
         mode: ConsumeMode,
     ) -> Result<Consumer, QueueError> {
-        Ok(Consumer(match &self.0 {
+        Ok(Consumer(match &self.engine {
             Engine::Local(queue) => ConsumerEngine::Local(queue.join(name, start, mode).await?),
             Engine::Redis(queue) => ConsumerEngine::Redis(queue.join(name, start, mode).await?),
         }))
@@ -162,7 +245,7 @@ impl Queue {
 
     /// Acks delivery ids of the `default` group; see [`Consumer::ack`].
     pub fn ack(&self, ids: &[u64]) -> usize {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => queue.ack(ids),
             Engine::Redis(queue) => queue.ack(DEFAULT_GROUP, ids),
         }
@@ -170,7 +253,7 @@ impl Queue {
 
     /// Refuses delivery `id` of the `default` group for good; see [`Consumer::nack`].
     pub fn nack(&self, id: u64, reason: NackReason) -> bool {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => queue.nack(id, reason),
             Engine::Redis(queue) => queue.nack(DEFAULT_GROUP, id, reason),
         }
@@ -178,7 +261,7 @@ impl Queue {
 
     /// The dead letters kept, oldest first (at most `max_dead_letters`).
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => Ok(queue.dead_letters()),
             Engine::Redis(queue) => queue.dead_letters().await,
         }
@@ -189,7 +272,7 @@ impl Queue {
     /// leaves the dead letters only once its new copy is durable, so a crash in between can duplicate it but never
     /// lose it.
     pub async fn replay(&self, ids: Option<&[u64]>) -> Result<usize, ReplayError> {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => queue.replay(ids).await,
             Engine::Redis(queue) => queue.replay(ids).await,
         }
@@ -198,7 +281,7 @@ impl Queue {
     /// Counters and gauges for metrics and readiness. The Redis backend reports what it last read from Redis
     /// (refreshed every second) plus this process's own counters.
     pub fn stats(&self) -> QueueStats {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => queue.stats(),
             Engine::Redis(queue) => queue.stats(),
         }
@@ -206,7 +289,7 @@ impl Queue {
 
     /// What the topic history holds, for metrics; `None` for the Redis engine, whose history is in Redis.
     pub fn history_stats(&self) -> Option<HistoryStats> {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => Some(queue.history_stats()),
             Engine::Redis(_) => None,
         }
@@ -215,25 +298,30 @@ impl Queue {
     /// Whether the storage can be used right now, for `/readyz`: `None` when it always can (the local engine
     /// fails loudly instead), else a watch that follows the connection to Redis.
     pub fn ready(&self) -> Option<watch::Receiver<bool>> {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(_) => None,
             Engine::Redis(queue) => Some(queue.ready()),
         }
     }
 
-    /// Registers the backend's own metrics (Redis round trips, errors, reconnects), if it has any.
+    /// Registers the backend's own metrics (Redis round trips, errors, reconnects), if it has any, and the
+    /// schedule store's.
     pub fn register_metrics(&self, registry: &mut Registry) {
-        if let Engine::Redis(queue) = &self.0 {
+        if let Engine::Redis(queue) = &self.engine {
             queue.register_metrics(registry);
         }
+        self.schedule_metrics().register(registry);
     }
 
     /// Stops the queue: pushes and waiting consumers get `Closed`; the disk log flushes and fsyncs everything
     /// written, the Redis engine applies what was already submitted. Idempotent.
     pub async fn close(&self) {
-        match &self.0 {
+        match &self.engine {
             Engine::Local(queue) => queue.close().await,
             Engine::Redis(queue) => queue.close().await,
+        }
+        if let Some(schedule) = &self.local_schedule {
+            schedule.close().await;
         }
     }
 }

@@ -21,6 +21,7 @@ mod memory;
 mod rangeset;
 mod record;
 mod redis;
+mod schedule;
 mod storage;
 
 use std::collections::{HashMap, VecDeque};
@@ -45,6 +46,7 @@ pub use history::{
 use consumer::LocalConsumer;
 pub use dead::{DeadLetter, DeadReason};
 pub use redis::{RedisConfig, RedisError};
+pub use schedule::{Scheduled, ScheduledPush, run as run_scheduler};
 pub use storage::StorageError;
 pub use wsmq_core::protocol::group::{DEFAULT_GROUP, GroupName, InvalidGroupName, StartAt};
 

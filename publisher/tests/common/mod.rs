@@ -55,6 +55,8 @@ pub(crate) struct Pushed {
     pub(crate) seq: u64,
     /// Message bytes.
     pub(crate) payload: Bytes,
+    /// The due time of a PUSH_AT (Unix ms); `None` for a PUSH.
+    pub(crate) due_ms: Option<u64>,
 }
 
 /// What the fake queue saw and stored, shared across its restarts.
@@ -238,13 +240,17 @@ async fn serve_producer(accepted: Accepted, state: Arc<FakeState>) {
                             return;
                         }
                     };
+                    let due_ms = match &record {
+                        PushRecord::PushAt { due_ms, .. } => Some(*due_ms),
+                        _ => None,
+                    };
                     match record {
                         PushRecord::Hello { producer: id } => {
                             if producer.replace(id).is_some() {
                                 state.update(|seen| seen.violations.push("second HELLO".into()));
                             }
                         }
-                        PushRecord::Push { seq, payload } => {
+                        PushRecord::Push { seq, payload } | PushRecord::PushAt { seq, payload, .. } => {
                             let Some(id) = producer else {
                                 state.update(|seen| seen.violations.push("PUSH before HELLO".into()));
                                 return;
@@ -265,7 +271,7 @@ async fn serve_producer(accepted: Accepted, state: Arc<FakeState>) {
                                 upto = seq;
                             }
                             state.update(|seen| {
-                                seen.received.push(Pushed { producer: id, seq, payload: payload.clone() });
+                                seen.received.push(Pushed { producer: id, seq, payload: payload.clone(), due_ms });
                                 if reject {
                                     return;
                                 }
@@ -325,6 +331,7 @@ pub(crate) fn config(data_dir: &Path, queue: SocketAddr) -> Config {
         link_batch_bytes: 64 * 1024,
         http: HttpApiArgs::default(),
         access: AccessArgs::default(),
+        max_delay: Duration::from_secs(30 * 24 * 3600),
     }
 }
 

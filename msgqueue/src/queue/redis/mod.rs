@@ -18,6 +18,7 @@
 
 mod append;
 mod consumer;
+mod schedule;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -41,6 +42,8 @@ use wsmq_core::protocol::queue::NackReason;
 pub(crate) use consumer::RedisConsumer;
 
 use super::history::{Epoch, HistoryMessage, HistoryPage, HistoryQuery, Position, plan};
+use super::schedule::ScheduleMetrics;
+
 use super::{
     ConsumeMode, DeadLetter, DeadReason, DurableToken, GroupName, GroupStats, Producer, PushError,
     Pushed, QueueError, QueueOptions, QueueStats, ReplayError, StartAt, now_ms,
@@ -158,6 +161,7 @@ struct Keys {
     topic: String,
     /// Prefix of each topic's history stream.
     history: String,
+    schedule: schedule::ScheduleKeys,
 }
 
 impl Keys {
@@ -171,6 +175,7 @@ impl Keys {
             appenders: format!("{tag}:appender:"),
             topic: format!("{tag}:topic:"),
             history: format!("{tag}:history:"),
+            schedule: schedule::ScheduleKeys::new(&tag),
         }
     }
 }
@@ -184,6 +189,7 @@ struct Scripts {
     sweep: Script,
     history: Script,
     ack: Script,
+    schedule: schedule::ScheduleScripts,
 }
 
 impl Scripts {
@@ -197,6 +203,7 @@ impl Scripts {
             sweep: Script::new(include_str!("sweep.lua")),
             history: Script::new(include_str!("history.lua")),
             ack: Script::new(include_str!("ack.lua")),
+            schedule: schedule::ScheduleScripts::new(),
         }
     }
 }
@@ -286,6 +293,10 @@ struct Shared {
     /// Set by the sweep while the log uses more than `max_bytes`: pushes are refused as full until it shrinks.
     full: AtomicBool,
     metrics: RedisMetrics,
+    /// The schedule store's gauge (all processes' entries, as last counted) and lateness histogram.
+    schedule_metrics: ScheduleMetrics,
+    /// Notified when this process scheduled something, to wake its scheduler.
+    schedule_changed: Notify,
     tasks: tokio_util::task::TaskTracker,
 }
 
@@ -386,6 +397,8 @@ impl RedisQueue {
                 reconnects: Counter::default(),
                 unsettled_dropped: Counter::default(),
             },
+            schedule_metrics: ScheduleMetrics::default(),
+            schedule_changed: Notify::new(),
             tasks: tokio_util::task::TaskTracker::new(),
         });
         shared.tasks.spawn(append::run(Arc::clone(&shared), rx));
@@ -687,6 +700,11 @@ impl RedisQueue {
             groups: snapshot.groups.clone(),
             ..QueueStats::default()
         }
+    }
+
+    /// The schedule store's metrics.
+    pub(crate) fn schedule_metrics(&self) -> &ScheduleMetrics {
+        &self.shared.schedule_metrics
     }
 
     /// Follows whether Redis answers.
