@@ -25,7 +25,7 @@ use wsmq_core::history_client::HistoryClient;
 use wsmq_core::limits::Limits;
 use wsmq_core::protocol::client::{
     Command, encode_acked, encode_error, encode_forbidden, encode_history, encode_positioned,
-    encode_resumed, encode_revoked, encode_subscribed, encode_unsubscribed,
+    encode_resumed, encode_revoked, encode_subscribed, encode_topic_error, encode_unsubscribed,
 };
 use wsmq_core::protocol::history::{
     Epoch, HistoryPage, HistoryQuery, MAX_HISTORY_PAGE, Position, Unrecovered,
@@ -229,9 +229,10 @@ impl Session<'_> {
             return;
         };
         let Some(pattern) = pattern.filter(Pattern::is_exact) else {
-            self.refuse(&format!(
-                "cannot resume `{text}`: resuming needs one exact topic, not a pattern"
-            ));
+            self.refuse_topic(
+                text,
+                "cannot resume: resuming needs one exact topic, not a pattern",
+            );
             return;
         };
         let router = &self.context.router;
@@ -331,7 +332,7 @@ impl Session<'_> {
         let pattern = match topic::subscribed(text) {
             Ok(Compat::Strict(pattern)) if pattern.is_exact() => pattern,
             _ => {
-                self.refuse(&format!("history needs one exact topic, not `{text}`"));
+                self.refuse_topic(text, "history needs one exact topic, not a pattern");
                 return;
             }
         };
@@ -358,7 +359,10 @@ impl Session<'_> {
             }
             Err(err) => {
                 tracing::warn!(topic = text, %err, "history request failed");
-                self.reply(encode_error(&format!("history unavailable: {err}"), None));
+                self.reply(encode_topic_error(
+                    text,
+                    &format!("history unavailable: {err}"),
+                ));
             }
         }
     }
@@ -445,6 +449,15 @@ impl Session<'_> {
             self.reply(encode_error(reason, None));
         } else {
             tracing::debug!(reason, "ignoring client frame");
+        }
+    }
+
+    /// A refused command about `text`: an error frame naming the topic for `wsmq.v1`, ignored and counted for
+    /// compat clients.
+    fn refuse_topic(&self, text: &str, reason: &str) {
+        self.context.router.metrics().unknown_command();
+        if self.v1 {
+            self.reply(encode_topic_error(text, reason));
         }
     }
 

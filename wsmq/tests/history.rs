@@ -250,14 +250,15 @@ async fn history_shows_the_newest_messages_and_refuses_patterns() {
     ws.send(Message::text("history news.* limit=2"))
         .await
         .unwrap();
+    // The refusal names the topic, so the client knows which command it answers.
     assert!(matches!(
         next_frame(&mut ws).await,
-        ServerFrame::Error { .. }
+        ServerFrame::SubscriptionRefused { topic, reason } if topic == "news.*" && reason.contains("exact topic")
     ));
     ws.send(Message::text("sub news.* since=0")).await.unwrap();
     assert!(matches!(
         next_frame(&mut ws).await,
-        ServerFrame::Error { .. }
+        ServerFrame::SubscriptionRefused { topic, reason } if topic == "news.*" && reason.contains("cannot resume")
     ));
 
     edges.stop().await;

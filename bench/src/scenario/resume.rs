@@ -36,6 +36,7 @@ pub async fn run(ctx: &Ctx, args: ResumeArgs) -> anyhow::Result<Report> {
 
     // Every client subscribes once and learns where its topic is (the confirmation's epoch and offset).
     let bar = ctx.progress(args.clients as u64, "subscribing");
+    let subscribing = Clock::start();
     let first = ctx
         .phase(
             "subscribe",
@@ -52,6 +53,7 @@ pub async fn run(ctx: &Ctx, args: ResumeArgs) -> anyhow::Result<Report> {
         )
         .await??;
     bar.finish_and_clear();
+    let first_nanos = subscribing.nanos();
     let positions: Vec<Position> = first.iter().map(|(_, p)| *p).collect();
     // All of them drop.
     for (mut ws, _) in first {
@@ -140,6 +142,8 @@ pub async fn run(ctx: &Ctx, args: ResumeArgs) -> anyhow::Result<Report> {
     report.add("missed_per_topic", args.missed);
     report.add("clients_recovered_exactly", exact);
     report.add("all_recovered_secs", slowest as f64 / 1e9);
+    // The same connections and subscriptions with nothing to recover: what the reconnects alone cost.
+    report.add("first_connect_secs", first_nanos as f64 / 1e9);
     report.add(
         "recovered_messages_per_s",
         per_second(args.clients as u64 * args.missed, slowest),

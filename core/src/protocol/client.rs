@@ -256,7 +256,13 @@ pub fn encode_unsubscribed(topic: &str) -> Bytes {
 /// `{"error":"forbidden","topic":"<topic>"}`: the subscriber's answer to a `sub` the client's permissions do not
 /// allow.
 pub fn encode_forbidden(topic: &str) -> Bytes {
-    Bytes::from(serde_json::json!({ "error": "forbidden", "topic": topic }).to_string())
+    encode_topic_error(topic, "forbidden")
+}
+
+/// `{"error":"<message>","topic":"<topic>"}`: a command about `topic` was refused or failed; the topic tells the
+/// client which of its commands the error answers.
+pub fn encode_topic_error(topic: &str, message: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "error": message, "topic": topic }).to_string())
 }
 
 /// `{"unsubscribed":"<topic>","reason":"forbidden"}`: a live subscription ended by the subscriber because

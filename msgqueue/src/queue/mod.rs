@@ -16,6 +16,7 @@ mod dead;
 mod group;
 mod handle;
 pub mod history;
+mod journal;
 mod log;
 mod memory;
 mod rangeset;

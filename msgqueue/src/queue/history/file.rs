@@ -1,15 +1,15 @@
 //! The history file of the disk backend (`<data-dir>/history/history.log`): what [`super::local::LocalHistory`]
 //! keeps in RAM, appended record by record and read back once at start.
 //!
-//! Records are `len: u32 LE | crc32: u32 LE | kind: u8 | body`, `len` and the CRC covering `kind + body`; a torn
-//! or corrupt record ends the valid part (recovery truncates there). Appends only buffer (the caller holds the
+//! Records are framed as in [`crate::queue::journal`] (`len | crc32 | kind | body`); a torn or corrupt record ends
+//! the valid part (recovery truncates there). Appends only buffer (the caller holds the
 //! history lock); one writer thread writes each buffered group with one `write` and fsyncs it per the queue's
 //! `--fsync` policy, so pushes share fsyncs as they do on the log. The file only grows; once it is much larger than
 //! what is retained, the history hands over a snapshot of everything retained and the writer replaces the file with
 //! it (written to a temporary file, fsynced, renamed).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,20 +20,17 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
 use super::{Epoch, Position};
-use crate::queue::FsyncPolicy;
 use crate::queue::storage::StorageError;
+use crate::queue::{FsyncPolicy, journal};
 
 const FILE_NAME: &str = "history.log";
 const TMP_NAME: &str = "history.log.tmp";
-const HEADER_LEN: usize = 8;
 /// A retained message.
 const KIND_ENTRY: u8 = 1;
 /// A topic with no message retained (written by snapshots only), so its epoch and latest offset survive.
 const KIND_TOPIC: u8 = 2;
 /// A topic's messages up to an offset were acked (inboxes).
 const KIND_ACK: u8 = 3;
-/// Largest `kind + body` accepted; anything larger is treated as corruption rather than allocated.
-const MAX_RECORD_LEN: usize = 64 * 1024 * 1024;
 
 /// One record read back from the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,14 +101,10 @@ fn put_topic(body: &mut Vec<u8>, topic: &str) {
 }
 
 fn encode(buf: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.put_u64_le(0);
-    buf.put_u8(kind);
-    body(buf);
-    let len = buf.len() - start - HEADER_LEN;
-    let crc = crc32fast::hash(&buf[start + HEADER_LEN..]);
-    buf[start..start + 4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    journal::frame(buf, |buf| {
+        buf.put_u8(kind);
+        body(buf);
+    });
 }
 
 /// Decodes one record body (`kind + body`); `None` if it does not parse.
@@ -313,22 +306,13 @@ impl HistoryFile {
 /// Parses records from the start of `data`; returns them and the length of the valid part.
 fn read_records(data: &[u8]) -> (Vec<HistoryRecord>, usize) {
     let mut records = Vec::new();
-    let mut at = 0;
-    while let Some(header) = data.get(at..at + HEADER_LEN) {
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let start = at + HEADER_LEN;
-        let Some(body) = data.get(start..start + len) else {
-            break;
-        };
-        if len == 0 || len > MAX_RECORD_LEN || crc32fast::hash(body) != crc {
-            break;
-        }
+    let mut valid = 0;
+    for (end, body) in journal::frames(data) {
         let Some(record) = decode(body) else { break };
         records.push(record);
-        at = start + len;
+        valid = end;
     }
-    (records, at)
+    (records, valid)
 }
 
 struct Writer {
@@ -413,27 +397,9 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes `snapshot` to a temporary file, fsyncs it and renames it over the history file.
+    /// Replaces the history file with `snapshot`.
     fn replace(&mut self, snapshot: &[u8]) -> Result<(), StorageError> {
-        let tmp = self.dir.join(TMP_NAME);
-        let io = |context, e: io::Error| StorageError::io(context, &tmp, e);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&tmp)
-            .map_err(|e| io("cannot create", e))?;
-        file.write_all(snapshot)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| io("cannot write", e))?;
-        fs::rename(&tmp, &self.path).map_err(|e| io("cannot rename", e))?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| StorageError::io("cannot fsync directory", &self.dir, e))?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|e| StorageError::io("cannot open", &self.path, e))?;
+        self.file = journal::replace(&self.dir, &self.path, &self.dir.join(TMP_NAME), snapshot)?;
         self.shared
             .file_len
             .store(snapshot.len() as u64, Ordering::Relaxed);

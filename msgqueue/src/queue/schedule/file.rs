@@ -5,14 +5,14 @@
 //! once most of it is garbage.
 //!
 //! ```text
-//! record  len:u32 crc32(body):u32 body[len]
+//! record  len:u32 crc32(body):u32 body[len]                    (framed by crate::queue::journal)
 //! body    0x01 PUT  n:u64 due_ms:u64 producer:u64 seq:u64 payload[..]
 //!         0x02 DEL  n:u64
 //!         0x03 MARK producer:u64 seq:u64        (a dedup mark kept across a rewrite)
 //! ```
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -20,7 +20,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::local::Marks;
-use crate::queue::StorageError;
+use crate::queue::{StorageError, journal};
 
 const FILE_NAME: &str = "schedule.journal";
 const TEMP_NAME: &str = "schedule.journal.tmp";
@@ -211,19 +211,7 @@ impl Mirror {
         for put in puts {
             encode(&mut buf, &Record::Put(put.clone()));
         }
-        let mut file =
-            File::create(&temp).map_err(|e| StorageError::io("cannot create", &temp, e))?;
-        file.write_all(&buf)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| StorageError::io("cannot write", &temp, e))?;
-        fs::rename(&temp, path).map_err(|e| StorageError::io("cannot rename", &temp, e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StorageError::io("cannot sync", dir, e))?;
-        OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| StorageError::io("cannot open", path, e))
+        journal::replace(dir, path, &temp, &buf)
     }
 }
 
@@ -318,8 +306,7 @@ fn record_len(put: &Put) -> usize {
 }
 
 fn encode(buf: &mut BytesMut, record: &Record) {
-    let mut body = BytesMut::new();
-    match record {
+    journal::frame(buf, |body| match record {
         Record::Put(put) => {
             body.put_u8(PUT);
             body.put_u64_le(put.n);
@@ -337,31 +324,15 @@ fn encode(buf: &mut BytesMut, record: &Record) {
             body.put_u64_le(*producer);
             body.put_u64_le(*seq);
         }
-    }
-    buf.put_u32_le(u32::try_from(body.len()).unwrap_or(u32::MAX));
-    buf.put_u32_le(crc32fast::hash(&body));
-    buf.put_slice(&body);
+    });
 }
 
 /// The records of `data` up to the first torn or corrupt one, and the bytes they use.
-fn decode(mut data: Bytes) -> (Vec<Record>, usize) {
-    let total = data.len();
+fn decode(data: Bytes) -> (Vec<Record>, usize) {
     let mut records = Vec::new();
-    loop {
-        let used = total - data.len();
-        if data.len() < 8 {
-            return (records, used);
-        }
-        let len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        let crc = u32::from_le_bytes([data[4], data[5], data[6], data[7]]);
-        if data.len() < 8 + len {
-            return (records, used);
-        }
-        data.advance(8);
-        let mut body = data.split_to(len);
-        if crc32fast::hash(&body) != crc || body.is_empty() {
-            return (records, used);
-        }
+    let mut used = 0;
+    for (end, body) in journal::frames(&data) {
+        let mut body = data.slice_ref(body);
         let record = match (body.get_u8(), body.len()) {
             (PUT, n) if n >= 32 => Record::Put(Put {
                 n: body.get_u64_le(),
@@ -372,10 +343,12 @@ fn decode(mut data: Bytes) -> (Vec<Record>, usize) {
             }),
             (DEL, 8) => Record::Del(body.get_u64_le()),
             (MARK, 16) => Record::Mark(body.get_u64_le(), body.get_u64_le()),
-            _ => return (records, used),
+            _ => break,
         };
         records.push(record);
+        used = end;
     }
+    (records, used)
 }
 
 #[cfg(test)]
