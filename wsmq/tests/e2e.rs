@@ -7,7 +7,10 @@ use futures_util::SinkExt;
 use tungstenite::Message;
 mod common;
 
-use common::{ALL, Running, api, client, config, next_frame, publish, start_edges, subscribe};
+use common::{
+    ALL, Running, api, client, config, next_frame, publish, start_edges, subscribe,
+    without_position,
+};
 use wsmq::Service;
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::{
@@ -22,14 +25,6 @@ fn message(topic: &str, content: &str) -> ServerFrame {
         topic: topic.into(),
         content: content.into(),
         position: None,
-    }
-}
-
-/// A delivered message without its position in the topic, to compare with [`message`].
-fn plain(frame: ServerFrame) -> ServerFrame {
-    match frame {
-        ServerFrame::Message { topic, content, .. } => message(&topic, &content),
-        other => other,
     }
 }
 
@@ -61,13 +56,13 @@ async fn published_messages_reach_subscribers_in_order_and_unsub_stops_them() {
     }
     for i in 0..100 {
         assert_eq!(
-            plain(next_frame(&mut news).await),
+            without_position(next_frame(&mut news).await),
             message("news", &format!("n{i}")),
             "per-publisher order"
         );
     }
     assert_eq!(
-        plain(next_frame(&mut sport).await),
+        without_position(next_frame(&mut sport).await),
         message("sport", "goal")
     );
 
@@ -85,7 +80,7 @@ async fn published_messages_reach_subscribers_in_order_and_unsub_stops_them() {
     publish(&mut publisher, "other", "marker", 201).await;
     // Delivery is in order, so the marker arriving first proves the unsubscribed message never came.
     assert_eq!(
-        plain(next_frame(&mut news).await),
+        without_position(next_frame(&mut news).await),
         message("other", "marker")
     );
 
@@ -121,7 +116,10 @@ async fn messages_published_over_http_reach_subscribers_in_order() {
     assert_eq!(reply.json()["results"].as_array().map(Vec::len), Some(2));
 
     for content in ["one", "two", "three"] {
-        assert_eq!(plain(next_frame(&mut news).await), message("news", content));
+        assert_eq!(
+            without_position(next_frame(&mut news).await),
+            message("news", content)
+        );
     }
     running.stop().await;
 }
@@ -214,7 +212,7 @@ async fn an_oversize_compat_push_to_msgqueue_does_not_stop_delivery() {
         ServerFrame::Ack { id: "1".into() }
     );
     assert_eq!(
-        plain(next_frame(&mut subscriber).await),
+        without_position(next_frame(&mut subscriber).await),
         message("news", "after")
     );
     running.stop().await;

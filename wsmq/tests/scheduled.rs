@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::{Process, free_ports};
-use common::{ALL, Running, client, config, next_frame, subscribe};
+use common::{ALL, Running, client, config, next_frame, subscribe, without_position};
 use futures_util::SinkExt;
 use tungstenite::Message;
 use wsmq_core::dial::ClientWs;
@@ -39,18 +39,6 @@ fn news(content: &str) -> ServerFrame {
     }
 }
 
-/// A delivered message without its place in the topic, to compare with [`news`].
-fn plain(frame: ServerFrame) -> ServerFrame {
-    match frame {
-        ServerFrame::Message { topic, content, .. } => ServerFrame::Message {
-            topic,
-            content,
-            position: None,
-        },
-        other => other,
-    }
-}
-
 #[tokio::test]
 async fn a_delayed_message_reaches_subscribers_once_it_is_due() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,8 +59,14 @@ async fn a_delayed_message_reaches_subscribers_once_it_is_due() {
         next_frame(&mut publisher).await,
         ServerFrame::Ack { id: "2".into() }
     );
-    assert_eq!(plain(next_frame(&mut subscriber).await), news("now"));
-    assert_eq!(plain(next_frame(&mut subscriber).await), news("later"));
+    assert_eq!(
+        without_position(next_frame(&mut subscriber).await),
+        news("now")
+    );
+    assert_eq!(
+        without_position(next_frame(&mut subscriber).await),
+        news("later")
+    );
     let took = published.elapsed();
     assert!(took >= Duration::from_secs(1), "delivered after {took:?}");
     // Loose: a loaded two-core machine; on an idle one it is within 100 ms of the due time.
@@ -126,5 +120,8 @@ async fn a_message_scheduled_when_msgqueue_is_killed_is_delivered_after_its_rest
     // Down past the due time: it is delivered right after the restart.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let _msgqueue = Process::start("msgqueue", dir.path(), queue_admin, &queue_args).await;
-    assert_eq!(plain(next_frame(&mut subscriber).await), news("survives"));
+    assert_eq!(
+        without_position(next_frame(&mut subscriber).await),
+        news("survives")
+    );
 }

@@ -34,6 +34,78 @@ struct Outcome {
     requests: u64,
 }
 
+/// What the scenarios driving the HTTP API (`http`, `scheduled`) connect before they publish.
+pub(super) struct Setup {
+    /// Tells this run's messages from others'.
+    pub(super) run_id: u32,
+    /// Messages each HTTP connection publishes (the total split evenly).
+    pub(super) planned: Vec<u64>,
+    /// Subscriber connections, subscribed.
+    pub(super) subscribers: Vec<Subscriber>,
+    /// Keep-alive connections to the publisher's API.
+    pub(super) clients: Vec<ApiClient>,
+}
+
+impl Setup {
+    /// Subscribes one connection per topic in `topics` and opens `connections` API connections, within
+    /// `--duration-limit` per phase.
+    pub(super) async fn connect(
+        ctx: &Ctx,
+        connections: usize,
+        messages: u64,
+        topics: impl ExactSizeIterator<Item = String>,
+        mode: crate::cli::SubscribeMode,
+        settle: Duration,
+    ) -> anyhow::Result<Self> {
+        let topics: Vec<String> = topics.collect();
+        ctx.check_connections(connections + topics.len())?;
+        let connector = Connector::new(&ctx.common, false)?;
+        let sub_target = connector
+            .target(&ctx.common.subscriber_url, SUBSCRIBE_PATH)
+            .await?;
+        let pub_target = connector
+            .target(&ctx.common.publisher_url, PUBLISH_PATH)
+            .await?;
+        let c = connections as u64;
+        let planned = (0..c)
+            .map(|j| messages / c + u64::from(j < messages % c))
+            .collect();
+        let bar = ctx.progress(topics.len() as u64, "subscribing");
+        let subscribers = ctx
+            .phase(
+                "connect subscribers",
+                open_many(ctx, topics.len(), &bar, |i| {
+                    subscribe(
+                        connector.clone(),
+                        sub_target.clone(),
+                        topics[i].clone(),
+                        mode,
+                        source_ip(i, 0, &sub_target),
+                    )
+                }),
+            )
+            .await??;
+        bar.finish_and_clear();
+        settle_if_unconfirmed(&subscribers, settle).await;
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let client = ctx
+                .phase(
+                    "connect HTTP clients",
+                    ApiClient::connect(pub_target.dialer()),
+                )
+                .await??;
+            clients.push(client);
+        }
+        Ok(Self {
+            run_id: rand::random(),
+            planned,
+            subscribers,
+            clients,
+        })
+    }
+}
+
 /// Runs `http`.
 pub async fn run(ctx: &Ctx, args: HttpArgs) -> anyhow::Result<Report> {
     if args.connections == 0 || args.subscribers == 0 || args.topics == 0 || args.batch == 0 {
@@ -44,48 +116,20 @@ pub async fn run(ctx: &Ctx, args: HttpArgs) -> anyhow::Result<Report> {
             "--subscribers must be a multiple of --topics, so every message has as many subscribers"
         );
     }
-    ctx.check_connections(args.connections + args.subscribers)?;
-    let connector = Connector::new(&ctx.common, false)?;
-    let sub_target = connector
-        .target(&ctx.common.subscriber_url, SUBSCRIBE_PATH)
-        .await?;
-    let pub_target = connector
-        .target(&ctx.common.publisher_url, PUBLISH_PATH)
-        .await?;
-    let run_id: u32 = rand::random();
-    let c = args.connections as u64;
-    let planned: Vec<u64> = (0..c)
-        .map(|j| args.messages / c + u64::from(j < args.messages % c))
-        .collect();
-
-    let bar = ctx.progress(args.subscribers as u64, "subscribing");
-    let subscribers = ctx
-        .phase(
-            "connect subscribers",
-            open_many(ctx, args.subscribers, &bar, |i| {
-                subscribe(
-                    connector.clone(),
-                    sub_target.clone(),
-                    topic_name(i % args.topics),
-                    args.subscribe_mode,
-                    source_ip(i, 0, &sub_target),
-                )
-            }),
-        )
-        .await??;
-    bar.finish_and_clear();
-    settle_if_unconfirmed(&subscribers, args.settle).await;
-
-    let mut clients = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        let client = ctx
-            .phase(
-                "connect HTTP clients",
-                ApiClient::connect(pub_target.dialer()),
-            )
-            .await??;
-        clients.push(client);
-    }
+    let Setup {
+        run_id,
+        planned,
+        subscribers,
+        clients,
+    } = Setup::connect(
+        ctx,
+        args.connections,
+        args.messages,
+        (0..args.subscribers).map(|i| topic_name(i % args.topics)),
+        args.subscribe_mode,
+        args.settle,
+    )
+    .await?;
 
     let clock = Clock::start();
     let delivery_latency = Latencies::default();

@@ -12,12 +12,12 @@ use anyhow::{Context as _, anyhow, bail};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use wsmq_core::api_client::ApiClient;
-use wsmq_core::protocol::{PUBLISH_BATCH_API_PATH, PUBLISH_PATH, SUBSCRIBE_PATH};
+use wsmq_core::protocol::PUBLISH_BATCH_API_PATH;
 
 use super::e2e::{receive, topic_name};
-use super::{Ctx, Subscriber, open_many, settle_if_unconfirmed, subscribe};
+use super::http::Setup;
+use super::{Ctx, Subscriber};
 use crate::cli::ScheduledArgs;
-use crate::client::{Connector, source_ip};
 use crate::payload::{Clock, Counts, STAMP_LEN, Stamp, Tracker};
 use crate::report::{Latencies, Report};
 
@@ -29,47 +29,20 @@ pub async fn run(ctx: &Ctx, args: ScheduledArgs) -> anyhow::Result<Report> {
     if args.connections == 0 || args.subscribers == 0 || args.batch == 0 {
         bail!("need at least one connection, subscriber and message per request");
     }
-    ctx.check_connections(args.connections + args.subscribers)?;
-    let connector = Connector::new(&ctx.common, false)?;
-    let sub_target = connector
-        .target(&ctx.common.subscriber_url, SUBSCRIBE_PATH)
-        .await?;
-    let pub_target = connector
-        .target(&ctx.common.publisher_url, PUBLISH_PATH)
-        .await?;
-    let run_id: u32 = rand::random();
-    let c = args.connections as u64;
-    let planned: Vec<u64> = (0..c)
-        .map(|j| args.messages / c + u64::from(j < args.messages % c))
-        .collect();
-
-    let bar = ctx.progress(args.subscribers as u64, "subscribing");
-    let subscribers = ctx
-        .phase(
-            "connect subscribers",
-            open_many(ctx, args.subscribers, &bar, |i| {
-                subscribe(
-                    connector.clone(),
-                    sub_target.clone(),
-                    topic_name(0),
-                    args.subscribe_mode,
-                    source_ip(i, 0, &sub_target),
-                )
-            }),
-        )
-        .await??;
-    bar.finish_and_clear();
-    settle_if_unconfirmed(&subscribers, args.settle).await;
-    let mut clients = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        clients.push(
-            ctx.phase(
-                "connect HTTP clients",
-                ApiClient::connect(pub_target.dialer()),
-            )
-            .await??,
-        );
-    }
+    let Setup {
+        run_id,
+        planned,
+        subscribers,
+        clients,
+    } = Setup::connect(
+        ctx,
+        args.connections,
+        args.messages,
+        (0..args.subscribers).map(|_| topic_name(0)),
+        args.subscribe_mode,
+        args.settle,
+    )
+    .await?;
 
     // The due time: a whole second at least --lead ahead, on the wall clock (what msgqueue compares with) and on
     // the bench's monotonic clock (what deliveries are timed with).

@@ -111,3 +111,15 @@ pub async fn publish(ws: &mut ClientWs, topic: &str, content: &str, id: u64) {
     let frame = serde_json::json!({ "Topic": topic, "Content": content, "Id": id }).to_string();
     ws.send(Message::text(frame)).await.unwrap();
 }
+
+/// A frame without the position a delivered message carries in its topic, to compare messages by topic and content.
+pub fn without_position(frame: ServerFrame) -> ServerFrame {
+    match frame {
+        ServerFrame::Message { topic, content, .. } => ServerFrame::Message {
+            topic,
+            content,
+            position: None,
+        },
+        other => other,
+    }
+}
