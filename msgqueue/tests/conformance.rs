@@ -536,6 +536,41 @@ async fn history_answers_what_a_client_missed_or_says_why_it_cannot(store: Store
     queue.close().await;
 }
 
+async fn a_replayed_dead_letter_is_a_new_message_of_its_topic(store: Store) {
+    let queue = store.open(history_options(100));
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 10).await;
+    push_payloads(
+        &queue,
+        1,
+        vec![(1, envelope("t", 1)), (2, envelope("t", 2))],
+    )
+    .await;
+    let got = take(&mut only, 2).await;
+    assert!(only.nack(got[0].id, wsmq_core::protocol::queue::NackReason::Invalid));
+    only.ack(&ids(&got[1..]));
+    wsmq_testkit::eventually("the dead letter", || async {
+        queue
+            .dead_letters()
+            .await
+            .is_ok_and(|letters| letters.len() == 1)
+    })
+    .await
+    .expect("a dead letter in time");
+    assert_eq!(queue.replay(None).await.expect("replay"), 1);
+    let replayed = take(&mut only, 1).await;
+    assert_eq!(
+        &replayed[0].payload[..],
+        &envelope("t", 1)[..],
+        "the message as published"
+    );
+    assert_eq!(
+        replayed[0].position.map(|p| p.offset),
+        Some(3),
+        "a new offset in its topic"
+    );
+    queue.close().await;
+}
+
 async fn topic_history_and_offsets_survive_a_restart(store: Store) {
     let queue = store.open(history_options(100));
     push_payloads(
@@ -826,6 +861,7 @@ conformance! {
         each_topic_numbers_its_messages_and_deliveries_carry_their_position,
         history_answers_what_a_client_missed_or_says_why_it_cannot,
         an_inbox_keeps_what_is_not_acked_and_an_ack_removes_messages_for_good,
+        a_replayed_dead_letter_is_a_new_message_of_its_topic,
         scheduled_messages_reach_the_queue_at_their_due_time_in_due_then_publish_order,
         a_resent_scheduled_push_is_scheduled_once,
     ],

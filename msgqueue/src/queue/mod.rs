@@ -1507,6 +1507,9 @@ impl LocalQueue {
         let mut refused = None;
         let mut durable = None;
         for (id, payload) in payloads {
+            // A replayed letter is a new message: its old place in its topic is dropped and it gets a new one, as on
+            // Redis, whose dead letters keep only the payload.
+            let (_, payload) = history::unstamp(payload);
             match self.push(None, payload) {
                 Ok(pushed) => {
                     durable = durable.max(Some(pushed.durable()));
