@@ -1231,6 +1231,13 @@ impl LocalQueue {
         I: IntoIterator<Item = (Option<Producer>, Bytes)>,
     {
         let inner = &*self.inner;
+        // Topics are read before the lock: the parse is the costliest step of a push, and every push and
+        // dispatch of the queue waits behind the lock.
+        let items: Vec<(Option<Producer>, Bytes)> = items.into_iter().collect();
+        let topics: Vec<_> = items
+            .iter()
+            .map(|(_, payload)| history::topic_of(payload))
+            .collect();
         let mut state = inner.state.lock();
         let now = Instant::now();
         if now >= state.next_sweep && !state.closed {
@@ -1240,10 +1247,18 @@ impl LocalQueue {
         let mut stored = 0;
         let mut failure: Option<PushError> = None;
         let now_ms = now_ms();
-        for (producer, payload) in items {
+        for ((producer, payload), topic) in items.iter().zip(&topics) {
             let result = match &failure {
                 Some(err) => Err(err.clone()),
-                None => push_one(inner, &mut state, &mut used, producer, payload, now_ms),
+                None => push_one(
+                    inner,
+                    &mut state,
+                    &mut used,
+                    *producer,
+                    payload.clone(),
+                    topic.as_deref(),
+                    now_ms,
+                ),
             };
             match &result {
                 Ok(Pushed::Stored { .. }) => stored += 1,
@@ -1650,6 +1665,7 @@ fn push_one(
     used: &mut u64,
     producer: Option<Producer>,
     payload: Bytes,
+    topic: Option<&str>,
     now_ms: u64,
 ) -> Result<Pushed, PushError> {
     if state.closed {
@@ -1700,12 +1716,11 @@ fn push_one(
         ),
     };
     // The message's place in its topic is assigned here, in log order, and stored with it.
-    let (payload, history) = match history::topic_of(&payload)
-        .and_then(|topic| inner.history.append(&topic, &payload, now_ms))
-    {
-        Some((position, token)) => (history::stamp(position, &payload), token),
-        None => (payload, 0),
-    };
+    let (payload, history) =
+        match topic.and_then(|topic| inner.history.append(topic, &payload, now_ms)) {
+            Some((stamped, token)) => (stamped, token),
+            None => (payload, 0),
+        };
     let len = payload.len();
     let mut durable = storage.append_message(offset, producer, &payload, &snapshot)?;
     durable.history = history;

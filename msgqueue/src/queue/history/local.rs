@@ -193,13 +193,9 @@ impl LocalHistory {
     }
 
     /// Gives the next message of `topic` its position and retains it; `None` if the topic keeps no history.
-    /// Returns the file token that becomes durable with it (0 without a file).
-    pub(crate) fn append(
-        &self,
-        topic: &str,
-        payload: &[u8],
-        now_ms: u64,
-    ) -> Option<(Position, u64)> {
+    /// Returns the message stamped with its position (what the log stores: history keeps a slice of the same
+    /// bytes, not a copy) and the file token that becomes durable with it (0 without a file).
+    pub(crate) fn append(&self, topic: &str, payload: &[u8], now_ms: u64) -> Option<(Bytes, u64)> {
         let retention = self.options.retention(topic);
         if retention.size == 0 {
             return None;
@@ -219,7 +215,8 @@ impl LocalHistory {
             epoch: state.epoch,
             offset: state.latest,
         };
-        let payload = Bytes::copy_from_slice(payload);
+        let stamped = super::stamp(position, payload);
+        let payload = stamped.slice(super::STAMP_LEN..);
         topics.bytes += payload.len() as u64;
         topics.messages += 1;
         let token = self.file.as_ref().map_or(0, |file| {
@@ -234,7 +231,7 @@ impl LocalHistory {
         let dropped = state.trim(retention, now_ms);
         topics.messages -= (before - state.entries.len()) as u64;
         topics.bytes -= dropped;
-        Some((position, token))
+        Some((stamped, token))
     }
 
     /// Answers a history request for `topic`.
@@ -405,6 +402,18 @@ mod tests {
         }
     }
 
+    /// Appends and returns the position the message was stamped with, as the engine sees it.
+    fn append(
+        history: &LocalHistory,
+        topic: &str,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Option<(Position, u64)> {
+        history
+            .append(topic, payload, now_ms)
+            .and_then(|(stamped, token)| Some((super::super::unstamp(stamped).0?, token)))
+    }
+
     fn offsets(page: &HistoryPage) -> Vec<u64> {
         page.messages.iter().map(|m| m.offset).collect()
     }
@@ -417,10 +426,10 @@ mod tests {
     fn offsets_count_up_per_topic_and_the_newest_are_retained() {
         let history = LocalHistory::in_memory(options(3));
         for n in 1..=5 {
-            let (position, _) = history.append("t", &envelope(n), T0).unwrap();
+            let (position, _) = append(&history, "t", &envelope(n), T0).unwrap();
             assert_eq!(position.offset, n);
         }
-        assert_eq!(history.append("u", &envelope(1), T0).unwrap().0.offset, 1);
+        assert_eq!(append(&history, "u", &envelope(1), T0).unwrap().0.offset, 1);
         let page = history.query("t", &HistoryQuery::Last { limit: 10 }, T0);
         assert_eq!((offsets(&page), page.latest), (vec![3, 4, 5], 5));
         assert_eq!(
@@ -443,8 +452,8 @@ mod tests {
     #[test]
     fn expired_messages_are_not_recovered_and_an_idle_topic_starts_a_new_epoch() {
         let history = LocalHistory::in_memory(options(100));
-        let (first, _) = history.append("t", &envelope(1), T0).unwrap();
-        history.append("t", &envelope(2), T0 + 9_000).unwrap();
+        let (first, _) = append(&history, "t", &envelope(1), T0).unwrap();
+        append(&history, "t", &envelope(2), T0 + 9_000).unwrap();
         let since_first = HistoryQuery::Since {
             position: first,
             limit: 10,
@@ -463,7 +472,7 @@ mod tests {
         let page = history.query("t", &since_zero, T0 + 10_500);
         assert_eq!(page.reason, Some(super::super::Unrecovered::Expired));
         // Long after: the topic is forgotten, its next message starts a new epoch at offset 1.
-        let (later, _) = history.append("t", &envelope(3), T0 + 60_000).unwrap();
+        let (later, _) = append(&history, "t", &envelope(3), T0 + 60_000).unwrap();
         assert_eq!(later.offset, 1);
         assert_ne!(later.epoch, first.epoch);
         let page = history.query("t", &since_first, T0 + 60_000);
@@ -480,7 +489,7 @@ mod tests {
         let history =
             LocalHistory::open(options(100), dir.path(), FsyncPolicy::Always, T0).unwrap();
         for n in 1..=4 {
-            history.append("@alice", &envelope(n), T0).unwrap();
+            append(&history, "@alice", &envelope(n), T0).unwrap();
         }
         let (acked, token) = history.ack("@alice", None, 2).unwrap();
         runtime.block_on(history.wait_durable(token)).unwrap();
@@ -507,7 +516,7 @@ mod tests {
     #[test]
     fn a_topic_with_size_zero_keeps_no_history() {
         let history = LocalHistory::in_memory(options(0));
-        assert_eq!(history.append("t", &envelope(1), T0), None);
+        assert_eq!(append(&history, "t", &envelope(1), T0), None);
         assert_eq!(history.stats(), HistoryStats::default());
     }
 
@@ -520,7 +529,7 @@ mod tests {
         let history = LocalHistory::open(options(2), dir.path(), FsyncPolicy::Always, T0).unwrap();
         let mut last = None;
         for n in 1..=3 {
-            let (position, token) = history.append("t", &envelope(n), T0).unwrap();
+            let (position, token) = append(&history, "t", &envelope(n), T0).unwrap();
             runtime.block_on(history.wait_durable(token)).unwrap();
             last = Some(position);
         }
@@ -537,7 +546,7 @@ mod tests {
         // Size 2 keeps 2 and 3; the client at offset 1 misses nothing.
         assert_eq!((offsets(&page), page.recovered), (vec![2, 3], true));
         assert_eq!(
-            reopened.append("t", &envelope(4), T0).unwrap().0,
+            append(&reopened, "t", &envelope(4), T0).unwrap().0,
             Position {
                 offset: 4,
                 ..last.unwrap()
