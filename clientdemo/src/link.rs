@@ -23,7 +23,7 @@ use wsmq_core::link::{self as reconnecting, ConnectError, Flow, Start};
 use wsmq_core::protocol::client::ServerFrame;
 use wsmq_core::protocol::history::{Epoch, Position};
 use wsmq_core::protocol::{PUBLISH_PATH, SUBSCRIBE_PATH};
-use wsmq_core::topic::{self, Compat};
+use wsmq_core::topic;
 use wsmq_core::ws::{self, Outbox, Reader};
 
 use crate::cli::When;
@@ -265,7 +265,7 @@ pub(crate) enum Subscription {
 /// Whether `topic` names one exact topic whose position can be resumed (not a pattern, not a legacy ws-go topic
 /// outside the token rules), as the subscriber requires for `sub … since=` and `history`.
 pub(crate) fn resumable(topic: &str) -> bool {
-    matches!(topic::subscribed(topic), Ok(Compat::Strict(pattern)) if pattern.is_exact())
+    topic::exact(topic).is_some()
 }
 
 /// The `sub` frame for `topic`, resuming after `since` when given.

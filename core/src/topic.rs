@@ -373,6 +373,12 @@ pub fn subscribed(text: &str) -> Result<Compat<Pattern>, SyntaxError> {
     }
 }
 
+/// The one exact topic `text` names, as a pattern, or `None` for a wildcard pattern (which spans topics) or a legacy
+/// ws-go topic outside the token rules: what a topic's history (its offsets, `history`, a resume) is asked for by.
+pub fn exact(text: &str) -> Option<Pattern> {
+    Pattern::parse(text).ok().filter(Pattern::is_exact)
+}
+
 /// Values (subscribers, ACL rules...) stored under patterns, found by topic.
 ///
 /// Exact patterns live in one hash map, so a topic nobody subscribes to by wildcard costs one hash lookup, as
@@ -703,6 +709,11 @@ mod tests {
             assert_eq!(Pattern::parse(text).map(|p| p.to_string()), Ok(text.into()));
         }
         assert!(pattern("news.sport").is_exact());
+        assert!(exact("news.sport").is_some() && exact("@a.b").is_some());
+        assert!(
+            exact("news.*").is_none() && exact("a..b").is_none(),
+            "a pattern, a legacy topic"
+        );
         assert!(pattern("@a.b").is_exact());
         assert!(!pattern("news.*").is_exact());
         assert!(!pattern("@*").is_exact());

@@ -65,20 +65,8 @@ fn options() -> QueueOptions {
 
 /// Pushes reliable messages `first..first + count` of producer `id` in one batch and waits until durable.
 async fn push(queue: &Queue, id: u64, first: u64, count: u64) {
-    let mut results = Vec::new();
-    queue.push_batch(
-        (first..first + count).map(|seq| (producer(id, seq), payload(id, seq))),
-        &mut results,
-    );
-    let token = results
-        .iter()
-        .map(|r| r.as_ref().expect("push accepted").durable())
-        .max()
-        .expect("something pushed");
-    tokio::time::timeout(PATIENCE, queue.wait_durable(token))
-        .await
-        .expect("durable in time")
-        .expect("durable");
+    let items = (first..first + count).map(|seq| (seq, payload(id, seq)));
+    push_payloads(queue, id, items.collect()).await;
 }
 
 async fn consumer(queue: &Queue, name: &str, start: StartAt, credit: u32) -> Consumer {

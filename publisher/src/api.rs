@@ -479,9 +479,8 @@ impl PublishApi {
         let topic = percent_encoding::percent_decode_str(topic)
             .decode_utf8()
             .map_err(|_| bad("topic is not UTF-8".into()))?;
-        let pattern = match wsmq_core::topic::subscribed(&topic) {
-            Ok(wsmq_core::topic::Compat::Strict(pattern)) if pattern.is_exact() => pattern,
-            _ => return Err(bad(format!("history needs one exact topic, not `{topic}`"))),
+        let Some(pattern) = wsmq_core::topic::exact(&topic) else {
+            return Err(bad(format!("history needs one exact topic, not `{topic}`")));
         };
         let query = HistoryQuery::parse(request.uri().query().unwrap_or("")).map_err(bad)?;
         if !access.may_subscribe(&topic, &pattern) {

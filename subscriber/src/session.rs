@@ -329,12 +329,9 @@ impl Session<'_> {
             self.refuse("history needs wsmq.v1");
             return;
         }
-        let pattern = match topic::subscribed(text) {
-            Ok(Compat::Strict(pattern)) if pattern.is_exact() => pattern,
-            _ => {
-                self.refuse_topic(text, "history needs one exact topic, not a pattern");
-                return;
-            }
+        let Some(pattern) = topic::exact(text) else {
+            self.refuse_topic(text, "history needs one exact topic, not a pattern");
+            return;
         };
         if !self.allows(text, Some(&pattern)) {
             self.context.router.metrics().subscribe_forbidden();
