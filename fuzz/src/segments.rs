@@ -117,7 +117,10 @@ async fn check(dir: &Path) {
     let pushed = queue
         .push(None, payload.clone())
         .expect("a recovered queue accepts a push");
-    let Pushed::Stored { offset, durable } = pushed else {
+    let Pushed::Stored {
+        offset, durable, ..
+    } = pushed
+    else {
         panic!("a compat push cannot be a duplicate");
     };
     assert_eq!(

@@ -3,7 +3,8 @@
 //! Compat mode stores each text frame and answers nothing (at-most-once, as ws-go). Reliable mode decodes
 //! batches of PUSH records, stores them with one lock acquisition per frame, and a separate acker task answers
 //! ACKED/REJECT in push order once the storage says the messages are durable, so that the reader keeps reading
-//! while earlier frames wait for their group commit. PUSH_AT records go to the schedule store, which the reader
+//! while earlier frames wait for their group commit. A PUSH_PLACED is stored like a PUSH and also gets a PLACED
+//! with its topic position, sent just before the ACKED that covers it. PUSH_AT records go to the schedule store, which the reader
 //! awaits (scheduling is the rarer, latency-tolerant case); their acks still go out in push order.
 
 use std::time::Instant;
@@ -18,7 +19,7 @@ use wsmq_core::server::Accepted;
 use wsmq_core::ws::{self, Outbox, ReadError, Reader};
 
 use crate::ConnectionContext;
-use crate::queue::{DurableToken, Producer, PushError, Queue, ScheduledPush};
+use crate::queue::{DurableToken, Producer, PushError, Pushed, Queue, ScheduledPush};
 
 /// Frames whose replies may wait for durability at once. Bounds memory per producer: when the disk falls behind,
 /// the reader stops reading and TCP pushes back on the producer.
@@ -125,6 +126,16 @@ struct Pending {
     acked_upto: Option<u64>,
     /// Refused pushes, in order.
     rejects: Vec<(u64, RejectReason)>,
+    /// The stored PUSH_PLACED records of the frame: their positions are read once durable.
+    placed: Vec<(u64, Pushed)>,
+}
+
+/// The kind of a push record, remembered per record of a frame until its outcome is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Push,
+    PushPlaced,
+    PushAt,
 }
 
 /// wsmq's reliable protocol: HELLO, then batches of PUSH records; replies in push order once durable.
@@ -155,8 +166,8 @@ async fn read_pushes(
     let mut producer: Option<u64> = None;
     let mut items: Vec<(Option<Producer>, Bytes)> = Vec::new();
     let mut scheduled: Vec<ScheduledPush> = Vec::new();
-    // Each record's seq, and whether it was a PUSH_AT, in frame order.
-    let mut seqs: Vec<(u64, bool)> = Vec::new();
+    // Each record's seq and kind, in frame order.
+    let mut seqs: Vec<(u64, Kind)> = Vec::new();
     let mut results = Vec::new();
     while let Some(message) = reader.next().await? {
         let Message::Binary(frame) = message else {
@@ -174,34 +185,27 @@ async fn read_pushes(
                 Ok(None) => break,
                 Ok(Some(PushRecord::Hello { producer: id })) => producer = Some(id),
                 Ok(Some(PushRecord::Push { seq, payload })) => {
-                    let Some(id) = producer else {
-                        return Err(protocol_error(
-                            outbox,
-                            CloseCode::Protocol,
-                            "PUSH before HELLO",
-                        ));
-                    };
+                    let id = producer_of(producer, outbox, "PUSH before HELLO")?;
                     items.push((Some(Producer { id, seq }), payload));
-                    seqs.push((seq, false));
+                    seqs.push((seq, Kind::Push));
+                }
+                Ok(Some(PushRecord::PushPlaced { seq, payload })) => {
+                    let id = producer_of(producer, outbox, "PUSH_PLACED before HELLO")?;
+                    items.push((Some(Producer { id, seq }), payload));
+                    seqs.push((seq, Kind::PushPlaced));
                 }
                 Ok(Some(PushRecord::PushAt {
                     seq,
                     due_ms,
                     payload,
                 })) => {
-                    let Some(id) = producer else {
-                        return Err(protocol_error(
-                            outbox,
-                            CloseCode::Protocol,
-                            "PUSH_AT before HELLO",
-                        ));
-                    };
+                    let id = producer_of(producer, outbox, "PUSH_AT before HELLO")?;
                     scheduled.push(ScheduledPush {
                         producer: Producer { id, seq },
                         due_ms,
                         payload,
                     });
-                    seqs.push((seq, true));
+                    seqs.push((seq, Kind::PushAt));
                 }
                 Err(err) => {
                     tracing::debug!(%err, "malformed push frame");
@@ -231,15 +235,20 @@ async fn read_pushes(
             durable: None,
             acked_upto: None,
             rejects: Vec::new(),
+            placed: Vec::new(),
         };
-        for (seq, is_scheduled) in seqs.drain(..) {
-            let outcome = if is_scheduled {
+        for (seq, kind) in seqs.drain(..) {
+            let outcome = if kind == Kind::PushAt {
                 later.next().map(|r| r.as_ref().map(|_| None))
             } else {
-                plain.next().map(|r| r.as_ref().map(|p| Some(p.durable())))
+                plain.next().map(|r| r.as_ref().map(Some))
             };
             match outcome.unwrap_or(Err(&PushError::Closed)) {
-                Ok(durable) => {
+                Ok(pushed) => {
+                    let durable = pushed.map(Pushed::durable);
+                    if let Some(pushed) = pushed.filter(|_| kind == Kind::PushPlaced) {
+                        pending.placed.push((seq, pushed.clone()));
+                    }
                     pending.durable = pending.durable.max(durable);
                     pending.acked_upto = Some(seq);
                     pending.acked += 1;
@@ -273,6 +282,15 @@ fn reject_reason(err: &PushError) -> RejectReason {
         PushError::TooLarge { .. } => RejectReason::TooLarge,
         PushError::Closed | PushError::Storage(_) => RejectReason::Unavailable,
     }
+}
+
+/// The producer named by HELLO, which must come before any push.
+fn producer_of(
+    producer: Option<u64>,
+    outbox: &Outbox,
+    reason: &'static str,
+) -> Result<u64, PushConnError> {
+    producer.ok_or_else(|| protocol_error(outbox, CloseCode::Protocol, reason))
 }
 
 fn protocol_error(outbox: &Outbox, code: CloseCode, reason: &'static str) -> PushConnError {
@@ -310,6 +328,14 @@ async fn run_acker(
             );
             for &(seq, reason) in &pending.rejects {
                 replies.push_reply(PushReply::Reject { seq, reason });
+            }
+            for (seq, pushed) in &pending.placed {
+                if let Some(position) = pushed.position() {
+                    replies.push_reply(PushReply::Placed {
+                        seq: *seq,
+                        position,
+                    });
+                }
             }
             if let Some(upto) = pending.acked_upto {
                 replies.push_reply(PushReply::Acked { upto });

@@ -468,6 +468,70 @@ async fn each_topic_numbers_its_messages_and_deliveries_carry_their_position(sto
     queue.close().await;
 }
 
+/// Pushes like [`push_payloads`] and returns where each push says it was placed once durable.
+async fn push_placed(
+    queue: &Queue,
+    id: u64,
+    items: Vec<(u64, bytes::Bytes)>,
+) -> Vec<Option<Position>> {
+    let mut results = Vec::new();
+    queue.push_batch(
+        items
+            .into_iter()
+            .map(|(seq, payload)| (producer(id, seq), payload)),
+        &mut results,
+    );
+    let mut positions = Vec::new();
+    for result in results {
+        let pushed = result.expect("push accepted");
+        tokio::time::timeout(PATIENCE, queue.wait_durable(pushed.durable()))
+            .await
+            .expect("durable in time")
+            .expect("durable");
+        positions.push(pushed.position());
+    }
+    positions
+}
+
+async fn a_durable_push_tells_where_it_was_placed_in_its_topic(store: Store) {
+    let queue = store.open(history_options(100));
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 1000).await;
+    let placed = push_placed(
+        &queue,
+        1,
+        vec![
+            (1, envelope("a", 1)),
+            (2, envelope("b", 1)),
+            (3, envelope("a", 2)),
+            (4, bytes::Bytes::from_static(b"not an envelope")),
+            (5, envelope("quiet.x", 1)),
+        ],
+    )
+    .await;
+    let offsets: Vec<_> = placed.iter().map(|p| p.map(|p| p.offset)).collect();
+    assert_eq!(offsets, [Some(1), Some(1), Some(2), None, None]);
+    // A retry takes no new place, and does not pretend to know the original's.
+    let retried = push_placed(
+        &queue,
+        1,
+        vec![(3, envelope("a", 2)), (6, envelope("a", 3))],
+    )
+    .await;
+    assert_eq!(retried[0], None, "a duplicate is placed nowhere new");
+    assert_eq!(retried[1].map(|p| p.offset), Some(3));
+    let delivered = take(&mut only, 6).await;
+    let told: Vec<_> = placed
+        .into_iter()
+        .chain(retried.into_iter().skip(1))
+        .collect();
+    let seen: Vec<_> = delivered.iter().map(|d| d.position).collect();
+    assert_eq!(
+        told, seen,
+        "each push was told the position its delivery carries"
+    );
+    queue.close().await;
+}
+
 async fn history_answers_what_a_client_missed_or_says_why_it_cannot(store: Store) {
     let queue = store.open(history_options(3));
     push_payloads(
@@ -847,6 +911,7 @@ conformance! {
         a_message_delivered_max_deliveries_times_without_an_ack_becomes_a_dead_letter,
         a_compat_consumer_gets_each_message_once_and_settles_it_on_hand_out,
         each_topic_numbers_its_messages_and_deliveries_carry_their_position,
+        a_durable_push_tells_where_it_was_placed_in_its_topic,
         history_answers_what_a_client_missed_or_says_why_it_cannot,
         an_inbox_keeps_what_is_not_acked_and_an_ack_removes_messages_for_good,
         a_replayed_dead_letter_is_a_new_message_of_its_topic,

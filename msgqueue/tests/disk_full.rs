@@ -79,6 +79,7 @@ async fn replies(
             match reply {
                 PushReply::Acked { upto } => *acked_upto = (*acked_upto).max(upto),
                 PushReply::Reject { seq, reason } => rejected.push((seq, reason)),
+                PushReply::Placed { seq, .. } => panic!("PLACED for {seq}, which was a PUSH"),
             }
         }
     }

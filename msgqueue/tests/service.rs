@@ -244,6 +244,44 @@ async fn a_full_queue_rejects_reliable_pushes_and_keeps_what_it_stored() {
 }
 
 #[tokio::test]
+async fn a_push_placed_is_told_its_topic_position_before_the_ack_that_covers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mq = Running::start(config(dir.path())).await;
+    let mut p = Producer::connect(&mq.dialer(true), 4).await;
+    let news = |n: u32| Bytes::from(format!(r#"{{"Topic":"news","Content":"{n}"}}"#));
+    p.push_placed(&[
+        (1, news(1)),
+        (2, Bytes::from_static(b"no envelope")),
+        (3, news(2)),
+    ])
+    .await;
+    p.push(&[(4, news(3))]).await;
+    let mut replies = p.until_settled(4).await;
+    replies.retain(|r| !matches!(r, PushReply::Acked { upto } if *upto < 4));
+    let [
+        PushReply::Placed {
+            seq: 1,
+            position: first,
+        },
+        PushReply::Placed {
+            seq: 3,
+            position: second,
+        },
+        PushReply::Acked { upto: 4 },
+    ] = replies[..]
+    else {
+        panic!("a PLACED per placed envelope, then the ACKED: {replies:?}");
+    };
+    assert_eq!((first.offset, second.offset), (1, 2));
+    assert_eq!(first.epoch, second.epoch);
+
+    // Sent again (as after a lost link), it is a duplicate: acked, placed nowhere new.
+    p.push_placed(&[(3, news(2))]).await;
+    assert_eq!(p.until_settled(3).await, [PushReply::Acked { upto: 3 }]);
+    mq.stop().await;
+}
+
+#[tokio::test]
 async fn compat_clients_push_and_pop_raw_text_frames() {
     let dir = tempfile::tempdir().unwrap();
     let mq = Running::start(config(dir.path())).await;

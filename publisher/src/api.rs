@@ -30,7 +30,7 @@ use wsmq_core::protocol::schedule::Schedule;
 use wsmq_core::protocol::{PUBLISH_API_PATH, PUBLISH_BATCH_API_PATH};
 
 use crate::idempotency::{Answer, Claim, IdempotencyStore, validate_key};
-use crate::link::{LinkClosed, PublishError, PushLink, Receipt, TryPushError};
+use crate::link::{Confirm, Confirmed, LinkClosed, PublishError, PushLink, Receipt, TryPushError};
 use crate::metrics::{InvalidReason, PublisherMetrics};
 use crate::session::FORBIDDEN;
 
@@ -360,8 +360,8 @@ impl PublishApi {
 
     async fn publish_one(&self, payload: Outgoing) -> Result<serde_json::Value, Refusal> {
         let receipt = self.push(payload).await?;
-        let id = receipt.outcome().await.map_err(publish_refusal)?;
-        Ok(json!({ "id": id.to_string() }))
+        let confirmed = receipt.outcome().await.map_err(publish_refusal)?;
+        Ok(published(confirmed))
     }
 
     /// Pushes every message in order, then awaits each verdict: one result per message. Only a batch of which
@@ -382,7 +382,7 @@ impl PublishApi {
                 Err(refusal) => Err(refusal),
             };
             results.push(match result {
-                Ok(id) => json!({ "id": id.to_string() }),
+                Ok(confirmed) => published(confirmed),
                 Err(refusal) => {
                     json!({ "error": refusal.message, "status": refusal.status.as_u16() })
                 }
@@ -398,7 +398,7 @@ impl PublishApi {
         let unavailable = |message: &str| {
             Refusal::new(StatusCode::SERVICE_UNAVAILABLE, message).with(json!({ "retry": true }))
         };
-        let receipt = match self.link.try_push(payload.clone(), due_ms) {
+        let receipt = match self.link.try_push(payload.clone(), due_ms, Confirm::Placed) {
             Ok(receipt) => receipt,
             Err(TryPushError::Closed(LinkClosed)) => {
                 return Err(unavailable("the publisher is stopping"));
@@ -409,7 +409,12 @@ impl PublishApi {
                 ));
             }
             Err(TryPushError::Full) => {
-                match tokio::time::timeout(BUFFER_WAIT, self.link.push(payload, due_ms)).await {
+                match tokio::time::timeout(
+                    BUFFER_WAIT,
+                    self.link.push(payload, due_ms, Confirm::Placed),
+                )
+                .await
+                {
                     Ok(Ok(receipt)) => receipt,
                     Ok(Err(LinkClosed)) => return Err(unavailable("the publisher is stopping")),
                     Err(_) => return Err(unavailable("the publisher's buffer is full")),
@@ -418,6 +423,20 @@ impl PublishApi {
         };
         self.metrics.accepted();
         Ok(receipt)
+    }
+}
+
+/// The answer for a stored message: its id, and its topic offset and epoch when msgqueue placed it in the topic's
+/// history (not for a scheduled message, placed only when delivered, nor a topic that keeps no history).
+fn published(confirmed: Confirmed) -> serde_json::Value {
+    let id = confirmed.id.to_string();
+    match confirmed.position {
+        Some(position) => json!({
+            "id": id,
+            "offset": position.offset,
+            "epoch": position.epoch.to_string(),
+        }),
+        None => json!({ "id": id }),
     }
 }
 

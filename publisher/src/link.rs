@@ -27,6 +27,7 @@ use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::dial::{ClientWs, Dialers};
 use wsmq_core::limits::Limits;
 use wsmq_core::link::{self, Flow, Protocol, Start};
+use wsmq_core::protocol::history::Position;
 use wsmq_core::protocol::queue::{
     FrameError, FrameReader, FrameWriter, PushRecord, PushReply, RECORD_OVERHEAD, RejectReason,
 };
@@ -82,6 +83,26 @@ impl std::fmt::Display for MessageId {
     }
 }
 
+/// What msgqueue is asked to confirm about a tracked message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirm {
+    /// That it is stored (a PUSH): the cheapest, what `/publish` sessions ask.
+    Stored,
+    /// That it is stored and where in its topic's history (a PUSH_PLACED): what the HTTP API answers with. A
+    /// scheduled message gets its place only when it is delivered, so it is confirmed as stored alone.
+    Placed,
+}
+
+/// msgqueue's confirmation of a stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The message's id under this publisher.
+    pub id: MessageId,
+    /// Its place in its topic's history, with [`Confirm::Placed`] when msgqueue gave it one (a topic that keeps
+    /// history, a message stored now rather than recognised as a retry).
+    pub position: Option<Position>,
+}
+
 /// Why [`PushLink::try_push`] did not take a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum TryPushError {
@@ -111,13 +132,16 @@ enum ConnectionError {
     UnexpectedText,
 }
 
+/// Where msgqueue's verdict on one message goes.
+type Verdict = oneshot::Sender<Result<Confirmed, PublishError>>;
+
 /// Resolves when msgqueue has acked or rejected one message.
 #[derive(Debug)]
-pub struct Receipt(oneshot::Receiver<Result<MessageId, PublishError>>);
+pub struct Receipt(oneshot::Receiver<Result<Confirmed, PublishError>>);
 
 impl Receipt {
     /// Waits for msgqueue's verdict; [`PublishError::Stopped`] when the link ended first.
-    pub async fn outcome(self) -> Result<MessageId, PublishError> {
+    pub async fn outcome(self) -> Result<Confirmed, PublishError> {
         self.0.await.unwrap_or(Err(PublishError::Stopped))
     }
 }
@@ -139,7 +163,8 @@ struct Submission {
     payload: Bytes,
     /// When msgqueue should deliver it (Unix ms), for a scheduled message.
     due_ms: Option<u64>,
-    done: Option<oneshot::Sender<Result<MessageId, PublishError>>>,
+    confirm: Confirm,
+    done: Option<Verdict>,
     slot: Slot,
 }
 
@@ -165,7 +190,10 @@ struct InFlight {
     seq: u64,
     payload: Bytes,
     due_ms: Option<u64>,
-    done: Option<oneshot::Sender<Result<MessageId, PublishError>>>,
+    confirm: Confirm,
+    /// Set by msgqueue's PLACED, which comes before the ACKED covering the message.
+    position: Option<Position>,
+    done: Option<Verdict>,
     slot: Slot,
 }
 
@@ -208,22 +236,32 @@ impl PushLink {
     /// Hands a message to the link and returns a [`Receipt`] for msgqueue's verdict. Waits while the buffer is
     /// full (this is the backpressure that stops a session from reading its socket). With `due_ms` (Unix ms)
     /// msgqueue keeps it until then (PUSH_AT); the receipt still resolves once it is stored.
-    pub async fn push(&self, payload: Bytes, due_ms: Option<u64>) -> Result<Receipt, LinkClosed> {
+    pub async fn push(
+        &self,
+        payload: Bytes,
+        due_ms: Option<u64>,
+        confirm: Confirm,
+    ) -> Result<Receipt, LinkClosed> {
         let (done, receipt) = oneshot::channel();
-        self.submit(payload, due_ms, Some(done)).await?;
+        self.submit(payload, due_ms, confirm, Some(done)).await?;
         Ok(Receipt(receipt))
     }
 
     /// Hands a message to the link when nobody waits for the verdict (compat clients); a rejection is only
     /// logged and counted. Waits while the buffer is full.
     pub async fn push_untracked(&self, payload: Bytes) -> Result<(), LinkClosed> {
-        self.submit(payload, None, None).await
+        self.submit(payload, None, Confirm::Stored, None).await
     }
 
     /// Hands a message to the link if its buffer has room now, without waiting: for callers that answer "try
     /// again later" rather than hold a client (the HTTP API while msgqueue is unreachable). `due_ms` as for
     /// [`PushLink::push`].
-    pub fn try_push(&self, payload: Bytes, due_ms: Option<u64>) -> Result<Receipt, TryPushError> {
+    pub fn try_push(
+        &self,
+        payload: Bytes,
+        due_ms: Option<u64>,
+        confirm: Confirm,
+    ) -> Result<Receipt, TryPushError> {
         let handed = Instant::now();
         let refused = |err| match err {
             TryAcquireError::Closed => TryPushError::Closed(LinkClosed),
@@ -239,6 +277,7 @@ impl PushLink {
         let submission = Submission {
             payload,
             due_ms,
+            confirm,
             done: Some(done),
             slot: self.slot(message, bytes, handed),
         };
@@ -254,7 +293,8 @@ impl PushLink {
         &self,
         payload: Bytes,
         due_ms: Option<u64>,
-        done: Option<oneshot::Sender<Result<MessageId, PublishError>>>,
+        confirm: Confirm,
+        done: Option<Verdict>,
     ) -> Result<(), LinkClosed> {
         // Waiting for buffer space (backpressure) counts towards the publish latency.
         let handed = Instant::now();
@@ -275,6 +315,7 @@ impl PushLink {
             .send(Submission {
                 payload,
                 due_ms,
+                confirm,
                 done,
                 slot,
             })
@@ -406,16 +447,16 @@ impl LinkTask {
     /// After a reconnect: every message not yet acked, in order, with its original sequence number.
     async fn resend_unacked(&mut self, outbox: &Outbox) -> Result<(), ConnectionError> {
         let budget = self.config.batch_bytes;
-        let resend: Vec<(u64, Option<u64>, Bytes)> = self
+        let resend: Vec<(u64, Option<u64>, Confirm, Bytes)> = self
             .unacked
             .iter()
-            .map(|m| (m.seq, m.due_ms, m.payload.clone()))
+            .map(|m| (m.seq, m.due_ms, m.confirm, m.payload.clone()))
             .collect();
-        for (seq, due_ms, payload) in resend {
+        for (seq, due_ms, confirm, payload) in resend {
             if !fits(&self.frame, payload.len(), budget) {
                 self.send_frame(outbox).await?;
             }
-            write_push(&mut self.frame, seq, due_ms, &payload);
+            write_push(&mut self.frame, seq, due_ms, confirm, &payload);
         }
         if !self.frame.is_empty() {
             self.send_frame(outbox).await?;
@@ -441,11 +482,19 @@ impl LinkTask {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            write_push(&mut self.frame, seq, submission.due_ms, &submission.payload);
+            write_push(
+                &mut self.frame,
+                seq,
+                submission.due_ms,
+                submission.confirm,
+                &submission.payload,
+            );
             self.unacked.push_back(InFlight {
                 seq,
                 payload: submission.payload,
                 due_ms: submission.due_ms,
+                confirm: submission.confirm,
+                position: None,
                 done: submission.done,
                 slot: submission.slot,
             });
@@ -461,7 +510,8 @@ impl LinkTask {
             .map_err(|_| ConnectionError::Closed)
     }
 
-    /// Applies msgqueue's replies: ACKED completes every message up to `upto`, REJECT fails the one named.
+    /// Applies msgqueue's replies: ACKED completes every message up to `upto`, REJECT fails the one named, PLACED
+    /// notes where the one named was stored.
     fn apply_replies(&mut self, frame: Bytes) -> Result<(), ConnectionError> {
         let mut replies = FrameReader::new(frame, 0);
         while let Some(reply) = replies.next_push_reply()? {
@@ -473,14 +523,22 @@ impl LinkTask {
                         self.metrics
                             .stored_after(now.saturating_duration_since(message.slot.handed));
                         if let Some(done) = message.done {
-                            let _ = done.send(Ok(MessageId {
-                                producer: self.producer,
-                                seq: message.seq,
+                            let _ = done.send(Ok(Confirmed {
+                                id: MessageId {
+                                    producer: self.producer,
+                                    seq: message.seq,
+                                },
+                                position: message.position,
                             }));
                         }
                         acked += 1;
                     }
                     self.metrics.acked(acked);
+                }
+                PushReply::Placed { seq, position } => {
+                    if let Some(message) = self.unacked.iter_mut().find(|m| m.seq == seq) {
+                        message.position = Some(position);
+                    }
                 }
                 PushReply::Reject { seq, reason } => {
                     let position = self.unacked.iter().position(|m| m.seq == seq);
@@ -559,11 +617,18 @@ async fn next_submission(
     }
 }
 
-/// A PUSH record, or a PUSH_AT for a scheduled message.
-fn write_push(frame: &mut FrameWriter, seq: u64, due_ms: Option<u64>, payload: &[u8]) {
-    match due_ms {
-        Some(due_ms) => frame.push_at(seq, due_ms, payload),
-        None => frame.push(seq, payload),
+/// A PUSH record, a PUSH_PLACED when the message's place is asked for, or a PUSH_AT for a scheduled message.
+fn write_push(
+    frame: &mut FrameWriter,
+    seq: u64,
+    due_ms: Option<u64>,
+    confirm: Confirm,
+    payload: &[u8],
+) {
+    match (due_ms, confirm) {
+        (Some(due_ms), _) => frame.push_at(seq, due_ms, payload),
+        (None, Confirm::Placed) => frame.push_placed(seq, payload),
+        (None, Confirm::Stored) => frame.push(seq, payload),
     }
 }
 

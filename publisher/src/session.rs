@@ -29,7 +29,7 @@ use wsmq_core::protocol::envelope::{EnvelopeError, Publish};
 use wsmq_core::server::Accepted;
 use wsmq_core::ws::{self, Outbox};
 
-use crate::link::{LinkClosed, PushLink, Receipt};
+use crate::link::{Confirm, LinkClosed, PushLink, Receipt};
 use crate::metrics::{InvalidReason, PublisherMetrics};
 
 /// The error a `wsmq.v1` client gets for a message to a topic it may not publish to.
@@ -218,7 +218,11 @@ impl Session {
         self.context.metrics.accepted();
         match &self.confirmations {
             Some(confirmations) => {
-                let receipt = self.context.link.push(payload, due_ms).await?;
+                let receipt = self
+                    .context
+                    .link
+                    .push(payload, due_ms, Confirm::Stored)
+                    .await?;
                 let unconfirmed = Unconfirmed {
                     id: publish.id.map(ToOwned::to_owned),
                     receipt,

@@ -45,8 +45,18 @@ fn message_id(producer: u64, seq: u64) -> String {
     format!("{producer:016x}-{seq}")
 }
 
+/// The answer for a message the fake queue stored and placed (see [`common::fake_position`]).
+fn placed(producer: u64, seq: u64) -> serde_json::Value {
+    let position = common::fake_position(seq);
+    json!({
+        "id": message_id(producer, seq),
+        "offset": position.offset,
+        "epoch": position.epoch.to_string(),
+    })
+}
+
 #[tokio::test]
-async fn http_publish_is_answered_with_the_stored_id_only_once_the_queue_acked()
+async fn http_publish_is_answered_with_the_stored_id_and_topic_offset_only_once_the_queue_acked()
 -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let queue = FakeQueue::start(dir.path()).await?;
@@ -82,7 +92,16 @@ async fn http_publish_is_answered_with_the_stored_id_only_once_the_queue_acked()
         .next()
         .map(|(key, payload)| (key, payload.clone()))
         .ok_or_else(|| anyhow::anyhow!("nothing stored"))?;
-    assert_eq!(reply.json(), json!({ "id": message_id(producer, seq) }));
+    assert_eq!(reply.json(), placed(producer, seq));
+    assert_eq!(
+        reply.json()["epoch"],
+        "000000000000feed",
+        "an epoch is 16 hex digits"
+    );
+    assert!(
+        state.seen().received.iter().all(|p| p.placed),
+        "sent as PUSH_PLACED"
+    );
     assert_eq!(payload, r#"{"Topic":"news","Content":"hello"}"#);
     assert_eq!(publisher.metrics.accepted_count(), 1);
     publisher.stop().await?;
@@ -110,7 +129,7 @@ async fn a_batch_gets_one_result_per_message_in_order() -> anyhow::Result<()> {
         .seen()
         .stored
         .keys()
-        .map(|&(producer, seq)| json!({ "id": message_id(producer, seq) }))
+        .map(|&(producer, seq)| placed(producer, seq))
         .collect();
     assert_eq!(reply.json(), json!({ "results": ids }));
     assert_eq!(
@@ -165,6 +184,20 @@ async fn http_delay_and_deliver_at_schedule_the_message_in_the_queue() -> anyhow
     assert_eq!(dues[2], Some(at_ms));
     assert_eq!(dues[3], None);
     assert_eq!(&received[0].payload[..], br#"{"Topic":"a","Content":"1"}"#);
+    // A scheduled message is placed in its topic only when it is delivered: its answer has no offset.
+    let placements: Vec<bool> = received.iter().map(|p| p.placed).collect();
+    assert_eq!(placements, [false, false, false, true]);
+    let results = reply.json()["results"].clone();
+    let offsets: Vec<&serde_json::Value> = (0..4).map(|i| &results[i]["offset"]).collect();
+    assert_eq!(
+        offsets,
+        [
+            &serde_json::Value::Null,
+            &serde_json::Value::Null,
+            &serde_json::Value::Null,
+            &json!(common::fake_position(received[3].seq).offset),
+        ]
+    );
     publisher.stop().await?;
     queue.stop().await?;
     Ok(())
@@ -574,6 +607,18 @@ async fn websocket_publishing_keeps_working_on_the_api_port() -> anyhow::Result<
             r#"{"Topic":"t","Content":"http"}"#,
             r#"{"Topic":"t","Content":"ws"}"#,
         ]
+    );
+    let placements: Vec<bool> = queue
+        .state()
+        .seen()
+        .received
+        .iter()
+        .map(|p| p.placed)
+        .collect();
+    assert_eq!(
+        placements,
+        [true, false],
+        "only the API asks msgqueue where a message was placed"
     );
     drop(ws);
     publisher.stop().await?;

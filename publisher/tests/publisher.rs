@@ -556,6 +556,10 @@ async fn a_v1_message_with_delay_or_deliver_at_goes_to_the_queue_with_its_due_ti
         br#"{"Topic":"news","Content":"later"}"#
     );
     assert_eq!(received[1].due_ms, None, "a zero delay is delivered now");
+    assert!(
+        !received[1].placed,
+        "a session's push asks for no placement (a PUSH, not a PUSH_PLACED)"
+    );
     drop(client);
     publisher.stop().await?;
     queue.stop().await?;

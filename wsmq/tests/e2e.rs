@@ -88,7 +88,7 @@ async fn published_messages_reach_subscribers_in_order_and_unsub_stops_them() {
 }
 
 #[tokio::test]
-async fn messages_published_over_http_reach_subscribers_in_order() {
+async fn messages_published_over_http_reach_subscribers_in_order_at_the_offsets_the_answers_gave() {
     let dir = tempfile::tempdir().unwrap();
     let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
     let (pub_port, sub_port) = (
@@ -106,6 +106,7 @@ async fn messages_published_over_http_reach_subscribers_in_order() {
         .unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(reply.json()["id"].is_string(), "{reply:?}");
+    let mut answered = vec![reply.json()];
     let batch =
         r#"{"messages":[{"topic":"news","content":"two"},{"topic":"news","content":"three"}]}"#;
     let reply = api
@@ -114,12 +115,31 @@ async fn messages_published_over_http_reach_subscribers_in_order() {
         .unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.json()["results"].as_array().map(Vec::len), Some(2));
+    answered.extend(
+        reply.json()["results"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    );
 
-    for content in ["one", "two", "three"] {
+    for (content, answer) in ["one", "two", "three"].into_iter().zip(answered) {
+        let frame = next_frame(&mut news).await;
+        let ServerFrame::Message {
+            position: Some(position),
+            ..
+        } = &frame
+        else {
+            panic!("a positioned message: {frame:?}");
+        };
         assert_eq!(
-            without_position(next_frame(&mut news).await),
-            message("news", content)
+            (
+                answer["offset"].as_u64(),
+                answer["epoch"].as_str().map(str::to_owned)
+            ),
+            (Some(position.offset), Some(position.epoch.to_string())),
+            "the API answered with the place the subscriber sees"
         );
+        assert_eq!(without_position(frame), message("news", content));
     }
     running.stop().await;
 }

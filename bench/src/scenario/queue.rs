@@ -339,6 +339,8 @@ async fn read_acks(
                     acked_total.fetch_add(freed as u64, Ordering::Relaxed);
                     last_ack = now;
                 }
+                // The bench sends plain PUSH records, which get no PLACED.
+                PushReply::Placed { .. } => {}
                 PushReply::Reject { seq, reason } => {
                     tracing::debug!(seq, reason = reason.as_str(), "push rejected");
                     rejected_seqs.insert(seq);

@@ -8,8 +8,10 @@
 //! /pushmsg  client → server   0x01 HELLO    producer:u64                      (first record, once)
 //!                             0x02 PUSH     seq:u64 len:u32 payload[len]
 //!                             0x03 PUSH_AT  seq:u64 due_ms:u64 len:u32 payload[len]   (deliver at due_ms)
+//!                             0x04 PUSH_PLACED seq:u64 len:u32 payload[len]   (a PUSH whose place is reported)
 //!           server → client   0x81 ACKED    upto:u64                          (cumulative, in push order)
 //!                             0x82 REJECT   seq:u64 reason:u8
+//!                             0x83 PLACED   seq:u64 epoch:u64 offset:u64      (before the ACKED covering seq)
 //! /popmsg   client → server   0x11 CREDIT   n:u32
 //!                             0x12 ACK      id:u64
 //!                             0x13 NACK     id:u64 reason:u8               (cannot handle it: dead-letter it)
@@ -30,11 +32,13 @@ pub const RECORD_OVERHEAD: usize = 1 + 8 + 1 + 16 + 4;
 const HELLO: u8 = 0x01;
 const PUSH: u8 = 0x02;
 const PUSH_AT: u8 = 0x03;
+const PUSH_PLACED: u8 = 0x04;
 const CREDIT: u8 = 0x11;
 const ACK: u8 = 0x12;
 const NACK: u8 = 0x13;
 const ACKED: u8 = 0x81;
 const REJECT: u8 = 0x82;
+const PLACED: u8 = 0x83;
 const DELIVER: u8 = 0x91;
 
 const FLAG_REDELIVERED: u8 = 0x01;
@@ -143,6 +147,15 @@ pub enum PushRecord {
         /// The message bytes, a zero-copy slice of the frame.
         payload: Bytes,
     },
+    /// One message whose place in its topic's history the producer wants to know: msgqueue stores it as a PUSH
+    /// and, once it is durable, sends a [`PushReply::Placed`] for it before the ACKED that covers it (none when
+    /// the message got no place: it keeps no history, or it was a retry of a message already stored).
+    PushPlaced {
+        /// Producer-assigned sequence number, shared with PUSH records.
+        seq: u64,
+        /// The message bytes, a zero-copy slice of the frame.
+        payload: Bytes,
+    },
     /// One scheduled message: stored at once (acked like a PUSH, deduplicated by the same `seq`), put in the
     /// queue when `due_ms` comes.
     PushAt {
@@ -158,6 +171,14 @@ pub enum PushRecord {
 /// A record msgqueue sends back on `/pushmsg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushReply {
+    /// Where the PUSH_PLACED with this sequence number was stored in its topic's history; the ACKED covering it
+    /// follows.
+    Placed {
+        /// Sequence number of the PUSH_PLACED.
+        seq: u64,
+        /// The message's epoch and offset in its topic.
+        position: Position,
+    },
     /// Every push on this connection with `seq <= upto` that was not rejected is durably stored.
     Acked {
         /// Highest sequence number covered.
@@ -266,6 +287,7 @@ impl FrameWriter {
                 self.buf.put_u64_le(*producer);
             }
             PushRecord::Push { seq, payload } => self.push(*seq, payload),
+            PushRecord::PushPlaced { seq, payload } => self.push_placed(*seq, payload),
             PushRecord::PushAt {
                 seq,
                 due_ms,
@@ -291,6 +313,14 @@ impl FrameWriter {
         self.buf.put_slice(payload);
     }
 
+    /// Appends a PUSH_PLACED record (a PUSH whose place in its topic msgqueue reports).
+    pub fn push_placed(&mut self, seq: u64, payload: &[u8]) {
+        self.buf.put_u8(PUSH_PLACED);
+        self.buf.put_u64_le(seq);
+        self.buf.put_u32_le(len_u32(payload.len()));
+        self.buf.put_slice(payload);
+    }
+
     /// Appends a reply on `/pushmsg`.
     pub fn push_reply(&mut self, reply: PushReply) {
         match reply {
@@ -302,6 +332,12 @@ impl FrameWriter {
                 self.buf.put_u8(REJECT);
                 self.buf.put_u64_le(seq);
                 self.buf.put_u8(reason.code());
+            }
+            PushReply::Placed { seq, position } => {
+                self.buf.put_u8(PLACED);
+                self.buf.put_u64_le(seq);
+                self.buf.put_u64_le(position.epoch.0);
+                self.buf.put_u64_le(position.offset);
             }
         }
     }
@@ -431,6 +467,11 @@ impl FrameReader {
                 let payload = self.payload()?;
                 Ok(Some(PushRecord::Push { seq, payload }))
             }
+            Some(PUSH_PLACED) => {
+                let seq = self.u64()?;
+                let payload = self.payload()?;
+                Ok(Some(PushRecord::PushPlaced { seq, payload }))
+            }
             Some(PUSH_AT) => {
                 let seq = self.u64()?;
                 let due_ms = self.u64()?;
@@ -456,6 +497,15 @@ impl FrameReader {
                 let reason =
                     RejectReason::from_code(code).ok_or(FrameError::UnknownReason(code))?;
                 Ok(Some(PushReply::Reject { seq, reason }))
+            }
+            Some(PLACED) => {
+                let seq = self.u64()?;
+                let epoch = Epoch(self.u64()?);
+                let offset = self.u64()?;
+                Ok(Some(PushReply::Placed {
+                    seq,
+                    position: Position { epoch, offset },
+                }))
             }
             Some(kind) => Err(FrameError::UnknownKind(kind)),
         }
@@ -539,6 +589,10 @@ mod tests {
                 due_ms: 1_764_000_000_123,
                 payload: Bytes::from_static(b"later"),
             },
+            PushRecord::PushPlaced {
+                seq: 4,
+                payload: Bytes::from_static(b"where"),
+            },
         ];
         let mut w = FrameWriter::default();
         records.iter().for_each(|r| w.push_record(r));
@@ -575,6 +629,13 @@ mod tests {
     #[test]
     fn replies_and_pop_records_round_trip() {
         let replies = [
+            PushReply::Placed {
+                seq: 9,
+                position: Position {
+                    epoch: Epoch(u64::MAX),
+                    offset: 41,
+                },
+            },
             PushReply::Acked { upto: 9 },
             PushReply::Reject {
                 seq: 10,

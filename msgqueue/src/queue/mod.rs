@@ -29,7 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -219,7 +219,7 @@ impl DurableToken {
 }
 
 /// The outcome of an accepted push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pushed {
     /// Stored as a new message.
     Stored {
@@ -227,6 +227,8 @@ pub enum Pushed {
         offset: u64,
         /// Await with [`Queue::wait_durable`] before acking the producer.
         durable: DurableToken,
+        /// Its place in its topic's history; `None` when the topic keeps none (or the message is no envelope).
+        position: Option<Position>,
     },
     /// A retry of an already stored (producer, seq): ack again, it is not stored twice.
     Duplicate {
@@ -238,6 +240,9 @@ pub enum Pushed {
     Submitted {
         /// Await with [`Queue::wait_durable`] before acking the producer.
         durable: DurableToken,
+        /// Filled in with the message's place in its topic when the log applies it; `None` when the topic keeps
+        /// no history.
+        placement: Option<Placement>,
     },
 }
 
@@ -247,10 +252,46 @@ impl Pushed {
         match *self {
             Self::Stored { durable, .. }
             | Self::Duplicate { durable }
-            | Self::Submitted { durable } => durable,
+            | Self::Submitted { durable, .. } => durable,
+        }
+    }
+
+    /// The message's place in its topic's history, once [`Pushed::durable`] is: `None` when it got none (no
+    /// history for its topic, a duplicate, or a log that applied it without saying where, see [`Placement`]).
+    pub fn position(&self) -> Option<Position> {
+        match self {
+            Self::Stored { position, .. } => *position,
+            Self::Duplicate { .. } => None,
+            Self::Submitted { placement, .. } => placement.as_ref().and_then(Placement::get),
         }
     }
 }
+
+/// Where a submitted push lands in its topic, filled in by the log that applies it (before its durability token
+/// resolves). It stays empty if the log applied the push without saying where (a batch whose reply was lost and
+/// that was recognised as applied when sent again).
+#[derive(Debug, Clone, Default)]
+pub struct Placement(Arc<OnceLock<Position>>);
+
+impl Placement {
+    /// The position, once the log has applied the push.
+    pub fn get(&self) -> Option<Position> {
+        self.0.get().copied()
+    }
+
+    /// Records the position the log assigned.
+    pub(crate) fn set(&self, position: Position) {
+        let _ = self.0.set(position);
+    }
+}
+
+impl PartialEq for Placement {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Placement {}
 
 /// Why a push was refused; nothing was stored.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -1716,10 +1757,10 @@ fn push_one(
         ),
     };
     // The message's place in its topic is assigned here, in log order, and stored with it.
-    let (payload, history) =
+    let (payload, history, position) =
         match topic.and_then(|topic| inner.history.append(topic, &payload, now_ms)) {
-            Some((stamped, token)) => (stamped, token),
-            None => (payload, 0),
+            Some(retained) => (retained.stamped, retained.token, Some(retained.position)),
+            None => (payload, 0, None),
         };
     let len = payload.len();
     let mut durable = storage.append_message(offset, producer, &payload, &snapshot)?;
@@ -1737,7 +1778,11 @@ fn push_one(
     }
     state.tail_bytes += len as u64;
     state.tail.push_back((offset, payload));
-    Ok(Pushed::Stored { offset, durable })
+    Ok(Pushed::Stored {
+        offset,
+        durable,
+        position,
+    })
 }
 
 #[cfg(test)]

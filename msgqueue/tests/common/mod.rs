@@ -110,6 +110,15 @@ impl Producer {
         self.ws.send(Message::Binary(w.take())).await.unwrap();
     }
 
+    /// Sends one frame holding a PUSH_PLACED for every (seq, payload).
+    pub async fn push_placed(&mut self, items: &[(u64, Bytes)]) {
+        let mut w = FrameWriter::default();
+        for (seq, payload) in items {
+            w.push_placed(*seq, payload);
+        }
+        self.ws.send(Message::Binary(w.take())).await.unwrap();
+    }
+
     /// Reads replies until `seq` is acked (or rejected); returns every reply seen.
     pub async fn until_settled(&mut self, seq: u64) -> Vec<PushReply> {
         let mut seen = Vec::new();

@@ -24,6 +24,7 @@ use wsmq_core::backoff::BackoffArgs;
 use wsmq_core::config::AccessArgs;
 use wsmq_core::dial::ClientWs;
 use wsmq_core::limits::Limits;
+use wsmq_core::protocol::history::{Epoch, Position};
 use wsmq_core::protocol::queue::{FrameReader, FrameWriter, PushRecord, PushReply, RejectReason};
 use wsmq_core::protocol::{PUBLISH_PATH, PUSH_PATH, SUBPROTOCOL_V1};
 use wsmq_core::server::{Accepted, Route};
@@ -57,6 +58,16 @@ pub(crate) struct Pushed {
     pub(crate) payload: Bytes,
     /// The due time of a PUSH_AT (Unix ms); `None` for a PUSH.
     pub(crate) due_ms: Option<u64>,
+    /// Whether it came as a PUSH_PLACED (answered with a PLACED at [`fake_position`]).
+    pub(crate) placed: bool,
+}
+
+/// Where the fake queue says it placed a PUSH_PLACED message: epoch `0xfeed`, offset `100 + seq`.
+pub(crate) fn fake_position(seq: u64) -> Position {
+    Position {
+        epoch: Epoch(0xfeed),
+        offset: 100 + seq,
+    }
 }
 
 /// What the fake queue saw and stored, shared across its restarts.
@@ -244,13 +255,16 @@ async fn serve_producer(accepted: Accepted, state: Arc<FakeState>) {
                         PushRecord::PushAt { due_ms, .. } => Some(*due_ms),
                         _ => None,
                     };
+                    let placed = matches!(record, PushRecord::PushPlaced { .. });
                     match record {
                         PushRecord::Hello { producer: id } => {
                             if producer.replace(id).is_some() {
                                 state.update(|seen| seen.violations.push("second HELLO".into()));
                             }
                         }
-                        PushRecord::Push { seq, payload } | PushRecord::PushAt { seq, payload, .. } => {
+                        PushRecord::Push { seq, payload }
+                        | PushRecord::PushPlaced { seq, payload }
+                        | PushRecord::PushAt { seq, payload, .. } => {
                             let Some(id) = producer else {
                                 state.update(|seen| seen.violations.push("PUSH before HELLO".into()));
                                 return;
@@ -268,10 +282,13 @@ async fn serve_producer(accepted: Accepted, state: Arc<FakeState>) {
                                 }
                                 replies.push_reply(PushReply::Reject { seq, reason: RejectReason::Full });
                             } else {
+                                if placed {
+                                    replies.push_reply(PushReply::Placed { seq, position: fake_position(seq) });
+                                }
                                 upto = seq;
                             }
                             state.update(|seen| {
-                                seen.received.push(Pushed { producer: id, seq, payload: payload.clone(), due_ms });
+                                seen.received.push(Pushed { producer: id, seq, payload: payload.clone(), due_ms, placed });
                                 if reject {
                                     return;
                                 }

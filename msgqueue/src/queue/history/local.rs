@@ -107,6 +107,17 @@ pub struct HistoryStats {
     pub bytes: u64,
 }
 
+/// A message history just retained: what [`LocalHistory::append`] hands back to the push that stores it.
+pub(crate) struct Retained {
+    /// The message stamped with its position: what the log stores (history keeps a slice of the same bytes, not a
+    /// copy).
+    pub(crate) stamped: Bytes,
+    /// Its place in its topic.
+    pub(crate) position: Position,
+    /// The history file token that becomes durable with it (0 without a file).
+    pub(crate) token: u64,
+}
+
 /// The local engine's topic history.
 #[derive(Debug)]
 pub(crate) struct LocalHistory {
@@ -193,9 +204,7 @@ impl LocalHistory {
     }
 
     /// Gives the next message of `topic` its position and retains it; `None` if the topic keeps no history.
-    /// Returns the message stamped with its position (what the log stores: history keeps a slice of the same
-    /// bytes, not a copy) and the file token that becomes durable with it (0 without a file).
-    pub(crate) fn append(&self, topic: &str, payload: &[u8], now_ms: u64) -> Option<(Bytes, u64)> {
+    pub(crate) fn append(&self, topic: &str, payload: &[u8], now_ms: u64) -> Option<Retained> {
         let retention = self.options.retention(topic);
         if retention.size == 0 {
             return None;
@@ -231,7 +240,11 @@ impl LocalHistory {
         let dropped = state.trim(retention, now_ms);
         topics.messages -= (before - state.entries.len()) as u64;
         topics.bytes -= dropped;
-        Some((stamped, token))
+        Some(Retained {
+            stamped,
+            position,
+            token,
+        })
     }
 
     /// Answers a history request for `topic`.
@@ -409,9 +422,11 @@ mod tests {
         payload: &[u8],
         now_ms: u64,
     ) -> Option<(Position, u64)> {
-        history
-            .append(topic, payload, now_ms)
-            .and_then(|(stamped, token)| Some((super::super::unstamp(stamped).0?, token)))
+        history.append(topic, payload, now_ms).and_then(|retained| {
+            let stamped = super::super::unstamp(retained.stamped).0?;
+            assert_eq!(stamped, retained.position, "the stamp holds the position");
+            Some((stamped, retained.token))
+        })
     }
 
     fn offsets(page: &HistoryPage) -> Vec<u64> {

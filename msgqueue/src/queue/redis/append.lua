@@ -10,7 +10,8 @@
 -- A message with a topic gets the topic's next offset, stored with it in the log (fields e and o) and in the
 -- topic's history stream (id 0-<offset>, fields t = time, p = payload), trimmed to its size; the topic's keys
 -- expire once nothing was published to it for its retention time, and its next message starts a new epoch.
--- Returns {stored, duplicates}; {-1, 0} if this batch was applied before (its reply was lost); {-2, 0} if an earlier
+-- Returns {stored, duplicates, placed}, placed holding {epoch, offset} for each push with a topic, in order ({'', 0}
+-- for a duplicate); {-1, 0, {}} if this batch was applied before (its reply was lost); {-2, 0, {}} if an earlier
 -- batch of the process is missing (it failed while this one was in flight: it is sent again first).
 -- Entry ids are 0-<offset>, so offsets increase by one and survive trimming.
 -- A new queue starts with the default group at its oldest entry, so what is pushed before any consumer joined
@@ -19,10 +20,10 @@ local log, marks, ttl = KEYS[1], KEYS[2], ARGV[1]
 local last = tonumber(redis.call('GET', KEYS[4]) or '0')
 local number = tonumber(ARGV[4])
 if number <= last then
-  return {-1, 0}
+  return {-1, 0, {}}
 end
 if number ~= last + 1 and ARGV[5] ~= '1' then
-  return {-2, 0}
+  return {-2, 0, {}}
 end
 redis.call('SET', KEYS[4], ARGV[4], 'EX', ttl)
 if redis.call('EXISTS', log) == 0 then
@@ -30,7 +31,7 @@ if redis.call('EXISTS', log) == 0 then
   redis.call('HSET', KEYS[3], ARGV[3], ARGV[2])
 end
 local high, dirty = {}, {}
-local stored, duplicates = 0, 0
+local stored, duplicates, placed = 0, 0, {}
 local now = tonumber(ARGV[2])
 for i = 7, #ARGV, 6 do
   local producer, seq, topic, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 5]
@@ -70,15 +71,19 @@ for i = 7, #ARGV, 6 do
     redis.call('PEXPIRE', state, ttl)
     redis.call('PEXPIRE', stream, ttl)
     redis.call('XADD', log, '0-*', 'p', payload, 'e', epoch, 'o', offset)
+    placed[#placed + 1] = {epoch, offset}
     stored = stored + 1
   elseif fresh then
     redis.call('XADD', log, '0-*', 'p', payload)
     stored = stored + 1
   else
+    if topic ~= '' then
+      placed[#placed + 1] = {'', 0}
+    end
     duplicates = duplicates + 1
   end
 end
 for producer in pairs(dirty) do
   redis.call('SET', marks .. producer, string.format('%d', high[producer]), 'EX', ttl)
 end
-return {stored, duplicates}
+return {stored, duplicates, placed}

@@ -14,14 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 
-use super::{MAX_SUBMISSIONS, RETRY_MIN, RedisError, Shared, Submission, back_off, millis, now_ms};
-use crate::queue::history::{self, Epoch};
-use crate::queue::{DEFAULT_GROUP, Producer};
+use super::{
+    Item, MAX_SUBMISSIONS, RETRY_MIN, RedisError, Shared, Submission, back_off, millis, now_ms,
+};
+use crate::queue::DEFAULT_GROUP;
+use crate::queue::history::{Epoch, Position};
 
 /// Pushes per script call: large enough that one round trip carries many messages.
 const MAX_APPEND: usize = 2048;
@@ -37,7 +38,7 @@ const DEDUP_TTL: Duration = Duration::from_secs(24 * 3600);
 struct Batch {
     /// Its place in this process's sequence of batches (from 1).
     number: u64,
-    items: Vec<(Option<Producer>, Bytes)>,
+    items: Vec<Item>,
     /// The token of the last submission that ends in this batch: durable once the batch is applied.
     completes: Option<u64>,
 }
@@ -154,7 +155,7 @@ fn cut(submissions: &mut Vec<Submission>, pending: &mut VecDeque<Arc<Batch>>, ne
                     completes: None,
                 }
             });
-            bytes += item.1.len();
+            bytes += item.payload.len();
             current.items.push(item);
             if current.items.len() >= MAX_APPEND || bytes >= MAX_APPEND_BYTES {
                 pending.extend(batch.take().map(Arc::new));
@@ -190,43 +191,69 @@ async fn apply(shared: Arc<Shared>, batch: Arc<Batch>, force: bool) -> Outcome {
         .arg(u8::from(force))
         .arg(Epoch::random().to_string());
     invocation.key(&keys.topic).key(&keys.history);
-    for (producer, payload) in &batch.items {
-        match producer {
+    for item in &batch.items {
+        match item.producer {
             Some(p) => invocation.arg(p.id).arg(p.seq),
             None => invocation.arg("").arg(0),
         };
-        let history = history::topic_of(payload)
-            .map(|topic| (shared.options.history.retention(&topic), topic))
-            .filter(|(retention, _)| retention.size > 0);
-        match history {
-            Some((retention, topic)) => invocation
-                .arg(&*topic)
+        match &item.history {
+            Some((topic, retention, _)) => invocation
+                .arg(topic)
                 .arg(retention.size)
                 .arg(millis(retention.ttl)),
             None => invocation.arg("").arg(0).arg(0),
         };
-        invocation.arg(&payload[..]);
+        invocation.arg(&item.payload[..]);
     }
-    match shared.invoke::<(i64, i64)>(&invocation, "append").await {
-        Ok((-1, _)) => Outcome::Applied(0, 0),
-        Ok((-2, _)) => Outcome::OutOfOrder,
-        Ok((stored, duplicates)) => Outcome::Applied(
-            u64::try_from(stored).unwrap_or(0),
-            u64::try_from(duplicates).unwrap_or(0),
-        ),
+    match shared
+        .invoke::<(i64, i64, Vec<(String, u64)>)>(&invocation, "append")
+        .await
+    {
+        Ok((-1, _, _)) => Outcome::Applied(0, 0),
+        Ok((-2, _, _)) => Outcome::OutOfOrder,
+        Ok((stored, duplicates, placed)) => {
+            place(&batch, &placed);
+            Outcome::Applied(
+                u64::try_from(stored).unwrap_or(0),
+                u64::try_from(duplicates).unwrap_or(0),
+            )
+        }
         Err(err) => Outcome::Failed(err),
+    }
+}
+
+/// Hands each pushed message with a topic the position `append.lua` gave it (`placed`, one per such message in
+/// order; an empty epoch for a duplicate, which gets none). Done before the batch's token resolves, so whoever
+/// waited for durability then finds it.
+fn place(batch: &Batch, placed: &[(String, u64)]) {
+    let placements = batch.items.iter().filter_map(|item| item.history.as_ref());
+    for ((_, _, placement), (epoch, offset)) in placements.zip(placed) {
+        if let Ok(epoch) = epoch.parse::<Epoch>() {
+            placement.set(Position {
+                epoch,
+                offset: *offset,
+            });
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::QueueOptions;
+    use bytes::Bytes;
+
     use crate::queue::redis::{RedisConfig, RedisQueue};
+    use crate::queue::{Producer, QueueOptions};
 
     fn submission(token: u64, n: usize) -> Submission {
         Submission {
-            items: (0..n).map(|_| (None, Bytes::from_static(b"x"))).collect(),
+            items: (0..n)
+                .map(|_| Item {
+                    producer: None,
+                    payload: Bytes::from_static(b"x"),
+                    history: None,
+                })
+                .collect(),
             token,
         }
     }
@@ -235,7 +262,11 @@ mod tests {
         Arc::new(Batch {
             number,
             items: seqs
-                .map(|seq| (Some(Producer { id: 1, seq }), Bytes::from(seq.to_string())))
+                .map(|seq| Item {
+                    producer: Some(Producer { id: 1, seq }),
+                    payload: Bytes::from(seq.to_string()),
+                    history: None,
+                })
                 .collect(),
             completes: None,
         })

@@ -41,12 +41,14 @@ use wsmq_core::protocol::queue::NackReason;
 
 pub(crate) use consumer::RedisConsumer;
 
-use super::history::{Epoch, HistoryMessage, HistoryPage, HistoryQuery, Position, plan};
+use super::history::{
+    self, Epoch, HistoryMessage, HistoryPage, HistoryQuery, Position, Retention, plan,
+};
 use super::schedule::ScheduleMetrics;
 
 use super::{
-    ConsumeMode, DeadLetter, DeadReason, DurableToken, GroupName, GroupStats, Producer, PushError,
-    Pushed, QueueError, QueueOptions, QueueStats, ReplayError, StartAt, now_ms,
+    ConsumeMode, DeadLetter, DeadReason, DurableToken, GroupName, GroupStats, Placement, Producer,
+    PushError, Pushed, QueueError, QueueOptions, QueueStats, ReplayError, StartAt, now_ms,
 };
 
 /// Frames of pushes waiting for the appender; beyond it pushes are refused as full (backpressure).
@@ -210,8 +212,19 @@ impl Scripts {
 
 /// A frame's worth of pushes on its way to the appender.
 struct Submission {
-    items: Vec<(Option<Producer>, Bytes)>,
+    items: Vec<Item>,
     token: u64,
+}
+
+/// One push on its way to Redis.
+#[derive(Debug)]
+struct Item {
+    /// `None` for compat pushes, which are not deduplicated.
+    producer: Option<Producer>,
+    payload: Bytes,
+    /// The topic whose history keeps the message, its retention, and where the appender writes the position
+    /// Redis gives it; `None` when the message keeps no history.
+    history: Option<(String, Retention, Placement)>,
 }
 
 /// How far the appender got.
@@ -421,15 +434,28 @@ impl RedisQueue {
             let len = payload.len();
             if len > max {
                 out.push(Err(PushError::TooLarge { len, max }));
-            } else {
-                batch.push((producer, payload));
-                out.push(Err(PushError::Closed));
+                continue;
             }
+            let history = history::topic_of(&payload)
+                .map(|topic| (shared.options.history.retention(&topic), topic))
+                .filter(|(retention, _)| retention.size > 0)
+                .map(|(retention, topic)| (topic.into_owned(), retention, Placement::default()));
+            out.push(Err(PushError::Closed));
+            batch.push(Item {
+                producer,
+                payload,
+                history,
+            });
         }
         if batch.is_empty() {
             return;
         }
         let count = batch.len() as u64;
+        // Each accepted item's placement, in order: taken before the batch moves into the submission.
+        let placements: Vec<Option<Placement>> = batch
+            .iter()
+            .map(|item| item.history.as_ref().map(|(_, _, p)| p.clone()))
+            .collect();
         let result = if shared.closed.is_cancelled() {
             Err(PushError::Closed)
         } else if shared.full.load(Ordering::Relaxed) {
@@ -443,9 +469,7 @@ impl RedisQueue {
             }) {
                 Ok(()) => {
                     submit.0 = token;
-                    Ok(Pushed::Submitted {
-                        durable: DurableToken::at(token),
-                    })
+                    Ok(DurableToken::at(token))
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => Err(PushError::Full),
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
@@ -457,10 +481,19 @@ impl RedisQueue {
                 .rejected_full
                 .fetch_add(count, Ordering::Relaxed);
         }
+        let mut placements = placements.into_iter();
         for slot in &mut out[start..] {
-            if !matches!(slot, Err(PushError::TooLarge { .. })) {
-                *slot = result.clone();
+            if matches!(slot, Err(PushError::TooLarge { .. })) {
+                continue;
             }
+            let placement = placements.next().flatten();
+            *slot = match &result {
+                Ok(durable) => Ok(Pushed::Submitted {
+                    durable: *durable,
+                    placement,
+                }),
+                Err(err) => Err(err.clone()),
+            };
         }
     }
 
