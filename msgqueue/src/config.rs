@@ -121,6 +121,13 @@ pub struct QueueArgs {
         value_delimiter = ','
     )]
     pub history_rules: Vec<HistoryRule>,
+
+    /// Most bytes topic history keeps in RAM over all topics (memory and disk storage; payloads plus about 64
+    /// bytes per message and 160 per topic). Beyond it the least recently published topics are forgotten, down
+    /// to nine tenths of the bound, so that many topics cannot exhaust memory; their next message starts a new
+    /// epoch. Inboxes count too: size it for the unacked messages you keep.
+    #[arg(long, env = "WSMQ_HISTORY_MAX_BYTES", default_value_t = 256 << 20)]
+    pub history_max_bytes: u64,
 }
 
 impl Default for QueueArgs {
@@ -144,6 +151,7 @@ impl Default for QueueArgs {
             inbox_size: defaults.history.inbox.size,
             inbox_ttl: defaults.history.inbox.ttl,
             history_rules: defaults.history.rules,
+            history_max_bytes: defaults.history.max_bytes,
         }
     }
 }
@@ -185,6 +193,7 @@ impl QueueArgs {
                     ttl: self.inbox_ttl,
                 },
                 rules: self.history_rules.clone(),
+                max_bytes: self.history_max_bytes,
             },
             ..QueueOptions::default()
         }

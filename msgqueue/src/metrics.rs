@@ -159,6 +159,12 @@ impl Collector for QueueCollector {
                 Some(&Unit::Bytes),
                 history.bytes,
             )?;
+            counter(
+                e,
+                "history_evicted",
+                "Messages forgotten from topic history to stay within --history-max-bytes",
+                history.evicted,
+            )?;
         }
         counter(e, "queue_pushed", "Messages stored", s.pushed)?;
         counter(

@@ -396,6 +396,7 @@ fn history_options(size: usize) -> QueueOptions {
                 ttl: Duration::from_secs(3600),
             },
             rules: vec!["quiet.=0".parse().expect("rule")],
+            ..HistoryOptions::default()
         },
         ..options()
     }

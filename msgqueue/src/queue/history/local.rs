@@ -23,6 +23,11 @@ use crate::queue::storage::StorageError;
 const MAINTAIN_EVERY_MS: u64 = 1000;
 /// The file is rewritten once it is larger than this and than twice what is retained.
 const COMPACT_ABOVE: u64 = 64 * 1024 * 1024;
+/// What a retained message costs in RAM besides its payload (its entry, its slot, the payload's handle), counted
+/// against `--history-max-bytes`.
+const ENTRY_OVERHEAD: u64 = 64;
+/// What a topic with history costs in RAM besides its messages (its state, its map slot, its name).
+const TOPIC_OVERHEAD: u64 = 160;
 
 #[derive(Debug)]
 struct Entry {
@@ -93,7 +98,79 @@ struct Topics {
     bytes: u64,
     /// Messages retained over all topics.
     messages: u64,
+    /// Messages dropped to stay within `--history-max-bytes`, since start.
+    evicted: u64,
     next_maintenance_ms: u64,
+}
+
+impl Topics {
+    /// What history holds in RAM, as counted against `--history-max-bytes`.
+    fn footprint(&self) -> u64 {
+        self.bytes + self.messages * ENTRY_OVERHEAD + self.map.len() as u64 * TOPIC_OVERHEAD
+    }
+
+    /// Forgets the least recently published topics, their messages and their positions, until history is back
+    /// to nine tenths of `max_bytes` (so that a bound reached under steady load is not scanned for again at once).
+    /// A forgotten topic's next message starts a new epoch, as after an idle timeout: clients that resume in the
+    /// old one learn their history is gone. One pass over the topics, under the history's lock.
+    fn evict(&mut self, max_bytes: u64) {
+        let target = max_bytes - max_bytes / 10;
+        let footprint = self.footprint();
+        if footprint <= max_bytes {
+            return;
+        }
+        let mut by_age: Vec<(u64, u64)> = self
+            .map
+            .values()
+            .map(|t| {
+                let held = t
+                    .entries
+                    .iter()
+                    .map(|e| e.payload.len() as u64)
+                    .sum::<u64>()
+                    + t.entries.len() as u64 * ENTRY_OVERHEAD
+                    + TOPIC_OVERHEAD;
+                (t.last_ms, held)
+            })
+            .collect();
+        by_age.sort_unstable();
+        let mut left = footprint;
+        let mut cutoff = 0;
+        for (last_ms, held) in by_age {
+            if left <= target {
+                break;
+            }
+            left -= held;
+            cutoff = last_ms;
+        }
+        let (mut evicted, mut inboxes) = (0, 0);
+        self.map.retain(|topic, state| {
+            if state.last_ms > cutoff {
+                return true;
+            }
+            evicted += state.entries.len() as u64;
+            if topic.starts_with('@')
+                && state.entries.back().is_some_and(|e| e.offset > state.acked)
+            {
+                inboxes += 1;
+            }
+            false
+        });
+        let (messages, bytes) = self.map.values().fold((0, 0), |(m, b), t| {
+            let payload: u64 = t.entries.iter().map(|e| e.payload.len() as u64).sum();
+            (m + t.entries.len() as u64, b + payload)
+        });
+        self.messages = messages;
+        self.bytes = bytes;
+        self.evicted += evicted;
+        tracing::warn!(
+            evicted,
+            inboxes,
+            topics = self.map.len(),
+            max_bytes,
+            "topic history reached --history-max-bytes; the least recently published topics were forgotten"
+        );
+    }
 }
 
 /// What history holds, for metrics.
@@ -105,6 +182,8 @@ pub struct HistoryStats {
     pub messages: u64,
     /// Payload bytes retained.
     pub bytes: u64,
+    /// Messages dropped to stay within `--history-max-bytes`, since start.
+    pub evicted: u64,
 }
 
 /// A message history just retained: what [`LocalHistory::append`] hands back to the push that stores it.
@@ -240,6 +319,9 @@ impl LocalHistory {
         let dropped = state.trim(retention, now_ms);
         topics.messages -= (before - state.entries.len()) as u64;
         topics.bytes -= dropped;
+        if topics.footprint() > self.options.max_bytes {
+            topics.evict(self.options.max_bytes);
+        }
         Some(Retained {
             stamped,
             position,
@@ -325,6 +407,7 @@ impl LocalHistory {
             topics: topics.map.len() as u64,
             messages: topics.messages,
             bytes: topics.bytes,
+            evicted: topics.evicted,
         }
     }
 
@@ -369,6 +452,8 @@ impl LocalHistory {
         });
         topics.messages = messages;
         topics.bytes = bytes;
+        topics.evict(self.options.max_bytes);
+        let (messages, bytes) = (topics.messages, topics.bytes);
         let Some(file) = &self.file else { return };
         let len = file.len();
         if len > COMPACT_ABOVE && len > 2 * (bytes + messages * 64) {
@@ -462,6 +547,88 @@ mod tests {
         assert!(page.recovered);
         assert_eq!(offsets(&page), vec![4, 5]);
         assert_eq!(history.stats().messages, 4);
+    }
+
+    /// The footprint history counts against `--history-max-bytes`.
+    fn footprint(history: &LocalHistory) -> u64 {
+        history.topics.lock().footprint()
+    }
+
+    #[test]
+    fn beyond_max_bytes_the_least_recently_published_topics_are_forgotten() {
+        // Room for about 100 topics of one small message each (some 260 bytes per topic).
+        let max_bytes = 26_000;
+        let history = LocalHistory::in_memory(HistoryOptions {
+            max_bytes,
+            ..options(100)
+        });
+        let mut first = Vec::new();
+        for n in 0..200 {
+            let (position, _) = append(&history, &format!("t{n}"), &envelope(n), T0 + n).unwrap();
+            first.push(position);
+            assert!(
+                footprint(&history) <= max_bytes,
+                "within the bound after topic {n}"
+            );
+        }
+        let stats = history.stats();
+        assert!(stats.evicted > 0, "{stats:?}");
+        assert!(stats.topics < 200, "{stats:?}");
+        // The newest topic kept its history; the oldest lost it, and its next message starts a new epoch.
+        let newest = history.query("t199", &HistoryQuery::Last { limit: 10 }, T0 + 200);
+        assert_eq!(offsets(&newest), vec![1]);
+        let resume = HistoryQuery::Since {
+            position: first[0],
+            limit: 10,
+        };
+        let oldest = history.query("t0", &resume, T0 + 200);
+        assert!(!oldest.recovered);
+        let (again, _) = append(&history, "t0", &envelope(0), T0 + 201).unwrap();
+        assert_eq!(again.offset, 1);
+        assert_ne!(again.epoch, first[0].epoch);
+        // A topic published to all along is the most recent one: it keeps its messages while others go.
+        for n in 0..300 {
+            append(&history, "busy", &envelope(n), T0 + 300 + n).unwrap();
+            append(&history, &format!("x{n}"), &envelope(n), T0 + 300 + n).unwrap();
+        }
+        let busy = history.query("busy", &HistoryQuery::Last { limit: 100 }, T0 + 600);
+        assert_eq!(
+            busy.messages.len(),
+            100,
+            "the busy topic keeps its newest 100"
+        );
+        assert!(footprint(&history) <= max_bytes);
+    }
+
+    #[test]
+    fn a_reopened_history_larger_than_max_bytes_is_cut_to_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let history =
+            LocalHistory::open(options(100), dir.path(), FsyncPolicy::Always, T0).unwrap();
+        for n in 0..100 {
+            let (_, token) = append(&history, &format!("t{n}"), &envelope(n), T0 + n).unwrap();
+            runtime.block_on(history.wait_durable(token)).unwrap();
+        }
+        runtime.block_on(history.close());
+        let max_bytes = 10_000;
+        let reopened = LocalHistory::open(
+            HistoryOptions {
+                max_bytes,
+                ..options(100)
+            },
+            dir.path(),
+            FsyncPolicy::Always,
+            T0 + 100,
+        )
+        .unwrap();
+        assert!(footprint(&reopened) <= max_bytes);
+        let newest = reopened.query("t99", &HistoryQuery::Last { limit: 10 }, T0 + 100);
+        assert_eq!(offsets(&newest), vec![1], "the newest topics are kept");
+        assert!(reopened.stats().evicted > 0);
+        runtime.block_on(reopened.close());
     }
 
     #[test]

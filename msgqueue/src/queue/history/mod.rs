@@ -92,6 +92,10 @@ pub struct HistoryOptions {
     pub inbox: Retention,
     /// Overrides per topic prefix.
     pub rules: Vec<HistoryRule>,
+    /// Most bytes the local engine's history keeps in RAM (payloads plus a per-message and per-topic overhead);
+    /// beyond it the least recently published topics are forgotten, so many topics cannot exhaust memory. Redis
+    /// keeps history under its own `maxmemory`.
+    pub max_bytes: u64,
 }
 
 impl Default for HistoryOptions {
@@ -106,6 +110,7 @@ impl Default for HistoryOptions {
                 ttl: Duration::from_secs(7 * 24 * 3600),
             },
             rules: Vec::new(),
+            max_bytes: 256 << 20,
         }
     }
 }
@@ -223,6 +228,7 @@ mod tests {
                 .iter()
                 .map(|rule| rule.parse().unwrap())
                 .collect(),
+            ..HistoryOptions::default()
         };
         assert_eq!(options.retention("news").size, 10);
         assert_eq!(options.retention("chat.room"), Retention { size: 100, ttl });
