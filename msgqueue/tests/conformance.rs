@@ -368,20 +368,7 @@ fn envelope(topic: &str, content: u64) -> bytes::Bytes {
 
 /// Pushes `(producer seq, payload)` pairs of producer `id` in one batch and waits until durable.
 async fn push_payloads(queue: &Queue, id: u64, items: Vec<(u64, bytes::Bytes)>) {
-    let mut results = Vec::new();
-    queue.push_batch(
-        items
-            .into_iter()
-            .map(|(seq, payload)| (producer(id, seq), payload)),
-        &mut results,
-    );
-    for result in results {
-        let token = result.expect("push accepted").durable();
-        tokio::time::timeout(PATIENCE, queue.wait_durable(token))
-            .await
-            .expect("durable in time")
-            .expect("durable");
-    }
+    push_placed(queue, id, items).await;
 }
 
 fn history_options(size: usize) -> QueueOptions {
@@ -469,7 +456,8 @@ async fn each_topic_numbers_its_messages_and_deliveries_carry_their_position(sto
     queue.close().await;
 }
 
-/// Pushes like [`push_payloads`] and returns where each push says it was placed once durable.
+/// Pushes `(producer seq, payload)` pairs of producer `id` in one batch, waits until durable, and returns where
+/// each push says it was placed.
 async fn push_placed(
     queue: &Queue,
     id: u64,

@@ -549,6 +549,14 @@ mod tests {
         assert_eq!(history.stats().messages, 4);
     }
 
+    /// A directory for a history file and a runtime to await its durability in.
+    fn scratch() -> (tempfile::TempDir, tokio::runtime::Runtime) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        (tempfile::tempdir().unwrap(), runtime)
+    }
+
     /// The footprint history counts against `--history-max-bytes`.
     fn footprint(history: &LocalHistory) -> u64 {
         history.topics.lock().footprint()
@@ -602,10 +610,7 @@ mod tests {
 
     #[test]
     fn a_reopened_history_larger_than_max_bytes_is_cut_to_the_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let (dir, runtime) = scratch();
         let history =
             LocalHistory::open(options(100), dir.path(), FsyncPolicy::Always, T0).unwrap();
         for n in 0..100 {
@@ -664,10 +669,7 @@ mod tests {
 
     #[test]
     fn acked_messages_are_dropped_and_unacked_ones_answer_from_the_ack_after_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let (dir, runtime) = scratch();
         let history =
             LocalHistory::open(options(100), dir.path(), FsyncPolicy::Always, T0).unwrap();
         for n in 1..=4 {
@@ -704,10 +706,7 @@ mod tests {
 
     #[test]
     fn history_on_disk_survives_a_reopen_with_its_epochs() {
-        let dir = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let (dir, runtime) = scratch();
         let history = LocalHistory::open(options(2), dir.path(), FsyncPolicy::Always, T0).unwrap();
         let mut last = None;
         for n in 1..=3 {
