@@ -840,6 +840,63 @@ async fn scheduled_messages_survive_a_restart_and_those_that_fell_due_meanwhile_
     queue.close().await;
 }
 
+/// Every schedule store is bounded by `max_bytes` like the log: a scheduled push beyond it is refused as full, and
+/// the same seq sent again once there is room is stored, not taken for a duplicate.
+async fn a_full_schedule_refuses_and_takes_the_refused_seq_once_there_is_room(store: Store) {
+    // Payloads large enough that Redis's own overhead on the log (which it bounds by `MEMORY USAGE`) stays small
+    // beside them: `p1-<seq>` with the seq zero-padded, so `seqs` still reads it.
+    const SIZE: usize = 60_000;
+    let queue = store.open(QueueOptions {
+        max_bytes: 4 * SIZE as u64,
+        ..options()
+    });
+    let mut only = consumer(&queue, "g", StartAt::Oldest, 100).await;
+    let due = unix_ms_in(Duration::from_millis(100));
+    let pushes = |seqs: std::ops::RangeInclusive<u64>| -> Vec<ScheduledPush> {
+        seqs.map(|seq| ScheduledPush {
+            producer: Producer { id: 1, seq },
+            due_ms: due,
+            payload: bytes::Bytes::from(format!("p1-{seq:0>width$}", width = SIZE - 3)),
+        })
+        .collect()
+    };
+    // Four payloads fill the bound; the fifth does not fit.
+    let results = queue.schedule(pushes(1..=5)).await;
+    assert!(
+        results[..4]
+            .iter()
+            .all(|r| matches!(r, Ok(Scheduled::Stored))),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[4], Err(wsmq_msgqueue::queue::PushError::Full)),
+        "{results:?}"
+    );
+    let _scheduler = start_scheduler(&queue);
+    let got = take(&mut only, 4).await;
+    only.ack(&ids(&got));
+    // The delivered ones leave the store just after the queue has them: retry while it is still full.
+    let outcome = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match queue.schedule(pushes(5..=5)).await.pop() {
+                Some(Err(wsmq_msgqueue::queue::PushError::Full)) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other.map(|r| r.map_err(|e| e.to_string())),
+            }
+        }
+    })
+    .await
+    .expect("room in time");
+    assert_eq!(
+        outcome,
+        Some(Ok(Scheduled::Stored)),
+        "the refused seq is not a duplicate"
+    );
+    assert_eq!(seqs(&take(&mut only, 1).await), [5]);
+    queue.close().await;
+}
+
 macro_rules! conformance {
     (all: [$($case:ident),* $(,)?], durable: [$($durable:ident),* $(,)?] $(,)?) => {
         mod memory {
@@ -906,6 +963,7 @@ conformance! {
         a_replayed_dead_letter_is_a_new_message_of_its_topic,
         scheduled_messages_reach_the_queue_at_their_due_time_in_due_then_publish_order,
         a_resent_scheduled_push_is_scheduled_once,
+        a_full_schedule_refuses_and_takes_the_refused_seq_once_there_is_room,
     ],
     durable: [
         a_group_resumes_after_its_last_ack_when_the_queue_restarts,
@@ -1116,64 +1174,6 @@ async fn msgqueue_processes_sharing_redis_push_each_due_message_once() -> TestRe
     assert_eq!(seen.len(), 300, "a message was pushed twice or lost");
     assert!(stays_empty(&mut only).await, "a message was pushed twice");
     for queue in &queues {
-        queue.close().await;
-    }
-    Ok(())
-}
-
-/// The local schedule stores are bounded by `max_bytes` like the log: a scheduled push beyond it is refused as
-/// full, and the same seq sent again once there is room is stored, not taken for a duplicate.
-#[tokio::test]
-async fn a_full_local_schedule_refuses_and_takes_the_refused_seq_once_there_is_room() -> TestResult
-{
-    for store in [Store::memory(), Store::disk()] {
-        let queue = store.open(QueueOptions {
-            max_bytes: 16,
-            ..options()
-        });
-        let mut only = consumer(&queue, "g", StartAt::Oldest, 100).await;
-        let due = unix_ms_in(Duration::from_millis(100));
-        let pushes = |seqs: std::ops::RangeInclusive<u64>| -> Vec<ScheduledPush> {
-            seqs.map(|seq| ScheduledPush {
-                producer: Producer { id: 1, seq },
-                due_ms: due,
-                payload: payload(1, seq),
-            })
-            .collect()
-        };
-        // Four payloads of four bytes fill the 16 bytes; the fifth does not fit.
-        let results = queue.schedule(pushes(1..=5)).await;
-        assert!(
-            results[..4]
-                .iter()
-                .all(|r| matches!(r, Ok(Scheduled::Stored))),
-            "{results:?}"
-        );
-        assert!(
-            matches!(results[4], Err(wsmq_msgqueue::queue::PushError::Full)),
-            "{results:?}"
-        );
-        let _scheduler = start_scheduler(&queue);
-        let got = take(&mut only, 4).await;
-        only.ack(&ids(&got));
-        // The delivered ones leave the store just after the queue has them: retry while it is still full.
-        let outcome = tokio::time::timeout(PATIENCE, async {
-            loop {
-                match queue.schedule(pushes(5..=5)).await.pop() {
-                    Some(Err(wsmq_msgqueue::queue::PushError::Full)) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    other => return other.map(|r| r.map_err(|e| e.to_string())),
-                }
-            }
-        })
-        .await?;
-        assert_eq!(
-            outcome,
-            Some(Ok(Scheduled::Stored)),
-            "the refused seq is not a duplicate"
-        );
-        assert_eq!(seqs(&take(&mut only, 1).await), [5]);
         queue.close().await;
     }
     Ok(())

@@ -1,11 +1,12 @@
 //! The Redis engine's schedule store, shared by every msgqueue process on the queue: a sorted set by due time
-//! (`{prefix}:schedule`), the payloads in a hash (`{prefix}:schedule:payload`), and the entries a process has
-//! claimed in a second sorted set scored by the end of their lease (`{prefix}:schedule:claimed`).
+//! (`{prefix}:schedule`), the payloads in a hash (`{prefix}:schedule:payload`), the entries a process has
+//! claimed in a second sorted set scored by the end of their lease (`{prefix}:schedule:claimed`), and the payload
+//! bytes held (`{prefix}:schedule:bytes`), bounded by `--max-queue-bytes` as the local stores are.
 //!
-//! `schedule_put.lua` takes scheduled pushes (with per-producer dedup marks of their own), `schedule_claim.lua`
-//! moves due entries to the claimed set (and returns expired claims to the schedule first), so two processes
-//! never push the same entry while both live; the claiming process pushes them into the log and then deletes
-//! them. A process that dies in between leaves its claims to expire and be pushed again by another:
+//! `schedule_put.lua` takes scheduled pushes (with per-producer dedup marks of their own) while they fit,
+//! `schedule_claim.lua` moves due entries to the claimed set (and returns expired claims to the schedule first),
+//! so two processes never push the same entry while both live; the claiming process pushes them into the log and
+//! then deletes them (`schedule_remove.lua`, which gives their bytes back). A process that dies in between leaves its claims to expire and be pushed again by another:
 //! at-least-once.
 
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub(super) struct ScheduleKeys {
     payloads: String,
     marks: String,
     arrivals: String,
+    bytes: String,
 }
 
 impl ScheduleKeys {
@@ -38,6 +40,7 @@ impl ScheduleKeys {
             payloads: format!("{tag}:schedule:payload"),
             marks: format!("{tag}:schedule:producer:"),
             arrivals: format!("{tag}:schedule:arrivals"),
+            bytes: format!("{tag}:schedule:bytes"),
         }
     }
 }
@@ -46,6 +49,7 @@ impl ScheduleKeys {
 pub(super) struct ScheduleScripts {
     put: Script,
     claim: Script,
+    remove: Script,
 }
 
 impl ScheduleScripts {
@@ -53,6 +57,7 @@ impl ScheduleScripts {
         Self {
             put: Script::new(include_str!("schedule_put.lua")),
             claim: Script::new(include_str!("schedule_claim.lua")),
+            remove: Script::new(include_str!("schedule_remove.lua")),
         }
     }
 }
@@ -73,7 +78,9 @@ impl RedisQueue {
             .key(&keys.payloads)
             .key(&keys.marks)
             .key(&keys.arrivals)
-            .arg(MARK_TTL.as_secs());
+            .key(&keys.bytes)
+            .arg(MARK_TTL.as_secs())
+            .arg(shared.options.max_bytes);
         let mut sent = 0;
         for item in &items {
             let len = item.payload.len();
@@ -111,8 +118,10 @@ impl RedisQueue {
         match outcome {
             Ok(flags) => {
                 for (result, flag) in taken.zip(flags) {
-                    if flag == 0 {
-                        *result = Ok(Scheduled::Duplicate);
+                    match flag {
+                        0 => *result = Ok(Scheduled::Duplicate),
+                        2 => *result = Err(PushError::Full),
+                        _ => {}
                     }
                 }
             }
@@ -181,19 +190,14 @@ impl RedisQueue {
             return Ok(());
         }
         let keys = &self.shared.keys.schedule;
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("ZREM")
-            .arg(&keys.claimed)
-            .arg(&members)
-            .ignore()
-            .cmd("HDEL")
-            .arg(&keys.payloads)
-            .arg(&members)
-            .ignore();
-        let mut conn = self.shared.conn.clone();
+        let mut invocation = self.shared.scripts.schedule.remove.prepare_invoke();
+        invocation
+            .key(&keys.claimed)
+            .key(&keys.payloads)
+            .key(&keys.bytes)
+            .arg(&members);
         self.shared
-            .timed("schedule remove", pipe.query_async::<()>(&mut conn))
+            .invoke::<i64>(&invocation, "schedule remove")
             .await?;
         Ok(())
     }
