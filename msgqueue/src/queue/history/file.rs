@@ -94,6 +94,48 @@ pub(crate) fn encode_ack(buf: &mut Vec<u8>, topic: &str, epoch: Epoch, acked: u6
     });
 }
 
+/// One topic's part of a compaction snapshot. Taking it under the history's lock costs a reference count per
+/// message (payloads are shared, not copied); the writer thread encodes it, so a large history is not encoded while
+/// pushes wait for that lock.
+#[derive(Debug)]
+pub(crate) struct TopicSnapshot {
+    pub(crate) topic: Box<str>,
+    pub(crate) epoch: Epoch,
+    pub(crate) latest: u64,
+    /// When the topic's newest message was published.
+    pub(crate) last_ms: u64,
+    /// Its ack (inboxes; 0 otherwise).
+    pub(crate) acked: u64,
+    /// Its retained messages: offset, publish time, payload.
+    pub(crate) entries: Vec<(u64, u64, Bytes)>,
+}
+
+/// Encodes a snapshot as the records that rebuild it: per topic its messages (or, with none, its epoch and latest
+/// offset) and its ack.
+fn encode_snapshot(topics: &[TopicSnapshot]) -> Vec<u8> {
+    let payload: usize = topics
+        .iter()
+        .flat_map(|t| t.entries.iter().map(|(_, _, p)| p.len() + 64))
+        .sum();
+    let mut buf = Vec::with_capacity(payload + topics.len() * 64);
+    for t in topics {
+        if t.entries.is_empty() {
+            encode_topic(&mut buf, &t.topic, t.epoch, t.latest, t.last_ms);
+        }
+        for (offset, at_ms, payload) in &t.entries {
+            let position = Position {
+                epoch: t.epoch,
+                offset: *offset,
+            };
+            encode_entry(&mut buf, &t.topic, position, *at_ms, payload);
+        }
+        if t.acked > 0 {
+            encode_ack(&mut buf, &t.topic, t.epoch, t.acked);
+        }
+    }
+    buf
+}
+
 fn put_topic(body: &mut Vec<u8>, topic: &str) {
     // Topics are at most 256 bytes (`validate_topic`), so the length always fits.
     body.put_u16_le(u16::try_from(topic.len()).unwrap_or(u16::MAX));
@@ -166,7 +208,7 @@ struct Pending {
     /// Bytes appended since open (the unit of tokens).
     position: u64,
     /// A snapshot of everything retained that replaces the file before `buf` is written.
-    snapshot: Option<Vec<u8>>,
+    snapshot: Option<Vec<TopicSnapshot>>,
     closed: bool,
 }
 
@@ -263,7 +305,7 @@ impl HistoryFile {
 
     /// Replaces the file with `snapshot` (every record retained now): whatever was appended before is dropped
     /// from the buffer, since the snapshot holds what of it is still retained.
-    pub(crate) fn compact(&self, snapshot: Vec<u8>) {
+    pub(crate) fn compact(&self, snapshot: Vec<TopicSnapshot>) {
         let mut pending = self.shared.pending.lock();
         pending.buf.clear();
         pending.snapshot = Some(snapshot);
@@ -360,13 +402,13 @@ impl Writer {
 
     fn write(
         &mut self,
-        snapshot: Option<Vec<u8>>,
+        snapshot: Option<Vec<TopicSnapshot>>,
         buf: &[u8],
         position: u64,
         closing: bool,
     ) -> Result<(), StorageError> {
         if let Some(snapshot) = snapshot {
-            self.replace(&snapshot)?;
+            self.replace(&encode_snapshot(&snapshot))?;
         }
         if !buf.is_empty() {
             self.file
@@ -492,12 +534,36 @@ mod tests {
         runtime.block_on(file.closed());
         let (file, recovered) = HistoryFile::open(dir.path(), FsyncPolicy::Always).unwrap();
         assert_eq!(recovered, records);
-        file.compact(encode_all(&records[1..]));
+        // Topic `a` with only its second message retained, and topic `q` with none (its position survives).
+        file.compact(vec![
+            TopicSnapshot {
+                topic: "a".into(),
+                epoch: Epoch(9),
+                latest: 2,
+                last_ms: 1002,
+                acked: 0,
+                entries: vec![(2, 1002, Bytes::from_static(b"y"))],
+            },
+            TopicSnapshot {
+                topic: "q".into(),
+                epoch: Epoch(4),
+                latest: 7,
+                last_ms: 5,
+                acked: 0,
+                entries: Vec::new(),
+            },
+        ]);
         let token = file.append(|buf| buf.extend(encode_all(&[entry("b", 1, b"z")])));
         runtime.block_on(file.wait_durable(token)).unwrap();
         file.close();
         runtime.block_on(file.closed());
         let (_file, recovered) = HistoryFile::open(dir.path(), FsyncPolicy::Always).unwrap();
-        assert_eq!(recovered, [entry("a", 2, b"y"), entry("b", 1, b"z")]);
+        let quiet = HistoryRecord::Topic {
+            topic: "q".into(),
+            epoch: Epoch(4),
+            latest: 7,
+            at_ms: 5,
+        };
+        assert_eq!(recovered, [entry("a", 2, b"y"), quiet, entry("b", 1, b"z")]);
     }
 }

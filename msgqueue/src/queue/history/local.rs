@@ -12,7 +12,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
-use super::file::{self, HistoryFile, HistoryRecord};
+use super::file::{self, HistoryFile, HistoryRecord, TopicSnapshot};
 use super::{
     Epoch, HistoryMessage, HistoryOptions, HistoryPage, HistoryQuery, Position, Retention, plan,
 };
@@ -457,28 +457,22 @@ impl LocalHistory {
         let Some(file) = &self.file else { return };
         let len = file.len();
         if len > COMPACT_ABOVE && len > 2 * (bytes + messages * 64) {
-            let mut snapshot = Vec::with_capacity(usize::try_from(bytes).unwrap_or(0));
-            for (topic, state) in &topics.map {
-                if state.entries.is_empty() {
-                    file::encode_topic(
-                        &mut snapshot,
-                        topic,
-                        state.epoch,
-                        state.latest,
-                        state.last_ms,
-                    );
-                }
-                for entry in &state.entries {
-                    let position = Position {
-                        epoch: state.epoch,
-                        offset: entry.offset,
-                    };
-                    file::encode_entry(&mut snapshot, topic, position, entry.at_ms, &entry.payload);
-                }
-                if state.acked > 0 {
-                    file::encode_ack(&mut snapshot, topic, state.epoch, state.acked);
-                }
-            }
+            let snapshot = topics
+                .map
+                .iter()
+                .map(|(topic, state)| TopicSnapshot {
+                    topic: topic.clone(),
+                    epoch: state.epoch,
+                    latest: state.latest,
+                    last_ms: state.last_ms,
+                    acked: state.acked,
+                    entries: state
+                        .entries
+                        .iter()
+                        .map(|e| (e.offset, e.at_ms, e.payload.clone()))
+                        .collect(),
+                })
+                .collect();
             file.compact(snapshot);
         }
     }
