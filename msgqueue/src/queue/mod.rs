@@ -13,6 +13,7 @@
 
 mod consumer;
 mod dead;
+mod dedup;
 mod group;
 mod handle;
 pub mod history;
@@ -53,8 +54,8 @@ pub use wsmq_core::protocol::group::{DEFAULT_GROUP, GroupName, InvalidGroupName,
 
 use dead::DeadIndex;
 use group::{Group, Lease};
-use record::{GroupMark, Snapshot};
-use storage::Storage;
+use record::GroupMark;
+use storage::{Entry, Storage};
 
 /// Largest payload one read of the log brings back into a group's read-ahead.
 const READ_CHUNK: u64 = 1024 * 1024;
@@ -437,7 +438,6 @@ struct State {
     next_group_id: u32,
     consumers: HashMap<u64, Slot>,
     next_consumer: u64,
-    producers: Producers,
     floor_reported: u64,
     /// A push was refused for lack of space, so frees must notify space waiters.
     full: bool,
@@ -550,11 +550,16 @@ impl State {
             .unwrap_or(self.next_offset)
     }
 
+    /// The ack floor of group `id` (the tail for a group that is gone).
+    fn group_floor(&self, id: u32) -> u64 {
+        self.group(id).map_or(self.next_offset, Group::floor)
+    }
+
     fn report_floor(&mut self, storage: &dyn Storage) {
         let floor = self.floor();
         if floor > self.floor_reported {
             self.floor_reported = floor;
-            storage.advance_floor(floor);
+            storage.trim_before(floor);
         }
     }
 
@@ -723,8 +728,8 @@ impl State {
             DeadReason::MaxDeliveries => self.stats.dead_max_deliveries += 1,
         }
         storage.append_dead(&letter, payload);
-        storage.append_acks(group, &mut [offset]);
         self.settle(group, payload.len());
+        storage.ack(group, &mut [offset], self.group_floor(group));
         let evicted = self.dead.insert(letter, options.max_dead_letters);
         if !evicted.is_empty() {
             self.unlogged.evicted += evicted.len();
@@ -914,9 +919,9 @@ impl State {
             slot.in_flight += delivered as u64;
         }
         if !auto_acked.is_empty() {
-            storage.append_acks(group_id, &mut auto_acked);
+            storage.ack(group_id, &mut auto_acked, self.groups[index].floor());
         }
-        self.trim_tail(storage.reads_back(), options.memory_budget);
+        self.trim_tail(!storage.in_memory(), options.memory_budget);
         self.report_floor(storage);
         Ok((Fill::Delivered, read))
     }
@@ -934,7 +939,7 @@ impl State {
         self.next_group_id += 1;
         let at = match start {
             StartAt::Tail => self.next_offset,
-            StartAt::Oldest if storage.reads_back() => self.floor().min(self.floor_reported),
+            StartAt::Oldest if !storage.in_memory() => self.floor().min(self.floor_reported),
             StartAt::Oldest => self.tail_start,
         };
         let mut group = Group::new(id, name, at, now);
@@ -942,7 +947,7 @@ impl State {
         // log, the backlog of the slowest group, which starts at the same place.
         let (messages, bytes) = if at == self.next_offset {
             (0, 0)
-        } else if storage.reads_back() {
+        } else if !storage.in_memory() {
             self.backlog()
         } else {
             (self.tail.len() as u64, self.tail_bytes)
@@ -978,7 +983,7 @@ impl State {
             self.stats.groups_dropped += 1;
             self.unlogged.dropped.push(name);
         }
-        self.trim_tail(storage.reads_back(), u64::MAX);
+        self.trim_tail(!storage.in_memory(), u64::MAX);
         self.report_floor(storage);
     }
 
@@ -1004,67 +1009,8 @@ impl State {
         self.groups.retain(|g| g.id != record::DEFAULT_GROUP_ID);
         storage.drop_group(record::DEFAULT_GROUP_ID);
         self.unlogged.took_over_default = Some(taker);
-        self.trim_tail(storage.reads_back(), u64::MAX);
+        self.trim_tail(!storage.in_memory(), u64::MAX);
         self.report_floor(storage);
-    }
-}
-
-/// A producer's dedup mark and when it was last seen (for LRU eviction).
-#[derive(Debug, Clone, Copy)]
-struct Mark {
-    seq: u64,
-    seen: u64,
-}
-
-/// Bounded table of producer high-water marks.
-#[derive(Debug)]
-struct Producers {
-    marks: HashMap<u64, Mark>,
-    tick: u64,
-    cap: usize,
-}
-
-impl Producers {
-    fn new(cap: usize, recovered: Vec<(u64, u64)>) -> Self {
-        let mut producers = Self {
-            marks: HashMap::with_capacity(recovered.len().min(cap)),
-            tick: 0,
-            cap: cap.clamp(1, record::MAX_SNAPSHOT_PRODUCERS),
-        };
-        for (id, seq) in recovered {
-            producers.record(Producer { id, seq });
-        }
-        producers
-    }
-
-    fn is_duplicate(&mut self, producer: Producer) -> bool {
-        self.tick += 1;
-        match self.marks.get_mut(&producer.id) {
-            Some(mark) => {
-                mark.seen = self.tick;
-                producer.seq <= mark.seq
-            }
-            None => false,
-        }
-    }
-
-    fn record(&mut self, producer: Producer) {
-        self.tick += 1;
-        let mark = self.marks.entry(producer.id).or_insert(Mark {
-            seq: producer.seq,
-            seen: self.tick,
-        });
-        mark.seq = mark.seq.max(producer.seq);
-        mark.seen = self.tick;
-        if self.marks.len() > self.cap
-            && let Some((&oldest, _)) = self.marks.iter().min_by_key(|(_, m)| m.seen)
-        {
-            self.marks.remove(&oldest);
-        }
-    }
-
-    fn snapshot(&self) -> Vec<(u64, u64)> {
-        self.marks.iter().map(|(&id, m)| (id, m.seq)).collect()
     }
 }
 
@@ -1107,7 +1053,7 @@ impl LocalQueue {
         let (storage, recovered, history): (Box<dyn Storage>, Option<log::Recovered>, _) = match dir
         {
             None => (
-                Box::new(memory::MemoryStore::default()),
+                Box::new(memory::MemoryLog::new(options.max_producers)),
                 None,
                 history::local::LocalHistory::in_memory(options.history.clone()),
             ),
@@ -1116,6 +1062,7 @@ impl LocalQueue {
                     &dir,
                     options.fsync,
                     options.segment_size,
+                    options.max_producers,
                     Arc::clone(&space),
                 )?;
                 let history = history::local::LocalHistory::open(
@@ -1146,7 +1093,6 @@ impl LocalQueue {
             next_group_id: record::DEFAULT_GROUP_ID + 1,
             consumers: HashMap::new(),
             next_consumer: 0,
-            producers: Producers::new(options.max_producers, Vec::new()),
             floor_reported: 0,
             full: false,
             next_sweep: now + SWEEP_EVERY.min(options.group_idle_ttl),
@@ -1184,7 +1130,6 @@ impl LocalQueue {
                 })
                 .collect();
             state.floor_reported = state.floor();
-            state.producers = Producers::new(options.max_producers, recovered.producers);
             state.dead = DeadIndex::new(recovered.dead);
             let (messages, bytes) = state.backlog();
             report = RecoveryReport {
@@ -1269,7 +1214,7 @@ impl LocalQueue {
             out.push(result);
         }
         if stored > 0 {
-            state.trim_tail(inner.storage.reads_back(), inner.options.memory_budget);
+            state.trim_tail(!inner.storage.in_memory(), inner.options.memory_budget);
             state.wake_waiters(stored);
         }
         let unlogged = std::mem::take(&mut state.unlogged);
@@ -1429,7 +1374,8 @@ impl LocalQueue {
             if acked.is_empty() {
                 return 0;
             }
-            inner.storage.append_acks(group, &mut acked);
+            let floor = state.group_floor(group);
+            inner.storage.ack(group, &mut acked, floor);
             state.report_floor(&*inner.storage);
             std::mem::take(&mut state.full)
         };
@@ -1678,7 +1624,7 @@ fn push_one(
         return Err(PushError::TooLarge { len, max });
     }
     if let Some(p) = producer
-        && state.producers.is_duplicate(p)
+        && inner.storage.is_duplicate(p)
     {
         state.stats.duplicates += 1;
         let mut durable = inner.storage.position();
@@ -1695,26 +1641,6 @@ fn push_one(
         state.full = true;
         return Err(PushError::Full);
     }
-    let storage = &*inner.storage;
-    let offset = state.next_offset;
-    let snapshot = || Snapshot {
-        next_offset: offset,
-        floor: state
-            .group(record::DEFAULT_GROUP_ID)
-            .map_or(offset, Group::floor),
-        producers: state.producers.snapshot(),
-        groups: Some(
-            state
-                .groups
-                .iter()
-                .map(|g| GroupMark {
-                    id: g.id,
-                    floor: g.floor(),
-                    name: g.name.to_string(),
-                })
-                .collect(),
-        ),
-    };
     // The message's place in its topic is assigned here, in log order, and stored with it.
     let (payload, history) =
         match topic.and_then(|topic| inner.history.append(topic, &payload, now_ms)) {
@@ -1722,12 +1648,15 @@ fn push_one(
             None => (payload, 0),
         };
     let len = payload.len();
-    let mut durable = storage.append_message(offset, producer, &payload, &snapshot)?;
+    let entry = Entry {
+        producer,
+        payload: payload.clone(),
+    };
+    let appended = inner.storage.append(std::slice::from_ref(&entry))?;
+    let offset = appended.first;
+    let mut durable = appended.durable;
     durable.history = history;
-    state.next_offset += 1;
-    if let Some(p) = producer {
-        state.producers.record(p);
-    }
+    state.next_offset = offset + 1;
     *used += len as u64;
     state.log_messages += 1;
     state.log_bytes += len as u64;
@@ -1765,17 +1694,5 @@ mod tests {
             FsyncPolicy::Interval(Duration::from_millis(7)).to_string(),
             "interval=7"
         );
-    }
-
-    #[test]
-    fn the_oldest_producer_is_forgotten_beyond_the_cap() {
-        let mut producers = Producers::new(2, Vec::new());
-        producers.record(Producer { id: 1, seq: 1 });
-        producers.record(Producer { id: 2, seq: 1 });
-        assert!(producers.is_duplicate(Producer { id: 1, seq: 1 }));
-        producers.record(Producer { id: 3, seq: 1 });
-        assert!(!producers.is_duplicate(Producer { id: 2, seq: 1 }));
-        assert!(producers.is_duplicate(Producer { id: 1, seq: 1 }));
-        assert!(producers.is_duplicate(Producer { id: 3, seq: 1 }));
     }
 }
