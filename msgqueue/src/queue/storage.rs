@@ -200,3 +200,6 @@ pub(crate) trait DeadStore: Send + Sync {
 pub(crate) trait Storage: Log + GroupStore + DeadStore {}
 
 impl<T: Log + GroupStore + DeadStore> Storage for T {}
+
+#[cfg(test)]
+mod tests;
