@@ -14,6 +14,7 @@
 mod consumer;
 mod dead;
 mod dedup;
+mod deferred;
 mod group;
 mod handle;
 pub mod history;
@@ -53,6 +54,7 @@ pub use storage::StorageError;
 pub use wsmq_core::protocol::group::{DEFAULT_GROUP, GroupName, InvalidGroupName, StartAt};
 
 use dead::DeadIndex;
+use deferred::{Queued, Sequencer, StorageOp};
 use group::{Group, Lease};
 use record::GroupMark;
 use storage::{Entry, Storage};
@@ -444,56 +446,11 @@ struct State {
     /// When idle groups are looked for next.
     next_sweep: Instant,
     dead: DeadIndex,
-    /// Dead letters made and groups dropped under the lock, logged by the caller once it has let go of it.
-    unlogged: Unlogged,
+    /// Storage work and log lines decided under the lock, done by the caller once it has let go of it.
+    queued: Queued,
+    /// The log keeps its payloads in RAM itself ([`storage::Log::in_memory`]).
+    in_memory: bool,
     stats: QueueStats,
-}
-
-/// Dead-lettering and dropped groups to log once the state lock is released (logging writes to stderr: never
-/// under the lock).
-#[derive(Debug, Default)]
-#[must_use = "log it once the state lock is released"]
-struct Unlogged {
-    letters: Vec<DeadLetter>,
-    evicted: usize,
-    dropped: Vec<Arc<str>>,
-    /// A group that took over the never-read default group's messages.
-    took_over_default: Option<Arc<str>>,
-}
-
-impl Unlogged {
-    /// Logs each new dead letter once, without its payload, and each dropped group.
-    fn log(self, cap: usize) {
-        for letter in &self.letters {
-            tracing::warn!(
-                id = letter.id,
-                group = %letter.group,
-                bytes = letter.size,
-                deliveries = letter.deliveries,
-                reason = letter.reason.as_str(),
-                "message moved to the dead letters"
-            );
-        }
-        if self.evicted > 0 {
-            tracing::warn!(
-                count = self.evicted,
-                cap,
-                "dropped the oldest dead letters to stay within --max-dead-letters"
-            );
-        }
-        if let Some(group) = &self.took_over_default {
-            tracing::info!(
-                group = %group,
-                "the first consumer group takes over what the default group held, which nobody had read; the default group is gone"
-            );
-        }
-        for group in &self.dropped {
-            tracing::warn!(
-                group = %group,
-                "dropped a consumer group that had no consumer for --group-idle-ttl; it starts at the tail if it comes back"
-            );
-        }
-    }
 }
 
 /// What one dispatch attempt achieved.
@@ -555,17 +512,18 @@ impl State {
         self.group(id).map_or(self.next_offset, Group::floor)
     }
 
-    fn report_floor(&mut self, storage: &dyn Storage) {
+    fn report_floor(&mut self) {
         let floor = self.floor();
         if floor > self.floor_reported {
             self.floor_reported = floor;
-            storage.trim_before(floor);
+            self.queued.ops.push(StorageOp::TrimBefore(floor));
         }
     }
 
     /// Drops tail messages no group needs from RAM, and (when the log can read them back) the oldest beyond half
     /// the memory budget; the other half is for the groups' read-ahead.
-    fn trim_tail(&mut self, reads_back: bool, budget: u64) {
+    fn trim_tail(&mut self, budget: u64) {
+        let reads_back = !self.in_memory;
         let needed = self
             .groups
             .iter()
@@ -709,32 +667,38 @@ impl State {
 
     /// Turns a message already taken out of `group` into a dead letter: stores it (durably before the ack that
     /// follows) and queues it for logging in `unlogged`.
-    #[allow(clippy::too_many_arguments)]
     fn bury(
         &mut self,
-        storage: &dyn Storage,
         options: &QueueOptions,
         group: u32,
         offset: u64,
-        payload: &[u8],
+        payload: &Bytes,
         deliveries: u32,
         reason: DeadReason,
     ) {
         let name = self.group(group).map_or(DEFAULT_GROUP, |g| &*g.name);
         let letter = DeadLetter::now(offset, reason, deliveries, payload.len(), name);
-        self.unlogged.letters.push(letter.clone());
+        self.queued.unlogged.letters.push(letter.clone());
         match reason {
             DeadReason::Nacked(_) => self.stats.dead_nacked += 1,
             DeadReason::MaxDeliveries => self.stats.dead_max_deliveries += 1,
         }
-        storage.append_dead(&letter, payload);
+        self.queued.ops.push(StorageOp::Dead {
+            letter: letter.clone(),
+            payload: payload.clone(),
+        });
         self.settle(group, payload.len());
-        storage.ack(group, &mut [offset], self.group_floor(group));
+        let floor = self.group_floor(group);
+        self.queued.ops.push(StorageOp::Ack {
+            group,
+            offsets: vec![offset],
+            floor,
+        });
         let evicted = self.dead.insert(letter, options.max_dead_letters);
         if !evicted.is_empty() {
-            self.unlogged.evicted += evicted.len();
+            self.queued.unlogged.evicted += evicted.len();
             self.stats.dead_evicted += evicted.len() as u64;
-            storage.remove_dead(&evicted);
+            self.queued.ops.push(StorageOp::RemoveDead(evicted));
         }
     }
 
@@ -793,7 +757,6 @@ impl State {
     /// Returns what it achieved and a read of the log to start for the group's read-ahead.
     fn fill(
         &mut self,
-        storage: &dyn Storage,
         options: &QueueOptions,
         id: u64,
         max: usize,
@@ -837,7 +800,7 @@ impl State {
                     {
                         let reason = DeadReason::MaxDeliveries;
                         let (payload, count) = (returned.payload, returned.deliveries);
-                        self.bury(storage, options, group_id, offset, &payload, count, reason);
+                        self.bury(options, group_id, offset, &payload, count, reason);
                         buried = true;
                         continue;
                     }
@@ -908,7 +871,7 @@ impl State {
         }
         let read = self.want_read(index, options.memory_budget, written);
         if buried {
-            self.report_floor(storage);
+            self.report_floor();
         }
         if delivered == 0 {
             return Ok((outcome, read));
@@ -919,27 +882,26 @@ impl State {
             slot.in_flight += delivered as u64;
         }
         if !auto_acked.is_empty() {
-            storage.ack(group_id, &mut auto_acked, self.groups[index].floor());
+            let floor = self.groups[index].floor();
+            self.queued.ops.push(StorageOp::Ack {
+                group: group_id,
+                offsets: auto_acked,
+                floor,
+            });
         }
-        self.trim_tail(!storage.in_memory(), options.memory_budget);
-        self.report_floor(storage);
+        self.trim_tail(options.memory_budget);
+        self.report_floor();
         Ok((Fill::Delivered, read))
     }
 
-    /// Creates group `name` (it must not exist) starting at `start`; returns its id and the token of its creation
-    /// record.
-    fn create_group(
-        &mut self,
-        storage: &dyn Storage,
-        name: Arc<str>,
-        start: StartAt,
-        now: Instant,
-    ) -> (u32, DurableToken) {
+    /// Creates group `name` (it must not exist) starting at `start`; returns its id. Its creation record is queued
+    /// for storage; [`deferred::Deferred::finish`] returns its token.
+    fn create_group(&mut self, name: Arc<str>, start: StartAt, now: Instant) -> u32 {
         let id = self.next_group_id;
         self.next_group_id += 1;
         let at = match start {
             StartAt::Tail => self.next_offset,
-            StartAt::Oldest if !storage.in_memory() => self.floor().min(self.floor_reported),
+            StartAt::Oldest if !self.in_memory => self.floor().min(self.floor_reported),
             StartAt::Oldest => self.tail_start,
         };
         let mut group = Group::new(id, name, at, now);
@@ -947,24 +909,24 @@ impl State {
         // log, the backlog of the slowest group, which starts at the same place.
         let (messages, bytes) = if at == self.next_offset {
             (0, 0)
-        } else if !storage.in_memory() {
+        } else if !self.in_memory {
             self.backlog()
         } else {
             (self.tail.len() as u64, self.tail_bytes)
         };
         group.settled = self.log_messages.saturating_sub(messages);
         group.settled_bytes = self.log_bytes.saturating_sub(bytes);
-        let token = storage.create_group(&GroupMark {
+        self.queued.ops.push(StorageOp::CreateGroup(GroupMark {
             id,
             floor: at,
             name: group.name.to_string(),
-        });
+        }));
         self.groups.push(group);
-        (id, token)
+        id
     }
 
     /// Drops every group without consumers for `ttl` (none while the queue closes).
-    fn sweep(&mut self, storage: &dyn Storage, ttl: Duration, now: Instant) {
+    fn sweep(&mut self, ttl: Duration, now: Instant) {
         self.next_sweep = now + SWEEP_EVERY.min(ttl);
         let before = self.groups.len();
         let mut dropped = Vec::new();
@@ -979,12 +941,12 @@ impl State {
             return;
         }
         for (id, name) in dropped {
-            storage.drop_group(id);
+            self.queued.ops.push(StorageOp::DropGroup(id));
             self.stats.groups_dropped += 1;
-            self.unlogged.dropped.push(name);
+            self.queued.unlogged.dropped.push(name);
         }
-        self.trim_tail(!storage.in_memory(), u64::MAX);
-        self.report_floor(storage);
+        self.trim_tail(u64::MAX);
+        self.report_floor();
     }
 
     /// Whether the default group has never been read: it exists only because the queue was opened, holding
@@ -1005,12 +967,14 @@ impl State {
     }
 
     /// Removes the never-read default group once `taker` holds everything it held.
-    fn hand_over_default(&mut self, storage: &dyn Storage, taker: Arc<str>) {
+    fn hand_over_default(&mut self, taker: Arc<str>) {
         self.groups.retain(|g| g.id != record::DEFAULT_GROUP_ID);
-        storage.drop_group(record::DEFAULT_GROUP_ID);
-        self.unlogged.took_over_default = Some(taker);
-        self.trim_tail(!storage.in_memory(), u64::MAX);
-        self.report_floor(storage);
+        self.queued
+            .ops
+            .push(StorageOp::DropGroup(record::DEFAULT_GROUP_ID));
+        self.queued.unlogged.took_over_default = Some(taker);
+        self.trim_tail(u64::MAX);
+        self.report_floor();
     }
 }
 
@@ -1022,6 +986,12 @@ struct Inner {
     options: QueueOptions,
     /// Notified when space frees up after a push was refused as full.
     space: Arc<Notify>,
+    /// Held by a push batch from its dedup checks to putting its messages in the tail (taken before `state`,
+    /// never the other way round), so log offsets, topic positions and the tail follow one order while the
+    /// state lock is free for dispatch during the log's append.
+    appending: Mutex<()>,
+    /// Applies the storage work queued under the state lock in the order it was decided.
+    sequencer: Sequencer,
     /// Replays run one at a time, so one dead letter is never replayed twice.
     replaying: tokio::sync::Mutex<()>,
 }
@@ -1097,7 +1067,8 @@ impl LocalQueue {
             full: false,
             next_sweep: now + SWEEP_EVERY.min(options.group_idle_ttl),
             dead: DeadIndex::default(),
-            unlogged: Unlogged::default(),
+            queued: Queued::default(),
+            in_memory: storage.in_memory(),
             stats: QueueStats::default(),
         };
         if let Some(recovered) = recovered {
@@ -1147,6 +1118,8 @@ impl LocalQueue {
             history,
             options,
             space,
+            appending: Mutex::new(()),
+            sequencer: Sequencer::default(),
             replaying: tokio::sync::Mutex::new(()),
         };
         Ok((
@@ -1176,20 +1149,30 @@ impl LocalQueue {
         I: IntoIterator<Item = (Option<Producer>, Bytes)>,
     {
         let inner = &*self.inner;
-        // Topics are read before the lock: the parse is the costliest step of a push, and every push and
-        // dispatch of the queue waits behind the lock.
+        // Topics are read before any lock: the parse is the costliest step of a push.
         let items: Vec<(Option<Producer>, Bytes)> = items.into_iter().collect();
         let topics: Vec<_> = items
             .iter()
             .map(|(_, payload)| history::topic_of(payload))
             .collect();
-        let mut state = inner.state.lock();
-        let now = Instant::now();
-        if now >= state.next_sweep && !state.closed {
-            state.sweep(&*inner.storage, inner.options.group_idle_ttl, now);
-        }
-        let mut used = state.backlog().1;
-        let mut stored = 0;
+        let _appending = inner.appending.lock();
+        let mut batch = {
+            let mut state = inner.state.lock();
+            let now = Instant::now();
+            if now >= state.next_sweep && !state.closed {
+                state.sweep(inner.options.group_idle_ttl, now);
+            }
+            let batch = Batch {
+                closed: state.closed,
+                used: state.backlog().1,
+                ..Batch::default()
+            };
+            let deferred = state.queued.take(inner);
+            drop(state);
+            deferred.finish();
+            batch
+        };
+        // The log, dedup and topic history are called here, without the state lock.
         let mut failure: Option<PushError> = None;
         let now_ms = now_ms();
         for ((producer, payload), topic) in items.iter().zip(&topics) {
@@ -1197,29 +1180,47 @@ impl LocalQueue {
                 Some(err) => Err(err.clone()),
                 None => push_one(
                     inner,
-                    &mut state,
-                    &mut used,
+                    &mut batch,
                     *producer,
                     payload.clone(),
                     topic.as_deref(),
                     now_ms,
                 ),
             };
-            match &result {
-                Ok(Pushed::Stored { .. }) => stored += 1,
-                Ok(Pushed::Duplicate { .. } | Pushed::Submitted { .. })
-                | Err(PushError::TooLarge { .. }) => {}
-                Err(err) => failure = Some(err.clone()),
+            if let Err(err) = &result
+                && !matches!(err, PushError::TooLarge { .. })
+            {
+                failure = Some(err.clone());
             }
             out.push(result);
         }
+        let mut state = inner.state.lock();
+        let stored = batch.stored.len();
+        for (offset, payload) in batch.stored {
+            let len = payload.len() as u64;
+            state.next_offset = offset + 1;
+            state.log_messages += 1;
+            state.log_bytes += len;
+            if state.tail.is_empty() {
+                state.tail_start = offset;
+            }
+            state.tail_bytes += len;
+            state.tail.push_back((offset, payload));
+        }
+        state.stats.pushed += stored as u64;
+        state.stats.duplicates += batch.duplicates;
+        state.stats.rejected_full += batch.rejected_full;
+        state.stats.rejected_no_space += batch.rejected_no_space;
+        if batch.rejected_full + batch.rejected_no_space > 0 {
+            state.full = true;
+        }
         if stored > 0 {
-            state.trim_tail(!inner.storage.in_memory(), inner.options.memory_budget);
+            state.trim_tail(inner.options.memory_budget);
             state.wake_waiters(stored);
         }
-        let unlogged = std::mem::take(&mut state.unlogged);
+        let deferred = state.queued.take(inner);
         drop(state);
-        unlogged.log(inner.options.max_dead_letters);
+        deferred.finish();
     }
 
     /// Resolves once the record behind `token` is durable per the fsync policy: after its group's fsync
@@ -1266,11 +1267,12 @@ impl LocalQueue {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
+                let storage = &self.inner.storage;
+                let writable = !storage.backlogged() && !storage.no_space();
                 let mut state = self.inner.state.lock();
                 let max = self.inner.options.max_bytes;
                 let fits = state.backlog().1.saturating_add(len as u64) <= max || len as u64 > max;
-                let storage = &self.inner.storage;
-                if state.closed || (fits && !storage.backlogged() && !storage.no_space()) {
+                if state.closed || (fits && writable) {
                     return;
                 }
                 state.full = true;
@@ -1311,19 +1313,15 @@ impl LocalQueue {
         let inner = &*self.inner;
         let mut state = inner.state.lock();
         let now = Instant::now();
-        state.sweep(&*inner.storage, inner.options.group_idle_ttl, now);
+        state.sweep(inner.options.group_idle_ttl, now);
         let (group, created) = match state.group_named(name.as_str()) {
-            Some(group) => (group.id, None),
+            Some(group) => (group.id, false),
             None if state.default_never_read() => {
-                let storage = &*inner.storage;
-                let (id, token) = state.create_group(storage, name.shared(), StartAt::Oldest, now);
-                state.hand_over_default(storage, name.shared());
-                (id, Some(token))
+                let id = state.create_group(name.shared(), StartAt::Oldest, now);
+                state.hand_over_default(name.shared());
+                (id, true)
             }
-            None => {
-                let (id, token) = state.create_group(&*inner.storage, name.shared(), start, now);
-                (id, Some(token))
-            }
+            None => (state.create_group(name.shared(), start, now), true),
         };
         if let Some(g) = state.group_mut(group) {
             g.joined = true;
@@ -1345,9 +1343,11 @@ impl LocalQueue {
                 wants_credit: false,
             },
         );
-        let unlogged = std::mem::take(&mut state.unlogged);
+        let deferred = state.queued.take(inner);
         drop(state);
-        unlogged.log(inner.options.max_dead_letters);
+        let token = deferred.finish();
+        // The creation record's token (the log's position covers it too, should the log have refused the record).
+        let created = created.then(|| token.unwrap_or_else(|| inner.storage.position()));
         (
             LocalConsumer::new(self.clone(), id, group, mode, notify),
             created,
@@ -1363,8 +1363,8 @@ impl LocalQueue {
     /// already acked ids are ignored; an id whose lease expired is still settled (at-least-once).
     fn ack_in(&self, group: u32, ids: &[u64]) -> usize {
         let inner = &*self.inner;
-        let mut acked = Vec::with_capacity(ids.len());
-        let notify_space = {
+        let (count, notify_space, deferred) = {
+            let mut acked = Vec::with_capacity(ids.len());
             let mut state = inner.state.lock();
             for &id in ids {
                 if state.remove_acked(group, id) {
@@ -1375,14 +1375,24 @@ impl LocalQueue {
                 return 0;
             }
             let floor = state.group_floor(group);
-            inner.storage.ack(group, &mut acked, floor);
-            state.report_floor(&*inner.storage);
-            std::mem::take(&mut state.full)
+            let count = acked.len();
+            state.queued.ops.push(StorageOp::Ack {
+                group,
+                offsets: acked,
+                floor,
+            });
+            state.report_floor();
+            (
+                count,
+                std::mem::take(&mut state.full),
+                state.queued.take(inner),
+            )
         };
+        deferred.finish();
         if notify_space {
             inner.space.notify_waiters();
         }
-        acked.len()
+        count
     }
 
     /// Refuses delivery `id` of the `default` group for good; see [`Consumer::nack`].
@@ -1395,31 +1405,21 @@ impl LocalQueue {
     /// already settled id.
     fn nack_in(&self, group: u32, id: u64, reason: wsmq_core::protocol::queue::NackReason) -> bool {
         let inner = &*self.inner;
-        let (notify_space, unlogged) = {
+        let (notify_space, deferred) = {
             let mut state = inner.state.lock();
             let Some((payload, deliveries)) = state.take_unacked(group, id) else {
                 return false;
             };
-            let storage = &*inner.storage;
             let reason = DeadReason::Nacked(reason);
-            state.bury(
-                storage,
-                &inner.options,
-                group,
-                id,
-                &payload,
-                deliveries,
-                reason,
-            );
-            state.report_floor(storage);
+            state.bury(&inner.options, group, id, &payload, deliveries, reason);
+            state.report_floor();
             let next = state.next_offset;
             if state.group(group).is_some_and(|g| g.has_messages(next)) {
                 state.wake_group(group, 1);
             }
-            let unlogged = std::mem::take(&mut state.unlogged);
-            (std::mem::take(&mut state.full), unlogged)
+            (std::mem::take(&mut state.full), state.queued.take(inner))
         };
-        unlogged.log(inner.options.max_dead_letters);
+        deferred.finish();
         if notify_space {
             inner.space.notify_waiters();
         }
@@ -1439,17 +1439,20 @@ impl LocalQueue {
     pub(crate) async fn replay(&self, ids: Option<&[u64]>) -> Result<usize, ReplayError> {
         let inner = Arc::clone(&self.inner);
         let _one_at_a_time = inner.replaying.lock().await;
-        let wanted: Vec<u64> = {
-            let state = inner.state.lock();
-            match ids {
+        let (wanted, fence) = {
+            let mut state = inner.state.lock();
+            let wanted: Vec<u64> = match ids {
                 Some(ids) => ids
                     .iter()
                     .copied()
                     .filter(|&id| state.dead.contains(id))
                     .collect(),
                 None => state.dead.list().iter().map(|d| d.id).collect(),
-            }
+            };
+            (wanted, state.queued.fence(&inner))
         };
+        // The dead letters listed have been handed to storage once the fence's turn has come.
+        fence.finish();
         if wanted.is_empty() {
             return Ok(0);
         }
@@ -1489,7 +1492,13 @@ impl LocalQueue {
             let mut state = inner.state.lock();
             replayed.retain(|&id| state.dead.remove(id));
             state.stats.dead_replayed += replayed.len() as u64;
-            inner.storage.remove_dead(&replayed);
+            state
+                .queued
+                .ops
+                .push(StorageOp::RemoveDead(replayed.clone()));
+            let deferred = state.queued.take(&inner);
+            drop(state);
+            deferred.finish();
         }
         tracing::info!(count = replayed.len(), "replayed dead letters");
         match refused {
@@ -1525,7 +1534,7 @@ impl LocalQueue {
         let now = Instant::now();
         state.expire(now);
         if !state.closed {
-            state.sweep(&*inner.storage, inner.options.group_idle_ttl, now);
+            state.sweep(inner.options.group_idle_ttl, now);
         }
         let (depth, bytes) = state.backlog();
         let groups = state
@@ -1553,9 +1562,9 @@ impl LocalQueue {
             groups,
             ..state.stats.clone()
         };
-        let unlogged = std::mem::take(&mut state.unlogged);
+        let deferred = state.queued.take(inner);
         drop(state);
-        unlogged.log(inner.options.max_dead_letters);
+        deferred.finish();
         stats
     }
 
@@ -1563,6 +1572,8 @@ impl LocalQueue {
     /// written, then its writer thread exits. Idempotent.
     pub(crate) async fn close(&self) {
         {
+            // No push batch is between its checks and its tail while `closed` is set.
+            let _appending = self.inner.appending.lock();
             let mut state = self.inner.state.lock();
             state.closed = true;
             for slot in state.consumers.values() {
@@ -1604,17 +1615,31 @@ impl LocalQueue {
     }
 }
 
-/// Stores one message with the state lock held; `used` is the slowest group's backlog in bytes so far.
+/// What a push batch did, collected without the state lock and applied to the state in one go.
+#[derive(Debug, Default)]
+struct Batch {
+    /// The queue was closed when the batch started (`close` waits for running batches).
+    closed: bool,
+    /// The slowest group's backlog in bytes, including what this batch stored so far.
+    used: u64,
+    /// The messages stored, in offset order, for the tail.
+    stored: Vec<(u64, Bytes)>,
+    duplicates: u64,
+    rejected_full: u64,
+    rejected_no_space: u64,
+}
+
+/// Stores one message of a batch: dedup, capacity, topic position, log append. Runs under `Inner::appending`,
+/// without the state lock.
 fn push_one(
     inner: &Inner,
-    state: &mut State,
-    used: &mut u64,
+    batch: &mut Batch,
     producer: Option<Producer>,
     payload: Bytes,
     topic: Option<&str>,
     now_ms: u64,
 ) -> Result<Pushed, PushError> {
-    if state.closed {
+    if batch.closed {
         return Err(PushError::Closed);
     }
     let options = &inner.options;
@@ -1626,19 +1651,17 @@ fn push_one(
     if let Some(p) = producer
         && inner.storage.is_duplicate(p)
     {
-        state.stats.duplicates += 1;
+        batch.duplicates += 1;
         let mut durable = inner.storage.position();
         durable.history = inner.history.position();
         return Ok(Pushed::Duplicate { durable });
     }
     if inner.storage.no_space() {
-        state.stats.rejected_no_space += 1;
-        state.full = true;
+        batch.rejected_no_space += 1;
         return Err(PushError::NoSpace);
     }
-    if *used + len as u64 > options.max_bytes || inner.storage.backlogged() {
-        state.stats.rejected_full += 1;
-        state.full = true;
+    if batch.used + len as u64 > options.max_bytes || inner.storage.backlogged() {
+        batch.rejected_full += 1;
         return Err(PushError::Full);
     }
     // The message's place in its topic is assigned here, in log order, and stored with it.
@@ -1647,7 +1670,6 @@ fn push_one(
             Some((stamped, token)) => (stamped, token),
             None => (payload, 0),
         };
-    let len = payload.len();
     let entry = Entry {
         producer,
         payload: payload.clone(),
@@ -1656,16 +1678,8 @@ fn push_one(
     let offset = appended.first;
     let mut durable = appended.durable;
     durable.history = history;
-    state.next_offset = offset + 1;
-    *used += len as u64;
-    state.log_messages += 1;
-    state.log_bytes += len as u64;
-    state.stats.pushed += 1;
-    if state.tail.is_empty() {
-        state.tail_start = offset;
-    }
-    state.tail_bytes += len as u64;
-    state.tail.push_back((offset, payload));
+    batch.used += payload.len() as u64;
+    batch.stored.push((offset, payload));
     Ok(Pushed::Stored { offset, durable })
 }
 
