@@ -205,3 +205,38 @@ impl Sequencer {
         work();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_run_in_order_whatever_order_their_holders_arrive_in() {
+        let sequencer = Arc::new(Sequencer::default());
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let holders: Vec<_> = (0..4u64)
+            .rev()
+            .map(|ticket| {
+                let sequencer = Arc::clone(&sequencer);
+                let ran = Arc::clone(&ran);
+                std::thread::spawn(move || sequencer.run(ticket, || ran.lock().push(ticket)))
+            })
+            .collect();
+        for holder in holders {
+            holder.join().unwrap();
+        }
+        assert_eq!(*ran.lock(), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_ticket_whose_work_panicked_still_lets_the_next_one_run() {
+        let sequencer = Sequencer::default();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sequencer.run(0, || panic!("storage bug"));
+        }));
+        assert!(panicked.is_err());
+        let mut ran = false;
+        sequencer.run(1, || ran = true);
+        assert!(ran);
+    }
+}

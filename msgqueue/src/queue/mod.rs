@@ -1044,6 +1044,17 @@ impl LocalQueue {
                 (Box::new(log), Some(recovered), history)
             }
         };
+        Ok(Self::assemble(storage, recovered, history, options, space))
+    }
+
+    /// Builds the engine over an opened `storage` and what its recovery found.
+    fn assemble(
+        storage: Box<dyn Storage>,
+        recovered: Option<log::Recovered>,
+        history: history::local::LocalHistory,
+        options: QueueOptions,
+        space: Arc<Notify>,
+    ) -> (Self, RecoveryReport) {
         let now = Instant::now();
         let mut report = RecoveryReport::default();
         let mut state = State {
@@ -1122,12 +1133,12 @@ impl LocalQueue {
             sequencer: Sequencer::default(),
             replaying: tokio::sync::Mutex::new(()),
         };
-        Ok((
+        (
             Self {
                 inner: Arc::new(inner),
             },
             report,
-        ))
+        )
     }
 
     /// Stores one message. `producer` is `None` for compat (at-most-once) pushers, which skip dedup.
@@ -1685,7 +1696,170 @@ fn push_one(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{OnceLock, Weak};
+
     use super::*;
+    use storage::{Appended, DeadStore, GroupStore, Log, Progress};
+    use wsmq_core::protocol::queue::NackReason;
+
+    /// The memory log, noting every call made while the engine's state lock is held.
+    struct Watched {
+        log: memory::MemoryLog,
+        engine: Arc<OnceLock<Weak<Inner>>>,
+        under_lock: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl Watched {
+        fn check(&self, call: &'static str) {
+            if let Some(inner) = self.engine.get().and_then(Weak::upgrade)
+                && inner.state.is_locked()
+            {
+                self.under_lock.lock().push(call);
+            }
+        }
+    }
+
+    impl Log for Watched {
+        fn append(&self, entries: &[Entry]) -> Result<Appended, StorageError> {
+            self.check("append");
+            self.log.append(entries)
+        }
+        fn is_duplicate(&self, producer: Producer) -> bool {
+            self.check("is_duplicate");
+            self.log.is_duplicate(producer)
+        }
+        fn position(&self) -> DurableToken {
+            self.check("position");
+            self.log.position()
+        }
+        fn read(
+            &self,
+            from: u64,
+            max: usize,
+            out: &mut Vec<(u64, Bytes)>,
+        ) -> Result<u64, StorageError> {
+            self.check("read");
+            self.log.read(from, max, out)
+        }
+        fn trim_before(&self, offset: u64) {
+            self.check("trim_before");
+            self.log.trim_before(offset);
+        }
+        fn in_memory(&self) -> bool {
+            self.log.in_memory()
+        }
+        fn backlogged(&self) -> bool {
+            self.check("backlogged");
+            self.log.backlogged()
+        }
+        fn no_space(&self) -> bool {
+            self.check("no_space");
+            self.log.no_space()
+        }
+        fn progress(&self) -> Option<tokio::sync::watch::Receiver<Progress>> {
+            self.check("progress");
+            self.log.progress()
+        }
+        fn close(&self) {
+            self.check("close");
+            self.log.close();
+        }
+    }
+
+    impl GroupStore for Watched {
+        fn create_group(&self, group: &GroupMark) -> DurableToken {
+            self.check("create_group");
+            self.log.create_group(group)
+        }
+        fn drop_group(&self, id: u32) {
+            self.check("drop_group");
+            self.log.drop_group(id);
+        }
+        fn ack(&self, group: u32, offsets: &mut [u64], floor: u64) {
+            self.check("ack");
+            self.log.ack(group, offsets, floor);
+        }
+    }
+
+    impl DeadStore for Watched {
+        fn append_dead(&self, letter: &DeadLetter, payload: &[u8]) {
+            self.check("append_dead");
+            self.log.append_dead(letter, payload);
+        }
+        fn remove_dead(&self, ids: &[u64]) {
+            self.check("remove_dead");
+            self.log.remove_dead(ids);
+        }
+        fn read_dead(&self, ids: &[u64], out: &mut Vec<(u64, Bytes)>) -> Result<(), StorageError> {
+            self.check("read_dead");
+            self.log.read_dead(ids, out)
+        }
+    }
+
+    #[tokio::test]
+    async fn storage_is_never_called_under_the_engines_state_lock() {
+        let engine = Arc::new(OnceLock::new());
+        let under_lock = Arc::new(Mutex::new(Vec::new()));
+        let options = QueueOptions {
+            max_deliveries: 1,
+            max_dead_letters: 1,
+            group_idle_ttl: Duration::from_millis(1),
+            ..QueueOptions::default()
+        };
+        let storage = Watched {
+            log: memory::MemoryLog::new(options.max_producers),
+            engine: Arc::clone(&engine),
+            under_lock: Arc::clone(&under_lock),
+        };
+        let history = history::local::LocalHistory::in_memory(options.history.clone());
+        let space = Arc::new(Notify::new());
+        let (queue, _) = LocalQueue::assemble(Box::new(storage), None, history, options, space);
+        engine.set(Arc::downgrade(&queue.inner)).unwrap();
+
+        // Pushes (with a retry), a group that joins and one that idles out, acks, NACKs (dead letters, one
+        // evicted), auto-acks and a replay: every path that reaches storage.
+        let mut consumer = queue.consumer(ConsumeMode::Acked);
+        let producer = Producer { id: 1, seq: 1 };
+        for seq in 1..=6 {
+            queue
+                .push(Some(Producer { seq, ..producer }), Bytes::from_static(b"m"))
+                .unwrap();
+        }
+        queue
+            .push(Some(producer), Bytes::from_static(b"m"))
+            .unwrap();
+        let name: GroupName = "audit".parse().unwrap();
+        let mut audit = queue
+            .join(&name, StartAt::Oldest, ConsumeMode::AutoAck)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        audit.next_batch(10, &mut out).await.unwrap();
+        drop(audit);
+        consumer.grant(10);
+        out.clear();
+        consumer.next_batch(10, &mut out).await.unwrap();
+        let ids: Vec<u64> = out.iter().map(|d| d.id).collect();
+        assert_eq!(ids.len(), 6);
+        assert_eq!(consumer.ack(&ids[..3]), 3);
+        assert!(consumer.nack(ids[3], NackReason::Failed));
+        assert!(consumer.nack(ids[4], NackReason::Invalid));
+        assert_eq!(queue.replay(None).await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            queue.stats().groups_dropped,
+            1,
+            "the idle group was dropped"
+        );
+        drop(consumer);
+        queue.close().await;
+
+        let calls = under_lock.lock().clone();
+        assert!(
+            calls.is_empty(),
+            "storage called under the state lock: {calls:?}"
+        );
+    }
 
     #[test]
     fn fsync_policy_parses_the_flag_values() {
