@@ -1,18 +1,21 @@
 //! The disk backend: an append-only log of segment files with group commit, recovery and segment deletion.
 //!
-//! The engine appends encoded records to a shared pending buffer under its own lock (so log order is offset
-//! order). One writer thread swaps that buffer out, writes the whole group with one `write`, fsyncs once per the
-//! policy, and publishes its progress on a `watch` channel that `wait_durable` and read-back wait on. Segments are
-//! named by the first offset they may hold (`00000000000000000042.log`) and each starts with a snapshot record
-//! (next offset, ack floor, producer marks), so a segment that only holds acked messages can be deleted without
-//! losing anything the queue must remember.
+//! It implements the [`Log`], [`GroupStore`] and [`DeadStore`] seam. Appends encode records into a shared pending
+//! buffer under the log's own short lock, which also assigns offsets (so log order is offset order). One writer
+//! thread swaps that buffer out, writes the whole group with one `write`, fsyncs once per the policy, and
+//! publishes its progress on a `watch` channel that `wait_durable` and read-back wait on. Segments are named by
+//! the first offset they may hold (`00000000000000000042.log`) and each starts with a snapshot record (next
+//! offset, every live group with its ack floor, producer dedup marks), so a segment that only holds acked
+//! messages can be deleted without losing anything the queue must remember. The log builds that snapshot itself
+//! from what it was given: offsets it assigned, producers it appended for, groups created and dropped, and the
+//! floor reported with each group's acks.
 //!
 //! Dead letters go to their own append-only file, `dead/dead.log`, in the same record format. The writer writes
 //! (and fsyncs) the dead-letter buffer before each group, and the engine buffers a message's ack after its dead
 //! letter, so an ack never becomes durable before the dead letter it depends on. The file is compacted at open.
 //!
 //! When the disk is full (`ENOSPC`, `EDQUOT`) the writer cuts the partial record it left, refuses new pushes
-//! ([`Storage::no_space`]) and retries the same write with a backoff until it succeeds: nothing accepted is
+//! ([`Log::no_space`]) and retries the same write with a backoff until it succeeds: nothing accepted is
 //! dropped, and pushes are accepted again as soon as space returns. Other I/O errors still stop the writer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};

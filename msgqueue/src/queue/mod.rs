@@ -4,7 +4,31 @@
 //! Every stored message gets a monotonically increasing `u64` offset, which is also its delivery id. Messages are
 //! dispatched in offset order (returned leases first). A delivered message is leased to its consumer until acked;
 //! a lease whose consumer goes away or does not ack within the lease timeout goes back to the front of the queue.
-//! All state lives behind one lock taken once per batch and never held across `.await`.
+//!
+//! The local engine (`LocalQueue`, memory and disk) is cut in three layers:
+//! - the **log** (`storage.rs`: `Log` + `GroupStore` + `DeadStore`, implemented by `memory.rs`
+//!   and the segment log `log.rs`): assigns offsets, keeps producer dedup marks, makes messages, group
+//!   records and dead letters durable, reads back, trims below the slowest group's floor. Snapshots and dedup
+//!   records are its private business.
+//! - the **groups** (`group.rs`): per consumer group a cursor, read-ahead, pending leased deliveries (leases,
+//!   returned messages, delivery counts), its ack floor and lag; the minimum floor over groups is what the log is
+//!   trimmed below.
+//! - the **dispatcher** (`State` here and `consumer.rs`): consumers' credit windows, waiters and batching, the
+//!   in-memory tail of the log that groups take from, expiry of leases and dead-lettering.
+//!
+//! What runs under which lock:
+//! - `State`'s lock (groups and dispatcher together) is taken once per batch and never held across `.await`. It
+//!   never calls storage: acks, dead letters, group records and trims decided under it are queued and handed to
+//!   storage after it is released, in the order they were decided (`deferred.rs`).
+//! - A push batch holds `Inner::appending` (never taken under the state lock) from its dedup checks through the
+//!   topic history's numbering and the log's append (which only buffers: the segment log hands the records to its
+//!   writer thread) to putting the messages into the tail, for which it takes the state lock briefly: offsets,
+//!   topic positions and the tail follow one order while dispatch goes on during the append.
+//! - Disk reads (read-ahead of a group behind the tail, dead letters) run on the blocking pool without any engine
+//!   lock; recovery runs in `spawn_blocking` before the engine exists.
+//!
+//! What remains: groups and dispatcher still share `State`'s one lock (separate modules, one lock), and a push takes
+//! that lock twice per batch (capacity check, then tail).
 //!
 //! The engine counts deliveries per message: a message delivered `max_deliveries` times without an ack, or one a
 //! consumer NACKs, becomes a [dead letter](dead) instead of blocking the queue (counts start again from zero after

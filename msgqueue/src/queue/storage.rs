@@ -18,10 +18,11 @@
 //!   is what the segment log needs for its snapshots). Reading for a group (`XREADGROUP`) and reclaiming expired
 //!   leases (`XAUTOCLAIM`) are the engine's groups layer (`group.rs`) over [`Log::read`] here.
 //!
-//! Locking: the engine calls the append, group and dead-letter methods while holding its state lock, in offset
-//! order; they only buffer work under the log's own short lock (the segment log hands it to its writer thread)
-//! and never wait on I/O. [`Log::read`] and [`DeadStore::read_dead`] block on I/O: the engine calls them on the
-//! blocking pool, never under its lock.
+//! Locking: the engine calls [`Log::append`] and [`Log::is_duplicate`] for a push batch under its appending lock,
+//! in offset order, and the group and dead-letter methods after releasing its state lock, in the order it decided
+//! them; never under the state lock. All of them only buffer work under the log's own short lock (the segment log
+//! hands it to its writer thread) and never wait on I/O. [`Log::read`] and [`DeadStore::read_dead`] block on I/O:
+//! the engine calls them on the blocking pool, without any lock of its own.
 
 use std::io;
 use std::path::PathBuf;
