@@ -79,7 +79,7 @@ pub use wsmq_core::protocol::group::{DEFAULT_GROUP, GroupName, InvalidGroupName,
 
 use dead::DeadIndex;
 use deferred::{Queued, Sequencer, StorageOp};
-use group::{Group, Lease};
+use group::{Group, Lease, ReadRequest};
 use record::GroupMark;
 use storage::{Entry, Storage};
 
@@ -487,15 +487,6 @@ enum Fill {
     AwaitWrite,
 }
 
-/// A read of the log that a group needs, to run on the blocking pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReadRequest {
-    group: u32,
-    from: u64,
-    to: u64,
-    max_bytes: usize,
-}
-
 impl State {
     fn group(&self, id: u32) -> Option<&Group> {
         self.groups.iter().find(|g| g.id == id)
@@ -620,29 +611,8 @@ impl State {
     /// Returns expired leases of every group to redelivery and wakes as many waiters.
     fn expire(&mut self, now: Instant) {
         for index in 0..self.groups.len() {
-            let mut expired = Vec::new();
             let group = &mut self.groups[index];
-            while let Some(&(deadline, offset)) = group.deadlines.front() {
-                if deadline > now {
-                    break;
-                }
-                group.deadlines.pop_front();
-                if group
-                    .leases
-                    .get(&offset)
-                    .is_some_and(|l| l.deadline == deadline)
-                    && let Some(lease) = group.leases.remove(&offset)
-                {
-                    expired.push(lease.owner);
-                    group.redeliver.insert(offset, lease.into());
-                }
-            }
-            if group.deadlines.len() > 2 * group.leases.len() + 1024 {
-                let leases = &group.leases;
-                group.deadlines.retain(|(deadline, offset)| {
-                    leases.get(offset).is_some_and(|l| l.deadline == *deadline)
-                });
-            }
+            let expired = group.reclaim_expired(now);
             let id = group.id;
             self.stats.lease_expired += expired.len() as u64;
             let count = expired.len();
@@ -655,16 +625,7 @@ impl State {
 
     /// The earliest lease deadline of `group`.
     fn next_deadline(&self, group: u32) -> Option<Instant> {
-        self.group(group)
-            .and_then(|g| g.deadlines.front().map(|&(deadline, _)| deadline))
-    }
-
-    /// Settles a message of `group` (acked, NACKed or dead): it no longer counts against the group's lag.
-    fn settle(&mut self, group: u32, len: usize) {
-        if let Some(g) = self.group_mut(group) {
-            g.settled += 1;
-            g.settled_bytes += len as u64;
-        }
+        self.group(group).and_then(Group::next_deadline)
     }
 
     /// Removes a message acked by `group`; returns whether it was unacked.
@@ -675,8 +636,8 @@ impl State {
         self.stats.acked += 1;
         if let Some(g) = self.group_mut(group) {
             g.counters.acked += 1;
+            g.settle(payload.len());
         }
-        self.settle(group, payload.len());
         true
     }
 
@@ -711,7 +672,9 @@ impl State {
             letter: letter.clone(),
             payload: payload.clone(),
         });
-        self.settle(group, payload.len());
+        if let Some(g) = self.group_mut(group) {
+            g.settle(payload.len());
+        }
         let floor = self.group_floor(group);
         self.queued.ops.push(StorageOp::Ack {
             group,
@@ -758,23 +721,7 @@ impl State {
     fn want_read(&mut self, index: usize, budget: u64, written: u64) -> Option<ReadRequest> {
         let max_bytes = self.read_chunk(budget);
         let tail_start = self.tail_start;
-        let group = &mut self.groups[index];
-        let needed = group.next < tail_start
-            && !group.reading
-            && group.read_error.is_none()
-            && group.ahead_bytes < max_bytes as u64 / 2
-            && group.stalled_at != Some(written);
-        if !needed {
-            return None;
-        }
-        group.reading = true;
-        group.stalled_at = None;
-        Some(ReadRequest {
-            group: group.id,
-            from: group.next,
-            to: tail_start,
-            max_bytes,
-        })
+        self.groups[index].read_request(tail_start, max_bytes, written)
     }
 
     /// Hands up to `max` messages (and what credit allows) to consumer `id` from its group, in offset order.
@@ -857,26 +804,21 @@ impl State {
             let group = &mut self.groups[index];
             match mode {
                 ConsumeMode::Acked => {
-                    group.leases.insert(
-                        offset,
-                        Lease {
-                            owner: id,
-                            payload: payload.clone(),
-                            deadline,
-                            deliveries: deliveries.saturating_add(1),
-                        },
-                    );
-                    group.deadlines.push_back((deadline, offset));
+                    let lease = Lease {
+                        owner: id,
+                        payload: payload.clone(),
+                        deadline,
+                        deliveries: deliveries.saturating_add(1),
+                    };
+                    group.lease(offset, lease);
                 }
                 ConsumeMode::AutoAck => {
-                    group.settled += 1;
-                    group.settled_bytes += payload.len() as u64;
+                    group.settle(payload.len());
                     group.counters.acked += 1;
                     self.stats.acked += 1;
                     auto_acked.push(offset);
                 }
             }
-            let group = &mut self.groups[index];
             group.counters.delivered += 1;
             group.counters.redelivered += u64::from(redelivered);
             self.stats.delivered += 1;
@@ -979,15 +921,9 @@ impl State {
     /// never read.) Then the first group created, whatever its name, takes
     /// that over (see [`Queue::join`]) instead of the default group pinning the log until it idles out.
     fn default_never_read(&self) -> bool {
-        self.groups.iter().any(|g| {
-            g.id == record::DEFAULT_GROUP_ID
-                && !g.joined
-                && g.next == 0
-                && g.skip.is_empty()
-                && g.ahead.is_empty()
-                && g.leases.is_empty()
-                && g.redeliver.is_empty()
-        })
+        self.groups
+            .iter()
+            .any(|g| g.id == record::DEFAULT_GROUP_ID && g.never_read())
     }
 
     /// Removes the never-read default group once `taker` holds everything it held.
