@@ -796,15 +796,7 @@ impl DiskLog {
         };
         Ok((log, recovered))
     }
-}
 
-impl Drop for DiskLog {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-impl DiskLog {
     /// Counts the records encoded into `pending.buf` since byte `before` into the log position and the active
     /// segment.
     fn grew(pending: &mut Pending, before: usize) {
@@ -833,6 +825,12 @@ impl DiskLog {
             producers: pending.producers.snapshot(),
             groups: Some(pending.groups.values().cloned().collect()),
         }
+    }
+}
+
+impl Drop for DiskLog {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

@@ -11,10 +11,11 @@
 //!   records and dead letters durable, reads back, trims below the slowest group's floor. Snapshots and dedup
 //!   records are its private business.
 //! - the **groups** (`group.rs`): per consumer group a cursor, read-ahead, pending leased deliveries (leases,
-//!   returned messages, delivery counts), its ack floor and lag; the minimum floor over groups is what the log is
-//!   trimmed below.
+//!   returned messages, delivery counts), reclaiming expired leases, its ack floor and lag; the minimum floor over
+//!   groups is what the log is trimmed below.
 //! - the **dispatcher** (`State` here and `consumer.rs`): consumers' credit windows, waiters and batching, the
-//!   in-memory tail of the log that groups take from, expiry of leases and dead-lettering.
+//!   in-memory tail of the log that groups take from, dead-lettering, and the registry of groups (join, leave,
+//!   idle groups dropped).
 //!
 //! What runs under which lock:
 //! - `State`'s lock (groups and dispatcher together) is taken once per batch and never held across `.await`. It
@@ -27,7 +28,8 @@
 //! - Disk reads (read-ahead of a group behind the tail, dead letters) run on the blocking pool without any engine
 //!   lock; recovery runs in `spawn_blocking` before the engine exists.
 //!
-//! What remains: groups and dispatcher still share `State`'s one lock (separate modules, one lock), and a push takes
+//! What remains of the re-cut: groups and dispatcher are separate modules but share `State`'s one lock, and the
+//! steps that span both (`State::fill`, `ack_in`, `create_group`, `sweep`) are methods of `State`; a push takes
 //! that lock twice per batch (capacity check, then tail).
 //!
 //! The engine counts deliveries per message: a message delivered `max_deliveries` times without an ack, or one a
