@@ -250,14 +250,9 @@ fn spawn_read(inner: &Arc<Inner>, read: ReadRequest, written: u64) {
     let inner = Arc::clone(inner);
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        // What the tail holds from `read.to` on is taken from memory instead.
         let result = inner
             .storage
-            .read(read.from, read.max_bytes, &mut out)
-            .map(|next| {
-                out.retain(|&(offset, _)| offset < read.to);
-                next.min(read.to)
-            });
+            .read(read.from, read.to, read.max_bytes, &mut out);
         let mut state = inner.state.lock();
         let Some(group) = state.group_mut(read.group) else {
             return;

@@ -882,9 +882,13 @@ impl Log for DiskLog {
     fn read(
         &self,
         from: u64,
+        to: u64,
         max_bytes: usize,
         out: &mut Vec<(u64, Bytes)>,
     ) -> Result<u64, StorageError> {
+        if from >= to {
+            return Ok(from);
+        }
         let segments = self.shared.segments.lock().clone();
         let Some(target) = segments
             .iter()
@@ -912,14 +916,7 @@ impl Log for DiskLog {
             cursor.base = segments[target].base;
             cursor.pos = 0;
         }
-        let result = scan(
-            &mut cursor,
-            &segments[target..],
-            from,
-            u64::MAX,
-            max_bytes,
-            out,
-        );
+        let result = scan(&mut cursor, &segments[target..], from, to, max_bytes, out);
         match result {
             Ok(next) => {
                 cursor.next = next;

@@ -76,15 +76,20 @@ impl Log for MemoryLog {
     fn read(
         &self,
         from: u64,
+        to: u64,
         max_bytes: usize,
         out: &mut Vec<(u64, Bytes)>,
     ) -> Result<u64, StorageError> {
+        if from >= to {
+            return Ok(from);
+        }
         let messages = self.messages.lock();
         let start = messages.next - messages.entries.len() as u64;
         let mut next = from.max(start);
         let mut bytes = 0;
         let skip = usize::try_from(next - start).unwrap_or(usize::MAX);
-        for payload in messages.entries.iter().skip(skip) {
+        let take = usize::try_from(to.saturating_sub(next)).unwrap_or(usize::MAX);
+        for payload in messages.entries.iter().skip(skip).take(take) {
             out.push((next, payload.clone()));
             next += 1;
             bytes += payload.len();
@@ -92,7 +97,7 @@ impl Log for MemoryLog {
                 break;
             }
         }
-        Ok(next.max(from))
+        Ok(next.min(to))
     }
 
     fn trim_before(&self, offset: u64) {

@@ -1697,11 +1697,12 @@ mod tests {
         fn read(
             &self,
             from: u64,
+            to: u64,
             max: usize,
             out: &mut Vec<(u64, Bytes)>,
         ) -> Result<u64, StorageError> {
             self.check("read");
-            self.log.read(from, max, out)
+            self.log.read(from, to, max, out)
         }
         fn trim_before(&self, offset: u64) {
             self.check("trim_before");

@@ -11,7 +11,7 @@
 //! How the seam maps onto Redis Streams, the next backend meant to implement it:
 //! - [`Log::append`] → `XADD` (one per entry, pipelined), with [`Log::is_duplicate`] the per-producer
 //!   high-water mark the Redis backend already keeps next to the stream (`redis/append.rs`);
-//!   [`Log::read`] → `XRANGE from + COUNT` (the byte limit becomes a count), [`Log::trim_before`] →
+//!   [`Log::read`] → `XRANGE from (to COUNT` (the byte limit becomes a count), [`Log::trim_before`] →
 //!   `XTRIM MINID`, [`Log::progress`] → the replies of the pipelined `XADD`s (`WAITAOF` for durability).
 //! - [`GroupStore::create_group`] → `XGROUP CREATE … <floor>`, [`GroupStore::drop_group`] → `XGROUP DESTROY`,
 //!   [`GroupStore::ack`] → `XACK` (Redis derives the floor from its pending entries list itself; the floor argument
@@ -135,12 +135,13 @@ pub(crate) trait Log: Send + Sync {
     /// A token covering everything appended so far, for acking a duplicate push only once its original is durable.
     fn position(&self) -> DurableToken;
 
-    /// Appends to `out` the retained messages from offset `from` on, in offset order, stopping after about
+    /// Appends to `out` the retained messages with offsets in `[from, to)`, in offset order, stopping after about
     /// `max_bytes` of payload (at least one message) or at what is written so far. Returns the offset to continue
     /// from. Blocking: call it off the async workers and without the engine's lock.
     fn read(
         &self,
         from: u64,
+        to: u64,
         max_bytes: usize,
         out: &mut Vec<(u64, Bytes)>,
     ) -> Result<u64, StorageError>;

@@ -92,7 +92,7 @@ impl Subject {
         let mut next = from;
         loop {
             let before = out.len();
-            next = self.log.read(next, max_bytes, &mut out).unwrap();
+            next = self.log.read(next, u64::MAX, max_bytes, &mut out).unwrap();
             if out.len() == before {
                 return out;
             }
@@ -152,7 +152,7 @@ fn read_starts_at_any_offset_and_stops_after_max_bytes() {
         let (_, token) = subject.append(&written);
         subject.wait_durable(token);
         let mut out = Vec::new();
-        let next = subject.log.read(4, 250, &mut out).unwrap();
+        let next = subject.log.read(4, u64::MAX, 250, &mut out).unwrap();
         let offsets: Vec<u64> = out.iter().map(|(o, _)| *o).collect();
         assert_eq!(
             offsets,
@@ -165,10 +165,10 @@ fn read_starts_at_any_offset_and_stops_after_max_bytes() {
             assert_eq!(payload, &written[usize::try_from(*offset).unwrap()]);
         }
         out.clear();
-        subject.log.read(9, 1, &mut out).unwrap();
+        subject.log.read(9, u64::MAX, 1, &mut out).unwrap();
         assert_eq!(out.len(), 1, "{}: at least one message", subject.name());
         out.clear();
-        assert_eq!(subject.log.read(10, 1000, &mut out).unwrap(), 10);
+        assert_eq!(subject.log.read(10, u64::MAX, 1000, &mut out).unwrap(), 10);
         assert!(
             out.is_empty(),
             "{}: nothing beyond the tail",
@@ -331,7 +331,7 @@ proptest! {
     #[test]
     fn reads_agree_with_a_plain_model(
         batches in prop::collection::vec(prop::collection::vec(0usize..120, 1..6), 1..12),
-        reads in prop::collection::vec((0u64..80, 1usize..400), 1..8),
+        reads in prop::collection::vec((0u64..80, 0u64..90, 1usize..400), 1..8),
     ) {
         for subject in Subject::both() {
             let mut model: Vec<Bytes> = Vec::new();
@@ -345,20 +345,26 @@ proptest! {
                 token = token.max(durable);
             }
             subject.wait_durable(token);
-            for &(from, max_bytes) in &reads {
+            for &(from, to, max_bytes) in &reads {
                 let mut out = Vec::new();
-                let next = subject.log.read(from, max_bytes, &mut out).unwrap();
+                let next = subject.log.read(from, to, max_bytes, &mut out).unwrap();
                 let start = usize::try_from(from).unwrap().min(model.len());
                 let mut bytes = 0;
                 let mut expected = Vec::new();
-                for (i, payload) in model.iter().enumerate().skip(start) {
+                let end = usize::try_from(to).unwrap().min(model.len());
+                for (i, payload) in model.iter().enumerate().take(end).skip(start) {
                     expected.push((i as u64, payload.clone()));
                     bytes += payload.len();
                     if bytes >= max_bytes {
                         break;
                     }
                 }
-                let expected_next = expected.last().map_or(from, |(o, _)| o + 1);
+                // Stopped by the byte limit: after the last one read; otherwise at `to` or the tail.
+                let expected_next = if bytes >= max_bytes {
+                    expected.last().map_or(from, |(o, _)| o + 1)
+                } else {
+                    from.max(to.min(model.len() as u64))
+                };
                 prop_assert_eq!(&out, &expected, "{}", subject.name());
                 prop_assert_eq!(next, expected_next, "{}", subject.name());
             }
