@@ -1114,8 +1114,8 @@ impl LocalQueue {
         out.pop().unwrap_or(Err(PushError::Closed))
     }
 
-    /// Stores a batch (e.g. one WebSocket frame's worth) under one lock acquisition, appending one result per item
-    /// to `out`. After a `Full`, `Closed` or storage error the remaining items fail the same way, so a producer's
+    /// Stores a batch (e.g. one WebSocket frame's worth) under one acquisition of the appending lock (and two short
+    /// ones of the state lock: capacity before, tail after), appending one result per item to `out`. After a `Full`, `Closed` or storage error the remaining items fail the same way, so a producer's
     /// messages are never stored out of order; `TooLarge` fails only its own item.
     pub(crate) fn push_batch<I>(&self, items: I, out: &mut Vec<Result<Pushed, PushError>>)
     where
