@@ -1,11 +1,12 @@
 //! `/pushmsg`: producers hand messages to the queue.
 //!
 //! Compat mode stores each text frame and answers nothing (at-most-once, as ws-go). Reliable mode decodes
-//! batches of PUSH records, stores them with one lock acquisition per frame, and a separate acker task answers
-//! ACKED/REJECT in push order once the storage says the messages are durable, so that the reader keeps reading
-//! while earlier frames wait for their group commit. A PUSH_PLACED is stored like a PUSH and also gets a PLACED
-//! with its topic position, sent just before the ACKED that covers it. PUSH_AT records go to the schedule store, which the reader
-//! awaits (scheduling is the rarer, latency-tolerant case); their acks still go out in push order.
+//! batches of PUSH records, stores each frame as one batch (see `Queue::push_batch` for its locks), and a
+//! separate acker task answers ACKED/REJECT in push order once the storage says the messages are durable, so that
+//! the reader keeps reading while earlier frames wait for their group commit. A PUSH_PLACED is stored like a PUSH
+//! and also gets a PLACED with its topic position, sent just before the ACKED that covers it. PUSH_AT records go
+//! to the schedule store, which the reader awaits (scheduling is the rarer, latency-tolerant case); their acks
+//! still go out in push order.
 
 use std::time::Instant;
 

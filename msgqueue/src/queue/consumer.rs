@@ -145,7 +145,7 @@ impl LocalConsumer {
                 }
                 None => 0,
             };
-            let (wait, read, unlogged) = {
+            let (wait, read, deferred) = {
                 let mut state = inner.state.lock();
                 if state.closed {
                     guard.armed = false;
@@ -153,14 +153,13 @@ impl LocalConsumer {
                 }
                 state.unregister(*id);
                 state.expire(Instant::now());
-                let filled = state.fill(&*inner.storage, &inner.options, *id, max, written, out);
-                let unlogged = std::mem::take(&mut state.unlogged);
-                let cap = inner.options.max_dead_letters;
+                let filled = state.fill(&inner.options, *id, max, written, out);
+                let deferred = state.queued.take(inner);
                 let (filled, read) = match filled {
                     Err(err) => {
                         guard.armed = false;
                         drop(state);
-                        unlogged.log(cap);
+                        deferred.finish();
                         return Err(err.into());
                     }
                     Ok(filled) => filled,
@@ -176,7 +175,7 @@ impl LocalConsumer {
                         let freed =
                             *mode == ConsumeMode::AutoAck && std::mem::take(&mut state.full);
                         drop(state);
-                        unlogged.log(cap);
+                        deferred.finish();
                         if let Some(read) = read {
                             spawn_read(inner, read, written);
                         }
@@ -205,10 +204,10 @@ impl LocalConsumer {
                     }
                     Fill::AwaitWrite => Wait::Written,
                 };
-                (wait, read, unlogged)
+                (wait, read, deferred)
             };
-            // Logged here, with the state lock released.
-            unlogged.log(inner.options.max_dead_letters);
+            // Storage work and logging happen here, with the state lock released.
+            deferred.finish();
             if let Some(read) = read {
                 spawn_read(inner, read, written);
             }
@@ -251,10 +250,9 @@ fn spawn_read(inner: &Arc<Inner>, read: ReadRequest, written: u64) {
     let inner = Arc::clone(inner);
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
-        let result =
-            inner
-                .storage
-                .read_messages(read.group, read.from, read.to, read.max_bytes, &mut out);
+        let result = inner
+            .storage
+            .read(read.from, read.to, read.max_bytes, &mut out);
         let mut state = inner.state.lock();
         let Some(group) = state.group_mut(read.group) else {
             return;

@@ -41,6 +41,16 @@ impl From<Lease> for Returned {
     }
 }
 
+/// A read of the log that a group needs, to run on the blocking pool: `[from, to)` (what lies beyond `to` is in
+/// the engine's in-memory tail), about `max_bytes` of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ReadRequest {
+    pub(super) group: u32,
+    pub(super) from: u64,
+    pub(super) to: u64,
+    pub(super) max_bytes: usize,
+}
+
 /// Counters of one group, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct GroupCounters {
@@ -156,6 +166,90 @@ impl Group {
             }
         }
         owned.len()
+    }
+
+    /// Settles one message (acked, NACKed or dead): it no longer counts against the group's lag.
+    pub(super) fn settle(&mut self, len: usize) {
+        self.settled += 1;
+        self.settled_bytes += len as u64;
+    }
+
+    /// Leases the message at `offset` (taken from the cursor or the returned messages) until `lease.deadline`.
+    pub(super) fn lease(&mut self, offset: u64, lease: Lease) {
+        self.deadlines.push_back((lease.deadline, offset));
+        self.leases.insert(offset, lease);
+    }
+
+    /// Returns every lease whose deadline is at or before `now` to the returned messages (XAUTOCLAIM's job);
+    /// returns the owner of each, whose credit the dispatcher frees.
+    pub(super) fn reclaim_expired(&mut self, now: Instant) -> Vec<u64> {
+        let mut owners = Vec::new();
+        while let Some(&(deadline, offset)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self
+                .leases
+                .get(&offset)
+                .is_some_and(|l| l.deadline == deadline)
+                && let Some(lease) = self.leases.remove(&offset)
+            {
+                owners.push(lease.owner);
+                self.redeliver.insert(offset, lease.into());
+            }
+        }
+        // Deadlines of leases settled meanwhile stay queued until they come up; drop them when they pile up.
+        if self.deadlines.len() > 2 * self.leases.len() + 1024 {
+            let leases = &self.leases;
+            self.deadlines.retain(|(deadline, offset)| {
+                leases.get(offset).is_some_and(|l| l.deadline == *deadline)
+            });
+        }
+        owners
+    }
+
+    /// The earliest lease deadline, when the next reclaim is due.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|&(deadline, _)| deadline)
+    }
+
+    /// Whether the group never took anything: no consumer joined it since the queue opened and its cursor never
+    /// moved past offset 0.
+    pub(super) fn never_read(&self) -> bool {
+        !self.joined
+            && self.next == 0
+            && self.skip.is_empty()
+            && self.ahead.is_empty()
+            && self.leases.is_empty()
+            && self.redeliver.is_empty()
+    }
+
+    /// The read of the log this group needs to keep its read-ahead filled, if any (its cursor is behind the
+    /// engine's in-memory tail, which starts at `tail_start`), and marks it as running. `written` is the log's
+    /// written position: a read that found nothing new is not retried before it moves.
+    pub(super) fn read_request(
+        &mut self,
+        tail_start: u64,
+        max_bytes: usize,
+        written: u64,
+    ) -> Option<ReadRequest> {
+        let needed = self.next < tail_start
+            && !self.reading
+            && self.read_error.is_none()
+            && self.ahead_bytes < max_bytes as u64 / 2
+            && self.stalled_at != Some(written);
+        if !needed {
+            return None;
+        }
+        self.reading = true;
+        self.stalled_at = None;
+        Some(ReadRequest {
+            group: self.id,
+            from: self.next,
+            to: tail_start,
+            max_bytes,
+        })
     }
 
     /// Takes in what a read of the log for `[from, ..)` returned, unless the group moved on meanwhile.

@@ -1,18 +1,21 @@
 //! The disk backend: an append-only log of segment files with group commit, recovery and segment deletion.
 //!
-//! The engine appends encoded records to a shared pending buffer under its own lock (so log order is offset
-//! order). One writer thread swaps that buffer out, writes the whole group with one `write`, fsyncs once per the
-//! policy, and publishes its progress on a `watch` channel that `wait_durable` and read-back wait on. Segments are
-//! named by the first offset they may hold (`00000000000000000042.log`) and each starts with a snapshot record
-//! (next offset, ack floor, producer marks), so a segment that only holds acked messages can be deleted without
-//! losing anything the queue must remember.
+//! It implements the [`Log`], [`GroupStore`] and [`DeadStore`] seam. Appends encode records into a shared pending
+//! buffer under the log's own short lock, which also assigns offsets (so log order is offset order). One writer
+//! thread swaps that buffer out, writes the whole group with one `write`, fsyncs once per the policy, and
+//! publishes its progress on a `watch` channel that `wait_durable` and read-back wait on. Segments are named by
+//! the first offset they may hold (`00000000000000000042.log`) and each starts with a snapshot record (next
+//! offset, every live group with its ack floor, producer dedup marks), so a segment that only holds acked
+//! messages can be deleted without losing anything the queue must remember. The log builds that snapshot itself
+//! from what it was given: offsets it assigned, producers it appended for, groups created and dropped, and the
+//! floor reported with each group's acks.
 //!
 //! Dead letters go to their own append-only file, `dead/dead.log`, in the same record format. The writer writes
 //! (and fsyncs) the dead-letter buffer before each group, and the engine buffers a message's ack after its dead
 //! letter, so an ack never becomes durable before the dead letter it depends on. The file is compacted at open.
 //!
 //! When the disk is full (`ENOSPC`, `EDQUOT`) the writer cuts the partial record it left, refuses new pushes
-//! ([`Storage::no_space`]) and retries the same write with a backoff until it succeeds: nothing accepted is
+//! ([`Log::no_space`]) and retries the same write with a backoff until it succeeds: nothing accepted is
 //! dropped, and pushes are accepted again as soon as space returns. Other I/O errors still stop the writer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -29,9 +32,12 @@ use parking_lot::{Condvar, Mutex};
 use tokio::sync::{Notify, watch};
 
 use super::dead::DeadLetter;
+use super::dedup::Producers;
 use super::rangeset::RangeSet;
 use super::record::{self, DEFAULT_GROUP_ID, GroupMark, Record, SegmentReader, Snapshot, Step};
-use super::storage::{Progress, Storage, StorageError, is_no_space};
+use super::storage::{
+    Appended, DeadStore, Entry, GroupStore, Log, Progress, StorageError, is_no_space,
+};
 use super::{DEFAULT_GROUP, DurableToken, FsyncPolicy, Producer, Truncation};
 use wsmq_core::supervise::{TaskFailure, fault_point};
 
@@ -53,6 +59,8 @@ const DEAD_FILE: &str = "dead.log";
 /// First and longest pause between retries of a write that failed because the disk is full.
 const NO_SPACE_RETRY_MIN: Duration = Duration::from_millis(20);
 const NO_SPACE_RETRY_MAX: Duration = Duration::from_millis(500);
+/// Read cursors kept between reads (about one per group reading its backlog back).
+const READ_CURSORS: usize = 16;
 
 /// One segment file as known to the writer and the reader.
 #[derive(Debug, Clone)]
@@ -64,7 +72,7 @@ struct Segment {
 }
 
 /// Work handed from the engine to the writer thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Pending {
     buf: Vec<u8>,
     /// Dead-letter records, written to the dead-letter file before `buf`.
@@ -78,6 +86,14 @@ struct Pending {
     /// Base offset of the active segment (after pending rolls).
     active_base: u64,
     floor: u64,
+    /// The offset the next message gets.
+    next_offset: u64,
+    /// Dedup marks of the producers seen, for `is_duplicate` and the segment-head snapshots.
+    producers: Producers,
+    /// Every live group with its ack floor as last reported, for the segment-head snapshots. A floor reported
+    /// late is lower than the group's real one, which recovery tolerates: acks written since are replayed, and
+    /// older acks only cover offsets in segments already deleted.
+    groups: BTreeMap<u32, GroupMark>,
     /// A message was appended: the writer should not wait for more.
     urgent: bool,
     /// The writer is asleep with nothing to do, so even a lazy append must wake it.
@@ -171,8 +187,8 @@ pub(crate) struct Recovered {
 pub(crate) struct DiskLog {
     shared: Arc<Shared>,
     segment_size: u64,
-    /// Each reader's position (one per consumer group), so each group's read-back is a sequential scan.
-    cursors: Mutex<HashMap<u32, ReadCursor>>,
+    /// Where recent reads stopped, so a group reading its backlog back in order scans sequentially.
+    cursors: Mutex<Vec<ReadCursor>>,
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -659,11 +675,13 @@ fn scan(
 }
 
 impl DiskLog {
-    /// Opens (creating if needed) the log in `dir`, recovers it and starts the writer thread.
+    /// Opens (creating if needed) the log in `dir`, recovers it and starts the writer thread. It remembers the
+    /// dedup marks of at most `max_producers` producers.
     pub(crate) fn open(
         dir: &Path,
         policy: FsyncPolicy,
         segment_size: u64,
+        max_producers: usize,
         space: Arc<Notify>,
     ) -> Result<(Self, Recovered), StorageError> {
         fs::create_dir_all(dir).map_err(|e| StorageError::io("cannot create", dir, e))?;
@@ -717,7 +735,28 @@ impl DiskLog {
                     .map(|g| g.floor)
                     .min()
                     .unwrap_or(recovered.next_offset),
-                ..Pending::default()
+                next_offset: recovered.next_offset,
+                producers: Producers::new(max_producers, std::mem::take(&mut recovered.producers)),
+                groups: recovered
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        let mark = GroupMark {
+                            id: g.id,
+                            floor: g.first_unacked,
+                            name: g.name.clone(),
+                        };
+                        (g.id, mark)
+                    })
+                    .collect(),
+                buf: Vec::new(),
+                dead: Vec::new(),
+                rolls: Vec::new(),
+                position: 0,
+                urgent: false,
+                idle: false,
+                closing: false,
+                failed: None,
             }),
             wake: Condvar::new(),
             segments: Mutex::new(segments),
@@ -753,9 +792,39 @@ impl DiskLog {
         let log = Self {
             shared,
             segment_size,
-            cursors: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(Vec::new()),
         };
         Ok((log, recovered))
+    }
+
+    /// Counts the records encoded into `pending.buf` since byte `before` into the log position and the active
+    /// segment.
+    fn grew(pending: &mut Pending, before: usize) {
+        let added = (pending.buf.len() - before) as u64;
+        pending.position += added;
+        pending.segment_bytes += added;
+    }
+
+    /// Wakes the writer for work that should not wait (a message, a group record, a dead letter).
+    fn urge(&self, pending: &mut Pending) {
+        if !pending.urgent {
+            pending.urgent = true;
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// What a new segment starts with: everything the log must remember once older segments are gone.
+    fn snapshot(pending: &Pending) -> Snapshot {
+        let next_offset = pending.next_offset;
+        Snapshot {
+            next_offset,
+            floor: pending
+                .groups
+                .get(&DEFAULT_GROUP_ID)
+                .map_or(next_offset, |g| g.floor),
+            producers: pending.producers.snapshot(),
+            groups: Some(pending.groups.values().cloned().collect()),
+        }
     }
 }
 
@@ -765,108 +834,186 @@ impl Drop for DiskLog {
     }
 }
 
-impl Storage for DiskLog {
-    fn append_message(
-        &self,
-        offset: u64,
-        producer: Option<Producer>,
-        payload: &[u8],
-        snapshot: &dyn Fn() -> Snapshot,
-    ) -> Result<DurableToken, StorageError> {
+impl Log for DiskLog {
+    fn append(&self, entries: &[Entry]) -> Result<Appended, StorageError> {
         let mut pending = self.shared.pending.lock();
         if let Some(err) = &pending.failed {
             return Err(StorageError::WriterFailed(err.clone()));
         }
-        if pending.segment_bytes >= self.segment_size && offset > pending.active_base {
-            let at = pending.buf.len();
-            pending.rolls.push((at, offset));
-            record::encode_snapshot(&mut pending.buf, &snapshot());
-            let added = (pending.buf.len() - at) as u64;
-            pending.position += added;
-            pending.segment_bytes = added;
-            pending.active_base = offset;
+        let first = pending.next_offset;
+        for entry in entries {
+            let offset = pending.next_offset;
+            if pending.segment_bytes >= self.segment_size && offset > pending.active_base {
+                let at = pending.buf.len();
+                pending.rolls.push((at, offset));
+                let snapshot = Self::snapshot(&pending);
+                record::encode_snapshot(&mut pending.buf, &snapshot);
+                let added = (pending.buf.len() - at) as u64;
+                pending.position += added;
+                pending.segment_bytes = added;
+                pending.active_base = offset;
+            }
+            let before = pending.buf.len();
+            record::encode_message(&mut pending.buf, offset, entry.producer, &entry.payload);
+            Self::grew(&mut pending, before);
+            pending.next_offset += 1;
+            if let Some(producer) = entry.producer {
+                pending.producers.record(producer);
+            }
         }
-        let before = pending.buf.len();
-        record::encode_message(&mut pending.buf, offset, producer, payload);
-        let added = (pending.buf.len() - before) as u64;
-        pending.position += added;
-        pending.segment_bytes += added;
         if pending.buf.len() >= WRITE_BACKLOG_CAP {
             self.shared.backlogged.store(true, Ordering::Relaxed);
         }
-        if !pending.urgent {
-            pending.urgent = true;
-            self.shared.wake.notify_one();
-        }
-        Ok(DurableToken::at(pending.position))
+        self.urge(&mut pending);
+        Ok(Appended {
+            first,
+            durable: DurableToken::at(pending.position),
+        })
     }
 
-    fn create_group(&self, group: &GroupMark) -> DurableToken {
-        let mut pending = self.shared.pending.lock();
-        if pending.failed.is_none() && !pending.closing {
-            let before = pending.buf.len();
-            record::encode_group(&mut pending.buf, group);
-            let added = (pending.buf.len() - before) as u64;
-            pending.position += added;
-            pending.segment_bytes += added;
-            if !pending.urgent {
-                pending.urgent = true;
-                self.shared.wake.notify_one();
-            }
-        }
-        DurableToken::at(pending.position)
-    }
-
-    fn drop_group(&self, id: u32) {
-        self.cursors.lock().remove(&id);
-        let mut pending = self.shared.pending.lock();
-        if pending.failed.is_some() || pending.closing {
-            return;
-        }
-        let before = pending.buf.len();
-        record::encode_group_dropped(&mut pending.buf, id);
-        let added = (pending.buf.len() - before) as u64;
-        pending.position += added;
-        pending.segment_bytes += added;
-        if !pending.urgent {
-            pending.urgent = true;
-            self.shared.wake.notify_one();
-        }
-    }
-
-    fn append_acks(&self, group: u32, offsets: &mut [u64]) {
-        let mut pending = self.shared.pending.lock();
-        if pending.failed.is_some() || pending.closing {
-            return;
-        }
-        let before = pending.buf.len();
-        record::encode_acks(&mut pending.buf, group, offsets);
-        let added = (pending.buf.len() - before) as u64;
-        pending.position += added;
-        pending.segment_bytes += added;
-        if pending.idle {
-            self.shared.wake.notify_one();
-        }
+    fn is_duplicate(&self, producer: Producer) -> bool {
+        self.shared.pending.lock().producers.is_duplicate(producer)
     }
 
     fn position(&self) -> DurableToken {
         DurableToken::at(self.shared.pending.lock().position)
     }
 
+    fn read(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        out: &mut Vec<(u64, Bytes)>,
+    ) -> Result<u64, StorageError> {
+        if from >= to {
+            return Ok(from);
+        }
+        let segments = self.shared.segments.lock().clone();
+        let Some(target) = segments
+            .iter()
+            .rposition(|s| s.base <= from)
+            .or((!segments.is_empty()).then_some(0))
+        else {
+            return Ok(from);
+        };
+        // Continue a sequential scan when `from` is ahead of a cursor in the same segment (offsets delivered from
+        // memory in between are skipped); otherwise rescan the segment that holds `from`. The cursor is taken out
+        // of the cache for the read, so concurrent readers never wait for each other.
+        let mut cursor = {
+            let mut cursors = self.cursors.lock();
+            cursors
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.reader.is_open() && c.base == segments[target].base)
+                .filter(|(_, c)| c.next <= from)
+                .max_by_key(|(_, c)| c.next)
+                .map(|(index, _)| index)
+                .map(|index| cursors.swap_remove(index))
+                .unwrap_or_default()
+        };
+        if !cursor.reader.is_open() {
+            cursor.base = segments[target].base;
+            cursor.pos = 0;
+        }
+        let result = scan(&mut cursor, &segments[target..], from, to, max_bytes, out);
+        match result {
+            Ok(next) => {
+                cursor.next = next;
+                let mut cursors = self.cursors.lock();
+                if cursors.len() >= READ_CURSORS {
+                    cursors.remove(0);
+                }
+                cursors.push(cursor);
+            }
+            Err(_) => cursor.reader.close(),
+        }
+        result
+    }
+
+    fn trim_before(&self, offset: u64) {
+        let mut pending = self.shared.pending.lock();
+        if offset > pending.floor {
+            pending.floor = offset;
+            if pending.idle {
+                self.shared.wake.notify_one();
+            }
+        }
+    }
+
+    fn in_memory(&self) -> bool {
+        false
+    }
+
+    fn backlogged(&self) -> bool {
+        self.shared.backlogged.load(Ordering::Relaxed)
+    }
+
     fn no_space(&self) -> bool {
         self.shared.no_space.load(Ordering::Relaxed)
     }
 
+    fn progress(&self) -> Option<watch::Receiver<Progress>> {
+        Some(self.shared.progress.subscribe())
+    }
+
+    fn close(&self) {
+        let mut pending = self.shared.pending.lock();
+        pending.closing = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl GroupStore for DiskLog {
+    fn create_group(&self, group: &GroupMark) -> DurableToken {
+        let mut pending = self.shared.pending.lock();
+        if pending.failed.is_none() && !pending.closing {
+            let before = pending.buf.len();
+            record::encode_group(&mut pending.buf, group);
+            Self::grew(&mut pending, before);
+            pending.groups.insert(group.id, group.clone());
+            self.urge(&mut pending);
+        }
+        DurableToken::at(pending.position)
+    }
+
+    fn drop_group(&self, id: u32) {
+        let mut pending = self.shared.pending.lock();
+        pending.groups.remove(&id);
+        if pending.failed.is_some() || pending.closing {
+            return;
+        }
+        let before = pending.buf.len();
+        record::encode_group_dropped(&mut pending.buf, id);
+        Self::grew(&mut pending, before);
+        self.urge(&mut pending);
+    }
+
+    fn ack(&self, group: u32, offsets: &mut [u64], floor: u64) {
+        let mut pending = self.shared.pending.lock();
+        if let Some(mark) = pending.groups.get_mut(&group) {
+            mark.floor = mark.floor.max(floor);
+        }
+        if pending.failed.is_some() || pending.closing {
+            return;
+        }
+        let before = pending.buf.len();
+        record::encode_acks(&mut pending.buf, group, offsets);
+        Self::grew(&mut pending, before);
+        if pending.idle {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+impl DeadStore for DiskLog {
     fn append_dead(&self, letter: &DeadLetter, payload: &[u8]) {
         let mut pending = self.shared.pending.lock();
         if pending.failed.is_some() || pending.closing {
             return;
         }
         record::encode_dead(&mut pending.dead, &letter.header(), payload);
-        if !pending.urgent {
-            pending.urgent = true;
-            self.shared.wake.notify_one();
-        }
+        self.urge(&mut pending);
     }
 
     fn remove_dead(&self, ids: &[u64]) {
@@ -899,71 +1046,6 @@ impl Storage for DiskLog {
             pos = after;
         }
         Ok(())
-    }
-
-    fn advance_floor(&self, floor: u64) {
-        let mut pending = self.shared.pending.lock();
-        if floor > pending.floor {
-            pending.floor = floor;
-            if pending.idle {
-                self.shared.wake.notify_one();
-            }
-        }
-    }
-
-    fn backlogged(&self) -> bool {
-        self.shared.backlogged.load(Ordering::Relaxed)
-    }
-
-    fn reads_back(&self) -> bool {
-        true
-    }
-
-    fn read_messages(
-        &self,
-        reader: u32,
-        from: u64,
-        to: u64,
-        max_bytes: usize,
-        out: &mut Vec<(u64, Bytes)>,
-    ) -> Result<u64, StorageError> {
-        let segments = self.shared.segments.lock().clone();
-        let Some(target) = segments
-            .iter()
-            .rposition(|s| s.base <= from)
-            .or((!segments.is_empty()).then_some(0))
-        else {
-            return Ok(from);
-        };
-        // The cursor is taken out of the map for the read, so readers of different groups never wait for
-        // each other.
-        let mut cursor = self.cursors.lock().remove(&reader).unwrap_or_default();
-        let current = segments.iter().position(|s| s.base == cursor.base);
-        // Continue the sequential scan when `from` is ahead of the cursor in the same segment (offsets delivered
-        // from memory in between are skipped); otherwise rescan the segment that holds `from`.
-        let reuse = cursor.reader.is_open() && current == Some(target) && cursor.next <= from;
-        if !reuse {
-            cursor.base = segments[target].base;
-            cursor.pos = 0;
-            cursor.reader.close();
-        }
-        let result = scan(&mut cursor, &segments[target..], from, to, max_bytes, out);
-        match result {
-            Ok(next) => cursor.next = next,
-            Err(_) => cursor.reader.close(),
-        }
-        self.cursors.lock().insert(reader, cursor);
-        result
-    }
-
-    fn progress(&self) -> Option<watch::Receiver<Progress>> {
-        Some(self.shared.progress.subscribe())
-    }
-
-    fn close(&self) {
-        let mut pending = self.shared.pending.lock();
-        pending.closing = true;
-        self.shared.wake.notify_one();
     }
 }
 

@@ -4,7 +4,33 @@
 //! Every stored message gets a monotonically increasing `u64` offset, which is also its delivery id. Messages are
 //! dispatched in offset order (returned leases first). A delivered message is leased to its consumer until acked;
 //! a lease whose consumer goes away or does not ack within the lease timeout goes back to the front of the queue.
-//! All state lives behind one lock taken once per batch and never held across `.await`.
+//!
+//! The local engine (`LocalQueue`, memory and disk) is cut in three layers:
+//! - the **log** (`storage.rs`: `Log` + `GroupStore` + `DeadStore`, implemented by `memory.rs`
+//!   and the segment log `log.rs`): assigns offsets, keeps producer dedup marks, makes messages, group
+//!   records and dead letters durable, reads back, trims below the slowest group's floor. Snapshots and dedup
+//!   records are its private business.
+//! - the **groups** (`group.rs`): per consumer group a cursor, read-ahead, pending leased deliveries (leases,
+//!   returned messages, delivery counts), reclaiming expired leases, its ack floor and lag; the minimum floor over
+//!   groups is what the log is trimmed below.
+//! - the **dispatcher** (`State` here and `consumer.rs`): consumers' credit windows, waiters and batching, the
+//!   in-memory tail of the log that groups take from, dead-lettering, and the registry of groups (join, leave,
+//!   idle groups dropped).
+//!
+//! What runs under which lock:
+//! - `State`'s lock (groups and dispatcher together) is taken once per batch and never held across `.await`. It
+//!   never calls storage: acks, dead letters, group records and trims decided under it are queued and handed to
+//!   storage after it is released, in the order they were decided (`deferred.rs`).
+//! - A push batch holds `Inner::appending` (never taken under the state lock) from its dedup checks through the
+//!   topic history's numbering and the log's append (which only buffers: the segment log hands the records to its
+//!   writer thread) to putting the messages into the tail, for which it takes the state lock briefly: offsets,
+//!   topic positions and the tail follow one order while dispatch goes on during the append.
+//! - Disk reads (read-ahead of a group behind the tail, dead letters) run on the blocking pool without any engine
+//!   lock; recovery runs in `spawn_blocking` before the engine exists.
+//!
+//! What remains of the re-cut: groups and dispatcher are separate modules but share `State`'s one lock, and the
+//! steps that span both (`State::fill`, `ack_in`, `create_group`, `sweep`) are methods of `State`; a push takes
+//! that lock twice per batch (capacity check, then tail).
 //!
 //! The engine counts deliveries per message: a message delivered `max_deliveries` times without an ack, or one a
 //! consumer NACKs, becomes a [dead letter](dead) instead of blocking the queue (counts start again from zero after
@@ -13,6 +39,8 @@
 
 mod consumer;
 mod dead;
+mod dedup;
+mod deferred;
 mod group;
 mod handle;
 pub mod history;
@@ -52,9 +80,10 @@ pub use storage::StorageError;
 pub use wsmq_core::protocol::group::{DEFAULT_GROUP, GroupName, InvalidGroupName, StartAt};
 
 use dead::DeadIndex;
-use group::{Group, Lease};
-use record::{GroupMark, Snapshot};
-use storage::Storage;
+use deferred::{Queued, Sequencer, StorageOp};
+use group::{Group, Lease, ReadRequest};
+use record::GroupMark;
+use storage::{Entry, Storage};
 
 /// Largest payload one read of the log brings back into a group's read-ahead.
 const READ_CHUNK: u64 = 1024 * 1024;
@@ -478,63 +507,17 @@ struct State {
     next_group_id: u32,
     consumers: HashMap<u64, Slot>,
     next_consumer: u64,
-    producers: Producers,
     floor_reported: u64,
     /// A push was refused for lack of space, so frees must notify space waiters.
     full: bool,
     /// When idle groups are looked for next.
     next_sweep: Instant,
     dead: DeadIndex,
-    /// Dead letters made and groups dropped under the lock, logged by the caller once it has let go of it.
-    unlogged: Unlogged,
+    /// Storage work and log lines decided under the lock, done by the caller once it has let go of it.
+    queued: Queued,
+    /// The log keeps its payloads in RAM itself ([`storage::Log::in_memory`]).
+    in_memory: bool,
     stats: QueueStats,
-}
-
-/// Dead-lettering and dropped groups to log once the state lock is released (logging writes to stderr: never
-/// under the lock).
-#[derive(Debug, Default)]
-#[must_use = "log it once the state lock is released"]
-struct Unlogged {
-    letters: Vec<DeadLetter>,
-    evicted: usize,
-    dropped: Vec<Arc<str>>,
-    /// A group that took over the never-read default group's messages.
-    took_over_default: Option<Arc<str>>,
-}
-
-impl Unlogged {
-    /// Logs each new dead letter once, without its payload, and each dropped group.
-    fn log(self, cap: usize) {
-        for letter in &self.letters {
-            tracing::warn!(
-                id = letter.id,
-                group = %letter.group,
-                bytes = letter.size,
-                deliveries = letter.deliveries,
-                reason = letter.reason.as_str(),
-                "message moved to the dead letters"
-            );
-        }
-        if self.evicted > 0 {
-            tracing::warn!(
-                count = self.evicted,
-                cap,
-                "dropped the oldest dead letters to stay within --max-dead-letters"
-            );
-        }
-        if let Some(group) = &self.took_over_default {
-            tracing::info!(
-                group = %group,
-                "the first consumer group takes over what the default group held, which nobody had read; the default group is gone"
-            );
-        }
-        for group in &self.dropped {
-            tracing::warn!(
-                group = %group,
-                "dropped a consumer group that had no consumer for --group-idle-ttl; it starts at the tail if it comes back"
-            );
-        }
-    }
 }
 
 /// What one dispatch attempt achieved.
@@ -545,15 +528,6 @@ enum Fill {
     Empty,
     /// Messages exist but are not written to the log yet, so they cannot be read back.
     AwaitWrite,
-}
-
-/// A read of the log that a group needs, to run on the blocking pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ReadRequest {
-    group: u32,
-    from: u64,
-    to: u64,
-    max_bytes: usize,
 }
 
 impl State {
@@ -591,17 +565,23 @@ impl State {
             .unwrap_or(self.next_offset)
     }
 
-    fn report_floor(&mut self, storage: &dyn Storage) {
+    /// The ack floor of group `id` (the tail for a group that is gone).
+    fn group_floor(&self, id: u32) -> u64 {
+        self.group(id).map_or(self.next_offset, Group::floor)
+    }
+
+    fn report_floor(&mut self) {
         let floor = self.floor();
         if floor > self.floor_reported {
             self.floor_reported = floor;
-            storage.advance_floor(floor);
+            self.queued.ops.push(StorageOp::TrimBefore(floor));
         }
     }
 
     /// Drops tail messages no group needs from RAM, and (when the log can read them back) the oldest beyond half
     /// the memory budget; the other half is for the groups' read-ahead.
-    fn trim_tail(&mut self, reads_back: bool, budget: u64) {
+    fn trim_tail(&mut self, budget: u64) {
+        let reads_back = !self.in_memory;
         let needed = self
             .groups
             .iter()
@@ -674,29 +654,8 @@ impl State {
     /// Returns expired leases of every group to redelivery and wakes as many waiters.
     fn expire(&mut self, now: Instant) {
         for index in 0..self.groups.len() {
-            let mut expired = Vec::new();
             let group = &mut self.groups[index];
-            while let Some(&(deadline, offset)) = group.deadlines.front() {
-                if deadline > now {
-                    break;
-                }
-                group.deadlines.pop_front();
-                if group
-                    .leases
-                    .get(&offset)
-                    .is_some_and(|l| l.deadline == deadline)
-                    && let Some(lease) = group.leases.remove(&offset)
-                {
-                    expired.push(lease.owner);
-                    group.redeliver.insert(offset, lease.into());
-                }
-            }
-            if group.deadlines.len() > 2 * group.leases.len() + 1024 {
-                let leases = &group.leases;
-                group.deadlines.retain(|(deadline, offset)| {
-                    leases.get(offset).is_some_and(|l| l.deadline == *deadline)
-                });
-            }
+            let expired = group.reclaim_expired(now);
             let id = group.id;
             self.stats.lease_expired += expired.len() as u64;
             let count = expired.len();
@@ -709,16 +668,7 @@ impl State {
 
     /// The earliest lease deadline of `group`.
     fn next_deadline(&self, group: u32) -> Option<Instant> {
-        self.group(group)
-            .and_then(|g| g.deadlines.front().map(|&(deadline, _)| deadline))
-    }
-
-    /// Settles a message of `group` (acked, NACKed or dead): it no longer counts against the group's lag.
-    fn settle(&mut self, group: u32, len: usize) {
-        if let Some(g) = self.group_mut(group) {
-            g.settled += 1;
-            g.settled_bytes += len as u64;
-        }
+        self.group(group).and_then(Group::next_deadline)
     }
 
     /// Removes a message acked by `group`; returns whether it was unacked.
@@ -729,8 +679,8 @@ impl State {
         self.stats.acked += 1;
         if let Some(g) = self.group_mut(group) {
             g.counters.acked += 1;
+            g.settle(payload.len());
         }
-        self.settle(group, payload.len());
         true
     }
 
@@ -745,32 +695,40 @@ impl State {
 
     /// Turns a message already taken out of `group` into a dead letter: stores it (durably before the ack that
     /// follows) and queues it for logging in `unlogged`.
-    #[allow(clippy::too_many_arguments)]
     fn bury(
         &mut self,
-        storage: &dyn Storage,
         options: &QueueOptions,
         group: u32,
         offset: u64,
-        payload: &[u8],
+        payload: &Bytes,
         deliveries: u32,
         reason: DeadReason,
     ) {
         let name = self.group(group).map_or(DEFAULT_GROUP, |g| &*g.name);
         let letter = DeadLetter::now(offset, reason, deliveries, payload.len(), name);
-        self.unlogged.letters.push(letter.clone());
+        self.queued.unlogged.letters.push(letter.clone());
         match reason {
             DeadReason::Nacked(_) => self.stats.dead_nacked += 1,
             DeadReason::MaxDeliveries => self.stats.dead_max_deliveries += 1,
         }
-        storage.append_dead(&letter, payload);
-        storage.append_acks(group, &mut [offset]);
-        self.settle(group, payload.len());
+        self.queued.ops.push(StorageOp::Dead {
+            letter: letter.clone(),
+            payload: payload.clone(),
+        });
+        if let Some(g) = self.group_mut(group) {
+            g.settle(payload.len());
+        }
+        let floor = self.group_floor(group);
+        self.queued.ops.push(StorageOp::Ack {
+            group,
+            offsets: vec![offset],
+            floor,
+        });
         let evicted = self.dead.insert(letter, options.max_dead_letters);
         if !evicted.is_empty() {
-            self.unlogged.evicted += evicted.len();
+            self.queued.unlogged.evicted += evicted.len();
             self.stats.dead_evicted += evicted.len() as u64;
-            storage.remove_dead(&evicted);
+            self.queued.ops.push(StorageOp::RemoveDead(evicted));
         }
     }
 
@@ -806,30 +764,13 @@ impl State {
     fn want_read(&mut self, index: usize, budget: u64, written: u64) -> Option<ReadRequest> {
         let max_bytes = self.read_chunk(budget);
         let tail_start = self.tail_start;
-        let group = &mut self.groups[index];
-        let needed = group.next < tail_start
-            && !group.reading
-            && group.read_error.is_none()
-            && group.ahead_bytes < max_bytes as u64 / 2
-            && group.stalled_at != Some(written);
-        if !needed {
-            return None;
-        }
-        group.reading = true;
-        group.stalled_at = None;
-        Some(ReadRequest {
-            group: group.id,
-            from: group.next,
-            to: tail_start,
-            max_bytes,
-        })
+        self.groups[index].read_request(tail_start, max_bytes, written)
     }
 
     /// Hands up to `max` messages (and what credit allows) to consumer `id` from its group, in offset order.
     /// Returns what it achieved and a read of the log to start for the group's read-ahead.
     fn fill(
         &mut self,
-        storage: &dyn Storage,
         options: &QueueOptions,
         id: u64,
         max: usize,
@@ -873,7 +814,7 @@ impl State {
                     {
                         let reason = DeadReason::MaxDeliveries;
                         let (payload, count) = (returned.payload, returned.deliveries);
-                        self.bury(storage, options, group_id, offset, &payload, count, reason);
+                        self.bury(options, group_id, offset, &payload, count, reason);
                         buried = true;
                         continue;
                     }
@@ -906,26 +847,21 @@ impl State {
             let group = &mut self.groups[index];
             match mode {
                 ConsumeMode::Acked => {
-                    group.leases.insert(
-                        offset,
-                        Lease {
-                            owner: id,
-                            payload: payload.clone(),
-                            deadline,
-                            deliveries: deliveries.saturating_add(1),
-                        },
-                    );
-                    group.deadlines.push_back((deadline, offset));
+                    let lease = Lease {
+                        owner: id,
+                        payload: payload.clone(),
+                        deadline,
+                        deliveries: deliveries.saturating_add(1),
+                    };
+                    group.lease(offset, lease);
                 }
                 ConsumeMode::AutoAck => {
-                    group.settled += 1;
-                    group.settled_bytes += payload.len() as u64;
+                    group.settle(payload.len());
                     group.counters.acked += 1;
                     self.stats.acked += 1;
                     auto_acked.push(offset);
                 }
             }
-            let group = &mut self.groups[index];
             group.counters.delivered += 1;
             group.counters.redelivered += u64::from(redelivered);
             self.stats.delivered += 1;
@@ -944,7 +880,7 @@ impl State {
         }
         let read = self.want_read(index, options.memory_budget, written);
         if buried {
-            self.report_floor(storage);
+            self.report_floor();
         }
         if delivered == 0 {
             return Ok((outcome, read));
@@ -955,27 +891,26 @@ impl State {
             slot.in_flight += delivered as u64;
         }
         if !auto_acked.is_empty() {
-            storage.append_acks(group_id, &mut auto_acked);
+            let floor = self.groups[index].floor();
+            self.queued.ops.push(StorageOp::Ack {
+                group: group_id,
+                offsets: auto_acked,
+                floor,
+            });
         }
-        self.trim_tail(storage.reads_back(), options.memory_budget);
-        self.report_floor(storage);
+        self.trim_tail(options.memory_budget);
+        self.report_floor();
         Ok((Fill::Delivered, read))
     }
 
-    /// Creates group `name` (it must not exist) starting at `start`; returns its id and the token of its creation
-    /// record.
-    fn create_group(
-        &mut self,
-        storage: &dyn Storage,
-        name: Arc<str>,
-        start: StartAt,
-        now: Instant,
-    ) -> (u32, DurableToken) {
+    /// Creates group `name` (it must not exist) starting at `start`; returns its id. Its creation record is queued
+    /// for storage; [`deferred::Deferred::finish`] returns its token.
+    fn create_group(&mut self, name: Arc<str>, start: StartAt, now: Instant) -> u32 {
         let id = self.next_group_id;
         self.next_group_id += 1;
         let at = match start {
             StartAt::Tail => self.next_offset,
-            StartAt::Oldest if storage.reads_back() => self.floor().min(self.floor_reported),
+            StartAt::Oldest if !self.in_memory => self.floor().min(self.floor_reported),
             StartAt::Oldest => self.tail_start,
         };
         let mut group = Group::new(id, name, at, now);
@@ -983,24 +918,24 @@ impl State {
         // log, the backlog of the slowest group, which starts at the same place.
         let (messages, bytes) = if at == self.next_offset {
             (0, 0)
-        } else if storage.reads_back() {
+        } else if !self.in_memory {
             self.backlog()
         } else {
             (self.tail.len() as u64, self.tail_bytes)
         };
         group.settled = self.log_messages.saturating_sub(messages);
         group.settled_bytes = self.log_bytes.saturating_sub(bytes);
-        let token = storage.create_group(&GroupMark {
+        self.queued.ops.push(StorageOp::CreateGroup(GroupMark {
             id,
             floor: at,
             name: group.name.to_string(),
-        });
+        }));
         self.groups.push(group);
-        (id, token)
+        id
     }
 
     /// Drops every group without consumers for `ttl` (none while the queue closes).
-    fn sweep(&mut self, storage: &dyn Storage, ttl: Duration, now: Instant) {
+    fn sweep(&mut self, ttl: Duration, now: Instant) {
         self.next_sweep = now + SWEEP_EVERY.min(ttl);
         let before = self.groups.len();
         let mut dropped = Vec::new();
@@ -1015,12 +950,12 @@ impl State {
             return;
         }
         for (id, name) in dropped {
-            storage.drop_group(id);
+            self.queued.ops.push(StorageOp::DropGroup(id));
             self.stats.groups_dropped += 1;
-            self.unlogged.dropped.push(name);
+            self.queued.unlogged.dropped.push(name);
         }
-        self.trim_tail(storage.reads_back(), u64::MAX);
-        self.report_floor(storage);
+        self.trim_tail(u64::MAX);
+        self.report_floor();
     }
 
     /// Whether the default group has never been read: it exists only because the queue was opened, holding
@@ -1029,83 +964,20 @@ impl State {
     /// never read.) Then the first group created, whatever its name, takes
     /// that over (see [`Queue::join`]) instead of the default group pinning the log until it idles out.
     fn default_never_read(&self) -> bool {
-        self.groups.iter().any(|g| {
-            g.id == record::DEFAULT_GROUP_ID
-                && !g.joined
-                && g.next == 0
-                && g.skip.is_empty()
-                && g.ahead.is_empty()
-                && g.leases.is_empty()
-                && g.redeliver.is_empty()
-        })
+        self.groups
+            .iter()
+            .any(|g| g.id == record::DEFAULT_GROUP_ID && g.never_read())
     }
 
     /// Removes the never-read default group once `taker` holds everything it held.
-    fn hand_over_default(&mut self, storage: &dyn Storage, taker: Arc<str>) {
+    fn hand_over_default(&mut self, taker: Arc<str>) {
         self.groups.retain(|g| g.id != record::DEFAULT_GROUP_ID);
-        storage.drop_group(record::DEFAULT_GROUP_ID);
-        self.unlogged.took_over_default = Some(taker);
-        self.trim_tail(storage.reads_back(), u64::MAX);
-        self.report_floor(storage);
-    }
-}
-
-/// A producer's dedup mark and when it was last seen (for LRU eviction).
-#[derive(Debug, Clone, Copy)]
-struct Mark {
-    seq: u64,
-    seen: u64,
-}
-
-/// Bounded table of producer high-water marks.
-#[derive(Debug)]
-struct Producers {
-    marks: HashMap<u64, Mark>,
-    tick: u64,
-    cap: usize,
-}
-
-impl Producers {
-    fn new(cap: usize, recovered: Vec<(u64, u64)>) -> Self {
-        let mut producers = Self {
-            marks: HashMap::with_capacity(recovered.len().min(cap)),
-            tick: 0,
-            cap: cap.clamp(1, record::MAX_SNAPSHOT_PRODUCERS),
-        };
-        for (id, seq) in recovered {
-            producers.record(Producer { id, seq });
-        }
-        producers
-    }
-
-    fn is_duplicate(&mut self, producer: Producer) -> bool {
-        self.tick += 1;
-        match self.marks.get_mut(&producer.id) {
-            Some(mark) => {
-                mark.seen = self.tick;
-                producer.seq <= mark.seq
-            }
-            None => false,
-        }
-    }
-
-    fn record(&mut self, producer: Producer) {
-        self.tick += 1;
-        let mark = self.marks.entry(producer.id).or_insert(Mark {
-            seq: producer.seq,
-            seen: self.tick,
-        });
-        mark.seq = mark.seq.max(producer.seq);
-        mark.seen = self.tick;
-        if self.marks.len() > self.cap
-            && let Some((&oldest, _)) = self.marks.iter().min_by_key(|(_, m)| m.seen)
-        {
-            self.marks.remove(&oldest);
-        }
-    }
-
-    fn snapshot(&self) -> Vec<(u64, u64)> {
-        self.marks.iter().map(|(&id, m)| (id, m.seq)).collect()
+        self.queued
+            .ops
+            .push(StorageOp::DropGroup(record::DEFAULT_GROUP_ID));
+        self.queued.unlogged.took_over_default = Some(taker);
+        self.trim_tail(u64::MAX);
+        self.report_floor();
     }
 }
 
@@ -1117,6 +989,12 @@ struct Inner {
     options: QueueOptions,
     /// Notified when space frees up after a push was refused as full.
     space: Arc<Notify>,
+    /// Held by a push batch from its dedup checks to putting its messages in the tail (taken before `state`,
+    /// never the other way round), so log offsets, topic positions and the tail follow one order while the
+    /// state lock is free for dispatch during the log's append.
+    appending: Mutex<()>,
+    /// Applies the storage work queued under the state lock in the order it was decided.
+    sequencer: Sequencer,
     /// Replays run one at a time, so one dead letter is never replayed twice.
     replaying: tokio::sync::Mutex<()>,
 }
@@ -1148,7 +1026,7 @@ impl LocalQueue {
         let (storage, recovered, history): (Box<dyn Storage>, Option<log::Recovered>, _) = match dir
         {
             None => (
-                Box::new(memory::MemoryStore::default()),
+                Box::new(memory::MemoryLog::new(options.max_producers)),
                 None,
                 history::local::LocalHistory::in_memory(options.history.clone()),
             ),
@@ -1157,6 +1035,7 @@ impl LocalQueue {
                     &dir,
                     options.fsync,
                     options.segment_size,
+                    options.max_producers,
                     Arc::clone(&space),
                 )?;
                 let history = history::local::LocalHistory::open(
@@ -1168,6 +1047,17 @@ impl LocalQueue {
                 (Box::new(log), Some(recovered), history)
             }
         };
+        Ok(Self::assemble(storage, recovered, history, options, space))
+    }
+
+    /// Builds the engine over an opened `storage` and what its recovery found.
+    fn assemble(
+        storage: Box<dyn Storage>,
+        recovered: Option<log::Recovered>,
+        history: history::local::LocalHistory,
+        options: QueueOptions,
+        space: Arc<Notify>,
+    ) -> (Self, RecoveryReport) {
         let now = Instant::now();
         let mut report = RecoveryReport::default();
         let mut state = State {
@@ -1187,12 +1077,12 @@ impl LocalQueue {
             next_group_id: record::DEFAULT_GROUP_ID + 1,
             consumers: HashMap::new(),
             next_consumer: 0,
-            producers: Producers::new(options.max_producers, Vec::new()),
             floor_reported: 0,
             full: false,
             next_sweep: now + SWEEP_EVERY.min(options.group_idle_ttl),
             dead: DeadIndex::default(),
-            unlogged: Unlogged::default(),
+            queued: Queued::default(),
+            in_memory: storage.in_memory(),
             stats: QueueStats::default(),
         };
         if let Some(recovered) = recovered {
@@ -1225,7 +1115,6 @@ impl LocalQueue {
                 })
                 .collect();
             state.floor_reported = state.floor();
-            state.producers = Producers::new(options.max_producers, recovered.producers);
             state.dead = DeadIndex::new(recovered.dead);
             let (messages, bytes) = state.backlog();
             report = RecoveryReport {
@@ -1243,14 +1132,16 @@ impl LocalQueue {
             history,
             options,
             space,
+            appending: Mutex::new(()),
+            sequencer: Sequencer::default(),
             replaying: tokio::sync::Mutex::new(()),
         };
-        Ok((
+        (
             Self {
                 inner: Arc::new(inner),
             },
             report,
-        ))
+        )
     }
 
     /// Stores one message. `producer` is `None` for compat (at-most-once) pushers, which skip dedup.
@@ -1264,28 +1155,38 @@ impl LocalQueue {
         out.pop().unwrap_or(Err(PushError::Closed))
     }
 
-    /// Stores a batch (e.g. one WebSocket frame's worth) under one lock acquisition, appending one result per item
-    /// to `out`. After a `Full`, `Closed` or storage error the remaining items fail the same way, so a producer's
+    /// Stores a batch (e.g. one WebSocket frame's worth) under one acquisition of the appending lock (and two short
+    /// ones of the state lock: capacity before, tail after), appending one result per item to `out`. After a `Full`, `Closed` or storage error the remaining items fail the same way, so a producer's
     /// messages are never stored out of order; `TooLarge` fails only its own item.
     pub(crate) fn push_batch<I>(&self, items: I, out: &mut Vec<Result<Pushed, PushError>>)
     where
         I: IntoIterator<Item = (Option<Producer>, Bytes)>,
     {
         let inner = &*self.inner;
-        // Topics are read before the lock: the parse is the costliest step of a push, and every push and
-        // dispatch of the queue waits behind the lock.
+        // Topics are read before any lock: the parse is the costliest step of a push.
         let items: Vec<(Option<Producer>, Bytes)> = items.into_iter().collect();
         let topics: Vec<_> = items
             .iter()
             .map(|(_, payload)| history::topic_of(payload))
             .collect();
-        let mut state = inner.state.lock();
-        let now = Instant::now();
-        if now >= state.next_sweep && !state.closed {
-            state.sweep(&*inner.storage, inner.options.group_idle_ttl, now);
-        }
-        let mut used = state.backlog().1;
-        let mut stored = 0;
+        let _appending = inner.appending.lock();
+        let mut batch = {
+            let mut state = inner.state.lock();
+            let now = Instant::now();
+            if now >= state.next_sweep && !state.closed {
+                state.sweep(inner.options.group_idle_ttl, now);
+            }
+            let batch = Batch {
+                closed: state.closed,
+                used: state.backlog().1,
+                ..Batch::default()
+            };
+            let deferred = state.queued.take(inner);
+            drop(state);
+            deferred.finish();
+            batch
+        };
+        // The log, dedup and topic history are called here, without the state lock.
         let mut failure: Option<PushError> = None;
         let now_ms = now_ms();
         for ((producer, payload), topic) in items.iter().zip(&topics) {
@@ -1293,29 +1194,47 @@ impl LocalQueue {
                 Some(err) => Err(err.clone()),
                 None => push_one(
                     inner,
-                    &mut state,
-                    &mut used,
+                    &mut batch,
                     *producer,
                     payload.clone(),
                     topic.as_deref(),
                     now_ms,
                 ),
             };
-            match &result {
-                Ok(Pushed::Stored { .. }) => stored += 1,
-                Ok(Pushed::Duplicate { .. } | Pushed::Submitted { .. })
-                | Err(PushError::TooLarge { .. }) => {}
-                Err(err) => failure = Some(err.clone()),
+            if let Err(err) = &result
+                && !matches!(err, PushError::TooLarge { .. })
+            {
+                failure = Some(err.clone());
             }
             out.push(result);
         }
+        let mut state = inner.state.lock();
+        let stored = batch.stored.len();
+        for (offset, payload) in batch.stored {
+            let len = payload.len() as u64;
+            state.next_offset = offset + 1;
+            state.log_messages += 1;
+            state.log_bytes += len;
+            if state.tail.is_empty() {
+                state.tail_start = offset;
+            }
+            state.tail_bytes += len;
+            state.tail.push_back((offset, payload));
+        }
+        state.stats.pushed += stored as u64;
+        state.stats.duplicates += batch.duplicates;
+        state.stats.rejected_full += batch.rejected_full;
+        state.stats.rejected_no_space += batch.rejected_no_space;
+        if batch.rejected_full + batch.rejected_no_space > 0 {
+            state.full = true;
+        }
         if stored > 0 {
-            state.trim_tail(inner.storage.reads_back(), inner.options.memory_budget);
+            state.trim_tail(inner.options.memory_budget);
             state.wake_waiters(stored);
         }
-        let unlogged = std::mem::take(&mut state.unlogged);
+        let deferred = state.queued.take(inner);
         drop(state);
-        unlogged.log(inner.options.max_dead_letters);
+        deferred.finish();
     }
 
     /// Resolves once the record behind `token` is durable per the fsync policy: after its group's fsync
@@ -1362,11 +1281,12 @@ impl LocalQueue {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
+                let storage = &self.inner.storage;
+                let writable = !storage.backlogged() && !storage.no_space();
                 let mut state = self.inner.state.lock();
                 let max = self.inner.options.max_bytes;
                 let fits = state.backlog().1.saturating_add(len as u64) <= max || len as u64 > max;
-                let storage = &self.inner.storage;
-                if state.closed || (fits && !storage.backlogged() && !storage.no_space()) {
+                if state.closed || (fits && writable) {
                     return;
                 }
                 state.full = true;
@@ -1407,19 +1327,15 @@ impl LocalQueue {
         let inner = &*self.inner;
         let mut state = inner.state.lock();
         let now = Instant::now();
-        state.sweep(&*inner.storage, inner.options.group_idle_ttl, now);
+        state.sweep(inner.options.group_idle_ttl, now);
         let (group, created) = match state.group_named(name.as_str()) {
-            Some(group) => (group.id, None),
+            Some(group) => (group.id, false),
             None if state.default_never_read() => {
-                let storage = &*inner.storage;
-                let (id, token) = state.create_group(storage, name.shared(), StartAt::Oldest, now);
-                state.hand_over_default(storage, name.shared());
-                (id, Some(token))
+                let id = state.create_group(name.shared(), StartAt::Oldest, now);
+                state.hand_over_default(name.shared());
+                (id, true)
             }
-            None => {
-                let (id, token) = state.create_group(&*inner.storage, name.shared(), start, now);
-                (id, Some(token))
-            }
+            None => (state.create_group(name.shared(), start, now), true),
         };
         if let Some(g) = state.group_mut(group) {
             g.joined = true;
@@ -1441,9 +1357,11 @@ impl LocalQueue {
                 wants_credit: false,
             },
         );
-        let unlogged = std::mem::take(&mut state.unlogged);
+        let deferred = state.queued.take(inner);
         drop(state);
-        unlogged.log(inner.options.max_dead_letters);
+        let token = deferred.finish();
+        // The creation record's token (the log's position covers it too, should the log have refused the record).
+        let created = created.then(|| token.unwrap_or_else(|| inner.storage.position()));
         (
             LocalConsumer::new(self.clone(), id, group, mode, notify),
             created,
@@ -1459,8 +1377,8 @@ impl LocalQueue {
     /// already acked ids are ignored; an id whose lease expired is still settled (at-least-once).
     fn ack_in(&self, group: u32, ids: &[u64]) -> usize {
         let inner = &*self.inner;
-        let mut acked = Vec::with_capacity(ids.len());
-        let notify_space = {
+        let (count, notify_space, deferred) = {
+            let mut acked = Vec::with_capacity(ids.len());
             let mut state = inner.state.lock();
             for &id in ids {
                 if state.remove_acked(group, id) {
@@ -1470,14 +1388,25 @@ impl LocalQueue {
             if acked.is_empty() {
                 return 0;
             }
-            inner.storage.append_acks(group, &mut acked);
-            state.report_floor(&*inner.storage);
-            std::mem::take(&mut state.full)
+            let floor = state.group_floor(group);
+            let count = acked.len();
+            state.queued.ops.push(StorageOp::Ack {
+                group,
+                offsets: acked,
+                floor,
+            });
+            state.report_floor();
+            (
+                count,
+                std::mem::take(&mut state.full),
+                state.queued.take(inner),
+            )
         };
+        deferred.finish();
         if notify_space {
             inner.space.notify_waiters();
         }
-        acked.len()
+        count
     }
 
     /// Refuses delivery `id` of the `default` group for good; see [`Consumer::nack`].
@@ -1490,31 +1419,21 @@ impl LocalQueue {
     /// already settled id.
     fn nack_in(&self, group: u32, id: u64, reason: wsmq_core::protocol::queue::NackReason) -> bool {
         let inner = &*self.inner;
-        let (notify_space, unlogged) = {
+        let (notify_space, deferred) = {
             let mut state = inner.state.lock();
             let Some((payload, deliveries)) = state.take_unacked(group, id) else {
                 return false;
             };
-            let storage = &*inner.storage;
             let reason = DeadReason::Nacked(reason);
-            state.bury(
-                storage,
-                &inner.options,
-                group,
-                id,
-                &payload,
-                deliveries,
-                reason,
-            );
-            state.report_floor(storage);
+            state.bury(&inner.options, group, id, &payload, deliveries, reason);
+            state.report_floor();
             let next = state.next_offset;
             if state.group(group).is_some_and(|g| g.has_messages(next)) {
                 state.wake_group(group, 1);
             }
-            let unlogged = std::mem::take(&mut state.unlogged);
-            (std::mem::take(&mut state.full), unlogged)
+            (std::mem::take(&mut state.full), state.queued.take(inner))
         };
-        unlogged.log(inner.options.max_dead_letters);
+        deferred.finish();
         if notify_space {
             inner.space.notify_waiters();
         }
@@ -1534,17 +1453,20 @@ impl LocalQueue {
     pub(crate) async fn replay(&self, ids: Option<&[u64]>) -> Result<usize, ReplayError> {
         let inner = Arc::clone(&self.inner);
         let _one_at_a_time = inner.replaying.lock().await;
-        let wanted: Vec<u64> = {
-            let state = inner.state.lock();
-            match ids {
+        let (wanted, fence) = {
+            let mut state = inner.state.lock();
+            let wanted: Vec<u64> = match ids {
                 Some(ids) => ids
                     .iter()
                     .copied()
                     .filter(|&id| state.dead.contains(id))
                     .collect(),
                 None => state.dead.list().iter().map(|d| d.id).collect(),
-            }
+            };
+            (wanted, state.queued.fence(&inner))
         };
+        // The dead letters listed have been handed to storage once the fence's turn has come.
+        fence.finish();
         if wanted.is_empty() {
             return Ok(0);
         }
@@ -1584,7 +1506,13 @@ impl LocalQueue {
             let mut state = inner.state.lock();
             replayed.retain(|&id| state.dead.remove(id));
             state.stats.dead_replayed += replayed.len() as u64;
-            inner.storage.remove_dead(&replayed);
+            state
+                .queued
+                .ops
+                .push(StorageOp::RemoveDead(replayed.clone()));
+            let deferred = state.queued.take(&inner);
+            drop(state);
+            deferred.finish();
         }
         tracing::info!(count = replayed.len(), "replayed dead letters");
         match refused {
@@ -1620,7 +1548,7 @@ impl LocalQueue {
         let now = Instant::now();
         state.expire(now);
         if !state.closed {
-            state.sweep(&*inner.storage, inner.options.group_idle_ttl, now);
+            state.sweep(inner.options.group_idle_ttl, now);
         }
         let (depth, bytes) = state.backlog();
         let groups = state
@@ -1648,9 +1576,9 @@ impl LocalQueue {
             groups,
             ..state.stats.clone()
         };
-        let unlogged = std::mem::take(&mut state.unlogged);
+        let deferred = state.queued.take(inner);
         drop(state);
-        unlogged.log(inner.options.max_dead_letters);
+        deferred.finish();
         stats
     }
 
@@ -1658,6 +1586,8 @@ impl LocalQueue {
     /// written, then its writer thread exits. Idempotent.
     pub(crate) async fn close(&self) {
         {
+            // No push batch is between its checks and its tail while `closed` is set.
+            let _appending = self.inner.appending.lock();
             let mut state = self.inner.state.lock();
             state.closed = true;
             for slot in state.consumers.values() {
@@ -1699,17 +1629,31 @@ impl LocalQueue {
     }
 }
 
-/// Stores one message with the state lock held; `used` is the slowest group's backlog in bytes so far.
+/// What a push batch did, collected without the state lock and applied to the state in one go.
+#[derive(Debug, Default)]
+struct Batch {
+    /// The queue was closed when the batch started (`close` waits for running batches).
+    closed: bool,
+    /// The slowest group's backlog in bytes, including what this batch stored so far.
+    used: u64,
+    /// The messages stored, in offset order, for the tail.
+    stored: Vec<(u64, Bytes)>,
+    duplicates: u64,
+    rejected_full: u64,
+    rejected_no_space: u64,
+}
+
+/// Stores one message of a batch: dedup, capacity, topic position, log append. Runs under `Inner::appending`,
+/// without the state lock.
 fn push_one(
     inner: &Inner,
-    state: &mut State,
-    used: &mut u64,
+    batch: &mut Batch,
     producer: Option<Producer>,
     payload: Bytes,
     topic: Option<&str>,
     now_ms: u64,
 ) -> Result<Pushed, PushError> {
-    if state.closed {
+    if batch.closed {
         return Err(PushError::Closed);
     }
     let options = &inner.options;
@@ -1719,65 +1663,37 @@ fn push_one(
         return Err(PushError::TooLarge { len, max });
     }
     if let Some(p) = producer
-        && state.producers.is_duplicate(p)
+        && inner.storage.is_duplicate(p)
     {
-        state.stats.duplicates += 1;
+        batch.duplicates += 1;
         let mut durable = inner.storage.position();
         durable.history = inner.history.position();
         return Ok(Pushed::Duplicate { durable });
     }
     if inner.storage.no_space() {
-        state.stats.rejected_no_space += 1;
-        state.full = true;
+        batch.rejected_no_space += 1;
         return Err(PushError::NoSpace);
     }
-    if *used + len as u64 > options.max_bytes || inner.storage.backlogged() {
-        state.stats.rejected_full += 1;
-        state.full = true;
+    if batch.used + len as u64 > options.max_bytes || inner.storage.backlogged() {
+        batch.rejected_full += 1;
         return Err(PushError::Full);
     }
-    let storage = &*inner.storage;
-    let offset = state.next_offset;
-    let snapshot = || Snapshot {
-        next_offset: offset,
-        floor: state
-            .group(record::DEFAULT_GROUP_ID)
-            .map_or(offset, Group::floor),
-        producers: state.producers.snapshot(),
-        groups: Some(
-            state
-                .groups
-                .iter()
-                .map(|g| GroupMark {
-                    id: g.id,
-                    floor: g.floor(),
-                    name: g.name.to_string(),
-                })
-                .collect(),
-        ),
-    };
     // The message's place in its topic is assigned here, in log order, and stored with it.
     let (payload, history, position) =
         match topic.and_then(|topic| inner.history.append(topic, &payload, now_ms)) {
             Some(retained) => (retained.stamped, retained.token, Some(retained.position)),
             None => (payload, 0, None),
         };
-    let len = payload.len();
-    let mut durable = storage.append_message(offset, producer, &payload, &snapshot)?;
+    let entry = Entry {
+        producer,
+        payload: payload.clone(),
+    };
+    let appended = inner.storage.append(std::slice::from_ref(&entry))?;
+    let offset = appended.first;
+    let mut durable = appended.durable;
     durable.history = history;
-    state.next_offset += 1;
-    if let Some(p) = producer {
-        state.producers.record(p);
-    }
-    *used += len as u64;
-    state.log_messages += 1;
-    state.log_bytes += len as u64;
-    state.stats.pushed += 1;
-    if state.tail.is_empty() {
-        state.tail_start = offset;
-    }
-    state.tail_bytes += len as u64;
-    state.tail.push_back((offset, payload));
+    batch.used += payload.len() as u64;
+    batch.stored.push((offset, payload));
     Ok(Pushed::Stored {
         offset,
         durable,
@@ -1787,7 +1703,171 @@ fn push_one(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{OnceLock, Weak};
+
     use super::*;
+    use storage::{Appended, DeadStore, GroupStore, Log, Progress};
+    use wsmq_core::protocol::queue::NackReason;
+
+    /// The memory log, noting every call made while the engine's state lock is held.
+    struct Watched {
+        log: memory::MemoryLog,
+        engine: Arc<OnceLock<Weak<Inner>>>,
+        under_lock: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl Watched {
+        fn check(&self, call: &'static str) {
+            if let Some(inner) = self.engine.get().and_then(Weak::upgrade)
+                && inner.state.is_locked()
+            {
+                self.under_lock.lock().push(call);
+            }
+        }
+    }
+
+    impl Log for Watched {
+        fn append(&self, entries: &[Entry]) -> Result<Appended, StorageError> {
+            self.check("append");
+            self.log.append(entries)
+        }
+        fn is_duplicate(&self, producer: Producer) -> bool {
+            self.check("is_duplicate");
+            self.log.is_duplicate(producer)
+        }
+        fn position(&self) -> DurableToken {
+            self.check("position");
+            self.log.position()
+        }
+        fn read(
+            &self,
+            from: u64,
+            to: u64,
+            max: usize,
+            out: &mut Vec<(u64, Bytes)>,
+        ) -> Result<u64, StorageError> {
+            self.check("read");
+            self.log.read(from, to, max, out)
+        }
+        fn trim_before(&self, offset: u64) {
+            self.check("trim_before");
+            self.log.trim_before(offset);
+        }
+        fn in_memory(&self) -> bool {
+            self.log.in_memory()
+        }
+        fn backlogged(&self) -> bool {
+            self.check("backlogged");
+            self.log.backlogged()
+        }
+        fn no_space(&self) -> bool {
+            self.check("no_space");
+            self.log.no_space()
+        }
+        fn progress(&self) -> Option<tokio::sync::watch::Receiver<Progress>> {
+            self.check("progress");
+            self.log.progress()
+        }
+        fn close(&self) {
+            self.check("close");
+            self.log.close();
+        }
+    }
+
+    impl GroupStore for Watched {
+        fn create_group(&self, group: &GroupMark) -> DurableToken {
+            self.check("create_group");
+            self.log.create_group(group)
+        }
+        fn drop_group(&self, id: u32) {
+            self.check("drop_group");
+            self.log.drop_group(id);
+        }
+        fn ack(&self, group: u32, offsets: &mut [u64], floor: u64) {
+            self.check("ack");
+            self.log.ack(group, offsets, floor);
+        }
+    }
+
+    impl DeadStore for Watched {
+        fn append_dead(&self, letter: &DeadLetter, payload: &[u8]) {
+            self.check("append_dead");
+            self.log.append_dead(letter, payload);
+        }
+        fn remove_dead(&self, ids: &[u64]) {
+            self.check("remove_dead");
+            self.log.remove_dead(ids);
+        }
+        fn read_dead(&self, ids: &[u64], out: &mut Vec<(u64, Bytes)>) -> Result<(), StorageError> {
+            self.check("read_dead");
+            self.log.read_dead(ids, out)
+        }
+    }
+
+    #[tokio::test]
+    async fn storage_is_never_called_under_the_engines_state_lock() {
+        let engine = Arc::new(OnceLock::new());
+        let under_lock = Arc::new(Mutex::new(Vec::new()));
+        let options = QueueOptions {
+            max_deliveries: 1,
+            max_dead_letters: 1,
+            group_idle_ttl: Duration::from_millis(1),
+            ..QueueOptions::default()
+        };
+        let storage = Watched {
+            log: memory::MemoryLog::new(options.max_producers),
+            engine: Arc::clone(&engine),
+            under_lock: Arc::clone(&under_lock),
+        };
+        let history = history::local::LocalHistory::in_memory(options.history.clone());
+        let space = Arc::new(Notify::new());
+        let (queue, _) = LocalQueue::assemble(Box::new(storage), None, history, options, space);
+        engine.set(Arc::downgrade(&queue.inner)).unwrap();
+
+        // Pushes (with a retry), a group that joins and one that idles out, acks, NACKs (dead letters, one
+        // evicted), auto-acks and a replay: every path that reaches storage.
+        let mut consumer = queue.consumer(ConsumeMode::Acked);
+        let producer = Producer { id: 1, seq: 1 };
+        for seq in 1..=6 {
+            queue
+                .push(Some(Producer { seq, ..producer }), Bytes::from_static(b"m"))
+                .unwrap();
+        }
+        queue
+            .push(Some(producer), Bytes::from_static(b"m"))
+            .unwrap();
+        let name: GroupName = "audit".parse().unwrap();
+        let mut audit = queue
+            .join(&name, StartAt::Oldest, ConsumeMode::AutoAck)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        audit.next_batch(10, &mut out).await.unwrap();
+        drop(audit);
+        consumer.grant(10);
+        out.clear();
+        consumer.next_batch(10, &mut out).await.unwrap();
+        let ids: Vec<u64> = out.iter().map(|d| d.id).collect();
+        assert_eq!(ids.len(), 6);
+        assert_eq!(consumer.ack(&ids[..3]), 3);
+        assert!(consumer.nack(ids[3], NackReason::Failed));
+        assert!(consumer.nack(ids[4], NackReason::Invalid));
+        assert_eq!(queue.replay(None).await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            queue.stats().groups_dropped,
+            1,
+            "the idle group was dropped"
+        );
+        drop(consumer);
+        queue.close().await;
+
+        let calls = under_lock.lock().clone();
+        assert!(
+            calls.is_empty(),
+            "storage called under the state lock: {calls:?}"
+        );
+    }
 
     #[test]
     fn fsync_policy_parses_the_flag_values() {
@@ -1810,17 +1890,5 @@ mod tests {
             FsyncPolicy::Interval(Duration::from_millis(7)).to_string(),
             "interval=7"
         );
-    }
-
-    #[test]
-    fn the_oldest_producer_is_forgotten_beyond_the_cap() {
-        let mut producers = Producers::new(2, Vec::new());
-        producers.record(Producer { id: 1, seq: 1 });
-        producers.record(Producer { id: 2, seq: 1 });
-        assert!(producers.is_duplicate(Producer { id: 1, seq: 1 }));
-        producers.record(Producer { id: 3, seq: 1 });
-        assert!(!producers.is_duplicate(Producer { id: 2, seq: 1 }));
-        assert!(producers.is_duplicate(Producer { id: 1, seq: 1 }));
-        assert!(producers.is_duplicate(Producer { id: 3, seq: 1 }));
     }
 }
