@@ -7,8 +7,9 @@
 //! connection's memory (docs/PERFORMANCE.md, "Idle connection memory"). Here the stream owns its buffers and
 //! keeps each one only while it holds bytes:
 //!
-//! - received ciphertext is read in chunks of [`READ_SIZE`]; what remains after every complete record has been
-//!   decrypted (the start of a record still in flight) is kept, and the buffer is freed once it is empty;
+//! - received ciphertext is read in chunks of [`READ_SIZE`] into a buffer allocated only once the socket is
+//!   readable; what remains after every complete record has been decrypted (the start of a record still in
+//!   flight) is kept, and the buffer is freed once it is empty;
 //! - decrypted plaintext goes straight into the caller's buffer; only what does not fit is kept until the next
 //!   read;
 //! - encrypted output is kept until it has been written to the socket, and freed by the flush that empties it.
@@ -131,6 +132,7 @@ impl TlsStream {
             self.process(None, Action::None)?;
             ready!(self.poll_send(cx))?;
             if !self.conn.is_handshaking() {
+                self.release_outgoing();
                 return Poll::Ready(Ok(()));
             }
             if ready!(self.poll_receive(cx))? == 0 {
@@ -311,21 +313,27 @@ impl TlsStream {
         }
     }
 
-    /// Reads more ciphertext from the socket; `Ok(0)` is EOF.
+    /// Reads more ciphertext from the socket; `Ok(0)` is EOF. The buffer is allocated only once the socket is
+    /// readable, so waiting for the peer costs no memory.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.incoming.reserve(READ_SIZE);
-        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.incoming);
-        if read.is_pending() {
-            self.release_incoming();
+        loop {
+            ready!(self.tcp.poll_read_ready(cx))?;
+            self.incoming.reserve(READ_SIZE);
+            match self.tcp.try_read_buf(&mut self.incoming) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Poll::Ready(Ok(0));
+                }
+                Ok(n) => return Poll::Ready(Ok(n)),
+                // A stale readiness event: tokio has cleared it, so the next poll waits for a fresh one.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.release_incoming(),
+                Err(err) => return Poll::Ready(Err(err)),
+            }
         }
-        let n = ready!(read)?;
-        if n == 0 {
-            self.eof = true;
-        }
-        Poll::Ready(Ok(n))
     }
 
-    /// Writes all pending output to the socket, then frees the output buffer.
+    /// Writes all pending output to the socket. The buffer's allocation is kept for the next write; a flush
+    /// frees it ([`TlsStream::release_outgoing`]).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.outgoing.len() {
             let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.sent..]))?;
@@ -334,9 +342,17 @@ impl TlsStream {
             }
             self.sent += n;
         }
-        self.outgoing = Vec::new();
+        self.outgoing.clear();
         self.sent = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Frees the output buffer once everything in it has been written (an idle connection keeps none).
+    fn release_outgoing(&mut self) {
+        if self.sent == self.outgoing.len() {
+            self.outgoing = Vec::new();
+            self.sent = 0;
+        }
     }
 
     /// Writes what the socket takes right now without registering for wake-ups: used on the read side, whose
@@ -431,6 +447,7 @@ impl AsyncWrite for TlsStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         ready!(this.poll_send(cx))?;
+        this.release_outgoing();
         Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
@@ -441,6 +458,7 @@ impl AsyncWrite for TlsStream {
             this.close_sent = true;
         }
         ready!(this.poll_send(cx))?;
+        this.release_outgoing();
         match ready!(Pin::new(&mut this.tcp).poll_shutdown(cx)) {
             Err(err) if err.kind() != io::ErrorKind::NotConnected => Poll::Ready(Err(err)),
             _ => Poll::Ready(Ok(())),
@@ -579,6 +597,21 @@ mod tests {
             Some(rustls::ProtocolVersion::TLSv1_3)
         );
         round_trip(&mut server, &mut client, b"hello over TLS 1.3").await?;
+        assert_eq!(server.buffered_capacity(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_read_waiting_for_the_peer_holds_no_buffer() -> TestResult {
+        let (mut server, mut client) = pair(&rustls::version::TLS13).await?;
+        round_trip(&mut server, &mut client, b"then silence").await?;
+        let mut buf = [0; 64];
+        let polled = poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut buf);
+            Poll::Ready(Pin::new(&mut server).poll_read(cx, &mut buf).is_pending())
+        })
+        .await;
+        assert!(polled, "a read with nothing sent did not wait");
         assert_eq!(server.buffered_capacity(), 0);
         Ok(())
     }
