@@ -38,6 +38,8 @@ const READ_SIZE: usize = 16 * 1024;
 /// Encrypted bytes that may wait for the socket before `poll_write` stops taking more (rustls's own default
 /// buffer limit).
 const OUTGOING_LIMIT: usize = 64 * 1024;
+/// Largest plaintext of one TLS record.
+const MAX_FRAGMENT: usize = 16 * 1024;
 /// Room reserved for one `close_notify` alert or a handshake record before rustls says how much it needs.
 const SMALL_RECORD: usize = 64;
 
@@ -186,7 +188,9 @@ impl TlsStream {
                                 self.outgoing.truncate(start + written);
                                 break;
                             }
-                            Err(EncodeError::InsufficientSize(need)) => room = need.required_size,
+                            Err(EncodeError::InsufficientSize(need)) => {
+                                room = need.required_size.max(room + 1)
+                            }
                             Err(err @ EncodeError::AlreadyEncoded) => {
                                 self.outgoing.truncate(start);
                                 return Err(io::Error::other(err));
@@ -222,7 +226,8 @@ impl TlsStream {
                 Ok(ConnectionState::WriteTraffic(mut traffic)) => {
                     let start = self.outgoing.len();
                     let mut room = match action {
-                        Action::Encrypt(data) => data.len() + SMALL_RECORD,
+                        // Per record: header, tag and (TLS 1.2) explicit nonce or (1.3) content type.
+                        Action::Encrypt(data) => data.len() + (data.len() / MAX_FRAGMENT + 1) * 64,
                         Action::None | Action::CloseNotify => SMALL_RECORD,
                     };
                     loop {
@@ -239,7 +244,9 @@ impl TlsStream {
                                 self.outgoing.truncate(start + written);
                                 break;
                             }
-                            Err(EncryptError::InsufficientSize(need)) => room = need.required_size,
+                            Err(EncryptError::InsufficientSize(need)) => {
+                                room = need.required_size.max(room + 1)
+                            }
                             Err(err) => {
                                 self.outgoing.truncate(start);
                                 self.incoming.advance(discard);
@@ -386,6 +393,9 @@ impl AsyncRead for TlsStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         if !this.plaintext.is_empty() {
             this.take_plaintext(buf);
             return Poll::Ready(Ok(()));
@@ -728,6 +738,66 @@ mod tests {
         client.get_mut().1.refresh_traffic_keys()?;
         round_trip(&mut server, &mut client, b"after the key update").await?;
         assert_eq!(server.buffered_capacity(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_refused_handshake_is_answered_with_an_alert() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let pki = crate::tls::ensure_dev_pki(dir.path())?;
+        let tls13_only = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_file(&pki.server_cert)?],
+            rustls::pki_types::PrivateKeyDer::from_pem_file(&pki.server_key)?,
+        )?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(&pki.ca_cert)?)?;
+        let tls12_client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let client = async {
+            let tcp = TcpStream::connect(addr).await?;
+            tokio_rustls::TlsConnector::from(Arc::new(tls12_client))
+                .connect(ServerName::try_from("localhost")?, tcp)
+                .await
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+        };
+        let server = async {
+            let (tcp, _) = listener.accept().await?;
+            accept(Arc::new(tls13_only), tcp).await
+        };
+        let (server, client) =
+            tokio::time::timeout(STEP, async { tokio::join!(server, client) }).await?;
+        assert!(
+            server.is_err(),
+            "a TLS 1.2 client was accepted by a TLS 1.3 server"
+        );
+        let err = client
+            .err()
+            .ok_or("the client completed a refused handshake")?;
+        // Without the alert the client would only see the connection close.
+        let alert = err
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        assert!(
+            matches!(
+                alert,
+                Some(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::ProtocolVersion
+                ))
+            ),
+            "the client got no protocol_version alert: {err}"
+        );
         Ok(())
     }
 
