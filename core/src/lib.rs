@@ -29,6 +29,7 @@ pub mod service;
 pub mod shutdown;
 pub mod supervise;
 pub mod tls;
+pub mod tls_stream;
 pub mod topic;
 pub mod ws;
 

@@ -22,7 +22,6 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,11 +37,13 @@ use crate::http::{HttpError, RequestHead, Response, read_request_head_raw};
 use crate::http_api::{ApiConnection, ApiHandler};
 use crate::limits::Limits;
 use crate::metrics::{CalloutOutcome, ListenerMetrics, RejectReason};
+use crate::tls_stream::{self, TlsStream};
 
-/// An upgraded server-side connection: WebSocket over TLS over TCP. The TLS stream is boxed because its
-/// rustls state (over 1 KiB) would otherwise be copied into every future that holds the connection, including
-/// handler arguments that stay allocated for the connection's whole life.
-pub type ServerWs = WebSocketStream<Box<tokio_rustls::server::TlsStream<TcpStream>>>;
+/// An upgraded server-side connection: WebSocket over TLS over TCP. The TLS stream ([`TlsStream`], which
+/// frees its buffers while the connection is idle) is boxed because its rustls state (over 1 KiB) would
+/// otherwise be copied into every future that holds the connection, including handler arguments that stay
+/// allocated for the connection's whole life.
+pub type ServerWs = WebSocketStream<Box<TlsStream>>;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(250);
@@ -171,7 +172,6 @@ pub enum ServeError {
 /// State shared by the accept loop and every connection task.
 struct Shared<H> {
     config: Arc<ServerConfig>,
-    acceptor: TlsAcceptor,
     origins: Vec<String>,
     /// Slots of upgraded connections (`--max-connections`), taken once the request head is read.
     connections: Arc<Semaphore>,
@@ -213,7 +213,6 @@ where
         config.limits.max_handshakes_per_ip,
     );
     let shared = Arc::new(Shared {
-        acceptor: TlsAcceptor::from(config.tls.clone()),
         config,
         origins,
         connections,
@@ -298,7 +297,7 @@ enum Admitted {
 struct HttpConnection {
     api: ApiConnection,
     path: &'static str,
-    tls: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    tls: Box<TlsStream>,
     read: Vec<u8>,
     permit: OwnedSemaphorePermit,
 }
@@ -415,9 +414,7 @@ async fn handshake<H>(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<Option<Admitted>, Rejection> {
-    let mut tls = shared
-        .acceptor
-        .accept(tcp)
+    let mut tls = tls_stream::accept(shared.config.tls.clone(), tcp)
         .await
         .map_err(|err| Rejection::new(RejectReason::Tls, err))?;
     let (head, mut read, head_len) = match read_request_head_raw(&mut tls).await {

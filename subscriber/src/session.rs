@@ -86,7 +86,9 @@ pub(crate) async fn serve_client(accepted: Accepted, context: Arc<ConnectionCont
     let ended = loop {
         tokio::select! {
             read = reader.next() => match read {
-                Ok(Some(message)) => session.handle(message).await,
+                // Boxed: handling a command (history requests included) takes a few KiB of future that an
+                // idle connection would otherwise keep allocated in its task.
+                Ok(Some(message)) => Box::pin(session.handle(message)).await,
                 Ok(None) => break Ok(()),
                 Err(err) => break Err(err),
             },
@@ -470,5 +472,26 @@ impl Session<'_> {
         for (text, pattern) in std::mem::take(&mut self.subscriptions) {
             self.leave(&text, pattern.as_ref());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of what `f` returns (here: an async fn's future), without calling it.
+    fn output_size<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every idle connection keeps its session future allocated in its task; command handling (history requests
+    /// and all) is boxed so its few KiB exist only while a command is handled.
+    #[test]
+    fn an_idle_sessions_future_does_not_hold_command_handling() {
+        let session = output_size(super::serve_client);
+        let handling =
+            output_size(|s: &mut super::Session<'_>, m: tungstenite::Message| s.handle(m));
+        assert!(
+            session < handling && session <= 2048,
+            "serve_client's future is {session} bytes, command handling {handling}"
+        );
     }
 }
