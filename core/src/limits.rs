@@ -78,7 +78,8 @@ pub struct Limits {
     pub drain_timeout: Duration,
 
     /// WebSocket read buffer per connection, in bytes: allocated up front and the most read per call; it grows
-    /// on demand for larger messages. Small keeps idle connections cheap.
+    /// on demand for larger messages. Small keeps idle connections cheap. The subscriber's client connections use
+    /// at most 128 bytes (their clients send only short commands).
     #[arg(long, env = "WSMQ_WS_READ_BUFFER", default_value_t = DEFAULT_WS_READ_BUFFER)]
     pub ws_read_buffer: usize,
 

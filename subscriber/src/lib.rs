@@ -43,6 +43,10 @@ const PAGE: &[u8] = include_bytes!("page/index.html");
 pub const LINK_MIN_FRAME: usize = 1024 * 1024;
 /// Initial read buffer of the link: it is one busy connection, unlike the many mostly idle client ones.
 const LINK_READ_BUFFER: usize = 64 * 1024;
+/// Most read buffer of a client connection (`--ws-read-buffer` may only lower it): clients of `/subscribe` send
+/// nothing but short commands, and the buffer grows for a longer message anyway, so each of the many mostly idle
+/// connections keeps only this much.
+const CLIENT_READ_BUFFER: usize = 128;
 
 /// The subscriber's configuration: flags with `WSMQ_*` environment fallbacks. Public fields so the
 /// all-in-one binary and tests can build it in code.
@@ -190,7 +194,8 @@ pub async fn bind(config: Config) -> Result<Bound, Error> {
         metrics,
         acl_watcher,
     };
-    let limits = args.limits.clone();
+    let mut limits = args.limits.clone();
+    limits.ws_read_buffer = limits.ws_read_buffer.min(CLIENT_READ_BUFFER);
     Ok(Bound(setup.bind(args, limits, routes, subscriber).await?))
 }
 

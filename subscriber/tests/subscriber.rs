@@ -39,6 +39,19 @@ async fn v1_client_is_confirmed_then_receives_the_message_exactly_as_queued() ->
 }
 
 #[tokio::test]
+async fn a_command_longer_than_a_clients_read_buffer_is_read_whole() -> TestResult {
+    // Client connections read 128 bytes at a time (CLIENT_READ_BUFFER); a 250-byte topic is read across several.
+    let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
+    let topic = format!("long.{}", "t".repeat(245));
+    let mut client = subscriber.v1_client().await?;
+    client.subscribe(&topic).await?;
+    let payload = envelope(&topic, "x");
+    link.deliver(&[(1, false, payload.clone())]).await?;
+    assert_eq!(client.recv().await?.as_bytes(), &payload[..]);
+    subscriber.stop().await
+}
+
+#[tokio::test]
 async fn ws_go_client_subscribes_with_json_and_receives_ws_go_frames() -> TestResult {
     let (_dir, _queue, subscriber, mut link) = setup(Settings::default()).await?;
     let mut client = subscriber.compat_client().await?;
