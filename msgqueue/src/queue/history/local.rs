@@ -73,6 +73,16 @@ impl Topic {
         (bytes, messages)
     }
 
+    /// Payload bytes of the retained messages.
+    fn payload_bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.payload.len() as u64).sum()
+    }
+
+    /// What the topic counts against `--history-max-bytes` (see [`Topics::footprint`]).
+    fn footprint(&self) -> u64 {
+        self.payload_bytes() + self.entries.len() as u64 * ENTRY_OVERHEAD + TOPIC_OVERHEAD
+    }
+
     /// Drops what is beyond `retention` at `now_ms`; returns the payload bytes dropped.
     fn trim(&mut self, retention: Retention, now_ms: u64) -> u64 {
         let oldest = now_ms.saturating_sub(millis(retention.ttl));
@@ -122,16 +132,7 @@ impl Topics {
         let mut by_age: Vec<(u64, u64)> = self
             .map
             .values()
-            .map(|t| {
-                let held = t
-                    .entries
-                    .iter()
-                    .map(|e| e.payload.len() as u64)
-                    .sum::<u64>()
-                    + t.entries.len() as u64 * ENTRY_OVERHEAD
-                    + TOPIC_OVERHEAD;
-                (t.last_ms, held)
-            })
+            .map(|t| (t.last_ms, t.footprint()))
             .collect();
         by_age.sort_unstable();
         let mut left = footprint;
@@ -143,12 +144,13 @@ impl Topics {
             left -= held;
             cutoff = last_ms;
         }
-        let (mut evicted, mut inboxes) = (0, 0);
+        let (mut evicted, mut freed, mut inboxes) = (0, 0, 0);
         self.map.retain(|topic, state| {
             if state.last_ms > cutoff {
                 return true;
             }
             evicted += state.entries.len() as u64;
+            freed += state.payload_bytes();
             if topic.starts_with('@')
                 && state.entries.back().is_some_and(|e| e.offset > state.acked)
             {
@@ -156,12 +158,8 @@ impl Topics {
             }
             false
         });
-        let (messages, bytes) = self.map.values().fold((0, 0), |(m, b), t| {
-            let payload: u64 = t.entries.iter().map(|e| e.payload.len() as u64).sum();
-            (m + t.entries.len() as u64, b + payload)
-        });
-        self.messages = messages;
-        self.bytes = bytes;
+        self.messages -= evicted;
+        self.bytes -= freed;
         self.evicted += evicted;
         tracing::warn!(
             evicted,
@@ -441,11 +439,7 @@ impl LocalHistory {
             let retention = self.options.retention(topic);
             state.trim(retention, now_ms);
             messages += state.entries.len() as u64;
-            bytes += state
-                .entries
-                .iter()
-                .map(|e| e.payload.len() as u64)
-                .sum::<u64>();
+            bytes += state.payload_bytes();
             // An idle topic is forgotten: its next message starts a new epoch, which tells clients their offsets
             // of this one mean nothing any more.
             !state.entries.is_empty() || state.last_ms + millis(retention.ttl) > now_ms
