@@ -546,28 +546,34 @@ mod tests {
         client: &mut ClientStream<TcpStream>,
         data: &[u8],
     ) -> TestResult {
+        assert!(
+            transfer(server, client, data).await? == data,
+            "server to client: data differs"
+        );
+        assert!(
+            transfer(client, server, data).await? == data,
+            "client to server: data differs"
+        );
+        Ok(())
+    }
+
+    /// Writes and flushes `data` on `from` while reading as many bytes on `to`; returns what `to` read.
+    async fn transfer(
+        from: &mut (impl AsyncWrite + Unpin),
+        to: &mut (impl AsyncRead + Unpin),
+        data: &[u8],
+    ) -> io::Result<Vec<u8>> {
         let mut got = vec![0; data.len()];
         let (written, read) = tokio::join!(
             async {
-                server.write_all(data).await?;
-                server.flush().await
+                from.write_all(data).await?;
+                from.flush().await
             },
-            client.read_exact(&mut got),
+            to.read_exact(&mut got),
         );
         written?;
         read?;
-        assert!(got == data, "server to client: data differs");
-        let (written, read) = tokio::join!(
-            async {
-                client.write_all(data).await?;
-                client.flush().await
-            },
-            server.read_exact(&mut got),
-        );
-        written?;
-        read?;
-        assert!(got == data, "client to server: data differs");
-        Ok(())
+        Ok(got)
     }
 
     /// Encrypts `data` with the client's session without sending it, so a test can deliver the records in pieces.
