@@ -416,28 +416,29 @@ fn contents(page: &HistoryPage) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// Seqs 1-5 of one producer: two messages of topic `a`, one of `b`, a payload that is not an envelope and one of a
+/// topic that keeps no history (`quiet.`).
+fn mixed_batch() -> Vec<(u64, bytes::Bytes)> {
+    vec![
+        (1, envelope("a", 1)),
+        (2, envelope("b", 1)),
+        (3, envelope("a", 2)),
+        (4, bytes::Bytes::from_static(b"not an envelope")),
+        (5, envelope("quiet.x", 1)),
+    ]
+}
+
+/// After [`mixed_batch`]: seq 3 again (a retry, a duplicate) and a third message of topic `a`.
+fn retry_batch() -> Vec<(u64, bytes::Bytes)> {
+    vec![(3, envelope("a", 2)), (6, envelope("a", 3))]
+}
+
 async fn each_topic_numbers_its_messages_and_deliveries_carry_their_position(store: Store) {
     let queue = store.open(history_options(100));
     let mut only = consumer(&queue, "g", StartAt::Oldest, 1000).await;
-    push_payloads(
-        &queue,
-        1,
-        vec![
-            (1, envelope("a", 1)),
-            (2, envelope("b", 1)),
-            (3, envelope("a", 2)),
-            (4, bytes::Bytes::from_static(b"not an envelope")),
-            (5, envelope("quiet.x", 1)),
-        ],
-    )
-    .await;
+    push_payloads(&queue, 1, mixed_batch()).await;
     // A retry of seq 3 is a duplicate: it takes no offset.
-    push_payloads(
-        &queue,
-        1,
-        vec![(3, envelope("a", 2)), (6, envelope("a", 3))],
-    )
-    .await;
+    push_payloads(&queue, 1, retry_batch()).await;
     let got = take(&mut only, 6).await;
     let positions: Vec<_> = got.iter().map(|d| d.position.map(|p| p.offset)).collect();
     assert_eq!(
@@ -485,27 +486,11 @@ async fn push_placed(
 async fn a_durable_push_tells_where_it_was_placed_in_its_topic(store: Store) {
     let queue = store.open(history_options(100));
     let mut only = consumer(&queue, "g", StartAt::Oldest, 1000).await;
-    let placed = push_placed(
-        &queue,
-        1,
-        vec![
-            (1, envelope("a", 1)),
-            (2, envelope("b", 1)),
-            (3, envelope("a", 2)),
-            (4, bytes::Bytes::from_static(b"not an envelope")),
-            (5, envelope("quiet.x", 1)),
-        ],
-    )
-    .await;
+    let placed = push_placed(&queue, 1, mixed_batch()).await;
     let offsets: Vec<_> = placed.iter().map(|p| p.map(|p| p.offset)).collect();
     assert_eq!(offsets, [Some(1), Some(1), Some(2), None, None]);
     // A retry takes no new place, and does not pretend to know the original's.
-    let retried = push_placed(
-        &queue,
-        1,
-        vec![(3, envelope("a", 2)), (6, envelope("a", 3))],
-    )
-    .await;
+    let retried = push_placed(&queue, 1, retry_batch()).await;
     assert_eq!(retried[0], None, "a duplicate is placed nowhere new");
     assert_eq!(retried[1].map(|p| p.offset), Some(3));
     let delivered = take(&mut only, 6).await;
