@@ -440,7 +440,11 @@ impl RedisQueue {
                 .map(|topic| (shared.options.history.retention(&topic), topic))
                 .filter(|(retention, _)| retention.size > 0)
                 .map(|(retention, topic)| (topic.into_owned(), retention, Placement::default()));
-            out.push(Err(PushError::Closed));
+            // The token is filled in once the batch is submitted (or the slot becomes its refusal).
+            out.push(Ok(Pushed::Submitted {
+                durable: DurableToken::at(0),
+                placement: history.as_ref().map(|(_, _, placement)| placement.clone()),
+            }));
             batch.push(Item {
                 producer,
                 payload,
@@ -451,11 +455,6 @@ impl RedisQueue {
             return;
         }
         let count = batch.len() as u64;
-        // Each accepted item's placement, in order: taken before the batch moves into the submission.
-        let placements: Vec<Option<Placement>> = batch
-            .iter()
-            .map(|item| item.history.as_ref().map(|(_, _, p)| p.clone()))
-            .collect();
         let result = if shared.closed.is_cancelled() {
             Err(PushError::Closed)
         } else if shared.full.load(Ordering::Relaxed) {
@@ -481,19 +480,13 @@ impl RedisQueue {
                 .rejected_full
                 .fetch_add(count, Ordering::Relaxed);
         }
-        let mut placements = placements.into_iter();
         for slot in &mut out[start..] {
-            if matches!(slot, Err(PushError::TooLarge { .. })) {
-                continue;
+            if let Ok(Pushed::Submitted { durable, .. }) = slot {
+                match &result {
+                    Ok(token) => *durable = *token,
+                    Err(err) => *slot = Err(err.clone()),
+                }
             }
-            let placement = placements.next().flatten();
-            *slot = match &result {
-                Ok(durable) => Ok(Pushed::Submitted {
-                    durable: *durable,
-                    placement,
-                }),
-                Err(err) => Err(err.clone()),
-            };
         }
     }
 
