@@ -307,15 +307,17 @@ impl FrameWriter {
 
     /// Appends a PUSH record without building a [`PushRecord`].
     pub fn push(&mut self, seq: u64, payload: &[u8]) {
-        self.buf.put_u8(PUSH);
-        self.buf.put_u64_le(seq);
-        self.buf.put_u32_le(len_u32(payload.len()));
-        self.buf.put_slice(payload);
+        self.seq_and_payload(PUSH, seq, payload);
     }
 
     /// Appends a PUSH_PLACED record (a PUSH whose place in its topic msgqueue reports).
     pub fn push_placed(&mut self, seq: u64, payload: &[u8]) {
-        self.buf.put_u8(PUSH_PLACED);
+        self.seq_and_payload(PUSH_PLACED, seq, payload);
+    }
+
+    /// A record of `kind` laid out as `seq:u64 len:u32 payload[len]` (PUSH and PUSH_PLACED).
+    fn seq_and_payload(&mut self, kind: u8, seq: u64, payload: &[u8]) {
+        self.buf.put_u8(kind);
         self.buf.put_u64_le(seq);
         self.buf.put_u32_le(len_u32(payload.len()));
         self.buf.put_slice(payload);
@@ -462,15 +464,14 @@ impl FrameReader {
             Some(HELLO) => Ok(Some(PushRecord::Hello {
                 producer: self.u64()?,
             })),
-            Some(PUSH) => {
+            Some(kind @ (PUSH | PUSH_PLACED)) => {
                 let seq = self.u64()?;
                 let payload = self.payload()?;
-                Ok(Some(PushRecord::Push { seq, payload }))
-            }
-            Some(PUSH_PLACED) => {
-                let seq = self.u64()?;
-                let payload = self.payload()?;
-                Ok(Some(PushRecord::PushPlaced { seq, payload }))
+                Ok(Some(if kind == PUSH {
+                    PushRecord::Push { seq, payload }
+                } else {
+                    PushRecord::PushPlaced { seq, payload }
+                }))
             }
             Some(PUSH_AT) => {
                 let seq = self.u64()?;
