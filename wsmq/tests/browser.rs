@@ -17,11 +17,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 mod common;
 
-use common::{ALL, client, config};
+use common::{ALL, client, config, start_all, start_stack};
 use wsmq_core::protocol::PUBLISH_PATH;
 use wsmq_testkit::expect_within;
 
@@ -246,13 +245,7 @@ async fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Option<Valu
 #[tokio::test]
 async fn the_page_receives_published_messages_and_shows_bad_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
-    let (pub_port, sub_port) = (
-        stack.publisher_addr().unwrap().port(),
-        stack.subscriber_addr().unwrap().port(),
-    );
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(stack.run(shutdown.clone()));
+    let (running, pub_port, sub_port) = start_all(dir.path()).await;
 
     let browser = Browser::start(&dir.path().join("chromium")).await;
     browser
@@ -320,11 +313,7 @@ async fn the_page_receives_published_messages_and_shows_bad_credentials() {
     assert_eq!(browser.attribute("#status", "data-state").await, "error");
 
     browser.call("DELETE", "", None).await;
-    shutdown.cancel();
-    expect_within("stack shutdown", running)
-        .await
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 }
 
 /// Connects the page of the subscriber on `sub_port` with `fill` (field, value) pairs and waits until both links
@@ -364,13 +353,7 @@ async fn the_page_shows_a_denied_topic_and_receives_by_wildcard_what_it_may() {
     .unwrap();
     let mut config = config(dir.path(), ALL);
     config.access.acl_file = Some(acl);
-    let stack = wsmq::bind(config).await.unwrap();
-    let (pub_port, sub_port) = (
-        stack.publisher_addr().unwrap().port(),
-        stack.subscriber_addr().unwrap().port(),
-    );
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(stack.run(shutdown.clone()));
+    let (running, pub_port, sub_port) = start_stack(wsmq::bind(config).await.unwrap());
 
     let browser = Browser::start(&dir.path().join("chromium")).await;
     connect_page(
@@ -408,11 +391,7 @@ async fn the_page_shows_a_denied_topic_and_receives_by_wildcard_what_it_may() {
     assert!(!browser.text("#subscriptions").await.contains("secret"));
 
     browser.call("DELETE", "", None).await;
-    shutdown.cancel();
-    expect_within("stack shutdown", running)
-        .await
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 }
 
 #[tokio::test]
@@ -432,13 +411,7 @@ async fn the_page_connects_with_a_bearer_token_checked_by_the_auth_callout() {
     let mut config = config(dir.path(), ALL);
     config.access.auth_url = Some(endpoint.url.clone());
     config.access.auth_ca = Some(endpoint.ca.clone());
-    let stack = wsmq::bind(config).await.unwrap();
-    let (pub_port, sub_port) = (
-        stack.publisher_addr().unwrap().port(),
-        stack.subscriber_addr().unwrap().port(),
-    );
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(stack.run(shutdown.clone()));
+    let (running, pub_port, sub_port) = start_stack(wsmq::bind(config).await.unwrap());
 
     let browser = Browser::start(&dir.path().join("chromium")).await;
     connect_page(&browser, sub_port, pub_port, &[("#token", "page-token")]).await;
@@ -462,11 +435,7 @@ async fn the_page_connects_with_a_bearer_token_checked_by_the_auth_callout() {
     );
 
     browser.call("DELETE", "", None).await;
-    shutdown.cancel();
-    expect_within("stack shutdown", running)
-        .await
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 }
 
 /// Publishes `content` to `topic` as a wsmq.v1 client and waits for the ack (stored, with its offset).
@@ -488,13 +457,7 @@ async fn publish_acked(
 #[tokio::test]
 async fn the_page_recovers_after_a_reload_what_was_published_meanwhile_once() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
-    let (pub_port, sub_port) = (
-        stack.publisher_addr().unwrap().port(),
-        stack.subscriber_addr().unwrap().port(),
-    );
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(stack.run(shutdown.clone()));
+    let (running, pub_port, sub_port) = start_all(dir.path()).await;
     let credentials = [("#user", "hello"), ("#password", "test")];
 
     let browser = Browser::start(&dir.path().join("chromium")).await;
@@ -547,9 +510,5 @@ async fn the_page_recovers_after_a_reload_what_was_published_meanwhile_once() {
     }
 
     browser.call("DELETE", "", None).await;
-    shutdown.cancel();
-    expect_within("stack shutdown", running)
-        .await
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 }

@@ -8,7 +8,7 @@ use tungstenite::Message;
 mod common;
 
 use common::{
-    ALL, Running, api, client, config, next_frame, publish, start_edges, subscribe,
+    ALL, Running, api, client, config, next_frame, publish, start_all, start_edges, subscribe,
     without_position,
 };
 use wsmq::Service;
@@ -31,12 +31,7 @@ fn message(topic: &str, content: &str) -> ServerFrame {
 #[tokio::test]
 async fn published_messages_reach_subscribers_in_order_and_unsub_stops_them() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
-    let (pub_port, sub_port) = (
-        stack.publisher_addr().unwrap().port(),
-        stack.subscriber_addr().unwrap().port(),
-    );
-    let running = Running::start(stack);
+    let (running, pub_port, sub_port) = start_all(dir.path()).await;
 
     let mut news = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
     subscribe(&mut news, "news").await;
@@ -90,12 +85,7 @@ async fn published_messages_reach_subscribers_in_order_and_unsub_stops_them() {
 #[tokio::test]
 async fn messages_published_over_http_reach_subscribers_in_order_at_the_offsets_the_answers_gave() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
-    let (pub_port, sub_port) = (
-        stack.publisher_addr().unwrap().port(),
-        stack.subscriber_addr().unwrap().port(),
-    );
-    let running = Running::start(stack);
+    let (running, pub_port, sub_port) = start_all(dir.path()).await;
     let mut news = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
     subscribe(&mut news, "news").await;
 

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::{Process, free_ports};
-use common::{ALL, Running, client, config, next_frame, subscribe, without_position};
+use common::{client, next_frame, start_all, subscribe, without_position};
 use futures_util::SinkExt;
 use tungstenite::Message;
 use wsmq_core::dial::ClientWs;
@@ -42,12 +42,7 @@ fn news(content: &str) -> ServerFrame {
 #[tokio::test]
 async fn a_delayed_message_reaches_subscribers_once_it_is_due() {
     let dir = tempfile::tempdir().unwrap();
-    let stack = wsmq::bind(config(dir.path(), ALL)).await.unwrap();
-    let (pub_port, sub_port) = (
-        stack.publisher_addr().unwrap().port(),
-        stack.subscriber_addr().unwrap().port(),
-    );
-    let running = Running::start(stack);
+    let (running, pub_port, sub_port) = start_all(dir.path()).await;
     let mut subscriber = client(dir.path(), sub_port, SUBSCRIBE_PATH).await;
     subscribe(&mut subscriber, "news").await;
     let mut publisher = client(dir.path(), pub_port, PUBLISH_PATH).await;

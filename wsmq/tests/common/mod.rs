@@ -65,12 +65,21 @@ impl Running {
 pub async fn start_edges(data_dir: &Path, queue_port: u16) -> (Running, u16, u16) {
     let mut edges_config = config(data_dir, &[Service::Publisher, Service::Subscriber]);
     edges_config.link.queue_url = vec![format!("wss://localhost:{queue_port}")];
-    let edges = wsmq::bind(edges_config).await.unwrap();
+    start_stack(wsmq::bind(edges_config).await.unwrap())
+}
+
+/// The whole stack in `data_dir`, running; returns it with its publisher and subscriber ports.
+pub async fn start_all(data_dir: &Path) -> (Running, u16, u16) {
+    start_stack(wsmq::bind(config(data_dir, ALL)).await.unwrap())
+}
+
+/// Runs a bound stack with a publisher and a subscriber; returns it with their ports.
+pub fn start_stack(stack: Stack) -> (Running, u16, u16) {
     let (pub_port, sub_port) = (
-        edges.publisher_addr().unwrap().port(),
-        edges.subscriber_addr().unwrap().port(),
+        stack.publisher_addr().unwrap().port(),
+        stack.subscriber_addr().unwrap().port(),
     );
-    (Running::start(edges), pub_port, sub_port)
+    (Running::start(stack), pub_port, sub_port)
 }
 
 /// A wsmq.v1 client of the publisher or subscriber on `port`, as the dev user, trusting the dev CA in `data_dir`.
