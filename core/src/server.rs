@@ -18,6 +18,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,8 +27,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use tracing::field::{Empty, display};
-use tracing::instrument;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::Role;
 
@@ -158,6 +160,8 @@ pub struct Accepted {
     /// [`ServerConfig::query_check`].
     pub query: String,
     /// Cancelled when the listener shuts down; the handler then closes the WebSocket with 1001 and returns.
+    /// It is the listener's own token (a child per connection would cost every connection an allocation):
+    /// handlers watch it and never cancel it.
     pub shutdown: CancellationToken,
 }
 
@@ -252,7 +256,7 @@ where
             tcp,
             peer,
             slot,
-            shutdown.child_token(),
+            shutdown.clone(),
         ));
     }
 
@@ -315,38 +319,69 @@ struct Upgraded {
 /// One connection from accept to the end of its handler, in the one per-connection span of every service: `peer`
 /// from the start, `path` and `user` once the connection is authenticated and upgraded, so every log line a
 /// service writes about a connection (its handler runs inside this span) carries the same fields.
-#[instrument(skip_all, fields(path = Empty, peer = %peer, user = Empty))]
-async fn connection<H, F>(
+///
+/// A plain function returning the task's future rather than an `async fn`: the task's future is allocated for the
+/// connection's whole life, and an `async fn` keeps every argument in it twice (as captured and as moved into the
+/// body, rust-lang/rust#62958), which `#[instrument]` doubles again. Here the future holds the boxed handshake
+/// until it is over, then only the handler's future, the permit and the span.
+fn connection<H, F>(
     shared: Arc<Shared<H>>,
     tcp: TcpStream,
     peer: SocketAddr,
     slot: HandshakeSlot,
     shutdown: CancellationToken,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     H: Fn(Accepted) -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    // The task's future is allocated for the connection's whole life, so it must hold little besides the
-    // handler's future: the handshake (TLS state, timers, request head) is boxed and freed once it is over, and
-    // `hand_over` is a plain function so the upgraded parts do not also stay in this state machine (688 bytes).
-    let admitted = Box::pin(admit(&shared, tcp, peer, &shutdown)).await;
-    drop(slot);
-    let upgraded = match admitted {
-        Some(Admitted::WebSocket(upgraded)) => upgraded,
-        Some(Admitted::Http(http)) => {
-            tracing::Span::current().record("path", display(http.path));
-            let _open = shared.config.metrics.open_connection();
-            let limits = &shared.config.limits;
-            Box::pin(http.api.serve(http.tls, http.read, limits, shutdown)).await;
-            drop(http.permit);
-            return;
+    let span = tracing::info_span!("connection", path = Empty, peer = %peer, user = Empty);
+    // The handshake (TLS state, timers, request head) is boxed and freed once it is over. Combinators rather than
+    // an `async` block, so the handler's future is polled where it was built instead of being moved into (and
+    // also kept in) the block's state.
+    let admission = Box::pin(admit(
+        Arc::clone(&shared),
+        tcp,
+        peer,
+        slot,
+        shutdown.clone(),
+    ));
+    admission
+        .then(move |admitted| match admitted {
+            Some(admitted) => Either::Left(serve_admitted(&shared, admitted, peer, shutdown)),
+            None => Either::Right(std::future::ready(())),
+        })
+        .instrument(span)
+}
+
+/// What serves an admitted connection: the handler's future (with the connection's permit and its place in the
+/// open-connections gauge), or the HTTP API's boxed one.
+fn serve_admitted<H, F>(
+    shared: &Shared<H>,
+    admitted: Admitted,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) -> Either<impl Future<Output = ()> + Send + use<H, F>, impl Future<Output = ()> + Send + use<H, F>>
+where
+    H: Fn(Accepted) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let open = shared.config.metrics.open_connection();
+    match admitted {
+        Admitted::WebSocket(upgraded) => {
+            let (handler, permit) = hand_over(shared, upgraded, peer, shutdown);
+            Either::Left(handler.map(move |()| drop((permit, open))))
         }
-        None => return,
-    };
-    let (handler, permit) = hand_over(&shared, upgraded, peer, shutdown);
-    let _open = shared.config.metrics.open_connection();
-    handler.await;
-    drop(permit);
+        Admitted::Http(http) => {
+            tracing::Span::current().record("path", display(http.path));
+            let limits = shared.config.limits.clone();
+            Either::Right(Box::pin(async move {
+                http.api.serve(http.tls, http.read, &limits, shutdown).await;
+                drop(http.permit);
+                drop(open);
+            }))
+        }
+    }
 }
 
 /// Builds the handler's future for an upgraded connection, returned with the connection's permit.
@@ -378,16 +413,18 @@ where
 
 /// Runs the handshake under the handshake timeout unless shutdown comes first, and records why a connection was
 /// not upgraded. `None` means there is nothing for the handler: a page was served or the connection refused.
+/// The handshake slot is given back when this returns.
 async fn admit<H>(
-    shared: &Shared<H>,
+    shared: Arc<Shared<H>>,
     tcp: TcpStream,
     peer: SocketAddr,
-    shutdown: &CancellationToken,
+    _slot: HandshakeSlot,
+    shutdown: CancellationToken,
 ) -> Option<Admitted> {
     let metrics = &shared.config.metrics;
     let handshake = tokio::time::timeout(
         shared.config.limits.handshake_timeout,
-        handshake(shared, tcp, peer),
+        handshake(&shared, tcp, peer),
     );
     let outcome = tokio::select! {
         outcome = handshake => outcome,

@@ -18,7 +18,8 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,9 +69,12 @@ pub struct Closer {
 #[derive(Debug)]
 struct CloserInner {
     closing: CancellationToken,
-    /// Cancelled when the peer is known not to read: the writer stops waiting for a blocked write.
-    abandoned: CancellationToken,
-    frame: Mutex<Option<CloseFrame>>,
+    /// Set when the peer is known not to read: the writer stops waiting for a blocked write. A flag and a
+    /// [`Notify`] inside this allocation rather than a second token, which would cost every connection one more.
+    abandoned: AtomicBool,
+    abandoned_wake: Notify,
+    /// The first close requested: its code and reason.
+    frame: Mutex<Option<(CloseCode, &'static str)>>,
     /// Reply bytes tungstenite was made to owe (by the reader) and those known flushed (by the writer).
     replies: ReplyDebt,
 }
@@ -90,7 +94,8 @@ impl Closer {
         Self {
             inner: Arc::new(CloserInner {
                 closing: shutdown.child_token(),
-                abandoned: CancellationToken::new(),
+                abandoned: AtomicBool::new(false),
+                abandoned_wake: Notify::new(),
                 frame: Mutex::new(None),
                 replies: ReplyDebt::default(),
             }),
@@ -103,10 +108,7 @@ impl Closer {
         {
             let mut frame = self.inner.frame.lock();
             if frame.is_none() && !self.inner.closing.is_cancelled() {
-                *frame = Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                });
+                *frame = Some((code, reason));
             }
         }
         self.inner.closing.cancel();
@@ -115,7 +117,19 @@ impl Closer {
     /// Closes with 1008 because the peer does not read, and makes the writer drop a write it is blocked in.
     fn abandon(&self) {
         self.close(CloseCode::Policy, NOT_READING_REASON);
-        self.inner.abandoned.cancel();
+        self.inner.abandoned.store(true, Ordering::Release);
+        self.inner.abandoned_wake.notify_waiters();
+    }
+
+    /// Resolves once [`Closer::abandon`] was called.
+    async fn abandoned(&self) {
+        let wake = self.inner.abandoned_wake.notified();
+        let mut wake = std::pin::pin!(wake);
+        // Registered before the flag is read, so an `abandon` in between still wakes it.
+        wake.as_mut().enable();
+        if !self.inner.abandoned.load(Ordering::Acquire) {
+            wake.await;
+        }
     }
 
     /// Records a control reply of `bytes` that tungstenite has queued, asks the writer to flush it, and returns
@@ -139,11 +153,15 @@ impl Closer {
 
     /// The frame to send: the requested one, or 1001 when shutdown came first.
     fn frame(&self) -> CloseFrame {
-        let frame = self.inner.frame.lock();
-        frame.clone().unwrap_or_else(|| CloseFrame {
-            code: CloseCode::Away,
-            reason: SHUTDOWN_REASON.into(),
-        })
+        let (code, reason) = self
+            .inner
+            .frame
+            .lock()
+            .unwrap_or((CloseCode::Away, SHUTDOWN_REASON));
+        CloseFrame {
+            code,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -314,70 +332,79 @@ impl<M: Into<Message> + Send> Outgoing for mpsc::Receiver<M> {
 /// which closes with 1000) flushes what is already queued, sends the Close frame and returns.
 ///
 /// Fails when writing to the peer fails; it then also starts closing, so the reader stops too.
-pub async fn run_writer<S, O>(
+///
+/// A plain function returning the task's future, which lives as long as the connection: an `async fn` would keep
+/// its arguments in it twice (rust-lang/rust#62958).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` would keep its arguments twice in the connection-long future"
+)]
+pub fn run_writer<S, O>(
     mut sink: S,
     mut outbox: O,
     closer: Closer,
     ping_interval: Duration,
-) -> Result<(), WsError>
+) -> impl Future<Output = Result<(), WsError>>
 where
     S: Sink<Message, Error = WsError> + Unpin,
     O: Outgoing,
 {
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let replies = &closer.inner.replies;
-    loop {
-        let step = tokio::select! {
-            biased;
-            () = closer.closing() => break,
-            // Before the outbox, so a peer that only receives still gets pings and answers them with pongs,
-            // which is what keeps our reader from declaring it idle.
-            _ = ping.tick() => Step::Ping,
-            received = outbox.next() => match received {
-                Some(message) => Step::Send(message),
-                None => {
-                    closer.close(CloseCode::Normal, "");
-                    break;
+    async move {
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let replies = &closer.inner.replies;
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = closer.closing() => break,
+                // Before the outbox, so a peer that only receives still gets pings and answers them with pongs,
+                // which is what keeps our reader from declaring it idle.
+                _ = ping.tick() => Step::Ping,
+                received = outbox.next() => match received {
+                    Some(message) => Step::Send(message),
+                    None => {
+                        closer.close(CloseCode::Normal, "");
+                        break;
+                    }
+                },
+                // After the outbox: every step ends with a flush, which sends owed replies too.
+                () = replies.flush_wanted.notified() => Step::FlushReplies,
+            };
+            // Every reply owed now is queued in tungstenite (or superseded by a later one), so once the flush that
+            // ends this step completes, it has reached the socket.
+            let owed = replies.owed.load(Ordering::Acquire);
+            let write = async {
+                match step {
+                    Step::Ping => sink.send(Message::Ping(Bytes::new())).await,
+                    Step::FlushReplies => sink.flush().await,
+                    Step::Send(message) => write_batch(&mut sink, message, &mut outbox).await,
                 }
-            },
-            // After the outbox: every step ends with a flush, which sends owed replies too.
-            () = replies.flush_wanted.notified() => Step::FlushReplies,
-        };
-        // Every reply owed now is queued in tungstenite (or superseded by a later one), so once the flush that
-        // ends this step completes, it has reached the socket.
-        let owed = replies.owed.load(Ordering::Acquire);
-        let write = async {
-            match step {
-                Step::Ping => sink.send(Message::Ping(Bytes::new())).await,
-                Step::FlushReplies => sink.flush().await,
-                Step::Send(message) => write_batch(&mut sink, message, &mut outbox).await,
+            };
+            let written = tokio::select! {
+                written = write => written,
+                () = closer.abandoned() => break,
+            };
+            if let Err(err) = written {
+                closer.close(CloseCode::Error, "write failed");
+                return Err(err);
             }
-        };
-        let written = tokio::select! {
-            written = write => written,
-            () = closer.inner.abandoned.cancelled() => break,
-        };
-        if let Err(err) = written {
-            closer.close(CloseCode::Error, "write failed");
-            return Err(err);
+            replies.flushed.fetch_max(owed, Ordering::AcqRel);
+            outbox.flushed();
         }
-        replies.flushed.fetch_max(owed, Ordering::AcqRel);
-        outbox.flushed();
-    }
-    let frame = closer.frame();
-    let goodbye = async {
-        while let Some(message) = outbox.ready() {
-            sink.feed(message).await?;
+        let frame = closer.frame();
+        let goodbye = async {
+            while let Some(message) = outbox.ready() {
+                sink.feed(message).await?;
+            }
+            sink.send(Message::Close(Some(frame))).await
+        };
+        if let Ok(Err(err)) = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await {
+            // The peer closed first: tungstenite has queued its Close reply, which only a flush sends.
+            tracing::debug!(%err, "sending close frame");
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.flush()).await;
         }
-        sink.send(Message::Close(Some(frame))).await
-    };
-    if let Ok(Err(err)) = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await {
-        // The peer closed first: tungstenite has queued its Close reply, which only a flush sends.
-        tracing::debug!(%err, "sending close frame");
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.flush()).await;
+        Ok(())
     }
-    Ok(())
 }
 
 /// What the writer does next.
@@ -388,19 +415,38 @@ enum Step {
 }
 
 /// Feeds `first` and every message already queued (up to [`WRITE_BATCH_LIMIT`]), then flushes once.
-async fn write_batch<S, O>(sink: &mut S, first: Message, outbox: &mut O) -> Result<(), WsError>
+///
+/// Written against `Sink`'s poll methods rather than as an `async fn` over `feed` futures: the writer's future,
+/// which every connection keeps allocated for its life, is as large as its largest step, and this one holds only
+/// the message waiting for room.
+fn write_batch<'a, S, O>(
+    sink: &'a mut S,
+    first: Message,
+    outbox: &'a mut O,
+) -> impl Future<Output = Result<(), WsError>> + 'a
 where
     S: Sink<Message, Error = WsError> + Unpin,
     O: Outgoing,
 {
-    sink.feed(first).await?;
-    for _ in 1..WRITE_BATCH_LIMIT {
-        match outbox.ready() {
-            Some(message) => sink.feed(message).await?,
-            None => break,
+    let mut waiting = Some(first);
+    let mut fed = 0;
+    std::future::poll_fn(move |cx| {
+        while let Some(message) = waiting.take() {
+            match sink.poll_ready_unpin(cx) {
+                Poll::Pending => {
+                    waiting = Some(message);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Ready(Ok(())) => sink.start_send_unpin(message)?,
+            }
+            fed += 1;
+            if fed < WRITE_BATCH_LIMIT {
+                waiting = outbox.ready();
+            }
         }
-    }
-    sink.flush().await
+        sink.poll_flush_unpin(cx)
+    })
 }
 
 /// Why [`Reader::next`] ended the connection.

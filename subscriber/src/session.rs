@@ -57,14 +57,20 @@ pub(crate) struct ConnectionContext {
 
 /// Serves one `/subscribe` connection until the client leaves, is cut off or the service shuts down.
 /// Expected disconnects are logged at debug: they are not errors.
-pub(crate) async fn serve_client(accepted: Accepted, context: Arc<ConnectionContext>) {
-    let router = &context.router;
-    let _connected = router.metrics().client_connected();
+///
+/// The set-up runs here, before the future exists, and the future captures only what the connection needs for its
+/// life: an idle connection keeps that future allocated in its task, and an `async fn` would keep its arguments
+/// (the whole [`Accepted`], upgraded stream included) in it a second time (rust-lang/rust#62958).
+pub(crate) fn serve_client(
+    accepted: Accepted,
+    context: Arc<ConnectionContext>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let connected = context.router.metrics().client_connected();
     let v1 = accepted.subprotocol.is_some();
     let (sink, stream) = accepted.ws.split();
     let shutdown = accepted.shutdown;
     let closer = Closer::new(&shutdown);
-    let client = router.register(closer.clone(), v1);
+    let client = context.router.register(closer.clone(), v1);
     let writer = tokio::spawn(run_writer(
         sink,
         client.outgoing(),
@@ -73,47 +79,59 @@ pub(crate) async fn serve_client(accepted: Accepted, context: Arc<ConnectionCont
     ));
     let mut reader = Reader::new(stream, closer, context.limits.idle_timeout);
     let mut session = Session {
-        context: &context,
-        client: &client,
-        inbox: format!("@{}", accepted.user),
+        inbox: format!("@{}", accepted.user).into(),
         v1,
         subscriptions: HashMap::new(),
         access: context
             .access
             .connection(&accepted.user, accepted.permissions),
+        context,
+        client,
     };
-
-    let ended = loop {
-        tokio::select! {
-            read = reader.next() => match read {
-                // Boxed: handling a command (history requests included) takes a few KiB of future that an
-                // idle connection would otherwise keep allocated in its task.
-                Ok(Some(message)) => Box::pin(session.handle(message)).await,
-                Ok(None) => break Ok(()),
-                Err(err) => break Err(err),
-            },
-            () = session.access.changed() => session.revoke_forbidden(),
+    async move {
+        // What is alive across an await stays allocated in every idle connection's task, so the read is taken
+        // apart inside the `select!` and only the boxed command handling (a few KiB of future, history requests
+        // included) is awaited after it.
+        loop {
+            let handling = tokio::select! {
+                read = reader.next() => match read {
+                    Ok(Some(message)) => Box::pin(session.handle(message)),
+                    Ok(None) => {
+                        tracing::debug!("client disconnected");
+                        break;
+                    }
+                    Err(ReadError::Ws(err)) => {
+                        tracing::debug!(%err, "client connection failed");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::debug!(%err, "client disconnected");
+                        break;
+                    }
+                },
+                () = session.access.changed() => {
+                    session.revoke_forbidden();
+                    continue;
+                }
+            };
+            handling.await;
         }
-    };
-    session.leave_all();
-    match ended {
-        Ok(()) => tracing::debug!("client disconnected"),
-        Err(ReadError::Ws(err)) => tracing::debug!(%err, "client connection failed"),
-        Err(err) => tracing::debug!(%err, "client disconnected"),
-    }
+        session.leave_all();
 
-    // The writer flushes what is queued, sends its Close frame and ends; one that a non-reading client holds in
-    // a blocked write is aborted after a grace period.
-    client.leave();
-    finish_writer(writer, &context.limits, &shutdown).await;
+        // The writer flushes what is queued, sends its Close frame and ends; one that a non-reading client holds
+        // in a blocked write is aborted after a grace period.
+        session.client.leave();
+        finish_writer(writer, &session.context.limits, &shutdown).await;
+        drop(connected);
+    }
 }
 
 /// The command-handling state of one connection.
-struct Session<'a> {
-    context: &'a ConnectionContext,
-    client: &'a Arc<Client>,
+struct Session {
+    context: Arc<ConnectionContext>,
+    client: Arc<Client>,
     /// The connection's own inbox, `@<user>`.
-    inbox: String,
+    inbox: Box<str>,
     v1: bool,
     /// What the client subscribed to, as it wrote it: a pattern, or `None` for a legacy ws-go topic outside the
     /// token rules (matched exactly).
@@ -122,14 +140,14 @@ struct Session<'a> {
     access: ConnectionAccess,
 }
 
-impl Session<'_> {
+impl Session {
     async fn handle(&mut self, message: Message) {
         let Message::Text(text) = message else {
             self.refuse("binary frames are not commands; send `sub <topic>` as text");
             return;
         };
         match Command::parse(text.as_str()) {
-            Ok(Command::Subscribe(topic)) if self.v1 && *topic == self.inbox => {
+            Ok(Command::Subscribe(topic)) if self.v1 && *topic == *self.inbox => {
                 self.resume(
                     &topic,
                     HistoryQuery::Unacked {
@@ -204,9 +222,9 @@ impl Session<'_> {
             };
             match &pattern {
                 Some(pattern) if !pattern.is_exact() => {
-                    self.context.router.subscribe_pattern(pattern, self.client);
+                    self.context.router.subscribe_pattern(pattern, &self.client);
                 }
-                _ => self.context.router.subscribe(text, self.client),
+                _ => self.context.router.subscribe(text, &self.client),
             }
             self.subscriptions.insert(text.into(), pattern);
         }
@@ -302,7 +320,7 @@ impl Session<'_> {
             if page.more() {
                 continue;
             }
-            match router.finish_resume(text, self.client, position) {
+            match router.finish_resume(text, &self.client, position) {
                 Ok(()) => {
                     self.subscriptions.insert(text.into(), Some(pattern));
                     return;
@@ -317,9 +335,9 @@ impl Session<'_> {
             }
         }
         // History could not be read, or the topic never held still: go live from here rather than not at all.
-        if router.finish_resume(text, self.client, position).is_err() {
+        if router.finish_resume(text, &self.client, position).is_err() {
             router.abandon_resume(text);
-            self.context.router.subscribe(text, self.client);
+            self.context.router.subscribe(text, &self.client);
         }
         self.subscriptions.insert(text.into(), Some(pattern));
     }
@@ -374,7 +392,7 @@ impl Session<'_> {
             return;
         }
         let allowed = Pattern::parse(text).is_ok_and(|p| self.allows(text, Some(&p)));
-        if text != self.inbox && !allowed {
+        if text != &*self.inbox && !allowed {
             self.context.router.metrics().subscribe_forbidden();
             self.reply(encode_forbidden(text));
             return;
@@ -435,9 +453,9 @@ impl Session<'_> {
             Some(pattern) if !pattern.is_exact() => {
                 self.context
                     .router
-                    .unsubscribe_pattern(pattern, self.client);
+                    .unsubscribe_pattern(pattern, &self.client);
             }
-            _ => self.context.router.unsubscribe(text, self.client),
+            _ => self.context.router.unsubscribe(text, &self.client),
         }
     }
 
@@ -483,15 +501,36 @@ mod tests {
     }
 
     /// Every idle connection keeps its session future allocated in its task; command handling (history requests
-    /// and all) is boxed so its few KiB exist only while a command is handled.
+    /// and all) is boxed so its few KiB exist only while a command is handled, and the set-up's arguments (the
+    /// whole `Accepted`) are not kept in it. 8 KiB per idle connection is the target (docs/PERFORMANCE.md), and
+    /// tokio allocates a task in steps of 128 bytes: up to 584 bytes here the connection's task (this future, the
+    /// listener's span, permit and bookkeeping, tokio's header) takes 768; a few bytes more take 896.
     #[test]
-    fn an_idle_sessions_future_does_not_hold_command_handling() {
+    fn an_idle_sessions_future_holds_neither_command_handling_nor_its_set_up() {
         let session = output_size(super::serve_client);
-        let handling =
-            output_size(|s: &mut super::Session<'_>, m: tungstenite::Message| s.handle(m));
+        let handling = output_size(|s: &mut super::Session, m: tungstenite::Message| s.handle(m));
         assert!(
-            session < handling && session <= 2048,
+            session < handling && session <= 584,
             "serve_client's future is {session} bytes, command handling {handling}"
         );
+    }
+
+    /// The writer's future lives as long as the connection, and is as large as its largest step: up to 536
+    /// bytes its task takes 640, a few bytes more take 768.
+    #[test]
+    fn a_connections_writer_task_fits_in_640_bytes() {
+        let writer = writer_size();
+        assert!(writer <= 536, "the writer's future is {writer} bytes");
+    }
+
+    fn writer_size() -> usize {
+        type Sink = futures_util::stream::SplitSink<wsmq_core::server::ServerWs, tungstenite::Message>;
+        fn size<R>(_: impl FnOnce(Sink, crate::router::ClientOutgoing) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        size(|sink, outgoing| {
+            let closer = wsmq_core::ws::Closer::new(&tokio_util::sync::CancellationToken::new());
+            wsmq_core::ws::run_writer(sink, outgoing, closer, std::time::Duration::ZERO)
+        })
     }
 }
