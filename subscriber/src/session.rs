@@ -524,7 +524,8 @@ mod tests {
     }
 
     fn writer_size() -> usize {
-        type Sink = futures_util::stream::SplitSink<wsmq_core::server::ServerWs, tungstenite::Message>;
+        type Sink =
+            futures_util::stream::SplitSink<wsmq_core::server::ServerWs, tungstenite::Message>;
         fn size<R>(_: impl FnOnce(Sink, crate::router::ClientOutgoing) -> R) -> usize {
             std::mem::size_of::<R>()
         }
