@@ -89,6 +89,18 @@ impl<'a> Envelope<'a> {
         RawEnvelope::parse(frame)?.validate()
     }
 
+    /// The topic of a JSON envelope: exactly what [`Envelope::parse_json`] returns as its topic, or its error.
+    ///
+    /// Routing (the subscriber) and history (msgqueue) need only the topic of every message. Messages a
+    /// publisher forwards are in the canonical encoding ([`Envelope::encode`]); when neither string holds an
+    /// escape, one scan finds the topic and checks the rest, and the JSON parser runs only for anything else.
+    pub fn topic_of_json(frame: &'a [u8]) -> Result<Cow<'a, str>, EnvelopeError> {
+        match canonical_topic(frame) {
+            Some(topic) => Ok(Cow::Borrowed(topic)),
+            None => Self::parse_json(frame).map(|envelope| envelope.topic),
+        }
+    }
+
     /// Parses the plain form `topic content` (split at the first space), for tools like websocat.
     pub fn parse_plain(frame: &'a str) -> Result<Self, EnvelopeError> {
         let (topic, content) = frame.split_once(' ').ok_or(EnvelopeError::NoSeparator)?;
@@ -238,6 +250,26 @@ fn write_json_string(buf: &mut BytesMut, s: &str) {
     buf.put_u8(b'"');
 }
 
+/// The topic of `frame` when it is the canonical encoding `{"Topic":"..","Content":".."}` exactly, with no
+/// escape or control character in either string, both valid UTF-8 and a valid topic: the JSON parser accepts such a
+/// frame and returns this topic. `None` for anything else, which the parser then decides.
+fn canonical_topic(frame: &[u8]) -> Option<&str> {
+    let unescaped = |b: &u8| *b != b'"' && *b != b'\\' && *b >= 0x20;
+    let rest = frame.strip_prefix(b"{\"Topic\":\"")?;
+    let end = rest.iter().position(|b| !unescaped(b))?;
+    let (topic, rest) = rest.split_at(end);
+    let content = rest
+        .strip_prefix(b"\",\"Content\":\"")?
+        .strip_suffix(b"\"}")?;
+    if !content.iter().all(unescaped) {
+        return None;
+    }
+    std::str::from_utf8(content).ok()?;
+    let topic = std::str::from_utf8(topic).ok()?;
+    validate_topic(topic).ok()?;
+    Some(topic)
+}
+
 /// Field-by-field view of the JSON object, matched case-insensitively.
 struct RawEnvelope<'a> {
     topic: Option<Cow<'a, str>>,
@@ -329,7 +361,81 @@ impl<'de> serde::Deserialize<'de> for CowStr<'de> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    #[test]
+    fn the_topic_of_a_canonical_envelope_is_read_without_the_json_parser() {
+        let frame = Envelope {
+            topic: "news.eu".into(),
+            content: "hello wörld".into(),
+        }
+        .encode();
+        assert_eq!(canonical_topic(&frame), Some("news.eu"));
+        assert_eq!(Envelope::topic_of_json(&frame).unwrap(), "news.eu");
+        // Anything else goes to the parser, which decides as before.
+        for frame in [
+            r#"{"Topic":"a\"b","Content":"c"}"#,
+            r#"{"Topic":"a","Content":"c\n"}"#,
+            r#"{"Topic":"a","Content":"c","Topic":"b"}"#,
+            r#"{"Topic":"a","Content":"c"} "#,
+            r#"{"topic":"a","Content":"c"}"#,
+            r#"{"Topic":"bad topic","Content":"c"}"#,
+            "{\"Topic\":\"a\",\"Content\":\"tab\there\"}",
+        ] {
+            assert_eq!(canonical_topic(frame.as_bytes()), None, "{frame}");
+        }
+        assert_eq!(
+            Envelope::topic_of_json(br#"{"Topic":"a","Content":"c","Topic":"b"}"#).unwrap(),
+            "b"
+        );
+    }
+
+    proptest! {
+        /// The fast path never changes an answer: on canonical-looking frames with any characters in either
+        /// string (quotes, backslashes, control characters, non-ASCII, bytes that are not UTF-8), around the
+        /// canonical layout or not, `topic_of_json` returns what `parse_json` does.
+        #[test]
+        fn topic_of_json_answers_as_parse_json_does(
+            topic in proptest::collection::vec(
+                prop_oneof![
+                    20 => b'a'..=b'z',
+                    2 => Just(b'.'),
+                    1 => prop::sample::select(&[b'"', b'\\', b' ', 0x01, 0x7f, 0xc3, 0xa9, 0xff, b'*'][..]),
+                ],
+                0..8,
+            ),
+            content in proptest::collection::vec(
+                prop_oneof![
+                    20 => b' '..=b'~',
+                    1 => prop::sample::select(&[b'"', b'\\', b'\n', 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xff, 0x80][..]),
+                ],
+                0..12,
+            ),
+            prefix in prop_oneof![
+                6 => Just(&br#"{"Topic":""#[..]),
+                1 => Just(&br#"{"topic":""#[..]),
+                1 => Just(&br#" {"Topic":""#[..]),
+            ],
+            middle in prop_oneof![
+                6 => Just(&br#"","Content":""#[..]),
+                1 => Just(&br#"", "Content":""#[..]),
+                1 => Just(&br#"","Content":"x"#[..]),
+            ],
+            suffix in prop_oneof![
+                6 => Just(&br#""}"#[..]),
+                1 => Just(&br#"" }"#[..]),
+                1 => Just(&br#""}x"#[..]),
+                1 => Just(&br#"","Topic":"b"}"#[..]),
+            ],
+        ) {
+            let frame = [prefix, &topic, middle, &content, suffix].concat();
+            let fast = Envelope::topic_of_json(&frame);
+            let parsed = Envelope::parse_json(&frame).map(|envelope| envelope.topic);
+            prop_assert_eq!(fast, parsed);
+        }
+    }
 
     #[test]
     fn parses_go_style_field_names_case_insensitively() {

@@ -141,9 +141,7 @@ pub(crate) fn topic_of(payload: &[u8]) -> Option<Cow<'_, str>> {
     if payload.first() != Some(&b'{') {
         return None;
     }
-    let envelope = Envelope::parse_json(payload).ok()?;
-    wsmq_core::protocol::envelope::validate_topic(&envelope.topic).ok()?;
-    Some(envelope.topic)
+    Envelope::topic_of_json(payload).ok()
 }
 
 /// First byte of a stamped payload. A stored payload never starts with it otherwise: text frames are UTF-8 (where
