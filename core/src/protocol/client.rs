@@ -296,15 +296,14 @@ pub fn encode_positioned(envelope: &[u8], position: Position) -> Option<Bytes> {
     if envelope[end] != b'}' {
         return None;
     }
-    let mut out = BytesMut::with_capacity(end + 48);
+    // Written piece by piece: this runs for every delivery to a `wsmq.v1` client.
+    let mut out = BytesMut::with_capacity(end + 56);
     out.put_slice(&envelope[..end]);
-    out.put_slice(
-        format!(
-            ",\"Offset\":{},\"Epoch\":\"{}\"}}",
-            position.offset, position.epoch
-        )
-        .as_bytes(),
-    );
+    out.put_slice(b",\"Offset\":");
+    out.put_slice(itoa::Buffer::new().format(position.offset).as_bytes());
+    out.put_slice(b",\"Epoch\":\"");
+    out.put_slice(&position.epoch.hex());
+    out.put_slice(b"\"}");
     Some(out.freeze())
 }
 

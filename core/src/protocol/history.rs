@@ -37,11 +37,23 @@ impl Epoch {
         // Zero is never used, so a zeroed field cannot pass for a real epoch.
         Self(rand::random::<u64>().max(1))
     }
+
+    /// The 16 lowercase hex digits the epoch is written as: what `Display` writes, without the formatting
+    /// machinery, for encoders that put one in every delivery.
+    pub fn hex(self) -> [u8; 16] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0; 16];
+        for (i, digit) in out.iter_mut().enumerate() {
+            *digit = DIGITS[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out
+    }
 }
 
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        let hex = self.hex();
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -282,6 +294,14 @@ mod tests {
     use super::*;
 
     const E: Epoch = Epoch(0xabc);
+
+    #[test]
+    fn an_epochs_hex_is_what_it_displays_as() {
+        for epoch in [Epoch(1), E, Epoch(0x0123_4567_89ab_cdef), Epoch(u64::MAX)] {
+            assert_eq!(epoch.hex(), format!("{:016x}", epoch.0).as_bytes());
+            assert_eq!(epoch.to_string(), format!("{:016x}", epoch.0));
+        }
+    }
 
     fn since(offset: u64) -> HistoryQuery {
         HistoryQuery::Since {
