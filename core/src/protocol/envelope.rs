@@ -330,7 +330,8 @@ impl<'de> Visitor<'de> for RawEnvelopeVisitor {
             deliver_at: None,
             delay: None,
         };
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        // Keys as `CowStr`: serde's own `Cow<str>` would allocate every key of every message.
+        while let Some(CowStr(key)) = map.next_key::<CowStr<'de>>()? {
             if key.eq_ignore_ascii_case("topic") {
                 out.topic = Some(map.next_value::<CowStr<'de>>()?.0);
             } else if key.eq_ignore_ascii_case("content") {
