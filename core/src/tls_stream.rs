@@ -500,7 +500,8 @@ mod tests {
 
     use super::*;
 
-    type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    type TestResult = Result<(), BoxError>;
 
     /// Bound on every step that waits for the peer.
     const STEP: Duration = Duration::from_secs(10);
@@ -508,11 +509,27 @@ mod tests {
     /// A connected pair: the stream under test and a tokio-rustls client limited to `version`.
     async fn pair(
         version: &'static rustls::SupportedProtocolVersion,
-    ) -> Result<(TlsStream, ClientStream<TcpStream>), Box<dyn std::error::Error + Send + Sync>>
-    {
+    ) -> Result<(TlsStream, ClientStream<TcpStream>), BoxError> {
         let dir = tempfile::tempdir()?;
         let server_config = crate::tls::server_config(None, None, dir.path())?;
-        let pki = crate::tls::ensure_dev_pki(dir.path())?;
+        let (server, client) = handshake(server_config, dir.path(), version).await?;
+        Ok((server?, client?))
+    }
+
+    /// Runs `accept(server_config)` against a tokio-rustls client limited to `version` that trusts the development
+    /// CA in `dir`, and returns both sides' outcomes, so a test can look at a refused handshake as well.
+    async fn handshake(
+        server_config: Arc<rustls::ServerConfig>,
+        dir: &std::path::Path,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Result<
+        (
+            io::Result<TlsStream>,
+            Result<ClientStream<TcpStream>, BoxError>,
+        ),
+        BoxError,
+    > {
+        let pki = crate::tls::ensure_dev_pki(dir)?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_file(&pki.ca_cert)?)?;
         let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -528,16 +545,13 @@ mod tests {
             tokio_rustls::TlsConnector::from(Arc::new(client_config))
                 .connect(ServerName::try_from("localhost")?, tcp)
                 .await
-                .map_err(Into::into)
+                .map_err(BoxError::from)
         };
         let server = async {
             let (tcp, _) = listener.accept().await?;
             accept(server_config, tcp).await
         };
-        let (server, client) =
-            tokio::time::timeout(STEP, async { tokio::join!(server, client) }).await?;
-        let client: Result<_, Box<dyn std::error::Error + Send + Sync>> = client;
-        Ok((server?, client?))
+        Ok(tokio::time::timeout(STEP, async { tokio::join!(server, client) }).await?)
     }
 
     /// Writes `data` through `server` and reads it back from `client`, then the other way round.
@@ -750,29 +764,8 @@ mod tests {
             vec![CertificateDer::from_pem_file(&pki.server_cert)?],
             rustls::pki_types::PrivateKeyDer::from_pem_file(&pki.server_key)?,
         )?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_file(&pki.ca_cert)?)?;
-        let tls12_client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS12])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let client = async {
-            let tcp = TcpStream::connect(addr).await?;
-            tokio_rustls::TlsConnector::from(Arc::new(tls12_client))
-                .connect(ServerName::try_from("localhost")?, tcp)
-                .await
-                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
-        };
-        let server = async {
-            let (tcp, _) = listener.accept().await?;
-            accept(Arc::new(tls13_only), tcp).await
-        };
         let (server, client) =
-            tokio::time::timeout(STEP, async { tokio::join!(server, client) }).await?;
+            handshake(Arc::new(tls13_only), dir.path(), &rustls::version::TLS12).await?;
         assert!(
             server.is_err(),
             "a TLS 1.2 client was accepted by a TLS 1.3 server"
