@@ -130,9 +130,9 @@ impl<'a> Envelope<'a> {
 
     /// Appends the canonical encoding to `buf`, for callers that batch many envelopes into one buffer.
     pub fn encode_into(&self, buf: &mut BytesMut) {
-        buf.put_slice(b"{\"Topic\":");
+        buf.put_slice(CANONICAL_TOPIC);
         write_json_string(buf, &self.topic);
-        buf.put_slice(b",\"Content\":");
+        buf.put_slice(CANONICAL_CONTENT);
         write_json_string(buf, &self.content);
         buf.put_u8(b'}');
     }
@@ -255,15 +255,22 @@ fn write_json_string(buf: &mut BytesMut, s: &str) {
     buf.put_u8(b'"');
 }
 
+/// What the canonical encoding ([`Envelope::encode`]) writes before the topic's string and before the content's:
+/// the encoder and [`canonical_topic`] share them.
+const CANONICAL_TOPIC: &[u8] = b"{\"Topic\":";
+const CANONICAL_CONTENT: &[u8] = b",\"Content\":";
+
 /// The topic of `frame` when it is the canonical encoding `{"Topic":"..","Content":".."}` exactly, with no
 /// escape or control character in either string, both valid UTF-8 and a valid topic: the JSON parser accepts such a
 /// frame and returns this topic. `None` for anything else, which the parser then decides.
 fn canonical_topic(frame: &[u8]) -> Option<&str> {
-    let rest = frame.strip_prefix(b"{\"Topic\":\"")?;
+    let rest = frame.strip_prefix(CANONICAL_TOPIC)?.strip_prefix(b"\"")?;
     let end = rest.iter().position(|&b| needs_escape(b))?;
     let (topic, rest) = rest.split_at(end);
     let content = rest
-        .strip_prefix(b"\",\"Content\":\"")?
+        .strip_prefix(b"\"")?
+        .strip_prefix(CANONICAL_CONTENT)?
+        .strip_prefix(b"\"")?
         .strip_suffix(b"\"}")?;
     if has_escapes(content) {
         return None;
