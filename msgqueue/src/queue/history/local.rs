@@ -317,9 +317,7 @@ impl LocalHistory {
         let dropped = state.trim(retention, now_ms);
         topics.messages -= (before - state.entries.len()) as u64;
         topics.bytes -= dropped;
-        if topics.footprint() > self.options.max_bytes {
-            topics.evict(self.options.max_bytes);
-        }
+        topics.evict(self.options.max_bytes);
         Some(Retained {
             stamped,
             position,
